@@ -1,0 +1,64 @@
+"""Environment-driven settings and the one root for all state (``TRADING_HOME``).
+
+Every path the system reads or writes is resolved here, at call time, so a test or the demo can
+point ``TRADING_HOME`` at its own folder and never touch a user's real data, model or logs.
+"""
+import os
+from pathlib import Path
+
+import constants as C
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(RuntimeError):
+    """A setting has a value the system refuses to guess about."""
+
+
+def home() -> Path:
+    """The root of all state: ``$TRADING_HOME`` or the project directory."""
+    value = os.environ.get(C.ENV_TRADING_HOME, "").strip()
+    return Path(value).expanduser().resolve() if value else PROJECT_DIR
+
+
+def path(relative: str) -> Path:
+    """A path under ``TRADING_HOME`` (``relative`` is one of the file names in constants.py)."""
+    return home() / relative
+
+
+def ensure_parent(p: Path) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def trading_mode() -> str:
+    """``paper`` (default, also when unset or empty) or ``live``; anything else is an error."""
+    value = os.environ.get(C.ENV_TRADING_MODE, "").strip().lower()
+    if not value:
+        return C.DEFAULT_TRADING_MODE
+    if value not in C.TRADING_MODES:
+        raise ConfigError(
+            f"TRADING_MODE={os.environ[C.ENV_TRADING_MODE]!r} is not valid: use 'paper' or 'live' "
+            f"(or unset it for paper trading)")
+    return value
+
+
+def data_source() -> str:
+    """``yfinance`` (default) or ``sample`` (the bundled offline generator)."""
+    value = os.environ.get(C.ENV_DATA_SOURCE, "").strip().lower()
+    if not value:
+        return C.DEFAULT_DATA_SOURCE
+    if value not in C.DATA_SOURCES:
+        raise ConfigError(
+            f"DATA_SOURCE={os.environ[C.ENV_DATA_SOURCE]!r} is not valid: use 'yfinance' or 'sample'")
+    return value
+
+
+def config_dir() -> Path:
+    """Where secrets' keys live (outside the project and logs): ``$TRADING_CONFIG_DIR`` or
+    ``~/.config/lstm-trader``."""
+    value = os.environ.get(C.ENV_CONFIG_DIR, "").strip()
+    if value:
+        return Path(value).expanduser().resolve()
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip() or str(Path.home() / ".config")
+    return Path(base) / C.APP_NAME

@@ -1,0 +1,88 @@
+"""The one logging setup every entry point calls.
+
+``setup_logging("trading")`` sends every component's records to
+``logs/trading_YYYYMMDD.log`` (``"data_update"`` -> ``logs/data_update_YYYYMMDD.log``), every
+ERROR and CRITICAL also to ``logs/errors.log``, and INFO and up to stderr (which cron captures in
+``logs/cron_trading.log``). Lines are plain and greppable: ``time LEVEL [component] message``.
+
+A redaction step runs on every formatted line (exception text included): values registered with
+``register_secret`` and anything that looks like a key, token or password are replaced by
+``***``. Secrets never reach a log file.
+"""
+import logging
+import re
+import sys
+from datetime import datetime
+
+import config
+import constants as C
+
+_SECRETS: set[str] = set()
+_PATTERNS = [
+    # key=value / key: value / "key": "value" for names that hold secrets
+    re.compile(r"""(?i)(["']?\b(?:access_token|refresh_token|id_token|app_secret|client_secret|"""
+               r"""app_key|api_key|apikey|secret|password|passwd|token)\b["']?\s*[:=]\s*["']?)"""
+               r"""([^"'\s,}&]+)"""),
+    re.compile(r"(?i)(\bBearer\s+)([A-Za-z0-9._~+/=-]+)"),
+    re.compile(r"(?i)(\bBasic\s+)([A-Za-z0-9+/=]{8,})"),
+]
+_MANAGED = "_trading_managed"
+
+
+def register_secret(value) -> None:
+    """Never print this value (a key, a token) in any log line from now on."""
+    if value is None:
+        return
+    text = str(value)
+    if len(text) >= 4:
+        _SECRETS.add(text)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def log_file(kind: str, day: datetime | None = None):
+    day = day or datetime.now()
+    return config.path(C.LOG_DIR) / f"{kind}_{day:%Y%m%d}.log"
+
+
+def setup_logging(kind: str = "trading", level: int = logging.INFO, console: bool = True) -> logging.Logger:
+    """Configure the root logger for one entry point. Safe to call again (for another
+    ``TRADING_HOME`` or kind): the handlers it added before are replaced, not duplicated."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _MANAGED, False):
+            root.removeHandler(handler)
+            handler.close()
+    logs = config.path(C.LOG_DIR)
+    logs.mkdir(parents=True, exist_ok=True)
+    formatter = RedactingFormatter(C.LOG_FORMAT, C.LOG_DATE_FORMAT)
+
+    handlers = [logging.FileHandler(log_file(kind), encoding="utf-8")]
+    errors = logging.FileHandler(logs / C.ERRORS_LOG_NAME, encoding="utf-8")
+    errors.setLevel(logging.ERROR)
+    handlers.append(errors)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setLevel(logging.INFO)
+        handlers.append(stream)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        setattr(handler, _MANAGED, True)
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("urllib3", "httpx", "httpcore", "peewee", "matplotlib", "h5py", "absl",
+                  "tensorflow", "curl_cffi", "authlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return root

@@ -1,0 +1,76 @@
+"""The embedded SQLite database that holds state which must survive a crash.
+
+One file (``state/trading_state.db`` under ``TRADING_HOME``), WAL mode, a busy timeout so that
+overlapping cron runs wait instead of failing. Each module owns its tables: it declares their
+``CREATE TABLE IF NOT EXISTS`` statements and calls ``ensure_schema`` before first use.
+Writes go through ``transaction()`` (``BEGIN IMMEDIATE``): all of it or none of it.
+"""
+import json
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import config
+import constants as C
+
+_KV_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)"""
+
+
+def db_path():
+    return config.ensure_parent(config.path(C.STATE_DB_FILE))
+
+
+def connect(path=None) -> sqlite3.Connection:
+    """A new connection (one per process or thread); autocommit mode, explicit transactions."""
+    conn = sqlite3.connect(str(path or db_path()), timeout=30.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    ensure_schema(conn, [_KV_SCHEMA])
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection, statements) -> None:
+    for statement in statements:
+        conn.execute(statement)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection):
+    """``with transaction(conn):`` runs the block in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def kv_get(conn: sqlite3.Connection, key: str, default=None):
+    row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+    return json.loads(row["value"]) if row else default
+
+
+def kv_set(conn: sqlite3.Connection, key: str, value) -> None:
+    """Set a key (call inside ``transaction`` when it must go with other writes)."""
+    conn.execute(
+        "INSERT INTO kv(key, value, updated_at) VALUES(?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        (key, json.dumps(value), utcnow()))
+
+
+def kv_delete(conn: sqlite3.Connection, key: str) -> None:
+    conn.execute("DELETE FROM kv WHERE key = ?", (key,))
