@@ -138,3 +138,15 @@ GOLIVE_MIN_SHARPE = 0.5                    # backtest Sharpe must be at least (a
 GOLIVE_MAX_DRAWDOWN = 0.20                 # backtest max drawdown must be at most (fraction)
 GOLIVE_MIN_TRADES = 30                     # backtest must have at least (count)
 GOLIVE_MIN_PAPER_SESSIONS = 5              # paper sessions with the current model before live (count)
+
+# --------------------------------------------------------------------------- risk management additions (risk_management.py)
+MAX_SIZE_SCALE = 2.0                       # sizing scale |score|/SIGNAL_THRESHOLD is capped at (multiple)
+REBALANCE_BAND = 0.10                      # same-side target within this of the current size is not traded (fraction of position)
+REQUIRE_BORROW_DATA = True                 # a new short needs a known borrow rate or shortable/HTB flag (bool)
+
+# --------------------------------------------------------------------------- brokers (trading_api.py)
+BORROW_DAY_COUNT = 360                     # borrow fees accrue ACT/360: qty*price*rate*days/360 (days per year)
+PAPER_SHORT_MARGIN_REQ = 1.5               # paper buying power = cash - this * short market value (Reg T 150 %)
+SCHWAB_HTB_RATE_DIVISOR = 1.0              # Schwab reference.htbRate / this = annual fraction (1.0: read as fraction; conservative)
+SCHWAB_ORDER_LOOKBACK_DAYS = 59            # Schwab order queries reach back at most this far (days; API limit 60)
+SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (count)

@@ -1,0 +1,39 @@
+# Two commands for a newcomer:  make demo   and   make test   (see README.md)
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: demo test venv venv-dev bench health clean-demo
+
+$(VENV)/bin/python:
+	@py=$$(scripts/find_python.sh) || exit 1; echo "creating $(VENV) with $$py ($$($$py --version))"; \
+	  "$$py" -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime-installed: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@ $(VENV)/.runtime-installed
+
+venv: $(VENV)/.runtime-installed
+venv-dev: $(VENV)/.dev-installed
+
+## make demo: set up, then the whole system on the offline sample data in .demo_home/
+demo: venv
+	@bash scripts/demo.sh
+
+## make test: set up with the dev requirements, then the test suite
+test: venv-dev
+	$(PY) -m pytest tests/ -q -rfE --durations=15
+
+## make bench: every benchmark under bench/ (prints its figures)
+bench: venv-dev
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+health: venv
+	./run_health_check.sh
+
+clean-demo:
+	rm -rf .demo_home

@@ -1,0 +1,10 @@
+# Sourced by the run_*.sh entry points: work from any directory (cron), no activated venv needed.
+PROJECT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$PROJECT_DIR" || exit 2
+if [[ -x "$PROJECT_DIR/.venv/bin/python" ]]; then
+  PY="$PROJECT_DIR/.venv/bin/python"
+else
+  echo "ERROR: $PROJECT_DIR/.venv is missing: run 'make venv' (or 'make demo') in $PROJECT_DIR first" >&2
+  exit 2
+fi
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

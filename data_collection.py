@@ -1,0 +1,576 @@
+"""The daily data pipeline: universe -> download -> validate -> features -> processed CSV.
+
+Run by ``./run_daily_data_update.sh [--force]`` (cron) or ``python data_collection.py``.
+
+1. ``load_universe`` reads ``selected_stocks.txt`` (one ticker a line, ``#`` comments).
+2. Prices come from yfinance in one batched call under an overall deadline, with retry and
+   backoff for rate-limited symbols (``DATA_SOURCE=yfinance``), or from the deterministic offline
+   generator in ``sample_data.py`` (``DATA_SOURCE=sample``). Raw prices are kept in
+   ``data/raw_prices.csv`` so the next run fetches only the missing days; ``--force`` refetches.
+3. ``validate_prices`` finds, per symbol, what yfinance does not raise: no data (delisted,
+   unknown, rate-limited), stale last bars, gaps against the NYSE sessions, non-positive or
+   absurd prices. Each problem is logged with the symbol and the fix; healthy symbols carry on.
+4. ``build_features`` is THE feature function: training, live inference and backtests all call
+   it. Features are causal: a row depends only on its symbol's rows up to its date.
+5. ``processed_stock_data.csv`` is written atomically, with zero NaN, and never replaced by a
+   worse file (fewer symbols, older data) unless ``--force``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import config
+import constants as C
+import market_calendar
+from fileutil import atomic_write_with
+
+log = logging.getLogger("data")
+
+PRICE_COLUMNS = ["Open", "High", "Low", "Close", "Volume"]
+RAW_COLUMNS = ["Date", "Symbol"] + PRICE_COLUMNS
+FEATURE_COLUMNS = list(C.FEATURE_COLUMNS)
+TICKER_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}([.-][A-Z]{1,2})?$")
+
+
+class DataError(RuntimeError):
+    """A data problem that stops the pipeline; the message names the thing and the fix."""
+
+
+@dataclass
+class Problem:
+    symbol: str
+    kind: str        # no_data, stale, gaps, bad_price, absurd_move, too_short, nan_rows, duplicates, ...
+    message: str
+    fix: str
+    fatal: bool = True   # True: the symbol is dropped; False: repaired and kept (a warning)
+
+    def __str__(self) -> str:
+        return f"{self.symbol}: {self.message} -- fix: {self.fix}"
+
+
+# ----------------------------------------------------------------------------- universe
+def load_universe(path=None) -> list[str]:
+    """Tickers from ``selected_stocks.txt``; an invalid line is an error naming its number."""
+    if path is None:
+        path = config.path(C.UNIVERSE_FILE)
+        if not path.exists():                   # a fresh TRADING_HOME uses the project's list
+            path = config.PROJECT_DIR / C.UNIVERSE_FILE
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} not found: create it with one ticker a line (e.g. AAPL)")
+    symbols: list[str] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        ticker = text.upper()
+        if not TICKER_RE.match(ticker):
+            raise DataError(f"{path.name} line {number}: {text!r} is not a valid ticker "
+                            f"(one symbol a line, like AAPL or BRK-B; '#' starts a comment)")
+        if ticker in symbols:
+            log.warning("%s line %d: %s is listed twice; using it once", path.name, number, ticker)
+            continue
+        symbols.append(ticker)
+    if not symbols:
+        raise DataError(f"{path} lists no ticker: add one symbol a line")
+    return symbols
+
+
+# ----------------------------------------------------------------------------- downloading
+class _YFErrorCapture(logging.Handler):
+    """yfinance reports per-ticker failures only through its logger: collect them."""
+
+    LINE = re.compile(r"^\[(?P<syms>[^\]]*)\]:\s*(?P<err>.*)$", re.S)
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.errors: dict[str, str] = {}
+
+    def emit(self, record):
+        try:
+            message = record.getMessage()
+        except Exception:
+            return
+        match = self.LINE.match(message.strip())
+        if not match:
+            return
+        for sym in re.findall(r"'([^']+)'", match.group("syms")):
+            self.errors[sym.upper()] = match.group("err").strip()
+
+
+def _is_rate_limit(message: str) -> bool:
+    return bool(re.search(r"rate.?limit|too many requests|YFRateLimitError|\b429\b", message, re.I))
+
+
+def _call_with_deadline(func, deadline_s: float):
+    """Run ``func`` in a daemon thread; give up after ``deadline_s`` seconds (yfinance can hang
+    about 130 s per ticker on a network that drops packets)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = func()
+        except BaseException as exc:       # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="yfinance-download", daemon=True)
+    thread.start()
+    thread.join(max(deadline_s, 0.0))
+    if thread.is_alive():
+        raise DataError(f"download did not finish within {deadline_s:.0f} s (DOWNLOAD_DEADLINE_S): "
+                        f"check the network (curl -I https://query1.finance.yahoo.com) and rerun")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _yf_frame_to_long(frame: pd.DataFrame | None) -> pd.DataFrame:
+    """yfinance's (Price, Ticker) MultiIndex frame -> long format, all-NaN rows dropped."""
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=RAW_COLUMNS)
+    if not isinstance(frame.columns, pd.MultiIndex):
+        raise DataError("unexpected yfinance frame layout (no (Price, Ticker) columns): "
+                        "pip install --upgrade yfinance, or report the version in use")
+    long = frame.stack(level=1, future_stack=True)
+    long.index.names = ["Date", "Symbol"]
+    long = long.reset_index()
+    missing = [c for c in PRICE_COLUMNS if c not in long.columns]
+    if missing:
+        raise DataError(f"yfinance returned no {missing} columns")
+    long = long[RAW_COLUMNS]
+    long["Date"] = pd.to_datetime(long["Date"]).dt.tz_localize(None).dt.normalize()
+    long["Symbol"] = long["Symbol"].astype(str).str.upper()
+    return long.dropna(subset=["Open", "High", "Low", "Close"], how="all").reset_index(drop=True)
+
+
+def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=None,
+                   backoff_s=None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Daily OHLCV for ``symbols`` in [start, end] (inclusive) from Yahoo, in one batched call.
+
+    Returns (long frame, {symbol: error}) for symbols that came back empty. Rate-limited symbols
+    are retried with exponential backoff, all within one overall deadline."""
+    import yfinance as yf
+
+    deadline_s = C.DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s
+    retries = C.DOWNLOAD_RETRIES if retries is None else retries
+    backoff_s = C.DOWNLOAD_BACKOFF_S if backoff_s is None else backoff_s
+    cache_dir = config.path("data/yfinance_cache")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yf.set_tz_cache_location(str(cache_dir))
+    except Exception:                       # already set in this process: harmless
+        pass
+    stop_at = time.monotonic() + deadline_s
+    pending = list(symbols)
+    frames, errors = [], {}
+    attempt = 0
+    while pending:
+        capture = _YFErrorCapture()
+        yf_logger = logging.getLogger("yfinance")
+        yf_logger.addHandler(capture)
+        try:
+            end_exclusive = (pd.Timestamp(end) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+            frame = _call_with_deadline(
+                lambda: yf.download(pending, start=pd.Timestamp(start).strftime("%Y-%m-%d"),
+                                    end=end_exclusive, interval="1d", auto_adjust=True,
+                                    threads=True, progress=False, timeout=C.DOWNLOAD_TIMEOUT_S,
+                                    session=session, multi_level_index=True, group_by="column"),
+                stop_at - time.monotonic())
+        finally:
+            yf_logger.removeHandler(capture)
+        long = _yf_frame_to_long(frame)
+        got = set(long["Symbol"].unique())
+        frames.append(long)
+        failed = [s for s in pending if s not in got]
+        for sym in failed:
+            errors[sym] = capture.errors.get(sym, "no rows returned")
+        for sym in got:
+            errors.pop(sym, None)
+        limited = [s for s in failed if _is_rate_limit(errors[s])]
+        attempt += 1
+        if not limited or attempt > retries:
+            break
+        wait = backoff_s * 2 ** (attempt - 1)
+        if time.monotonic() + wait >= stop_at:
+            log.warning("rate limited on %s; no time left before the deadline for another try",
+                        ", ".join(limited))
+            break
+        log.warning("rate limited by Yahoo on %s; retrying in %.0f s (attempt %d of %d)",
+                    ", ".join(limited), wait, attempt, retries)
+        time.sleep(wait)
+        pending = limited
+    raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RAW_COLUMNS)
+    return raw, errors
+
+
+def fetch_prices(symbols, start, end, force_source=None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Prices from the configured source (``DATA_SOURCE``)."""
+    source = force_source or config.data_source()
+    if source == "sample":
+        import sample_data
+        raw = sample_data.generate_prices(symbols)
+        raw = raw[(raw["Date"] >= pd.Timestamp(start)) & (raw["Date"] <= pd.Timestamp(end))]
+        return raw.reset_index(drop=True), {}
+    return fetch_yfinance(symbols, start, end)
+
+
+def reference_session() -> pd.Timestamp:
+    """The session whose bar the data should reach: the last completed NYSE session (for the
+    sample source: its last session)."""
+    if config.data_source() == "sample":
+        return market_calendar.sessions(C.SAMPLE_START, C.SAMPLE_END)[-1]
+    return market_calendar.last_completed_session()
+
+
+# ----------------------------------------------------------------------------- validation
+def validate_prices(raw: pd.DataFrame, symbols, reference=None) -> tuple[pd.DataFrame, list[Problem]]:
+    """Per-symbol checks. Returns the healthy rows and every problem found (fatal ones drop
+    their symbol, the others were repaired and are warnings)."""
+    reference = pd.Timestamp(reference) if reference is not None else reference_session()
+    problems: list[Problem] = []
+    raw = raw.copy()
+    raw["Date"] = pd.to_datetime(raw["Date"]).dt.normalize()
+    raw["Symbol"] = raw["Symbol"].astype(str).str.upper()
+    for col in PRICE_COLUMNS:
+        raw[col] = pd.to_numeric(raw[col], errors="coerce")
+    healthy = []
+    all_sessions = market_calendar.sessions(raw["Date"].min(), reference) if len(raw) else pd.DatetimeIndex([])
+    for sym in symbols:
+        df = raw[raw["Symbol"] == sym].sort_values("Date")
+        if df.empty or df[["Open", "High", "Low", "Close"]].isna().all().all():
+            problems.append(Problem(sym, "no_data", "no price data returned (delisted, unknown "
+                                    "ticker or rate-limited)",
+                                    "check the ticker on finance.yahoo.com; if it is delisted "
+                                    "remove it from selected_stocks.txt, if rate-limited rerun later"))
+            continue
+        dupes = df["Date"].duplicated(keep="last")
+        if dupes.any():
+            problems.append(Problem(sym, "duplicates", f"{int(dupes.sum())} duplicate dates "
+                                    f"(first {df.loc[dupes, 'Date'].iloc[0].date()}); kept the latest row",
+                                    "none needed; rerun with --force if it repeats", fatal=False))
+            df = df[~dupes]
+        off = ~df["Date"].isin(all_sessions) & (df["Date"] <= reference)
+        if off.any():
+            problems.append(Problem(sym, "non_session", f"{int(off.sum())} rows on days the NYSE "
+                                    f"was closed (first {df.loc[off, 'Date'].iloc[0].date()}); dropped",
+                                    "none needed", fatal=False))
+            df = df[~off]
+        df = df[df["Date"] <= reference]
+        nan_rows = df[["Open", "High", "Low", "Close"]].isna().any(axis=1)
+        if nan_rows.any():
+            problems.append(Problem(sym, "nan_rows", f"{int(nan_rows.sum())} rows with missing "
+                                    f"prices (first {df.loc[nan_rows, 'Date'].iloc[0].date()}); dropped",
+                                    "rerun ./run_daily_data_update.sh --force if it repeats", fatal=False))
+            df = df[~nan_rows]
+        df = df.assign(Volume=df["Volume"].fillna(0.0))
+        if len(df) < C.MIN_HISTORY_ROWS:
+            problems.append(Problem(sym, "too_short", f"only {len(df)} rows of history (need "
+                                    f"{C.MIN_HISTORY_ROWS})", "use a symbol with a longer history "
+                                    "or wait until it has one"))
+            continue
+        prices = df[["Open", "High", "Low", "Close"]]
+        bad = (prices <= 0).any(axis=1) | (df["High"] < df["Low"]) | (df["Volume"] < 0)
+        if bad.any():
+            day = df.loc[bad, "Date"].iloc[0].date()
+            problems.append(Problem(sym, "bad_price", f"non-positive or inconsistent price "
+                                    f"(High < Low, price <= 0 or negative volume) on {day}",
+                                    "rerun ./run_daily_data_update.sh --force; if it persists "
+                                    "remove the symbol from selected_stocks.txt"))
+            continue
+        move = np.abs(df["Close"].pct_change())
+        absurd = (prices > C.MAX_PRICE).any(axis=1) | (move > C.MAX_DAILY_MOVE)
+        if absurd.any():
+            day = df.loc[absurd, "Date"].iloc[0].date()
+            problems.append(Problem(sym, "absurd_move", f"absurd price on {day} (a move above "
+                                    f"{C.MAX_DAILY_MOVE:.0%} or a price above {C.MAX_PRICE:,.0f}); "
+                                    "an unadjusted split?",
+                                    "rerun ./run_daily_data_update.sh --force to refetch adjusted "
+                                    "history; if it persists remove the symbol from selected_stocks.txt"))
+            continue
+        last = df["Date"].iloc[-1]
+        behind = market_calendar.sessions_between(last, reference)
+        if behind > C.STALE_AFTER_SESSIONS:
+            problems.append(Problem(sym, "stale", f"stale: last bar {last.date()} is {behind} "
+                                    f"sessions behind {reference.date()}",
+                                    "the symbol may be halted or delisted: check it, and remove it "
+                                    "from selected_stocks.txt if it no longer trades"))
+            continue
+        expected = all_sessions[(all_sessions >= df["Date"].iloc[0]) & (all_sessions <= last)]
+        missing = expected.difference(pd.DatetimeIndex(df["Date"]))
+        if len(expected) and len(missing) / len(expected) > C.MAX_MISSING_SESSIONS_FRACTION:
+            problems.append(Problem(sym, "gaps", f"{len(missing)} of {len(expected)} NYSE sessions "
+                                    f"missing (first {missing[0].date()})",
+                                    "rerun ./run_daily_data_update.sh --force; if it persists "
+                                    "remove the symbol from selected_stocks.txt"))
+            continue
+        if len(missing):
+            problems.append(Problem(sym, "gaps", f"{len(missing)} NYSE sessions missing "
+                                    f"(first {missing[0].date()}); tolerated",
+                                    "none needed", fatal=False))
+        healthy.append(df)
+    clean = pd.concat(healthy, ignore_index=True) if healthy else pd.DataFrame(columns=RAW_COLUMNS)
+    return clean[RAW_COLUMNS].reset_index(drop=True), problems
+
+
+# ----------------------------------------------------------------------------- features
+def _rolling(values: np.ndarray, window: int, reducer) -> np.ndarray:
+    """Each window reduced on its own (no running sums), so a value depends only on its window:
+    bit-for-bit causal whatever came before or after."""
+    out = np.full(values.shape[0], np.nan)
+    if values.shape[0] >= window:
+        view = np.lib.stride_tricks.sliding_window_view(values, window)
+        out[window - 1:] = reducer(view)
+    return out
+
+
+def build_features(raw: pd.DataFrame) -> pd.DataFrame:
+    """THE feature function (training, live inference and backtests all call it).
+
+    ``raw``: long format with Date, Symbol, Open, High, Low, Close, Volume. Returns those
+    columns plus ``FEATURE_COLUMNS``, sorted by Symbol then Date, with the warm-up rows of each
+    symbol dropped (so zero NaN). Every feature is scale-free and causal: it uses only the
+    symbol's rows up to that date, so ``build_features(raw[raw.Date <= d])`` equals the rows of
+    ``build_features(raw)`` up to ``d``. Nothing here is fitted: scaling belongs to training.
+
+    Features: log_return (close/prev close), gap (open/prev close), intraday_return
+    (close/open), range ((high-low)/close), volatility_20 (std of the last 20 log returns),
+    sma_ratio_20 (close / 20-day mean - 1), rsi_14 (14-day RSI scaled to [-0.5, 0.5]),
+    volume_ratio_20 (log volume minus its 20-day mean).
+    """
+    missing = [c for c in RAW_COLUMNS if c not in raw.columns]
+    if missing:
+        raise DataError(f"build_features needs columns {RAW_COLUMNS}; missing {missing}")
+    df = raw[RAW_COLUMNS].copy()
+    df["Date"] = pd.to_datetime(df["Date"]).dt.normalize()
+    df["Symbol"] = df["Symbol"].astype(str)
+    df = df.sort_values(["Symbol", "Date"], kind="mergesort").reset_index(drop=True)
+    window, rsi_window = C.FEATURE_VOL_WINDOW, C.FEATURE_RSI_WINDOW
+
+    close = df["Close"].to_numpy(float)
+    open_ = df["Open"].to_numpy(float)
+    high = df["High"].to_numpy(float)
+    low = df["Low"].to_numpy(float)
+    volume = df["Volume"].to_numpy(float)
+    pos = df.groupby("Symbol", sort=False).cumcount().to_numpy()   # row number within its symbol
+
+    prev_close = np.roll(close, 1)
+    prev_close[pos == 0] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_return = np.log(close / prev_close)
+        gap = np.log(open_ / prev_close)
+        intraday = np.log(close / open_)
+        rng = (high - low) / close
+        log_volume = np.log1p(np.maximum(volume, 0.0))
+
+        vol = _rolling(log_return, window, lambda v: v.std(axis=1, ddof=1))
+        vol[pos < window] = np.nan                           # window inside the symbol, returns defined
+        sma = _rolling(close, window, lambda v: v.mean(axis=1))
+        sma[pos < window - 1] = np.nan
+        sma_ratio = close / sma - 1.0
+        change = np.where(pos == 0, np.nan, close - prev_close)
+        gains = _rolling(np.where(change > 0, change, 0.0), rsi_window, lambda v: v.mean(axis=1))
+        losses = _rolling(np.where(change < 0, -change, 0.0), rsi_window, lambda v: v.mean(axis=1))
+        rsi = np.where(losses > 0, 1.0 - 1.0 / (1.0 + gains / np.where(losses > 0, losses, 1.0)), 1.0) - 0.5
+        rsi[pos < rsi_window] = np.nan
+        vol_mean = _rolling(log_volume, window, lambda v: v.mean(axis=1))
+        vol_mean[pos < window - 1] = np.nan
+        volume_ratio = log_volume - vol_mean
+
+    features = {
+        "log_return": log_return, "gap": gap, "intraday_return": intraday, "range": rng,
+        "volatility_20": vol, "sma_ratio_20": sma_ratio, "rsi_14": rsi,
+        "volume_ratio_20": volume_ratio,
+    }
+    for name in FEATURE_COLUMNS:
+        df[name] = features[name]
+    values = df[FEATURE_COLUMNS].to_numpy()
+    keep = (pos >= window) & np.isfinite(values).all(axis=1)
+    return df.loc[keep].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- files
+def read_raw_prices(path=None) -> pd.DataFrame:
+    path = Path(path) if path else config.path(C.RAW_PRICES_FILE)
+    if not path.exists():
+        return pd.DataFrame(columns=RAW_COLUMNS)
+    try:
+        df = pd.read_csv(path, parse_dates=["Date"])
+    except Exception as exc:
+        log.warning("raw price store %s is unreadable (%s); refetching everything", path, exc)
+        return pd.DataFrame(columns=RAW_COLUMNS)
+    if list(df.columns) != RAW_COLUMNS:
+        log.warning("raw price store %s has unexpected columns; refetching everything", path)
+        return pd.DataFrame(columns=RAW_COLUMNS)
+    return df
+
+
+def load_processed(path=None) -> pd.DataFrame:
+    """Read and check ``processed_stock_data.csv``: every column present, zero NaN, no
+    duplicate (Symbol, Date). A missing, empty, truncated or corrupt file is a ``DataError``
+    naming the file and the fix."""
+    path = Path(path) if path else config.path(C.PROCESSED_DATA_FILE)
+    fix = "run ./run_daily_data_update.sh --force to rebuild it"
+    if not path.exists():
+        raise DataError(f"{path} not found: {fix}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty: {fix}")
+    try:
+        df = pd.read_csv(path, parse_dates=["Date"])
+    except Exception as exc:
+        raise DataError(f"{path} cannot be read as CSV ({type(exc).__name__}: {exc}): {fix}") from None
+    needed = RAW_COLUMNS + FEATURE_COLUMNS
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {missing} (an older format or a damaged file): {fix}")
+    if df.empty:
+        raise DataError(f"{path} has no rows: {fix}")
+    nan = df[needed].isna()
+    if nan.any().any():
+        first = int(np.argmax(nan.any(axis=1).to_numpy()))
+        raise DataError(f"{path} has {int(nan.sum().sum())} missing values (first at line "
+                        f"{first + 2}; a truncated or damaged file?): {fix}")
+    if df.duplicated(["Symbol", "Date"]).any():
+        raise DataError(f"{path} has duplicate (Symbol, Date) rows: {fix}")
+    return df
+
+
+def _csv_writer(df: pd.DataFrame):
+    return lambda tmp: df.to_csv(tmp, index=False, date_format="%Y-%m-%d")
+
+
+def write_processed(features: pd.DataFrame, force: bool = False, path=None) -> Path:
+    """Write the processed CSV atomically, refusing to replace a better file unless ``force``."""
+    path = Path(path) if path else config.path(C.PROCESSED_DATA_FILE)
+    if features.empty:
+        raise DataError("no feature rows to write")
+    if features[RAW_COLUMNS + FEATURE_COLUMNS].isna().any().any():
+        raise DataError("refusing to write processed data containing NaN (a bug in build_features)")
+    if path.exists() and not force:
+        try:
+            old = pd.read_csv(path, usecols=["Date", "Symbol"], parse_dates=["Date"])
+            old_syms, old_last = set(old["Symbol"]), old["Date"].max()
+        except Exception:
+            old_syms, old_last = set(), None           # an unreadable file is never "better"
+        new_syms, new_last = set(features["Symbol"]), features["Date"].max()
+        lost = sorted(old_syms - new_syms)
+        if lost:
+            raise DataError(f"the new data lacks {', '.join(lost)}, present in the current {path.name}; "
+                            "kept the current file (fix the symbols above, or rerun with --force "
+                            "to accept fewer symbols)")
+        if old_last is not None and new_last < old_last:
+            raise DataError(f"the new data ends {new_last.date()}, before the current file's "
+                            f"{old_last.date()}; kept the current file (rerun with --force to replace it)")
+    return atomic_write_with(path, _csv_writer(features))
+
+
+# ----------------------------------------------------------------------------- the job
+def update(force: bool = False) -> dict:
+    """One data update. Returns a summary; raises DataError when nothing usable came out."""
+    symbols = load_universe()
+    processed = config.path(C.PROCESSED_DATA_FILE)
+    reference = reference_session()
+    if not force and processed.exists():
+        age_h = (time.time() - processed.stat().st_mtime) / 3600
+        if age_h < C.FRESH_FILE_HOURS:
+            try:
+                head = pd.read_csv(processed, usecols=["Date", "Symbol"], parse_dates=["Date"])
+                if head["Date"].max() >= reference and set(symbols) <= set(head["Symbol"]):
+                    log.info("%s is fresh (%.1f h old, reaches %s): skipping; use --force to rebuild",
+                             processed.name, age_h, reference.date())
+                    return {"skipped": True, "symbols": sorted(set(head["Symbol"])),
+                            "rows": len(head), "last_date": str(head["Date"].max().date())}
+            except Exception:
+                pass
+
+    stored = pd.DataFrame(columns=RAW_COLUMNS) if force else read_raw_prices()
+    stored = stored[stored["Symbol"].isin(symbols)] if len(stored) else stored
+    start = pd.Timestamp(C.HISTORY_START)
+    if len(stored) and set(symbols) <= set(stored["Symbol"]):
+        last_per_symbol = stored.groupby("Symbol")["Date"].max()
+        start = last_per_symbol.min() - pd.Timedelta(days=C.INCREMENTAL_OVERLAP_DAYS)
+        log.info("incremental update from %s (stored history ends %s)", start.date(),
+                 last_per_symbol.max().date())
+    else:
+        log.info("full download from %s for %d symbols", start.date(), len(symbols))
+    fetched, errors = fetch_prices(symbols, start, reference)
+    for sym, message in sorted(errors.items()):
+        log.warning("download failed for %s: %s", sym, message)
+    if len(stored):
+        merged = pd.concat([stored, fetched], ignore_index=True)
+        merged["Date"] = pd.to_datetime(merged["Date"]).dt.normalize()
+        merged = merged.drop_duplicates(["Symbol", "Date"], keep="last")
+    else:
+        merged = fetched
+    clean, problems = validate_prices(merged, symbols, reference)
+    for problem in problems:
+        (log.error if problem.fatal else log.warning)("%s", problem)
+    healthy = sorted(clean["Symbol"].unique())
+    if not healthy:
+        raise DataError("no healthy symbol: nothing written (see the problems above; check the "
+                        "network with curl -I https://query1.finance.yahoo.com)")
+    atomic_write_with(config.path(C.RAW_PRICES_FILE), _csv_writer(
+        merged.sort_values(["Symbol", "Date"])[RAW_COLUMNS]))
+    features = build_features(clean)
+    write_processed(features, force=force)
+    summary = {
+        "skipped": False, "symbols": healthy,
+        "dropped": sorted({p.symbol for p in problems if p.fatal}),
+        "rows": len(features), "first_date": str(features["Date"].min().date()),
+        "last_date": str(features["Date"].max().date()), "source": config.data_source(),
+        "path": str(processed),
+    }
+    log.info("wrote %s: %d rows, %d symbols (%s), %s .. %s, zero NaN", processed.name,
+             summary["rows"], len(healthy), ", ".join(healthy), summary["first_date"],
+             summary["last_date"])
+    if summary["dropped"]:
+        log.error("dropped symbols: %s (see the reasons above)", ", ".join(summary["dropped"]))
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Download prices, validate them and rebuild "
+                                     "processed_stock_data.csv.")
+    parser.add_argument("--force", action="store_true",
+                        help="refetch all history and rebuild even if the file is fresh or better")
+    args = parser.parse_args(argv)
+    from logging_setup import setup_logging
+    try:
+        config.trading_mode()
+        config.data_source()
+    except config.ConfigError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("data_update")
+    log.info("data update started (source=%s, home=%s, force=%s)", config.data_source(),
+             config.home(), args.force)
+    try:
+        summary = update(force=args.force)
+    except DataError as exc:
+        log.error("data update FAILED: %s", exc)
+        return 1
+    except Exception:
+        log.exception("data update FAILED with an unexpected error")
+        return 1
+    if summary.get("skipped"):
+        print(f"up to date: {len(summary['symbols'])} symbols through {summary['last_date']} "
+              "(use --force to rebuild)")
+    else:
+        print(f"wrote {summary['path']}: {summary['rows']} rows, {len(summary['symbols'])} symbols, "
+              f"{summary['first_date']} .. {summary['last_date']}"
+              + (f"; dropped {', '.join(summary['dropped'])}" if summary["dropped"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,919 @@
+"""Risk management: what may be traded, how much, and when trading must stop opening positions.
+
+Read top to bottom:
+
+1. **Data shapes** -- ``Portfolio`` (the account as the risk checks see it) and the order dict
+   ``{"symbol", "side", "quantity", "price"}`` with side one of BUY / SELL / SELL_SHORT /
+   BUY_TO_COVER.
+2. **Sizing** -- ``size_position`` (whole shares from equity, signal strength and volatility),
+   ``target_positions`` (signals -> target signed shares) and ``orders_for_targets`` (current ->
+   target as orders). The live cycle and the backtest both use these: one implementation.
+3. **Pre-trade check** -- ``RiskManager.pre_trade_check(order, portfolio) -> (approved, reason)``.
+   Orders that only reduce risk (SELL of a long, BUY_TO_COVER of a short) pass every limit; only
+   the sanity of their quantity is checked. Orders that open or add risk (BUY, SELL_SHORT) must pass
+   every limit in constants.py ("risk limits" and "shorts" sections).
+4. **Halts** -- ``RiskManager.update_equity(equity, as_of)`` keeps the equity peak and the day's
+   starting equity in the state DB. Past ``MAX_DRAWDOWN`` from the peak it logs
+   ``MAX DRAWDOWN REACHED`` and sets a persistent halt that only a person clears, with
+   ``python risk_management.py reset-drawdown --reason "..."`` (audited). Past ``DAILY_LOSS_LIMIT``
+   of the day's starting equity it logs ``DAILY LOSS LIMIT REACHED`` and halts until the next day.
+   A halt blocks opening orders, never reducing or closing ones.
+5. **Shorts** -- ``RiskManager.forced_buyins(portfolio)`` closes shorts the broker recalled
+   (``BROKER RECALL``), that became hard to borrow (``HARD TO BORROW``, ``borrow rate``) or whose
+   ex-dividend date is near, logging ``Forced buy-in triggered``. Repeated forced buy-ins put a
+   symbol on the persistent do-not-short list.
+6. **CLI** -- ``python risk_management.py status | reset-drawdown | reset-daily-loss | do-not-short``.
+
+State lives in the state DB (``state/trading_state.db`` under TRADING_HOME, or any connection the
+caller passes, such as the backtest's ``state_db.connect(":memory:")``):
+
+* kv keys ``risk_equity_peak`` ``{"equity", "date"}``, ``risk_last_equity`` ``{"equity", "date"}``,
+  ``risk_day_start`` ``{"equity", "date"}``, ``risk_drawdown_halt`` ``{...} | null``,
+  ``risk_daily_halt`` ``{..., "date"} | null``;
+* table ``risk_forced_buyins`` (one row per forced buy-in) and table ``risk_do_not_short``.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import math
+import numbers
+import sys
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+
+import constants as C
+import state_db
+
+log = logging.getLogger("risk")
+
+BUY, SELL, SELL_SHORT, BUY_TO_COVER = "BUY", "SELL", "SELL_SHORT", "BUY_TO_COVER"
+SIDES = (BUY, SELL, SELL_SHORT, BUY_TO_COVER)
+OPENING_SIDES = (BUY, SELL_SHORT)            # add risk: every limit applies
+REDUCING_SIDES = (SELL, BUY_TO_COVER)        # reduce risk: only quantity sanity applies
+
+_EPS = 1e-9                                  # tolerance for comparisons at a limit's boundary
+
+KEY_PEAK = "risk_equity_peak"
+KEY_LAST = "risk_last_equity"
+KEY_DAY_START = "risk_day_start"
+KEY_DRAWDOWN_HALT = "risk_drawdown_halt"
+KEY_DAILY_HALT = "risk_daily_halt"
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS risk_forced_buyins (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        symbol TEXT NOT NULL,
+        as_of TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        reasons TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS risk_forced_buyins_symbol ON risk_forced_buyins(symbol, as_of)",
+    """CREATE TABLE IF NOT EXISTS risk_do_not_short (
+        symbol TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        source TEXT NOT NULL,
+        added_at TEXT NOT NULL
+    )""",
+]
+
+
+# =========================================================================== data shapes
+
+@dataclass
+class Portfolio:
+    """The account as the risk checks see it.
+
+    ``positions`` are signed shares (negative = short). ``prices`` are the latest prices and
+    ``last_close`` the previous session's closes. ``quotes[symbol]`` holds broker borrow data:
+    ``borrow_rate`` (annual fraction or None), ``hard_to_borrow`` / ``shortable`` (bool or None),
+    ``ex_dividend_date`` (date or None). ``recalled`` are symbols whose borrowed shares the broker
+    recalled. ``buying_power`` may be None (cash account): cash is used instead.
+    """
+    equity: float
+    cash: float
+    buying_power: float | None = None
+    positions: dict[str, int] = field(default_factory=dict)
+    prices: dict[str, float] = field(default_factory=dict)
+    last_close: dict[str, float] = field(default_factory=dict)
+    quotes: dict[str, dict] = field(default_factory=dict)
+    recalled: set[str] = field(default_factory=set)
+    as_of: date = field(default_factory=date.today)
+
+
+class NullAudit:
+    """An audit object that records nothing (the backtest's choice)."""
+
+    def log_event(self, action: str, status: str, details: dict) -> dict:
+        return {}
+
+
+def make_order(symbol: str, side: str, quantity: int, price: float, **extra) -> dict:
+    order = {"symbol": symbol, "side": side, "quantity": int(quantity), "price": float(price)}
+    order.update(extra)
+    return order
+
+
+# =========================================================================== small helpers
+
+def _finite(x) -> bool:
+    try:
+        return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _to_date(value) -> date | None:
+    """A date from a date, datetime, pandas Timestamp or ISO string; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if hasattr(value, "to_pydatetime"):
+        return value.to_pydatetime().date()
+    return date.fromisoformat(str(value)[:10])
+
+
+def _whole_shares(q) -> int | None:
+    """The quantity as an int when it is a positive whole number, else None."""
+    if isinstance(q, bool) or q is None:
+        return None
+    if isinstance(q, numbers.Integral):
+        return int(q) if q > 0 else None
+    if isinstance(q, numbers.Real) and math.isfinite(q) and float(q).is_integer() and q > 0:
+        return int(q)
+    return None
+
+
+def _money(x: float) -> str:
+    return f"${x:,.2f}"
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f}%"
+
+
+def _within(value: float, limit: float) -> bool:
+    return value <= limit + _EPS * max(1.0, abs(limit))
+
+
+def _sign(x: int) -> int:
+    return (x > 0) - (x < 0)
+
+
+def price_of(portfolio: Portfolio, symbol: str) -> float | None:
+    """The latest price, else the last close, else None."""
+    for source in (portfolio.prices, portfolio.last_close):
+        p = source.get(symbol)
+        if _finite(p) and float(p) > 0:
+            return float(p)
+    return None
+
+
+def ex_dividend_near(quote: dict | None, as_of) -> tuple[bool, date | None]:
+    """Whether the quote's ex-dividend date is today or within EX_DIVIDEND_WINDOW_DAYS ahead."""
+    ex_div = _to_date((quote or {}).get("ex_dividend_date"))
+    if ex_div is None:
+        return False, None
+    days = (ex_div - _to_date(as_of)).days
+    return 0 <= days <= C.EX_DIVIDEND_WINDOW_DAYS, ex_div
+
+
+def short_entry_problem(symbol: str, portfolio: Portfolio, do_not_short=()) -> str | None:
+    """Why a new short in ``symbol`` is not allowed, or None when it is. Shared by the pre-trade
+    check and target generation."""
+    if not C.ALLOW_SHORTS:
+        return "shorts are disabled (ALLOW_SHORTS=False)"
+    if symbol in do_not_short:
+        return (f"{symbol} is on the do-not-short list "
+                f"(remove with: python risk_management.py do-not-short remove {symbol})")
+    if symbol in portfolio.recalled:
+        return f"BROKER RECALL: the broker recalled borrowed shares of {symbol}"
+    quote = portfolio.quotes.get(symbol) or {}
+    rate = quote.get("borrow_rate")
+    if _finite(rate) and float(rate) > C.MAX_BORROW_RATE + _EPS:
+        return (f"HARD TO BORROW: {symbol} borrow rate {_pct(float(rate))} is above the limit "
+                f"{_pct(C.MAX_BORROW_RATE)} (MAX_BORROW_RATE)")
+    if quote.get("hard_to_borrow") is True:
+        rate_text = _pct(float(rate)) if _finite(rate) else "unknown"
+        return f"HARD TO BORROW: broker flags {symbol} hard to borrow (borrow rate {rate_text})"
+    if quote.get("shortable") is False:
+        return f"{symbol} is not shortable at the broker"
+    if C.REQUIRE_BORROW_DATA and not _finite(rate) and quote.get("hard_to_borrow") is None \
+            and quote.get("shortable") is None:
+        return (f"no borrow data for {symbol} (borrow rate, shortable and hard-to-borrow all "
+                f"unknown; REQUIRE_BORROW_DATA=True)")
+    near, ex_div = ex_dividend_near(quote, portfolio.as_of)
+    if near:
+        return (f"{symbol} ex-dividend date {ex_div} is within {C.EX_DIVIDEND_WINDOW_DAYS} days of "
+                f"{_to_date(portfolio.as_of)} (EX_DIVIDEND_WINDOW_DAYS)")
+    return None
+
+
+# =========================================================================== sizing
+
+def size_position(equity: float, price: float, score: float, volatility: float) -> int:
+    """Whole shares for one position.
+
+    Risk ``RISK_PER_TRADE`` of equity per daily sigma (``volatility`` is the daily standard
+    deviation of returns, a fraction such as 0.02), scaled by ``|score| / SIGNAL_THRESHOLD``
+    capped at ``MAX_SIZE_SCALE``; the value is then capped by ``MAX_POSITION_PCT`` of equity and by
+    ``MAX_ORDER_VALUE``. Returns 0 for a score below the threshold and for any bad input (NaN,
+    infinite, zero or negative equity, price or volatility).
+    """
+    if not all(_finite(x) for x in (equity, price, score, volatility)):
+        return 0
+    equity, price, score, volatility = float(equity), float(price), float(score), float(volatility)
+    if equity <= 0 or price <= 0 or volatility <= 0:
+        return 0
+    scale = abs(score) / C.SIGNAL_THRESHOLD
+    if scale < 1.0 - _EPS:
+        return 0
+    scale = min(scale, C.MAX_SIZE_SCALE)
+    value = equity * C.RISK_PER_TRADE * scale / volatility
+    value = min(value, C.MAX_POSITION_PCT * equity, C.MAX_ORDER_VALUE)
+    return max(0, int(math.floor(value / price + _EPS)))
+
+
+def _halt_clamp(current: int, target: int) -> int:
+    """While halted, a target may only move toward flat (reduce or close), never open or add."""
+    if target == current:
+        return target
+    if _sign(target) == _sign(current) and abs(target) <= abs(current):
+        return target
+    if _sign(target) != _sign(current) and current != 0:
+        return 0                                  # closing part of a flip is allowed
+    return current
+
+
+def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) -> dict[str, int]:
+    current = {s: int(q) for s, q in portfolio.positions.items() if int(q) != 0}
+    targets = dict(current)                       # symbols without a signal keep their position
+    wanted: list[tuple[float, str, int]] = []
+    for sig in signals:
+        symbol = sig["symbol"]
+        action = str(sig.get("signal", "HOLD")).upper()
+        cur = current.get(symbol, 0)
+        if action == "HOLD":
+            targets[symbol] = cur
+            continue
+        price = sig.get("price")
+        if not _finite(price) or float(price) <= 0:
+            price = price_of(portfolio, symbol)
+        shares = size_position(portfolio.equity, price, sig.get("score"), sig.get("volatility"))
+        if action == "BUY":
+            target = shares
+        elif action == "SELL":
+            problem = short_entry_problem(symbol, portfolio, do_not_short)
+            if problem:
+                log.info("No short target for %s: %s", symbol, problem)
+                target = 0
+            else:
+                target = -shares
+        else:
+            log.warning("Unknown signal %r for %s: keeping the current position", action, symbol)
+            target = cur
+        if cur != 0 and target != 0 and _sign(cur) == _sign(target) \
+                and abs(target - cur) < C.REBALANCE_BAND * abs(cur):
+            target = cur                          # a small resize is not worth the trade
+        if halted:
+            target = _halt_clamp(cur, target)
+        if cur == 0 and target != 0:
+            score = sig.get("score")
+            wanted.append((abs(float(score)) if _finite(score) else 0.0, symbol, target))
+        else:
+            targets[symbol] = target
+
+    # New positions, strongest signals first, while slots and gross exposure remain.
+    def gross(ts):
+        return sum(abs(q) * (price_of(portfolio, s) or 0.0) for s, q in ts.items())
+    budget = C.MAX_GROSS_EXPOSURE * max(portfolio.equity, 0.0)
+    for _, symbol, target in sorted(wanted, key=lambda w: (-w[0], w[1])):
+        open_count = sum(1 for q in targets.values() if q != 0)
+        if open_count >= C.MAX_POSITIONS:
+            log.info("No new position in %s: %d positions already (MAX_POSITIONS)", symbol, open_count)
+            targets[symbol] = 0
+            continue
+        price = price_of(portfolio, symbol) or 0.0
+        room = budget - gross(targets)
+        if price > 0 and abs(target) * price > room:
+            fitted = int(max(room, 0.0) // price)
+            log.info("New position in %s cut from %d to %d shares by MAX_GROSS_EXPOSURE",
+                     symbol, abs(target), fitted)
+            target = _sign(target) * fitted
+        targets[symbol] = target
+    return targets
+
+
+def orders_for_targets(targets: dict[str, int], portfolio: Portfolio) -> list[dict]:
+    """Orders that move each symbol from its current signed position to its target.
+
+    Risk-reducing orders (SELL, BUY_TO_COVER) come first, for every symbol, so they free buying
+    power before opening orders (BUY, SELL_SHORT). A long -> short flip is SELL then SELL_SHORT; a
+    short -> long flip is BUY_TO_COVER then BUY. The price is the latest price (or last close).
+    """
+    reducing, opening = [], []
+    for symbol in sorted(targets):
+        cur = int(portfolio.positions.get(symbol, 0))
+        tgt = int(targets[symbol])
+        if tgt == cur:
+            continue
+        price = price_of(portfolio, symbol)
+        if price is None:
+            log.error("No price for %s: cannot build orders toward target %d", symbol, tgt)
+            continue
+        if cur > 0 and tgt < cur:
+            reducing.append(make_order(symbol, SELL, cur - max(tgt, 0), price))
+        if cur < 0 and tgt > cur:
+            reducing.append(make_order(symbol, BUY_TO_COVER, min(tgt, 0) - cur, price))
+        if tgt > 0 and tgt > cur:
+            opening.append(make_order(symbol, BUY, tgt - max(cur, 0), price))
+        if tgt < 0 and tgt < cur:
+            opening.append(make_order(symbol, SELL_SHORT, min(cur, 0) - tgt, price))
+    return reducing + opening
+
+
+def apply_fill(portfolio: Portfolio, order: dict) -> Portfolio:
+    """The portfolio as it would be after ``order`` fills at its price (an estimate for checking a
+    batch of orders in sequence: cash and buying power move by the order value)."""
+    qty, price = int(order["quantity"]), float(order["price"])
+    side, symbol = order["side"], order["symbol"]
+    delta = qty if side in (BUY, BUY_TO_COVER) else -qty
+    value = qty * price
+    positions = dict(portfolio.positions)
+    positions[symbol] = int(positions.get(symbol, 0)) + delta
+    cash = portfolio.cash - value if side in (BUY, BUY_TO_COVER) else portfolio.cash + value
+    bp = portfolio.buying_power
+    if bp is not None:
+        bp = bp - value if side in OPENING_SIDES else bp + value
+    prices = dict(portfolio.prices)
+    prices.setdefault(symbol, price)
+    return replace(portfolio, positions=positions, cash=cash, buying_power=bp, prices=prices)
+
+
+# =========================================================================== the risk manager
+
+class RiskManager:
+    """Pre-trade checks, sizing, halts and forced buy-ins.
+
+    ``conn``: a state-DB connection (default: ``state_db.connect()`` under TRADING_HOME, opened on
+    first use). ``audit``: anything with ``log_event(action, status, details)`` (default: an
+    ``audit_logging.AuditLogger`` created on first use; the backtest passes ``NullAudit()``).
+    """
+
+    def __init__(self, conn=None, audit=None):
+        self._conn = conn
+        self._audit = audit
+        self._schema_ready = False
+
+    # ------------------------------------------------------------------ collaborators
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = state_db.connect()
+        if not self._schema_ready:
+            state_db.ensure_schema(self._conn, _SCHEMA)
+            self._schema_ready = True
+        return self._conn
+
+    @property
+    def audit(self):
+        if self._audit is None:
+            from audit_logging import AuditLogger
+            self._audit = AuditLogger()
+        return self._audit
+
+    def _audit_event(self, action: str, status: str, details: dict, required: bool = False) -> None:
+        """Audit an event. A failure is logged; with ``required`` it is raised (the caller's
+        transaction then rolls back, so nothing happens unrecorded)."""
+        try:
+            self.audit.log_event(action, status, details)
+        except Exception as exc:
+            log.error("Audit of %s/%s failed: %s: %s", action, status, type(exc).__name__, exc)
+            if required:
+                raise
+
+    # ------------------------------------------------------------------ halts
+    def is_halted(self, as_of=None) -> tuple[bool, str]:
+        """(True, reason) while opening trades are halted: a drawdown halt (until reset by a
+        person) or a daily loss halt on ``as_of`` (default: today; the backtest passes its date)."""
+        as_of = _to_date(as_of) or date.today()
+        dd = state_db.kv_get(self.conn, KEY_DRAWDOWN_HALT)
+        if dd:
+            return True, (f"MAX DRAWDOWN REACHED on {dd['date']}: drawdown {_pct(dd['drawdown'])} from "
+                          f"peak {_money(dd['peak'])} (limit {_pct(dd['limit'])}); reset with: "
+                          f"python risk_management.py reset-drawdown --reason \"...\"")
+        daily = state_db.kv_get(self.conn, KEY_DAILY_HALT)
+        if daily and daily.get("date") == as_of.isoformat():
+            return True, (f"DAILY LOSS LIMIT REACHED on {daily['date']}: loss {_pct(daily['loss'])} "
+                          f"from the day's start {_money(daily['day_start'])} "
+                          f"(limit {_pct(daily['limit'])}); clears on the next day")
+        return False, ""
+
+    def update_equity(self, equity: float, as_of=None) -> dict:
+        """Record the account equity at ``as_of`` (default today); set halts when a limit is hit.
+
+        The peak is the highest equity recorded (re-based by a drawdown reset). The day's starting
+        equity is the last equity recorded on an earlier day (the previous close), or the first
+        equity of the day when there is none. Returns::
+
+            {"as_of", "equity", "peak", "drawdown", "day_start_equity", "daily_loss",
+             "drawdown_halt": bool, "daily_halt": bool, "halted": bool, "reason": str,
+             "new_halts": [names set by this call]}
+        """
+        if not _finite(equity):
+            raise ValueError(f"equity must be a finite number, got {equity!r}")
+        equity = float(equity)
+        as_of = _to_date(as_of) or date.today()
+        day = as_of.isoformat()
+        new_halts, events = [], []
+        conn = self.conn
+        with state_db.transaction(conn):
+            peak = state_db.kv_get(conn, KEY_PEAK)
+            if peak is None or equity > peak["equity"]:
+                peak = {"equity": equity, "date": day}
+                state_db.kv_set(conn, KEY_PEAK, peak)
+            last = state_db.kv_get(conn, KEY_LAST)
+            day_start = state_db.kv_get(conn, KEY_DAY_START)
+            if day_start is None or day_start["date"] != day:
+                base = last["equity"] if last and last["date"] < day else equity
+                day_start = {"equity": base, "date": day}
+                state_db.kv_set(conn, KEY_DAY_START, day_start)
+            state_db.kv_set(conn, KEY_LAST, {"equity": equity, "date": day})
+
+            p = peak["equity"]
+            drawdown = (p - equity) / p if p > 0 else 0.0
+            ds = day_start["equity"]
+            daily_loss = (ds - equity) / ds if ds > 0 else 0.0
+
+            dd_halt = state_db.kv_get(conn, KEY_DRAWDOWN_HALT)
+            if dd_halt is None and drawdown >= C.MAX_DRAWDOWN - _EPS:
+                dd_halt = {"date": day, "equity": equity, "peak": p, "peak_date": peak["date"],
+                           "drawdown": drawdown, "limit": C.MAX_DRAWDOWN, "set_at": state_db.utcnow()}
+                state_db.kv_set(conn, KEY_DRAWDOWN_HALT, dd_halt)
+                new_halts.append("max_drawdown")
+                events.append(("max_drawdown", dd_halt))
+            daily_halt = state_db.kv_get(conn, KEY_DAILY_HALT)
+            if daily_halt and daily_halt.get("date") != day:
+                state_db.kv_delete(conn, KEY_DAILY_HALT)
+                log.info("Daily loss halt of %s cleared: new day %s", daily_halt.get("date"), day)
+                daily_halt = None
+            if daily_halt is None and daily_loss >= C.DAILY_LOSS_LIMIT - _EPS:
+                daily_halt = {"date": day, "equity": equity, "day_start": ds, "loss": daily_loss,
+                              "limit": C.DAILY_LOSS_LIMIT, "set_at": state_db.utcnow()}
+                state_db.kv_set(conn, KEY_DAILY_HALT, daily_halt)
+                new_halts.append("daily_loss")
+                events.append(("daily_loss", daily_halt))
+
+        for name, details in events:
+            if name == "max_drawdown":
+                log.critical("MAX DRAWDOWN REACHED: drawdown %s from peak %s (limit %s); equity %s. "
+                             "Opening trades halted until a person runs: python risk_management.py "
+                             "reset-drawdown --reason \"...\"", _pct(details["drawdown"]),
+                             _money(details["peak"]), _pct(details["limit"]), _money(equity))
+            else:
+                log.critical("DAILY LOSS LIMIT REACHED: loss %s from the day's start %s (limit %s); "
+                             "equity %s. Opening trades halted for %s", _pct(details["loss"]),
+                             _money(details["day_start"]), _pct(details["limit"]), _money(equity), day)
+            self._audit_event("risk_halt", "halted", {"halt": name, **details})
+
+        halted, reason = self.is_halted(as_of)
+        if halted and not new_halts:
+            log.warning("Opening trades remain halted: %s", reason)
+        return {"as_of": day, "equity": equity, "peak": p, "drawdown": drawdown,
+                "day_start_equity": ds, "daily_loss": daily_loss,
+                "drawdown_halt": dd_halt is not None, "daily_halt": daily_halt is not None,
+                "halted": halted, "reason": reason, "new_halts": new_halts}
+
+    def reset_drawdown(self, reason: str, equity: float | None = None, by: str | None = None) -> dict:
+        """Clear the drawdown halt (a person's decision, audited) and re-base the peak to the
+        current equity (``equity``, else the last recorded one). Raises ValueError without a
+        reason. The audit record is written first: if it cannot be written, nothing changes."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise ValueError("a reason is required to reset the drawdown halt")
+        if equity is not None and (not _finite(equity) or float(equity) <= 0):
+            raise ValueError(f"equity must be a positive number, got {equity!r}")
+        by = by or _user()
+        conn = self.conn
+        halt = state_db.kv_get(conn, KEY_DRAWDOWN_HALT)
+        old_peak = state_db.kv_get(conn, KEY_PEAK)
+        last = state_db.kv_get(conn, KEY_LAST)
+        base = float(equity) if equity is not None else (last["equity"] if last else None)
+        new_peak = {"equity": base, "date": date.today().isoformat()} if base is not None else None
+        details = {"halt": "max_drawdown", "reason": reason, "by": by, "was_halted": halt is not None,
+                   "previous_halt": halt, "old_peak": old_peak, "new_peak": new_peak}
+        self._audit_event("risk_halt_reset", "reset", details, required=True)
+        with state_db.transaction(conn):
+            if new_peak is not None:
+                state_db.kv_set(conn, KEY_PEAK, new_peak)
+            else:
+                state_db.kv_delete(conn, KEY_PEAK)
+            state_db.kv_delete(conn, KEY_DRAWDOWN_HALT)
+        log.warning("Drawdown halt reset by %s (%s); peak re-based to %s; was halted: %s",
+                    by, reason, _money(base) if base is not None else "next recorded equity",
+                    halt is not None)
+        return details
+
+    def reset_daily_loss(self, reason: str, by: str | None = None) -> dict:
+        """Clear today's daily loss halt before the day ends (a person's decision, audited first)."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise ValueError("a reason is required to reset the daily loss halt")
+        by = by or _user()
+        conn = self.conn
+        halt = state_db.kv_get(conn, KEY_DAILY_HALT)
+        details = {"halt": "daily_loss", "reason": reason, "by": by,
+                   "was_halted": halt is not None, "previous_halt": halt}
+        self._audit_event("risk_halt_reset", "reset", details, required=True)
+        with state_db.transaction(conn):
+            state_db.kv_delete(conn, KEY_DAILY_HALT)
+        log.warning("Daily loss halt reset by %s (%s); was halted: %s", by, reason, halt is not None)
+        return details
+
+    # ------------------------------------------------------------------ do-not-short list
+    def do_not_short(self) -> dict[str, dict]:
+        """The do-not-short list: {symbol: {"reason", "source", "added_at"}}."""
+        rows = self.conn.execute(
+            "SELECT symbol, reason, source, added_at FROM risk_do_not_short ORDER BY symbol").fetchall()
+        return {r["symbol"]: {"reason": r["reason"], "source": r["source"], "added_at": r["added_at"]}
+                for r in rows}
+
+    def add_do_not_short(self, symbol: str, reason: str, source: str = "manual") -> bool:
+        """Put ``symbol`` on the do-not-short list (audited; a manual add only if the audit record
+        is written). False when it was already there."""
+        symbol = symbol.strip().upper()
+        if symbol in self.do_not_short():
+            return False
+        details = {"symbol": symbol, "reason": reason, "source": source,
+                   "by": _user() if source == "manual" else "system"}
+        if source == "manual":
+            self._audit_event("do_not_short", "added", details, required=True)
+        with state_db.transaction(self.conn):
+            added = self.conn.execute(
+                "INSERT OR IGNORE INTO risk_do_not_short(symbol, reason, source, added_at) "
+                "VALUES(?, ?, ?, ?)", (symbol, reason, source, state_db.utcnow())).rowcount == 1
+        if added:
+            if source != "manual":
+                self._audit_event("do_not_short", "added", details)
+            log.warning("%s added to the do-not-short list (%s): %s", symbol, source, reason)
+        return added
+
+    def remove_do_not_short(self, symbol: str, reason: str = "") -> bool:
+        """Take ``symbol`` off the do-not-short list (audited first). False when it was not there."""
+        symbol = symbol.strip().upper()
+        if symbol not in self.do_not_short():
+            return False
+        self._audit_event("do_not_short", "removed", {"symbol": symbol, "reason": reason, "by": _user()},
+                          required=True)
+        with state_db.transaction(self.conn):
+            self.conn.execute("DELETE FROM risk_do_not_short WHERE symbol = ?", (symbol,))
+        log.warning("%s removed from the do-not-short list: %s", symbol, reason)
+        return True
+
+    # ------------------------------------------------------------------ pre-trade check
+    def pre_trade_check(self, order: dict, portfolio: Portfolio) -> tuple[bool, str]:
+        """(approved, reason) for one order against the portfolio before it is sent.
+
+        Every order: a known side, a symbol, a positive whole quantity. Reducing orders (SELL of a
+        long, BUY_TO_COVER of a short) must not exceed the position; nothing else is checked.
+        Opening orders (BUY, SELL_SHORT) must also pass, in this order: a positive price, no halt,
+        the short rules (SELL_SHORT), price sanity against the last close, MAX_ORDER_VALUE,
+        cash/buying power, MAX_POSITION_PCT, MAX_POSITIONS and MAX_GROSS_EXPOSURE.
+        """
+        approved, reason = self._check(order, portfolio)
+        if not approved:
+            log.warning("Order rejected by risk check: %s %s %s: %s", order.get("side"),
+                        order.get("quantity"), order.get("symbol"), reason)
+        return approved, reason
+
+    def check_orders(self, orders: list[dict], portfolio: Portfolio) -> list[tuple[dict, bool, str]]:
+        """Check a batch in sequence: each approved order is applied to a projected portfolio
+        before the next is checked (so a flip's SELL_SHORT sees the long already sold)."""
+        results = []
+        projected = portfolio
+        for order in orders:
+            ok, reason = self.pre_trade_check(order, projected)
+            results.append((order, ok, reason))
+            if ok:
+                projected = apply_fill(projected, order)
+        return results
+
+    def _check(self, order: dict, pf: Portfolio) -> tuple[bool, str]:
+        if not isinstance(order, dict):
+            return False, f"order must be a dict, got {type(order).__name__}"
+        symbol, side = order.get("symbol"), order.get("side")
+        if not isinstance(symbol, str) or not symbol.strip():
+            return False, f"order has no symbol: {order!r}"
+        if side not in SIDES:
+            return False, f"unknown side {side!r} for {symbol} (expected one of {', '.join(SIDES)})"
+        qty = _whole_shares(order.get("quantity"))
+        if qty is None:
+            return False, (f"quantity {order.get('quantity')!r} for {side} {symbol} is not a positive "
+                           f"whole number of shares")
+        held = int(pf.positions.get(symbol, 0))
+
+        # -- risk-reducing orders: quantity sanity only
+        if side == SELL:
+            if held <= 0:
+                return False, (f"SELL {qty} {symbol}: no long position to sell (held {held}); "
+                               f"use SELL_SHORT to open a short")
+            if qty > held:
+                return False, (f"SELL {qty} {symbol} exceeds the long position of {held} shares "
+                               f"(a flip is SELL {held} then SELL_SHORT)")
+            return True, f"approved: SELL {qty} {symbol} reduces a long of {held}"
+        if side == BUY_TO_COVER:
+            if held >= 0:
+                return False, f"BUY_TO_COVER {qty} {symbol}: no short position to cover (held {held})"
+            if qty > -held:
+                return False, (f"BUY_TO_COVER {qty} {symbol} exceeds the short position of {-held} "
+                               f"shares (a flip is BUY_TO_COVER {-held} then BUY)")
+            return True, f"approved: BUY_TO_COVER {qty} {symbol} reduces a short of {-held}"
+
+        # -- opening orders: every limit
+        if side == BUY and held < 0:
+            return False, f"BUY {qty} {symbol} while short {-held}: cover first with BUY_TO_COVER"
+        if side == SELL_SHORT and held > 0:
+            return False, f"SELL_SHORT {qty} {symbol} while long {held}: SELL the long first"
+        price = order.get("price")
+        if not _finite(price) or float(price) <= 0:
+            return False, f"{side} {qty} {symbol}: price {price!r} is not a positive number"
+        price = float(price)
+        if not _finite(pf.equity) or pf.equity <= 0:
+            return False, f"{side} {qty} {symbol}: account equity {pf.equity!r} is not positive"
+        equity = float(pf.equity)
+
+        halted, why = self.is_halted(pf.as_of)
+        if halted:
+            return False, f"{side} {qty} {symbol} blocked, opening trades halted: {why}"
+
+        if side == SELL_SHORT:
+            problem = short_entry_problem(symbol, pf, self.do_not_short())
+            if problem:
+                return False, f"SELL_SHORT {qty} {symbol} rejected: {problem}"
+
+        last = pf.last_close.get(symbol)
+        if not _finite(last) or float(last) <= 0:
+            return False, f"{side} {qty} {symbol}: no last close to check the price {_money(price)} against"
+        deviation = abs(price - float(last)) / float(last)
+        if not _within(deviation, C.PRICE_SANITY_PCT):
+            return False, (f"{side} {qty} {symbol}: price {_money(price)} is {_pct(deviation)} from the "
+                           f"last close {_money(float(last))} (PRICE_SANITY_PCT limit {_pct(C.PRICE_SANITY_PCT)})")
+
+        value = qty * price
+        if not _within(value, C.MAX_ORDER_VALUE):
+            return False, (f"{side} {qty} {symbol}: order value {_money(value)} exceeds MAX_ORDER_VALUE "
+                           f"{_money(C.MAX_ORDER_VALUE)}")
+
+        if pf.buying_power is not None and _finite(pf.buying_power):
+            available, what = float(pf.buying_power), "buying power"
+        else:
+            available, what = float(pf.cash), "cash"
+        if side == BUY and not _within(value, available):
+            return False, f"BUY {qty} {symbol}: order value {_money(value)} exceeds available {what} {_money(available)}"
+        if side == SELL_SHORT and not _within(value, available):
+            return False, (f"SELL_SHORT {qty} {symbol}: order value {_money(value)} exceeds available "
+                           f"{what} {_money(available)} (shorts need margin)")
+
+        new_qty = held + (qty if side == BUY else -qty)
+        position_value = abs(new_qty) * price
+        limit = C.MAX_POSITION_PCT * equity
+        if not _within(position_value, limit):
+            return False, (f"{side} {qty} {symbol}: position after the order {_money(position_value)} "
+                           f"({_pct(position_value / equity)} of equity {_money(equity)}) exceeds "
+                           f"MAX_POSITION_PCT {_pct(C.MAX_POSITION_PCT)} = {_money(limit)}")
+
+        open_positions = [s for s, q in pf.positions.items() if int(q) != 0]
+        if held == 0 and len(open_positions) >= C.MAX_POSITIONS:
+            return False, (f"{side} {qty} {symbol}: would open position {len(open_positions) + 1}; "
+                           f"MAX_POSITIONS is {C.MAX_POSITIONS}")
+
+        gross = position_value
+        for s, q in pf.positions.items():
+            if s == symbol or int(q) == 0:
+                continue
+            p = price_of(pf, s)
+            if p is None:
+                return False, f"{side} {qty} {symbol}: no price for held position {s}; cannot compute exposure"
+            gross += abs(int(q)) * p
+        gross_limit = C.MAX_GROSS_EXPOSURE * equity
+        if not _within(gross, gross_limit):
+            return False, (f"{side} {qty} {symbol}: gross exposure after the order {_money(gross)} "
+                           f"({_pct(gross / equity)} of equity) exceeds MAX_GROSS_EXPOSURE "
+                           f"{_pct(C.MAX_GROSS_EXPOSURE)} = {_money(gross_limit)}")
+
+        return True, (f"approved: {side} {qty} {symbol} @ {_money(price)} ({_money(value)}) within all "
+                      f"limits; position {_pct(position_value / equity)}, gross {_pct(gross / equity)} of equity")
+
+    # ------------------------------------------------------------------ targets
+    def target_positions(self, signals: list[dict], portfolio: Portfolio) -> dict[str, int]:
+        """Target signed shares per symbol from signals ``{symbol, signal, score, price,
+        volatility}``: BUY -> long of ``size_position`` shares; SELL -> short of that size when
+        shorts are allowed and a new short passes the short rules, else flat; HOLD -> keep. Held
+        symbols without a signal are kept. A same-side change within REBALANCE_BAND is not traded.
+        While halted a target only moves toward flat. New positions are taken strongest |score|
+        first while MAX_POSITIONS and MAX_GROSS_EXPOSURE allow."""
+        halted, why = self.is_halted(portfolio.as_of)
+        if halted:
+            log.warning("Targets limited to reducing/closing: %s", why)
+        return _build_targets(signals, portfolio, halted, self.do_not_short())
+
+    def orders_for_targets(self, targets: dict[str, int], portfolio: Portfolio) -> list[dict]:
+        return orders_for_targets(targets, portfolio)
+
+    size_position = staticmethod(size_position)
+
+    # ------------------------------------------------------------------ forced buy-ins
+    def forced_buyins(self, portfolio: Portfolio) -> list[dict]:
+        """BUY_TO_COVER orders for every short that must be closed now: broker recall, hard to
+        borrow (borrow rate above MAX_BORROW_RATE or flagged HTB), or ex-dividend date within
+        EX_DIVIDEND_WINDOW_DAYS. Each is logged, audited and recorded (once per symbol and day);
+        FORCED_BUYIN_LIMIT buy-ins within FORCED_BUYIN_LOOKBACK_DAYS put the symbol on the
+        do-not-short list."""
+        orders = []
+        as_of = _to_date(portfolio.as_of) or date.today()
+        for symbol in sorted(portfolio.positions):
+            qty = int(portfolio.positions[symbol])
+            if qty >= 0:
+                continue
+            quote = portfolio.quotes.get(symbol) or {}
+            reasons = []
+            if symbol in portfolio.recalled:
+                log.warning("BROKER RECALL: broker recalled the borrowed shares of %s (short %d)",
+                            symbol, -qty)
+                reasons.append("broker recall")
+            rate = quote.get("borrow_rate")
+            if _finite(rate) and float(rate) > C.MAX_BORROW_RATE + _EPS:
+                log.warning("HARD TO BORROW: %s borrow rate %s is above the limit %s (MAX_BORROW_RATE)",
+                            symbol, _pct(float(rate)), _pct(C.MAX_BORROW_RATE))
+                reasons.append(f"hard to borrow: borrow rate {_pct(float(rate))} > {_pct(C.MAX_BORROW_RATE)}")
+            elif quote.get("hard_to_borrow") is True:
+                rate_text = _pct(float(rate)) if _finite(rate) else "unknown"
+                log.warning("HARD TO BORROW: broker flags %s hard to borrow (borrow rate %s)", symbol, rate_text)
+                reasons.append(f"hard to borrow: broker flag (borrow rate {rate_text})")
+            near, ex_div = ex_dividend_near(quote, as_of)
+            if near:
+                log.warning("Ex-dividend date of %s is %s, within %d days of %s (EX_DIVIDEND_WINDOW_DAYS)",
+                            symbol, ex_div, C.EX_DIVIDEND_WINDOW_DAYS, as_of)
+                reasons.append(f"ex-dividend {ex_div} within {C.EX_DIVIDEND_WINDOW_DAYS} days")
+            if not reasons:
+                continue
+            price = price_of(portfolio, symbol)
+            reason_text = "; ".join(reasons)
+            order = make_order(symbol, BUY_TO_COVER, -qty, price if price is not None else 0.0,
+                               reason=f"forced buy-in: {reason_text}")
+            orders.append(order)
+            log.warning("Forced buy-in triggered: %s reason %s; BUY_TO_COVER %d", symbol, reason_text, -qty)
+            self._record_buyin(symbol, as_of, -qty, reasons, price)
+        return orders
+
+    def _record_buyin(self, symbol: str, as_of: date, quantity: int, reasons: list[str], price) -> None:
+        conn = self.conn
+        since = (as_of - timedelta(days=C.FORCED_BUYIN_LOOKBACK_DAYS)).isoformat()
+        with state_db.transaction(conn):
+            already = conn.execute("SELECT 1 FROM risk_forced_buyins WHERE symbol = ? AND as_of = ?",
+                                   (symbol, as_of.isoformat())).fetchone()
+            if not already:
+                conn.execute("INSERT INTO risk_forced_buyins(symbol, as_of, quantity, reasons, created_at) "
+                             "VALUES(?, ?, ?, ?, ?)",
+                             (symbol, as_of.isoformat(), quantity, "; ".join(reasons), state_db.utcnow()))
+            count = conn.execute("SELECT COUNT(*) FROM risk_forced_buyins WHERE symbol = ? AND as_of > ? "
+                                 "AND as_of <= ?", (symbol, since, as_of.isoformat())).fetchone()[0]
+        if already:
+            log.info("Forced buy-in of %s already recorded for %s (order repeated, not counted again)",
+                     symbol, as_of)
+            return
+        self._audit_event("forced_buyin", "triggered",
+                          {"symbol": symbol, "quantity": quantity, "reasons": reasons, "price": price,
+                           "as_of": as_of.isoformat(), "count_in_lookback": count})
+        if count >= C.FORCED_BUYIN_LIMIT:
+            self.add_do_not_short(symbol, f"{count} forced buy-ins within {C.FORCED_BUYIN_LOOKBACK_DAYS} days "
+                                          f"(FORCED_BUYIN_LIMIT {C.FORCED_BUYIN_LIMIT})", source="auto")
+
+    def recent_forced_buyins(self, limit: int = 20) -> list[dict]:
+        rows = self.conn.execute("SELECT symbol, as_of, quantity, reasons FROM risk_forced_buyins "
+                                 "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ status
+    def status(self, as_of=None) -> dict:
+        """Everything the ``status`` command prints, as a dict."""
+        conn = self.conn
+        peak = state_db.kv_get(conn, KEY_PEAK)
+        last = state_db.kv_get(conn, KEY_LAST)
+        day_start = state_db.kv_get(conn, KEY_DAY_START)
+        drawdown = None
+        if peak and last and peak["equity"] > 0:
+            drawdown = (peak["equity"] - last["equity"]) / peak["equity"]
+        halted, reason = self.is_halted(as_of)
+        return {"peak": peak, "last_equity": last, "day_start": day_start, "drawdown": drawdown,
+                "drawdown_halt": state_db.kv_get(conn, KEY_DRAWDOWN_HALT),
+                "daily_halt": state_db.kv_get(conn, KEY_DAILY_HALT),
+                "halted": halted, "reason": reason, "do_not_short": self.do_not_short(),
+                "recent_forced_buyins": self.recent_forced_buyins(10)}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+# =========================================================================== CLI
+
+def _print_status(rm: RiskManager) -> None:
+    s = rm.status()
+    peak, last = s["peak"], s["last_equity"]
+    print(f"Equity peak:        {_money(peak['equity']) + ' on ' + peak['date'] if peak else 'none recorded'}")
+    print(f"Last equity:        {_money(last['equity']) + ' on ' + last['date'] if last else 'none recorded'}")
+    dd = s["drawdown"]
+    print(f"Current drawdown:   {_pct(dd) if dd is not None else 'n/a'} (limit {_pct(C.MAX_DRAWDOWN)}, MAX_DRAWDOWN)")
+    ds = s["day_start"]
+    if ds and last and ds["equity"] > 0 and ds["date"] == last["date"]:
+        print(f"Day's loss:         {_pct((ds['equity'] - last['equity']) / ds['equity'])} of "
+              f"{_money(ds['equity'])} on {ds['date']} (limit {_pct(C.DAILY_LOSS_LIMIT)}, DAILY_LOSS_LIMIT)")
+    dd_halt = s["drawdown_halt"]
+    print("Drawdown halt:      " + (f"SET on {dd_halt['date']} (drawdown {_pct(dd_halt['drawdown'])} from peak "
+                                    f"{_money(dd_halt['peak'])}); reset: python risk_management.py "
+                                    f"reset-drawdown --reason \"...\"" if dd_halt else "none"))
+    daily = s["daily_halt"]
+    if daily and daily.get("date") == date.today().isoformat():
+        print(f"Daily loss halt:    SET for {daily['date']} (loss {_pct(daily['loss'])}); clears tomorrow")
+    else:
+        print("Daily loss halt:    none" + (f" (last one {daily['date']}, expired)" if daily else ""))
+    print(f"Opening trades:     {'HALTED: ' + s['reason'] if s['halted'] else 'allowed'}")
+    dns = s["do_not_short"]
+    print(f"Do-not-short list:  {', '.join(dns) if dns else 'empty'}")
+    for sym, info in dns.items():
+        print(f"  {sym}: {info['reason']} ({info['source']}, {info['added_at']})")
+    if s["recent_forced_buyins"]:
+        print("Recent forced buy-ins:")
+        for b in s["recent_forced_buyins"]:
+            print(f"  {b['as_of']} {b['symbol']} {b['quantity']} shares: {b['reasons']}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="risk_management.py", description=(
+        "Risk state: halts (max drawdown, daily loss) and the do-not-short list."))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="print the equity peak, drawdown, halts and do-not-short list")
+    p = sub.add_parser("reset-drawdown", help="clear the max-drawdown halt (audited); re-bases the peak")
+    p.add_argument("--reason", required=True, help="why trading may resume (recorded in the audit trail)")
+    p.add_argument("--equity", type=float, default=None,
+                   help="current account equity to re-base the peak to (default: the last recorded)")
+    p = sub.add_parser("reset-daily-loss", help="clear today's daily loss halt (audited)")
+    p.add_argument("--reason", required=True)
+    p = sub.add_parser("do-not-short", help="list, add or remove symbols that must never be shorted")
+    p.add_argument("action", choices=("list", "add", "remove"))
+    p.add_argument("symbol", nargs="?")
+    p.add_argument("--reason", default="", help="why (recorded in the audit trail)")
+    args = parser.parse_args(argv)
+
+    import logging_setup
+    logging_setup.setup_logging("trading")
+    rm = RiskManager()
+    try:
+        if args.command == "status":
+            _print_status(rm)
+        elif args.command == "reset-drawdown":
+            d = rm.reset_drawdown(args.reason, equity=args.equity)
+            new_peak = d["new_peak"]
+            print(f"Drawdown halt cleared (was set: {d['was_halted']}). Peak re-based to "
+                  f"{_money(new_peak['equity']) if new_peak else 'the next recorded equity'}.")
+        elif args.command == "reset-daily-loss":
+            d = rm.reset_daily_loss(args.reason)
+            print(f"Daily loss halt cleared (was set: {d['was_halted']}).")
+        elif args.command == "do-not-short":
+            if args.action == "list":
+                dns = rm.do_not_short()
+                if not dns:
+                    print("Do-not-short list is empty")
+                for sym, info in dns.items():
+                    print(f"{sym}\t{info['source']}\t{info['added_at']}\t{info['reason']}")
+            else:
+                if not args.symbol:
+                    parser.error(f"do-not-short {args.action} needs a SYMBOL")
+                sym = args.symbol.upper()
+                if args.action == "add":
+                    added = rm.add_do_not_short(sym, args.reason or "added by hand")
+                    print(f"{sym} {'added to' if added else 'was already on'} the do-not-short list")
+                else:
+                    removed = rm.remove_do_not_short(sym, args.reason or "removed by hand")
+                    print(f"{sym} {'removed from' if removed else 'was not on'} the do-not-short list")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:                      # e.g. the audit trail cannot be written
+        log.error("risk_management %s failed: %s: %s", args.command, type(exc).__name__, exc)
+        print(f"error: {args.command} not done: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
