@@ -160,8 +160,11 @@ def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=N
 
     Returns (long frame, {symbol: error}) for symbols that came back empty. Rate-limited symbols
     are retried with exponential backoff, all within one overall deadline."""
+    import warnings
+
     import yfinance as yf
 
+    warnings.filterwarnings("ignore", module="yfinance")     # its pandas deprecation chatter
     deadline_s = C.DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s
     retries = C.DOWNLOAD_RETRIES if retries is None else retries
     backoff_s = C.DOWNLOAD_BACKOFF_S if backoff_s is None else backoff_s

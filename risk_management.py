@@ -587,8 +587,7 @@ class RiskManager:
         """
         approved, reason = self._check(order, portfolio)
         if not approved:
-            log.warning("Order rejected by risk check: %s %s %s: %s", order.get("side"),
-                        order.get("quantity"), order.get("symbol"), reason)
+            log.warning("Order rejected by risk check: %s", reason)
         return approved, reason
 
     def check_orders(self, orders: list[dict], portfolio: Portfolio) -> list[tuple[dict, bool, str]]:
