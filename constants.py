@@ -84,7 +84,7 @@ SIGNAL_THRESHOLD = 0.6                     # |score| needed to trade; score = pr
 SIGNAL_VOL_WINDOW = 20                     # sessions of returns for "recent daily volatility" (sessions)
 MAX_ABS_SCORE = 10.0                       # a |score| above this is nonsensical: the cycle stops (unitless)
 MAX_PRED_MOVE = 0.5                        # a predicted |diff| above this fraction of the close is absurd
-DATA_MAX_AGE_SESSIONS = 1                  # data older than this many sessions before the cycle is stale
+DATA_MAX_AGE_SESSIONS = 0                  # sessions the data may lag the last completed session (sessions)
 
 # --------------------------------------------------------------------------- risk limits
 INITIAL_PAPER_CASH = 100_000.0             # starting cash of the paper account (USD)
@@ -150,3 +150,26 @@ PAPER_SHORT_MARGIN_REQ = 1.5               # paper buying power = cash - this * 
 SCHWAB_HTB_RATE_DIVISOR = 1.0              # Schwab reference.htbRate / this = annual fraction (1.0: read as fraction; conservative)
 SCHWAB_ORDER_LOOKBACK_DAYS = 59            # Schwab order queries reach back at most this far (days; API limit 60)
 SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (count)
+
+# --------------------------------------------------------------------------- audit trail and credentials (audit_logging.py, credential_manager.py)
+AUDIT_KEY_FILE = "audit_hmac.key"          # HMAC-SHA256 key of the audit chain, in config.config_dir() (mode 0600)
+AUDIT_CHECKPOINT_FILE = "audit_checkpoint-{tag}.json"   # last seq/hash, in config.config_dir(); tag = digest of the log's path
+AUDIT_LOCK_FILE = ".audit_log.lock"        # flock file beside the audit log (in logs/audit/)
+CREDENTIAL_KEY_FILE = "credentials.key"    # Fernet key of the credential files, in config.config_dir() (mode 0600)
+CREDENTIAL_NEXT_KEY_FILE = "credentials.key.next"   # new key while `credential_manager.py rotate-key` runs
+ENV_CREDENTIAL_KEY_NEW = "TRADING_CREDENTIAL_KEY_NEW"   # new Fernet key for rotate-key when keys come from the environment
+CREDENTIAL_FILE_TEMPLATE = ".{service}_config.enc"     # encrypted credentials under TRADING_HOME (mode 0600)
+
+# --------------------------------------------------------------------------- model training additions (train_model.py, model_management.py)
+ENV_TRAIN_PROFILE = "TRAIN_PROFILE"        # "tiny" selects the fast profile (same as --profile tiny)
+LSTM_LAYERS = 1                            # stacked LSTM layers (count)
+TARGET_VOL_FLOOR = 1e-4                    # volatility_20 floor in the target scaling (daily log-return std)
+TARGET_CLIP = 8.0                          # training targets clipped to +/- this (vol-scaled units); metrics use unclipped
+FEATURE_CLIP = 10.0                        # standardized inputs clipped to +/- this (standard deviations)
+TINY_WINDOW = 10                           # --profile tiny: window (sessions)
+TINY_UNITS = 8                             # --profile tiny: LSTM units
+TINY_DENSE_UNITS = 8                       # --profile tiny: dense units
+TINY_EPOCHS = 6                            # --profile tiny: max epochs
+TINY_PATIENCE = 2                          # --profile tiny: early-stopping patience (epochs)
+INFERENCE_PARITY_TOL = 1e-4                # max |Keras - NumPy| on the scaled output before a model is saved
+MODEL_QUARANTINE_DIR = "models/quarantine"  # current models that failed verification when replaced

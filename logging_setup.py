@@ -86,3 +86,10 @@ def setup_logging(kind: str = "trading", level: int = logging.INFO, console: boo
                   "tensorflow", "curl_cffi", "authlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return root
+
+
+def ensure_logging(kind: str = "trading") -> None:
+    """Set up logging unless an entry point already did (for library calls made from
+    ``python -c`` one-liners, such as ``get_latest_signal()``)."""
+    if not any(getattr(h, _MANAGED, False) for h in logging.getLogger().handlers):
+        setup_logging(kind)

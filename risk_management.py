@@ -254,6 +254,7 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
     current = {s: int(q) for s, q in portfolio.positions.items() if int(q) != 0}
     targets = dict(current)                       # symbols without a signal keep their position
     wanted: list[tuple[float, str, int]] = []
+    px: dict[str, float] = {}                     # the price each target is valued at
     for sig in signals:
         symbol = sig["symbol"]
         action = str(sig.get("signal", "HOLD")).upper()
@@ -264,6 +265,8 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
         price = sig.get("price")
         if not _finite(price) or float(price) <= 0:
             price = price_of(portfolio, symbol)
+        if price is not None:
+            px[symbol] = float(price)
         shares = size_position(portfolio.equity, price, sig.get("score"), sig.get("volatility"))
         if action == "BUY":
             target = shares
@@ -290,7 +293,7 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
 
     # New positions, strongest signals first, while slots and gross exposure remain.
     def gross(ts):
-        return sum(abs(q) * (price_of(portfolio, s) or 0.0) for s, q in ts.items())
+        return sum(abs(q) * (px.get(s) or price_of(portfolio, s) or 0.0) for s, q in ts.items())
     budget = C.MAX_GROSS_EXPOSURE * max(portfolio.equity, 0.0)
     for _, symbol, target in sorted(wanted, key=lambda w: (-w[0], w[1])):
         open_count = sum(1 for q in targets.values() if q != 0)
@@ -298,7 +301,7 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
             log.info("No new position in %s: %d positions already (MAX_POSITIONS)", symbol, open_count)
             targets[symbol] = 0
             continue
-        price = price_of(portfolio, symbol) or 0.0
+        price = px.get(symbol) or 0.0
         room = budget - gross(targets)
         if price > 0 and abs(target) * price > room:
             fitted = int(max(room, 0.0) // price)
@@ -503,8 +506,13 @@ class RiskManager:
         halt = state_db.kv_get(conn, KEY_DRAWDOWN_HALT)
         old_peak = state_db.kv_get(conn, KEY_PEAK)
         last = state_db.kv_get(conn, KEY_LAST)
-        base = float(equity) if equity is not None else (last["equity"] if last else None)
-        new_peak = {"equity": base, "date": date.today().isoformat()} if base is not None else None
+        if equity is not None:
+            new_peak = {"equity": float(equity), "date": date.today().isoformat()}
+        elif last:
+            new_peak = {"equity": last["equity"], "date": last["date"]}
+        else:
+            new_peak = None                       # the next recorded equity becomes the peak
+        base = new_peak["equity"] if new_peak else None
         details = {"halt": "max_drawdown", "reason": reason, "by": by, "was_halted": halt is not None,
                    "previous_halt": halt, "old_peak": old_peak, "new_peak": new_peak}
         self._audit_event("risk_halt_reset", "reset", details, required=True)

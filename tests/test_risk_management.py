@@ -3,7 +3,6 @@ the persistent drawdown halt and its audited reset (through the CLI), the daily 
 short rules and every forced buy-in path with the exact words people grep for."""
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -426,7 +425,7 @@ def test_reset_drawdown_api_is_audited_and_rebases_peak(rm, audit):
     assert audit.events[-1]["action"] == "risk_halt_reset"
     assert details["new_peak"]["equity"] == 84_000 and details["was_halted"]
     assert not rm.is_halted(TODAY)[0]
-    status = rm.update_equity(83_000, TODAY)                      # 1.2 % from the new peak
+    status = rm.update_equity(83_000, TODAY + timedelta(days=1))  # 1.2 % from the new peak
     assert not status["halted"] and status["peak"] == 84_000
 
 
@@ -580,3 +579,10 @@ def test_buyins_outside_lookback_do_not_count(rm):
     rm.forced_buyins(pf)
     assert "AAA" not in rm.do_not_short()
     assert len(rm.recent_forced_buyins()) == 2
+
+
+def test_target_new_positions_cut_by_gross_exposure(rm, monkeypatch):
+    monkeypatch.setattr(C, "MAX_GROSS_EXPOSURE", 0.15)
+    targets = rm.target_positions([sig("AAA", "BUY", 0.9), sig("BBB", "BUY", 1.2, price=50.0)], portfolio())
+    assert targets["BBB"] == 200                 # strongest first: $10,000
+    assert targets["AAA"] == 50                  # the $5,000 left of the $15,000 budget

@@ -1,0 +1,878 @@
+"""The hash-chained audit trail: ``logs/audit/audit_log.jsonl`` (under ``TRADING_HOME``).
+
+Every record is one line of canonical JSON (keys sorted, no spaces)::
+
+    {"action":"order_submitted","details":{...},"hash":"<64 hex>","prev_hash":"<64 hex>",
+     "seq":42,"status":"success","timestamp":"2025-01-02T14:31:05.123456Z"}
+
+so ``tail -3 logs/audit/audit_log.jsonl | jq '.action, .status, .details'`` reads well.
+
+Integrity
+---------
+* ``hash`` = HMAC-SHA256(audit key, canonical JSON of the record without ``hash``). The record
+  covers ``prev_hash`` (the previous record's ``hash``; 64 zeros for seq 1) and ``seq`` (1, 2, 3,
+  ... across every file, rotated ones included). Someone who can edit the log but cannot read the
+  key cannot produce a record that verifies: a plain SHA-256 chain would only catch accidents,
+  because anyone can recompute it after an edit.
+* The key (``audit_hmac.key``, 32 random bytes in hex, mode 0600) and a small *checkpoint*
+  (last ``seq`` and ``hash``, itself HMAC-signed) live in ``config.config_dir()``, outside
+  ``logs/`` and outside the project, next to the credential key. The checkpoint is rewritten on
+  every append, so cutting records off the end of the log (which leaves a valid chain) is caught.
+  Its file name carries a digest of the log's absolute path, so two ``TRADING_HOME`` folders
+  sharing one key directory keep separate checkpoints.
+* Appends are safe across processes: ``flock`` on ``logs/audit/.audit_log.lock``, re-read the last
+  record, one ``os.write`` of the whole line with ``O_APPEND``, ``fsync``, update the checkpoint,
+  unlock. No fork in the chain, no lost record.
+* A crash in the middle of a write leaves a *torn* last line (no newline). ``verify_chain`` reports
+  it as such (not as tampering); the next append moves the fragment to
+  ``audit_log.jsonl.torn-<time>`` and continues the chain from the last complete record, writing an
+  ``audit_torn_line_recovered`` record first.
+* Rotation (``python audit_logging.py rotate``, from cron at midnight) renames the live file to
+  ``audit_log.YYYYMMDD.jsonl`` (the UTC date of its last record; ``-2``, ``-3``... when taken) and
+  the chain continues in a new live file. ``verify_chain`` walks every file in name order; a
+  missing, truncated or reordered file is an error that names it.
+
+Command line::
+
+    python audit_logging.py verify          # prints the verdict; exit 0 valid, 1 not
+    python audit_logging.py tail [-n N]     # recent records, readably
+    python audit_logging.py rotate          # rotate the live file (cron, outside trading hours)
+    python audit_logging.py repair          # move a torn last line aside (an append does it too)
+    python audit_logging.py reset-checkpoint   # re-anchor the checkpoint after an investigation
+
+See docs/SECURITY.md for what each message means and what to do.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import stat
+import sys
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import config
+import constants as C
+import fileutil
+import logging_setup
+
+log = logging.getLogger("audit")
+
+GENESIS_HASH = "0" * 64          # prev_hash of seq 1
+_CP_SLOT = 4096                  # bytes per checkpoint slot (two slots)
+_HASH_KEY = b',"hash":"'         # how the top-level hash member appears in a canonical line
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SECRET_KEY_NAMES = re.compile(
+    r"(?i)^(access_token|refresh_token|id_token|app_secret|client_secret|app_key|api_key|"
+    r"apikey|secret|password|passwd|token)$")
+
+
+# --------------------------------------------------------------------------- exceptions
+class AuditError(RuntimeError):
+    """Base class of every audit-trail error."""
+
+
+class AuditKeyMissingError(AuditError):
+    """The HMAC key is gone while a trail (or its checkpoint) exists: nothing can be verified or
+    appended until the key is restored. Not evidence of tampering by itself."""
+
+
+class AuditKeyError(AuditError):
+    """The HMAC key file exists but is unusable (bad permissions, wrong format)."""
+
+
+class AuditChainError(AuditError):
+    """The last record of the trail does not verify, so a new record cannot be chained to it."""
+
+
+# --------------------------------------------------------------------------- helpers
+def canonical_json(obj) -> str:
+    """The one serialisation that is hashed and written: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def _mac(key: bytes, body: bytes) -> str:
+    return hmac.digest(key, body, "sha256").hex()
+
+
+def _utc_timestamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _clean(value, key: str | None = None):
+    """JSON-safe copy of ``details``: non-finite floats and unknown types become strings,
+    fields named like secrets become ``***`` and registered secrets are redacted."""
+    if key is not None and _SECRET_KEY_NAMES.match(str(key)):
+        return "***"
+    if isinstance(value, dict):
+        return {str(k): _clean(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_clean(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return logging_setup.redact(value)
+    try:                                   # numpy scalars, Decimal, datetime, Path, ...
+        item = value.item() if hasattr(value, "item") else None
+        if isinstance(item, (int, float, bool)):
+            return _clean(item)
+    except (TypeError, ValueError):
+        pass
+    return logging_setup.redact(str(value))
+
+
+def _display(path: Path) -> str:
+    """A path as a person reads it: relative to TRADING_HOME when inside it."""
+    try:
+        return str(path.relative_to(config.home()))
+    except ValueError:
+        return str(path)
+
+
+def _create_exclusive(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` with ``data`` atomically unless it exists (True if we created it).
+    Written to a temp file and hard-linked into place, so a reader never sees a partial file and
+    two processes racing to create it agree on one content."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        os.unlink(tmp)
+    fileutil.fsync_dir(path.parent)
+    return created
+
+
+def _ensure_config_dir() -> Path:
+    directory = config.config_dir()
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+    return directory
+
+
+_ROTATED = re.compile(r"^(?P<stem>.+)\.(?P<date>\d{8})(?:-(?P<n>\d+))?(?P<suffix>\.[^.]+)$")
+
+
+@dataclass
+class VerifyReport:
+    """What ``AuditLogger.verify`` found. ``kind`` is one of ``ok``, ``tampered``, ``torn``,
+    ``key_missing``, ``key_error``, ``checkpoint``."""
+    valid: bool
+    error: str | None = None
+    kind: str = "ok"
+    records: int = 0
+    files: list = field(default_factory=list)
+    last_seq: int = 0
+    last_hash: str = GENESIS_HASH
+
+    def as_tuple(self):
+        return self.valid, self.error
+
+
+@dataclass
+class _Checkpoint:
+    seq: int
+    hash: str
+    alarm: str | None = None
+    updated: str = ""
+
+
+class _BadCheckpoint(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- the logger
+class AuditLogger:
+    """Append to and verify the hash-chained audit trail.
+
+    ``path`` defaults to ``<TRADING_HOME>/logs/audit/audit_log.jsonl``; the key and checkpoint
+    default to ``config.config_dir()``. All paths are fixed when the object is created.
+    """
+
+    def __init__(self, path=None, *, key_path=None, checkpoint_path=None):
+        self.path = Path(path).expanduser().absolute() if path else config.path(C.AUDIT_LOG_FILE)
+        self.directory = self.path.parent
+        self.lock_path = self.directory / C.AUDIT_LOCK_FILE
+        self.key_path = Path(key_path) if key_path else config.config_dir() / C.AUDIT_KEY_FILE
+        if checkpoint_path:
+            self.checkpoint_path = Path(checkpoint_path)
+        else:
+            tag = hashlib.sha256(str(self.path).encode()).hexdigest()[:16]
+            self.checkpoint_path = config.config_dir() / C.AUDIT_CHECKPOINT_FILE.format(tag=tag)
+        self._key: bytes | None = None
+
+    def __repr__(self):
+        return f"AuditLogger(path={str(self.path)!r})"
+
+    # ----------------------------------------------------------------- files
+    def files(self) -> list[Path]:
+        """Every file of the trail in chain order: rotated files by name, then the live file."""
+        rotated = []
+        stem, suffix = self.path.stem, self.path.suffix
+        if self.directory.is_dir():
+            for entry in self.directory.iterdir():
+                m = _ROTATED.match(entry.name)
+                if m and m["stem"] == stem and m["suffix"] == suffix and entry.is_file():
+                    rotated.append(((m["date"], int(m["n"] or 1)), entry))
+        ordered = [p for _, p in sorted(rotated)]
+        if self.path.exists():
+            ordered.append(self.path)
+        return ordered
+
+    # ----------------------------------------------------------------- key
+    def _load_key(self, create: bool) -> bytes:
+        if self._key is not None:
+            return self._key
+        try:
+            st = os.stat(self.key_path)
+        except FileNotFoundError:
+            if not create:
+                raise AuditKeyMissingError(self._key_missing_text()) from None
+            _ensure_config_dir()
+            _create_exclusive(self.key_path, (secrets.token_hex(32) + "\n").encode())
+            log.info("Created the audit HMAC key %s (mode 0600)", self.key_path)
+            st = os.stat(self.key_path)
+        if st.st_mode & 0o077:
+            raise AuditKeyError(
+                f"Audit key {self.key_path} is readable or writable by group/others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); anyone who reads it can forge the trail. "
+                f"Fix: chmod 600 {self.key_path}")
+        if st.st_uid != os.geteuid():
+            raise AuditKeyError(
+                f"Audit key {self.key_path} is owned by uid {st.st_uid}, not by you "
+                f"(uid {os.geteuid()}). Fix: chown $(id -u) {self.key_path}")
+        text = self.key_path.read_text().strip()
+        if not _HEX.match(text):
+            raise AuditKeyError(f"Audit key {self.key_path} is not 64 hex digits: the file is "
+                                f"damaged. Restore it from your backup of {self.key_path.parent}")
+        self._key = bytes.fromhex(text)
+        return self._key
+
+    def _key_missing_text(self, records: int | None = None) -> str:
+        what = f"the {records} records of" if records else "the audit trail in"
+        return (f"Audit key missing: {self.key_path} does not exist, so {what} "
+                f"{_display(self.directory)} cannot be verified or extended. This is not evidence "
+                f"of tampering. Restore the key (and {self.checkpoint_path.name}) from the backup "
+                f"of {self.key_path.parent}; do not create a new key, or every record will fail "
+                f"verification. If TRADING_CONFIG_DIR is set differently for this user, use the "
+                f"same value as the cron jobs.")
+
+    def _trail_exists(self) -> bool:
+        return any(p.stat().st_size > 0 for p in self.files()) or self.checkpoint_path.exists()
+
+    # ----------------------------------------------------------------- checkpoint
+    # Two fixed-size slots, written alternately in place (pwrite + fdatasync): one sync per
+    # append, and a crash while writing one slot leaves the other, one record behind, intact.
+    def _read_checkpoint(self, key: bytes) -> _Checkpoint | None:
+        try:
+            raw = self.checkpoint_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        best, damaged = None, False
+        for slot in (raw[:_CP_SLOT], raw[_CP_SLOT:2 * _CP_SLOT]):
+            if not slot.strip():
+                continue
+            try:
+                data = json.loads(slot)
+                mac = str(data.pop("mac"))
+                ok = hmac.compare_digest(_mac(key, canonical_json(data).encode()), mac)
+            except (ValueError, KeyError, AttributeError, TypeError):
+                ok = False
+            if not ok:
+                damaged = True
+                continue
+            if data.get("log") != str(self.path):
+                raise _BadCheckpoint(f"checkpoint {self.checkpoint_path} belongs to "
+                                     f"{data.get('log')}, not to {self.path}")
+            if best is None or int(data["seq"]) > best.seq:
+                best = _Checkpoint(int(data["seq"]), str(data["hash"]), data.get("alarm"),
+                                   str(data.get("updated", "")))
+        if best is None and damaged:
+            raise _BadCheckpoint(f"checkpoint {self.checkpoint_path} fails its MAC check "
+                                 f"(edited, or written with another key)")
+        return best
+
+    def _write_checkpoint(self, key: bytes, seq: int, hash_: str, alarm: str | None) -> None:
+        if alarm and len(alarm) > 2000:
+            alarm = alarm[:2000] + "..."
+        data = {"log": str(self.path), "seq": seq, "hash": hash_, "alarm": alarm,
+                "updated": _utc_timestamp()}
+        data["mac"] = _mac(key, canonical_json(data).encode())
+        text = canonical_json(data).encode()
+        if len(text) >= _CP_SLOT:
+            raise AuditError(f"checkpoint record too long ({len(text)} bytes)")
+        slot = text.ljust(_CP_SLOT - 1) + b"\n"
+        if not self.checkpoint_path.exists():
+            _ensure_config_dir()
+            _create_exclusive(self.checkpoint_path, b" " * (2 * _CP_SLOT - 1) + b"\n")
+        fd = os.open(self.checkpoint_path, os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            os.pwrite(fd, slot, (seq % 2) * _CP_SLOT)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    # ----------------------------------------------------------------- reading records
+    def _check_line(self, key: bytes, line: bytes):
+        """(record, None) when the line is a record whose hash verifies, else (None, problem)."""
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            return None, f"not valid JSON ({getattr(exc, 'msg', exc)})"
+        if not isinstance(obj, dict):
+            return None, "not a JSON object"
+        claimed = obj.get("hash")
+        if not isinstance(claimed, str):
+            return None, "has no 'hash' field"
+        # Fast path: the line as written is the signed body with the hash member inserted.
+        i = line.rfind(_HASH_KEY)
+        if i >= 0 and line[i + 9:i + 73] == claimed.encode() and line[i + 73:i + 74] == b'"':
+            if hmac.compare_digest(_mac(key, line[:i] + line[i + 74:]), claimed):
+                return obj, None
+        # Reformatted line (other key order, spaces): canonicalise and check again.
+        body = {k: v for k, v in obj.items() if k != "hash"}
+        try:
+            signed = canonical_json(body).encode()
+        except ValueError:
+            signed = b""
+        if hmac.compare_digest(_mac(key, signed), claimed):
+            if not isinstance(obj.get("seq"), int) or not isinstance(obj.get("prev_hash"), str):
+                return None, "has no integer 'seq' or no 'prev_hash'"
+            return obj, None
+        return None, ("content does not match its hash: the record was edited, or written "
+                      "without the audit key")
+
+    @staticmethod
+    def _split(data: bytes):
+        """Complete lines and the torn fragment after the last newline (b'' when none)."""
+        lines = data.split(b"\n")
+        return lines[:-1], lines[-1]
+
+    @staticmethod
+    def _read_end(fd: int, size: int) -> tuple[bytes, int]:
+        """The end of a file holding at least its last two newlines (or the whole file), and
+        the offset it starts at."""
+        chunk = 1 << 16
+        while True:
+            start = max(0, size - chunk)
+            data = os.pread(fd, size - start, start)
+            if start == 0 or data.count(b"\n") >= 2:
+                return data, start
+            chunk *= 4
+
+    def _last_line(self, fd: int, path: Path):
+        """``(last complete line, torn fragment, offset of the fragment)`` of one file."""
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None, b"", 0
+        data, start = self._read_end(fd, size)
+        torn, torn_at = b"", size
+        if not data.endswith(b"\n"):
+            if path != self.path:
+                raise AuditChainError(
+                    f"Hash chain broken: the rotated file {_display(path)} ends in an incomplete "
+                    f"line; restore it from backup (see docs/SECURITY.md)")
+            cut = data.rfind(b"\n") + 1                # 0 when the file is only a fragment
+            torn, torn_at = data[cut:], start + cut
+            data = data[:cut]
+            if not data:
+                return None, torn, torn_at
+        begin = data.rfind(b"\n", 0, len(data) - 1) + 1
+        return data[begin:-1], torn, torn_at
+
+    def _last_record(self, key: bytes, live_fd: int):
+        """``(record, torn, torn_at)``: the last complete record of the trail (None when it is
+        empty), the live file's torn fragment (b'' when none) and the offset where it starts.
+        The record's hash is checked: nothing is ever chained to a forged record."""
+        line, torn, torn_at = self._last_line(live_fd, self.path)
+        path = self.path
+        if line is None:                                # live file empty: the newest rotated one
+            for path in reversed(self.files()[:-1] if self.path.exists() else self.files()):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    line, _, _ = self._last_line(fd, path)
+                finally:
+                    os.close(fd)
+                if line is not None:
+                    break
+        if line is None:
+            return None, torn, torn_at
+        obj, problem = self._check_line(key, line)
+        if problem:
+            raise AuditChainError(
+                f"Hash chain broken: the last record of {_display(path)} {problem}; refusing to "
+                f"chain new records to it. Run `python audit_logging.py verify` and see "
+                f"docs/SECURITY.md")
+        return obj, torn, torn_at
+
+    # ----------------------------------------------------------------- appending
+    @contextmanager
+    def _transaction(self):
+        """Hold the trail's lock; yield the live file opened for append (and reading)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fd = self._open_live()
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+        finally:
+            os.close(lock)                              # closing releases the flock
+
+    def _open_live(self) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        return fd
+
+    def _key_for_append(self) -> bytes:
+        if self._key is None and not self.key_path.exists() and self._trail_exists():
+            raise AuditKeyMissingError(self._key_missing_text())
+        return self._load_key(create=True)
+
+    def _write_line(self, key: bytes, fd: int, last, action: str, status: str,
+                    details: dict) -> dict:
+        """Append the record that follows ``last`` (None: the first record) in one write."""
+        record = {"seq": (last["seq"] if last else 0) + 1, "timestamp": _utc_timestamp(),
+                  "action": action, "status": status, "details": details,
+                  "prev_hash": last["hash"] if last else GENESIS_HASH}
+        record["hash"] = _mac(key, canonical_json(record).encode())
+        data = (canonical_json(record) + "\n").encode()
+        written = os.write(fd, data)
+        while written < len(data):           # only on a short write (disk full, signal)
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+        return record
+
+    def _recover_torn(self, key: bytes, fd: int, torn: bytes, torn_at: int, last) -> dict:
+        """Move a torn last line aside, cut it off the live file and record the recovery."""
+        lineno = os.pread(fd, torn_at, 0).count(b"\n") + 1
+        saved = self.path.with_name(
+            f"{self.path.name}.torn-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}")
+        fileutil.atomic_write_bytes(saved, torn, mode=0o600)
+        os.ftruncate(fd, torn_at)
+        os.fsync(fd)
+        log.warning("Torn last line in %s line %d (%d bytes, a crash interrupted an append) "
+                    "moved to %s; the chain continues from seq %d",
+                    _display(self.path), lineno, len(torn), saved.name, last["seq"] if last else 0)
+        return self._write_line(key, fd, last, "audit_torn_line_recovered", "warning",
+                                {"file": _display(self.path), "line": lineno, "bytes": len(torn),
+                                 "saved_to": saved.name})
+
+    def _checkpoint_alarm(self, key: bytes, last) -> tuple[str | None, str | None]:
+        """(sticky alarm kept from the checkpoint, new alarm) for the trail ending at ``last``."""
+        seq = last["seq"] if last else 0
+        hash_ = last["hash"] if last else GENESIS_HASH
+        when = _utc_timestamp()
+        try:
+            cp = self._read_checkpoint(key)
+        except _BadCheckpoint as exc:
+            return None, f"at {when} the {exc}"
+        if cp is None:
+            if seq == 0:
+                return None, None
+            return None, (f"at {when} the checkpoint was missing while the trail held records up "
+                          f"to seq {seq}: removal of records from its end cannot be ruled out")
+        if cp.seq == seq and hmac.compare_digest(cp.hash, hash_):
+            return cp.alarm, None
+        if last and cp.seq == seq - 1 and hmac.compare_digest(cp.hash, last["prev_hash"]):
+            return cp.alarm, None           # a crash between the write and the checkpoint update
+        if seq < cp.seq:
+            new = (f"at {when} the trail ended at seq {seq} but the checkpoint recorded seq "
+                   f"{cp.seq} (updated {cp.updated}): records {seq + 1}..{cp.seq} were removed "
+                   f"from its end (truncation), and new records were appended after seq {seq}")
+        elif seq == cp.seq:
+            new = (f"at {when} record seq {seq} no longer has the hash the checkpoint recorded "
+                   f"(updated {cp.updated}): the end of the trail was replaced")
+        else:
+            new = (f"at {when} the trail ended at seq {seq}, {seq - cp.seq} records past the "
+                   f"checkpoint (seq {cp.seq}): records were appended without updating it")
+        return cp.alarm, new
+
+    def log_event(self, action: str, status: str, details: dict | None = None) -> dict:
+        """Append one record and return it (with ``seq``, ``timestamp``, ``prev_hash``, ``hash``).
+
+        ``details`` is copied into JSON-safe form; fields named like secrets are masked.
+        Raises AuditKeyMissingError, AuditKeyError or AuditChainError when the trail cannot be
+        extended safely.
+        """
+        if not isinstance(action, str) or not action:
+            raise ValueError("action must be a non-empty string")
+        if not isinstance(status, str) or not status:
+            raise ValueError("status must be a non-empty string")
+        if details is None:
+            details = {}
+        if not isinstance(details, dict):
+            raise ValueError(f"details must be a dict, not {type(details).__name__}")
+        details = _clean(details)
+        key = self._key_for_append()
+        with self._transaction() as fd:
+            last, alarm = self._prepare(key, fd)
+            record = self._write_line(key, fd, last, action, status, details)
+            self._write_checkpoint(key, record["seq"], record["hash"], alarm)
+        return record
+
+    def _prepare(self, key: bytes, fd: int):
+        """Under the lock: the last record (after repairing a torn line) and the alarm to keep
+        in the checkpoint."""
+        last, torn, torn_at = self._last_record(key, fd)
+        kept, new_alarm = self._checkpoint_alarm(key, last)
+        if new_alarm and not kept:
+            log.critical("Hash chain broken: %s", new_alarm)
+        if torn:
+            last = self._recover_torn(key, fd, torn, torn_at, last)
+        return last, kept or new_alarm
+
+    # ----------------------------------------------------------------- maintenance
+    def repair(self) -> dict | None:
+        """Move a torn last line aside now (an append does the same); the recovery record, or
+        None when there was nothing to repair."""
+        key = self._key_for_append()
+        with self._transaction() as fd:
+            _, torn, _ = self._last_record(key, fd)
+            if not torn:
+                return None
+            record, alarm = self._prepare(key, fd)
+            self._write_checkpoint(key, record["seq"], record["hash"], alarm)
+            return record
+
+    def rotate(self, when: datetime | None = None) -> Path | None:
+        """Rename the live file to ``<stem>.YYYYMMDD<suffix>`` (the UTC date of its last record,
+        or of ``when``) and continue the chain in a new live file that starts with an
+        ``audit_log_rotated`` record. Returns the rotated file, or None when the live file is
+        empty or absent. Safe while others append (same lock)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        key = self._key_for_append()
+        with self._transaction() as fd:
+            if os.fstat(fd).st_size == 0:
+                return None
+            last, alarm = self._prepare(key, fd)
+            first = os.pread(fd, 1 << 16, 0).split(b"\n", 1)[0]
+            first_seq = json.loads(first).get("seq") if first.strip() else None
+            day = (when or datetime.strptime(last["timestamp"][:10], "%Y-%m-%d")).strftime("%Y%m%d")
+            target = self.directory / f"{self.path.stem}.{day}{self.path.suffix}"
+            n = 1
+            while target.exists():
+                n += 1
+                target = self.directory / f"{self.path.stem}.{day}-{n}{self.path.suffix}"
+            os.rename(self.path, target)
+            fileutil.fsync_dir(self.directory)
+            new_fd = self._open_live()
+            try:
+                record = self._write_line(key, new_fd, last, "audit_log_rotated", "success",
+                                          {"rotated_to": target.name, "first_seq": first_seq,
+                                           "last_seq": last["seq"]})
+            finally:
+                os.close(new_fd)
+            self._write_checkpoint(key, record["seq"], record["hash"], alarm)
+        log.info("Rotated %s to %s (seq %s-%s)", _display(self.path), target.name, first_seq,
+                 last["seq"])
+        return target
+
+    def reset_checkpoint(self, reason: str = "") -> dict:
+        """After an investigation: check the chain ignoring the checkpoint, then anchor a fresh
+        checkpoint (no alarm) at its end, recording the reset in the trail itself."""
+        report = self.verify(use_checkpoint=False)
+        if not report.valid and report.kind != "torn":
+            raise AuditChainError(f"The chain itself does not verify, so the checkpoint is not "
+                                  f"reset: {report.error}")
+        key = self._load_key(create=False) if report.records else self._key_for_append()
+        try:
+            old = self._read_checkpoint(key)
+            previous = {"seq": old.seq, "hash": old.hash, "alarm": old.alarm} if old else None
+        except _BadCheckpoint as exc:
+            previous = {"error": str(exc)}
+        with self._transaction() as fd:
+            last, torn, torn_at = self._last_record(key, fd)
+            if torn:
+                last = self._recover_torn(key, fd, torn, torn_at, last)
+            record = self._write_line(key, fd, last, "audit_checkpoint_reset", "warning",
+                                      _clean({"previous_checkpoint": previous, "reason": reason}))
+            self._write_checkpoint(key, record["seq"], record["hash"], None)
+        log.warning("Audit checkpoint reset at seq %d (previous: %s)", record["seq"], previous)
+        return record
+
+    # ----------------------------------------------------------------- verifying
+    def verify_chain(self) -> tuple[bool, str | None]:
+        """``(True, None)`` when every file verifies and matches the checkpoint; otherwise
+        ``(False, message)`` naming the first bad record (file and line) and what is wrong."""
+        return self.verify().as_tuple()
+
+    def verify(self, use_checkpoint: bool = True) -> VerifyReport:
+        files = self.files()
+        names = [_display(p) for p in files]
+        nonempty = [p for p in files if p.stat().st_size > 0]
+        has_cp = self.checkpoint_path.exists()
+        if not nonempty and not has_cp:
+            return VerifyReport(True, None, "ok", 0, names)
+        try:
+            key = self._load_key(create=False)
+        except AuditKeyMissingError:
+            count = sum(p.read_bytes().count(b"\n") for p in nonempty)
+            return VerifyReport(False, self._key_missing_text(count), "key_missing", 0, names)
+        except AuditKeyError as exc:
+            return VerifyReport(False, str(exc), "key_error", 0, names)
+
+        def broken(msg, kind="tampered", records=0):
+            return VerifyReport(False, msg, kind, records, names)
+
+        # Pass 1: parse and authenticate every line of every file.
+        parsed = []          # per file: (path, [(lineno, seq, prev_hash, hash)], first problem)
+        torn = None
+        for path in files:
+            lines, fragment = self._split(path.read_bytes())
+            rows, problem = [], None
+            check = self._check_line
+            for lineno, line in enumerate(lines, 1):
+                if not line.strip():
+                    problem = (lineno, "is empty (a line was blanked or removed)")
+                    break
+                obj, bad = check(key, line)
+                if bad:
+                    problem = (lineno, bad)
+                    break
+                rows.append((lineno, obj["seq"], obj["prev_hash"], obj["hash"]))
+            if fragment and problem is None:
+                if path == self.path:
+                    torn = (path, len(lines) + 1, len(fragment))
+                else:
+                    problem = (len(lines) + 1, "is incomplete (no newline) in a rotated file: the "
+                                               "file was truncated or damaged")
+            parsed.append((path, rows, problem))
+
+        # The checkpoint, read now so that the walk can pick up the hash of its record.
+        cp, cp_problem, cp_seen = None, None, None
+        if use_checkpoint:
+            try:
+                cp = self._read_checkpoint(key)
+            except _BadCheckpoint as exc:
+                cp_problem = str(exc)
+        cp_seq = cp.seq if cp else -1
+
+        # Pass 2: walk the chain across files in order.
+        prev = None          # (path, lineno, seq, hash)
+        count = 0
+        for index, (path, rows, problem) in enumerate(parsed):
+            name = _display(path)
+            for pos, (lineno, seq, prev_hash, hash_) in enumerate(rows):
+                if prev is None:
+                    if seq != 1 or prev_hash != GENESIS_HASH:
+                        where = f"{name} line {lineno} (seq {seq})"
+                        later = self._file_holding(parsed[index + 1:], 1)
+                        if pos == 0 and later is not None:
+                            return broken(f"Hash chain broken: rotated files out of order: {name} "
+                                          f"starts at seq {seq} but {_display(later)}, which sorts "
+                                          f"after it, holds seq 1 (files renamed or reordered)",
+                                          records=count)
+                        return broken(f"Hash chain broken: {where}: the trail starts at seq "
+                                      f"{seq}, records 1..{seq - 1} are missing (an older rotated "
+                                      f"file or the start of {name} was deleted)", records=count)
+                elif seq != prev[2] + 1 or prev_hash != prev[3]:
+                    return broken(self._diagnose(parsed, index, pos, prev), records=count)
+                prev = (path, lineno, seq, hash_)
+                count += 1
+                if seq == cp_seq:
+                    cp_seen = hash_
+            if problem:
+                lineno, what = problem
+                return broken(f"Hash chain broken: {name} line {lineno}: {what}", records=count)
+
+        last_seq, last_hash = (prev[2], prev[3]) if prev else (0, GENESIS_HASH)
+        report = VerifyReport(True, None, "ok", count, names, last_seq, last_hash)
+
+        if use_checkpoint:
+            if cp_problem:
+                return broken(f"Hash chain broken: the {cp_problem}", "checkpoint", count)
+            if cp is None:
+                return broken(f"Checkpoint missing: {self.checkpoint_path} does not exist but "
+                              f"the trail has {count} records (last seq {last_seq}), so removal "
+                              f"of records from its end cannot be ruled out. If the key directory "
+                              f"was reset or the project moved, check the trail, then run: "
+                              f"python audit_logging.py reset-checkpoint", "checkpoint", count)
+            if not files:
+                return broken(f"Hash chain broken: the audit log {_display(self.path)} is missing "
+                              f"(no audit file in {_display(self.directory)}) but the checkpoint "
+                              f"recorded seq {cp.seq}: the log was deleted", records=0)
+            if cp.seq > last_seq:
+                where = f"{_display(prev[0])} line {prev[1]}" if prev else "the start"
+                live = "" if self.path.exists() else f" ({_display(self.path)} itself is missing)"
+                return broken(f"Hash chain broken: the trail was truncated: it ends at seq "
+                              f"{last_seq} ({where}) but the checkpoint recorded seq {cp.seq} "
+                              f"(updated {cp.updated}): records {last_seq + 1}..{cp.seq} were "
+                              f"removed{live}", records=count)
+            if cp.seq > 0 and cp_seen != cp.hash:
+                return broken(f"Hash chain broken: record seq {cp.seq} does not have the hash the "
+                              f"checkpoint recorded (updated {cp.updated}): the end of the trail "
+                              f"was removed and rewritten", records=count)
+            if cp.alarm:
+                return broken(f"Hash chain broken: an append found the trail inconsistent with "
+                              f"its checkpoint: {cp.alarm}. After investigating, run: python "
+                              f"audit_logging.py reset-checkpoint", records=count)
+        if torn:
+            path, lineno, size = torn
+            return VerifyReport(
+                False, f"Torn last line: {_display(path)} line {lineno} is incomplete ({size} "
+                       f"bytes, no newline): a crash interrupted an append. This is not "
+                       f"tampering; the {count} records before it verify. The next append (or "
+                       f"`python audit_logging.py repair`) moves it aside and continues the chain.",
+                "torn", count, names, last_seq, last_hash)
+        return report
+
+    @staticmethod
+    def _file_holding(parsed, seq):
+        for path, rows, _ in parsed:
+            if any(r[1] == seq for r in rows):
+                return path
+        return None
+
+    def _diagnose(self, parsed, index, pos, prev) -> str:
+        """Say what is wrong where record ``pos`` of file ``index`` does not follow ``prev``."""
+        path, rows, _ = parsed[index]
+        lineno, seq, prev_hash, hash_ = rows[pos]
+        name = _display(path)
+        where = f"{name} line {lineno} (seq {seq})"
+        expected = prev[2] + 1
+        prev_where = f"{_display(prev[0])} line {prev[1]}"
+        if pos == 0 and prev[0] != path:            # at a file boundary
+            if seq > expected:
+                holder = self._file_holding(parsed[index + 1:], expected)
+                if holder is not None:
+                    return (f"Hash chain broken: rotated files out of order: {name} starts at "
+                            f"seq {seq} but seq {expected} is in {_display(holder)}, which sorts "
+                            f"after it (files renamed or reordered)")
+                return (f"Hash chain broken: records {expected}..{seq - 1} are in no file: "
+                        f"{_display(prev[0])} ends at seq {prev[2]} and {name} starts at seq "
+                        f"{seq}: a rotated file is missing (or {_display(prev[0])} was truncated)")
+            if seq <= prev[2]:
+                return (f"Hash chain broken: rotated files out of order or overlapping: {name} "
+                        f"starts at seq {seq} but {_display(prev[0])}, which sorts before it, "
+                        f"already reached seq {prev[2]} (a file renamed, copied or reordered)")
+            return (f"Hash chain broken: {where}: prev_hash does not match the last record of "
+                    f"{_display(prev[0])}: {name} does not continue that file (a file replaced)")
+        if seq == prev[2] and hash_ == prev[3]:
+            return f"Hash chain broken: {where}: duplicate of the record on {prev_where}"
+        if seq == prev[2]:
+            return (f"Hash chain broken: {where}: a second record with seq {seq} (after "
+                    f"{prev_where}): the chain forks (records from two different histories)")
+        if seq < prev[2]:
+            return (f"Hash chain broken: {where}: out of order, seq {seq} after seq {prev[2]} "
+                    f"({prev_where}): records swapped, moved or duplicated")
+        if seq > expected:
+            later = [r for r in rows[pos + 1:] if r[1] == expected]
+            if later:
+                return (f"Hash chain broken: {where}: out of order, seq {expected} comes later "
+                        f"(line {later[0][0]}): records swapped or moved")
+            missing = str(expected) if seq - 1 == expected else f"{expected}..{seq - 1}"
+            return (f"Hash chain broken: {where}: seq {missing} missing after {prev_where} "
+                    f"(record deleted)")
+        return (f"Hash chain broken: {where}: prev_hash does not match the hash of seq {prev[2]} "
+                f"({prev_where}): a record was replaced or the chain was rebuilt from here")
+
+    # ----------------------------------------------------------------- reading for people
+    def tail(self, n: int = 10) -> list[dict]:
+        """The last ``n`` complete records, oldest first (not verified; see ``verify``)."""
+        out: deque = deque(maxlen=n)
+        for path in reversed(self.files()):
+            lines, _ = self._split(path.read_bytes())
+            chunk = []
+            for line in lines[-n:]:
+                try:
+                    chunk.append(json.loads(line))
+                except ValueError:
+                    chunk.append({"action": "<not JSON>", "raw": line[:200].decode("utf-8", "replace")})
+            for rec in reversed(chunk):
+                if len(out) == n:
+                    break
+                out.appendleft(rec)
+            if len(out) == n:
+                break
+        return list(out)
+
+
+# --------------------------------------------------------------------------- command line
+def _format(rec: dict) -> str:
+    details = rec.get("details")
+    text = canonical_json(details) if details is not None else rec.get("raw", "")
+    return (f"{rec.get('seq', '?'):>7}  {rec.get('timestamp', '?'):<27}  "
+            f"{str(rec.get('action', '?')):<28}  {str(rec.get('status', '?')):<8}  {text}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="audit_logging.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("verify", help="verify every file of the trail and the checkpoint")
+    p_tail = sub.add_parser("tail", help="print recent records")
+    p_tail.add_argument("-n", type=int, default=10, help="how many records (default 10)")
+    sub.add_parser("rotate", help="rotate the live file (run outside trading hours)")
+    sub.add_parser("repair", help="move a torn last line aside and continue the chain")
+    p_reset = sub.add_parser("reset-checkpoint", help="re-anchor the checkpoint after an "
+                                                      "investigation (records the reset)")
+    p_reset.add_argument("--reason", default="", help="why (kept in the trail)")
+    args = parser.parse_args(argv)
+    logging_setup.setup_logging("trading", console=False)
+    audit = AuditLogger()
+    try:
+        if args.command == "verify":
+            report = audit.verify()
+            if report.valid:
+                print(f"Audit trail OK: {report.records} records in {len(report.files)} file(s), "
+                      f"last seq {report.last_seq}")
+                return 0
+            print(f"AUDIT TRAIL NOT VALID ({report.kind}): {report.error}")
+            if report.kind == "tampered":
+                log.critical("Audit verification failed: %s", report.error)
+            else:
+                log.error("Audit verification failed: %s", report.error)
+            return 1
+        if args.command == "tail":
+            for rec in audit.tail(max(1, args.n)):
+                print(_format(rec))
+            return 0
+        if args.command == "rotate":
+            target = audit.rotate()
+            print(f"Rotated to {_display(target)}" if target else "Nothing to rotate")
+            return 0
+        if args.command == "repair":
+            rec = audit.repair()
+            print(f"Torn line moved to {rec['details']['saved_to']}; chain continues at seq "
+                  f"{rec['seq']}" if rec else "Nothing to repair: the last line is complete")
+            return 0
+        if args.command == "reset-checkpoint":
+            rec = audit.reset_checkpoint(args.reason)
+            print(f"Checkpoint reset at seq {rec['seq']}")
+            return 0
+    except AuditError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

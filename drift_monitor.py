@@ -1,0 +1,131 @@
+"""Model drift: every prediction is stored, joined later with what really happened, and compared
+with the model's own test-period figures from training.
+
+Stored per prediction (table ``predictions``): signal date, symbol, model checksum, close,
+volatility_20, predicted next-day difference, score, signal. Once the next session's close is
+known the outcome is measured in the same scale-free space training used
+(y = diff / (close * volatility_20)):
+
+* ``MSE`` ratio = MSE(model) / MSE(predicting no change)   (1 - skill)
+* ``directional_accuracy`` = share of days the predicted sign was right
+
+Degradation is the worse of the MSE ratio's rise and the directional accuracy's fall, relative to
+the training test period, over the last ``DRIFT_LOOKBACK_DAYS`` with at least
+``DRIFT_MIN_SAMPLES`` outcomes. Severity (constants.py): LOW from 15 %, MEDIUM from 25 %, HIGH
+from 40 %, CRITICAL from 60 %. A ``DRIFT ALERT`` line is logged with the severity; at CRITICAL
+the trading cycle opens no new positions (the runbook: stop trading, retrain immediately).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+import constants as C
+import state_db
+
+log = logging.getLogger("drift")
+
+SEVERITIES = [("CRITICAL", C.DRIFT_CRITICAL), ("HIGH", C.DRIFT_HIGH), ("MEDIUM", C.DRIFT_MEDIUM),
+              ("LOW", C.DRIFT_LOW)]
+ACTIONS = {"LOW": "monitor closely", "MEDIUM": "schedule retraining within 1 week (python train_model.py)",
+           "HIGH": "retrain within 24 hours (python train_model.py, then ./run_backtest.sh)",
+           "CRITICAL": "trading stops opening positions: retrain now (python train_model.py), backtest, then resume"}
+
+_SCHEMA = ["""CREATE TABLE IF NOT EXISTS predictions (
+    date TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    model_checksum TEXT NOT NULL,
+    close REAL NOT NULL,
+    volatility REAL NOT NULL,
+    predicted_diff REAL NOT NULL,
+    score REAL,
+    signal TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (date, symbol, model_checksum)
+)"""]
+
+
+def _conn(conn):
+    conn = conn or state_db.connect()
+    state_db.ensure_schema(conn, _SCHEMA)
+    return conn
+
+
+def record_predictions(scored: pd.DataFrame, checksum: str, conn=None) -> int:
+    """Store one row per (date, symbol, model); a rerun of the same day replaces its rows."""
+    conn = _conn(conn)
+    now = state_db.utcnow()
+    rows = [(str(pd.Timestamp(r.Date).date()), r.Symbol, checksum, float(r.Close), float(r.volatility_20),
+             float(r.predicted_diff), float(r.score), str(r.signal), now)
+            for r in scored.itertuples(index=False)]
+    with state_db.transaction(conn):
+        conn.executemany("INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?)", rows)
+    return len(rows)
+
+
+def realised(features: pd.DataFrame, checksum: str, conn=None, as_of=None) -> pd.DataFrame:
+    """Stored predictions of this model joined with the next session's close."""
+    conn = _conn(conn)
+    preds = pd.read_sql_query("SELECT * FROM predictions WHERE model_checksum = ?", conn, params=(checksum,))
+    if preds.empty:
+        return preds
+    prices = features[["Date", "Symbol", "Close"]].sort_values(["Symbol", "Date"]).copy()
+    if as_of is not None:
+        prices = prices[prices["Date"] <= pd.Timestamp(as_of)]
+    prices["next_close"] = prices.groupby("Symbol")["Close"].shift(-1)
+    prices["date"] = prices["Date"].dt.strftime("%Y-%m-%d")
+    joined = preds.merge(prices[["date", "Symbol", "next_close"]], left_on=["date", "symbol"],
+                         right_on=["date", "Symbol"], how="inner").dropna(subset=["next_close"])
+    scale = joined["close"] * joined["volatility"]
+    joined["y_true"] = (joined["next_close"] - joined["close"]) / scale
+    joined["y_pred"] = joined["predicted_diff"] / scale
+    return joined
+
+
+def severity_for(degradation: float) -> str | None:
+    for name, threshold in SEVERITIES:
+        if degradation >= threshold:
+            return name
+    return None
+
+
+def evaluate(features: pd.DataFrame, model, conn=None, as_of=None) -> dict | None:
+    """Compare recent realised performance with the model's test metrics; log and return the
+    result (None when there are too few outcomes to judge)."""
+    joined = realised(features, model.checksum, conn, as_of)
+    if joined.empty:
+        log.info("Drift check: no realised predictions yet for model %s", model.checksum[:12])
+        return None
+    end = pd.Timestamp(joined["date"].max())
+    recent = joined[pd.to_datetime(joined["date"]) > end - pd.Timedelta(days=C.DRIFT_LOOKBACK_DAYS)]
+    if len(recent) < C.DRIFT_MIN_SAMPLES:
+        log.info("Drift check: %d realised predictions in the last %d days (need %d): not judged yet",
+                 len(recent), C.DRIFT_LOOKBACK_DAYS, C.DRIFT_MIN_SAMPLES)
+        return None
+    y_true, y_pred = recent["y_true"].to_numpy(), recent["y_pred"].to_numpy()
+    mse = float(np.mean((y_pred - y_true) ** 2))
+    mse_naive = float(np.mean(y_true ** 2)) or float("nan")
+    moved = y_true != 0
+    accuracy = float(np.mean(np.sign(y_pred[moved]) == np.sign(y_true[moved]))) if moved.any() else float("nan")
+    trained = model.metrics or {}
+    ratio_live = mse / mse_naive
+    ratio_train = 1.0 - float(trained.get("skill", 0.0))
+    acc_train = float(trained.get("directional_accuracy", 0.5))
+    degradation = max((ratio_live - ratio_train) / ratio_train if ratio_train > 0 else 0.0,
+                      (acc_train - accuracy) / acc_train if acc_train > 0 else 0.0)
+    result = {"samples": int(len(recent)), "mse": mse, "mse_naive": mse_naive, "mse_ratio": ratio_live,
+              "directional_accuracy": accuracy, "train_mse_ratio": ratio_train,
+              "train_directional_accuracy": acc_train, "degradation": degradation,
+              "severity": severity_for(degradation)}
+    log.info("Drift check over %d outcomes: directional_accuracy %.3f (training %.3f), MSE %.4f, "
+             "MSE ratio to no-change %.3f (training %.3f), degradation %.1f%%", len(recent), accuracy,
+             acc_train, mse, ratio_live, ratio_train, 100 * degradation)
+    if result["severity"]:
+        level = {"LOW": logging.WARNING, "MEDIUM": logging.WARNING, "HIGH": logging.ERROR,
+                 "CRITICAL": logging.CRITICAL}[result["severity"]]
+        log.log(level, "DRIFT ALERT %s: model %s degraded %.0f%% (directional_accuracy %.3f vs %.3f, "
+                "MSE ratio %.3f vs %.3f): %s", result["severity"], model.checksum[:12], 100 * degradation,
+                accuracy, acc_train, ratio_live, ratio_train, ACTIONS[result["severity"]])
+    return result

@@ -1,0 +1,561 @@
+"""One trading cycle (cron runs ``python live_trading.py``), signals, and the emergency commands.
+
+A cycle, in order; every step is logged and audited:
+
+ 1. take the cycle lock (an overlapping run exits 0 saying another run holds it)
+ 2. honour the kill switch (``python live_trading.py halt --reason ...``)
+ 3. live mode only: the go-live gate (a passing backtest and paper sessions for this model)
+ 4. check the market calendar (a closed market is "nothing to do")
+ 5. check data freshness, then compute signals with the verified model (``get_latest_signal``)
+ 6. check drawdown and daily-loss limits (``RiskManager.update_equity``) and model drift
+ 7. forced buy-ins of shorts, target positions, orders, pre-trade risk checks
+ 8. send orders exactly once (``OrderExecutor``), wait for fills, reconcile, audit
+
+Exit codes: 0 success or nothing to do (kill switch on, market closed, another run holds the
+lock), 1 failure, 2 configuration error, 3 live trading refused by the go-live gate.
+
+Commands: ``status``, ``halt --reason``, ``resume``, ``flatten``, ``gate [--override --reason]``,
+``signals``; ``--as-of DATE`` replays a paper cycle as of a past session.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import getpass
+import logging
+import os
+import socket
+import sys
+from contextlib import contextmanager
+from datetime import date, datetime
+
+import pandas as pd
+
+import config
+import constants as C
+import market_calendar
+import state_db
+from logging_setup import ensure_logging, setup_logging
+from signals import BUY, HOLD, SELL, check_predictions, score_predictions
+
+log = logging.getLogger("trading")
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
+KILL_SWITCH_KEY = "kill_switch"
+LAST_CYCLE_KEY = "last_cycle"
+GATE_OVERRIDE_KEY = "golive_override"
+
+_SCHEMA = ["""CREATE TABLE IF NOT EXISTS paper_sessions (
+    session_date TEXT NOT NULL,
+    model_checksum TEXT NOT NULL,
+    replay INTEGER NOT NULL,
+    orders INTEGER NOT NULL,
+    equity REAL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (session_date, model_checksum, replay)
+)"""]
+
+_MODEL = None
+
+
+class CycleError(RuntimeError):
+    """A step of the cycle failed; the message names what and the fix."""
+
+
+def _db():
+    conn = state_db.connect()
+    state_db.ensure_schema(conn, _SCHEMA)
+    return conn
+
+
+def _audit():
+    from audit_logging import AuditLogger
+    return AuditLogger()
+
+
+def _operator() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- signals
+def get_model():
+    """The verified model, loaded once per process (the checksum is checked on load)."""
+    global _MODEL
+    from model_management import load_model
+    path = config.path(C.MODEL_FILE)
+    if _MODEL is None or _MODEL.path != path:
+        _MODEL = load_model(path)
+    return _MODEL
+
+
+def load_features(as_of=None) -> pd.DataFrame:
+    from data_collection import load_processed
+    features = load_processed()
+    if as_of is not None:
+        features = features[features["Date"] <= pd.Timestamp(as_of)]
+    return features
+
+
+def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: bool = True) -> list[dict]:
+    """Signals for every selected symbol from the latest data (up to ``as_of``).
+
+    Each item: symbol, date (of the data used), close, predicted_diff (next-day price difference
+    in USD), score (predicted_diff / (close * volatility_20): the move in units of recent daily
+    volatility), signal (BUY if score >= SIGNAL_THRESHOLD, SELL if <= -SIGNAL_THRESHOLD, else
+    HOLD), volatility. Logs one ``Prediction:`` line per symbol; stores every prediction for the
+    drift monitor. Nonsensical output (NaN, all equal, absurd) raises
+    ``signals.NonsensicalPredictionError``."""
+    ensure_logging("trading")
+    from data_collection import load_universe
+    model = get_model()
+    features = load_features(as_of) if features is None else features
+    universe = load_universe()
+    missing = sorted(set(universe) - set(features["Symbol"]))
+    if missing:
+        log.warning("no data for %s in processed_stock_data.csv: no signal (run "
+                    "./run_daily_data_update.sh; see logs/data_update_*.log)", ", ".join(missing))
+    features = features[features["Symbol"].isin(universe)]
+    tail = features.sort_values(["Symbol", "Date"]).groupby("Symbol", sort=False).tail(model.window + 5)
+    scored = score_predictions(model.predict(tail, last_only=True))
+    check_predictions(scored)
+    for r in scored.itertuples(index=False):
+        log.info("Prediction: %s date=%s close=%.2f predicted_diff=%+.4f score=%+.3f signal=%s",
+                 r.Symbol, pd.Timestamp(r.Date).date(), r.Close, r.predicted_diff, r.score, r.signal)
+    counts = scored["signal"].value_counts().to_dict()
+    log.info("signal summary: %d BUY, %d SELL, %d HOLD (threshold |score| >= %.2f)",
+             counts.get(BUY, 0), counts.get(SELL, 0), counts.get(HOLD, 0), C.SIGNAL_THRESHOLD)
+    if record:
+        import drift_monitor
+        drift_monitor.record_predictions(scored, model.checksum)
+    return [{"symbol": r.Symbol, "date": str(pd.Timestamp(r.Date).date()), "close": float(r.Close),
+             "predicted_diff": float(r.predicted_diff), "score": float(r.score), "signal": r.signal,
+             "volatility": float(r.volatility_20), "price": float(r.Close)}
+            for r in scored.itertuples(index=False)]
+
+
+# ----------------------------------------------------------------------------- kill switch, gate
+def kill_switch(conn=None) -> dict | None:
+    return state_db.kv_get(conn or _db(), KILL_SWITCH_KEY)
+
+
+def set_kill_switch(reason: str, conn=None) -> dict:
+    conn = conn or _db()
+    value = {"reason": reason, "by": _operator(), "at": state_db.utcnow()}
+    _audit().log_event("kill_switch", "set", value)
+    with state_db.transaction(conn):
+        state_db.kv_set(conn, KILL_SWITCH_KEY, value)
+    log.critical("Kill switch SET by %s: %s. No cycle trades until `python live_trading.py resume`.",
+                 value["by"], reason)
+    return value
+
+
+def clear_kill_switch(reason: str = "", conn=None) -> dict | None:
+    conn = conn or _db()
+    old = state_db.kv_get(conn, KILL_SWITCH_KEY)
+    _audit().log_event("kill_switch", "cleared", {"by": _operator(), "reason": reason, "was": old})
+    with state_db.transaction(conn):
+        state_db.kv_delete(conn, KILL_SWITCH_KEY)
+    log.warning("Kill switch cleared by %s%s", _operator(), f": {reason}" if reason else "")
+    return old
+
+
+def paper_session_count(checksum: str, conn=None) -> int:
+    conn = conn or _db()
+    row = conn.execute("SELECT COUNT(DISTINCT session_date) AS n FROM paper_sessions "
+                       "WHERE model_checksum = ? AND replay = 0", (checksum,)).fetchone()
+    return int(row["n"])
+
+
+def gate_status(checksum: str, conn=None) -> dict:
+    """Where the go-live conditions stand for a model: a passing out-of-sample backtest on
+    record and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays not counted), or an override."""
+    conn = conn or _db()
+    from backtest import passing_backtest_for
+    backtest = passing_backtest_for(checksum)
+    sessions = paper_session_count(checksum, conn)
+    override = state_db.kv_get(conn, GATE_OVERRIDE_KEY)
+    override = override if override and override.get("model_checksum") == checksum else None
+    ok = bool(backtest) and sessions >= C.GOLIVE_MIN_PAPER_SESSIONS
+    return {"model_checksum": checksum, "backtest": backtest, "paper_sessions": sessions,
+            "paper_sessions_needed": C.GOLIVE_MIN_PAPER_SESSIONS, "override": override,
+            "passed": ok or bool(override)}
+
+
+# ----------------------------------------------------------------------------- the cycle
+@contextmanager
+def cycle_lock():
+    """Only one cycle at a time: yields True when this process holds the lock, else False."""
+    path = config.ensure_parent(config.path(C.LOCK_DIR) / "live_trading.lock")
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()} {datetime.now().isoformat(timespec='seconds')}\n")
+        fh.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def build_portfolio(broker, symbols, closes: dict, as_of):
+    from risk_management import Portfolio
+    balance = broker.get_account_balance()
+    positions = broker.get_positions()
+    quote_symbols = sorted(set(symbols) | set(positions))
+    quotes = broker.get_quotes(quote_symbols) if quote_symbols else {}
+    prices = {}
+    for sym in quote_symbols:
+        last = (quotes.get(sym) or {}).get("last")
+        prices[sym] = float(last) if last else float(closes.get(sym) or 0.0)
+    return Portfolio(
+        equity=float(balance["equity"]), cash=float(balance["cash"]),
+        buying_power=balance.get("buying_power"),
+        positions={s: int(p["quantity"]) for s, p in positions.items() if int(p["quantity"]) != 0},
+        prices=prices, last_close={s: float(c) for s, c in closes.items()}, quotes=quotes,
+        recalled={s for s, p in positions.items() if p.get("recalled")}, as_of=as_of)
+
+
+def run_cycle(as_of=None, now=None) -> int:
+    """One trading cycle; returns the exit code."""
+    mode = config.trading_mode()
+    replay = as_of is not None
+    if replay and mode != "paper":
+        raise CycleError("--as-of replays are paper-only: unset TRADING_MODE or set it to paper")
+    with cycle_lock() as held:
+        if not held:
+            log.warning("another live_trading.py run holds the cycle lock (%s): exiting without trading",
+                        config.path(C.LOCK_DIR) / "live_trading.lock")
+            return EXIT_OK
+        return _cycle(mode, as_of, now)
+
+
+def _cycle(mode: str, as_of, now) -> int:
+    conn = _db()
+    audit = _audit()
+    replay = as_of is not None
+    started = datetime.now().astimezone()
+    now = now or started
+    log.info("cycle start: mode=%s%s home=%s", mode, f" as-of {as_of}" if replay else "", config.home())
+    audit.log_event("cycle_start", "started", {"mode": mode, "as_of": str(as_of) if replay else None})
+
+    switch = kill_switch(conn)
+    if switch:
+        log.warning("Kill switch is ON (set by %s at %s: %s): no trading. Clear it with "
+                    "`python live_trading.py resume`.", switch["by"], switch["at"], switch["reason"])
+        audit.log_event("cycle_end", "kill_switch", switch)
+        return EXIT_OK
+
+    model = get_model()
+    if mode == "live":
+        gate = gate_status(model.checksum, conn)
+        if not gate["passed"]:
+            why = []
+            if not gate["backtest"]:
+                why.append("no passing out-of-sample backtest for this model (run ./run_backtest.sh)")
+            if gate["paper_sessions"] < C.GOLIVE_MIN_PAPER_SESSIONS:
+                why.append(f"{gate['paper_sessions']} of {C.GOLIVE_MIN_PAPER_SESSIONS} paper-trading "
+                           f"sessions with this model")
+            log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
+                         "; ".join(why))
+            audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
+            return EXIT_GATE
+        if gate["override"]:
+            log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])
+
+    # market calendar and the data day
+    if replay:
+        if not market_calendar.is_session(as_of):
+            raise CycleError(f"--as-of {as_of} is not an NYSE session: pick a trading day")
+        data_day = pd.Timestamp(as_of)
+    else:
+        if not market_calendar.is_open(now):
+            log.info("Market closed at %s (NYSE regular session): nothing to do", now)
+            audit.log_event("cycle_end", "market_closed", {"at": str(now)})
+            return EXIT_OK
+        data_day = market_calendar.last_completed_session(now)
+
+    features = load_features(data_day)
+    last = features["Date"].max()
+    behind = market_calendar.sessions_between(last, data_day)
+    if behind > C.DATA_MAX_AGE_SESSIONS:
+        raise CycleError(f"data is stale: processed_stock_data.csv ends {last.date()}, {behind} sessions "
+                         f"before {data_day.date()}: run ./run_daily_data_update.sh")
+    cycle_date = last.date()
+
+    signals = get_latest_signal(features=features)
+    symbols = [s["symbol"] for s in signals]
+    closes = {s["symbol"]: s["close"] for s in signals}
+
+    from risk_management import RiskManager
+    from trading_execution import OrderExecutor
+    executor = OrderExecutor(conn=conn, audit=audit)
+    broker = executor.broker
+    if getattr(broker, "name", "") == "paper":
+        all_closes = features.sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
+        broker.set_prices(all_closes, as_of=cycle_date)
+        broker.accrue_borrow_fees(as_of=cycle_date)
+    executor.reconcile()
+
+    risk = RiskManager(conn=conn, audit=audit)
+    portfolio = build_portfolio(broker, symbols, closes, cycle_date)
+    status = risk.update_equity(portfolio.equity, as_of=cycle_date)
+    log.info("account: equity $%.2f, cash $%.2f, %d positions, drawdown %.2f%% from peak $%.2f",
+             portfolio.equity, portfolio.cash, len(portfolio.positions), 100 * status["drawdown"], status["peak"])
+
+    import drift_monitor
+    drift = drift_monitor.evaluate(features, model, conn, as_of=data_day)
+    no_new_positions = bool(drift and drift["severity"] == "CRITICAL")
+    if no_new_positions:
+        log.critical("trading opens no new positions: DRIFT ALERT CRITICAL (retrain with python train_model.py)")
+
+    forced = risk.forced_buyins(portfolio)
+    if no_new_positions:
+        trade_signals = [dict(s, signal=HOLD) for s in signals]
+    else:
+        trade_signals = signals
+    forced_symbols = {o["symbol"] for o in forced}
+    targets = risk.target_positions([s for s in trade_signals if s["symbol"] not in forced_symbols], portfolio)
+    for sym in forced_symbols:
+        targets.pop(sym, None)
+    wanted = forced + risk.orders_for_targets(targets, portfolio)
+    for s in signals:
+        log.info("signal %s: %s score %+.3f -> target %+d shares (now %+d)", s["symbol"], s["signal"],
+                 s["score"], targets.get(s["symbol"], portfolio.positions.get(s["symbol"], 0)),
+                 portfolio.positions.get(s["symbol"], 0))
+
+    approved = []
+    for order, ok, reason in risk.check_orders(wanted, portfolio):
+        if ok:
+            approved.append(order)
+        else:
+            audit.log_event("risk_check", "rejected", {"order": order, "reason": reason})
+    results = []
+    failures = 0
+    for order in approved:
+        order = dict(order, order_type="MARKET")
+        try:
+            results.append(executor.submit(order, cycle_date, mode))
+        except Exception as exc:
+            failures += 1
+            log.error("order %s %d %s not sent: %s", order["side"], order["quantity"], order["symbol"], exc)
+    keys = [r["client_key"] for r in results if r and r.get("broker_order_id")]
+    final = executor.wait_for_fills(keys) if keys else []
+    for record in final:
+        log.info("order %s: %s %d/%d %s at %s", record["client_key"], record["status"],
+                 record["filled_quantity"], record["quantity"], record["symbol"], record["avg_fill_price"])
+
+    after = broker.get_account_balance()
+    risk.update_equity(float(after["equity"]), as_of=cycle_date)
+    summary = {"cycle_date": str(cycle_date), "mode": mode, "replay": replay, "signals": len(signals),
+               "orders_wanted": len(wanted), "orders_approved": len(approved), "orders_sent": len(keys),
+               "orders_failed": failures, "equity": float(after["equity"]), "model": model.checksum,
+               "finished_at": state_db.utcnow()}
+    with state_db.transaction(conn):
+        state_db.kv_set(conn, LAST_CYCLE_KEY, summary)
+        if mode == "paper" and not failures:
+            conn.execute("INSERT OR REPLACE INTO paper_sessions VALUES (?,?,?,?,?,?)",
+                         (str(cycle_date), model.checksum, int(replay), len(keys), float(after["equity"]),
+                          state_db.utcnow()))
+    audit.log_event("cycle_end", "failed" if failures else "completed", summary)
+    log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
+             len(signals), len(wanted), len(approved), len(keys), failures, after["equity"])
+    _print_cycle(signals, final, broker)
+    return EXIT_FAIL if failures else EXIT_OK
+
+
+def _print_cycle(signals, orders, broker) -> None:
+    print(f"{'symbol':8} {'date':10} {'close':>10} {'pred diff':>10} {'score':>7}  signal")
+    for s in signals:
+        print(f"{s['symbol']:8} {s['date']:10} {s['close']:10.2f} {s['predicted_diff']:+10.4f} "
+              f"{s['score']:+7.2f}  {s['signal']}")
+    print(f"\norders: {len(orders)}")
+    for o in orders:
+        price = f"{o['avg_fill_price']:.2f}" if o["avg_fill_price"] else "-"
+        print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']:10} filled "
+              f"{o['filled_quantity']} @ {price}")
+    _print_positions(broker)
+
+
+def _print_positions(broker) -> None:
+    balance = broker.get_account_balance()
+    positions = broker.get_positions()
+    print(f"\npositions ({len(positions)}), equity ${balance['equity']:,.2f}, cash ${balance['cash']:,.2f}:")
+    for sym, p in sorted(positions.items()):
+        print(f"  {sym:6} {p['quantity']:+7d} @ {p.get('avg_price') or 0:10.2f}  value "
+              f"${p.get('market_value') or 0:12,.2f}")
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_status() -> int:
+    conn = _db()
+    print(f"mode:            {config.trading_mode()}   (home {config.home()})")
+    switch = kill_switch(conn)
+    print(f"kill switch:     {'ON: ' + switch['reason'] + ' (by ' + switch['by'] + ' at ' + switch['at'] + ')' if switch else 'off'}")
+    from trading_execution import CircuitBreaker
+    br = CircuitBreaker(conn).status()
+    print(f"circuit breaker: {br['state']} ({br['failures']} consecutive failures)"
+          + (f", last error: {br['last_error']}" if br["last_error"] else ""))
+    from risk_management import RiskManager
+    rs = RiskManager(conn=conn).status()
+    halted = rs.get("halted") if isinstance(rs, dict) else None
+    print(f"risk:            peak ${rs.get('peak') or 0:,.2f}, last equity ${rs.get('last_equity') or 0:,.2f}, "
+          f"drawdown {100 * (rs.get('drawdown') or 0):.2f}%, halted: {'YES: ' + rs.get('reason', '') if halted else 'no'}")
+    last = state_db.kv_get(conn, LAST_CYCLE_KEY)
+    print(f"last cycle:      {last if last else 'none yet'}")
+    try:
+        from trading_api import get_broker
+        _print_positions(get_broker())
+    except Exception as exc:
+        print(f"positions:       unavailable ({type(exc).__name__}: {exc})")
+    return EXIT_OK
+
+
+def cmd_flatten(confirm: str | None) -> int:
+    """Cancel open orders and close every position through the broker API."""
+    if confirm != "FLATTEN":
+        if not sys.stdin.isatty():
+            print("flatten needs a typed confirmation: run it in a terminal, or pass --confirm FLATTEN",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        if input("Close EVERY position at market and cancel every open order? Type FLATTEN: ").strip() != "FLATTEN":
+            print("not confirmed: nothing done")
+            return EXIT_OK
+    from risk_management import make_order
+    from trading_execution import OrderExecutor
+    mode = config.trading_mode()
+    audit = _audit()
+    executor = OrderExecutor(audit=audit)
+    broker = executor.broker
+    audit.log_event("flatten", "started", {"by": _operator(), "mode": mode})
+    if getattr(broker, "name", "") == "paper":
+        try:
+            closes = load_features().sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
+            broker.set_prices(closes)
+        except Exception as exc:
+            log.warning("paper prices not refreshed: %s", exc)
+    cancelled = executor.cancel_all_open()
+    stamp = datetime.now().strftime("%Y-%m-%dT%H%M%S")
+    keys = []
+    for sym, p in sorted(broker.get_positions().items()):
+        qty = int(p["quantity"])
+        if qty == 0:
+            continue
+        side = "SELL" if qty > 0 else "BUY_TO_COVER"
+        order = make_order(sym, side, abs(qty), float(p.get("avg_price") or 0), order_type="MARKET",
+                           client_key=f"flatten:{stamp}:{sym}:{side}", reason="flatten")
+        rec = executor.submit(order, date.today(), mode)
+        if rec.get("broker_order_id"):
+            keys.append(rec["client_key"])
+    final = executor.wait_for_fills(keys) if keys else []
+    audit.log_event("flatten", "done", {"cancelled_orders": cancelled, "close_orders": len(keys)})
+    log.warning("flatten: cancelled %d open orders, sent %d closing orders", cancelled, len(keys))
+    for o in final:
+        print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']}")
+    _print_positions(broker)
+    return EXIT_OK
+
+
+def cmd_gate(override: bool, reason: str | None) -> int:
+    conn = _db()
+    model = get_model()
+    if override:
+        if not reason:
+            print("--override needs --reason \"...\"", file=sys.stderr)
+            return EXIT_CONFIG
+        value = {"model_checksum": model.checksum, "reason": reason, "by": _operator(), "at": state_db.utcnow()}
+        _audit().log_event("golive_gate", "override", value)
+        with state_db.transaction(conn):
+            state_db.kv_set(conn, GATE_OVERRIDE_KEY, value)
+        log.critical("go-live gate OVERRIDDEN for model %s by %s: %s", model.checksum[:12], value["by"], reason)
+    st = gate_status(model.checksum, conn)
+    bt = st["backtest"]
+    print(f"model:          {model.checksum}")
+    print(f"backtest:       {'PASS (' + str(bt.get('created_at')) + ', ' + str(bt.get('report')) + ')' if bt else 'MISSING: run ./run_backtest.sh (out-of-sample, must pass)'}")
+    print(f"paper sessions: {st['paper_sessions']} of {st['paper_sessions_needed']} "
+          f"({'PASS' if st['paper_sessions'] >= st['paper_sessions_needed'] else 'not yet'})")
+    if st["override"]:
+        print(f"override:       by {st['override']['by']} at {st['override']['at']}: {st['override']['reason']}")
+    print(f"live trading:   {'ALLOWED' if st['passed'] else 'REFUSED'}")
+    return EXIT_OK if st["passed"] else EXIT_FAIL
+
+
+def cmd_signals(as_of) -> int:
+    for s in get_latest_signal(as_of=as_of, record=False):
+        print(f"{s['symbol']:8} {s['date']} close {s['close']:10.2f} predicted_diff {s['predicted_diff']:+9.4f} "
+              f"score {s['score']:+6.2f} {s['signal']}")
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="One trading cycle, or an operator command.")
+    parser.add_argument("--as-of", help="replay a paper cycle as of this past session (YYYY-MM-DD)")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="one trading cycle (the default)")
+    sub.add_parser("status", help="mode, kill switch, breaker, drawdown, positions, last cycle")
+    p = sub.add_parser("halt", help="set the kill switch: every run stops trading")
+    p.add_argument("--reason", required=True)
+    p = sub.add_parser("resume", help="clear the kill switch")
+    p.add_argument("--reason", default="")
+    p = sub.add_parser("flatten", help="cancel open orders and close every position (asks to confirm)")
+    p.add_argument("--confirm", help="type FLATTEN here to skip the prompt")
+    p = sub.add_parser("gate", help="the go-live conditions for the current model")
+    p.add_argument("--override", action="store_true", help="allow live trading anyway (audited)")
+    p.add_argument("--reason")
+    sub.add_parser("signals", help="print the latest signals (nothing is traded)")
+    args = parser.parse_args(argv)
+    try:
+        config.trading_mode()
+    except config.ConfigError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging("trading")
+    as_of = None
+    if args.as_of:
+        try:
+            as_of = pd.Timestamp(args.as_of).normalize()
+        except ValueError:
+            print(f"ERROR: --as-of {args.as_of!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+            return EXIT_CONFIG
+    command = args.command or "run"
+    try:
+        if command == "run":
+            return run_cycle(as_of=as_of)
+        if command == "status":
+            return cmd_status()
+        if command == "halt":
+            set_kill_switch(args.reason)
+            return EXIT_OK
+        if command == "resume":
+            clear_kill_switch(args.reason)
+            return EXIT_OK
+        if command == "flatten":
+            return cmd_flatten(args.confirm)
+        if command == "gate":
+            return cmd_gate(args.override, args.reason)
+        if command == "signals":
+            return cmd_signals(as_of)
+    except Exception as exc:
+        known = ("CycleError", "DataError", "NonsensicalPredictionError", "CircuitOpenError")
+        if isinstance(exc, (config.ConfigError,)) or type(exc).__name__ in known or any(
+                c.__name__ in ("ModelError", "BrokerError", "CredentialError", "AuditError")
+                for c in type(exc).__mro__):
+            log.error("%s FAILED: %s", command, exc)
+        else:
+            log.exception("%s FAILED with an unexpected error: %s: %s", command, type(exc).__name__, exc)
+        return EXIT_FAIL
+    return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())
