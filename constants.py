@@ -62,7 +62,7 @@ FEATURE_COLUMNS = (                        # model inputs, all scale-free
 SAMPLE_START = "2019-01-02"                # first sample session (YYYY-MM-DD)
 SAMPLE_END = "2025-10-31"                  # last sample session (YYYY-MM-DD)
 SAMPLE_SEED = 20260131                     # seed of the deterministic generator
-SAMPLE_AR_COEF = 0.2                       # the documented predictable component: AR(1) of returns
+SAMPLE_AR_COEF = 0.3                       # the documented predictable component: AR(1) coefficient of daily returns
 
 # --------------------------------------------------------------------------- model / training
 WINDOW_LENGTH = 20                         # sessions of features fed to the LSTM (sessions)
@@ -159,6 +159,7 @@ CREDENTIAL_KEY_FILE = "credentials.key"    # Fernet key of the credential files,
 CREDENTIAL_NEXT_KEY_FILE = "credentials.key.next"   # new key while `credential_manager.py rotate-key` runs
 ENV_CREDENTIAL_KEY_NEW = "TRADING_CREDENTIAL_KEY_NEW"   # new Fernet key for rotate-key when keys come from the environment
 CREDENTIAL_FILE_TEMPLATE = ".{service}_config.enc"     # encrypted credentials under TRADING_HOME (mode 0600)
+AUDIT_CHECKPOINT_FSYNC = False             # fdatasync the checkpoint on each append too (True halves appends/s; the log line is always fsynced)
 
 # --------------------------------------------------------------------------- model training additions (train_model.py, model_management.py)
 ENV_TRAIN_PROFILE = "TRAIN_PROFILE"        # "tiny" selects the fast profile (same as --profile tiny)
@@ -169,7 +170,7 @@ FEATURE_CLIP = 10.0                        # standardized inputs clipped to +/- 
 TINY_WINDOW = 10                           # --profile tiny: window (sessions)
 TINY_UNITS = 8                             # --profile tiny: LSTM units
 TINY_DENSE_UNITS = 8                       # --profile tiny: dense units
-TINY_EPOCHS = 6                            # --profile tiny: max epochs
-TINY_PATIENCE = 2                          # --profile tiny: early-stopping patience (epochs)
+TINY_EPOCHS = 10                           # --profile tiny: max epochs
+TINY_PATIENCE = 3                          # --profile tiny: early-stopping patience (epochs)
 INFERENCE_PARITY_TOL = 1e-4                # max |Keras - NumPy| on the scaled output before a model is saved
 MODEL_QUARANTINE_DIR = "models/quarantine"  # current models that failed verification when replaced

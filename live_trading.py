@@ -35,6 +35,7 @@ import config
 import constants as C
 import market_calendar
 import state_db
+from failpoints import failpoint
 from logging_setup import ensure_logging, setup_logging
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
 
@@ -294,6 +295,7 @@ def _cycle(mode: str, as_of, now) -> int:
     cycle_date = last.date()
 
     signals = get_latest_signal(features=features)
+    failpoint("after_signals")
     symbols = [s["symbol"] for s in signals]
     closes = {s["symbol"]: s["close"] for s in signals}
 
@@ -350,11 +352,13 @@ def _cycle(mode: str, as_of, now) -> int:
             failures += 1
             log.error("order %s %d %s not sent: %s", order["side"], order["quantity"], order["symbol"], exc)
     keys = [r["client_key"] for r in results if r and r.get("broker_order_id")]
+    failpoint("after_submit_all")
     final = executor.wait_for_fills(keys) if keys else []
     for record in final:
         log.info("order %s: %s %d/%d %s at %s", record["client_key"], record["status"],
                  record["filled_quantity"], record["quantity"], record["symbol"], record["avg_fill_price"])
 
+    failpoint("after_fills")
     after = broker.get_account_balance()
     risk.update_equity(float(after["equity"]), as_of=cycle_date)
     summary = {"cycle_date": str(cycle_date), "mode": mode, "replay": replay, "signals": len(signals),
@@ -367,6 +371,7 @@ def _cycle(mode: str, as_of, now) -> int:
             conn.execute("INSERT OR REPLACE INTO paper_sessions VALUES (?,?,?,?,?,?)",
                          (str(cycle_date), model.checksum, int(replay), len(keys), float(after["equity"]),
                           state_db.utcnow()))
+    failpoint("before_cycle_end")
     audit.log_event("cycle_end", "failed" if failures else "completed", summary)
     log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
              len(signals), len(wanted), len(approved), len(keys), failures, after["equity"])

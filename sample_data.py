@@ -10,9 +10,9 @@ NYSE sessions from ``SAMPLE_START`` to ``SAMPLE_END``:
   with an occasional larger news gap;
 * high/low around open and close, volume that rises with the size of the move.
 
-The documented predictable component is ``phi = SAMPLE_AR_COEF`` (0.2): next-day returns are
+The documented predictable component is ``phi = SAMPLE_AR_COEF`` (0.3): next-day returns are
 weakly autocorrelated with today's, so a working model can beat predicting "no change"
-(theoretical R^2 about phi^2 = 4 %) and a broken pipeline (shuffled targets, look-ahead
+(theoretical R^2 about phi^2 = 9 %) and a broken pipeline (shuffled targets, look-ahead
 errors, scaling mismatches) cannot. Everything else is noise.
 """
 from __future__ import annotations

@@ -69,8 +69,9 @@ OPEN_STATUSES = ("NEW", "WORKING", "PARTIALLY_FILLED")
 
 LOGIN_COMMAND = "python trading_api.py login"
 SET_CREDENTIALS_COMMAND = (
-    "python -c \"from credential_manager import CredentialManager; CredentialManager()"
-    ".store_credentials('schwab', {'app_key': 'YOUR_KEY', 'app_secret': 'YOUR_SECRET'})\"")
+    "`python credential_manager.py set schwab` (or python -c \"from credential_manager import "
+    "CredentialManager; CredentialManager().store_credentials('schwab', {'app_key': 'YOUR_KEY', "
+    "'app_secret': 'YOUR_SECRET'})\")")
 SCHWAB_SERVICE = "schwab"
 SCHWAB_TOKEN_SERVICE = "schwab_token"
 _UTC = timezone.utc
@@ -103,9 +104,13 @@ class OrderNotFoundError(BrokerError):
     """No order with this id."""
 
 
-class OrderStatusUnknownError(BrokerError):
-    """An order request failed in a way that leaves open whether the broker has it. Do not place
-    it again blindly: look at ``get_orders_since()`` (or the Schwab web site) first."""
+class OrderStatusUnknownError(TransientBrokerError):
+    """An order request failed in a way that leaves open whether the broker has it. A retry must
+    first look at ``get_orders_since()`` (or the Schwab web site) for it; never re-send blindly.
+    Always ``ambiguous``."""
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message, status_code, ambiguous=True)
 
 
 class AuthenticationError(BrokerError):
@@ -276,6 +281,7 @@ def _short_text(text: str, limit: int = 300) -> str:
 def _import_schwab():
     """schwab-py, imported quietly (authlib warns about its httpx fallback on import)."""
     with warnings.catch_warnings():
+        import authlib.deprecate  # noqa: F401  (it installs an "always" filter on import)
         warnings.simplefilter("ignore")
         import schwab  # noqa: F401
         import schwab.auth

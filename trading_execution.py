@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 import constants as C
 import market_calendar
 import state_db
+from failpoints import failpoint
 
 log = logging.getLogger("execution")
 
@@ -289,6 +290,7 @@ class OrderExecutor:
                              submitted_at=record["created_at"])
                 self.audit.log_event("order_reconciled", "adopted", {"client_key": key, "order_id": found})
                 return self._record(key)
+        failpoint("after_record_intent")
         spec = {"symbol": record["symbol"], "side": record["side"], "quantity": record["quantity"],
                 "order_type": record["order_type"], "limit_price": record["limit_price"], "client_key": key}
         self.audit.log_event("order_submit", "attempt", {k: v for k, v in spec.items()})
@@ -305,6 +307,7 @@ class OrderExecutor:
             log.error("order %s not sent: %s", key, exc)
             self.audit.log_event("order_submit", "failed", {"client_key": key, "error": str(exc)})
             raise
+        failpoint("after_place_order")
         self._update(key, status="SUBMITTED", broker_order_id=str(order_id), submitted_at=state_db.utcnow(),
                      error=None)
         log.info("order %s submitted: %s %d %s (%s) -> broker id %s", key, record["side"],

@@ -123,7 +123,7 @@ def test_short_cover_and_borrow_fees(broker, monkeypatch):
     assert balance["cash"] == pytest.approx(C.INITIAL_PAPER_CASH + 5000.0)
     assert balance["equity"] == pytest.approx(C.INITIAL_PAPER_CASH)
     assert balance["buying_power"] == pytest.approx(C.INITIAL_PAPER_CASH + 5000 - 1.5 * 5000)
-    # Friday to Monday: 3 calendar days
+    # Monday to Friday: 4 calendar days, then Friday to Monday: 3
     fri = MON + timedelta(days=4)
     broker.set_prices({"MSFT": 50.0}, fri)
     assert broker.accrue_borrow_fees(fri) == {"MSFT": pytest.approx(100 * 50 * 0.036 * 4 / 360)}

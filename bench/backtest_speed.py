@@ -1,0 +1,109 @@
+"""Benchmark: the backtest engine alone, and the whole backtest with inference.
+
+1. Engine: 500 symbols x 10 years of synthetic daily prices (``sample_data.simulate_symbol``) and
+   synthetic predictions (today's return over its 20-day volatility x 0.8: about 40 % of
+   symbol-days are BUY or SELL, a book that trades every day), through
+   ``backtest.market_from_frames`` + ``backtest.run_engine`` with the live ``RiskManager``
+   (``LivePolicy``) and the paper broker's costs. Target: under 3 s.
+2. Full run: ``python backtest.py`` as the cron user runs it (a fresh process: imports, model load,
+   data load, NumPy inference, engine, benchmark, charts, reports, state DB) for the default
+   universe over the last 5 years of the sample data, in a temporary TRADING_HOME with a tiny
+   model trained there first (``train_model.py --profile tiny``; its time is not counted).
+   ``--in-sample`` is passed because 5 years reach into the model's training data. Target: under 15 s.
+
+Environment: BENCH_SYMBOLS (500), BENCH_YEARS (10), BENCH_SKIP_FULL=1 to run only part 1.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import backtest  # noqa: E402
+import market_calendar  # noqa: E402
+import sample_data  # noqa: E402
+
+N_SYMBOLS = int(os.environ.get("BENCH_SYMBOLS", 500))
+YEARS = int(os.environ.get("BENCH_YEARS", 10))
+
+
+def engine_bench() -> float:
+    dates = market_calendar.sessions(f"{2024 - YEARS + 1}-01-02", "2024-12-31")
+    t0 = time.perf_counter()
+    prices = pd.concat([sample_data.simulate_symbol(f"S{i:03d}", dates) for i in range(N_SYMBOLS)],
+                       ignore_index=True)
+    # A predictor with the skill the sample data allows (its returns are AR(1), phi = 0.2): the
+    # score is today's return in units of the 20-day volatility, scaled so that about 40 % of
+    # symbol-days are BUY or SELL -- a busy book that trades every day and never halts.
+    close = prices.pivot(index="Date", columns="Symbol", values="Close")
+    logret = np.log(close).diff()
+    vol = logret.rolling(20).std()
+    score_w = (0.8 * logret / vol)
+    signals = pd.DataFrame({"score": score_w.stack(), "volatility_20": vol.stack()}).reset_index()
+    signals = signals.dropna()
+    signals["signal"] = np.where(signals["score"] >= 0.6, "BUY",
+                                 np.where(signals["score"] <= -0.6, "SELL", "HOLD"))
+    active = (signals["signal"] != "HOLD").mean()
+    print(f"generated {len(prices):,} price rows and predictions ({N_SYMBOLS} symbols x {len(dates)} "
+          f"sessions, {active:.0%} BUY/SELL) in {time.perf_counter() - t0:.1f} s (not timed)")
+
+    t0 = time.perf_counter()
+    market = backtest.market_from_frames(prices, signals)
+    t1 = time.perf_counter()
+    result = backtest.run_engine(market)
+    t2 = time.perf_counter()
+    bench = backtest.buy_and_hold(market)
+    analysis = backtest.analyse(result, market, bench)
+    t3 = time.perf_counter()
+    s = analysis["strategy"]
+    print(f"engine: arrays {t1 - t0:.2f} s + replay {t2 - t1:.2f} s = {t2 - t0:.2f} s; metrics "
+          f"{t3 - t2:.2f} s  ({len(result.trades):,} fills, {s['trades']:,} round trips, "
+          f"{result.rejections:,} risk rejections, {len(result.halts)} halts, candidate list widened "
+          f"{result.widened} times; total return {s['total_return']:.1%})")
+    total = t2 - t0
+    print(f"target engine < 3 s -> {'PASS' if total < 3 else 'MISS'} ({total:.2f} s)")
+    return total
+
+
+def full_bench() -> float | None:
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as home:
+        env = dict(os.environ, TRADING_HOME=home, DATA_SOURCE="sample", TF_CPP_MIN_LOG_LEVEL="3",
+                   TRADING_CONFIG_DIR=str(Path(home) / "keys"))
+        t0 = time.perf_counter()
+        for cmd in ([py, "data_collection.py", "--force"], [py, "train_model.py", "--profile", "tiny"]):
+            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                print(f"full run skipped: {' '.join(cmd[1:])} failed (rc {r.returncode}):\n"
+                      f"{(r.stderr or r.stdout)[-800:]}")
+                return None
+        print(f"setup (sample data + tiny model, not timed): {time.perf_counter() - t0:.1f} s")
+        end = pd.Timestamp(sample_data.C.SAMPLE_END)
+        start = (end - pd.DateOffset(years=5)).strftime("%Y-%m-%d")
+        cmd = [py, "backtest.py", "--in-sample", "--start", start, "--no-progress", "--no-record"]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        print(r.stdout.strip())
+        if r.returncode not in (0, 1):
+            print(f"full run failed (rc {r.returncode}): {r.stderr[-800:]}")
+            return None
+        import json
+        rep = json.loads((Path(home) / "reports" / "latest_backtest.json").read_text())
+        print(f"full run: {wall:.2f} s wall for the process ({len(rep['parameters']['symbols'])} symbols, "
+              f"{rep['start']} .. {rep['end']}); inside: {rep['timings_s']}")
+        print(f"target full run < 15 s -> {'PASS' if wall < 15 else 'MISS'} ({wall:.2f} s)")
+        return wall
+
+
+if __name__ == "__main__":
+    engine_bench()
+    if os.environ.get("BENCH_SKIP_FULL") != "1":
+        full_bench()

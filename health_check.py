@@ -1,0 +1,199 @@
+"""Every check a person would run from the runbook, one line each (``./run_health_check.sh``).
+
+Exit code: 0 healthy, 1 warnings, 2 failures. Each line is ``OK|WARN|FAIL  check: detail``,
+with the fix on WARN and FAIL lines. Nothing here trades, downloads or changes state.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import time
+from datetime import datetime
+
+import config
+import constants as C
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+
+def check_python():
+    v = sys.version_info
+    if v[:2] == (3, 12):
+        return OK, f"Python {v.major}.{v.minor}.{v.micro}"
+    if v[:2] == (3, 11):
+        return WARN, f"Python {v.major}.{v.minor}.{v.micro}: 3.12 is the target (rebuild .venv with 3.12: rm -rf .venv && make venv)"
+    return FAIL, f"Python {v.major}.{v.minor}: unsupported (use 3.12: rm -rf .venv && make venv)"
+
+
+def check_mode():
+    mode = config.trading_mode()
+    return OK, f"TRADING_MODE={mode}" + (" (real orders go to Schwab)" if mode == "live" else " (no real orders)")
+
+
+def check_kill_switch():
+    import live_trading
+    switch = live_trading.kill_switch()
+    if switch:
+        return WARN, (f"kill switch ON since {switch['at']} ({switch['reason']}): no trading; "
+                      f"clear with python live_trading.py resume")
+    return OK, "kill switch off"
+
+
+def check_universe():
+    import data_collection
+    symbols = data_collection.load_universe()
+    return OK, f"selected_stocks.txt: {len(symbols)} symbols"
+
+
+def check_data():
+    import data_collection
+    import market_calendar
+    df = data_collection.load_processed()
+    last = df["Date"].max()
+    reference = data_collection.reference_session()
+    behind = market_calendar.sessions_between(last, reference)
+    detail = f"processed_stock_data.csv: {len(df)} rows, {df['Symbol'].nunique()} symbols, through {last.date()}, zero NaN"
+    if behind > C.DATA_MAX_AGE_SESSIONS:
+        return WARN, f"{detail}; {behind} sessions behind {reference.date()}: run ./run_daily_data_update.sh"
+    return OK, detail
+
+
+def check_model():
+    import model_management
+    checksum, meta = model_management.verify_model()
+    metrics = (meta.get("metrics") or {}).get("test") or {}
+    skill = metrics.get("skill")
+    detail = f"{C.MODEL_FILE} verified (SHA-256 {checksum[:12]}…)"
+    if skill is not None:
+        detail += f", test skill {skill:+.4f}, directional_accuracy {metrics.get('directional_accuracy', 0):.3f}"
+        if skill <= 0:
+            return WARN, detail + ": the model does not beat predicting no change; retrain (python train_model.py)"
+    return OK, detail
+
+
+def check_audit():
+    from audit_logging import AuditLogger
+    valid, error = AuditLogger().verify_chain()
+    if not valid:
+        return FAIL, f"audit trail: {error} (see docs/RUNBOOK.md, 'Audit Log Tampering Detected')"
+    return OK, "audit trail: hash chain valid"
+
+
+def check_credentials():
+    home = config.home()
+    files = sorted(home.glob(".*_config.enc"))
+    bad = []
+    for f in files:
+        st = os.lstat(f)
+        if stat.S_ISLNK(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.getuid():
+            bad.append(f"{f.name} ({stat.filemode(st.st_mode)})")
+    if bad:
+        return FAIL, f"credential files too open or not yours: {', '.join(bad)}: chmod 600 {' '.join(b.split()[0] for b in bad)}"
+    mode = config.trading_mode()
+    names = [f.name for f in files]
+    if mode == "live" and ".schwab_config.enc" not in names:
+        return FAIL, "live mode without Schwab credentials: python credential_manager.py set schwab"
+    return OK, f"credential files: {', '.join(names) if names else 'none (paper mode needs none)'}"
+
+
+def check_token():
+    if config.trading_mode() != "live":
+        return OK, "Schwab token: not needed in paper mode"
+    from credential_manager import CredentialManager
+    token = CredentialManager().load_credentials("schwab_token")
+    if not token or "creation_timestamp" not in token:
+        return FAIL, "no Schwab token: run python trading_api.py login"
+    age_days = (time.time() - float(token["creation_timestamp"])) / 86400
+    if age_days >= C.TOKEN_MAX_AGE_DAYS:
+        return FAIL, f"Schwab token {age_days:.1f} days old (expired at {C.TOKEN_MAX_AGE_DAYS:.0f}): python trading_api.py login"
+    if age_days >= C.TOKEN_WARN_AGE_DAYS:
+        return WARN, f"Schwab token {age_days:.1f} days old: renew before day {C.TOKEN_MAX_AGE_DAYS:.0f} with python trading_api.py login"
+    return OK, f"Schwab token {age_days:.1f} days old"
+
+
+def check_breaker():
+    from trading_execution import CircuitBreaker
+    st = CircuitBreaker().status()
+    if st["state"] != "closed":
+        return WARN, (f"Circuit breaker {st['state']} after {st['failures']} failures (last: {st['last_error']}); "
+                      f"it retries after {C.CIRCUIT_BREAKER_RECOVERY_S:.0f} s")
+    return OK, "circuit breaker closed"
+
+
+def check_risk():
+    from risk_management import RiskManager
+    halted, reason = RiskManager().is_halted()
+    if halted:
+        return WARN, f"trading halted: {reason}"
+    return OK, "no drawdown or daily-loss halt"
+
+
+def check_gate():
+    if config.trading_mode() != "live":
+        return OK, "go-live gate: not needed in paper mode"
+    import live_trading
+    st = live_trading.gate_status(live_trading.get_model().checksum)
+    if not st["passed"]:
+        return FAIL, ("go-live gate closed (backtest " + ("ok" if st["backtest"] else "missing") +
+                      f", paper sessions {st['paper_sessions']}/{st['paper_sessions_needed']}): "
+                      "python live_trading.py gate")
+    return OK, "go-live gate open"
+
+
+def check_errors_today():
+    path = config.path(C.LOG_DIR) / C.ERRORS_LOG_NAME
+    if not path.exists():
+        return OK, "errors.log: none"
+    today = datetime.now().strftime("%Y-%m-%d")
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.startswith(today)]
+    if lines:
+        return WARN, f"errors.log: {len(lines)} ERROR/CRITICAL lines today; last: {lines[-1][:160]}"
+    return OK, "errors.log: nothing today"
+
+
+def check_drift_alerts():
+    logs = sorted(config.path(C.LOG_DIR).glob("trading_*.log"))[-7:]
+    last = None
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if "DRIFT ALERT" in line:
+                last = line
+    if last is None:
+        return OK, "no DRIFT ALERT in the last 7 trading logs"
+    level = FAIL if "CRITICAL" in last else WARN
+    return level, f"last drift alert: {last[:200]} (retrain: python train_model.py)"
+
+
+def check_disk():
+    free = shutil.disk_usage(config.home()).free / 1024 ** 3
+    if free < 1:
+        return FAIL, f"{free:.2f} GB free under {config.home()}: free space now"
+    return OK, f"{free:.1f} GB free"
+
+
+CHECKS = [("python", check_python), ("mode", check_mode), ("kill switch", check_kill_switch),
+          ("universe", check_universe), ("data", check_data), ("model", check_model),
+          ("audit", check_audit), ("credentials", check_credentials), ("token", check_token),
+          ("breaker", check_breaker), ("risk", check_risk), ("gate", check_gate),
+          ("drift", check_drift_alerts), ("errors", check_errors_today), ("disk", check_disk)]
+
+
+def run() -> int:
+    worst = 0
+    for name, check in CHECKS:
+        try:
+            level, detail = check()
+        except Exception as exc:
+            level, detail = FAIL, f"{type(exc).__name__}: {exc}"
+        worst = max(worst, {OK: 0, WARN: 1, FAIL: 2}[level])
+        print(f"{level:4}  {name}: {detail}")
+    print({0: "healthy", 1: "warnings", 2: "FAILURES"}[worst])
+    return worst
+
+
+if __name__ == "__main__":
+    import logging
+    logging.basicConfig(level=logging.CRITICAL)   # one line per check; details are in the logs
+    sys.exit(run())
