@@ -247,6 +247,7 @@ class LivePolicy:
         self.rejections = 0
         self.rejection_samples: list[dict] = []
         self.widened = 0
+        self._halted_on = None
 
     @staticmethod
     def _complete(targets: dict, prices: dict, equity: float, rest_prices: np.ndarray) -> bool:
@@ -261,6 +262,7 @@ class LivePolicy:
 
     def on_close(self, day: date, equity: float) -> None:
         out = self.risk.update_equity(equity, day)
+        self._halted_on = day if out.get("halted") else None
         for name in out.get("new_halts", []):
             self.halts.append({"date": day.isoformat(), "halt": name, "equity": round(equity, 2),
                                "drawdown": out.get("drawdown"), "daily_loss": out.get("daily_loss")})
@@ -274,26 +276,28 @@ class LivePolicy:
                price: np.ndarray, signal: np.ndarray, score: np.ndarray, vol: np.ndarray) -> list[dict]:
         held = np.flatnonzero(pos != 0)
         active = signal != 0
-        held_active = held[active[held]]
+        held_active = held[active[held]].tolist()
         unheld = np.flatnonzero(active & (pos == 0))
-        if self.prune and len(unheld) and self.risk.is_halted(day)[0]:
+        if self.prune and len(unheld) and self._halted_on == day:
             unheld = unheld[:0]          # while halted a target only moves toward flat: nothing new opens
-        if len(held_active) == 0 and len(unheld) == 0:
+        if not held_active and len(unheld) == 0:
             return []
         if len(unheld) > 1:
             key = np.abs(score[unheld])
             key[~np.isfinite(key)] = 0.0
             unheld = unheld[np.lexsort((unheld, -key))]
-        short_mv = float(-(pos[pos < 0] * price[pos < 0]).sum()) if (pos < 0).any() else 0.0
+        held = held.tolist()
+        shorts = [i for i in held if pos[i] < 0]
+        short_mv = float(sum(-pos[i] * price[i] for i in shorts))
         bp = max(cash - C.PAPER_SHORT_MARGIN_REQ * short_mv, 0.0)
         positions = {symbols[i]: int(pos[i]) for i in held}
         quote = self._quote()
-        take = C.MAX_POSITIONS
-        if not self.prune:
-            take = len(unheld)
+        take = C.MAX_POSITIONS if self.prune else len(unheld)
+        unheld_l = unheld.tolist()
         while True:
-            chosen = np.concatenate([held_active, unheld[:take]])
-            involved = np.union1d(held, chosen)
+            chosen = held_active + unheld_l[:take]
+            involved = set(held)
+            involved.update(chosen)
             prices = {symbols[i]: float(price[i]) for i in involved}
             quotes = {symbols[i]: quote for i in chosen if signal[i] < 0 or pos[i] < 0}
             pf = self.rm.Portfolio(equity=equity, cash=cash, buying_power=bp, positions=positions,
@@ -303,8 +307,8 @@ class LivePolicy:
                      "score": float(score[i]), "price": float(price[i]), "volatility": float(vol[i])}
                     for i in chosen]
             targets = self.risk.target_positions(sigs, pf)
-            if not self.prune or take >= len(unheld) or self._complete(targets, prices, equity,
-                                                                       price[unheld[take:]]):
+            if not self.prune or take >= len(unheld_l) or self._complete(targets, prices, equity,
+                                                                         price[unheld[take:]]):
                 break
             take *= 4
             self.widened += 1

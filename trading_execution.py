@@ -263,7 +263,7 @@ class OrderExecutor:
         timeout after sending): match it by client key, else by symbol, side and quantity since
         the intent was recorded."""
         since = datetime.fromisoformat(record["created_at"])
-        for order in self._call("list orders", self.broker.get_orders_since, since):
+        for order in self._call_once("list orders", self.broker.get_orders_since, since):
             if order.get("client_key") == record["client_key"]:
                 return str(order["order_id"])
             if (order.get("client_key") in (None, "") and order.get("symbol") == record["symbol"]

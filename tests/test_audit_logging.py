@@ -456,3 +456,31 @@ def test_runbook_one_liner_and_cli():
     assert res.returncode == 1 and "Hash chain broken" in res.stdout
     out = run_py("-c", one_liner)
     assert "Valid: False" in out.stdout and "Error: Hash chain broken" in out.stdout
+
+
+# --------------------------------------------------------------------------- fast path and lag
+def test_details_with_hash_like_keys_verify_and_are_protected():
+    al = AuditLogger()
+    tricky = {"hash": "a" * 64, "prev_hash": "b" * 64, "text": '","hash":"' + "c" * 64 + '"}',
+              "seq": 7, "status": "x", "unicode": "é✓"}
+    for _ in range(3):
+        al.log_event("tricky", 'quo"te\\', tricky)
+    assert al.verify_chain() == (True, None)
+    lines = read_lines(al.path)
+    lines[1] = lines[1].replace('"seq":7', '"seq":8')       # a nested field, inside the body
+    write_lines(al.path, lines)
+    invalid(al, "line 2", "does not match its hash")
+
+
+def test_checkpoint_some_records_behind_is_accepted():
+    """After a power failure the unsynced checkpoint may lag; the record it names still
+    matches, so appends and verify accept it (a mismatch would not be)."""
+    al = make_trail(6)
+    recs = [json.loads(x) for x in read_lines(al.path)]
+    key = al._load_key(create=False)
+    al._write_checkpoint(key, 3, recs[2]["hash"], None)
+    assert al.verify_chain() == (True, None)
+    al.log_event("after_power_failure", "success", {})
+    assert al.verify_chain() == (True, None)
+    al._write_checkpoint(key, 3, "d" * 64, None)
+    invalid(al, "record seq 3 does not have the hash the checkpoint recorded")

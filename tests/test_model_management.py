@@ -230,7 +230,9 @@ def test_restore_after_corruption_and_invalid_backup_refused(home):
     v2, meta2 = _variant(home, ".cand2.h5", "2099-01-01T00:00:00+00:00")
     mm.install_model(v2, meta2)                        # original -> backups
     path = home / C.MODEL_FILE
-    path.write_bytes(path.read_bytes()[:-100] + b"\0" * 100)     # corrupt the current model
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x55                       # corrupt the current model
+    path.write_bytes(bytes(data))
     assert mm.main(["verify"]) == 1
     mm.restore()                                       # newest valid backup
     assert mm.load_model().checksum == original
