@@ -842,28 +842,46 @@ def _meta_date(meta: dict, *names):
 
 
 def in_sample_end(metadata: dict) -> pd.Timestamp | None:
-    """The last date of the data the model was trained or validated on, from its metadata."""
-    return _meta_date(metadata or {}, "validation_end", "val_end", "valid_end", "train_end")
+    """The last date of the data the model was trained or validated on (``splits.validation_end``
+    in the metadata train_model.py writes)."""
+    return _meta_date(metadata or {}, "validation_end", "train_end")
 
 
 def out_of_sample_start(metadata: dict, dates) -> pd.Timestamp | None:
-    """The first session after the training and validation data (test data and anything newer).
-
-    The model's last validation sample on day D was scored against day D+1's close, so the first
-    decision that used nothing the model was fitted or selected on is the close of the first
-    session after D."""
+    """The first session of the model's held-out test period (``splits.test_start``) or, for
+    metadata without it, the second session after ``validation_end`` (the last validation sample
+    was scored against the next session's close). Decisions from that close on use nothing the
+    model was fitted or selected on. None when the metadata names no split."""
+    dates = pd.DatetimeIndex(dates)
+    test_start = _meta_date(metadata or {}, "test_start")
+    if test_start is not None:
+        after = dates[dates >= test_start]
+        return after.min() if len(after) else test_start
     end = in_sample_end(metadata)
     if end is None:
         return None
-    after = pd.DatetimeIndex(dates)[pd.DatetimeIndex(dates) > end]
-    return after.min() if len(after) else end + pd.Timedelta(days=1)
+    after = dates[dates > end]
+    return after[1] if len(after) > 1 else end + pd.Timedelta(days=3)
 
 
-def build_signals(model, features: pd.DataFrame) -> pd.DataFrame:
-    """Predictions for every row with a full window, scored exactly like the live cycle."""
+def build_signals(model, features: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Predictions for every row with a full window, scored exactly like the live cycle
+    (``signals.score_predictions``), and each day checked with ``signals.check_predictions``:
+    on a day the live cycle would have stopped (NaN, identical or absurd predictions) every
+    signal becomes HOLD (positions kept, no order). Returns (scored, [{date, reason}])."""
     import signals as sig
     pred = model.predict(features, last_only=False)
-    return sig.score_predictions(pred)
+    scored = sig.score_predictions(pred)
+    bad = []
+    for day, group in scored.groupby("Date", sort=True):
+        try:
+            sig.check_predictions(group)
+        except sig.NonsensicalPredictionError as exc:
+            bad.append({"date": str(pd.Timestamp(day).date()), "reason": _one_line(exc)})
+    if bad:
+        days = pd.to_datetime([b["date"] for b in bad])
+        scored.loc[scored["Date"].isin(days), "signal"] = sig.HOLD
+    return scored, bad
 
 
 # =========================================================================== state database
@@ -920,6 +938,7 @@ def passing_backtest_for(checksum: str, conn=None) -> dict | None:
             pass
     out["in_sample"], out["passed"], out["gate_eligible"] = (bool(out["in_sample"]), bool(out["passed"]),
                                                              bool(out["gate_eligible"]))
+    out["report"] = out.get("report_path")
     return out
 
 
@@ -1153,9 +1172,11 @@ def run_backtest(opts: Options) -> dict:
     start = pd.Timestamp(opts.start) if opts.start else (oos_start if not opts.in_sample else all_dates.min())
     end = pd.Timestamp(opts.end) if opts.end else all_dates.max()
     if not opts.in_sample and start < oos_start:
-        raise BacktestError(f"--start {start.date()} is inside the model's training/validation data (it ends "
-                            f"{in_sample_end(metadata).date()}; out-of-sample data starts {oos_start.date()}): "
-                            "use a later --start, or add --in-sample to run an in-sample backtest")
+        ends = in_sample_end(metadata)
+        raise BacktestError(f"--start {start.date()} is inside the model's training/validation data"
+                            + (f" (it ends {ends.date()})" if ends is not None else "")
+                            + f"; out-of-sample data starts {oos_start.date()}: use a later --start, or add "
+                            "--in-sample to run an in-sample backtest")
     if end < start:
         raise BacktestError(f"the period is empty ({start.date()} .. {end.date()}): check --start/--end")
     period = all_dates[(all_dates >= start) & (all_dates <= end)]
@@ -1166,8 +1187,13 @@ def run_backtest(opts: Options) -> dict:
                             "./run_daily_data_update.sh, or use --in-sample")
     t_load = time.perf_counter()
 
-    scored = build_signals(model, features)
+    in_period = features[features["Date"] <= period[-1]]
+    scored, nonsense = build_signals(model, in_period)
     scored = scored[(scored["Date"] >= period[0]) & (scored["Date"] <= period[-1])]
+    nonsense = [b for b in nonsense if period[0] <= pd.Timestamp(b["date"]) <= period[-1]]
+    if nonsense:
+        log.warning("%d sessions with nonsensical predictions (the live cycle would stop): no orders on "
+                    "those days; first %s: %s", len(nonsense), nonsense[0]["date"], nonsense[0]["reason"])
     t_pred = time.perf_counter()
     prices = features.loc[(features["Date"] >= period[0]) & (features["Date"] <= period[-1]),
                           ["Date", "Symbol", "Open", "Close"]]
@@ -1210,7 +1236,7 @@ def run_backtest(opts: Options) -> dict:
         "gate_eligible": gate_eligible, "start": parameters["start"], "end": parameters["end"],
         "parameters": parameters, "criteria": criteria_rows,
         "metrics": {"strategy": analysis["strategy"], "benchmark": analysis["benchmark"]},
-        "conventions": CONVENTIONS, "halts": result.halts,
+        "conventions": CONVENTIONS, "halts": result.halts, "nonsensical_prediction_days": nonsense,
         "rejection_samples": result.rejection_samples, "cancelled_orders": result.cancelled,
         "final_positions": result.final_positions,
         "daily": [{"date": str(d.date()), "equity": float(e), "benchmark": float(b), "drawdown": float(x),

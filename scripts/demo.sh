@@ -30,9 +30,15 @@ step "3/5 backtest: out-of-sample replay with the live rules"
 [[ $rc -eq 0 ]] && echo "   go-live criteria: PASS" || echo "   go-live criteria: not met (exit 1) -- a real deployment would stay in paper mode"
 echo "   report: $TRADING_HOME/reports/latest_backtest.html"
 
-step "4/5 paper-trading cycle as of the last sample session"
-last=$("$PY" -c "import data_collection as d; print(d.load_processed().Date.max().date())")
-"$PY" live_trading.py --as-of "$last" 2>/dev/null || fail "paper trading cycle"
+step "4/5 paper trading: replay the last 10 sample sessions, one cycle each (positions carry over)"
+days=$("$PY" -c "import data_collection as d; print(' '.join(str(x.date()) for x in sorted(d.load_processed().Date.unique())[-10:]))")
+for day in $days; do
+  out=$("$PY" live_trading.py --as-of "$day" 2>/dev/null) || fail "paper trading cycle as of $day"
+  orders=$(grep -m1 '^orders:' <<<"$out")
+  echo "   $day: $orders"
+done
+echo "   --- the last cycle ($day): signals, orders, resulting positions"
+sed 's/^/   /' <<<"$out"
 
 step "5/5 status and audit trail"
 "$PY" live_trading.py status 2>/dev/null || fail "status"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -327,7 +328,7 @@ def rotated_trail():
     for day in ("20250101", "20250102", "20250103"):
         for i in range(3):
             al.log_event("order_submitted", "success", {"day": day, "i": i})
-        al.rotate(when=__import__("datetime").datetime.strptime(day, "%Y%m%d"))
+        al.rotate(when=datetime.strptime(day, "%Y%m%d"))
     al.log_event("today", "success", {})
     assert al.verify_chain() == (True, None)
     return al
@@ -346,8 +347,7 @@ def test_rotation_keeps_the_chain():
     assert [r["seq"] for r in al.tail(5)] == list(range(first_live["seq"] - 3,
                                                         first_live["seq"] + 2))
     # rotating twice on one day does not overwrite
-    assert al.rotate(when=__import__("datetime").datetime(2025, 1, 3)).name == \
-        "audit_log.20250103-2.jsonl"
+    assert al.rotate(when=datetime(2025, 1, 3)).name == "audit_log.20250103-2.jsonl"
     assert al.verify_chain() == (True, None)
 
 
