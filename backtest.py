@@ -84,6 +84,19 @@ class BacktestError(RuntimeError):
 
 # =========================================================================== costs (trading_api)
 
+_TRADING_API = None
+
+
+def _ta():
+    """trading_api, imported on first use (it pulls in httpx; the engine needs only its pure
+    cost functions)."""
+    global _TRADING_API
+    if _TRADING_API is None:
+        import trading_api
+        _TRADING_API = trading_api
+    return _TRADING_API
+
+
 @dataclass
 class Costs:
     """The paper broker's cost model with optional overrides (None = the broker's default)."""
@@ -105,17 +118,14 @@ class Costs:
                 "borrow_day_count": C.BORROW_DAY_COUNT}
 
     def fill_price(self, reference: float, side: str) -> float:
-        import trading_api
-        return trading_api.slippage_price(reference, side, self.slippage_bps)
+        return _ta().slippage_price(reference, side, self.slippage_bps)
 
     def commission(self, quantity: int) -> float:
-        import trading_api
-        return trading_api.commission_for(quantity, self.commission_per_share, self.min_commission)
+        return _ta().commission_for(quantity, self.commission_per_share, self.min_commission)
 
     def borrow(self, quantity: int, price: float, days: int) -> float:
-        import trading_api
         # the paper broker rounds each accrual to 6 decimals; so do we (same ledger)
-        return round(trading_api.borrow_fee(quantity, price, self.borrow_rate, days), 6)
+        return round(_ta().borrow_fee(quantity, price, self.borrow_rate, days), 6)
 
     def not_below_defaults(self) -> bool:
         eff = self.effective()
@@ -152,7 +162,8 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     """Build the arrays from long frames.
 
     ``prices``: Date, Symbol, Open, Close (extra columns ignored) -- the sessions of the test.
-    ``signals``: Date, Symbol, signal (BUY/SELL/HOLD), score and volatility_20 (or volatility);
+    ``signals``: Date, Symbol, signal ("BUY"/"SELL"/"HOLD" as signals.py writes them), score and
+    volatility_20 (or volatility);
     typically ``signals.score_predictions(model.predict(features))``. Rows outside the price
     dates are ignored; a (day, symbol) without a signal row is HOLD."""
     p = prices
@@ -184,9 +195,9 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
         ssi = pd.Index(symbols).get_indexer(s["Symbol"].astype(str))
         ok = (sdi >= 0) & (ssi >= 0)
         sdi, ssi = sdi[ok], ssi[ok]
-        sc, su = pd.factorize(s["signal"])
-        lut = np.array([SIGNAL_CODES.get(str(u).upper(), 0) for u in su] + [0], dtype=np.int8)
-        signal[sdi, ssi] = lut[sc][ok]          # code -1 (missing) -> the trailing 0
+        col = s["signal"]
+        codes = np.where(col.eq("BUY").to_numpy(bool), 1, np.where(col.eq("SELL").to_numpy(bool), -1, 0))
+        signal[sdi, ssi] = codes.astype(np.int8)[ok]
         score[sdi, ssi] = s["score"].to_numpy(float)[ok]
         vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
         vol[sdi, ssi] = s[vcol].to_numpy(float)[ok]
@@ -298,14 +309,19 @@ class LivePolicy:
             chosen = held_active + unheld_l[:take]
             involved = set(held)
             involved.update(chosen)
-            prices = {symbols[i]: float(price[i]) for i in involved}
-            quotes = {symbols[i]: quote for i in chosen if signal[i] < 0 or pos[i] < 0}
+            inv = list(involved)
+            prices = dict(zip([symbols[i] for i in inv], price[inv].tolist()))
+            ch = np.asarray(chosen, dtype=np.intp)
+            ch_sig, ch_pos = signal[ch].tolist(), pos[ch].tolist()
+            names = [symbols[i] for i in chosen]
+            quotes = {nm: quote for nm, sg, ps in zip(names, ch_sig, ch_pos) if sg < 0 or ps < 0}
             pf = self.rm.Portfolio(equity=equity, cash=cash, buying_power=bp, positions=positions,
                                    prices=prices, last_close=prices, quotes=quotes, recalled=set(),
                                    as_of=day)
-            sigs = [{"symbol": symbols[i], "signal": "BUY" if signal[i] > 0 else "SELL",
-                     "score": float(score[i]), "price": float(price[i]), "volatility": float(vol[i])}
-                    for i in chosen]
+            sigs = [{"symbol": nm, "signal": "BUY" if sg > 0 else "SELL", "score": sc, "price": px,
+                     "volatility": vo}
+                    for nm, sg, sc, px, vo in zip(names, ch_sig, score[ch].tolist(), price[ch].tolist(),
+                                                  vol[ch].tolist())]
             targets = self.risk.target_positions(sigs, pf)
             if not self.prune or take >= len(unheld_l) or self._complete(targets, prices, equity,
                                                                          price[unheld[take:]]):
@@ -408,6 +424,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
     fill_px = market.open if fill == "next_open" else market.close
     close_ff = pd.DataFrame(market.close).ffill().to_numpy()      # mark to market at the last known close
     pydates = [d.date() for d in market.dates]
+    iso = [d.isoformat() for d in pydates]
     sym_idx = {s: i for i, s in enumerate(symbols)}
     seq = [0]                               # one counter orders fills and borrow accruals
 
@@ -426,7 +443,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
     borrow_events: list[dict] = []
     cancelled: list[dict] = []
     pending: list[dict] = []
-    decided_on = None
+    decided_on, decided_iso = None, None
 
     def accrue(i: int, day_i: int, price: float) -> float:
         start = accrued_to.get(i)
@@ -439,7 +456,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
         fee = costs.borrow(qty, price, days)
         accrued_to[i] = pydates[day_i]
         seq[0] += 1
-        borrow_events.append({"seq": seq[0], "date": pydates[day_i].isoformat(), "symbol": symbols[i],
+        borrow_events.append({"seq": seq[0], "date": iso[day_i], "symbol": symbols[i],
                               "quantity": qty, "price": price, "days": days, "fee": fee})
         return fee
 
@@ -452,7 +469,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                 ref = fill_px[d, i]
                 side, qty = order["side"], int(order["quantity"])
                 if not np.isfinite(ref) or ref <= 0:
-                    cancelled.append({"date": pydates[d].isoformat(), "decided": decided_on.isoformat(),
+                    cancelled.append({"date": iso[d], "decided": decided_on.isoformat(),
                                       **order, "reason": "no price on the fill day"})
                     continue
                 ref = float(ref)
@@ -470,11 +487,11 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                     accrued_to[i] = pydates[d]
                 if pos[i] >= 0:
                     accrued_to.pop(i, None)
-                slip = abs(price - ref) * qty
+                slip = (price - ref) * signed           # what the fill cost against the reference price
                 d_comm[d] += commission
                 d_slip[d] += slip
                 seq[0] += 1
-                trades.append({"seq": seq[0], "date": pydates[d].isoformat(), "decided": decided_on.isoformat(),
+                trades.append({"seq": seq[0], "date": iso[d], "decided": decided_iso,
                                "symbol": sym, "side": side, "quantity": qty,
                                "decision_price": float(order.get("price", float("nan"))),
                                "reference_price": ref, "fill_price": price, "notional": qty * price,
@@ -501,7 +518,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
             if d < n - 1:
                 pending = policy.decide(pydates[d], symbols, pos, cash, eq, close_ff[d],
                                         market.signal[d], market.score[d], market.volatility[d])
-                decided_on = pydates[d]
+                decided_on, decided_iso = pydates[d], iso[d]
             if progress is not None:
                 progress(d + 1, n)
 
@@ -1160,7 +1177,8 @@ def run_backtest(opts: Options) -> dict:
         features = data_collection.load_processed(opts.data_path)
     except data_collection.DataError as exc:
         raise BacktestError(_one_line(exc)) from None
-    symbols = _choose_symbols(opts.symbols, features)
+    warnings: list[str] = []
+    symbols = _choose_symbols(opts.symbols, features, warnings)
     features = features[features["Symbol"].isin(symbols)]
 
     all_dates = pd.DatetimeIndex(np.unique(features["Date"].to_numpy()))
@@ -1192,8 +1210,10 @@ def run_backtest(opts: Options) -> dict:
     scored = scored[(scored["Date"] >= period[0]) & (scored["Date"] <= period[-1])]
     nonsense = [b for b in nonsense if period[0] <= pd.Timestamp(b["date"]) <= period[-1]]
     if nonsense:
-        log.warning("%d sessions with nonsensical predictions (the live cycle would stop): no orders on "
-                    "those days; first %s: %s", len(nonsense), nonsense[0]["date"], nonsense[0]["reason"])
+        text = (f"{len(nonsense)} sessions with nonsensical predictions (the live cycle would stop): no orders "
+                f"on those days; first {nonsense[0]['date']}: {nonsense[0]['reason']}")
+        log.warning("%s", text)
+        warnings.append(text)
     t_pred = time.perf_counter()
     prices = features.loc[(features["Date"] >= period[0]) & (features["Date"] <= period[-1]),
                           ["Date", "Symbol", "Open", "Close"]]
@@ -1236,7 +1256,8 @@ def run_backtest(opts: Options) -> dict:
         "gate_eligible": gate_eligible, "start": parameters["start"], "end": parameters["end"],
         "parameters": parameters, "criteria": criteria_rows,
         "metrics": {"strategy": analysis["strategy"], "benchmark": analysis["benchmark"]},
-        "conventions": CONVENTIONS, "halts": result.halts, "nonsensical_prediction_days": nonsense,
+        "conventions": CONVENTIONS, "warnings": warnings, "halts": result.halts,
+        "nonsensical_prediction_days": nonsense,
         "rejection_samples": result.rejection_samples, "cancelled_orders": result.cancelled,
         "final_positions": result.final_positions,
         "daily": [{"date": str(d.date()), "equity": float(e), "benchmark": float(b), "drawdown": float(x),
@@ -1259,7 +1280,7 @@ def run_backtest(opts: Options) -> dict:
     return report
 
 
-def _choose_symbols(requested, features: pd.DataFrame) -> list[str]:
+def _choose_symbols(requested, features: pd.DataFrame, warnings: list | None = None) -> list[str]:
     import data_collection
     present = set(features["Symbol"].astype(str).unique())
     if requested:
@@ -1276,8 +1297,11 @@ def _choose_symbols(requested, features: pd.DataFrame) -> list[str]:
     chosen = [s for s in universe if s in present]
     missing = [s for s in universe if s not in present]
     if missing:
-        log.warning("no processed data for %s (dropped by the data update?): backtesting the other %d symbols",
-                    ", ".join(missing), len(chosen))
+        text = (f"no processed data for {', '.join(missing)} (dropped by the data update?): backtesting the "
+                f"other {len(chosen)} symbols")
+        log.warning("%s", text)
+        if warnings is not None:
+            warnings.append(text)
     if not chosen:
         raise BacktestError(f"none of the symbols in {C.UNIVERSE_FILE} has data in {C.PROCESSED_DATA_FILE}: "
                             "run ./run_daily_data_update.sh --force")
@@ -1357,6 +1381,11 @@ def print_summary(report: dict, out=None) -> None:
           f"{_fmt(s['costs_paid'], 'usd')}", file=out)
     print(f"  benchmark: total {_fmt(b['total_return'], 'pct')}, CAGR {_fmt(b['cagr'], 'pct')}, Sharpe "
           f"{_fmt(b['sharpe'], 'num')}, max DD {_fmt(b['max_drawdown'], 'pct')} (equal-weight buy & hold)", file=out)
+    for h in report.get("halts", []):
+        print(f"  risk halt: {h['halt']} on {h['date']} (equity {h['equity']:,.2f}); opening trades stopped "
+              f"as the live cycle would", file=out)
+    for w in report.get("warnings", []):
+        print(f"  warning: {w}", file=out)
     print("Go-live criteria:", file=out)
     for c in report["criteria"]:
         print(f"  {c['name']:<14} {_fmt(c['value'], c['format']):>10}  required {c['rule']} "
@@ -1375,7 +1404,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from logging_setup import setup_logging
     try:
-        setup_logging("trading")
+        # records go to logs/trading_YYYYMMDD.log (errors also to logs/errors.log); the console
+        # gets the summary (stdout) and one ERROR line (stderr), not a copy of every log line
+        setup_logging("trading", console=False)
     except OSError as exc:
         print(f"ERROR: cannot write logs under {config.path(C.LOG_DIR)} ({exc}): check TRADING_HOME and "
               "permissions", file=sys.stderr)

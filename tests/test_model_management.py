@@ -151,14 +151,14 @@ def test_predict_rows_columns_and_last_only(home):
     full_last = out.sort_values("Date").groupby("Symbol").tail(1).set_index("Symbol")
     for _, row in last.iterrows():
         assert row["Date"] == full_last.loc[row["Symbol"], "Date"]
-        assert row["predicted_diff"] == pytest.approx(full_last.loc[row["Symbol"], "predicted_diff"], rel=1e-9)
+        assert row["predicted_diff"] == pytest.approx(full_last.loc[row["Symbol"], "predicted_diff"], rel=1e-5)
     # the pandas-free path gives the same numbers
     arr = mm.read_feature_csv(home / C.PROCESSED_DATA_FILE, model.feature_columns, tail=model.window)
     fast = model.predict_arrays(arr["symbols"], arr["close"], arr["vol"], arr["values"], last_only=True)
     by_sym = dict(zip(arr["symbols"][fast["index"]], fast["predicted_diff"]))
     full = model.predict(pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"]), last_only=True)
     for _, row in full.iterrows():
-        assert by_sym[row["Symbol"]] == pytest.approx(row["predicted_diff"], rel=1e-6)
+        assert by_sym[row["Symbol"]] == pytest.approx(row["predicted_diff"], rel=1e-5)
     assert model.metrics["MSE"] > 0 and "directional_accuracy" in model.metrics
 
 
