@@ -160,30 +160,6 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _create_exclusive(path: Path, data: bytes, mode: int = 0o600) -> bool:
-    """Create ``path`` with ``data`` atomically unless it exists (True if we created it).
-    Written to a temp file and hard-linked into place, so a reader never sees a partial file and
-    two processes racing to create it agree on one content."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-        created = True
-    except FileExistsError:
-        created = False
-    finally:
-        os.unlink(tmp)
-    fileutil.fsync_dir(path.parent)
-    return created
-
-
 def _ensure_config_dir() -> Path:
     directory = config.config_dir()
     if not directory.exists():
@@ -273,7 +249,7 @@ class AuditLogger:
             if not create:
                 raise AuditKeyMissingError(self._key_missing_text()) from None
             _ensure_config_dir()
-            _create_exclusive(self.key_path, (secrets.token_hex(32) + "\n").encode())
+            fileutil.create_exclusive(self.key_path, (secrets.token_hex(32) + "\n").encode())
             log.info("Created the audit HMAC key %s (mode 0600)", self.key_path)
             st = os.stat(self.key_path)
         if st.st_mode & 0o077:
@@ -359,7 +335,7 @@ class AuditLogger:
         slot = text.ljust(_CP_SLOT - 1) + b"\n"
         if not self.checkpoint_path.exists():
             _ensure_config_dir()
-            _create_exclusive(self.checkpoint_path, b" " * (2 * _CP_SLOT - 1) + b"\n")
+            fileutil.create_exclusive(self.checkpoint_path, b" " * (2 * _CP_SLOT - 1) + b"\n")
         fd = os.open(self.checkpoint_path, os.O_RDWR | os.O_NOFOLLOW)
         try:
             os.pwrite(fd, slot, slot_index * _CP_SLOT)

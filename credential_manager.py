@@ -151,29 +151,6 @@ def _open_private(path: Path, what: str) -> bytes:
         os.close(fd)
 
 
-def _create_exclusive(path: Path, data: bytes) -> bool:
-    """Create ``path`` (mode 0600) with ``data`` unless it exists; True if this call created it.
-    Written to a temp file and hard-linked into place: two processes storing their first
-    credentials at once end up with one key, and nobody reads a half-written key."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-        created = True
-    except FileExistsError:
-        created = False
-    finally:
-        os.unlink(tmp)
-    fileutil.fsync_dir(path.parent)
-    return created
-
-
 def _valid_key(text: str, source: str) -> bytes:
     key = text.strip().encode()
     try:
@@ -253,7 +230,7 @@ class CredentialManager:
         if key is not None:
             return key
         self._ensure_key_dir()
-        if _create_exclusive(self.key_path, Fernet.generate_key() + b"\n"):
+        if fileutil.create_exclusive(self.key_path, Fernet.generate_key() + b"\n"):
             log.info("Created the credential key %s (mode 0600); back it up with the key "
                      "directory", self.key_path)
         return self._file_key(self.key_path)

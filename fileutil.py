@@ -8,24 +8,10 @@ from pathlib import Path
 
 
 def atomic_write_bytes(target, data: bytes, mode: int = 0o644) -> Path:
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)          # mode set on the descriptor: the umask cannot widen it
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp):
+        with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(target.parent)
-    return target
+    return atomic_write_with(target, write, mode)
 
 
 def atomic_write_text(target, text: str, mode: int = 0o644) -> Path:
@@ -34,7 +20,8 @@ def atomic_write_text(target, text: str, mode: int = 0o644) -> Path:
 
 def atomic_write_with(target, writer, mode: int = 0o644) -> Path:
     """Atomically create ``target`` by calling ``writer(tmp_path)``, which writes the file itself
-    (for libraries that want a path: pandas, h5py)."""
+    (for libraries that want a path: pandas, h5py). The temp file is created 0600 (mkstemp), so
+    nobody can read it before it gets ``mode`` just ahead of the rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -53,6 +40,31 @@ def atomic_write_with(target, writer, mode: int = 0o644) -> Path:
         raise
     fsync_dir(target.parent)
     return target
+
+
+def create_exclusive(path, data: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` with ``data`` unless it exists; True if this call created it.
+    Written to a temp file and hard-linked into place: a reader never sees a partial file, and
+    two processes racing to create it (a key, say) end up agreeing on one content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        os.unlink(tmp)
+    fsync_dir(path.parent)
+    return created
 
 
 def fsync_dir(directory) -> None:

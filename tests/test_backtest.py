@@ -220,6 +220,19 @@ def test_engine_ledger_matches_the_paper_broker():
     assert positions == result.final_positions
 
 
+def test_next_close_fill_mode_fills_at_the_next_close():
+    open_, close = random_walk(10, seed=9)
+    market = make_market(open_, close)
+    targets = np.zeros((10, 1), int)
+    targets[3:] = 50
+    result = bt.run_engine(market, bt.FixedTargetPolicy(targets), costs=bt.Costs.zero(), fill="next_close")
+    (t,) = result.trades
+    assert t["decided"] == str(market.dates[3].date()) and t["date"] == str(market.dates[4].date())
+    assert t["reference_price"] == close[4]
+    with pytest.raises(bt.BacktestError):
+        bt.run_engine(market, bt.FixedTargetPolicy(targets), fill="same_close")
+
+
 # ----------------------------------------------------------------------------- metrics vs empyrical
 @pytest.mark.parametrize("case", ["strategy", "random", "risk_free"])
 def test_metrics_equal_empyrical(case, monkeypatch):
@@ -359,7 +372,8 @@ LOOSE = ["--min-sharpe", "-100", "--min-total-return", "-1", "--max-drawdown", "
 
 
 def test_cli_exit_0_when_criteria_pass_and_writes_reports(trained):
-    done = _run(LOOSE, trained)
+    done = _run(LOOSE + ["--symbols", "aapl,MSFT,JPM", "--initial-cash", "50000", "--slippage", "7",
+                         "--commission", "0.001"], trained)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("total_return", "sharpe", "max_drawdown", "trades"):
         assert any(line.strip().startswith(name) and line.rstrip().endswith("PASS")
@@ -378,6 +392,13 @@ def test_cli_exit_0_when_criteria_pass_and_writes_reports(trained):
                 "turnover", "trades", "costs_paid"):
         assert key in latest["metrics"]["strategy"], key
     assert latest["metrics"]["benchmark"]["total_return"] is not None
+    assert latest["parameters"]["symbols"] == ["AAPL", "JPM", "MSFT"]
+    assert latest["daily"][0]["equity"] == 50000 and latest["parameters"]["costs"]["slippage_bps"] == 7
+    assert latest["trades"], "the tiny model should trade in the test period"
+    for t in latest["trades"]:
+        up = t["side"] in ("BUY", "BUY_TO_COVER")
+        assert t["fill_price"] == pytest.approx(t["reference_price"] * (1 + 7e-4 if up else 1 - 7e-4), abs=1e-6)
+        assert t["commission"] == pytest.approx(t["quantity"] * 0.001)
     stamped = sorted(reports.glob("backtest_*.json"))
     assert stamped and json.loads(stamped[-1].read_text()) == latest
     page = (reports / "latest_backtest.html").read_text()
@@ -392,10 +413,14 @@ def test_cli_exit_0_when_criteria_pass_and_writes_reports(trained):
 
 
 def test_cli_exit_1_when_criteria_fail(trained):
-    done = _run(LOOSE[:-1] + ["1000000"], trained)
+    done = _run(["--min-trades", "1000000"], trained)       # stricter than constants.py: still eligible
     assert done.returncode == 1, done.stdout + done.stderr
     trades_line = next(line for line in done.stdout.splitlines() if line.strip().startswith("trades"))
     assert trades_line.rstrip().endswith("FAIL") and "Verdict: FAIL" in done.stdout
+    conn = state_db.connect(trained / C.STATE_DB_FILE)
+    row = conn.execute("SELECT * FROM backtest_runs ORDER BY id DESC LIMIT 1").fetchone()
+    assert (row["in_sample"], row["passed"], row["gate_eligible"]) == (0, 0, 1)
+    assert json.loads(row["metrics"])["strategy"]["trades"] < 1000000
 
 
 def test_cli_exit_2_without_model_or_data(tmp_path):
