@@ -39,10 +39,8 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -236,13 +234,15 @@ class LivePolicy:
     close = that close; buying power as the paper broker computes it; borrow data as the paper
     broker quotes it: ``borrow_rate``, shortable, no recall, no known ex-dividend date).
 
-    Only symbols that can change are passed: held symbols with a BUY/SELL signal, and unheld
-    BUY/SELL symbols in the order ``target_positions`` takes them (|score| descending, then
-    symbol), first the ``MAX_POSITIONS`` strongest. HOLD and missing signals keep a position in
-    ``target_positions``, so dropping them changes nothing. New positions are granted in that
-    order until ``MAX_POSITIONS`` are open; if the granted ones already fill every slot, the
-    rest would all get 0, so the result equals passing every symbol. Otherwise the candidate
-    list is widened (x4) and the call repeated, up to all candidates."""
+    Only symbols that can change are passed (``prune=True``): held symbols with a BUY/SELL
+    signal, and unheld BUY/SELL symbols in the order ``target_positions`` takes them (|score|
+    descending, then symbol), first the ``MAX_POSITIONS`` strongest. HOLD and missing signals
+    keep a position in ``target_positions``, so dropping them changes nothing. New positions are
+    granted in that order; the symbols left out could not have received one when every slot is
+    taken, when the gross exposure left is below each of their prices, or while trading is
+    halted (targets then only move toward flat). Otherwise the candidate list is widened (x4)
+    and the call repeated, up to all candidates. ``prune=False`` passes every BUY/SELL symbol;
+    the tests check both give the same fills."""
 
     name = "live"
 

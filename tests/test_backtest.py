@@ -423,13 +423,18 @@ def test_cli_exit_1_when_criteria_fail(trained):
     assert json.loads(row["metrics"])["strategy"]["trades"] < 1000000
 
 
-def test_cli_exit_2_without_model_or_data(tmp_path):
+def test_cli_exit_2_without_model_or_data(tmp_path, trained):
     home = tmp_path / "empty"
     home.mkdir()
     done = _run([], home)
     assert done.returncode == 2
-    line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("ERROR:") and "train_model.py" in line
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR:") and "train_model.py" in lines[0]
+    for name in (C.MODEL_FILE, C.MODEL_METADATA_FILE):          # a model, but no data
+        (home / name).write_bytes((trained / name).read_bytes())
+    done = _run([], home)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "run_daily_data_update.sh" in lines[0]
 
 
 def test_cli_in_sample_needs_the_flag_and_says_so(trained, monkeypatch, capsys):
