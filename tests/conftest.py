@@ -15,6 +15,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["PYTHONHASHSEED"] = os.environ.get("PYTHONHASHSEED", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def yfinance_cache(tmp_path_factory):
+    """yfinance keeps its time-zone cache in one SQLite file per process: give the test run
+    its own, so it never shares (or locks) the user's cache."""
+    import yfinance as yf
+    yf.set_tz_cache_location(str(tmp_path_factory.mktemp("yfinance-cache")))
+
+
 @pytest.fixture(autouse=True)
 def trading_home(tmp_path, monkeypatch):
     home = tmp_path / "home"

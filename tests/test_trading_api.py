@@ -426,10 +426,10 @@ def test_runbook_one_liner_fails_with_one_clear_line(trading_home, tmp_path):
          "from trading_api import SchwabAPI; api = SchwabAPI(); print(api.get_account_balance())"],
         cwd=T.config.PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("trading_api.AuthenticationError: Schwab credentials are not configured")
-    assert "store_credentials" in last and "trading_api.py login" in last
-    assert "During handling" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr                     # one line, no traceback
+    assert lines[0].startswith("ERROR: AuthenticationError: Schwab credentials are not configured")
+    assert "store_credentials" in lines[0] and "trading_api.py login" in lines[0]
 
 
 def test_secrets_are_registered_for_redaction(api):
