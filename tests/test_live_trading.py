@@ -164,12 +164,52 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
 
 def test_live_mode_refused_by_gate_without_backtest_and_paper_sessions(home, trained):
     done = run(["live_trading.py"], home, {"TRADING_MODE": "live"})
-    # no Schwab credentials are configured either; the gate (or the market calendar) answers first
-    assert done.returncode in (0, 3), done.stderr[-2000:]
-    if done.returncode == 3:
-        assert "LIVE TRADING REFUSED" in done.stderr
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "LIVE TRADING REFUSED" in done.stderr and "no passing out-of-sample backtest" in done.stderr
+    assert "golive_gate" in [r["action"] for r in audit_records(home)]
     gate = run(["live_trading.py", "gate"], home)
     assert gate.returncode == 1 and "REFUSED" in gate.stdout and "0 of 5" in gate.stdout
+
+
+def _record_passing_backtest(home, checksum, eligible=True, in_sample=False):
+    import backtest
+    backtest.record_run({"model_checksum": checksum, "in_sample": in_sample, "passed": True,
+                         "gate_eligible": eligible, "start": "2024-10-25", "end": "2025-10-31"},
+                        home / "reports" / "backtest_x.html")
+
+
+def _record_paper_sessions(home, checksum, n, replay=0):
+    import live_trading
+    conn = live_trading._db()
+    for day in pd.bdate_range("2025-11-03", periods=n):
+        conn.execute("INSERT OR IGNORE INTO paper_sessions VALUES (?,?,?,?,?,?)",
+                     (str(day.date()), checksum, replay, 1, 100000.0, "2025-11-03T00:00:00+00:00"))
+
+
+def test_gate_opens_only_when_both_conditions_hold(home, trained):
+    import model_management
+    checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
+    _record_passing_backtest(home, checksum, eligible=False)          # loosened criteria: no
+    _record_passing_backtest(home, checksum, in_sample=True)          # in-sample: no
+    _record_paper_sessions(home, checksum, 9, replay=1)               # replays: no
+    _record_paper_sessions(home, "other-model", 9)                   # another model: no
+    assert run(["live_trading.py", "gate"], home).returncode == 1
+    _record_passing_backtest(home, checksum)
+    _record_paper_sessions(home, checksum, 4)
+    gate = run(["live_trading.py", "gate"], home)
+    assert gate.returncode == 1 and "4 of 5" in gate.stdout and "PASS (" in gate.stdout
+    _record_paper_sessions(home, checksum, 5)
+    gate = run(["live_trading.py", "gate"], home)
+    assert gate.returncode == 0 and "ALLOWED" in gate.stdout
+    live = run(["live_trading.py"], home, {"TRADING_MODE": "live"})
+    assert live.returncode != 3 and "LIVE TRADING REFUSED" not in live.stderr
+
+
+def test_gate_override_is_explicit_and_audited(home, trained):
+    assert run(["live_trading.py", "gate", "--override"], home).returncode == 2     # needs a reason
+    done = run(["live_trading.py", "gate", "--override", "--reason", "operator insists"], home)
+    assert done.returncode == 0 and "ALLOWED" in done.stdout and "operator insists" in done.stdout
+    assert ("golive_gate", "override") in [(r["action"], r["status"]) for r in audit_records(home)]
 
 
 def test_replay_refused_in_live_mode(home, trained):
