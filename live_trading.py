@@ -413,11 +413,18 @@ def cmd_status() -> int:
           + (f", last error: {br['last_error']}" if br["last_error"] else ""))
     from risk_management import RiskManager
     rs = RiskManager(conn=conn).status()
-    halted = rs.get("halted") if isinstance(rs, dict) else None
-    print(f"risk:            peak ${rs.get('peak') or 0:,.2f}, last equity ${rs.get('last_equity') or 0:,.2f}, "
-          f"drawdown {100 * (rs.get('drawdown') or 0):.2f}%, halted: {'YES: ' + rs.get('reason', '') if halted else 'no'}")
+    peak = (rs.get("peak") or {}).get("equity") or 0.0
+    last_equity = (rs.get("last_equity") or {}).get("equity") or 0.0
+    print(f"risk:            peak ${peak:,.2f}, last equity ${last_equity:,.2f}, "
+          f"drawdown {100 * (rs.get('drawdown') or 0):.2f}%, "
+          f"halted: {'YES: ' + rs['reason'] if rs.get('halted') else 'no'}")
     last = state_db.kv_get(conn, LAST_CYCLE_KEY)
-    print(f"last cycle:      {last if last else 'none yet'}")
+    if last:
+        print(f"last cycle:      {last['cycle_date']} ({last['mode']}{', replay' if last['replay'] else ''}) "
+              f"finished {last['finished_at']}: {last['signals']} signals, {last['orders_sent']} orders sent, "
+              f"{last['orders_failed']} failed, equity ${last['equity']:,.2f}")
+    else:
+        print("last cycle:      none yet")
     try:
         from trading_api import get_broker
         _print_positions(get_broker())

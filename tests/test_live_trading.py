@@ -143,6 +143,7 @@ def test_kill_switch_blocks_every_run_until_resumed(home, trained):
     assert blocked.returncode == 0 and "Kill switch is ON" in blocked.stderr
     assert not db(home).execute("SELECT name FROM sqlite_master WHERE name='paper_orders'").fetchone()
     status = run(["live_trading.py", "status"], home)
+    assert status.returncode == 0, status.stderr[-2000:]
     assert "kill switch:     ON: drawdown investigation" in status.stdout
     assert run(["live_trading.py", "resume", "--reason", "fixed"], home).returncode == 0
     ok = run(["live_trading.py", "--as-of", trained["trade_day"]], home)
@@ -160,6 +161,9 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
     assert done.returncode == 0, done.stderr[-2000:]
     assert db(home).execute("SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == 0
     assert ("flatten", "done") in [(r["action"], r["status"]) for r in audit_records(home)]
+    status = run(["live_trading.py", "status"], home)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "last cycle:      " + trained["trade_day"] in status.stdout and "positions (0)" in status.stdout
 
 
 def test_live_mode_refused_by_gate_without_backtest_and_paper_sessions(home, trained):
