@@ -1407,6 +1407,9 @@ def main(argv=None) -> int:
         # records go to logs/trading_YYYYMMDD.log (errors also to logs/errors.log); the console
         # gets the summary (stdout) and one ERROR line (stderr), not a copy of every log line
         setup_logging("trading", console=False)
+    except config.ConfigError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except OSError as exc:
         print(f"ERROR: cannot write logs under {config.path(C.LOG_DIR)} ({exc}): check TRADING_HOME and "
               "permissions", file=sys.stderr)

@@ -29,10 +29,19 @@ def check_python():
 
 def check_mode():
     mode = config.trading_mode()
+    config.data_source()
     return OK, f"TRADING_MODE={mode}" + (" (real orders go to Schwab)" if mode == "live" else " (no real orders)")
 
 
+def _no_state():
+    """True when no cycle has run yet here: the checks below then read nothing (and create
+    nothing: a health check changes no state)."""
+    return not config.path(C.STATE_DB_FILE).exists()
+
+
 def check_kill_switch():
+    if _no_state():
+        return OK, "kill switch off (no state database yet: no cycle has run here)"
     import live_trading
     switch = live_trading.kill_switch()
     if switch:
@@ -114,6 +123,8 @@ def check_token():
 
 
 def check_breaker():
+    if _no_state():
+        return OK, "circuit breaker closed (no state yet)"
     from trading_execution import CircuitBreaker
     st = CircuitBreaker().status()
     if st["state"] != "closed":
@@ -123,6 +134,8 @@ def check_breaker():
 
 
 def check_risk():
+    if _no_state():
+        return OK, "no drawdown or daily-loss halt (no state yet)"
     from risk_management import RiskManager
     halted, reason = RiskManager().is_halted()
     if halted:
@@ -167,7 +180,10 @@ def check_drift_alerts():
 
 
 def check_disk():
-    free = shutil.disk_usage(config.home()).free / 1024 ** 3
+    where = config.home()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free / 1024 ** 3
     if free < 1:
         return FAIL, f"{free:.2f} GB free under {config.home()}: free space now"
     return OK, f"{free:.1f} GB free"
@@ -181,6 +197,13 @@ CHECKS = [("python", check_python), ("mode", check_mode), ("kill switch", check_
 
 
 def run() -> int:
+    try:
+        config.trading_mode()
+        config.data_source()
+    except config.ConfigError as exc:          # nothing else is meaningful with a bad setting
+        print(f"FAIL  mode: {exc}")
+        print("FAILURES")
+        return 2
     worst = 0
     for name, check in CHECKS:
         try:

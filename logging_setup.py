@@ -59,7 +59,11 @@ def log_file(kind: str, day: datetime | None = None):
 
 def setup_logging(kind: str = "trading", level: int = logging.INFO, console: bool = True) -> logging.Logger:
     """Configure the root logger for one entry point. Safe to call again (for another
-    ``TRADING_HOME`` or kind): the handlers it added before are replaced, not duplicated."""
+    ``TRADING_HOME`` or kind): the handlers it added before are replaced, not duplicated.
+    Every entry point calls it first, so a bad ``TRADING_MODE`` or ``DATA_SOURCE`` stops each
+    of them at startup (``config.ConfigError``) instead of falling back to a default."""
+    config.trading_mode()
+    config.data_source()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _MANAGED, False):

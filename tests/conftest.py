@@ -2,6 +2,7 @@
 model, logs, credentials or state, and none reaches the network."""
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,3 +47,50 @@ def universe_file(trading_home):
     path = trading_home / "selected_stocks.txt"
     path.write_text("# test universe\nAAPL\nMSFT\n\nJPM\n")
     return path
+
+
+def run_entry(args, home, env_extra=None, timeout=180, input=None):
+    """Run a project command as a user would, in ``home`` (a TRADING_HOME), paper mode."""
+    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",
+               TRADING_CONFIG_DIR=str(Path(home) / "keys"), TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("TRADING_MODE", None)
+    env.pop("TRADING_FAILPOINT", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, input=input)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Sample data and a tiny trained model, built once per test run (in its own home)."""
+    home = tmp_path_factory.mktemp("trained")
+    done = run_entry(["data_collection.py", "--force"], home)
+    assert done.returncode == 0, done.stderr
+    done = run_entry(["train_model.py", "--profile", "tiny", "--force"], home, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # a session whose signals include trades
+    env = dict(os.environ, TRADING_HOME=str(home))
+    code = ("import model_management as m, data_collection as d, signals as s;"
+            "p=s.score_predictions(m.load_model().predict(d.load_processed()));"
+            "n=p[p.signal!='HOLD'].groupby('Date').size(); n=n[n>=2];"
+            "print(str(n.index[-1].date()), str(p.Date.max().date()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    trade_day, last_day = out.stdout.split()
+    return {"home": home, "trade_day": trade_day, "last_day": last_day}
+
+
+TRAINED_FILES = ["processed_stock_data.csv", "lstm_price_difference_model.h5",
+                 "lstm_price_difference_model.json", "data/raw_prices.csv"]
+
+
+@pytest.fixture
+def home(trained, trading_home):
+    """This test's TRADING_HOME with the session's sample data and trained model in it."""
+    import shutil
+    for name in TRAINED_FILES:
+        dst = trading_home / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(trained["home"] / name, dst)
+    return trading_home

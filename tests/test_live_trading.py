@@ -12,50 +12,14 @@ import pandas as pd
 import pytest
 
 import constants as C
+from conftest import run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-FILES = [C.PROCESSED_DATA_FILE, C.MODEL_FILE, C.MODEL_METADATA_FILE, "data/raw_prices.csv"]
 
 
 def run(args, home, env_extra=None, timeout=180, input=None):
-    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",
-               TRADING_CONFIG_DIR=str(Path(home) / "keys"), TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("TRADING_MODE", None)
-    env.pop("TRADING_FAILPOINT", None)
-    env.update(env_extra or {})
-    return subprocess.run([PY, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout, input=input)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Sample data and a tiny trained model, built once for this module."""
-    home = tmp_path_factory.mktemp("trained")
-    done = run(["data_collection.py", "--force"], home)
-    assert done.returncode == 0, done.stderr
-    done = run(["train_model.py", "--profile", "tiny", "--force"], home, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    # a session whose signals include trades
-    env = dict(os.environ, TRADING_HOME=str(home))
-    code = ("import model_management as m, data_collection as d, signals as s;"
-            "p=s.score_predictions(m.load_model().predict(d.load_processed()));"
-            "n=p[p.signal!='HOLD'].groupby('Date').size(); n=n[n>=2];"
-            "print(str(n.index[-1].date()), str(p.Date.max().date()))")
-    out = subprocess.run([PY, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    trade_day, last_day = out.stdout.split()
-    return {"home": home, "trade_day": trade_day, "last_day": last_day}
-
-
-@pytest.fixture
-def home(trained, trading_home):
-    for name in FILES:
-        src = trained["home"] / name
-        dst = trading_home / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
-    return trading_home
+    return run_entry(args, home, env_extra, timeout, input)
 
 
 def db(home):

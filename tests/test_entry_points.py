@@ -1,0 +1,29 @@
+"""Every entry point refuses a TRADING_MODE or DATA_SOURCE it does not know, at startup, with
+one line naming the variable: no silent default."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = [
+    ["./run_daily_data_update.sh"], ["./run_backtest.sh"], ["./run_health_check.sh"],
+    [sys.executable, "live_trading.py", "status"], [sys.executable, "train_model.py"],
+    [sys.executable, "risk_management.py", "status"], [sys.executable, "trading_api.py", "balance"],
+    [sys.executable, "model_management.py", "list"], [sys.executable, "audit_logging.py", "verify"],
+    [sys.executable, "credential_manager.py", "list"],
+]
+
+
+@pytest.mark.parametrize("variable, value", [("TRADING_MODE", "liev"), ("DATA_SOURCE", "yahoo")])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(Path(x).name for x in c))
+def test_bad_environment_is_a_startup_error(trading_home, command, variable, value):
+    env = dict(os.environ, **{variable: value})
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert variable in out and value in out, out[-1000:]
+    assert "Traceback" not in out
+    assert not (trading_home / "state").exists()          # nothing ran
