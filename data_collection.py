@@ -507,6 +507,13 @@ def update(force: bool = False) -> dict:
     else:
         log.info("full download from %s for %d symbols", start.date(), len(symbols))
     fetched, errors = fetch_prices(symbols, start, reference)
+    if fetched.empty:
+        # yfinance words a network failure as "possibly delisted" for every symbol: say what it is
+        sample = "; ".join(sorted({m for m in errors.values()}))[:300]
+        raise DataError(f"the download returned no data for any of the {len(symbols)} symbols "
+                        f"({sample or 'no rows'}): Yahoo is unreachable, down or rate-limiting "
+                        f"this machine, not {len(symbols)} delistings. Check the network with "
+                        f"curl -I https://query1.finance.yahoo.com and rerun later; nothing was written")
     for sym, message in sorted(errors.items()):
         log.warning("download failed for %s: %s", sym, message)
     if len(stored):

@@ -72,6 +72,18 @@ def test_all_failed_download_fails_the_job(trading_home, monkeypatch):
     monkeypatch.setenv("DATA_SOURCE", "yfinance")
     real = dc.fetch_yfinance
     monkeypatch.setattr(dc, "fetch_yfinance", lambda s, a, b: real(s, a, b, session=session_for(fake)))
+    with pytest.raises(dc.DataError, match="no data for any of the 2 symbols.*unreachable"):
+        dc.update(force=True)
+    assert not (trading_home / C.PROCESSED_DATA_FILE).exists()
+
+
+def test_no_healthy_symbol_fails_the_job(trading_home, monkeypatch):
+    (trading_home / "selected_stocks.txt").write_text("STALE\nGONE\n")
+    fake = FakeYahoo({"GONE": "delisted"}, end="2025-06-30")        # STALE ends in June
+    monkeypatch.setenv("DATA_SOURCE", "yfinance")
+    real = dc.fetch_yfinance
+    monkeypatch.setattr(dc, "fetch_yfinance", lambda s, a, b: real(s, "2025-01-02", b, session=session_for(fake)))
+    monkeypatch.setattr(dc, "reference_session", lambda: pd.Timestamp("2025-10-31"))
     with pytest.raises(dc.DataError, match="no healthy symbol"):
         dc.update(force=True)
     assert not (trading_home / C.PROCESSED_DATA_FILE).exists()
