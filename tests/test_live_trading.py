@@ -232,3 +232,56 @@ def test_nonsensical_predictions_stop_the_cycle(home, trained, monkeypatch):
     scored = signals.score_predictions(fine)
     signals.check_predictions(scored)
     assert list(scored["signal"]) == ["HOLD", "HOLD", "BUY"]
+
+
+# ------------------------------------------------------------------ a live cycle against a fake Schwab
+from test_trading_api import cm, fake, store  # noqa: E402,F401  (fixtures: schwab-py's real client, fake server)
+
+
+def test_live_cycle_through_schwab_py(home, trained, fake, cm, monkeypatch):
+    """TRADING_MODE=live, gate open, market open: orders go through schwab-py's real request
+    building to a fake Schwab on an httpx transport; a rerun sends nothing twice."""
+    import model_management
+    import live_trading
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    import market_calendar
+
+    day = trained["trade_day"]
+    df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
+    df[df["Date"] <= day].to_csv(home / C.PROCESSED_DATA_FILE, index=False)
+    closes = df[df["Date"] == day].set_index("Symbol")["Close"].to_dict()
+    checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
+    _record_passing_backtest(home, checksum)
+    _record_paper_sessions(home, checksum, 5)
+    store(cm)
+    fake.quotes = {s: {"quote": {"lastPrice": p, "bidPrice": p - 0.01, "askPrice": p + 0.01},
+                       "fundamental": {}, "reference": {"isShortable": True, "isHardToBorrow": False,
+                                                        "htbRate": 0.0}} for s, p in closes.items()}
+    add = fake.add_order
+
+    def add_filled(**fields):                 # Schwab fills market orders at once here
+        oid = add(**fields)
+        qty = fields.get("quantity", 10)
+        leg = fields["orderLegCollection"][0]
+        fake.orders[oid].update(status="FILLED", filledQuantity=qty, remainingQuantity=0,
+                                orderActivityCollection=[{"executionLegs": [
+                                    {"quantity": qty, "price": closes[leg["instrument"]["symbol"]]}]}])
+        return oid
+    fake.add_order = add_filled
+    monkeypatch.setenv("TRADING_MODE", "live")
+    now = datetime.combine(market_calendar.next_session(day).date(),
+                           datetime.min.time()).replace(hour=10, tzinfo=ZoneInfo("America/New_York"))
+    live_trading._MODEL = None
+    assert live_trading.run_cycle(now=now) == 0
+    bodies = fake.posted_orders()
+    assert bodies, "the trade day has BUY/SELL signals"
+    for body in bodies:
+        assert body["orderType"] == "MARKET" and body["session"] == "NORMAL"
+        assert body["orderLegCollection"][0]["instruction"] in ("BUY", "SELL_SHORT")
+    conn = db(home)
+    rows = [dict(r) for r in conn.execute("SELECT * FROM orders WHERE mode = 'live'")]
+    assert len(rows) == len(bodies) and all(r["status"] == "FILLED" and r["broker_order_id"] for r in rows)
+    assert ("order_fill", "filled") in [(r["action"], r["status"]) for r in audit_records(home)]
+    assert live_trading.run_cycle(now=now) == 0             # the same day again
+    assert len(fake.posted_orders()) == len(bodies)
