@@ -238,7 +238,14 @@ def run_cycle(as_of=None, now=None) -> int:
             log.warning("another live_trading.py run holds the cycle lock (%s): exiting without trading",
                         config.path(C.LOCK_DIR) / "live_trading.lock")
             return EXIT_OK
-        return _cycle(mode, as_of, now)
+        try:
+            return _cycle(mode, as_of, now)
+        except Exception as exc:
+            try:                       # the trail shows that the cycle ended, and why
+                _audit().log_event("cycle_end", "error", {"error": f"{type(exc).__name__}: {exc}"})
+            except Exception as audit_exc:
+                log.error("audit of the failed cycle failed too: %s", audit_exc)
+            raise
 
 
 def _cycle(mode: str, as_of, now) -> int:

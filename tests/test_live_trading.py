@@ -195,6 +195,7 @@ def test_stale_data_stops_the_cycle(home, trained):
     df[df["Date"] < "2025-10-01"].to_csv(home / C.PROCESSED_DATA_FILE, index=False)
     done = run(["live_trading.py", "--as-of", trained["last_day"]], home)
     assert done.returncode == 1 and "stale" in done.stderr and "run_daily_data_update.sh" in done.stderr
+    assert ("cycle_end", "error") in [(r["action"], r["status"]) for r in audit_records(home)]
 
 
 def test_corrupted_model_stops_the_cycle(home, trained):
