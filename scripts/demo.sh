@@ -40,8 +40,9 @@ done
 echo "   --- the last cycle ($day): signals, orders, resulting positions"
 sed 's/^/   /' <<<"$out"
 
-step "5/5 status and audit trail"
+step "5/5 status, audit trail and health check"
 "$PY" live_trading.py status 2>/dev/null || fail "status"
 "$PY" audit_logging.py verify 2>/dev/null || fail "audit verification"
+./run_health_check.sh | sed 's/^/   /'
 echo
 echo "Everything above ran in $TRADING_HOME (logs in $TRADING_HOME/logs). 'make clean-demo' removes it."
