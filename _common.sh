@@ -7,4 +7,4 @@ else
   echo "ERROR: $PROJECT_DIR/.venv is missing: run 'make venv' (or 'make demo') in $PROJECT_DIR first" >&2
   exit 2
 fi
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"

@@ -124,7 +124,7 @@ def build_dataset(features, window: int, feature_columns, shuffle_targets: bool 
 
 # ----------------------------------------------------------------------------- model
 def _keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF C++ chatter (E0000 attribute notes) stays out of cron mail
     import tensorflow as tf
     import keras
     return tf, keras

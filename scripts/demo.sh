@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export TRADING_HOME="$PWD/.demo_home" DATA_SOURCE=sample TRADING_MODE=paper
-export TRADING_CONFIG_DIR="$TRADING_HOME/keys" TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+export TRADING_CONFIG_DIR="$TRADING_HOME/keys" TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 PY=.venv/bin/python
 mkdir -p "$TRADING_HOME"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
