@@ -31,7 +31,7 @@ import numpy as np
 
 import config
 import constants as C
-from fileutil import atomic_write_text, fsync_dir
+from fileutil import atomic_write_text, atomic_write_with, fsync_dir
 
 log = logging.getLogger("model")
 
@@ -489,11 +489,11 @@ def install_model(candidate_h5, metadata: dict, path=None, reason: str = "") -> 
     backup_current(p, reason=reason or "replaced")
     p.parent.mkdir(parents=True, exist_ok=True)
     if candidate_h5.parent.resolve() != p.parent.resolve():
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".h5", dir=p.parent)
-        os.close(fd)
-        shutil.copy2(candidate_h5, tmp)
-        candidate_h5 = Path(tmp)
-    os.replace(candidate_h5, p)
+        atomic_write_with(p, lambda tmp: shutil.copyfile(candidate_h5, tmp))
+    else:
+        with open(candidate_h5, "rb+") as fh:           # durable before it becomes the model
+            os.fsync(fh.fileno())
+        os.replace(candidate_h5, p)
     atomic_write_text(metadata_path(p), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     fsync_dir(p.parent)
     return p
