@@ -8,6 +8,9 @@ PY    := $(VENV)/bin/python
 $(VENV)/bin/python:
 	@py=$$(scripts/find_python.sh) || exit 1; echo "creating $(VENV) with $$py ($$($$py --version))"; \
 	  "$$py" -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip
+	@# one-line errors for the runbook's `python -c` one-liners (errors.py says why)
+	@printf '%s\nimport importlib.util as u; u.find_spec("errors") and __import__("errors").install_excepthook()\n' "$(CURDIR)" \
+	  > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lstm_trader.pth"
 
 $(VENV)/.runtime-installed: requirements.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements.txt

@@ -63,6 +63,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import config
+from errors import UserFacingError, install_excepthook
 import constants as C
 import fileutil
 import logging_setup
@@ -79,7 +80,7 @@ _SECRET_KEY_NAMES = re.compile(
 
 
 # --------------------------------------------------------------------------- exceptions
-class AuditError(RuntimeError):
+class AuditError(UserFacingError):
     """Base class of every audit-trail error."""
 
 
@@ -856,6 +857,7 @@ def _format(rec: dict) -> str:
 
 
 def main(argv=None) -> int:
+    install_excepthook()
     parser = argparse.ArgumentParser(prog="audit_logging.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("verify", help="verify every file of the trail and the checkpoint")

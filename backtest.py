@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 import config
+from errors import UserFacingError, install_excepthook
 import constants as C
 
 log = logging.getLogger("backtest")
@@ -76,7 +77,7 @@ _RUNS_SCHEMA = [
 ]
 
 
-class BacktestError(RuntimeError):
+class BacktestError(UserFacingError):
     """A problem that stops the backtest; the message is one line naming the fix (exit 2)."""
 
 
@@ -1401,6 +1402,7 @@ def print_summary(report: dict, out=None) -> None:
 
 
 def main(argv=None) -> int:
+    install_excepthook()
     args = _parser().parse_args(argv)
     from logging_setup import setup_logging
     try:

@@ -6,12 +6,13 @@ point ``TRADING_HOME`` at its own folder and never touch a user's real data, mod
 import os
 from pathlib import Path
 
+from errors import UserFacingError
 import constants as C
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
 
-class ConfigError(RuntimeError):
+class ConfigError(UserFacingError):
     """A setting has a value the system refuses to guess about."""
 
 
@@ -62,20 +63,3 @@ def config_dir() -> Path:
         return Path(value).expanduser().resolve()
     base = os.environ.get("XDG_CONFIG_HOME", "").strip() or str(Path.home() / ".config")
     return Path(base) / C.APP_NAME
-
-
-# Errors meant for a person (they name the thing and the fix) print as one line, not a
-# traceback, when nothing catches them: for `python -c` one-liners from the runbook.
-USER_FACING_ERRORS = {"ConfigError", "DataError", "ModelError", "BrokerError", "CredentialError",
-                      "AuditError", "CycleError", "NonsensicalPredictionError", "CircuitOpenError"}
-
-
-def _excepthook(exc_type, exc, tb, _default=__import__("sys").excepthook):
-    if any(cls.__name__ in USER_FACING_ERRORS for cls in exc_type.__mro__):
-        import sys
-        print(f"ERROR: {exc_type.__name__}: {exc}", file=sys.stderr)
-        return
-    _default(exc_type, exc, tb)
-
-
-__import__("sys").excepthook = _excepthook

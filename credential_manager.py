@@ -41,6 +41,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 import config
+from errors import UserFacingError, install_excepthook
 import constants as C
 import fileutil
 import logging_setup
@@ -56,7 +57,7 @@ KNOWN_FIELDS = {                      # what `set` asks for, in order; other ser
 
 
 # --------------------------------------------------------------------------- exceptions
-class CredentialError(RuntimeError):
+class CredentialError(UserFacingError):
     """Base class: a credential file or key cannot be used. The message names the file and
     the fix, and never contains a secret."""
 
@@ -418,6 +419,7 @@ def _read_fields(service: str) -> dict:
 
 
 def main(argv=None) -> int:
+    install_excepthook()
     parser = argparse.ArgumentParser(prog="credential_manager.py",
                                      description="Encrypted credentials for the trading system")
     sub = parser.add_subparsers(dest="command", required=True)

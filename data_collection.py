@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 import config
+from errors import UserFacingError, install_excepthook
 import constants as C
 import market_calendar
 from fileutil import atomic_write_with
@@ -43,7 +44,7 @@ FEATURE_COLUMNS = list(C.FEATURE_COLUMNS)
 TICKER_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}([.-][A-Z]{1,2})?$")
 
 
-class DataError(RuntimeError):
+class DataError(UserFacingError):
     """A data problem that stops the pipeline; the message names the thing and the fix."""
 
 
@@ -549,6 +550,7 @@ def update(force: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
+    install_excepthook()
     parser = argparse.ArgumentParser(description="Download prices, validate them and rebuild "
                                      "processed_stock_data.csv.")
     parser.add_argument("--force", action="store_true",

@@ -32,6 +32,7 @@ from datetime import date, datetime
 import pandas as pd
 
 import config
+from errors import UserFacingError, install_excepthook, is_user_facing
 import constants as C
 import market_calendar
 import state_db
@@ -59,7 +60,7 @@ _SCHEMA = ["""CREATE TABLE IF NOT EXISTS paper_sessions (
 _MODEL = None
 
 
-class CycleError(RuntimeError):
+class CycleError(UserFacingError):
     """A step of the cycle failed; the message names what and the fix."""
 
 
@@ -517,6 +518,7 @@ def cmd_signals(as_of) -> int:
 
 
 def main(argv=None) -> int:
+    install_excepthook()
     parser = argparse.ArgumentParser(description="One trading cycle, or an operator command.")
     parser.add_argument("--as-of", help="replay a paper cycle as of this past session (YYYY-MM-DD)")
     sub = parser.add_subparsers(dest="command")
@@ -565,10 +567,7 @@ def main(argv=None) -> int:
         if command == "signals":
             return cmd_signals(as_of)
     except Exception as exc:
-        known = ("CycleError", "DataError", "NonsensicalPredictionError", "CircuitOpenError")
-        if isinstance(exc, (config.ConfigError,)) or type(exc).__name__ in known or any(
-                c.__name__ in ("ModelError", "BrokerError", "CredentialError", "AuditError")
-                for c in type(exc).__mro__):
+        if is_user_facing(exc):
             log.error("%s FAILED: %s", command, exc)
         else:
             log.exception("%s FAILED with an unexpected error: %s: %s", command, type(exc).__name__, exc)

@@ -22,6 +22,7 @@ np.float64)``); the two agree within about 1e-6 and ``tests/test_lstm_inference.
 """
 from __future__ import annotations
 
+from errors import UserFacingError
 import contextlib
 import ctypes
 import glob
@@ -33,7 +34,7 @@ import h5py
 import numpy as np
 
 
-class InferenceError(RuntimeError):
+class InferenceError(UserFacingError):
     """The .h5 file cannot be evaluated by the NumPy path (unreadable or unsupported)."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import config
+from errors import UserFacingError, install_excepthook
 import constants as C
 from fileutil import atomic_write_text, atomic_write_with, fsync_dir
 
@@ -46,7 +47,7 @@ METRIC_SPACE = ("MSE and skill are computed on y (the vol-scaled next-day differ
                 "comparable across symbols and prices; skill = 1 - MSE / MSE(predict no change, y=0)")
 
 
-class ModelError(RuntimeError):
+class ModelError(UserFacingError):
     """A model problem; the message names the file and the fix."""
 
 
@@ -589,6 +590,7 @@ def _fmt(v, spec=".4f"):
 
 
 def main(argv=None) -> int:
+    install_excepthook()
     parser = argparse.ArgumentParser(description="Verify, list, restore and prune model versions.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="backups with their dates, checksums and test metrics")

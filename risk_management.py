@@ -43,6 +43,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
+from errors import install_excepthook
 import constants as C
 import state_db
 
@@ -865,6 +866,7 @@ def _print_status(rm: RiskManager) -> None:
 
 
 def main(argv=None) -> int:
+    install_excepthook()
     parser = argparse.ArgumentParser(prog="risk_management.py", description=(
         "Risk state: halts (max drawdown, daily loss) and the do-not-short list."))
     sub = parser.add_subparsers(dest="command", required=True)

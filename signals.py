@@ -14,12 +14,13 @@ magnitudes), as the runbook's "Model Predictions Are Nonsensical" diagnosis expe
 import numpy as np
 import pandas as pd
 
+from errors import UserFacingError
 import constants as C
 
 BUY, SELL, HOLD = "BUY", "SELL", "HOLD"
 
 
-class NonsensicalPredictionError(RuntimeError):
+class NonsensicalPredictionError(UserFacingError):
     """The model's output cannot be traded on; the message says what is wrong and the fix."""
 
 

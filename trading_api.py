@@ -55,6 +55,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import httpx
 
 import config
+from errors import UserFacingError, install_excepthook
 import constants as C
 import logging_setup
 import state_db
@@ -78,7 +79,7 @@ _UTC = timezone.utc
 
 
 # =========================================================================== errors
-class BrokerError(Exception):
+class BrokerError(UserFacingError):
     """Anything a broker call can fail with. ``status_code`` is the HTTP status when there was one."""
 
     def __init__(self, message: str, status_code: int | None = None):
@@ -1293,6 +1294,7 @@ def _cmd_token_age() -> int:
 
 
 def main(argv=None) -> int:
+    install_excepthook()
     parser = argparse.ArgumentParser(prog="trading_api.py", description="Broker diagnosis and Schwab login.")
     parser.add_argument("command", choices=["login", "token-age", "balance", "positions", "quotes", "orders"])
     parser.add_argument("symbols", nargs="*", help="symbols for `quotes`")

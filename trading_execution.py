@@ -23,6 +23,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
+from errors import UserFacingError
 import constants as C
 import market_calendar
 import state_db
@@ -71,7 +72,7 @@ def _audit_default():
     return AuditLogger()
 
 
-class CircuitOpenError(RuntimeError):
+class CircuitOpenError(UserFacingError):
     """The circuit breaker is open: nothing is sent to the broker until it recovers."""
 
 

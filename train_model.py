@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 
 import config
+from errors import UserFacingError, install_excepthook
 import constants as C
 import model_management as mm
 
 log = logging.getLogger("train")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserFacingError):
     """Training cannot proceed; the message names the problem and the fix."""
 
 
@@ -364,6 +365,7 @@ def train(data_path=None, *, profile: str = "default", epochs=None, units=None, 
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
+    install_excepthook()
     parser = argparse.ArgumentParser(description="Train the LSTM price-difference model.")
     parser.add_argument("--force", action="store_true", help="replace the current model even if it is better")
     parser.add_argument("--epochs", type=int, help="max epochs (early stopping may end sooner)")
