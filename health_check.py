@@ -9,11 +9,11 @@ import os
 import shutil
 import stat
 import sys
-import time
 from datetime import datetime
 
 import config
 import constants as C
+import schwab_broker
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -111,15 +111,16 @@ def check_token():
     if config.trading_mode() != "live":
         return OK, "Schwab token: not needed in paper mode"
     from credential_manager import CredentialManager
-    token = CredentialManager().load_credentials("schwab_token")
-    if not token or "creation_timestamp" not in token:
-        return FAIL, "no Schwab token: run python trading_api.py login"
-    age_days = (time.time() - float(token["creation_timestamp"])) / 86400
-    if age_days >= C.TOKEN_MAX_AGE_DAYS:
-        return FAIL, f"Schwab token {age_days:.1f} days old (expired at {C.TOKEN_MAX_AGE_DAYS:.0f}): python trading_api.py login"
-    if age_days >= C.TOKEN_WARN_AGE_DAYS:
-        return WARN, f"Schwab token {age_days:.1f} days old: renew before day {C.TOKEN_MAX_AGE_DAYS:.0f} with python trading_api.py login"
-    return OK, f"Schwab token {age_days:.1f} days old"
+    age = schwab_broker.token_age_of(CredentialManager().load_credentials(schwab_broker.SCHWAB_TOKEN_SERVICE))
+    if age.state == schwab_broker.TOKEN_MISSING:
+        return FAIL, f"no Schwab token: run {schwab_broker.LOGIN_COMMAND}"
+    if age.state == schwab_broker.TOKEN_EXPIRED:
+        return FAIL, (f"Schwab token {age.age_days:.1f} days old (expired at {C.TOKEN_MAX_AGE_DAYS:.0f}): "
+                      f"{schwab_broker.LOGIN_COMMAND}")
+    if age.state == schwab_broker.TOKEN_RENEW:
+        return WARN, (f"Schwab token {age.age_days:.1f} days old: renew before day {C.TOKEN_MAX_AGE_DAYS:.0f} "
+                      f"with {schwab_broker.LOGIN_COMMAND}")
+    return OK, f"Schwab token {age.age_days:.1f} days old"
 
 
 def check_breaker():

@@ -1,7 +1,8 @@
 """Order execution: market hours, idempotent submission, retries, fills, the circuit breaker.
 
 * ``OrderExecutor()`` constructs without network or credentials; the broker is created on first
-  use (``trading_api.get_broker()``: the paper broker unless ``TRADING_MODE=live``).
+  use (``trading_api.get_broker()``: the paper broker unless ``TRADING_MODE=live``); the errors
+  it reacts to are ``broker_base``'s.
 * ``is_market_open(dt)``: the NYSE regular session from exchange-calendars (holidays, 13:00
   early closes). A naive ``dt`` is the machine's local time; an aware one is converted.
 * Idempotency: every intended order gets a deterministic client key (cycle date, symbol, side),
@@ -23,15 +24,19 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from errors import UserFacingError
 import constants as C
 import market_calendar
 import state_db
+from audit_logging import AuditLogger
+from broker_base import (FINAL_STATUSES, NEW, PARTIALLY_FILLED, WORKING, OrderRejectedError,
+                         TransientBrokerError)
+from errors import UserFacingError
 from failpoints import failpoint
+from trading_api import get_broker
 
 log = logging.getLogger("execution")
 
-TERMINAL = {"FILLED", "CANCELED", "REJECTED", "EXPIRED", "FAILED"}
+TERMINAL = FINAL_STATUSES          # an order record in one of these states is done
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS orders (
@@ -65,11 +70,6 @@ _SCHEMA = [
         updated_at TEXT NOT NULL
     )""",
 ]
-
-
-def _audit_default():
-    from audit_logging import AuditLogger
-    return AuditLogger()
 
 
 class CircuitOpenError(UserFacingError):
@@ -186,14 +186,13 @@ class OrderExecutor:
     @property
     def broker(self):
         if self._broker is None:
-            from trading_api import get_broker
             self._broker = get_broker()
         return self._broker
 
     @property
     def audit(self):
         if self._audit is None:
-            self._audit = _audit_default()
+            self._audit = AuditLogger()
         return self._audit
 
     @property
@@ -243,21 +242,23 @@ class OrderExecutor:
         return [dict(r) for r in rows]
 
     # -- talking to the broker through the breaker
+    def _retrying(self, what: str, attempt):
+        """``attempt(n)`` for n = 1, 2, ... until it succeeds: a transient broker error is retried
+        ``ORDER_RETRIES`` times, waiting ``ORDER_BACKOFF_S`` and doubling each time; the last one,
+        and every other error, is raised."""
+        attempts = C.ORDER_RETRIES + 1
+        for n in range(1, attempts):
+            try:
+                return attempt(n)
+            except TransientBrokerError as exc:
+                wait = C.ORDER_BACKOFF_S * 2 ** (n - 1)
+                log.warning("%s failed (%s); retry %d of %d in %.1f s", what, exc, n, attempts - 1, wait)
+                self.sleep(wait)
+        return attempt(attempts)
+
     def _call(self, what: str, func, *args):
         """A broker call that is safe to repeat, with retries for transient errors."""
-        from trading_api import TransientBrokerError
-        attempts = C.ORDER_RETRIES + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._call_once(what, func, *args)
-            except TransientBrokerError as exc:
-                if attempt == attempts:
-                    raise
-                wait = C.ORDER_BACKOFF_S * 2 ** (attempt - 1)
-                log.warning("%s failed (%s); retry %d of %d in %.1f s", what, exc, attempt,
-                            attempts - 1, wait)
-                self.sleep(wait)
-        raise AssertionError("unreachable")
+        return self._retrying(what, lambda n: self._call_once(what, func, *args))
 
     def _find_at_broker(self, record) -> str | None:
         """An order of ours that reached the broker without its id being stored (a crash or a
@@ -275,7 +276,6 @@ class OrderExecutor:
 
     def submit(self, order: dict, cycle_date, mode: str = "paper") -> dict:
         """Send one order exactly once. Returns its database record."""
-        from trading_api import OrderRejectedError, TransientBrokerError
         key, new = self.record_intent(order, cycle_date, mode)
         record = self._record(key)
         if not new and record["status"] != "INTENDED":
@@ -321,28 +321,19 @@ class OrderExecutor:
     def _place_once(self, spec, record) -> str:
         """place_order with retries; before each retry after a transient error, look at the
         broker's orders: a timed-out request may have arrived."""
-        from trading_api import TransientBrokerError
-        attempts = C.ORDER_RETRIES + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                if attempt > 1:
-                    found = self._find_at_broker(record)
-                    if found:
-                        log.warning("order %s arrived despite the error: adopted id %s", spec["client_key"], found)
-                        return found
-                return self._call_once(f"place {spec['client_key']}", self.broker.place_order, spec)
-            except TransientBrokerError as exc:
-                if attempt == attempts:
-                    raise
-                wait = C.ORDER_BACKOFF_S * 2 ** (attempt - 1)
-                log.warning("placing %s failed (%s); checking the broker and retrying in %.1f s",
-                            spec["client_key"], exc, wait)
-                self.sleep(wait)
-        raise AssertionError("unreachable")
+        what = f"place {spec['client_key']}"
+
+        def attempt(n):
+            if n > 1:
+                found = self._find_at_broker(record)
+                if found:
+                    log.warning("order %s arrived despite the error: adopted id %s", spec["client_key"], found)
+                    return found
+            return self._call_once(what, self.broker.place_order, spec)
+        return self._retrying(what, attempt)
 
     def _call_once(self, what, func, *args):
         """One attempt through the breaker (the caller does the retrying)."""
-        from trading_api import OrderRejectedError, TransientBrokerError
         if not self.breaker.allow():
             st = self.breaker.status()
             raise CircuitOpenError(f"Circuit breaker OPEN ({st['failures']} consecutive failures, last: "
@@ -369,9 +360,9 @@ class OrderExecutor:
             return record
         state = self._call(f"status of {key}", self.broker.get_order, record["broker_order_id"])
         status = state["status"]
-        if status in ("NEW", "WORKING", "ACCEPTED", "PENDING"):
-            status = "SUBMITTED" if not state.get("filled_quantity") else "PARTIALLY_FILLED"
         filled = int(state.get("filled_quantity") or 0)
+        if status in (NEW, WORKING):        # the broker has it, still open
+            status = PARTIALLY_FILLED if filled else "SUBMITTED"
         changed = status != record["status"] or filled != record["filled_quantity"]
         self._update(key, status=status, filled_quantity=filled, avg_fill_price=state.get("avg_fill_price"))
         if changed and filled:

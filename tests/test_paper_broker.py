@@ -5,9 +5,8 @@ import pytest
 
 import constants as C
 import state_db
-import trading_api as T
-from trading_api import (OrderNotFoundError, OrderRejectedError, PaperBroker, borrow_fee,
-                         commission_for, slippage_price)
+from broker_base import OrderNotFoundError, OrderRejectedError
+from paper_broker import PaperBroker
 
 MON = date(2025, 3, 3)
 
@@ -20,31 +19,6 @@ def order(side, qty, symbol="AAPL", order_type="MARKET", limit=None, key=None):
 @pytest.fixture
 def broker():
     return PaperBroker(prices={"AAPL": 100.0, "MSFT": 50.0, "PENNY": 0.5}, as_of=MON)
-
-
-# ------------------------------------------------------------------ pure cost rules
-def test_slippage_price_direction():
-    assert slippage_price(100.0, "BUY", 5) == pytest.approx(100.05)
-    assert slippage_price(100.0, "BUY_TO_COVER", 5) == pytest.approx(100.05)
-    assert slippage_price(100.0, "SELL", 5) == pytest.approx(99.95)
-    assert slippage_price(100.0, "SELL_SHORT", 5) == pytest.approx(99.95)
-    assert slippage_price(100.0, "BUY", 0) == 100.0
-    with pytest.raises(ValueError):
-        slippage_price(100.0, "HOLD", 5)
-
-
-def test_commission_for():
-    assert commission_for(100, 0.01, 1.0) == pytest.approx(1.0)
-    assert commission_for(1000, 0.01, 1.0) == pytest.approx(10.0)
-    assert commission_for(0, 0.01, 1.0) == 0.0
-    assert commission_for(10) == max(10 * C.PAPER_COMMISSION_PER_SHARE, C.PAPER_MIN_COMMISSION)
-
-
-def test_borrow_fee_act_360():
-    assert borrow_fee(100, 50.0, 0.036, 1) == pytest.approx(100 * 50 * 0.036 / 360)
-    assert borrow_fee(-100, 50.0, 0.036, 3) == pytest.approx(1.5)
-    assert borrow_fee(100, 50.0, 0.036, 0) == 0.0
-    assert borrow_fee(100, 50.0, 0.0, 5) == 0.0
 
 
 # ------------------------------------------------------------------ fills
@@ -260,8 +234,3 @@ def test_penny_stock_and_invalid_price():
         broker.set_prices({"X": -1.0}, MON)
     with pytest.raises(ValueError):
         broker.set_prices({"X": float("nan")}, MON)
-
-
-def test_cli_paper_balance(capsys):
-    assert T.main(["balance", "--paper"]) == 0
-    assert '"equity"' in capsys.readouterr().out

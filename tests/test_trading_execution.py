@@ -14,7 +14,8 @@ import pytest
 
 import constants as C
 import state_db
-from test_trading_api import FakeSchwab, HASH, api, cm, fake, store  # noqa: F401  (fixtures)
+from broker_base import TransientBrokerError
+from schwab_fake import api, cm, fake  # noqa: F401  (fixtures)
 from trading_execution import CircuitBreaker, CircuitOpenError, OrderExecutor, client_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +115,6 @@ def test_breaker_opens_after_five_failures_then_half_open_then_closed(executor, 
     now = {"t": 1000.0}
     executor._breaker = CircuitBreaker(executor.conn, clock=lambda: now["t"])
     fake.hook = lambda r: httpx.Response(500, json={"message": "down"})
-    from trading_api import TransientBrokerError
     with pytest.raises(TransientBrokerError):
         executor.submit(buy("AAPL"), "2025-10-06")           # 4 attempts: 4 failures
     with pytest.raises((TransientBrokerError, CircuitOpenError)):

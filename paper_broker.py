@@ -1,0 +1,505 @@
+"""The paper broker: a simulated account in the SQLite state database, with the same interface as
+``schwab_broker.SchwabAPI`` (see ``broker_base``) and the cost model of ``broker_base``.
+
+The backtest replays the same cost model (``slippage_price``, ``commission_for``, ``borrow_fee``,
+``paper_buying_power``) without this class; ``get_broker()`` in ``trading_api`` returns it unless
+``TRADING_MODE=live``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from datetime import date, datetime
+
+import constants as C
+import state_db
+from broker_base import (BUY_SIDES, FINAL_STATUSES, OPEN_STATUSES, UTC, OrderNotFoundError,
+                         OrderRejectedError, borrow_fee, commission_for, num, paper_buying_power,
+                         parse_date, parse_time, slippage_price, to_utc, validate_order)
+
+log = logging.getLogger("broker")
+
+
+def _as_date(value) -> date:
+    if value is None:
+        return date.today()
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+_PAPER_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS paper_account (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        cash REAL NOT NULL,
+        last_borrow_accrual TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_positions (
+        symbol TEXT PRIMARY KEY,
+        quantity INTEGER NOT NULL,
+        avg_price REAL NOT NULL,
+        borrow_accrued_to TEXT,
+        updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_orders (
+        seq INTEGER PRIMARY KEY,
+        order_id TEXT NOT NULL UNIQUE,
+        client_key TEXT NOT NULL UNIQUE,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        order_type TEXT NOT NULL,
+        limit_price REAL,
+        status TEXT NOT NULL,
+        filled_quantity INTEGER NOT NULL DEFAULT 0,
+        avg_fill_price REAL,
+        reject_reason TEXT,
+        trade_date TEXT NOT NULL,
+        entered_time TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_fills (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        order_id TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        reference_price REAL NOT NULL,
+        price REAL NOT NULL,
+        commission REAL NOT NULL,
+        trade_date TEXT NOT NULL,
+        filled_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        trade_date TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        symbol TEXT,
+        amount REAL NOT NULL,
+        note TEXT)""",
+    """CREATE TABLE IF NOT EXISTS paper_prices (
+        symbol TEXT PRIMARY KEY,
+        price REAL NOT NULL,
+        as_of TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_borrow_rates (
+        symbol TEXT PRIMARY KEY,
+        rate REAL NOT NULL,
+        hard_to_borrow INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS paper_symbol_events (
+        symbol TEXT PRIMARY KEY,
+        recalled INTEGER NOT NULL DEFAULT 0,
+        shortable INTEGER,
+        ex_dividend_date TEXT)""",
+]
+
+
+class _Reject(Exception):
+    """A paper-broker rule refused an order (inside a transaction; turned into a REJECTED order)."""
+
+
+class PaperBroker:
+    """A simulated account in the state database (tables ``paper_*``), same interface as SchwabAPI.
+
+    Prices: ``set_prices({SYM: price}, as_of)`` sets the reference prices (the latest closes);
+    market orders fill at once at ``slippage_price(reference)`` plus ``commission_for``; limit
+    orders fill when marketable (buy: reference <= limit, sell: reference >= limit, at the slipped
+    price capped by the limit), else stay WORKING until later prices make them marketable; a
+    WORKING order expires when prices for a later day arrive (DAY orders).
+    Shorts: SELL_SHORT credits the proceeds, BUY_TO_COVER closes; ``accrue_borrow_fees(as_of)``
+    charges ``borrow_fee`` (ACT/360, calendar days) for each short. Buying power is
+    ``paper_buying_power``: ``cash - PAPER_SHORT_MARGIN_REQ * short market value``.
+    Every write is one transaction; state survives a new instance with the same TRADING_HOME."""
+
+    name = "paper"           # a label for log lines; code that must tell brokers apart reads ``simulated``
+    simulated = True         # no real orders: fills are computed here
+
+    def __init__(self, conn=None, prices: dict | None = None, as_of=None):
+        self.conn = conn if conn is not None else state_db.connect()
+        state_db.ensure_schema(self.conn, _PAPER_SCHEMA)
+        now = state_db.utcnow()
+        with state_db.transaction(self.conn):
+            self.conn.execute(
+                "INSERT OR IGNORE INTO paper_account(id, cash, last_borrow_accrual, created_at, "
+                "updated_at) VALUES (1, ?, NULL, ?, ?)", (float(C.INITIAL_PAPER_CASH), now, now))
+        if prices:
+            self.set_prices(prices, as_of)
+
+    # ------------------------------------------------------------------ simulation inputs
+    def set_prices(self, prices: dict, as_of=None) -> None:
+        """Reference prices (latest closes) for ``as_of`` (default today). Expires DAY orders from
+        earlier days, then fills WORKING limit orders that became marketable."""
+        day = _as_date(as_of)
+        clean = {}
+        for symbol, price in (prices or {}).items():
+            value = num(price)
+            if value is None or value <= 0:
+                raise ValueError(f"invalid price for {symbol}: {price!r}")
+            clean[str(symbol).strip().upper()] = value
+        rejected = []
+        with state_db.transaction(self.conn):
+            self.conn.executemany(
+                "INSERT INTO paper_prices(symbol, price, as_of) VALUES (?, ?, ?) ON CONFLICT(symbol) "
+                "DO UPDATE SET price = excluded.price, as_of = excluded.as_of",
+                [(s, p, day.isoformat()) for s, p in clean.items()])
+            self.conn.execute(
+                "UPDATE paper_orders SET status = 'EXPIRED', updated_at = ? WHERE status IN "
+                "('NEW', 'WORKING') AND trade_date < ?", (state_db.utcnow(), day.isoformat()))
+            working = self.conn.execute(
+                "SELECT * FROM paper_orders WHERE status = 'WORKING' ORDER BY seq").fetchall()
+            for row in working:
+                o = dict(row)
+                try:
+                    self._try_fill(o, day)
+                except _Reject as exc:
+                    self._set_rejected(o["order_id"], str(exc))
+                    rejected.append((o["order_id"], str(exc)))
+        for order_id, reason in rejected:
+            log.warning("Paper order %s rejected when it became marketable: %s", order_id, reason)
+
+    def set_borrow_rate(self, symbol: str, rate: float, hard_to_borrow: bool | None = None) -> None:
+        """Annual borrow rate (fraction) for a symbol; ``hard_to_borrow`` defaults to
+        ``rate > MAX_BORROW_RATE``."""
+        rate = float(rate)
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"invalid borrow rate {rate!r}")
+        htb = None if hard_to_borrow is None else int(bool(hard_to_borrow))
+        with state_db.transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO paper_borrow_rates(symbol, rate, hard_to_borrow) VALUES (?, ?, ?) "
+                "ON CONFLICT(symbol) DO UPDATE SET rate = excluded.rate, "
+                "hard_to_borrow = excluded.hard_to_borrow", (symbol.upper(), rate, htb))
+
+    def _set_event(self, symbol: str, column: str, value) -> None:
+        with state_db.transaction(self.conn):
+            self.conn.execute("INSERT OR IGNORE INTO paper_symbol_events(symbol) VALUES (?)",
+                              (symbol.upper(),))
+            self.conn.execute(f"UPDATE paper_symbol_events SET {column} = ? WHERE symbol = ?",
+                              (value, symbol.upper()))
+
+    def set_recall(self, symbol: str, recalled: bool = True) -> None:
+        """Simulate the lender recalling borrowed shares (positions show ``recalled``; no new shorts)."""
+        self._set_event(symbol, "recalled", int(bool(recalled)))
+
+    def set_shortable(self, symbol: str, shortable: bool | None) -> None:
+        self._set_event(symbol, "shortable", None if shortable is None else int(bool(shortable)))
+
+    def set_ex_dividend(self, symbol: str, ex_date) -> None:
+        """Simulate an upcoming ex-dividend date (``None`` clears it)."""
+        self._set_event(symbol, "ex_dividend_date", None if ex_date is None else _as_date(ex_date).isoformat())
+
+    # ------------------------------------------------------------------ reads
+    def _cash(self) -> float:
+        return float(self.conn.execute("SELECT cash FROM paper_account WHERE id = 1").fetchone()["cash"])
+
+    def _prices(self) -> dict:
+        return {r["symbol"]: r["price"] for r in self.conn.execute("SELECT symbol, price FROM paper_prices")}
+
+    def _position_rows(self) -> list:
+        return self.conn.execute("SELECT * FROM paper_positions ORDER BY symbol").fetchall()
+
+    def _valuation(self) -> tuple[float, float, float]:
+        """(cash, long market value, short market value as a positive number)."""
+        prices = self._prices()
+        long_mv = short_mv = 0.0
+        for row in self._position_rows():
+            value = row["quantity"] * prices.get(row["symbol"], row["avg_price"])
+            if value >= 0:
+                long_mv += value
+            else:
+                short_mv -= value
+        return self._cash(), long_mv, short_mv
+
+    def get_account_balance(self) -> dict:
+        cash, long_mv, short_mv = self._valuation()
+        return {"equity": round(cash + long_mv - short_mv, 6), "cash": round(cash, 6),
+                "buying_power": round(paper_buying_power(cash, short_mv), 6),
+                "long_market_value": round(long_mv, 6), "short_market_value": round(short_mv, 6),
+                "account_type": "PAPER"}
+
+    def get_positions(self) -> dict:
+        prices = self._prices()
+        recalled = {r["symbol"] for r in self.conn.execute(
+            "SELECT symbol FROM paper_symbol_events WHERE recalled = 1")}
+        return {row["symbol"]: {
+            "quantity": int(row["quantity"]), "avg_price": float(row["avg_price"]),
+            "market_value": round(row["quantity"] * prices.get(row["symbol"], row["avg_price"]), 6),
+            "recalled": row["symbol"] in recalled} for row in self._position_rows()}
+
+    def _borrow(self, symbol: str) -> tuple[float, bool | None]:
+        row = self.conn.execute("SELECT rate, hard_to_borrow FROM paper_borrow_rates WHERE symbol = ?",
+                                (symbol,)).fetchone()
+        if row is None:
+            return C.DEFAULT_BORROW_RATE, None
+        return float(row["rate"]), (None if row["hard_to_borrow"] is None else bool(row["hard_to_borrow"]))
+
+    def _events(self, symbol: str) -> dict:
+        row = self.conn.execute("SELECT * FROM paper_symbol_events WHERE symbol = ?", (symbol,)).fetchone()
+        if row is None:
+            return {"recalled": False, "shortable": None, "ex_dividend_date": None}
+        return {"recalled": bool(row["recalled"]),
+                "shortable": None if row["shortable"] is None else bool(row["shortable"]),
+                "ex_dividend_date": parse_date(row["ex_dividend_date"])}
+
+    def get_quotes(self, symbols) -> dict:
+        """Quotes from the reference prices: bid/ask are the slipped sell/buy prices; borrow data
+        from the paper borrow table (default ``DEFAULT_BORROW_RATE``)."""
+        if isinstance(symbols, str):
+            symbols = [symbols]
+        prices = self._prices()
+        out = {}
+        for symbol in dict.fromkeys(str(s).strip().upper() for s in symbols):
+            if symbol not in prices:
+                continue
+            price = prices[symbol]
+            rate, htb = self._borrow(symbol)
+            events = self._events(symbol)
+            shortable = events["shortable"] if events["shortable"] is not None else not events["recalled"]
+            out[symbol] = {"last": price, "bid": slippage_price(price, "SELL"),
+                           "ask": slippage_price(price, "BUY"), "borrow_rate": rate,
+                           "hard_to_borrow": htb if htb is not None else rate > C.MAX_BORROW_RATE,
+                           "shortable": shortable, "ex_dividend_date": events["ex_dividend_date"]}
+        return out
+
+    # ------------------------------------------------------------------ orders
+    @staticmethod
+    def _order_dict(row) -> dict:
+        row = dict(row)
+        filled = int(row["filled_quantity"])
+        return {"order_id": row["order_id"], "symbol": row["symbol"], "side": row["side"],
+                "quantity": int(row["quantity"]), "order_type": row["order_type"],
+                "limit_price": row["limit_price"], "status": row["status"],
+                "filled_quantity": filled,
+                "remaining_quantity": 0 if row["status"] in FINAL_STATUSES
+                else int(row["quantity"]) - filled,
+                "avg_fill_price": row["avg_fill_price"], "entered_time": parse_time(row["entered_time"]),
+                "client_key": row["client_key"], "reject_reason": row["reject_reason"]}
+
+    def place_order(self, order: dict) -> str:
+        """Fill (market, or marketable limit), leave WORKING, or reject (``OrderRejectedError``,
+        recorded as a REJECTED order). The same ``client_key`` again returns the first order's id
+        (or raises the first rejection again)."""
+        o = validate_order(order)
+        with state_db.transaction(self.conn):
+            row = self.conn.execute("SELECT * FROM paper_orders WHERE client_key = ?",
+                                    (o["client_key"],)).fetchone()
+            if row is None:
+                row = self._insert_order(o)
+                try:
+                    self._try_fill(dict(row), None)
+                except _Reject as exc:
+                    self._set_rejected(row["order_id"], str(exc))
+                row = self.conn.execute("SELECT * FROM paper_orders WHERE order_id = ?",
+                                        (row["order_id"],)).fetchone()
+            elif (row["symbol"], row["side"], row["quantity"]) != (o["symbol"], o["side"], o["quantity"]):
+                log.warning("Paper client_key %s reused for a different order; returning the first",
+                            o["client_key"])
+        if row["status"] == "REJECTED":
+            raise OrderRejectedError(f"paper order {row['side']} {row['quantity']} {row['symbol']} "
+                                     f"rejected: {row['reject_reason']}")
+        log.info("Paper order %s %s: %s %d %s%s", row["order_id"], row["status"], row["side"],
+                 row["quantity"], row["symbol"],
+                 f" at {row['avg_fill_price']:.4f}" if row["avg_fill_price"] else "")
+        return row["order_id"]
+
+    def _insert_order(self, o: dict):
+        seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM paper_orders").fetchone()["n"]
+        order_id = f"PAPER-{seq:06d}"
+        price_row = self.conn.execute("SELECT as_of FROM paper_prices WHERE symbol = ?",
+                                      (o["symbol"],)).fetchone()
+        trade_date = price_row["as_of"] if price_row else date.today().isoformat()
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        self.conn.execute(
+            "INSERT INTO paper_orders(seq, order_id, client_key, symbol, side, quantity, order_type, "
+            "limit_price, status, trade_date, entered_time, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'NEW', ?, ?, ?)",
+            (seq, order_id, o["client_key"], o["symbol"], o["side"], o["quantity"], o["order_type"],
+             o["limit_price"], trade_date, now, now))
+        return self.conn.execute("SELECT * FROM paper_orders WHERE order_id = ?", (order_id,)).fetchone()
+
+    def _set_rejected(self, order_id: str, reason: str) -> None:
+        self.conn.execute("UPDATE paper_orders SET status = 'REJECTED', reject_reason = ?, "
+                          "updated_at = ? WHERE order_id = ?", (reason, state_db.utcnow(), order_id))
+
+    def _try_fill(self, o: dict, day: date | None) -> None:
+        """Inside a transaction: fill ``o`` if it can be, else mark it WORKING; ``_Reject`` if a
+        rule forbids it."""
+        price_row = self.conn.execute("SELECT price, as_of FROM paper_prices WHERE symbol = ?",
+                                      (o["symbol"],)).fetchone()
+        if price_row is None:
+            raise _Reject(f"no reference price for {o['symbol']} (set_prices() has not given one)")
+        reference = float(price_row["price"])
+        day = day or date.fromisoformat(price_row["as_of"])
+        fill = slippage_price(reference, o["side"])
+        if o["order_type"] == "LIMIT":
+            limit = float(o["limit_price"])
+            buying = o["side"] in BUY_SIDES
+            marketable = reference <= limit if buying else reference >= limit
+            if not marketable:
+                self._check_rules(o, limit, reference)
+                self.conn.execute("UPDATE paper_orders SET status = 'WORKING', updated_at = ? "
+                                  "WHERE order_id = ?", (state_db.utcnow(), o["order_id"]))
+                return
+            fill = min(fill, limit) if buying else max(fill, limit)
+        self._apply_fill(o, reference, fill, day)
+
+    def _check_rules(self, o: dict, price: float, reference: float) -> None:
+        symbol, side, qty = o["symbol"], o["side"], int(o["quantity"])
+        row = self.conn.execute("SELECT quantity FROM paper_positions WHERE symbol = ?", (symbol,)).fetchone()
+        held = int(row["quantity"]) if row else 0
+        commission = commission_for(qty)
+        cash, _, short_mv = self._valuation()
+        buying_power = paper_buying_power(cash, short_mv, allow_negative=True)
+        if side == "BUY":
+            if held < 0:
+                raise _Reject(f"{symbol} is held short ({held}): use BUY_TO_COVER")
+            cost = qty * price + commission
+            if cost > buying_power + 1e-9:
+                raise _Reject(f"insufficient cash: the buy needs ${cost:,.2f}, buying power is "
+                              f"${max(buying_power, 0):,.2f}")
+        elif side == "SELL":
+            if held <= 0 or qty > held:
+                raise _Reject(f"selling {qty} {symbol} but {max(held, 0)} are held (use SELL_SHORT to short)")
+        elif side == "SELL_SHORT":
+            if held > 0:
+                raise _Reject(f"{symbol} is held long ({held}): SELL it before shorting")
+            events = self._events(symbol)
+            if events["recalled"]:
+                raise _Reject(f"{symbol} shares were recalled by the lender: cannot short")
+            if events["shortable"] is False:
+                raise _Reject(f"{symbol} is not shortable")
+            after = paper_buying_power(cash + qty * price - commission, short_mv + qty * reference,
+                                       allow_negative=True)
+            if after < -1e-9:
+                raise _Reject(f"insufficient margin to short {qty} {symbol}: buying power "
+                              f"${max(buying_power, 0):,.2f}")
+        elif side == "BUY_TO_COVER":
+            if held >= 0 or qty > -held:
+                raise _Reject(f"covering {qty} {symbol} but the short position is {max(-held, 0)}")
+
+    def _apply_fill(self, o: dict, reference: float, fill: float, day: date) -> None:
+        self._check_rules(o, fill, reference)
+        symbol, side, qty = o["symbol"], o["side"], int(o["quantity"])
+        now = state_db.utcnow()
+        if side == "BUY_TO_COVER":
+            self._accrue_position(symbol, day)       # borrow owed up to the cover
+        row = self.conn.execute("SELECT * FROM paper_positions WHERE symbol = ?", (symbol,)).fetchone()
+        held = int(row["quantity"]) if row else 0
+        avg = float(row["avg_price"]) if row else 0.0
+        accrued_to = row["borrow_accrued_to"] if row else None
+        commission = commission_for(qty)
+        notional = qty * fill
+        if side in BUY_SIDES:
+            cash_delta = -notional - commission
+            new_qty = held + qty
+        else:
+            cash_delta = notional - commission
+            new_qty = held - qty
+        if side in ("BUY", "SELL_SHORT"):               # opening or extending: new average price
+            new_avg = (abs(held) * avg + qty * fill) / abs(new_qty)
+        else:
+            new_avg = avg
+        if side == "SELL_SHORT" and accrued_to is None:
+            accrued_to = day.isoformat()
+        if new_qty == 0:
+            self.conn.execute("DELETE FROM paper_positions WHERE symbol = ?", (symbol,))
+        else:
+            self.conn.execute(
+                "INSERT INTO paper_positions(symbol, quantity, avg_price, borrow_accrued_to, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(symbol) DO UPDATE SET quantity = excluded.quantity, "
+                "avg_price = excluded.avg_price, borrow_accrued_to = excluded.borrow_accrued_to, "
+                "updated_at = excluded.updated_at",
+                (symbol, new_qty, round(new_avg, 6), accrued_to if new_qty < 0 else None, now))
+        self.conn.execute("UPDATE paper_account SET cash = cash + ?, updated_at = ? WHERE id = 1",
+                          (cash_delta, now))
+        self.conn.execute(
+            "UPDATE paper_orders SET status = 'FILLED', filled_quantity = ?, avg_fill_price = ?, "
+            "updated_at = ? WHERE order_id = ?", (qty, fill, now, o["order_id"]))
+        self.conn.execute(
+            "INSERT INTO paper_fills(order_id, symbol, side, quantity, reference_price, price, "
+            "commission, trade_date, filled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (o["order_id"], symbol, side, qty, reference, fill, commission, day.isoformat(), now))
+        self.conn.execute(
+            "INSERT INTO paper_ledger(at, trade_date, kind, symbol, amount, note) VALUES (?, ?, ?, ?, ?, ?)",
+            (now, day.isoformat(), "trade", symbol, cash_delta,
+             f"{side} {qty} @ {fill:.4f} (reference {reference:.4f}, commission {commission:.2f})"))
+
+    def get_order(self, order_id) -> dict:
+        row = self.conn.execute("SELECT * FROM paper_orders WHERE order_id = ?", (str(order_id),)).fetchone()
+        if row is None:
+            raise OrderNotFoundError(f"no paper order {order_id}")
+        return self._order_dict(row)
+
+    def cancel_order(self, order_id) -> None:
+        with state_db.transaction(self.conn):
+            row = self.conn.execute("SELECT status FROM paper_orders WHERE order_id = ?",
+                                    (str(order_id),)).fetchone()
+            if row is None:
+                raise OrderNotFoundError(f"no paper order {order_id}")
+            if row["status"] == "CANCELED":
+                return
+            if row["status"] not in OPEN_STATUSES:
+                raise OrderRejectedError(f"paper order {order_id} is {row['status']}: cannot cancel")
+            self.conn.execute("UPDATE paper_orders SET status = 'CANCELED', updated_at = ? "
+                              "WHERE order_id = ?", (state_db.utcnow(), str(order_id)))
+        log.info("Paper order %s canceled", order_id)
+
+    def get_open_orders(self) -> list[dict]:
+        marks = ", ".join("?" * len(OPEN_STATUSES))
+        return [self._order_dict(r) for r in self.conn.execute(
+            f"SELECT * FROM paper_orders WHERE status IN ({marks}) ORDER BY seq", tuple(OPEN_STATUSES))]
+
+    def get_orders_since(self, dt) -> list[dict]:
+        since = to_utc(dt)
+        orders = [self._order_dict(r) for r in self.conn.execute("SELECT * FROM paper_orders ORDER BY seq")]
+        return [o for o in orders if o["entered_time"] >= since]
+
+    # ------------------------------------------------------------------ borrow fees
+    def _accrue_position(self, symbol: str, day: date) -> float:
+        """Inside a transaction: charge the borrow fee of one short from its last accrual to ``day``."""
+        row = self.conn.execute("SELECT * FROM paper_positions WHERE symbol = ?", (symbol,)).fetchone()
+        if row is None or row["quantity"] >= 0:
+            return 0.0
+        start = date.fromisoformat(row["borrow_accrued_to"]) if row["borrow_accrued_to"] else day
+        days = (day - start).days
+        if days <= 0:
+            return 0.0
+        price_row = self.conn.execute("SELECT price FROM paper_prices WHERE symbol = ?", (symbol,)).fetchone()
+        price = float(price_row["price"]) if price_row else float(row["avg_price"])
+        rate, _ = self._borrow(symbol)
+        fee = round(borrow_fee(row["quantity"], price, rate, days), 6)
+        now = state_db.utcnow()
+        self.conn.execute("UPDATE paper_account SET cash = cash - ?, last_borrow_accrual = ?, "
+                          "updated_at = ? WHERE id = 1", (fee, day.isoformat(), now))
+        self.conn.execute("UPDATE paper_positions SET borrow_accrued_to = ?, updated_at = ? "
+                          "WHERE symbol = ?", (day.isoformat(), now, symbol))
+        self.conn.execute(
+            "INSERT INTO paper_ledger(at, trade_date, kind, symbol, amount, note) VALUES (?, ?, ?, ?, ?, ?)",
+            (now, day.isoformat(), "borrow_fee", symbol, -fee,
+             f"{-row['quantity']} sh x {price:.4f} x {rate:.4%}/yr x {days} d / {C.BORROW_DAY_COUNT}"))
+        log.info("Paper borrow fee %s: %d sh x $%.2f at borrow rate %.2f%%/yr for %d days = $%.2f",
+                 symbol, -row["quantity"], price, rate * 100, days, fee)
+        return fee
+
+    def accrue_borrow_fees(self, as_of=None) -> dict:
+        """Charge every short its borrow fee for the calendar days since its last accrual (or since
+        it was opened) up to ``as_of`` (default today). Returns {symbol: fee charged}. Calling it
+        twice for the same day charges nothing the second time."""
+        day = _as_date(as_of)
+        fees = {}
+        with state_db.transaction(self.conn):
+            shorts = [r["symbol"] for r in self.conn.execute(
+                "SELECT symbol FROM paper_positions WHERE quantity < 0 ORDER BY symbol")]
+            for symbol in shorts:
+                fee = self._accrue_position(symbol, day)
+                if fee:
+                    fees[symbol] = fee
+            self.conn.execute("UPDATE paper_account SET last_borrow_accrual = ? WHERE id = 1",
+                              (day.isoformat(),))
+        return fees
+
+    def last_borrow_accrual(self) -> date | None:
+        row = self.conn.execute("SELECT last_borrow_accrual FROM paper_account WHERE id = 1").fetchone()
+        return parse_date(row["last_borrow_accrual"]) if row else None
+
+

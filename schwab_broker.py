@@ -1,0 +1,574 @@
+"""A real Charles Schwab account through schwab-py: ``SchwabAPI``, the Schwab login token's age
+rule, and the translation of Schwab's orders and statuses into the broker interface of
+``broker_base``.
+
+The token rule lives here once: ``token_age_of(token)`` says how old the stored login is and
+whether it is fresh, due for renewal (from ``TOKEN_WARN_AGE_DAYS``) or expired (from
+``TOKEN_MAX_AGE_DAYS``: the refresh token dies at 7 days and refreshing does not renew it).
+``SchwabAPI`` refuses an expired login (``check_token_age``), ``python trading_api.py token-age``
+prints it and the health check reports it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import deque
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import NamedTuple
+
+import httpx
+
+import constants as C
+import logging_setup
+from broker_base import (OPEN_STATUSES, UTC, AuthenticationError, BrokerError, OrderNotFoundError,
+                         OrderRejectedError, OrderStatusUnknownError, TokenExpiredError,
+                         TransientBrokerError, num, parse_date, parse_time, to_utc, validate_order)
+from credential_manager import CredentialManager
+
+log = logging.getLogger("broker")
+
+LOGIN_COMMAND = "python trading_api.py login"
+SET_CREDENTIALS_COMMAND = (
+    "`python credential_manager.py set schwab` (or python -c \"from credential_manager import "
+    "CredentialManager; CredentialManager().store_credentials('schwab', {'app_key': 'YOUR_KEY', "
+    "'app_secret': 'YOUR_SECRET'})\")")
+SCHWAB_SERVICE = "schwab"
+SCHWAB_TOKEN_SERVICE = "schwab_token"
+
+
+# =========================================================================== small helpers
+def _first_num(mapping: dict, *keys) -> float | None:
+    for key in keys:
+        value = num(mapping.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def _mask(identifier) -> str:
+    text = str(identifier or "")
+    return "****" + text[-4:] if text else "(unknown)"
+
+
+def _short_text(text: str, limit: int = 300) -> str:
+    text = logging_setup.redact(" ".join(str(text).split()))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def format_price(price: float) -> str:
+    """A limit price as Schwab wants it: a string, 2 decimals from $1, 4 decimals below."""
+    value = Decimal(str(price))
+    places = Decimal("0.01") if value >= 1 else Decimal("0.0001")
+    return str(value.quantize(places, rounding=ROUND_HALF_UP))
+
+
+def import_schwab():
+    """schwab-py, imported quietly (authlib warns about its httpx fallback on import)."""
+    # Late: schwab-py and authlib are heavy and only a live account or the login needs them.
+    with warnings.catch_warnings():
+        import authlib.deprecate  # noqa: F401  (it installs an "always" filter on import)
+        warnings.simplefilter("ignore")
+        import schwab  # noqa: F401
+        import schwab.auth
+        import schwab.orders.equities
+        import schwab.utils
+        from authlib.integrations.base_client.errors import OAuthError
+    return schwab, OAuthError
+
+
+def load_service(cm, service: str):
+    """One entry of the credential store, or ``AuthenticationError`` naming the fix."""
+    try:
+        return cm.load_credentials(service)
+    except Exception as exc:        # decryption failure, unreadable file, ...
+        raise AuthenticationError(
+            f"cannot read the '{service}' entry of the credential store ({exc.__class__.__name__}: "
+            f"{_short_text(exc, 160)}); if the encryption key changed, store the credentials again "
+            f"with {SET_CREDENTIALS_COMMAND} and run `{LOGIN_COMMAND}`") from None
+
+
+def register_token_secrets(token) -> None:
+    """Keep the token's secrets out of every log line."""
+    if not isinstance(token, dict):
+        return
+    inner = token.get("token", token)
+    if isinstance(inner, dict):
+        for key in ("access_token", "refresh_token", "id_token"):
+            logging_setup.register_secret(inner.get(key))
+
+
+# =========================================================================== the login token's age
+TOKEN_MISSING, TOKEN_FRESH, TOKEN_RENEW, TOKEN_EXPIRED = "missing", "fresh", "renew", "expired"
+
+
+class TokenAge(NamedTuple):
+    """How old the stored Schwab login is. ``state``: ``missing`` (no token or no creation
+    time), ``fresh``, ``renew`` (from TOKEN_WARN_AGE_DAYS) or ``expired`` (from
+    TOKEN_MAX_AGE_DAYS). ``expires`` is the local time the login dies."""
+    state: str
+    age_days: float | None = None
+    expires: datetime | None = None
+
+
+def token_age_of(token, now: float | None = None) -> TokenAge:
+    """The age of a stored login token ``{'creation_timestamp': epoch, 'token': {...}}``; a bare
+    creation timestamp is accepted too. ``AuthenticationError`` when the creation time is not a
+    number."""
+    if isinstance(token, dict):
+        if "creation_timestamp" not in token:
+            return TokenAge(TOKEN_MISSING)
+        token = token["creation_timestamp"]
+    if token is None:
+        return TokenAge(TOKEN_MISSING)
+    try:
+        created = float(token)
+    except (TypeError, ValueError):
+        raise AuthenticationError(
+            f"the stored Schwab token has no valid creation time: run `{LOGIN_COMMAND}`") from None
+    age_days = ((time.time() if now is None else now) - created) / 86_400.0
+    expires = datetime.fromtimestamp(created + C.TOKEN_MAX_AGE_DAYS * 86_400.0)
+    state = (TOKEN_EXPIRED if age_days >= C.TOKEN_MAX_AGE_DAYS
+             else TOKEN_RENEW if age_days >= C.TOKEN_WARN_AGE_DAYS else TOKEN_FRESH)
+    return TokenAge(state, age_days, expires)
+
+
+def check_token_age(creation_timestamp, now: float | None = None) -> float:
+    """Age of a Schwab login token in days. Warns from ``TOKEN_WARN_AGE_DAYS``; raises
+    ``TokenExpiredError`` from ``TOKEN_MAX_AGE_DAYS``."""
+    age = token_age_of(creation_timestamp, now)
+    if age.state == TOKEN_MISSING:
+        raise AuthenticationError(
+            f"no Schwab login token is stored: log in once (interactive) with `{LOGIN_COMMAND}`")
+    expires = age.expires.strftime("%Y-%m-%d %H:%M")
+    if age.state == TOKEN_EXPIRED:
+        raise TokenExpiredError(
+            f"the Schwab login token is {age.age_days:.1f} days old and expired at {expires} "
+            f"(Schwab logins last {C.TOKEN_MAX_AGE_DAYS:g} days): run `{LOGIN_COMMAND}`")
+    if age.state == TOKEN_RENEW:
+        log.warning("Schwab login token is %.1f days old and expires at %s: run `%s` before then",
+                    age.age_days, expires, LOGIN_COMMAND)
+    return age.age_days
+
+
+# =========================================================================== Schwab's orders
+# Schwab order statuses -> ours. Anything unknown counts as WORKING: it may still be live.
+_SCHWAB_STATUS = {
+    "AWAITING_PARENT_ORDER": "NEW", "AWAITING_CONDITION": "NEW", "AWAITING_STOP_CONDITION": "NEW",
+    "AWAITING_MANUAL_REVIEW": "NEW", "ACCEPTED": "NEW", "AWAITING_UR_OUT": "NEW",
+    "PENDING_ACTIVATION": "NEW", "QUEUED": "NEW", "NEW": "NEW", "AWAITING_RELEASE_TIME": "NEW",
+    "PENDING_ACKNOWLEDGEMENT": "NEW",
+    "WORKING": "WORKING", "PENDING_CANCEL": "WORKING", "PENDING_REPLACE": "WORKING",
+    "PENDING_RECALL": "WORKING", "UNKNOWN": "WORKING",
+    "FILLED": "FILLED", "CANCELED": "CANCELED", "REPLACED": "CANCELED",
+    "REJECTED": "REJECTED", "EXPIRED": "EXPIRED",
+}
+
+
+def map_schwab_status(status, filled: int = 0, remaining: int = 0) -> str:
+    """Our status for a Schwab order. Schwab has no PARTIALLY_FILLED: a live order with
+    ``filledQuantity > 0`` and ``remainingQuantity > 0`` is one."""
+    ours = _SCHWAB_STATUS.get(str(status or "UNKNOWN").upper(), "WORKING")
+    if ours in ("NEW", "WORKING") and filled > 0 and remaining > 0:
+        return "PARTIALLY_FILLED"
+    return ours
+
+
+def parse_schwab_order(raw: dict) -> dict:
+    """Our order dict from a Schwab order object."""
+    legs = raw.get("orderLegCollection") or [{}]
+    leg = legs[0] or {}
+    instrument = leg.get("instrument") or {}
+    quantity = int(round(_first_num(raw, "quantity") or _first_num(leg, "quantity") or 0))
+    filled = int(round(num(raw.get("filledQuantity")) or 0))
+    remaining = num(raw.get("remainingQuantity"))
+    remaining = int(round(remaining)) if remaining is not None else max(quantity - filled, 0)
+    total_qty = total_value = 0.0
+    for activity in raw.get("orderActivityCollection") or []:
+        if str(activity.get("activityType", "EXECUTION")).upper() != "EXECUTION":
+            continue
+        for execution in activity.get("executionLegs") or []:
+            q, p = num(execution.get("quantity")), num(execution.get("price"))
+            if q and p:
+                total_qty += q
+                total_value += q * p
+    return {
+        "order_id": str(raw.get("orderId", "")),
+        "symbol": str(instrument.get("symbol", "")).upper(),
+        "side": str(leg.get("instruction", "")).upper(),
+        "quantity": quantity,
+        "order_type": str(raw.get("orderType", "")).upper(),
+        "limit_price": num(raw.get("price")),
+        "status": map_schwab_status(raw.get("status"), filled, remaining),
+        "broker_status": raw.get("status"),
+        "filled_quantity": filled,
+        "remaining_quantity": remaining,
+        "avg_fill_price": round(total_value / total_qty, 6) if total_qty else None,
+        "entered_time": parse_time(raw.get("enteredTime")),
+        "client_key": None,
+        "reject_reason": raw.get("statusDescription"),
+    }
+
+
+# =========================================================================== Schwab
+class SchwabAPI:
+    """A real Schwab account through schwab-py. Construction reads the app key/secret
+    (service ``schwab``) and the login token (service ``schwab_token``) from the credential
+    manager, checks the token's age and never opens a browser. The account is
+    ``account_hash`` from the credentials, else the first linked account."""
+
+    name = "schwab"          # a label for log lines; code that must tell brokers apart reads ``simulated``
+    simulated = False        # real orders, real money
+
+    def __init__(self, credential_manager=None):
+        self._cm = credential_manager if credential_manager is not None else CredentialManager()
+        creds = load_service(self._cm, SCHWAB_SERVICE)
+        if not creds or not creds.get("app_key") or not creds.get("app_secret"):
+            raise AuthenticationError(
+                f"Schwab credentials are not configured: store the app key and secret with "
+                f"{SET_CREDENTIALS_COMMAND} then log in once with `{LOGIN_COMMAND}`")
+        app_key, app_secret = str(creds["app_key"]), str(creds["app_secret"])
+        logging_setup.register_secret(app_key)
+        logging_setup.register_secret(app_secret)
+        token = load_service(self._cm, SCHWAB_TOKEN_SERVICE)
+        if not token:
+            raise AuthenticationError(
+                f"no Schwab login token is stored: log in once (interactive) with `{LOGIN_COMMAND}`")
+        if not isinstance(token, dict) or "creation_timestamp" not in token or "token" not in token:
+            raise AuthenticationError(
+                f"the stored Schwab login token has an unknown format: run `{LOGIN_COMMAND}`")
+        register_token_secrets(token)
+        self.token_age_days = check_token_age(token["creation_timestamp"])
+        self.token_created = float(token["creation_timestamp"])
+        schwab, self._oauth_error = import_schwab()
+        self._schwab = schwab
+        try:
+            self._client = schwab.auth.client_from_access_functions(
+                app_key, app_secret, token_read_func=lambda: token,
+                token_write_func=self._write_token)
+        except Exception as exc:
+            raise AuthenticationError(
+                f"cannot build the Schwab client from the stored token ({exc.__class__.__name__}): "
+                f"run `{LOGIN_COMMAND}`") from None
+        self._client.set_timeout(C.BROKER_HTTP_TIMEOUT_S)
+        self._account_hash = str(creds["account_hash"]) if creds.get("account_hash") else None
+        self._account_number = None
+        self._order_times: deque[float] = deque()
+        self._placed: dict[str, str] = {}          # client_key -> order id (this process)
+
+    # ------------------------------------------------------------------ token
+    def _write_token(self, wrapped, *args, **kwargs) -> None:
+        """schwab-py calls this with ``{creation_timestamp, token}`` after every refresh."""
+        register_token_secrets(wrapped)
+        try:
+            self._cm.store_credentials(SCHWAB_TOKEN_SERVICE, wrapped)
+        except Exception as exc:
+            # The refresh token is unchanged by a refresh, so the stored token stays usable.
+            log.error("Could not save the refreshed Schwab token (%s); the stored login still works "
+                      "until it is %g days old", exc.__class__.__name__, C.TOKEN_MAX_AGE_DAYS)
+
+    def token_age(self) -> float:
+        """Age of the login token in days."""
+        return token_age_of(self.token_created).age_days
+
+    # ------------------------------------------------------------------ prices
+    def set_prices(self, prices: dict, as_of=None) -> None:
+        """Nothing to do: Schwab prices orders itself. Here so that the live cycle can hand the
+        day's reference prices to any broker without asking which one it has."""
+
+    # ------------------------------------------------------------------ HTTP plumbing
+    def _call(self, what: str, fn, *args, order: bool = False, lookup: bool = False, **kwargs):
+        try:
+            resp = fn(*args, **kwargs)
+        except self._oauth_error as exc:
+            error = getattr(exc, "error", None) or exc.__class__.__name__
+            raise TokenExpiredError(
+                f"Schwab refused the login token during {what} ({error}): the weekly login has "
+                f"expired or was revoked; run `{LOGIN_COMMAND}`") from None
+        except httpx.HTTPStatusError as exc:          # token endpoint answered 5xx / non-JSON
+            code = exc.response.status_code
+            if code >= 500 or code == 429:
+                raise TransientBrokerError(
+                    f"Schwab token refresh during {what} failed: HTTP {code}", code) from None
+            raise AuthenticationError(
+                f"Schwab token refresh during {what} failed: HTTP {code}; run `{LOGIN_COMMAND}`",
+                code) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise TransientBrokerError(
+                f"cannot reach Schwab for {what} ({exc.__class__.__name__})") from None
+        except httpx.TimeoutException as exc:
+            raise TransientBrokerError(
+                f"Schwab {what} timed out after {C.BROKER_HTTP_TIMEOUT_S:g} s "
+                f"({exc.__class__.__name__})", ambiguous=True) from None
+        except httpx.RequestError as exc:
+            raise TransientBrokerError(
+                f"network error during Schwab {what} ({exc.__class__.__name__})",
+                ambiguous=True) from None
+        self._check(resp, what, order=order, lookup=lookup)
+        return resp
+
+    @staticmethod
+    def _check(resp: httpx.Response, what: str, order: bool = False, lookup: bool = False) -> None:
+        """raise_for_status, with our error classes and a secret-free message."""
+        code = resp.status_code
+        if code < 400:
+            return
+        detail = ""
+        try:
+            body = resp.json()
+            if isinstance(body, dict):
+                parts = [body.get("message"), body.get("error"), body.get("error_description")]
+                errors = body.get("errors")
+                if isinstance(errors, list):
+                    parts += [e.get("detail") or e.get("title") or e.get("message")
+                              if isinstance(e, dict) else e for e in errors]
+                detail = "; ".join(str(p) for p in parts if p)
+        except ValueError:
+            detail = resp.text or ""
+        msg = f"Schwab {what} failed: HTTP {code}" + (f": {_short_text(detail)}" if detail else "")
+        if code == 401:
+            raise AuthenticationError(
+                f"{msg} (the access token was refused; if this persists run `{LOGIN_COMMAND}`)", code)
+        if code == 403:
+            raise AuthenticationError(
+                f"{msg} (not permitted: check the app's Trader API access and the account on "
+                f"developer.schwab.com)", code)
+        if code in (408, 429):
+            raise TransientBrokerError(f"{msg} (rate limited or timed out: retry later)", code)
+        if code >= 500:
+            raise TransientBrokerError(msg, code, ambiguous=True)
+        if code == 404 and lookup:
+            raise OrderNotFoundError(msg, code)
+        if order and code in (400, 422):
+            raise OrderRejectedError(msg, code)
+        raise BrokerError(msg, code)
+
+    def _throttle(self) -> None:
+        """At most MAX_ORDERS_PER_MINUTE order requests a minute (Schwab's recommendation)."""
+        now = time.monotonic()
+        while self._order_times and now - self._order_times[0] >= 60.0:
+            self._order_times.popleft()
+        if len(self._order_times) >= C.MAX_ORDERS_PER_MINUTE:
+            wait = 60.0 - (now - self._order_times[0])
+            log.warning("Schwab order rate limit: waiting %.1f s", wait)
+            time.sleep(max(wait, 0.0))
+            self._order_times.popleft()
+        self._order_times.append(time.monotonic())
+
+    # ------------------------------------------------------------------ account
+    @property
+    def account_hash(self) -> str:
+        if not self._account_hash:
+            resp = self._call("account lookup", self._client.get_account_numbers)
+            accounts = resp.json() or []
+            if not accounts:
+                raise BrokerError("no Schwab account is linked to this login")
+            first = accounts[0]
+            self._account_number = first.get("accountNumber")
+            logging_setup.register_secret(self._account_number)
+            self._account_hash = str(first["hashValue"])
+            if len(accounts) > 1:
+                log.warning("Several Schwab accounts are linked; using %s (set 'account_hash' in the "
+                            "'schwab' credentials to choose)", _mask(self._account_number))
+        return self._account_hash
+
+    def masked_account(self) -> str:
+        """The account for log lines, masked: ``****1234``."""
+        account_hash = self.account_hash          # resolves the account number too
+        return _mask(self._account_number or account_hash)
+
+    def _securities_account(self, positions: bool = False) -> dict:
+        fields = [self._client.Account.Fields.POSITIONS] if positions else None
+        resp = self._call("account", self._client.get_account, self.account_hash, fields=fields)
+        body = resp.json() or {}
+        return body.get("securitiesAccount") or {}
+
+    def get_account_balance(self) -> dict:
+        account = self._securities_account()
+        balances = account.get("currentBalances") or {}
+        aggregated = account.get("aggregatedBalance") or {}
+        equity = _first_num(balances, "liquidationValue", "equity")
+        if equity is None:
+            equity = _first_num(aggregated, "liquidationValue", "currentLiquidationValue")
+        if equity is None:
+            raise BrokerError("Schwab balance has no liquidationValue: unexpected account response")
+        cash = _first_num(balances, "cashBalance", "cashAvailableForTrading", "totalCash")
+        # MARGIN accounts report buyingPower; CASH accounts only cashAvailableForTrading.
+        buying_power = _first_num(balances, "buyingPower", "cashAvailableForTrading", "availableFunds")
+        return {"equity": equity, "cash": cash if cash is not None else 0.0,
+                "buying_power": buying_power if buying_power is not None else 0.0,
+                "account_type": account.get("type")}
+
+    def get_positions(self) -> dict:
+        out: dict[str, dict] = {}
+        for raw in self._securities_account(positions=True).get("positions") or []:
+            instrument = raw.get("instrument") or {}
+            symbol = str(instrument.get("symbol") or "").upper()
+            if not symbol or str(instrument.get("assetType", "EQUITY")).upper() == "OPTION":
+                continue
+            qty = int(round((num(raw.get("longQuantity")) or 0.0) - (num(raw.get("shortQuantity")) or 0.0)))
+            if qty == 0:
+                continue
+            avg = (_first_num(raw, "averageShortPrice", "averagePrice") if qty < 0
+                   else _first_num(raw, "averageLongPrice", "averagePrice")) or 0.0
+            value = num(raw.get("marketValue")) or 0.0
+            if symbol in out:           # a symbol reported on two lines: merge
+                prev = out[symbol]
+                qty, value = prev["quantity"] + qty, prev["market_value"] + value
+            # Schwab's API does not report recalls of borrowed shares: recalled stays False.
+            out[symbol] = {"quantity": qty, "avg_price": avg, "market_value": value, "recalled": False}
+        return out
+
+    # ------------------------------------------------------------------ quotes
+    def get_quotes(self, symbols) -> dict:
+        """Borrow data comes from the quote's ``reference`` block: ``isShortable``,
+        ``isHardToBorrow`` and ``htbRate`` (divided by ``SCHWAB_HTB_RATE_DIVISOR``). Dividends from
+        ``fundamental.nextDivExDate`` / ``divExDate``. Symbols Schwab does not know are left out."""
+        if isinstance(symbols, str):
+            symbols = [symbols]
+        wanted = list(dict.fromkeys(str(s).strip().upper() for s in symbols if str(s).strip()))
+        fields = [self._client.Quote.Fields.QUOTE, self._client.Quote.Fields.FUNDAMENTAL,
+                  self._client.Quote.Fields.REFERENCE]
+        today = date.today()
+        out: dict[str, dict] = {}
+        for start in range(0, len(wanted), C.SCHWAB_QUOTE_BATCH):
+            batch = wanted[start:start + C.SCHWAB_QUOTE_BATCH]
+            body = self._call("quotes", self._client.get_quotes, batch, fields=fields).json() or {}
+            for symbol in batch:
+                entry = body.get(symbol)
+                if not isinstance(entry, dict) or not isinstance(entry.get("quote"), dict):
+                    log.warning("Schwab returned no quote for %s", symbol)
+                    continue
+                out[symbol] = self._parse_quote(entry, today)
+        return out
+
+    @staticmethod
+    def _parse_quote(entry: dict, today: date) -> dict:
+        quote = entry.get("quote") or {}
+        fundamental = entry.get("fundamental") or {}
+        reference = entry.get("reference") or {}
+        last = num(quote.get("lastPrice")) or num(quote.get("mark")) or num(quote.get("closePrice"))
+        raw_rate = num(reference.get("htbRate"))
+        htb, shortable = reference.get("isHardToBorrow"), reference.get("isShortable")
+        upcoming = sorted(d for d in (parse_date(fundamental.get("nextDivExDate")),
+                                      parse_date(fundamental.get("divExDate")))
+                          if d is not None and d >= today)
+        return {
+            "last": last,
+            "bid": num(quote.get("bidPrice")),
+            "ask": num(quote.get("askPrice")),
+            "borrow_rate": raw_rate / C.SCHWAB_HTB_RATE_DIVISOR if raw_rate is not None else None,
+            "hard_to_borrow": bool(htb) if htb is not None else None,
+            "shortable": bool(shortable) if shortable is not None else None,
+            "ex_dividend_date": upcoming[0] if upcoming else None,
+        }
+
+    # ------------------------------------------------------------------ orders
+    def _order_spec(self, o: dict):
+        eq = self._schwab.orders.equities
+        builders = {
+            ("BUY", "MARKET"): eq.equity_buy_market, ("BUY", "LIMIT"): eq.equity_buy_limit,
+            ("SELL", "MARKET"): eq.equity_sell_market, ("SELL", "LIMIT"): eq.equity_sell_limit,
+            ("SELL_SHORT", "MARKET"): eq.equity_sell_short_market,
+            ("SELL_SHORT", "LIMIT"): eq.equity_sell_short_limit,
+            ("BUY_TO_COVER", "MARKET"): eq.equity_buy_to_cover_market,
+            ("BUY_TO_COVER", "LIMIT"): eq.equity_buy_to_cover_limit,
+        }
+        builder = builders[(o["side"], o["order_type"])]
+        if o["order_type"] == "LIMIT":
+            return builder(o["symbol"], o["quantity"], format_price(o["limit_price"]))
+        return builder(o["symbol"], o["quantity"])
+
+    def place_order(self, order: dict) -> str:
+        """Place an order; returns Schwab's order id. The same ``client_key`` twice in one process
+        returns the first id. After an ambiguous failure (read timeout, 5xx) the recent orders are
+        searched for it: found -> its id; certainly absent -> ``TransientBrokerError`` (safe to
+        retry); the search failing too -> ``OrderStatusUnknownError`` (do not retry blindly)."""
+        o = validate_order(order)
+        if o["client_key"] in self._placed:
+            return self._placed[o["client_key"]]
+        account_hash = self.account_hash
+        spec = self._order_spec(o).build()
+        what = f"order {o['side']} {o['quantity']} {o['symbol']} {o['order_type']}"
+        self._throttle()
+        started = datetime.now(UTC)
+        try:
+            resp = self._call(what, self._client.place_order, account_hash, spec, order=True)
+        except TransientBrokerError as exc:
+            if not exc.ambiguous:
+                raise
+            found = self._find_placed(o, started, exc)
+            if found is None:
+                raise
+            self._placed[o["client_key"]] = found
+            return found
+        try:
+            order_id = self._schwab.utils.Utils(self._client, account_hash).extract_order_id(resp)
+        except ValueError as exc:
+            raise OrderStatusUnknownError(
+                f"Schwab answered {what} with HTTP {resp.status_code} but the order id could not be "
+                f"read ({exc.__class__.__name__}): check get_orders_since() before placing it again"
+            ) from None
+        if order_id is None:
+            raise OrderStatusUnknownError(
+                f"Schwab accepted {what} (HTTP {resp.status_code}) without an order id: check "
+                f"get_orders_since() before placing it again")
+        order_id = str(order_id)
+        self._placed[o["client_key"]] = order_id
+        log.info("Schwab order %s placed: %s (client_key %s)", order_id, what, o["client_key"])
+        return order_id
+
+    def _find_placed(self, o: dict, started: datetime, error: BrokerError) -> str | None:
+        known = set(self._placed.values())
+        try:
+            recent = self.get_orders_since(started - timedelta(seconds=120))
+        except BrokerError:
+            raise OrderStatusUnknownError(
+                f"{error} — and the order list could not be read, so it is unknown whether "
+                f"Schwab has the order {o['side']} {o['quantity']} {o['symbol']}: check "
+                f"`python trading_api.py orders` or the Schwab web site before placing it again"
+            ) from None
+        matches = [x for x in recent
+                   if x["symbol"] == o["symbol"] and x["side"] == o["side"]
+                   and x["quantity"] == o["quantity"] and x["order_id"] not in known
+                   and (x["entered_time"] is None or x["entered_time"] >= started - timedelta(seconds=60))]
+        if not matches:
+            return None
+        found = max(matches, key=lambda x: x["entered_time"] or started)["order_id"]
+        log.warning("Schwab order request failed (%s) but the order reached Schwab as %s", error, found)
+        return found
+
+    def get_order(self, order_id) -> dict:
+        resp = self._call(f"order {order_id} status", self._client.get_order, order_id,
+                          self.account_hash, lookup=True)
+        return parse_schwab_order(resp.json() or {})
+
+    def cancel_order(self, order_id) -> None:
+        self._throttle()
+        self._call(f"cancel of order {order_id}", self._client.cancel_order, order_id,
+                   self.account_hash, order=True, lookup=True)
+        log.info("Schwab order %s cancel requested", order_id)
+
+    def get_orders_since(self, dt) -> list[dict]:
+        """Every order entered at or after ``dt`` (naive = local time), oldest first. Schwab keeps
+        ``SCHWAB_ORDER_LOOKBACK_DAYS`` of history in this query; an older ``dt`` is clamped."""
+        since = to_utc(dt)
+        now = datetime.now(UTC)
+        floor = now - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS)
+        if since < floor:
+            since = floor
+        resp = self._call("order history", self._client.get_orders_for_account, self.account_hash,
+                          from_entered_datetime=since.replace(microsecond=0),
+                          to_entered_datetime=now + timedelta(minutes=5))
+        body = resp.json() or []
+        orders = [parse_schwab_order(raw) for raw in body if isinstance(raw, dict)]
+        orders = [x for x in orders if x["entered_time"] is None or x["entered_time"] >= since]
+        orders.sort(key=lambda x: x["entered_time"] or since)
+        return orders
+
+    def get_open_orders(self) -> list[dict]:
+        since = datetime.now(UTC) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS)
+        return [x for x in self.get_orders_since(since) if x["status"] in OPEN_STATUSES]
+
+

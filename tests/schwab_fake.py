@@ -1,0 +1,172 @@
+"""A fake Schwab for tests: schwab-py's real request building, token refresh and write-back run
+against it.
+
+authlib's OAuth2Client is subclassed with an ``httpx.MockTransport`` whose handler is a fake Schwab
+(accounts, orders, quotes, the OAuth token endpoint) and installed as ``schwab.auth.OAuth2Client``
+by the ``fake`` fixture. Nothing reaches the network and no live order can be sent. The credential
+store is the real credential manager, in the test's own TRADING_HOME / key directory (see
+conftest). Test modules import the fixtures they use: ``from schwab_fake import api, cm, fake``."""
+import json
+import re
+import time
+from datetime import datetime, timezone
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from credential_manager import CredentialManager
+from schwab_broker import SchwabAPI, import_schwab
+
+schwab, _ = import_schwab()
+from authlib.integrations.httpx_client import OAuth2Client as _AuthlibOAuth2Client  # noqa: E402
+
+APP_KEY = "APPKEY-test-0123456789"
+APP_SECRET = "APPSECRET-test-abcdef"
+ACCESS = "ACCESS-TOKEN-1111"
+REFRESH = "REFRESH-TOKEN-2222"
+ACCOUNT_NUMBER = "87654321"
+HASH = "ABCDEF0123456789HASH"
+BASE = "https://api.schwabapi.com"
+
+
+class FakeSchwab:
+    """Just enough of the Schwab Trader API for schwab-py's client."""
+
+    def __init__(self):
+        self.requests: list[httpx.Request] = []
+        self.access_token = ACCESS
+        self.account_type = "MARGIN"
+        self.positions = []
+        self.orders: dict[int, dict] = {}
+        self.next_id = 5001
+        self.token_reply = None          # (status, json) for POST /v1/oauth/token
+        self.hook = None                 # request -> Response | None (None: normal handling)
+        self.quotes = {}
+
+    # -- helpers
+    def posted_orders(self):
+        return [json.loads(r.content) for r in self.requests
+                if r.method == "POST" and r.url.path.endswith("/orders")]
+
+    def add_order(self, **fields):
+        order_id = self.next_id
+        self.next_id += 1
+        order = {"orderId": order_id, "status": "WORKING", "quantity": 10, "filledQuantity": 0,
+                 "remainingQuantity": 10, "orderType": "MARKET",
+                 "enteredTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+0000"),
+                 "orderLegCollection": [{"instruction": "BUY", "quantity": 10,
+                                         "instrument": {"symbol": "AAPL", "assetType": "EQUITY"}}]}
+        order.update(fields)
+        self.orders[order_id] = order
+        return order_id
+
+    # -- the transport
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.hook is not None:
+            answer = self.hook(request)
+            if answer is not None:
+                return answer
+        path, method = request.url.path, request.method
+        if path == "/v1/oauth/token" and method == "POST":
+            if self.token_reply is not None:
+                status, body = self.token_reply
+                return httpx.Response(status, json=body)
+            form = parse_qs(request.content.decode())
+            assert form.get("grant_type") == ["refresh_token"]
+            self.access_token = "ACCESS-TOKEN-REFRESHED"
+            return httpx.Response(200, json={
+                "access_token": self.access_token, "refresh_token": form["refresh_token"][0],
+                "token_type": "Bearer", "expires_in": 1800, "scope": "api",
+                "id_token": "ID-TOKEN-XYZ"})
+        if request.headers.get("Authorization") != f"Bearer {self.access_token}":
+            return httpx.Response(401, json={"message": "Unauthorized"})
+        if path == "/trader/v1/accounts/accountNumbers":
+            return httpx.Response(200, json=[{"accountNumber": ACCOUNT_NUMBER, "hashValue": HASH}])
+        if path == f"/trader/v1/accounts/{HASH}" and method == "GET":
+            return httpx.Response(200, json=self.account_json())
+        if path == f"/trader/v1/accounts/{HASH}/orders":
+            if method == "POST":
+                body = json.loads(request.content)
+                leg = body["orderLegCollection"][0]
+                order_id = self.add_order(
+                    quantity=leg["quantity"], remainingQuantity=leg["quantity"],
+                    orderType=body["orderType"], price=body.get("price"),
+                    orderLegCollection=[leg], status="WORKING")
+                return httpx.Response(201, headers={
+                    "Location": f"{BASE}/trader/v1/accounts/{HASH}/orders/{order_id}"})
+            return httpx.Response(200, json=list(self.orders.values()))
+        match = re.fullmatch(rf"/trader/v1/accounts/{HASH}/orders/(\d+)", path)
+        if match:
+            order = self.orders.get(int(match.group(1)))
+            if order is None:
+                return httpx.Response(404, json={"message": "Order not found"})
+            if method == "DELETE":
+                order["status"] = "CANCELED"
+                return httpx.Response(200)
+            return httpx.Response(200, json=order)
+        if path == "/marketdata/v1/quotes":
+            symbols = request.url.params["symbols"].split(",")
+            return httpx.Response(200, json={s: self.quotes[s] for s in symbols if s in self.quotes})
+        return httpx.Response(404, json={"message": f"no route {method} {path}"})
+
+    def account_json(self):
+        if self.account_type == "MARGIN":
+            balances = {"liquidationValue": 105000.5, "cashBalance": 25000.25, "buyingPower": 80000.0,
+                        "availableFunds": 40000.0, "equity": 105000.5}
+        else:
+            balances = {"liquidationValue": 50000.0, "cashBalance": 12000.0,
+                        "cashAvailableForTrading": 11000.0}
+        account = {"type": self.account_type, "accountNumber": ACCOUNT_NUMBER,
+                   "currentBalances": balances}
+        if self.positions:
+            account["positions"] = self.positions
+        return {"securitiesAccount": account,
+                "aggregatedBalance": {"liquidationValue": balances["liquidationValue"]}}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    fake = FakeSchwab()
+
+    class MockOAuth2Client(_AuthlibOAuth2Client):
+        def __init__(self, *args, **kwargs):
+            kwargs["transport"] = httpx.MockTransport(fake.handler)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(schwab.auth, "OAuth2Client", MockOAuth2Client)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    return fake
+
+
+@pytest.fixture
+def cm():
+    return CredentialManager()
+
+
+def store(cm, age_days=1.0, expires_in=1800.0, account_hash=None):
+    creds = {"app_key": APP_KEY, "app_secret": APP_SECRET}
+    if account_hash:
+        creds["account_hash"] = account_hash
+    cm.store_credentials("schwab", creds)
+    cm.store_credentials("schwab_token", {
+        "creation_timestamp": int(time.time() - age_days * 86400),
+        "token": {"access_token": ACCESS, "refresh_token": REFRESH, "token_type": "Bearer",
+                  "expires_in": 1800, "scope": "api", "expires_at": int(time.time() + expires_in)}})
+
+
+@pytest.fixture
+def api(fake, cm):
+    store(cm)
+    return SchwabAPI(cm)
+
+
+def order(side="BUY", qty=10, order_type="MARKET", limit=None, symbol="AAPL", key=None):
+    return {"symbol": symbol, "side": side, "quantity": qty, "order_type": order_type,
+            "limit_price": limit, "client_key": key or f"{side}-{qty}-{order_type}-{limit}-{time.time_ns()}"}
+
+
+def assert_no_secrets(text):
+    for secret in (APP_KEY, APP_SECRET, ACCESS, REFRESH, "ACCESS-TOKEN-REFRESHED"):
+        assert secret not in text
