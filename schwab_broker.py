@@ -16,9 +16,7 @@ import warnings
 from collections import deque
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import NamedTuple
-
-import httpx
+from typing import TYPE_CHECKING, NamedTuple
 
 import constants as C
 import logging_setup
@@ -26,6 +24,9 @@ from broker_base import (OPEN_STATUSES, UTC, AuthenticationError, BrokerError, O
                          OrderRejectedError, OrderStatusUnknownError, TokenExpiredError,
                          TransientBrokerError, num, parse_date, parse_time, to_utc, validate_order)
 from credential_manager import CredentialManager
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("broker")
 
@@ -65,17 +66,20 @@ def format_price(price: float) -> str:
 
 
 def import_schwab():
-    """schwab-py, imported quietly (authlib warns about its httpx fallback on import)."""
-    # Late: schwab-py and authlib are heavy and only a live account or the login needs them.
+    """``(schwab, OAuthError, httpx)``: schwab-py, authlib's login error and httpx (schwab-py's
+    HTTP client), imported quietly (authlib warns about its httpx fallback on import)."""
+    # Late: schwab-py, authlib and httpx take about a second to import; only a live account and the
+    # login need them, not the paper broker, the executor or the health check.
     with warnings.catch_warnings():
         import authlib.deprecate  # noqa: F401  (it installs an "always" filter on import)
         warnings.simplefilter("ignore")
+        import httpx
         import schwab  # noqa: F401
         import schwab.auth
         import schwab.orders.equities
         import schwab.utils
         from authlib.integrations.base_client.errors import OAuthError
-    return schwab, OAuthError
+    return schwab, OAuthError, httpx
 
 
 def load_service(cm, service: str):
@@ -241,7 +245,7 @@ class SchwabAPI:
         register_token_secrets(token)
         self.token_age_days = check_token_age(token["creation_timestamp"])
         self.token_created = float(token["creation_timestamp"])
-        schwab, self._oauth_error = import_schwab()
+        schwab, self._oauth_error, self._httpx = import_schwab()
         self._schwab = schwab
         try:
             self._client = schwab.auth.client_from_access_functions(
@@ -279,6 +283,7 @@ class SchwabAPI:
 
     # ------------------------------------------------------------------ HTTP plumbing
     def _call(self, what: str, fn, *args, order: bool = False, lookup: bool = False, **kwargs):
+        httpx = self._httpx
         try:
             resp = fn(*args, **kwargs)
         except self._oauth_error as exc:

@@ -77,7 +77,7 @@ def _cmd_login() -> int:
     callback = creds.get("callback_url") or C.SCHWAB_CALLBACK_URL
     logging_setup.register_secret(creds["app_key"])
     logging_setup.register_secret(creds["app_secret"])
-    schwab, _ = import_schwab()
+    schwab, _, _ = import_schwab()
 
     def write(token, *args, **kwargs):
         register_token_secrets(token)

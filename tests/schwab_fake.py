@@ -18,7 +18,7 @@ import pytest
 from credential_manager import CredentialManager
 from schwab_broker import SchwabAPI, import_schwab
 
-schwab, _ = import_schwab()
+schwab, _, _ = import_schwab()
 from authlib.integrations.httpx_client import OAuth2Client as _AuthlibOAuth2Client  # noqa: E402
 
 APP_KEY = "APPKEY-test-0123456789"
