@@ -4,6 +4,7 @@ Use from a test module with ``from schwab_env import fake_schwab, schwab_home, r
 (the fixtures are plain pytest fixtures; importing them makes them available to that module).
 
     fake_schwab                 a running FakeSchwabServer (tests/fake_schwab_server.py), stopped after
+    schwab_routed               fake_schwab, with schwab-py in the test process routed to it
     schwab_home                 this test's TRADING_HOME with Schwab credentials and a fresh token
     store_schwab_credentials(home, age_days=1.0, expires_in=1800.0, account_hash=None)
     run_live(home, args, server, env_extra=None, timeout=300, input=None) -> CompletedProcess
@@ -36,6 +37,17 @@ def fake_schwab():
     server = FakeSchwabServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def schwab_routed(fake_schwab, monkeypatch):
+    """In this test process, schwab-py talks to ``fake_schwab`` (restored afterwards): for fast
+    in-process checks; crash tests use ``run_live``/``start_live`` instead."""
+    from schwab_shim import routed_client_class
+    routed = routed_client_class(fake_schwab.url)
+    import schwab.auth
+    monkeypatch.setattr(schwab.auth, "OAuth2Client", routed)
+    return fake_schwab
 
 
 def keys_dir(home) -> Path:

@@ -36,13 +36,14 @@ def _target(url: str | None) -> tuple[str, int] | None:
     return parts.hostname, parts.port
 
 
-def install(url: str | None = None) -> None:
-    """Route schwab-py's HTTP to the fake server (``url``, default $FAKE_SCHWAB_URL)."""
+def routed_client_class(url: str | None = None):
+    """authlib's OAuth2Client, with every request for api.schwabapi.com sent to ``url``
+    (default $FAKE_SCHWAB_URL; none: every request fails to connect)."""
     import httpx
     with warnings.catch_warnings():           # authlib warns about its httpx fallback on import
         import authlib.deprecate  # noqa: F401  (it installs an "always" filter on import)
         warnings.simplefilter("ignore")
-        import schwab.auth
+        import schwab.auth  # noqa: F401
         from authlib.integrations.httpx_client import OAuth2Client
     target = _target(url if url is not None else os.environ.get(ENV_URL))
 
@@ -69,7 +70,14 @@ def install(url: str | None = None) -> None:
             kwargs["transport"] = FakeSchwabTransport()
             super().__init__(*args, **kwargs)
 
-    schwab.auth.OAuth2Client = RoutedOAuth2Client
+    return RoutedOAuth2Client
+
+
+def install(url: str | None = None) -> None:
+    """Route schwab-py's HTTP to the fake server, for the whole process."""
+    routed = routed_client_class(url)         # imports schwab quietly first
+    import schwab.auth
+    schwab.auth.OAuth2Client = routed
 
 
 def main(argv: list[str]) -> None:
