@@ -1,0 +1,144 @@
+"""Fixtures and helpers for running the live (Schwab) path in subprocesses against the fake Schwab.
+
+Use from a test module with ``from schwab_env import fake_schwab, schwab_home, run_live, ...``
+(the fixtures are plain pytest fixtures; importing them makes them available to that module).
+
+    fake_schwab                 a running FakeSchwabServer (tests/fake_schwab_server.py), stopped after
+    schwab_routed               fake_schwab, with schwab-py in the test process routed to it
+    schwab_home                 this test's TRADING_HOME with Schwab credentials and a fresh token
+    store_schwab_credentials(home, age_days=1.0, expires_in=1800.0, account_hash=None)
+    run_live(home, args, server, env_extra=None, timeout=300, input=None) -> CompletedProcess
+    start_live(home, args, server, env_extra=None) -> Popen    (for kill -9 at a moment of choice)
+    cycle_code(now) -> str      ``-c`` code running one live cycle at a given market time
+    live_cycle_setup(home, trained) -> dict   gate open, data cut to the trade day, prices, `now`
+
+Credentials live in ``home`` and the key in ``home/keys`` (the layout conftest.run_entry uses).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from fake_schwab_server import ACCESS, APP_KEY, APP_SECRET, REFRESH, FakeSchwabServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIM = Path(__file__).resolve().parent / "schwab_shim.py"
+
+
+@pytest.fixture
+def fake_schwab():
+    server = FakeSchwabServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def schwab_routed(fake_schwab, monkeypatch):
+    """In this test process, schwab-py talks to ``fake_schwab`` (restored afterwards): for fast
+    in-process checks; crash tests use ``run_live``/``start_live`` instead."""
+    from schwab_shim import routed_client_class
+    routed = routed_client_class(fake_schwab.url)
+    import schwab.auth
+    monkeypatch.setattr(schwab.auth, "OAuth2Client", routed)
+    return fake_schwab
+
+
+def keys_dir(home) -> Path:
+    return Path(home) / "keys"
+
+
+def store_schwab_credentials(home, age_days: float = 1.0, expires_in: float = 1800.0,
+                             account_hash: str | None = None) -> None:
+    """App key/secret (service ``schwab``) and a login token (``schwab_token``) created
+    ``age_days`` ago whose access token expires in ``expires_in`` s (negative: already expired,
+    so the first call refreshes it at the fake's token endpoint)."""
+    from credential_manager import CredentialManager
+    cm = CredentialManager(home=Path(home), key_dir=keys_dir(home))
+    creds = {"app_key": APP_KEY, "app_secret": APP_SECRET}
+    if account_hash:
+        creds["account_hash"] = account_hash
+    cm.store_credentials("schwab", creds)
+    cm.store_credentials("schwab_token", {
+        "creation_timestamp": int(time.time() - age_days * 86400),
+        "token": {"access_token": ACCESS, "refresh_token": REFRESH, "token_type": "Bearer",
+                  "expires_in": 1800, "scope": "api", "expires_at": int(time.time() + expires_in)}})
+
+
+@pytest.fixture
+def schwab_home(trading_home):
+    """The test's TRADING_HOME (from conftest) with Schwab credentials stored in it."""
+    store_schwab_credentials(trading_home)
+    return trading_home
+
+
+def live_env(home, server: FakeSchwabServer | None, env_extra: dict | None = None) -> dict:
+    env = dict(os.environ, TRADING_HOME=str(home), TRADING_CONFIG_DIR=str(keys_dir(home)),
+               DATA_SOURCE="sample", TRADING_MODE="live", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONUNBUFFERED="1")
+    env.pop("TRADING_FAILPOINT", None)
+    env.pop("TRADING_CREDENTIAL_KEY", None)
+    env.pop("FAKE_SCHWAB_URL", None)
+    if server is not None:
+        env["FAKE_SCHWAB_URL"] = server.url
+    env.update(env_extra or {})
+    return env
+
+
+def run_live(home, args, server: FakeSchwabServer | None, env_extra: dict | None = None,
+             timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
+    """``python tests/schwab_shim.py *args`` in ``home``, TRADING_MODE=live, schwab-py routed to
+    ``server`` (None: every Schwab request fails to connect). ``args`` start with a script
+    (``live_trading.py``), ``-m module`` or ``-c code``. ``env_extra`` wins over the defaults
+    (e.g. ``{"TRADING_FAILPOINT": "after_place_order"}``)."""
+    return subprocess.run([sys.executable, str(SHIM), *args], cwd=ROOT, env=live_env(home, server, env_extra),
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def start_live(home, args, server: FakeSchwabServer | None, env_extra: dict | None = None) -> subprocess.Popen:
+    """The same as ``run_live`` without waiting: the caller may ``proc.kill()`` (SIGKILL) it."""
+    return subprocess.Popen([sys.executable, str(SHIM), *args], cwd=ROOT, env=live_env(home, server, env_extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cycle_code(now: datetime) -> str:
+    """``-c`` code for one live cycle as ``python live_trading.py`` runs it, with ``now`` given
+    (the CLI has no way to set it; see the report to the lead: a TRADING_NOW would replace this)."""
+    return ("import sys; from datetime import datetime; import config, live_trading; "
+            "from errors import install_excepthook; from logging_setup import setup_logging; "
+            "install_excepthook(); config.trading_mode(); setup_logging('trading'); "
+            f"sys.exit(live_trading.run_cycle(now=datetime.fromisoformat({now.isoformat()!r})))")
+
+
+def market_open_after(day) -> datetime:
+    """10:00 New York time on the session after ``day``."""
+    import market_calendar
+    session = market_calendar.next_session(day).date()
+    return datetime.combine(session, datetime.min.time()).replace(hour=10, tzinfo=ZoneInfo("America/New_York"))
+
+
+def live_cycle_setup(home, trained) -> dict:
+    """Make ``home`` (the ``home`` fixture: sample data, tiny model) ready for a live cycle on
+    the session after the trained trade day: processed data cut to that day, a passing backtest
+    and 5 paper sessions on record (gate open), Schwab credentials stored. Returns ``now``
+    (10:00 ET next session), ``closes`` {symbol: close of the trade day} for the fake's prices."""
+    import pandas as pd
+
+    import constants as C
+    import model_management
+    from test_live_trading import _record_paper_sessions, _record_passing_backtest
+    day = trained["trade_day"]
+    df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
+    df[df["Date"] <= day].to_csv(home / C.PROCESSED_DATA_FILE, index=False)
+    closes = {s: float(p) for s, p in df[df["Date"] == day].set_index("Symbol")["Close"].items()}
+    checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
+    _record_passing_backtest(home, checksum)
+    _record_paper_sessions(home, checksum, C.GOLIVE_MIN_PAPER_SESSIONS)
+    store_schwab_credentials(home)
+    return {"now": market_open_after(day), "closes": closes, "day": day}
