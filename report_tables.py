@@ -88,38 +88,52 @@ def why_closed(trip: dict, closing: list[dict], same_day: list[dict], halt_dates
     return "target went to zero (signal or risk sizing)"
 
 
+def fill_segments(trades: list[dict]) -> dict[str, list[list[dict]]]:
+    """Each symbol's fills cut into round trips (flat -> position -> flat), in order: the same
+    walk as backtest.round_trips, so the n-th segment of a symbol is its n-th round trip."""
+    segments: dict[str, list[list[dict]]] = defaultdict(list)
+    position: dict[str, int] = defaultdict(int)
+    for t in sorted(trades, key=lambda t: t.get("seq", 0)):
+        sym = t["symbol"]
+        if position[sym] == 0:
+            segments[sym].append([])
+        segments[sym][-1].append(t)
+        signed = t["quantity"] if t["side"] in BUY_SIDES else -t["quantity"]
+        position[sym] = int(t.get("position_after", position[sym] + signed))
+    return segments
+
+
 def enrich_round_trips(trips: list[dict], trades: list[dict] | None = None,
                        halts: list[dict] | None = None) -> list[dict]:
     """Each trip with quantity (largest position), entry/exit prices (share-weighted fill
     prices of the opening/closing fills), duration_days (calendar), and why_closed."""
-    trades = trades or []
     halt_dates = {str(h.get("date"))[:10] for h in (halts or [])}
-    by_symbol = defaultdict(list)
-    for t in sorted(trades, key=lambda t: t.get("seq", 0)):
-        by_symbol[t["symbol"]].append(t)
-    out = []
-    for trip in trips:
-        sym, long_ = trip["symbol"], trip["direction"] == "long"
-        entry, exit_ = str(trip["entry_date"])[:10], str(trip.get("exit_date") or "")[:10]
-        window = [t for t in by_symbol.get(sym, []) if entry <= str(t["date"])[:10] <= (exit_ or "9999")]
-        opening = [t for t in window if (t["side"] in BUY_SIDES) == long_ and t["side"] in ("BUY", "SELL_SHORT")]
-        closing = [t for t in window if t["side"] in ("SELL", "BUY_TO_COVER")]
-        if not trip.get("open"):
-            # the closing fills are those up to the trip's exit; a same-day reopening belongs to the next trip
-            closing = [t for t in closing if str(t["date"])[:10] <= exit_]
+    segments = fill_segments(trades or [])
+    by_day = defaultdict(list)
+    for t in trades or []:
+        by_day[(t["symbol"], str(t["date"])[:10])].append(t)
+    taken: dict[str, int] = defaultdict(int)
 
-        def avg(fills):
-            shares = sum(t["quantity"] for t in fills)
-            return sum(t["quantity"] * t["fill_price"] for t in fills) / shares if shares else None
-        positions = [abs(t.get("position_after", 0)) for t in window]
-        same_day = [t for t in by_symbol.get(sym, []) if str(t["date"])[:10] == exit_]
+    def avg(fills):
+        shares = sum(t["quantity"] for t in fills)
+        return sum(t["quantity"] * t["fill_price"] for t in fills) / shares if shares else None
+    out = []
+    for trip in sorted(trips, key=lambda t: (str(t["entry_date"]), t["symbol"])):
+        sym = trip["symbol"]
+        k = taken[sym]
+        taken[sym] += 1
+        seg = segments[sym][k] if k < len(segments.get(sym, [])) else []
+        opening = [t for t in seg if t["side"] in ("BUY", "SELL_SHORT")]
+        closing = [t for t in seg if t["side"] in ("SELL", "BUY_TO_COVER")]
+        entry, exit_ = str(trip["entry_date"])[:10], str(trip.get("exit_date") or "")[:10]
+        positions = [abs(int(t.get("position_after", 0))) for t in seg]
         row = dict(trip)
         row.update({
             "side": trip["direction"],
             "quantity": max(positions) if positions else None,
             "entry_price": avg(opening), "exit_price": None if trip.get("open") else avg(closing),
             "duration_days": (_d(exit_) - _d(entry)).days if exit_ else None,
-            "why_closed": why_closed(trip, closing, same_day, halt_dates)})
+            "why_closed": why_closed(trip, closing, by_day.get((sym, exit_), []), halt_dates)})
         out.append(row)
     return out
 
