@@ -23,6 +23,7 @@ import html
 import json
 import logging
 import os
+import sqlite3
 from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,6 +119,11 @@ def _safe(what: str, fn, *args):
     """(value, None) or (None, "unavailable: ...") - one failing piece never stops the page."""
     try:
         return fn(*args), None
+    except sqlite3.OperationalError as exc:
+        if "readonly" in str(exc):      # its tables do not exist yet (nothing of that kind ran)
+            return None, None
+        log.warning("status page: %s unavailable: %s", what, exc)
+        return None, f"unavailable: OperationalError: {exc}"
     except Exception as exc:
         log.warning("status page: %s unavailable: %s: %s", what, type(exc).__name__, exc)
         return None, f"unavailable: {type(exc).__name__}: {exc}"
