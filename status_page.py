@@ -84,7 +84,7 @@ def svg_line_chart(values: list[float], labels: list[str], chart_id: str, fill: 
     """An inline SVG line (or filled area) chart of ``values``; first/last labels and min/max."""
     if not values:
         return _nodata()
-    pad_l, pad_r, pad_t, pad_b = 4, 4, 16, 18
+    pad_l, pad_r, pad_t, pad_b = 4, 4, 6, 4
     lo, hi = min(values), max(values)
     if fill:
         hi = max(hi, 0.0)
@@ -103,15 +103,13 @@ def svg_line_chart(values: list[float], labels: list[str], chart_id: str, fill: 
     else:
         shape = f'<polyline class="line" points="{points}"/>'
     dot = "" if n > 1 else f'<circle class="dot" cx="{xy(0, values[0]).split(",")[0]}" cy="{xy(0, values[0]).split(",")[1]}" r="3"/>'
-    return (f'<svg id="{chart_id}" class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
-            f'role="img" aria-label="{E(chart_id)}" data-points="{n}" data-last="{values[-1]!r}" '
-            f'data-min="{lo!r}" data-max="{max(values)!r}">'
-            f'<line class="axis" x1="0" y1="{height - pad_b}" x2="{width}" y2="{height - pad_b}"/>{shape}{dot}'
-            f'<text x="{pad_l}" y="{height - 4}" class="lbl">{E(labels[0])}</text>'
-            f'<text x="{width - pad_r}" y="{height - 4}" class="lbl" text-anchor="end">{E(labels[-1])}</text>'
-            f'<text x="{pad_l}" y="12" class="lbl">high {E(fmt(max(values)))}</text>'
-            f'<text x="{width - pad_r}" y="12" class="lbl" text-anchor="end">low {E(fmt(min(values)))}</text>'
-            f'</svg>')
+    svg = (f'<svg id="{chart_id}" class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+           f'role="img" aria-label="{E(chart_id)}" data-points="{n}" data-last="{values[-1]!r}" '
+           f'data-min="{lo!r}" data-max="{max(values)!r}">'
+           f'<line class="axis" x1="0" y1="{height - pad_b}" x2="{width}" y2="{height - pad_b}"/>{shape}{dot}</svg>')
+    caption = (f'<div class="caption"><span>{E(labels[0])}</span><span>high {E(fmt(max(values)))} &middot; '
+               f'low {E(fmt(min(values)))} &middot; last {E(fmt(values[-1]))}</span><span>{E(labels[-1])}</span></div>')
+    return svg + caption
 
 
 # ----------------------------------------------------------------------------- gathering (read-only)
@@ -242,7 +240,8 @@ td:first-child,th:first-child{text-align:left} th{background:#f6f8fa}
 .fig span{color:#656d76;font-size:.85em}
 svg.chart{width:100%;height:180px;display:block} svg .line{fill:none;stroke:#0969da;stroke-width:2;vector-effect:non-scaling-stroke}
 svg .area{fill:#ffebe9;stroke:#cf222e;stroke-width:1;vector-effect:non-scaling-stroke} svg .axis{stroke:#d0d7de}
-svg .lbl{font-size:11px;fill:#656d76} svg .dot{fill:#0969da}
+svg .dot{fill:#0969da}
+.caption{display:flex;flex-wrap:wrap;justify-content:space-between;gap:4px;color:#656d76;font-size:.85em}
 .bar{position:relative;height:10px;background:#eaeef2;border-radius:5px;min-width:80px}
 .bar i{position:absolute;top:0;bottom:0;border-radius:5px} .bar .thr{position:absolute;top:-2px;bottom:-2px;width:2px;background:#1f2328}
 ul{margin:0;padding-left:18px} li{margin:2px 0;overflow-wrap:anywhere}
