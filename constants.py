@@ -174,3 +174,15 @@ TINY_EPOCHS = 10                           # --profile tiny: max epochs
 TINY_PATIENCE = 3                          # --profile tiny: early-stopping patience (epochs)
 INFERENCE_PARITY_TOL = 1e-4                # max |Keras - NumPy| on the scaled output before a model is saved
 MODEL_QUARANTINE_DIR = "models/quarantine"  # current models that failed verification when replaced
+
+# --- operator's view (issue 13) ---
+REPLAY_STATE_DB_FILE = "state/replay_state.db"   # throwaway state (paper account, orders, ...) of --as-of replays
+STATUS_PAGE_FILE = "reports/status.html"   # the operator's status page (rebuilt by cycles and health checks)
+STATUS_RECENT_ORDERS = 20                  # orders shown on the status page (count)
+STATUS_RECENT_AUDIT = 15                   # audit records shown on the status page (count)
+STATUS_RECENT_TRIPS = 20                   # round trips shown on the status page (count)
+STATUS_SERVE_HOST = "127.0.0.1"            # `serve` binds here only (read-only page)
+STATUS_SERVE_PORT = 8765                   # default port of `serve` (TCP port)
+REPORT_SHORT_PERIOD_SESSIONS = 252         # a backtest verdict on one period shorter than this gets a warning (sessions)
+REPORT_MIN_TRADES_NOTE = 30                # ... or on fewer round trips than this (count)
+REPORT_MAX_TRIPS_SHOWN = 500               # round trips listed in the backtest report's table (count; the JSON has all)

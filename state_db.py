@@ -9,6 +9,7 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 
 import config
 import constants as C
@@ -22,7 +23,41 @@ CREATE TABLE IF NOT EXISTS kv (
 
 
 def db_path():
-    return config.ensure_parent(config.path(C.STATE_DB_FILE))
+    return config.ensure_parent(config.state_db_file())
+
+
+def connect_readonly(path=None) -> sqlite3.Connection | None:
+    """A read-only connection to an existing database (default: the real state DB, never the
+    replay one); None when the file does not exist yet. Creates nothing, writes nothing."""
+    path = path or config.path(C.STATE_DB_FILE)
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+REPLAY_AS_OF_KEY = "replay_as_of"
+
+
+def prepare_replay(as_of) -> None:
+    """Switch this process to the throwaway replay database for a replay of session ``as_of``.
+    The replay account carries over between replays that move forward in time; a replay of an
+    earlier session than the last one starts a fresh account (the file is deleted)."""
+    config.set_replay(True)
+    day = str(as_of)[:10]
+    path = db_path()
+    if path.exists():
+        conn = connect(path)
+        last = kv_get(conn, REPLAY_AS_OF_KEY)
+        conn.close()
+        if last and last > day:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+    conn = connect(path)
+    with transaction(conn):
+        kv_set(conn, REPLAY_AS_OF_KEY, day)
+    conn.close()
 
 
 def connect(path=None) -> sqlite3.Connection:
