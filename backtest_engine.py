@@ -12,6 +12,7 @@ at each close). The signal of day t uses data up to day t's close only; its orde
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -168,15 +169,29 @@ class _Quiet:
 
 
 class ReplayRisk(rm.RiskManager):
-    """The live ``RiskManager`` for a replay: a private in-memory state DB, no audit, and the reads
-    a replay would repeat thousands of times kept in memory. The halt state is read once a day
-    (only ``update_equity`` and the resets change it); the do-not-short list once until it
-    changes. Every rule is the RiskManager's own."""
+    """The live ``RiskManager`` for a replay: its halt state in a plain dict instead of the state
+    DB (the do-not-short list and forced buy-ins in a private in-memory database), no audit, and
+    the reads a replay repeats kept in memory: the halt state is read once a day (only
+    ``update_equity`` and the resets change it), the do-not-short list once until it changes.
+    Every rule is the RiskManager's own."""
 
     def __init__(self):
         super().__init__(conn=state_db.connect(":memory:"), audit=rm.NullAudit())
+        self._state: dict = {}
         self._halt = None                     # (as_of, is_halted(as_of))
         self._dns = None
+
+    def _kv_get(self, key):
+        return self._state.get(key)
+
+    def _kv_set(self, key, value):
+        self._state[key] = value
+
+    def _kv_delete(self, key):
+        self._state.pop(key, None)
+
+    def _kv_transaction(self):
+        return contextlib.nullcontext()
 
     def is_halted(self, as_of=None):
         if self._halt is None or self._halt[0] != as_of:
