@@ -172,7 +172,7 @@ class ReplayRisk(rm.RiskManager):
     """The live ``RiskManager`` for a replay: its halt state in a plain dict instead of the state
     DB (the do-not-short list and forced buy-ins in a private in-memory database), no audit, and
     the reads a replay repeats kept in memory: the halt state is read once a day (only
-    ``update_equity`` and the resets change it), the do-not-short list once until it changes.
+    ``update_equity`` and the resets write it), the do-not-short list once until it changes.
     Every rule is the RiskManager's own."""
 
     def __init__(self):
@@ -186,9 +186,11 @@ class ReplayRisk(rm.RiskManager):
 
     def _kv_set(self, key, value):
         self._state[key] = value
+        self._halt = None                     # any write may change the halt state: read it again
 
     def _kv_delete(self, key):
         self._state.pop(key, None)
+        self._halt = None
 
     def _kv_transaction(self):
         return contextlib.nullcontext()
@@ -197,18 +199,6 @@ class ReplayRisk(rm.RiskManager):
         if self._halt is None or self._halt[0] != as_of:
             self._halt = (as_of, super().is_halted(as_of))
         return self._halt[1]
-
-    def update_equity(self, equity, as_of=None):
-        self._halt = None
-        return super().update_equity(equity, as_of)
-
-    def reset_drawdown(self, *args, **kwargs):
-        self._halt = None
-        return super().reset_drawdown(*args, **kwargs)
-
-    def reset_daily_loss(self, *args, **kwargs):
-        self._halt = None
-        return super().reset_daily_loss(*args, **kwargs)
 
     def do_not_short(self):
         if self._dns is None:
