@@ -225,11 +225,12 @@ class LivePolicy:
 
     Only symbols that can change are passed (``prune=True``): held symbols with a BUY/SELL
     signal, and unheld BUY/SELL symbols in the order ``target_positions`` takes them (|score|
-    descending, then symbol), first the ``MAX_POSITIONS`` strongest. HOLD and missing signals
+    descending, then symbol), first as many as there could be free slots (``MAX_POSITIONS`` minus
+    the held positions without a signal). HOLD and missing signals
     keep a position in ``target_positions``, so dropping them changes nothing. New positions are
     granted in that order; the symbols left out could not have received one when every slot is
     taken, when the gross exposure left is below each of their prices, or while trading is
-    halted (targets then only move toward flat). Otherwise the candidate list is widened (x4)
+    halted (targets then only move toward flat). Otherwise the candidate list is widened (x4, at least to MAX_POSITIONS)
     and the targets computed again, up to all candidates. ``prune=False`` passes every BUY/SELL
     symbol; the tests check both give the same fills."""
 
@@ -307,7 +308,8 @@ class LivePolicy:
             prices[symbols[i]] = float(price[i])
             if pos[i] < 0:
                 quotes[symbols[i]] = self._quote
-        take = C.MAX_POSITIONS if self.prune else len(unheld_l)
+        # at most MAX_POSITIONS minus the positions no signal touches can open: the first candidates
+        take = max(C.MAX_POSITIONS - (len(held) - len(held_active)), 0) if self.prune else len(unheld_l)
         add(held_active + unheld_l[:take])
 
         def widen(targets: dict):
@@ -316,7 +318,7 @@ class LivePolicy:
                                                                          price[unheld[take:]]):
                 return None
             self.widened += 1
-            take, before = take * 4, take
+            take, before = max(take * 4, C.MAX_POSITIONS), take
             return add(unheld_l[before:take])
 
         plan = plan_orders(self.risk, sigs, pf, widen=widen)
