@@ -4,11 +4,13 @@ A cycle, in order; every step is logged and audited:
 
  1. take the cycle lock (an overlapping run exits 0 saying another run holds it)
  2. honour the kill switch (``python live_trading.py halt --reason ...``)
- 3. live mode only: the go-live gate (a passing backtest and paper sessions for this model)
+ 3. live mode only: the go-live gate (``golive.gate_status``: a passing backtest and paper
+    sessions for this model)
  4. check the market calendar (a closed market is "nothing to do")
  5. check data freshness, then compute signals with the verified model (``get_latest_signal``)
  6. check drawdown and daily-loss limits (``RiskManager.update_equity``) and model drift
- 7. forced buy-ins of shorts, target positions, orders, pre-trade risk checks
+ 7. plan the orders (``order_planning.plan_orders``, the same code the backtest runs): forced
+    buy-ins of shorts, the drift hold, target positions, orders, pre-trade risk checks
  8. send orders exactly once (``OrderExecutor``), wait for fills, reconcile, audit
 
 Exit codes: 0 success or nothing to do (kill switch on, market closed, another run holds the
@@ -32,30 +34,29 @@ from datetime import date, datetime
 import pandas as pd
 
 import config
-from errors import UserFacingError, install_excepthook, is_user_facing
 import constants as C
+import drift_monitor
+import golive
 import market_calendar
 import state_db
+from audit_logging import AuditLogger
+from data_collection import load_processed, load_universe
+from errors import UserFacingError, install_excepthook, is_user_facing
 from failpoints import failpoint
+from golive import gate_status
 from logging_setup import ensure_logging, setup_logging
+from model_management import load_model
+from order_planning import plan_orders
+from risk_management import Portfolio, RiskManager, make_order
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
+from trading_api import get_broker
+from trading_execution import CircuitBreaker, OrderExecutor
 
 log = logging.getLogger("trading")
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
 KILL_SWITCH_KEY = "kill_switch"
 LAST_CYCLE_KEY = "last_cycle"
-GATE_OVERRIDE_KEY = "golive_override"
-
-_SCHEMA = ["""CREATE TABLE IF NOT EXISTS paper_sessions (
-    session_date TEXT NOT NULL,
-    model_checksum TEXT NOT NULL,
-    replay INTEGER NOT NULL,
-    orders INTEGER NOT NULL,
-    equity REAL,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (session_date, model_checksum, replay)
-)"""]
 
 _MODEL = None
 
@@ -65,13 +66,10 @@ class CycleError(UserFacingError):
 
 
 def _db():
-    conn = state_db.connect()
-    state_db.ensure_schema(conn, _SCHEMA)
-    return conn
+    return golive.connect()
 
 
 def _audit():
-    from audit_logging import AuditLogger
     return AuditLogger()
 
 
@@ -86,7 +84,6 @@ def _operator() -> str:
 def get_model():
     """The verified model, loaded once per process (the checksum is checked on load)."""
     global _MODEL
-    from model_management import load_model
     path = config.path(C.MODEL_FILE)
     if _MODEL is None or _MODEL.path != path:
         _MODEL = load_model(path)
@@ -94,7 +91,6 @@ def get_model():
 
 
 def load_features(as_of=None) -> pd.DataFrame:
-    from data_collection import load_processed
     features = load_processed()
     if as_of is not None:
         features = features[features["Date"] <= pd.Timestamp(as_of)]
@@ -111,7 +107,6 @@ def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: 
     drift monitor. Nonsensical output (NaN, all equal, absurd) raises
     ``signals.NonsensicalPredictionError``."""
     ensure_logging("trading")
-    from data_collection import load_universe
     model = get_model()
     features = load_features(as_of) if features is None else features
     universe = load_universe()
@@ -130,7 +125,6 @@ def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: 
     log.info("signal summary: %d BUY, %d SELL, %d HOLD (threshold |score| >= %.2f)",
              counts.get(BUY, 0), counts.get(SELL, 0), counts.get(HOLD, 0), C.SIGNAL_THRESHOLD)
     if record:
-        import drift_monitor
         drift_monitor.record_predictions(scored, model.checksum)
     return [{"symbol": r.Symbol, "date": str(pd.Timestamp(r.Date).date()), "close": float(r.Close),
              "predicted_diff": float(r.predicted_diff), "score": float(r.score), "signal": r.signal,
@@ -164,28 +158,6 @@ def clear_kill_switch(reason: str = "", conn=None) -> dict | None:
     return old
 
 
-def paper_session_count(checksum: str, conn=None) -> int:
-    conn = conn or _db()
-    row = conn.execute("SELECT COUNT(DISTINCT session_date) AS n FROM paper_sessions "
-                       "WHERE model_checksum = ? AND replay = 0", (checksum,)).fetchone()
-    return int(row["n"])
-
-
-def gate_status(checksum: str, conn=None) -> dict:
-    """Where the go-live conditions stand for a model: a passing out-of-sample backtest on
-    record and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays not counted), or an override."""
-    conn = conn or _db()
-    from backtest import passing_backtest_for
-    backtest = passing_backtest_for(checksum)
-    sessions = paper_session_count(checksum, conn)
-    override = state_db.kv_get(conn, GATE_OVERRIDE_KEY)
-    override = override if override and override.get("model_checksum") == checksum else None
-    ok = bool(backtest) and sessions >= C.GOLIVE_MIN_PAPER_SESSIONS
-    return {"model_checksum": checksum, "backtest": backtest, "paper_sessions": sessions,
-            "paper_sessions_needed": C.GOLIVE_MIN_PAPER_SESSIONS, "override": override,
-            "passed": ok or bool(override)}
-
-
 # ----------------------------------------------------------------------------- the cycle
 @contextmanager
 def cycle_lock():
@@ -211,7 +183,6 @@ def cycle_lock():
 
 
 def build_portfolio(broker, symbols, closes: dict, as_of):
-    from risk_management import Portfolio
     balance = broker.get_account_balance()
     positions = broker.get_positions()
     quote_symbols = sorted(set(symbols) | set(positions))
@@ -250,108 +221,136 @@ def run_cycle(as_of=None, now=None) -> int:
 
 
 def _cycle(mode: str, as_of, now) -> int:
-    conn = _db()
-    audit = _audit()
-    replay = as_of is not None
-    started = datetime.now().astimezone()
-    now = now or started
-    log.info("cycle start: mode=%s%s home=%s", mode, f" as-of {as_of}" if replay else "", config.home())
-    audit.log_event("cycle_start", "started", {"mode": mode, "as_of": str(as_of) if replay else None})
+    """Steps 2-8 of the module docstring, one named step a line; returns the exit code."""
+    conn, audit, replay = _db(), _audit(), as_of is not None
+    now = now or datetime.now().astimezone()
+    _log_cycle_start(audit, mode, as_of)
+    if _kill_switch_stops(conn, audit):
+        return EXIT_OK
+    model = get_model()
+    if mode == "live" and not _gate_allows(model, conn, audit):
+        return EXIT_GATE
+    data_day = _data_day(as_of, now, audit)
+    if data_day is None:
+        return EXIT_OK                                       # the market is closed: nothing to do
+    features, cycle_date = _fresh_features(data_day)
+    signals = get_latest_signal(features=features)
+    failpoint("after_signals")
+    executor = OrderExecutor(conn=conn, audit=audit)
+    sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
+    executor.reconcile()
+    risk = RiskManager(conn=conn, audit=audit)
+    portfolio = _account(risk, executor.broker, signals, cycle_date)
+    hold = _drift_hold(features, model, conn, data_day)
+    plan = _plan(risk, signals, portfolio, hold, audit)
+    keys, failures = _send(executor, plan.approved, cycle_date, mode)
+    final = _wait_for_fills(executor, keys)
+    equity = _close_cycle(conn, audit, risk, executor.broker, model, mode, replay, cycle_date, signals, plan,
+                          keys, failures)
+    log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
+             len(signals), len(plan.orders), len(plan.approved), len(keys), failures, equity)
+    _print_cycle(signals, final, executor.broker)
+    return EXIT_FAIL if failures else EXIT_OK
 
+
+def _log_cycle_start(audit, mode: str, as_of) -> None:
+    log.info("cycle start: mode=%s%s home=%s", mode, f" as-of {as_of}" if as_of is not None else "", config.home())
+    audit.log_event("cycle_start", "started", {"mode": mode, "as_of": str(as_of) if as_of is not None else None})
+
+
+def _kill_switch_stops(conn, audit) -> bool:
     switch = kill_switch(conn)
     if switch:
         log.warning("Kill switch is ON (set by %s at %s: %s): no trading. Clear it with "
                     "`python live_trading.py resume`.", switch["by"], switch["at"], switch["reason"])
         audit.log_event("cycle_end", "kill_switch", switch)
-        return EXIT_OK
+    return bool(switch)
 
-    model = get_model()
-    if mode == "live":
-        gate = gate_status(model.checksum, conn)
-        if not gate["passed"]:
-            why = []
-            if not gate["backtest"]:
-                why.append("no passing out-of-sample backtest for this model (run ./run_backtest.sh)")
-            if gate["paper_sessions"] < C.GOLIVE_MIN_PAPER_SESSIONS:
-                why.append(f"{gate['paper_sessions']} of {C.GOLIVE_MIN_PAPER_SESSIONS} paper-trading "
-                           f"sessions with this model")
-            log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
-                         "; ".join(why))
-            audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
-            return EXIT_GATE
-        if gate["override"]:
-            log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])
 
-    # market calendar and the data day
-    if replay:
+def _gate_allows(model, conn, audit) -> bool:
+    """Live mode: the go-live gate (golive.gate_status) must be open for this model."""
+    gate = gate_status(model.checksum, conn)
+    if not gate["passed"]:
+        why = golive.refusal_reasons(gate)
+        log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
+                     "; ".join(why))
+        audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
+        return False
+    if gate["override"]:
+        log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])
+    return True
+
+
+def _data_day(as_of, now, audit):
+    """The session whose close the cycle trades on, or None when the market is closed now."""
+    if as_of is not None:
         if not market_calendar.is_session(as_of):
             raise CycleError(f"--as-of {as_of} is not an NYSE session: pick a trading day")
-        data_day = pd.Timestamp(as_of)
-    else:
-        if not market_calendar.is_open(now):
-            log.info("Market closed at %s (NYSE regular session): nothing to do", now)
-            audit.log_event("cycle_end", "market_closed", {"at": str(now)})
-            return EXIT_OK
-        data_day = market_calendar.last_completed_session(now)
+        return pd.Timestamp(as_of)
+    if not market_calendar.is_open(now):
+        log.info("Market closed at %s (NYSE regular session): nothing to do", now)
+        audit.log_event("cycle_end", "market_closed", {"at": str(now)})
+        return None
+    return market_calendar.last_completed_session(now)
 
+
+def _fresh_features(data_day):
+    """The features up to ``data_day`` and the date of their last row; stale data stops the cycle."""
     features = load_features(data_day)
     last = features["Date"].max()
     behind = market_calendar.sessions_between(last, data_day)
     if behind > C.DATA_MAX_AGE_SESSIONS:
         raise CycleError(f"data is stale: processed_stock_data.csv ends {last.date()}, {behind} sessions "
                          f"before {data_day.date()}: run ./run_daily_data_update.sh")
-    cycle_date = last.date()
+    return features, last.date()
 
-    signals = get_latest_signal(features=features)
-    failpoint("after_signals")
-    symbols = [s["symbol"] for s in signals]
-    closes = {s["symbol"]: s["close"] for s in signals}
 
-    from risk_management import RiskManager
-    from trading_execution import OrderExecutor
-    executor = OrderExecutor(conn=conn, audit=audit)
-    broker = executor.broker
-    if getattr(broker, "name", "") == "paper":
-        all_closes = features.sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
-        broker.set_prices(all_closes, as_of=cycle_date)
-        broker.accrue_borrow_fees(as_of=cycle_date)
-    executor.reconcile()
+def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool = False) -> None:
+    """Give the broker every symbol's last close (a simulated broker fills and values at them;
+    Schwab ignores them) and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
+    closes = features.sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
+    set_prices = getattr(broker, "set_prices", None)    # tolerated until SchwabAPI has its no-op
+    if set_prices is not None:
+        set_prices(closes, as_of=as_of)
+    accrue = getattr(broker, "accrue_borrow_fees", None)  # only a simulated broker charges fees itself
+    if accrue_borrow and accrue is not None:
+        accrue(as_of=as_of)
 
-    risk = RiskManager(conn=conn, audit=audit)
-    portfolio = build_portfolio(broker, symbols, closes, cycle_date)
+
+def _account(risk, broker, signals, cycle_date):
+    """The Portfolio the risk checks see; the equity recorded (drawdown and daily-loss halts)."""
+    portfolio = build_portfolio(broker, [s["symbol"] for s in signals], {s["symbol"]: s["close"] for s in signals},
+                                cycle_date)
     status = risk.update_equity(portfolio.equity, as_of=cycle_date)
     log.info("account: equity $%.2f, cash $%.2f, %d positions, drawdown %.2f%% from peak $%.2f",
              portfolio.equity, portfolio.cash, len(portfolio.positions), 100 * status["drawdown"], status["peak"])
+    return portfolio
 
-    import drift_monitor
+
+def _drift_hold(features, model, conn, data_day) -> bool:
+    """True when drift is CRITICAL: the cycle then opens no new positions."""
     drift = drift_monitor.evaluate(features, model, conn, as_of=data_day)
-    no_new_positions = bool(drift and drift["severity"] == "CRITICAL")
-    if no_new_positions:
+    hold = bool(drift and drift["severity"] == "CRITICAL")
+    if hold:
         log.critical("trading opens no new positions: DRIFT ALERT CRITICAL (retrain with python train_model.py)")
+    return hold
 
-    forced = risk.forced_buyins(portfolio)
-    if no_new_positions:
-        trade_signals = [dict(s, signal=HOLD) for s in signals]
-    else:
-        trade_signals = signals
-    forced_symbols = {o["symbol"] for o in forced}
-    targets = risk.target_positions([s for s in trade_signals if s["symbol"] not in forced_symbols], portfolio)
-    for sym in forced_symbols:
-        targets.pop(sym, None)
-    wanted = forced + risk.orders_for_targets(targets, portfolio)
+
+def _plan(risk, signals, portfolio, hold: bool, audit):
+    """order_planning.plan_orders, each signal's target logged and each rejection audited."""
+    plan = plan_orders(risk, signals, portfolio, hold=hold)
     for s in signals:
         log.info("signal %s: %s score %+.3f -> target %+d shares (now %+d)", s["symbol"], s["signal"],
-                 s["score"], targets.get(s["symbol"], portfolio.positions.get(s["symbol"], 0)),
+                 s["score"], plan.targets.get(s["symbol"], portfolio.positions.get(s["symbol"], 0)),
                  portfolio.positions.get(s["symbol"], 0))
+    for order, reason in plan.rejected:
+        audit.log_event("risk_check", "rejected", {"order": order, "reason": reason})
+    return plan
 
-    approved = []
-    for order, ok, reason in risk.check_orders(wanted, portfolio):
-        if ok:
-            approved.append(order)
-        else:
-            audit.log_event("risk_check", "rejected", {"order": order, "reason": reason})
-    results = []
-    failures = 0
+
+def _send(executor, approved, cycle_date, mode) -> tuple[list[str], int]:
+    """Submit every approved order (at market) exactly once; returns (client keys sent, failures)."""
+    results, failures = [], 0
     for order in approved:
         order = dict(order, order_type="MARKET")
         try:
@@ -361,30 +360,35 @@ def _cycle(mode: str, as_of, now) -> int:
             log.error("order %s %d %s not sent: %s", order["side"], order["quantity"], order["symbol"], exc)
     keys = [r["client_key"] for r in results if r and r.get("broker_order_id")]
     failpoint("after_submit_all")
+    return keys, failures
+
+
+def _wait_for_fills(executor, keys) -> list[dict]:
     final = executor.wait_for_fills(keys) if keys else []
     for record in final:
         log.info("order %s: %s %d/%d %s at %s", record["client_key"], record["status"],
                  record["filled_quantity"], record["quantity"], record["symbol"], record["avg_fill_price"])
-
     failpoint("after_fills")
+    return final
+
+
+def _close_cycle(conn, audit, risk, broker, model, mode, replay, cycle_date, signals, plan, keys, failures) -> float:
+    """Record the equity after the fills, the cycle summary and (paper, no failure) the paper
+    session for the go-live gate; audit the cycle's end. Returns the equity."""
     after = broker.get_account_balance()
-    risk.update_equity(float(after["equity"]), as_of=cycle_date)
+    equity = float(after["equity"])
+    risk.update_equity(equity, as_of=cycle_date)
     summary = {"cycle_date": str(cycle_date), "mode": mode, "replay": replay, "signals": len(signals),
-               "orders_wanted": len(wanted), "orders_approved": len(approved), "orders_sent": len(keys),
-               "orders_failed": failures, "equity": float(after["equity"]), "model": model.checksum,
+               "orders_wanted": len(plan.orders), "orders_approved": len(plan.approved), "orders_sent": len(keys),
+               "orders_failed": failures, "equity": equity, "model": model.checksum,
                "finished_at": state_db.utcnow()}
     with state_db.transaction(conn):
         state_db.kv_set(conn, LAST_CYCLE_KEY, summary)
         if mode == "paper" and not failures:
-            conn.execute("INSERT OR REPLACE INTO paper_sessions VALUES (?,?,?,?,?,?)",
-                         (str(cycle_date), model.checksum, int(replay), len(keys), float(after["equity"]),
-                          state_db.utcnow()))
+            golive.record_paper_session(conn, cycle_date, model.checksum, replay, len(keys), equity)
     failpoint("before_cycle_end")
     audit.log_event("cycle_end", "failed" if failures else "completed", summary)
-    log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
-             len(signals), len(wanted), len(approved), len(keys), failures, after["equity"])
-    _print_cycle(signals, final, broker)
-    return EXIT_FAIL if failures else EXIT_OK
+    return equity
 
 
 def _print_cycle(signals, orders, broker) -> None:
@@ -415,11 +419,9 @@ def cmd_status() -> int:
     print(f"mode:            {config.trading_mode()}   (home {config.home()})")
     switch = kill_switch(conn)
     print(f"kill switch:     {'ON: ' + switch['reason'] + ' (by ' + switch['by'] + ' at ' + switch['at'] + ')' if switch else 'off'}")
-    from trading_execution import CircuitBreaker
     br = CircuitBreaker(conn).status()
     print(f"circuit breaker: {br['state']} ({br['failures']} consecutive failures)"
           + (f", last error: {br['last_error']}" if br["last_error"] else ""))
-    from risk_management import RiskManager
     rs = RiskManager(conn=conn).status()
     peak = (rs.get("peak") or {}).get("equity") or 0.0
     last_equity = (rs.get("last_equity") or {}).get("equity") or 0.0
@@ -434,7 +436,6 @@ def cmd_status() -> int:
     else:
         print("last cycle:      none yet")
     try:
-        from trading_api import get_broker
         _print_positions(get_broker())
     except Exception as exc:
         print(f"positions:       unavailable ({type(exc).__name__}: {exc})")
@@ -451,19 +452,15 @@ def cmd_flatten(confirm: str | None) -> int:
         if input("Close EVERY position at market and cancel every open order? Type FLATTEN: ").strip() != "FLATTEN":
             print("not confirmed: nothing done")
             return EXIT_OK
-    from risk_management import make_order
-    from trading_execution import OrderExecutor
     mode = config.trading_mode()
     audit = _audit()
     executor = OrderExecutor(audit=audit)
     broker = executor.broker
     audit.log_event("flatten", "started", {"by": _operator(), "mode": mode})
-    if getattr(broker, "name", "") == "paper":
-        try:
-            closes = load_features().sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
-            broker.set_prices(closes)
-        except Exception as exc:
-            log.warning("paper prices not refreshed: %s", exc)
+    try:
+        sync_prices(broker, load_features())
+    except Exception as exc:
+        log.warning("broker prices not refreshed from processed_stock_data.csv: %s", exc)
     cancelled = executor.cancel_all_open()
     stamp = datetime.now().strftime("%Y-%m-%dT%H%M%S")
     keys = []
@@ -493,10 +490,7 @@ def cmd_gate(override: bool, reason: str | None) -> int:
         if not reason:
             print("--override needs --reason \"...\"", file=sys.stderr)
             return EXIT_CONFIG
-        value = {"model_checksum": model.checksum, "reason": reason, "by": _operator(), "at": state_db.utcnow()}
-        _audit().log_event("golive_gate", "override", value)
-        with state_db.transaction(conn):
-            state_db.kv_set(conn, GATE_OVERRIDE_KEY, value)
+        value = golive.set_override(model.checksum, reason, _operator(), _audit(), conn)
         log.critical("go-live gate OVERRIDDEN for model %s by %s: %s", model.checksum[:12], value["by"], reason)
     st = gate_status(model.checksum, conn)
     bt = st["backtest"]

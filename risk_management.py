@@ -401,17 +401,32 @@ class RiskManager:
             if required:
                 raise
 
+    # ------------------------------------------------------------------ halt state
+    # The halt state (kv keys KEY_*) is read and written only through these four methods: the
+    # state DB by default; a replay (backtest_engine.ReplayRisk) keeps it in a dict instead.
+    def _kv_get(self, key: str):
+        return state_db.kv_get(self.conn, key)
+
+    def _kv_set(self, key: str, value) -> None:
+        state_db.kv_set(self.conn, key, value)
+
+    def _kv_delete(self, key: str) -> None:
+        state_db.kv_delete(self.conn, key)
+
+    def _kv_transaction(self):
+        return state_db.transaction(self.conn)
+
     # ------------------------------------------------------------------ halts
     def is_halted(self, as_of=None) -> tuple[bool, str]:
         """(True, reason) while opening trades are halted: a drawdown halt (until reset by a
         person) or a daily loss halt on ``as_of`` (default: today; the backtest passes its date)."""
         as_of = _to_date(as_of) or date.today()
-        dd = state_db.kv_get(self.conn, KEY_DRAWDOWN_HALT)
+        dd = self._kv_get(KEY_DRAWDOWN_HALT)
         if dd:
             return True, (f"MAX DRAWDOWN REACHED on {dd['date']}: drawdown {_pct(dd['drawdown'])} from "
                           f"peak {_money(dd['peak'])} (limit {_pct(dd['limit'])}); reset with: "
                           f"python risk_management.py reset-drawdown --reason \"...\"")
-        daily = state_db.kv_get(self.conn, KEY_DAILY_HALT)
+        daily = self._kv_get(KEY_DAILY_HALT)
         if daily and daily.get("date") == as_of.isoformat():
             return True, (f"DAILY LOSS LIMIT REACHED on {daily['date']}: loss {_pct(daily['loss'])} "
                           f"from the day's start {_money(daily['day_start'])} "
@@ -435,41 +450,40 @@ class RiskManager:
         as_of = _to_date(as_of) or date.today()
         day = as_of.isoformat()
         new_halts, events = [], []
-        conn = self.conn
-        with state_db.transaction(conn):
-            peak = state_db.kv_get(conn, KEY_PEAK)
+        with self._kv_transaction():
+            peak = self._kv_get(KEY_PEAK)
             if peak is None or equity > peak["equity"]:
                 peak = {"equity": equity, "date": day}
-                state_db.kv_set(conn, KEY_PEAK, peak)
-            last = state_db.kv_get(conn, KEY_LAST)
-            day_start = state_db.kv_get(conn, KEY_DAY_START)
+                self._kv_set(KEY_PEAK, peak)
+            last = self._kv_get(KEY_LAST)
+            day_start = self._kv_get(KEY_DAY_START)
             if day_start is None or day_start["date"] != day:
                 base = last["equity"] if last and last["date"] < day else equity
                 day_start = {"equity": base, "date": day}
-                state_db.kv_set(conn, KEY_DAY_START, day_start)
-            state_db.kv_set(conn, KEY_LAST, {"equity": equity, "date": day})
+                self._kv_set(KEY_DAY_START, day_start)
+            self._kv_set(KEY_LAST, {"equity": equity, "date": day})
 
             p = peak["equity"]
             drawdown = (p - equity) / p if p > 0 else 0.0
             ds = day_start["equity"]
             daily_loss = (ds - equity) / ds if ds > 0 else 0.0
 
-            dd_halt = state_db.kv_get(conn, KEY_DRAWDOWN_HALT)
+            dd_halt = self._kv_get(KEY_DRAWDOWN_HALT)
             if dd_halt is None and drawdown >= C.MAX_DRAWDOWN - _EPS:
                 dd_halt = {"date": day, "equity": equity, "peak": p, "peak_date": peak["date"],
                            "drawdown": drawdown, "limit": C.MAX_DRAWDOWN, "set_at": state_db.utcnow()}
-                state_db.kv_set(conn, KEY_DRAWDOWN_HALT, dd_halt)
+                self._kv_set(KEY_DRAWDOWN_HALT, dd_halt)
                 new_halts.append("max_drawdown")
                 events.append(("max_drawdown", dd_halt))
-            daily_halt = state_db.kv_get(conn, KEY_DAILY_HALT)
+            daily_halt = self._kv_get(KEY_DAILY_HALT)
             if daily_halt and daily_halt.get("date") != day:
-                state_db.kv_delete(conn, KEY_DAILY_HALT)
+                self._kv_delete(KEY_DAILY_HALT)
                 log.info("Daily loss halt of %s cleared: new day %s", daily_halt.get("date"), day)
                 daily_halt = None
             if daily_halt is None and daily_loss >= C.DAILY_LOSS_LIMIT - _EPS:
                 daily_halt = {"date": day, "equity": equity, "day_start": ds, "loss": daily_loss,
                               "limit": C.DAILY_LOSS_LIMIT, "set_at": state_db.utcnow()}
-                state_db.kv_set(conn, KEY_DAILY_HALT, daily_halt)
+                self._kv_set(KEY_DAILY_HALT, daily_halt)
                 new_halts.append("daily_loss")
                 events.append(("daily_loss", daily_halt))
 
@@ -503,10 +517,9 @@ class RiskManager:
         if equity is not None and (not _finite(equity) or float(equity) <= 0):
             raise ValueError(f"equity must be a positive number, got {equity!r}")
         by = by or _user()
-        conn = self.conn
-        halt = state_db.kv_get(conn, KEY_DRAWDOWN_HALT)
-        old_peak = state_db.kv_get(conn, KEY_PEAK)
-        last = state_db.kv_get(conn, KEY_LAST)
+        halt = self._kv_get(KEY_DRAWDOWN_HALT)
+        old_peak = self._kv_get(KEY_PEAK)
+        last = self._kv_get(KEY_LAST)
         if equity is not None:
             new_peak = {"equity": float(equity), "date": date.today().isoformat()}
         elif last:
@@ -517,12 +530,12 @@ class RiskManager:
         details = {"halt": "max_drawdown", "reason": reason, "by": by, "was_halted": halt is not None,
                    "previous_halt": halt, "old_peak": old_peak, "new_peak": new_peak}
         self._audit_event("risk_halt_reset", "reset", details, required=True)
-        with state_db.transaction(conn):
+        with self._kv_transaction():
             if new_peak is not None:
-                state_db.kv_set(conn, KEY_PEAK, new_peak)
+                self._kv_set(KEY_PEAK, new_peak)
             else:
-                state_db.kv_delete(conn, KEY_PEAK)
-            state_db.kv_delete(conn, KEY_DRAWDOWN_HALT)
+                self._kv_delete(KEY_PEAK)
+            self._kv_delete(KEY_DRAWDOWN_HALT)
         log.warning("Drawdown halt reset by %s (%s); peak re-based to %s; was halted: %s",
                     by, reason, _money(base) if base is not None else "next recorded equity",
                     halt is not None)
@@ -534,13 +547,12 @@ class RiskManager:
         if not reason:
             raise ValueError("a reason is required to reset the daily loss halt")
         by = by or _user()
-        conn = self.conn
-        halt = state_db.kv_get(conn, KEY_DAILY_HALT)
+        halt = self._kv_get(KEY_DAILY_HALT)
         details = {"halt": "daily_loss", "reason": reason, "by": by,
                    "was_halted": halt is not None, "previous_halt": halt}
         self._audit_event("risk_halt_reset", "reset", details, required=True)
-        with state_db.transaction(conn):
-            state_db.kv_delete(conn, KEY_DAILY_HALT)
+        with self._kv_transaction():
+            self._kv_delete(KEY_DAILY_HALT)
         log.warning("Daily loss halt reset by %s (%s); was halted: %s", by, reason, halt is not None)
         return details
 
@@ -810,17 +822,16 @@ class RiskManager:
     # ------------------------------------------------------------------ status
     def status(self, as_of=None) -> dict:
         """Everything the ``status`` command prints, as a dict."""
-        conn = self.conn
-        peak = state_db.kv_get(conn, KEY_PEAK)
-        last = state_db.kv_get(conn, KEY_LAST)
-        day_start = state_db.kv_get(conn, KEY_DAY_START)
+        peak = self._kv_get(KEY_PEAK)
+        last = self._kv_get(KEY_LAST)
+        day_start = self._kv_get(KEY_DAY_START)
         drawdown = None
         if peak and last and peak["equity"] > 0:
             drawdown = (peak["equity"] - last["equity"]) / peak["equity"]
         halted, reason = self.is_halted(as_of)
         return {"peak": peak, "last_equity": last, "day_start": day_start, "drawdown": drawdown,
-                "drawdown_halt": state_db.kv_get(conn, KEY_DRAWDOWN_HALT),
-                "daily_halt": state_db.kv_get(conn, KEY_DAILY_HALT),
+                "drawdown_halt": self._kv_get(KEY_DRAWDOWN_HALT),
+                "daily_halt": self._kv_get(KEY_DAILY_HALT),
                 "halted": halted, "reason": reason, "do_not_short": self.do_not_short(),
                 "recent_forced_buyins": self.recent_forced_buyins(10)}
 

@@ -140,10 +140,10 @@ def test_live_mode_refused_by_gate_without_backtest_and_paper_sessions(home, tra
 
 
 def _record_passing_backtest(home, checksum, eligible=True, in_sample=False):
-    import backtest
-    backtest.record_run({"model_checksum": checksum, "in_sample": in_sample, "passed": True,
-                         "gate_eligible": eligible, "start": "2024-10-25", "end": "2025-10-31"},
-                        home / "reports" / "backtest_x.html")
+    import golive
+    golive.record_run({"model_checksum": checksum, "in_sample": in_sample, "passed": True,
+                       "gate_eligible": eligible, "start": "2024-10-25", "end": "2025-10-31"},
+                      home / "reports" / "backtest_x.html")
 
 
 def _record_paper_sessions(home, checksum, n, replay=0):

@@ -1,0 +1,552 @@
+"""The backtest engine: replay the sessions day by day with the live cycle's rules and costs.
+
+``market_from_frames`` builds the arrays (``Market``, indexed [day, symbol]); ``run_engine``
+replays them. After each close it marks the book to market, lets the policy record the equity
+(``LivePolicy``: ``RiskManager.update_equity``, the drawdown and daily-loss halts) and decide
+tomorrow's orders (``LivePolicy``: ``order_planning.plan_orders``, the live cycle's own sequence on
+the Portfolio the live cycle would see after that close). Approved orders fill at the next
+session's open (``constants.BACKTEST_FILL``) at the paper broker's ``slippage_price``, pay its
+``commission_for`` and shorts accrue its ``borrow_fee`` (calendar days, ACT/360, before a cover and
+at each close). The signal of day t uses data up to day t's close only; its order fills on day t+1.
+``buy_and_hold`` is the equal-weight benchmark of the same symbols.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+import constants as C
+import risk_management as rm
+import state_db
+from errors import UserFacingError
+from order_planning import plan_orders
+from trading_api import borrow_fee, commission_for, slippage_price
+
+FILL_MODES = ("next_open", "next_close")
+BUY_SIDES = ("BUY", "BUY_TO_COVER")
+
+
+class BacktestError(UserFacingError):
+    """A problem that stops the backtest; the message is one line naming the fix (exit 2)."""
+
+
+
+@dataclass
+class Costs:
+    """The paper broker's cost model with optional overrides (None = the broker's default)."""
+    slippage_bps: float | None = None          # trading_api.slippage_price (default PAPER_SLIPPAGE_BPS)
+    commission_per_share: float | None = None  # trading_api.commission_for (default PAPER_COMMISSION_PER_SHARE)
+    min_commission: float | None = None        # default PAPER_MIN_COMMISSION
+    borrow_rate: float = C.DEFAULT_BORROW_RATE  # annual borrow rate of every short (paper default)
+
+    @classmethod
+    def zero(cls) -> "Costs":
+        return cls(slippage_bps=0.0, commission_per_share=0.0, min_commission=0.0, borrow_rate=0.0)
+
+    def effective(self) -> dict:
+        return {"slippage_bps": C.PAPER_SLIPPAGE_BPS if self.slippage_bps is None else float(self.slippage_bps),
+                "commission_per_share": (C.PAPER_COMMISSION_PER_SHARE if self.commission_per_share is None
+                                         else float(self.commission_per_share)),
+                "min_commission": C.PAPER_MIN_COMMISSION if self.min_commission is None else float(self.min_commission),
+                "borrow_rate": float(self.borrow_rate),
+                "borrow_day_count": C.BORROW_DAY_COUNT}
+
+    def fill_price(self, reference: float, side: str) -> float:
+        return slippage_price(reference, side, self.slippage_bps)
+
+    def commission(self, quantity: int) -> float:
+        return commission_for(quantity, self.commission_per_share, self.min_commission)
+
+    def borrow(self, quantity: int, price: float, days: int) -> float:
+        # the paper broker rounds each accrual to 6 decimals; so do we (same ledger)
+        return round(borrow_fee(quantity, price, self.borrow_rate, days), 6)
+
+    def not_below_defaults(self) -> bool:
+        eff = self.effective()
+        return (eff["slippage_bps"] >= C.PAPER_SLIPPAGE_BPS - 1e-12
+                and eff["commission_per_share"] >= C.PAPER_COMMISSION_PER_SHARE - 1e-12
+                and eff["min_commission"] >= C.PAPER_MIN_COMMISSION - 1e-12
+                and eff["borrow_rate"] >= C.DEFAULT_BORROW_RATE - 1e-12)
+
+
+# =========================================================================== market arrays
+
+@dataclass
+class Market:
+    """Everything the engine reads, as arrays indexed [day, symbol].
+
+    ``signal[t]`` / ``score[t]`` / ``volatility[t]`` are what the live cycle would compute after
+    day t's close (from data up to that close); ``open``/``close`` are day t's prices (NaN where
+    the symbol has no bar)."""
+    dates: pd.DatetimeIndex
+    symbols: list[str]
+    open: np.ndarray
+    close: np.ndarray
+    signal: np.ndarray          # int8: 1 BUY, -1 SELL, 0 HOLD
+    score: np.ndarray
+    volatility: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.close.shape
+
+
+def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None,
+                       start=None, end=None) -> Market:
+    """Build the arrays from long frames.
+
+    ``prices``: Date, Symbol, Open, Close (extra columns ignored) -- the sessions of the test.
+    ``signals``: Date, Symbol, signal ("BUY"/"SELL"/"HOLD" as signals.py writes them), score and
+    volatility_20 (or volatility);
+    typically ``signals.score_predictions(model.predict(features))``. Rows outside the price
+    dates are ignored; a (day, symbol) without a signal row is HOLD."""
+    p = prices
+    pdates = pd.to_datetime(p["Date"])
+    keep = np.ones(len(p), dtype=bool)
+    if start is not None:
+        keep &= (pdates >= pd.Timestamp(start)).to_numpy()
+    if end is not None:
+        keep &= (pdates <= pd.Timestamp(end)).to_numpy()
+    if not keep.all():
+        p, pdates = p[keep], pdates[keep]
+    if p.empty:
+        raise BacktestError("no price rows in the backtest period: widen --start/--end or update the data "
+                            "(./run_daily_data_update.sh)")
+    di, dates = pd.factorize(pdates.dt.normalize(), sort=True)
+    si, syms = pd.factorize(p["Symbol"].astype(str), sort=True)
+    dates, symbols = pd.DatetimeIndex(dates), [str(x) for x in syms]
+    n, m = len(dates), len(symbols)
+    open_ = np.full((n, m), np.nan)
+    close = np.full((n, m), np.nan)
+    open_[di, si] = p["Open"].to_numpy(float)
+    close[di, si] = p["Close"].to_numpy(float)
+    signal = np.zeros((n, m), dtype=np.int8)
+    score = np.full((n, m), np.nan)
+    vol = np.full((n, m), np.nan)
+    if signals is not None and len(signals):
+        s = signals
+        sdi = dates.get_indexer(pd.to_datetime(s["Date"]).dt.normalize())
+        ssi = pd.Index(symbols).get_indexer(s["Symbol"].astype(str))
+        ok = (sdi >= 0) & (ssi >= 0)
+        sdi, ssi = sdi[ok], ssi[ok]
+        col = s["signal"]
+        codes = np.where(col.eq("BUY").to_numpy(bool), 1, np.where(col.eq("SELL").to_numpy(bool), -1, 0))
+        signal[sdi, ssi] = codes.astype(np.int8)[ok]
+        score[sdi, ssi] = s["score"].to_numpy(float)[ok]
+        vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
+        vol[sdi, ssi] = s[vcol].to_numpy(float)[ok]
+    signal[~np.isfinite(close)] = 0                 # no bar that day: the cycle has nothing to act on
+    return Market(dates, symbols, open_, close, signal, score, vol)
+
+
+# =========================================================================== policies
+
+class _Quiet:
+    """Silence the risk logger while the engine replays history: thousands of simulated
+    rejections would flood the trading log, and a simulated ``MAX DRAWDOWN REACHED`` in the real
+    logs would mislead whoever greps them during an incident. The engine records halts and
+    rejections itself and puts them in the report."""
+
+    def __init__(self, names=("risk", "broker")):
+        self.loggers = [logging.getLogger(n) for n in names]
+
+    def __enter__(self):
+        self.saved = [lg.disabled for lg in self.loggers]
+        for lg in self.loggers:
+            lg.disabled = True
+        return self
+
+    def __exit__(self, *exc):
+        for lg, saved in zip(self.loggers, self.saved):
+            lg.disabled = saved
+        return False
+
+
+class ReplayRisk(rm.RiskManager):
+    """The live ``RiskManager`` for a replay: its halt state in a plain dict instead of the state
+    DB (the do-not-short list and forced buy-ins in a private in-memory database), no audit, and
+    the reads a replay repeats kept in memory: the halt state is read once a day (only
+    ``update_equity`` and the resets write it), the do-not-short list once until it changes.
+    Every rule is the RiskManager's own."""
+
+    def __init__(self):
+        super().__init__(conn=state_db.connect(":memory:"), audit=rm.NullAudit())
+        self._state: dict = {}
+        self._halt = None                     # (as_of, is_halted(as_of))
+        self._dns = None
+
+    def _kv_get(self, key):
+        return self._state.get(key)
+
+    def _kv_set(self, key, value):
+        self._state[key] = value
+        self._halt = None                     # any write may change the halt state: read it again
+
+    def _kv_delete(self, key):
+        self._state.pop(key, None)
+        self._halt = None
+
+    def _kv_transaction(self):
+        return contextlib.nullcontext()
+
+    def is_halted(self, as_of=None):
+        if self._halt is None or self._halt[0] != as_of:
+            self._halt = (as_of, super().is_halted(as_of))
+        return self._halt[1]
+
+    def do_not_short(self):
+        if self._dns is None:
+            self._dns = super().do_not_short()
+        return self._dns
+
+    def add_do_not_short(self, *args, **kwargs):
+        self._dns = None
+        return super().add_do_not_short(*args, **kwargs)
+
+    def remove_do_not_short(self, *args, **kwargs):
+        self._dns = None
+        return super().remove_do_not_short(*args, **kwargs)
+
+
+class LivePolicy:
+    """The live cycle's decisions: ``order_planning.plan_orders`` (forced buy-ins, targets,
+    orders, pre-trade checks) with a ``ReplayRisk``.
+
+    Per day: ``update_equity`` (halts), then the plan on the Portfolio the live cycle would see
+    after the close (prices = last close = that close; buying power as the paper broker computes
+    it; borrow data as the paper broker quotes it: ``borrow_rate``, shortable, no recall, no known
+    ex-dividend date). No drift hold: the replay has no drift monitor.
+
+    Only symbols that can change are passed (``prune=True``): held symbols with a BUY/SELL
+    signal, and unheld BUY/SELL symbols in the order ``target_positions`` takes them (|score|
+    descending, then symbol), first as many as there could be free slots (``MAX_POSITIONS`` minus
+    the held positions without a signal). HOLD and missing signals
+    keep a position in ``target_positions``, so dropping them changes nothing. New positions are
+    granted in that order; the symbols left out could not have received one when every slot is
+    taken, when the gross exposure left is below each of their prices, or while trading is
+    halted (targets then only move toward flat). Otherwise the candidate list is widened (x4, at least to MAX_POSITIONS)
+    and the targets computed again, up to all candidates. ``prune=False`` passes every BUY/SELL
+    symbol; the tests check both give the same fills."""
+
+    name = "live"
+
+    def __init__(self, risk=None, costs: Costs | None = None, prune: bool = True):
+        self.prune = prune
+        self.risk = risk if risk is not None else ReplayRisk()
+        self.costs = costs or Costs()
+        self.halts: list[dict] = []
+        self.rejections = 0
+        self.rejection_samples: list[dict] = []
+        self.widened = 0
+        self._halted_on = None
+        rate = float(self.costs.borrow_rate)
+        self._quote = {"borrow_rate": rate, "hard_to_borrow": rate > C.MAX_BORROW_RATE, "shortable": True,
+                       "ex_dividend_date": None}
+
+    @staticmethod
+    def _complete(targets: dict, prices: dict, equity: float, rest_prices: np.ndarray) -> bool:
+        """True when no candidate left out could have received a position: every slot is taken
+        (MAX_POSITIONS), or the gross exposure left is below the price of each of them (the
+        strongest-first loop in target_positions cuts a new position to room // price shares)."""
+        if sum(1 for q in targets.values() if q != 0) >= C.MAX_POSITIONS:
+            return True
+        gross = sum(abs(q) * prices[s] for s, q in targets.items() if q)
+        room = C.MAX_GROSS_EXPOSURE * max(equity, 0.0) - gross
+        return bool(len(rest_prices) == 0 or room < float(np.min(rest_prices)) * (1.0 - 1e-9))
+
+    def on_close(self, day: date, equity: float) -> None:
+        out = self.risk.update_equity(equity, day)
+        self._halted_on = day if out.get("halted") else None
+        for name in out.get("new_halts", []):
+            self.halts.append({"date": day.isoformat(), "halt": name, "equity": round(equity, 2),
+                               "drawdown": out.get("drawdown"), "daily_loss": out.get("daily_loss")})
+
+    def decide(self, day: date, symbols: list[str], pos: np.ndarray, cash: float, equity: float,
+               price: np.ndarray, signal: np.ndarray, score: np.ndarray, vol: np.ndarray) -> list[dict]:
+        held = np.flatnonzero(pos != 0)
+        active = signal != 0
+        held_active = held[active[held]].tolist()
+        unheld = np.flatnonzero(active & (pos == 0))
+        if self.prune and len(unheld) and self._halted_on == day:
+            unheld = unheld[:0]          # while halted a target only moves toward flat: nothing new opens
+        if not held_active and len(unheld) == 0:
+            return []
+        if len(unheld) > 1:
+            key = np.abs(score[unheld])
+            key[~np.isfinite(key)] = 0.0
+            unheld = unheld[np.lexsort((unheld, -key))]
+        unheld_l = unheld.tolist()
+        held = held.tolist()
+        short_mv = float(sum(-pos[i] * price[i] for i in held if pos[i] < 0))
+        prices: dict[str, float] = {}
+        quotes: dict[str, dict] = {}
+        sigs: list[dict] = []
+        pf = rm.Portfolio(equity=equity, cash=cash, buying_power=max(cash - C.PAPER_SHORT_MARGIN_REQ * short_mv, 0.0),
+                          positions={symbols[i]: int(pos[i]) for i in held}, prices=prices,
+                          last_close=prices, quotes=quotes, recalled=set(), as_of=day)
+
+        def add(idx: list[int]) -> list[dict]:
+            """The signals of ``idx`` appended, with their prices and borrow quotes."""
+            ix = np.asarray(idx, dtype=np.intp)
+            for i, sg, sc, px, vo, ps in zip(idx, signal[ix].tolist(), score[ix].tolist(), price[ix].tolist(),
+                                             vol[ix].tolist(), pos[ix].tolist()):
+                name = symbols[i]
+                prices[name] = px
+                if sg < 0 or ps < 0:
+                    quotes[name] = self._quote
+                sigs.append({"symbol": name, "signal": "BUY" if sg > 0 else "SELL", "score": sc, "price": px,
+                             "volatility": vo})
+            return sigs
+
+        for i in held:                       # every held position is priced, and quoted when short
+            prices[symbols[i]] = float(price[i])
+            if pos[i] < 0:
+                quotes[symbols[i]] = self._quote
+        # at most MAX_POSITIONS minus the positions no signal touches can open: the first candidates
+        take = max(C.MAX_POSITIONS - (len(held) - len(held_active)), 0) if self.prune else len(unheld_l)
+        add(held_active + unheld_l[:take])
+
+        def widen(targets: dict):
+            nonlocal take
+            if not self.prune or take >= len(unheld_l) or self._complete(targets, prices, equity,
+                                                                         price[unheld[take:]]):
+                return None
+            self.widened += 1
+            take, before = max(take * 4, C.MAX_POSITIONS), take
+            return add(unheld_l[before:take])
+
+        plan = plan_orders(self.risk, sigs, pf, widen=widen)
+        for order, reason in plan.rejected:
+            self.rejections += 1
+            if len(self.rejection_samples) < 20:
+                self.rejection_samples.append({"date": day.isoformat(), "order": dict(order), "reason": reason})
+        return plan.approved
+
+
+class FixedTargetPolicy:
+    """Orders toward given target shares (``targets[day, symbol]``, signed ints) through
+    ``risk_management.orders_for_targets``, with NO risk checks or halts: for tests of the
+    accounting and for what-if analysis only. The CLI always uses ``LivePolicy``."""
+
+    name = "fixed_targets"
+
+    def __init__(self, targets: np.ndarray):
+        self.targets = np.asarray(targets)
+        self.halts: list[dict] = []
+        self.rejections = 0
+        self.rejection_samples: list[dict] = []
+        self.widened = 0
+        self._d = -1
+
+    def on_close(self, day: date, equity: float) -> None:
+        self._d += 1
+
+    def decide(self, day, symbols, pos, cash, equity, price, signal, score, vol) -> list[dict]:
+        want = self.targets[self._d]
+        idx = np.flatnonzero(want != pos)
+        if len(idx) == 0:
+            return []
+        held = np.flatnonzero(pos != 0)
+        pf = rm.Portfolio(equity=equity, cash=cash, positions={symbols[i]: int(pos[i]) for i in held},
+                          prices={symbols[i]: float(price[i]) for i in np.union1d(idx, held)}, as_of=day)
+        return rm.orders_for_targets({symbols[i]: int(want[i]) for i in idx}, pf)
+
+
+# =========================================================================== the engine
+
+@dataclass
+class EngineResult:
+    dates: pd.DatetimeIndex
+    symbols: list[str]
+    initial_cash: float
+    equity: np.ndarray                 # at each close, after fills and borrow fees
+    cash: np.ndarray
+    long_value: np.ndarray
+    short_value: np.ndarray            # positive number
+    n_positions: np.ndarray
+    trades: list[dict]                 # every fill
+    borrow_events: list[dict]          # every borrow-fee accrual {date, symbol, quantity, price, days, fee}
+    daily_commission: np.ndarray
+    daily_slippage: np.ndarray
+    daily_borrow: np.ndarray
+    final_positions: dict[str, int]
+    halts: list[dict]
+    rejections: int
+    rejection_samples: list[dict]
+    cancelled: list[dict]              # orders that could not fill (no price on the fill day)
+    fill: str
+    policy: str
+    widened: int = 0
+
+    @property
+    def gross(self) -> np.ndarray:
+        return self.long_value + self.short_value
+
+    def equity_series(self) -> pd.Series:
+        return pd.Series(self.equity, index=self.dates, name="equity")
+
+
+def run_engine(market: Market, policy=None, costs: Costs | None = None,
+               initial_cash: float = C.INITIAL_PAPER_CASH, fill: str = C.BACKTEST_FILL,
+               progress=None) -> EngineResult:
+    """Replay ``market`` day by day. No information from the future: the decision after day t's
+    close sees only row t of the arrays (and the book), and fills happen on day t+1
+    (``fill='next_open'``: at its open; ``'next_close'``: at its close). The last day's signals
+    are not filled (there is no next session)."""
+    if fill not in FILL_MODES:
+        raise BacktestError(f"fill mode {fill!r} is not supported: use one of {', '.join(FILL_MODES)} "
+                            "(constants.BACKTEST_FILL or --fill)")
+    costs = costs or Costs()
+    policy = policy if policy is not None else LivePolicy(costs=costs)
+    n, m = market.shape
+    symbols = market.symbols
+    fill_px = market.open if fill == "next_open" else market.close
+    close_ff = pd.DataFrame(market.close).ffill().to_numpy()      # mark to market at the last known close
+    pydates = [d.date() for d in market.dates]
+    iso = [d.isoformat() for d in pydates]
+    sym_idx = {s: i for i, s in enumerate(symbols)}
+    seq = [0]                               # one counter orders fills and borrow accruals
+
+    pos = np.zeros(m)                       # signed shares (whole numbers, stored as float)
+    accrued_to: dict[int, date] = {}        # short symbol index -> date its borrow is paid up to
+    cash = float(initial_cash)
+    equity = np.zeros(n)
+    cash_arr = np.zeros(n)
+    long_v = np.zeros(n)
+    short_v = np.zeros(n)
+    npos = np.zeros(n, dtype=int)
+    d_comm = np.zeros(n)
+    d_slip = np.zeros(n)
+    d_borrow = np.zeros(n)
+    trades: list[dict] = []
+    borrow_events: list[dict] = []
+    cancelled: list[dict] = []
+    pending: list[dict] = []
+    decided_on, decided_iso = None, None
+
+    def accrue(i: int, day_i: int, price: float) -> float:
+        start = accrued_to.get(i)
+        if start is None:
+            return 0.0
+        days = (pydates[day_i] - start).days
+        if days <= 0:
+            return 0.0
+        qty = int(-pos[i])
+        fee = costs.borrow(qty, price, days)
+        accrued_to[i] = pydates[day_i]
+        seq[0] += 1
+        borrow_events.append({"seq": seq[0], "date": iso[day_i], "symbol": symbols[i],
+                              "quantity": qty, "price": price, "days": days, "fee": fee})
+        return fee
+
+    with _Quiet():
+        for d in range(n):
+            # 1. yesterday's approved orders fill today (risk-reducing ones first, as ordered)
+            for order in pending:
+                sym = order["symbol"]
+                i = sym_idx[sym]
+                ref = fill_px[d, i]
+                side, qty = order["side"], int(order["quantity"])
+                if not np.isfinite(ref) or ref <= 0:
+                    cancelled.append({"date": iso[d], "decided": decided_on.isoformat(),
+                                      **order, "reason": "no price on the fill day"})
+                    continue
+                ref = float(ref)
+                if side == "BUY_TO_COVER":              # the broker charges the borrow up to the cover
+                    fee = accrue(i, d, ref)
+                    cash -= fee
+                    d_borrow[d] += fee
+                price = costs.fill_price(ref, side)
+                commission = costs.commission(qty)
+                signed = qty if side in BUY_SIDES else -qty
+                cash -= signed * price + commission
+                before = pos[i]
+                pos[i] = before + signed
+                if side == "SELL_SHORT" and i not in accrued_to:
+                    accrued_to[i] = pydates[d]
+                if pos[i] >= 0:
+                    accrued_to.pop(i, None)
+                slip = (price - ref) * signed           # what the fill cost against the reference price
+                d_comm[d] += commission
+                d_slip[d] += slip
+                seq[0] += 1
+                trades.append({"seq": seq[0], "date": iso[d], "decided": decided_iso,
+                               "symbol": sym, "side": side, "quantity": qty,
+                               "decision_price": float(order.get("price", float("nan"))),
+                               "reference_price": ref, "fill_price": price, "notional": qty * price,
+                               "commission": commission, "slippage_cost": slip,
+                               "position_after": int(pos[i])})
+            pending = []
+            # 2. close: borrow fees accrue to today on every short, at today's close
+            shorts = np.flatnonzero(pos < 0)
+            for i in shorts:
+                px = close_ff[d, i]
+                fee = accrue(int(i), d, float(px))
+                cash -= fee
+                d_borrow[d] += fee
+            # 3. mark to market
+            held = pos != 0
+            values = pos[held] * close_ff[d, held]
+            lv = float(values[values > 0].sum())
+            sv = float(-values[values < 0].sum())
+            eq = cash + lv - sv
+            equity[d], cash_arr[d], long_v[d], short_v[d] = eq, cash, lv, sv
+            npos[d] = int(held.sum())
+            # 4. the cycle after the close: halts, then tomorrow's orders
+            policy.on_close(pydates[d], eq)
+            if d < n - 1:
+                pending = policy.decide(pydates[d], symbols, pos, cash, eq, close_ff[d],
+                                        market.signal[d], market.score[d], market.volatility[d])
+                decided_on, decided_iso = pydates[d], iso[d]
+            if progress is not None:
+                progress(d + 1, n)
+
+    return EngineResult(
+        dates=market.dates, symbols=list(symbols), initial_cash=float(initial_cash), equity=equity,
+        cash=cash_arr, long_value=long_v, short_value=short_v, n_positions=npos, trades=trades,
+        borrow_events=borrow_events, daily_commission=d_comm, daily_slippage=d_slip,
+        daily_borrow=d_borrow,
+        final_positions={symbols[i]: int(pos[i]) for i in np.flatnonzero(pos != 0)},
+        halts=list(getattr(policy, "halts", [])), rejections=int(getattr(policy, "rejections", 0)),
+        rejection_samples=list(getattr(policy, "rejection_samples", [])), cancelled=cancelled,
+        fill=fill, policy=getattr(policy, "name", type(policy).__name__),
+        widened=int(getattr(policy, "widened", 0)))
+
+
+# =========================================================================== benchmark
+
+def buy_and_hold(market: Market, initial_cash: float = C.INITIAL_PAPER_CASH, costs: Costs | None = None,
+                 fill: str = C.BACKTEST_FILL) -> pd.Series:
+    """Equal-weight buy-and-hold of the same symbols: on the strategy's first fill day (day 2 of
+    the period) the cash is split equally among the symbols with a price, bought in fractional
+    shares at that day's fill price with the same slippage and commission, and held to the end
+    (valued at the last known close; no rebalancing). Day 1 is cash, like the strategy's."""
+    costs = costs or Costs()
+    n, m = market.shape
+    eq = np.full(n, float(initial_cash))
+    if n < 2:
+        return pd.Series(eq, index=market.dates, name="benchmark")
+    fill_px = (market.open if fill == "next_open" else market.close)[1]
+    ok = np.flatnonzero(np.isfinite(fill_px) & (fill_px > 0))
+    if len(ok) == 0:
+        return pd.Series(eq, index=market.dates, name="benchmark")
+    budget = initial_cash / len(ok)
+    shares = np.zeros(m)
+    cash = float(initial_cash)
+    for i in ok:
+        price = costs.fill_price(float(fill_px[i]), "BUY")
+        q = budget / price
+        commission = costs.commission(int(math.floor(q)))
+        q = (budget - commission) / price
+        shares[i] = q
+        cash -= q * price + commission
+    close_ff = pd.DataFrame(market.close).ffill().to_numpy()
+    eq[1:] = cash + np.nansum(close_ff[1:] * shares, axis=1)
+    return pd.Series(eq, index=market.dates, name="benchmark")
+

@@ -1,0 +1,195 @@
+"""The backtest report: charts (matplotlib, as base64 PNG), the HTML page and the JSON file under
+``reports/`` (``backtest_<timestamp>.*`` and ``latest_backtest.*``, written atomically), and
+``fmt``, the one number format of the report and the console summary.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import config
+import constants as C
+from backtest_metrics import monthly_returns
+from fileutil import atomic_write_text
+from golive import finite_json, json_default
+
+
+def fmt(value, kind: str) -> str:
+    """A metric as text: kind ``pct``, ``int``, ``usd`` or ``num``; None and NaN are ``n/a``."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else "n/a"
+    if kind == "pct":
+        return f"{value * 100:.2f}%"
+    if kind == "int":
+        return f"{int(value)}"
+    if kind == "usd":
+        return f"${value:,.2f}"
+    return f"{value:.3f}"
+
+
+
+def _pyplot():
+    # matplotlib is imported late: heavy, and only a written report needs it
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    _pyplot().close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def make_charts(equity: pd.Series, benchmark: pd.Series) -> dict[str, str]:
+    """The three pictures as base64 PNG: equity vs benchmark, drawdown, monthly returns."""
+    plt = _pyplot()
+
+    charts = {}
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(equity.index, equity.to_numpy(), label="strategy", color="#1f77b4", lw=1.4)
+    ax.plot(benchmark.index, benchmark.to_numpy(), label="equal-weight buy & hold", color="#7f7f7f", lw=1.1)
+    ax.set_ylabel("equity (USD)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    ax.set_title("Equity")
+    charts["equity"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 2.6))
+    for series, label, color in ((equity, "strategy", "#d62728"), (benchmark, "benchmark", "#7f7f7f")):
+        dd = series / series.cummax() - 1.0
+        ax.fill_between(dd.index, dd.to_numpy() * 100, 0, alpha=0.35 if label == "strategy" else 0.15,
+                        color=color, label=label, step="post")
+    ax.axhline(-C.GOLIVE_MAX_DRAWDOWN * 100, color="black", ls="--", lw=0.8, label="go-live limit")
+    ax.set_ylabel("drawdown (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title("Drawdown")
+    charts["drawdown"] = _png(fig)
+
+    mr = monthly_returns(equity)
+    years = sorted({p.year for p in mr.index})
+    grid = np.full((len(years), 12), np.nan)
+    for p, v in mr.items():
+        grid[years.index(p.year), p.month - 1] = v * 100
+    fig, ax = plt.subplots(figsize=(10, 0.5 + 0.45 * max(len(years), 1)))
+    lim = max(np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0, 0.5)
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(12), ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                              "Nov", "Dec"])
+    ax.set_yticks(range(len(years)), [str(y) for y in years])
+    for (r, c), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="%")
+    ax.set_title("Monthly returns of the strategy (%)")
+    charts["monthly"] = _png(fig)
+    return charts
+
+
+METRIC_ROWS = [
+    ("total_return", "Total return", "pct"), ("cagr", "CAGR", "pct"),
+    ("annual_volatility", "Annualised volatility", "pct"), ("sharpe", "Sharpe", "num"),
+    ("sortino", "Sortino", "num"), ("calmar", "Calmar", "num"), ("max_drawdown", "Max drawdown", "pct"),
+    ("max_drawdown_duration_sessions", "Longest drawdown (sessions)", "int"),
+    ("max_drawdown_duration_days", "Longest drawdown (calendar days)", "int"),
+    ("win_rate", "Win rate (round trips)", "pct"), ("profit_factor", "Profit factor", "num"),
+    ("average_trade", "Average trade (USD)", "usd"), ("average_trade_return", "Average trade return", "pct"),
+    ("exposure", "Exposure (gross / equity)", "pct"), ("time_in_market", "Time in market", "pct"),
+    ("turnover", "Turnover (x equity a year)", "num"), ("trades", "Trades (round trips)", "int"),
+    ("fills", "Fills (orders executed)", "int"), ("costs_paid", "Costs paid (USD)", "usd"),
+    ("commission_paid", "  commission", "usd"), ("slippage_paid", "  slippage", "usd"),
+    ("borrow_fees_paid", "  borrow fees", "usd"), ("final_equity", "Final equity", "usd"),
+]
+
+
+def render_html(report: dict, charts: dict[str, str]) -> str:
+    e = html.escape
+    title = report["title"]
+    verdict = "PASS" if report["passed"] else "FAIL"
+    color = "#1a7f37" if report["passed"] else "#cf222e"
+    crit_rows = "".join(
+        f"<tr><td>{e(c['name'])}</td><td>{fmt(c['value'], c['format'])}</td><td>{e(c['rule'])} "
+        f"{fmt(c['threshold'], c['format'])}</td><td style='color:{'#1a7f37' if c['passed'] else '#cf222e'}'>"
+        f"<b>{'PASS' if c['passed'] else 'FAIL'}</b></td></tr>" for c in report["criteria"])
+    s, b = report["metrics"]["strategy"], report["metrics"]["benchmark"]
+    metric_rows = "".join(f"<tr><td>{e(label)}</td><td>{fmt(s.get(k), f)}</td><td>{fmt(b.get(k), f)}</td></tr>"
+                          for k, label, f in METRIC_ROWS)
+    p = report["parameters"]
+    param_rows = "".join(f"<tr><td>{e(str(k))}</td><td>{e(json.dumps(v, default=str))}</td></tr>"
+                         for k, v in p.items())
+    trades = report["trades"]
+    shown = trades[-100:]
+    trade_rows = "".join(
+        f"<tr><td>{e(t['date'])}</td><td>{e(t['symbol'])}</td><td>{e(t['side'])}</td><td>{t['quantity']}</td>"
+        f"<td>{t['fill_price']:.4f}</td><td>{t['commission']:.2f}</td><td>{t['slippage_cost']:.2f}</td></tr>"
+        for t in shown)
+    halts = "".join(f"<li>{e(h['date'])}: {e(h['halt'])} (equity {h['equity']:,.2f})</li>"
+                    for h in report.get("halts", [])) or "<li>none</li>"
+    warn = ("<p class='warn'>IN-SAMPLE: this run includes data the model was trained or validated on. "
+            "Its numbers are optimistic and it does not count for going live.</p>" if report["in_sample"] else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>
+body{{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}}
+table{{border-collapse:collapse;margin:8px 0 18px}} td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}} th{{background:#f3f3f3}}
+.verdict{{font-size:1.4em;color:{color}}} .warn{{background:#fff3cd;border:1px solid #e0b000;padding:8px}}
+img{{max-width:100%}} .small{{font-size:0.85em;color:#555}}
+</style></head><body>
+<h1>{e(title)}</h1>
+{warn}
+<p class="verdict"><b>Go-live verdict: {verdict}</b></p>
+<p>Model checksum <code>{e(str(report.get('model_checksum')))}</code>; period {e(report['start'])} .. {e(report['end'])}
+({report['metrics']['strategy'].get('days')} sessions, {len(report['parameters'].get('symbols', []))} symbols);
+fills at {e(report['parameters'].get('fill', ''))}; generated {e(report['created_at'])}.</p>
+<h2>Go-live criteria (constants.py)</h2>
+<table><tr><th>criterion</th><th>value</th><th>required</th><th>verdict</th></tr>{crit_rows}</table>
+<h2>Metrics</h2>
+<table><tr><th>metric</th><th>strategy</th><th>equal-weight buy &amp; hold</th></tr>{metric_rows}</table>
+<p class="small">{e(report['conventions'])}</p>
+<h2>Equity</h2><img alt="equity curve" src="data:image/png;base64,{charts['equity']}">
+<h2>Drawdown</h2><img alt="drawdown" src="data:image/png;base64,{charts['drawdown']}">
+<h2>Monthly returns</h2><img alt="monthly returns" src="data:image/png;base64,{charts['monthly']}">
+<h2>Risk events</h2><ul>{halts}</ul>
+<p>Orders rejected by the pre-trade check: {report['metrics']['strategy'].get('risk_rejections', 0)};
+orders cancelled for lack of a price: {report['metrics']['strategy'].get('cancelled_orders', 0)}.</p>
+<h2>Last {len(shown)} of {len(trades)} fills</h2>
+<table><tr><th>date</th><th>symbol</th><th>side</th><th>qty</th><th>fill</th><th>commission</th><th>slippage</th></tr>
+{trade_rows}</table>
+<h2>Parameters</h2><table>{param_rows}</table>
+<p class="small">Full data (daily equity, every fill, round trips): {e(report.get('json_name', ''))}</p>
+</body></html>
+"""
+
+
+def write_reports(report: dict, charts: dict[str, str], reports_dir=None) -> tuple[Path, Path]:
+    """``backtest_<timestamp>.json`` and ``.html``, then ``latest_backtest.*`` (atomic copies)."""
+    out = Path(reports_dir) if reports_dir else config.path(C.REPORTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base, k = f"backtest_{stamp}", 1
+    while (out / f"{base}.json").exists() or (out / f"{base}.html").exists():
+        k += 1
+        base = f"backtest_{stamp}_{k}"
+    report["json_name"] = f"{base}.json"
+    text = json.dumps(finite_json(report), indent=1, default=json_default, allow_nan=False)
+    page = render_html(report, charts)
+    json_path = atomic_write_text(out / f"{base}.json", text)
+    html_path = atomic_write_text(out / f"{base}.html", page)
+    atomic_write_text(out / "latest_backtest.json", text)
+    atomic_write_text(out / "latest_backtest.html", page)
+    return json_path, html_path
+

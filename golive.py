@@ -1,0 +1,229 @@
+"""The go-live gate: when may the current model trade real money?
+
+Live trading needs, for the model with a given checksum (``gate_status``):
+
+1. a passing out-of-sample backtest on record (``passing_backtest_for``): a run of
+   ``./run_backtest.sh`` that was not ``--in-sample``, passed the criteria (``Criteria``,
+   ``evaluate_criteria``; thresholds in constants.py, ``GOLIVE_*``) and used criteria no looser
+   and costs no lower than the defaults (``gate_eligible``). The backtest writes these rows with
+   ``record_run`` (table ``backtest_runs``);
+2. ``GOLIVE_MIN_PAPER_SESSIONS`` paper-trading sessions with that model, replays not counted
+   (``record_paper_session`` after every successful paper cycle, table ``paper_sessions``);
+
+or an override a person set by hand (``set_override``; kv key ``golive_override``, audited by
+the caller). Used by the live cycle (``live_trading``), the backtest and the health check; the
+state lives in the state database (``state_db``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import constants as C
+import state_db
+
+GATE_OVERRIDE_KEY = "golive_override"
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS backtest_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        model_checksum TEXT,
+        in_sample INTEGER NOT NULL,
+        passed INTEGER NOT NULL,
+        gate_eligible INTEGER NOT NULL,
+        start_date TEXT,
+        end_date TEXT,
+        report_path TEXT,
+        parameters TEXT NOT NULL,
+        metrics TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS backtest_runs_checksum ON backtest_runs(model_checksum, id)",
+    """CREATE TABLE IF NOT EXISTS paper_sessions (
+        session_date TEXT NOT NULL,
+        model_checksum TEXT NOT NULL,
+        replay INTEGER NOT NULL,
+        orders INTEGER NOT NULL,
+        equity REAL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (session_date, model_checksum, replay)
+    )""",
+]
+
+
+def ensure_schema(conn) -> None:
+    """Create the gate's tables (``backtest_runs``, ``paper_sessions``) when missing."""
+    state_db.ensure_schema(conn, _SCHEMA)
+
+
+def connect(conn=None):
+    """``conn`` (schema ensured), else a new connection to the state database."""
+    c = conn if conn is not None else state_db.connect()
+    ensure_schema(c)
+    return c
+
+
+# =========================================================================== criteria
+
+@dataclass
+class Criteria:
+    min_total_return: float = C.GOLIVE_MIN_TOTAL_RETURN   # total return must exceed
+    min_sharpe: float = C.GOLIVE_MIN_SHARPE               # Sharpe must be at least
+    max_drawdown: float = C.GOLIVE_MAX_DRAWDOWN           # |max drawdown| must be at most
+    min_trades: int = C.GOLIVE_MIN_TRADES                 # round trips, at least
+
+    def not_looser_than_defaults(self) -> bool:
+        return (self.min_total_return >= C.GOLIVE_MIN_TOTAL_RETURN and self.min_sharpe >= C.GOLIVE_MIN_SHARPE
+                and self.max_drawdown <= C.GOLIVE_MAX_DRAWDOWN and self.min_trades >= C.GOLIVE_MIN_TRADES)
+
+
+def evaluate_criteria(metrics: dict, criteria: Criteria | None = None) -> list[dict]:
+    """One row per go-live criterion: name, value, rule, threshold, passed."""
+    c = criteria or Criteria()
+    tr, sh, dd, nt = (metrics.get("total_return"), metrics.get("sharpe"), metrics.get("max_drawdown"),
+                      metrics.get("trades"))
+
+    def row(name, value, rule, threshold, ok, fmt):
+        return {"name": name, "value": value, "rule": rule, "threshold": threshold,
+                "passed": bool(ok), "format": fmt}
+    return [
+        row("total_return", tr, ">", c.min_total_return, tr is not None and tr > c.min_total_return, "pct"),
+        row("sharpe", sh, ">=", c.min_sharpe, sh is not None and sh >= c.min_sharpe, "num"),
+        row("max_drawdown", None if dd is None else abs(dd), "<=", c.max_drawdown,
+            dd is not None and abs(dd) <= c.max_drawdown + 1e-12, "pct"),
+        row("trades", nt, ">=", c.min_trades, nt is not None and nt >= c.min_trades, "int"),
+    ]
+
+
+# =========================================================================== recorded backtest runs
+
+def json_default(obj):
+    """``json.dumps(default=...)`` for NumPy numbers, dates and paths (NaN/inf become None)."""
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, (pd.Timestamp, datetime, date)):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def finite_json(obj):
+    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def record_run(summary: dict, report_path, conn=None) -> int:
+    """Insert one row in ``backtest_runs``; returns its id."""
+    c = connect(conn)
+    try:
+        with state_db.transaction(c):
+            cur = c.execute(
+                "INSERT INTO backtest_runs(created_at, model_checksum, in_sample, passed, gate_eligible, "
+                "start_date, end_date, report_path, parameters, metrics) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (state_db.utcnow(), summary.get("model_checksum"), int(bool(summary["in_sample"])),
+                 int(bool(summary["passed"])), int(bool(summary["gate_eligible"])), summary.get("start"),
+                 summary.get("end"), str(report_path) if report_path else None,
+                 json.dumps(summary.get("parameters", {}), default=str),
+                 json.dumps(summary.get("metrics", {}), default=json_default)))
+            return int(cur.lastrowid)
+    finally:
+        if conn is None:
+            c.close()
+
+
+def passing_backtest_for(checksum: str, conn=None) -> dict | None:
+    """The newest backtest of the model with this checksum that counts for going live, or None.
+
+    Counts: out of sample (never ``--in-sample``), passed its criteria, and ``gate_eligible``:
+    its criteria were not looser than constants.py's and its costs not below the paper broker's.
+    Returns the row as a dict (``metrics`` and ``parameters`` parsed)."""
+    if not checksum:
+        return None
+    c = connect(conn)
+    try:
+        row = c.execute("SELECT * FROM backtest_runs WHERE model_checksum = ? AND in_sample = 0 AND "
+                        "passed = 1 AND gate_eligible = 1 ORDER BY id DESC LIMIT 1", (checksum,)).fetchone()
+    finally:
+        if conn is None:
+            c.close()
+    if row is None:
+        return None
+    out = dict(row)
+    for key in ("metrics", "parameters"):
+        try:
+            out[key] = json.loads(out[key])
+        except (TypeError, ValueError):
+            pass
+    out["in_sample"], out["passed"], out["gate_eligible"] = (bool(out["in_sample"]), bool(out["passed"]),
+                                                             bool(out["gate_eligible"]))
+    out["report"] = out.get("report_path")
+    return out
+
+
+# =========================================================================== paper sessions
+
+def record_paper_session(conn, session_date, checksum: str, replay: bool, orders: int, equity: float) -> None:
+    """Count one paper session of the model (call inside the caller's transaction)."""
+    ensure_schema(conn)
+    conn.execute("INSERT OR REPLACE INTO paper_sessions VALUES (?,?,?,?,?,?)",
+                 (str(session_date), checksum, int(replay), int(orders), float(equity), state_db.utcnow()))
+
+
+def paper_session_count(checksum: str, conn=None) -> int:
+    """Distinct paper-trading session dates of the model, replays not counted."""
+    c = connect(conn)
+    row = c.execute("SELECT COUNT(DISTINCT session_date) AS n FROM paper_sessions "
+                    "WHERE model_checksum = ? AND replay = 0", (checksum,)).fetchone()
+    return int(row["n"])
+
+
+# =========================================================================== override and status
+
+def set_override(checksum: str, reason: str, by: str, audit, conn=None) -> dict:
+    """Open the gate by hand for this model: audited first, then stored."""
+    c = connect(conn)
+    value = {"model_checksum": checksum, "reason": reason, "by": by, "at": state_db.utcnow()}
+    audit.log_event("golive_gate", "override", value)
+    with state_db.transaction(c):
+        state_db.kv_set(c, GATE_OVERRIDE_KEY, value)
+    return value
+
+
+def gate_status(checksum: str, conn=None) -> dict:
+    """Where the go-live conditions stand for a model: a passing out-of-sample backtest on
+    record and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays not counted), or an override."""
+    c = connect(conn)
+    backtest = passing_backtest_for(checksum, c)
+    sessions = paper_session_count(checksum, c)
+    override = state_db.kv_get(c, GATE_OVERRIDE_KEY)
+    override = override if override and override.get("model_checksum") == checksum else None
+    ok = bool(backtest) and sessions >= C.GOLIVE_MIN_PAPER_SESSIONS
+    return {"model_checksum": checksum, "backtest": backtest, "paper_sessions": sessions,
+            "paper_sessions_needed": C.GOLIVE_MIN_PAPER_SESSIONS, "override": override,
+            "passed": ok or bool(override)}
+
+
+def refusal_reasons(status: dict) -> list[str]:
+    """Why ``gate_status`` is closed, one phrase per missing condition."""
+    why = []
+    if not status["backtest"]:
+        why.append("no passing out-of-sample backtest for this model (run ./run_backtest.sh)")
+    if status["paper_sessions"] < status["paper_sessions_needed"]:
+        why.append(f"{status['paper_sessions']} of {status['paper_sessions_needed']} paper-trading "
+                   f"sessions with this model")
+    return why
