@@ -152,13 +152,14 @@ def test_predict_rows_columns_and_last_only(home):
     for _, row in last.iterrows():
         assert row["Date"] == full_last.loc[row["Symbol"], "Date"]
         assert row["predicted_diff"] == pytest.approx(full_last.loc[row["Symbol"], "predicted_diff"], rel=1e-5)
-    # the pandas-free path gives the same numbers
-    arr = mm.read_feature_csv(home / C.PROCESSED_DATA_FILE, model.feature_columns, tail=model.window)
-    fast = model.predict_arrays(arr["symbols"], arr["close"], arr["vol"], arr["values"], last_only=True)
-    by_sym = dict(zip(arr["symbols"][fast["index"]], fast["predicted_diff"]))
-    full = model.predict(pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"]), last_only=True)
+    # each symbol's last prediction needs only its last `window` rows (the cycle's cheap path)
+    everything = pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"])
+    tails = everything.sort_values("Date").groupby("Symbol").tail(model.window)
+    cheap = model.predict(tails, last_only=True).set_index("Symbol")["predicted_diff"]
+    full = model.predict(everything, last_only=True)
+    assert len(full) == len(cheap) == everything["Symbol"].nunique()
     for _, row in full.iterrows():
-        assert by_sym[row["Symbol"]] == pytest.approx(row["predicted_diff"], rel=1e-5)
+        assert cheap[row["Symbol"]] == pytest.approx(row["predicted_diff"], rel=1e-5)
     assert model.metrics["MSE"] > 0 and "directional_accuracy" in model.metrics
 
 
