@@ -54,7 +54,6 @@ import math
 import os
 import re
 import secrets
-import stat
 import sys
 from collections import deque
 from contextlib import contextmanager
@@ -74,9 +73,6 @@ GENESIS_HASH = "0" * 64          # prev_hash of seq 1
 _CP_SLOT = 4096                  # bytes per checkpoint slot (two slots)
 _HASH_KEY = b',"hash":"'         # how the top-level hash member appears in a canonical line
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_SECRET_KEY_NAMES = re.compile(
-    r"(?i)^(access_token|refresh_token|id_token|app_secret|client_secret|app_key|api_key|"
-    r"apikey|secret|password|passwd|token)$")
 
 
 # --------------------------------------------------------------------------- exceptions
@@ -132,7 +128,7 @@ def _utc_timestamp() -> str:
 def _clean(value, key: str | None = None):
     """JSON-safe copy of ``details``: non-finite floats and unknown types become strings,
     fields named like secrets become ``***`` and registered secrets are redacted."""
-    if key is not None and _SECRET_KEY_NAMES.match(str(key)):
+    if key is not None and logging_setup.is_secret_field(key):
         return "***"
     if isinstance(value, dict):
         return {str(k): _clean(v, str(k)) for k, v in value.items()}
@@ -244,24 +240,16 @@ class AuditLogger:
     def _load_key(self, create: bool) -> bytes:
         if self._key is not None:
             return self._key
-        try:
-            st = os.stat(self.key_path)
-        except FileNotFoundError:
+        if not self.key_path.exists():
             if not create:
-                raise AuditKeyMissingError(self._key_missing_text()) from None
+                raise AuditKeyMissingError(self._key_missing_text())
             _ensure_config_dir()
             fileutil.create_exclusive(self.key_path, (secrets.token_hex(32) + "\n").encode())
             log.info("Created the audit HMAC key %s (mode 0600)", self.key_path)
-            st = os.stat(self.key_path)
-        if st.st_mode & 0o077:
-            raise AuditKeyError(
-                f"Audit key {self.key_path} is readable or writable by group/others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); anyone who reads it can forge the trail. "
-                f"Fix: chmod 600 {self.key_path}")
-        if st.st_uid != os.geteuid():
-            raise AuditKeyError(
-                f"Audit key {self.key_path} is owned by uid {st.st_uid}, not by you "
-                f"(uid {os.geteuid()}). Fix: chown $(id -u) {self.key_path}")
+        problem = fileutil.private_file_problem(self.key_path)
+        if problem:
+            raise AuditKeyError(f"Audit key {problem} (whoever can read or replace the key can "
+                                f"forge the trail)")
         text = self.key_path.read_text().strip()
         if not _HEX.match(text):
             raise AuditKeyError(f"Audit key {self.key_path} is not 64 hex digits: the file is "

@@ -26,10 +26,9 @@ import risk_management as rm
 import state_db
 from errors import UserFacingError
 from order_planning import plan_orders
-from trading_api import borrow_fee, commission_for, slippage_price
+from broker_base import BUY_SIDES, borrow_fee, commission_for, paper_buying_power, slippage_price
 
 FILL_MODES = ("next_open", "next_close")
-BUY_SIDES = ("BUY", "BUY_TO_COVER")
 
 
 class BacktestError(UserFacingError):
@@ -40,8 +39,8 @@ class BacktestError(UserFacingError):
 @dataclass
 class Costs:
     """The paper broker's cost model with optional overrides (None = the broker's default)."""
-    slippage_bps: float | None = None          # trading_api.slippage_price (default PAPER_SLIPPAGE_BPS)
-    commission_per_share: float | None = None  # trading_api.commission_for (default PAPER_COMMISSION_PER_SHARE)
+    slippage_bps: float | None = None          # broker_base.slippage_price (default PAPER_SLIPPAGE_BPS)
+    commission_per_share: float | None = None  # broker_base.commission_for (default PAPER_COMMISSION_PER_SHARE)
     min_commission: float | None = None        # default PAPER_MIN_COMMISSION
     borrow_rate: float = C.DEFAULT_BORROW_RATE  # annual borrow rate of every short (paper default)
 
@@ -287,7 +286,7 @@ class LivePolicy:
         prices: dict[str, float] = {}
         quotes: dict[str, dict] = {}
         sigs: list[dict] = []
-        pf = rm.Portfolio(equity=equity, cash=cash, buying_power=max(cash - C.PAPER_SHORT_MARGIN_REQ * short_mv, 0.0),
+        pf = rm.Portfolio(equity=equity, cash=cash, buying_power=paper_buying_power(cash, short_mv),
                           positions={symbols[i]: int(pos[i]) for i in held}, prices=prices,
                           last_close=prices, quotes=quotes, recalled=set(), as_of=day)
 

@@ -4,39 +4,46 @@ Each value carries a one-line comment with its unit. Values that a person would 
 from the environment are read through ``config.py`` (``TRADING_MODE``, ``TRADING_HOME``,
 ``DATA_SOURCE`` and a few more, named below); everything else is changed here.
 Paths are relative to ``TRADING_HOME`` (see ``config.path``).
+
+Grouped by topic, in the order data flows: environment, files, logging, data, model, signals,
+drift, risk, execution, costs, Schwab, backtest and go-live gate, audit trail, credentials.
+Every constant here is read by the code.
 """
 
-# --------------------------------------------------------------------------- environment names
+# ----------------------------------------------------------- environment (read through config.py)
 ENV_TRADING_MODE = "TRADING_MODE"          # "paper" (default, also when unset) or "live"
 ENV_TRADING_HOME = "TRADING_HOME"          # root of all state; default: the project directory
 ENV_DATA_SOURCE = "DATA_SOURCE"            # "yfinance" (default) or "sample" (offline generator)
 ENV_CREDENTIAL_KEY = "TRADING_CREDENTIAL_KEY"   # Fernet key injected by a secrets manager (optional)
+ENV_CREDENTIAL_KEY_NEW = "TRADING_CREDENTIAL_KEY_NEW"   # new Fernet key for rotate-key when keys come from the environment
 ENV_CONFIG_DIR = "TRADING_CONFIG_DIR"      # where keys live; default ~/.config/lstm-trader
+ENV_TRAIN_PROFILE = "TRAIN_PROFILE"        # "tiny" selects the fast profile (same as --profile tiny)
 TRADING_MODES = ("paper", "live")          # the only accepted values of TRADING_MODE
 DEFAULT_TRADING_MODE = "paper"             # used when TRADING_MODE is unset
 DATA_SOURCES = ("yfinance", "sample")      # the only accepted values of DATA_SOURCE
 DEFAULT_DATA_SOURCE = "yfinance"           # used when DATA_SOURCE is unset
 APP_NAME = "lstm-trader"                   # name of the key directory under ~/.config
 
-# --------------------------------------------------------------------------- files (under TRADING_HOME)
+# --------------------------------------------------------------------- files (under TRADING_HOME)
 UNIVERSE_FILE = "selected_stocks.txt"                  # one ticker a line
 PROCESSED_DATA_FILE = "processed_stock_data.csv"       # features, long format, zero NaN
 RAW_PRICES_FILE = "data/raw_prices.csv"                # downloaded OHLCV, long format
 MODEL_FILE = "lstm_price_difference_model.h5"          # the trained Keras model (HDF5)
 MODEL_METADATA_FILE = "lstm_price_difference_model.json"   # metadata beside the model
 MODEL_BACKUP_DIR = "models/backups"                    # replaced models and their metadata
+MODEL_QUARANTINE_DIR = "models/quarantine"  # current models that failed verification when replaced
 STATE_DB_FILE = "state/trading_state.db"               # SQLite: orders, positions, breaker, ...
 LOG_DIR = "logs"                                       # all logs
 AUDIT_LOG_FILE = "logs/audit/audit_log.jsonl"          # hash-chained audit trail
 REPORTS_DIR = "reports"                                # backtest reports
 LOCK_DIR = "state/locks"                               # process locks (one cycle at a time)
 
-# --------------------------------------------------------------------------- logging
+# --------------------------------------------------------------------- logging (logging_setup.py)
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"   # greppable plain lines
 LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"      # local time of the machine
 ERRORS_LOG_NAME = "errors.log"             # every ERROR/CRITICAL of every component
 
-# --------------------------------------------------------------------------- data pipeline
+# --------------------------------------------- data: download and validation (data_collection.py)
 HISTORY_START = "2018-01-01"               # first date fetched on a fresh download (YYYY-MM-DD)
 DOWNLOAD_DEADLINE_S = 120.0                # overall deadline for one batched download (seconds)
 DOWNLOAD_TIMEOUT_S = 10.0                  # per-request timeout passed to yfinance (seconds)
@@ -50,7 +57,7 @@ MAX_PRICE = 1_000_000.0                    # a price above this is absurd (USD)
 FRESH_FILE_HOURS = 12.0                    # a processed file younger than this is not rebuilt (hours)
 MIN_HISTORY_ROWS = 60                      # fewer raw rows than this: the symbol is unusable (rows)
 
-# --------------------------------------------------------------------------- features (build_features)
+# ------------------------------------------------ data: features (data_collection.build_features)
 FEATURE_VOL_WINDOW = 20                    # rolling window for volatility and averages (sessions)
 FEATURE_RSI_WINDOW = 14                    # RSI window (sessions)
 FEATURE_COLUMNS = (                        # model inputs, all scale-free
@@ -58,16 +65,20 @@ FEATURE_COLUMNS = (                        # model inputs, all scale-free
     "sma_ratio_20", "rsi_14", "volume_ratio_20",
 )
 
-# --------------------------------------------------------------------------- sample data (DATA_SOURCE=sample)
+# -------------------------------------- data: offline sample (DATA_SOURCE=sample, sample_data.py)
 SAMPLE_START = "2019-01-02"                # first sample session (YYYY-MM-DD)
 SAMPLE_END = "2025-10-31"                  # last sample session (YYYY-MM-DD)
 SAMPLE_SEED = 20260131                     # seed of the deterministic generator
 SAMPLE_AR_COEF = 0.3                       # the documented predictable component: AR(1) coefficient of daily returns
 
-# --------------------------------------------------------------------------- model / training
+# ---------------- model: architecture, targets and training (train_model.py, model_management.py)
 WINDOW_LENGTH = 20                         # sessions of features fed to the LSTM (sessions)
+LSTM_LAYERS = 1                            # stacked LSTM layers (count)
 LSTM_UNITS = 32                            # LSTM layer width (units)
 DENSE_UNITS = 16                           # dense layer width (units)
+TARGET_VOL_FLOOR = 1e-4                    # volatility_20 floor in the target scaling (daily log-return std)
+TARGET_CLIP = 8.0                          # training targets clipped to +/- this (vol-scaled units); metrics use unclipped
+FEATURE_CLIP = 10.0                        # standardized inputs clipped to +/- this (standard deviations)
 TRAIN_EPOCHS = 30                          # upper bound; early stopping usually ends sooner (epochs)
 TRAIN_BATCH_SIZE = 256                     # samples per gradient step
 TRAIN_LEARNING_RATE = 1e-3                 # Adam learning rate
@@ -77,51 +88,23 @@ VALIDATION_FRACTION = 0.15                 # share of sessions for validation (c
 TEST_FRACTION = 0.15                       # share of sessions for the final test (chronological)
 MIN_SYMBOL_ROWS = 120                      # a symbol with fewer feature rows is skipped (rows)
 PROMOTION_TOLERANCE = 0.0                  # new model promoted if test MSE <= old * (1 + this)
+INFERENCE_PARITY_TOL = 1e-4                # max |Keras - NumPy| on the scaled output before a model is saved
 MODEL_BACKUPS_KEEP = 10                    # backups kept by `model_management.py prune` default
 
-# --------------------------------------------------------------------------- signals
+# ------------------- model: the tiny profile (--profile tiny, TRAIN_PROFILE=tiny: demo and tests)
+TINY_WINDOW = 10                           # --profile tiny: window (sessions)
+TINY_UNITS = 8                             # --profile tiny: LSTM units
+TINY_DENSE_UNITS = 8                       # --profile tiny: dense units
+TINY_EPOCHS = 10                           # --profile tiny: max epochs
+TINY_PATIENCE = 3                          # --profile tiny: early-stopping patience (epochs)
+
+# --------------------------------------------------------------------------- signals (signals.py)
 SIGNAL_THRESHOLD = 0.6                     # |score| needed to trade; score = predicted diff / (close * recent daily vol), unitless (0.5-0.7)
-SIGNAL_VOL_WINDOW = 20                     # sessions of returns for "recent daily volatility" (sessions)
 MAX_ABS_SCORE = 10.0                       # a |score| above this is nonsensical: the cycle stops (unitless)
 MAX_PRED_MOVE = 0.5                        # a predicted |diff| above this fraction of the close is absurd
 DATA_MAX_AGE_SESSIONS = 0                  # sessions the data may lag the last completed session (sessions)
 
-# --------------------------------------------------------------------------- risk limits
-INITIAL_PAPER_CASH = 100_000.0             # starting cash of the paper account (USD)
-MAX_POSITION_PCT = 0.10                    # max position value per symbol (fraction of equity)
-MAX_GROSS_EXPOSURE = 1.0                   # max sum of |position values| (fraction of equity)
-MAX_POSITIONS = 10                         # max number of open positions (count)
-MAX_ORDER_VALUE = 25_000.0                 # max value of one order (USD)
-PRICE_SANITY_PCT = 0.10                    # order price may differ from last close by at most (fraction)
-RISK_PER_TRADE = 0.01                      # equity risked per position per daily sigma (fraction)
-MAX_DRAWDOWN = 0.15                        # halt opening positions past this drop from peak (fraction)
-DAILY_LOSS_LIMIT = 0.05                    # halt for the day past this loss since the day's start (fraction)
-ALLOW_SHORTS = True                        # whether SELL signals open short positions
-
-# --------------------------------------------------------------------------- shorts
-MAX_BORROW_RATE = 0.20                     # no new short above this annual borrow rate (fraction, 20 %)
-EX_DIVIDEND_WINDOW_DAYS = 3                # no short / close short within this many days of ex-div (days)
-FORCED_BUYIN_LIMIT = 2                     # forced buy-ins before a symbol goes on the do-not-short list
-FORCED_BUYIN_LOOKBACK_DAYS = 90            # window counted for FORCED_BUYIN_LIMIT (days)
-DEFAULT_BORROW_RATE = 0.005                # paper broker's borrow rate when the table has none (annual)
-
-# --------------------------------------------------------------------------- execution
-PAPER_SLIPPAGE_BPS = 5.0                   # paper fills worse than the reference price by (basis points)
-PAPER_COMMISSION_PER_SHARE = 0.0           # paper commission (USD per share)
-PAPER_MIN_COMMISSION = 0.0                 # paper minimum commission per order (USD)
-ORDER_RETRIES = 3                          # extra attempts for transient broker errors (count)
-ORDER_BACKOFF_S = 1.0                      # first retry backoff, doubling (seconds)
-ORDER_FILL_TIMEOUT_S = 120.0               # unfilled orders are cancelled after (seconds)
-ORDER_POLL_INTERVAL_S = 2.0                # fill polling interval (seconds)
-MAX_ORDERS_PER_MINUTE = 120                # Schwab's recommended ceiling (requests per minute)
-CIRCUIT_BREAKER_FAILURES = 5               # consecutive failures that open the breaker (count)
-CIRCUIT_BREAKER_RECOVERY_S = 60.0          # open -> half-open after (seconds)
-BROKER_HTTP_TIMEOUT_S = 20.0               # timeout of one Schwab HTTP request (seconds)
-TOKEN_WARN_AGE_DAYS = 6.0                  # warn when the Schwab refresh token is this old (days)
-TOKEN_MAX_AGE_DAYS = 7.0                   # refuse to run at this token age (days)
-SCHWAB_CALLBACK_URL = "https://127.0.0.1:8182"   # callback registered with the Schwab app
-
-# --------------------------------------------------------------------------- drift monitoring
+# ------------------------------------------------------------ drift monitoring (drift_monitor.py)
 DRIFT_MIN_SAMPLES = 50                     # realised predictions needed before judging drift (count)
 DRIFT_LOOKBACK_DAYS = 30                   # window of realised predictions judged (calendar days)
 DRIFT_LOW = 0.15                           # degradation of MSE/accuracy vs training: LOW from (fraction)
@@ -129,7 +112,54 @@ DRIFT_MEDIUM = 0.25                        # MEDIUM from (fraction)
 DRIFT_HIGH = 0.40                          # HIGH from (fraction)
 DRIFT_CRITICAL = 0.60                      # CRITICAL from (fraction); trading stops
 
-# --------------------------------------------------------------------------- backtest and go-live gate
+# -------------------------------------------- risk: limits, sizing and halts (risk_management.py)
+MAX_POSITION_PCT = 0.10                    # max position value per symbol (fraction of equity)
+MAX_GROSS_EXPOSURE = 1.0                   # max sum of |position values| (fraction of equity)
+MAX_POSITIONS = 10                         # max number of open positions (count)
+MAX_ORDER_VALUE = 25_000.0                 # max value of one order (USD)
+PRICE_SANITY_PCT = 0.10                    # order price may differ from last close by at most (fraction)
+RISK_PER_TRADE = 0.01                      # equity risked per position per daily sigma (fraction)
+MAX_SIZE_SCALE = 2.0                       # sizing scale |score|/SIGNAL_THRESHOLD is capped at (multiple)
+REBALANCE_BAND = 0.10                      # same-side target within this of the current size is not traded (fraction of position)
+MAX_DRAWDOWN = 0.15                        # halt opening positions past this drop from peak (fraction)
+DAILY_LOSS_LIMIT = 0.05                    # halt for the day past this loss since the day's start (fraction)
+
+# -------------------------------------------------------------- risk: shorts (risk_management.py)
+ALLOW_SHORTS = True                        # whether SELL signals open short positions
+MAX_BORROW_RATE = 0.20                     # no new short above this annual borrow rate (fraction, 20 %)
+REQUIRE_BORROW_DATA = True                 # a new short needs a known borrow rate or shortable/HTB flag (bool)
+EX_DIVIDEND_WINDOW_DAYS = 3                # no short / close short within this many days of ex-div (days)
+FORCED_BUYIN_LIMIT = 2                     # forced buy-ins before a symbol goes on the do-not-short list
+FORCED_BUYIN_LOOKBACK_DAYS = 90            # window counted for FORCED_BUYIN_LIMIT (days)
+
+# ----------------------------- execution: orders, retries, circuit breaker (trading_execution.py)
+ORDER_RETRIES = 3                          # extra attempts for transient broker errors (count)
+ORDER_BACKOFF_S = 1.0                      # first retry backoff, doubling (seconds)
+ORDER_FILL_TIMEOUT_S = 120.0               # unfilled orders are cancelled after (seconds)
+ORDER_POLL_INTERVAL_S = 2.0                # fill polling interval (seconds)
+MAX_ORDERS_PER_MINUTE = 120                # Schwab's recommended ceiling (requests per minute)
+CIRCUIT_BREAKER_FAILURES = 5               # consecutive failures that open the breaker (count)
+CIRCUIT_BREAKER_RECOVERY_S = 60.0          # open -> half-open after (seconds)
+
+# ------------------------ costs and the paper account (the cost model: paper broker and backtest)
+INITIAL_PAPER_CASH = 100_000.0             # starting cash of the paper account (USD)
+PAPER_SLIPPAGE_BPS = 5.0                   # paper fills worse than the reference price by (basis points)
+PAPER_COMMISSION_PER_SHARE = 0.0           # paper commission (USD per share)
+PAPER_MIN_COMMISSION = 0.0                 # paper minimum commission per order (USD)
+DEFAULT_BORROW_RATE = 0.005                # paper broker's borrow rate when the table has none (annual)
+BORROW_DAY_COUNT = 360                     # borrow fees accrue ACT/360: qty*price*rate*days/360 (days per year)
+PAPER_SHORT_MARGIN_REQ = 1.5               # paper buying power = cash - this * short market value (Reg T 150 %)
+
+# ----------------------------------------------------------------------- Schwab (the live broker)
+BROKER_HTTP_TIMEOUT_S = 20.0               # timeout of one Schwab HTTP request (seconds)
+TOKEN_WARN_AGE_DAYS = 6.0                  # warn when the Schwab refresh token is this old (days)
+TOKEN_MAX_AGE_DAYS = 7.0                   # refuse to run at this token age (days)
+SCHWAB_CALLBACK_URL = "https://127.0.0.1:8182"   # callback registered with the Schwab app
+SCHWAB_HTB_RATE_DIVISOR = 1.0              # Schwab reference.htbRate / this = annual fraction (1.0: read as fraction; conservative)
+SCHWAB_ORDER_LOOKBACK_DAYS = 59            # Schwab order queries reach back at most this far (days; API limit 60)
+SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (count)
+
+# ---------------------------------------------------------------------- backtest and go-live gate
 BACKTEST_FILL = "next_open"                # signals after day t's close fill at t+1's open
 TRADING_DAYS_PER_YEAR = 252                # annualisation (sessions per year)
 RISK_FREE_RATE = 0.0                       # annual risk-free rate for Sharpe/Sortino (fraction)
@@ -139,41 +169,16 @@ GOLIVE_MAX_DRAWDOWN = 0.20                 # backtest max drawdown must be at mo
 GOLIVE_MIN_TRADES = 30                     # backtest must have at least (count)
 GOLIVE_MIN_PAPER_SESSIONS = 5              # paper sessions with the current model before live (count)
 
-# --------------------------------------------------------------------------- risk management additions (risk_management.py)
-MAX_SIZE_SCALE = 2.0                       # sizing scale |score|/SIGNAL_THRESHOLD is capped at (multiple)
-REBALANCE_BAND = 0.10                      # same-side target within this of the current size is not traded (fraction of position)
-REQUIRE_BORROW_DATA = True                 # a new short needs a known borrow rate or shortable/HTB flag (bool)
-
-# --------------------------------------------------------------------------- brokers (trading_api.py)
-BORROW_DAY_COUNT = 360                     # borrow fees accrue ACT/360: qty*price*rate*days/360 (days per year)
-PAPER_SHORT_MARGIN_REQ = 1.5               # paper buying power = cash - this * short market value (Reg T 150 %)
-SCHWAB_HTB_RATE_DIVISOR = 1.0              # Schwab reference.htbRate / this = annual fraction (1.0: read as fraction; conservative)
-SCHWAB_ORDER_LOOKBACK_DAYS = 59            # Schwab order queries reach back at most this far (days; API limit 60)
-SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (count)
-
-# --------------------------------------------------------------------------- audit trail and credentials (audit_logging.py, credential_manager.py)
+# ----------------------------------------------------------------- audit trail (audit_logging.py)
 AUDIT_KEY_FILE = "audit_hmac.key"          # HMAC-SHA256 key of the audit chain, in config.config_dir() (mode 0600)
 AUDIT_CHECKPOINT_FILE = "audit_checkpoint-{tag}.json"   # last seq/hash, in config.config_dir(); tag = digest of the log's path
 AUDIT_LOCK_FILE = ".audit_log.lock"        # flock file beside the audit log (in logs/audit/)
-CREDENTIAL_KEY_FILE = "credentials.key"    # Fernet key of the credential files, in config.config_dir() (mode 0600)
-CREDENTIAL_NEXT_KEY_FILE = "credentials.key.next"   # new key while `credential_manager.py rotate-key` runs
-ENV_CREDENTIAL_KEY_NEW = "TRADING_CREDENTIAL_KEY_NEW"   # new Fernet key for rotate-key when keys come from the environment
-CREDENTIAL_FILE_TEMPLATE = ".{service}_config.enc"     # encrypted credentials under TRADING_HOME (mode 0600)
 AUDIT_CHECKPOINT_FSYNC = False             # fdatasync the checkpoint on each append too (True halves appends/s; the log line is always fsynced)
 
-# --------------------------------------------------------------------------- model training additions (train_model.py, model_management.py)
-ENV_TRAIN_PROFILE = "TRAIN_PROFILE"        # "tiny" selects the fast profile (same as --profile tiny)
-LSTM_LAYERS = 1                            # stacked LSTM layers (count)
-TARGET_VOL_FLOOR = 1e-4                    # volatility_20 floor in the target scaling (daily log-return std)
-TARGET_CLIP = 8.0                          # training targets clipped to +/- this (vol-scaled units); metrics use unclipped
-FEATURE_CLIP = 10.0                        # standardized inputs clipped to +/- this (standard deviations)
-TINY_WINDOW = 10                           # --profile tiny: window (sessions)
-TINY_UNITS = 8                             # --profile tiny: LSTM units
-TINY_DENSE_UNITS = 8                       # --profile tiny: dense units
-TINY_EPOCHS = 10                           # --profile tiny: max epochs
-TINY_PATIENCE = 3                          # --profile tiny: early-stopping patience (epochs)
-INFERENCE_PARITY_TOL = 1e-4                # max |Keras - NumPy| on the scaled output before a model is saved
-MODEL_QUARANTINE_DIR = "models/quarantine"  # current models that failed verification when replaced
+# ------------------------------------------------------------ credentials (credential_manager.py)
+CREDENTIAL_KEY_FILE = "credentials.key"    # Fernet key of the credential files, in config.config_dir() (mode 0600)
+CREDENTIAL_NEXT_KEY_FILE = "credentials.key.next"   # new key while `credential_manager.py rotate-key` runs
+CREDENTIAL_FILE_TEMPLATE = ".{service}_config.enc"     # encrypted credentials under TRADING_HOME (mode 0600)
 
 # --- operator's view (issue 13) ---
 REPLAY_STATE_DB_FILE = "state/replay_state.db"   # throwaway state (paper account, orders, ...) of --as-of replays

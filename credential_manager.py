@@ -117,32 +117,19 @@ def _register(value) -> None:
 
 
 def check_private_file(path: Path, fd: int | None = None, what: str = "Credential file") -> None:
-    """Refuse a file that is not a regular file of ours with no group/other access."""
-    st = os.fstat(fd) if fd is not None else os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise CredentialPermissionError(f"{what} {path} is not a regular file; remove it and "
-                                        f"store the credentials again")
-    if st.st_uid != os.geteuid():
-        raise CredentialPermissionError(
-            f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}); "
-            f"refusing to use it. Fix: chown $(id -u) {path} && chmod 600 {path}")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise CredentialPermissionError(
-            f"{what} {path} is accessible by group or others (mode {mode:04o}); refusing to use "
-            f"it, as ssh does for private keys. Fix: chmod 600 {path}")
+    """Refuse a file that breaks the private-file rule (``fileutil.private_file_problem``)."""
+    problem = fileutil.private_file_problem(path, fd=fd)
+    if problem:
+        raise CredentialPermissionError(f"{what} {problem} (refusing to use it)")
 
 
 def _open_private(path: Path, what: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
-        if os.path.islink(path):
+        if os.path.islink(path):             # a link could point anywhere: refused, never followed
             raise CredentialPermissionError(
-                f"{what} {path} is a symlink; refusing to follow it (someone could point it at "
-                f"another file). Fix: replace it with the real file: "
-                f"cp --remove-destination \"$(readlink -f {path})\" {path} && chmod 600 {path}"
-            ) from None
+                f"{what} {fileutil.private_file_problem(path, follow_symlinks=False)}") from None
         raise CredentialError(f"{what} {path} cannot be read: {exc.strerror}") from None
     try:
         check_private_file(path, fd, what)
@@ -206,9 +193,7 @@ class CredentialManager:
     def _file_key(self, path: Path) -> bytes | None:
         if not path.exists() and not path.is_symlink():
             return None
-        st = os.stat(path)                      # key files may be symlinks (secret mounts)
-        if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != os.geteuid():
-            check_private_file(path, what="Credential key")
+        check_private_file(path, what="Credential key")   # follows links: keys may sit on secret mounts
         return _valid_key(path.read_text(), str(path))
 
     def _keys(self) -> list[bytes]:
@@ -456,10 +441,8 @@ def main(argv=None) -> int:
                 path = manager.path_for(service)
                 st = os.lstat(path)
                 mode = stat.S_IMODE(st.st_mode)
-                note = "" if stat.S_ISREG(st.st_mode) and not mode & 0o077 else \
-                    f"  <- UNSAFE: chmod 600 {path.name}"
-                if stat.S_ISLNK(st.st_mode):
-                    note = "  <- UNSAFE: symlink"
+                problem = fileutil.private_file_problem(path, follow_symlinks=False, shown=path.name)
+                note = f"  <- UNSAFE: {problem}" if problem else ""
                 print(f"{service:<20} {stat.filemode(st.st_mode)} ({mode:04o})  {path.name}{note}")
             return 0
         if args.command == "check":

@@ -23,8 +23,8 @@ import re
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,8 @@ from errors import UserFacingError, install_excepthook
 import constants as C
 import market_calendar
 from fileutil import atomic_write_with
+from logging_setup import setup_logging
+import sample_data
 
 log = logging.getLogger("data")
 
@@ -161,9 +163,7 @@ def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=N
 
     Returns (long frame, {symbol: error}) for symbols that came back empty. Rate-limited symbols
     are retried with exponential backoff, all within one overall deadline."""
-    import warnings
-
-    import yfinance as yf
+    import yfinance as yf   # late: a slow import, needed only when downloading (never for the sample data)
 
     warnings.filterwarnings("ignore", module="yfinance")     # its pandas deprecation chatter
     deadline_s = C.DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s
@@ -222,7 +222,6 @@ def fetch_prices(symbols, start, end, force_source=None) -> tuple[pd.DataFrame, 
     """Prices from the configured source (``DATA_SOURCE``)."""
     source = force_source or config.data_source()
     if source == "sample":
-        import sample_data
         raw = sample_data.generate_prices(symbols)
         raw = raw[(raw["Date"] >= pd.Timestamp(start)) & (raw["Date"] <= pd.Timestamp(end))]
         return raw.reset_index(drop=True), {}
@@ -556,7 +555,6 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="refetch all history and rebuild even if the file is fresh or better")
     args = parser.parse_args(argv)
-    from logging_setup import setup_logging
     try:
         config.trading_mode()
         config.data_source()

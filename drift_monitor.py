@@ -4,10 +4,13 @@ with the model's own test-period figures from training.
 Stored per prediction (table ``predictions``): signal date, symbol, model checksum, close,
 volatility_20, predicted next-day difference, score, signal. Once the next session's close is
 known the outcome is measured in the same scale-free space training used
-(y = diff / (close * volatility_20)):
+(y = diff / ``model_management.target_scale``, i.e. close * max(volatility_20, TARGET_VOL_FLOOR)),
+with training's own metric functions:
 
 * ``MSE`` ratio = MSE(model) / MSE(predicting no change)   (1 - skill)
 * ``directional_accuracy`` = share of days the predicted sign was right
+
+(both from ``model_management.compute_metrics``, the function training's figures come from).
 
 Degradation is the worse of the MSE ratio's rise and the directional accuracy's fall, relative to
 the training test period, over the last ``DRIFT_LOOKBACK_DAYS`` with at least
@@ -19,10 +22,10 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 
 import constants as C
+from model_management import compute_metrics, target_scale
 import state_db
 
 log = logging.getLogger("drift")
@@ -78,10 +81,14 @@ def realised(features: pd.DataFrame, checksum: str, conn=None, as_of=None) -> pd
     prices["date"] = prices["Date"].dt.strftime("%Y-%m-%d")
     joined = preds.merge(prices[["date", "Symbol", "next_close"]], left_on=["date", "symbol"],
                          right_on=["date", "Symbol"], how="inner").dropna(subset=["next_close"])
-    scale = joined["close"] * joined["volatility"]
+    scale = target_scale(joined["close"], joined["volatility"])
     joined["y_true"] = (joined["next_close"] - joined["close"]) / scale
     joined["y_pred"] = joined["predicted_diff"] / scale
     return joined
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def severity_for(degradation: float) -> str | None:
@@ -105,12 +112,11 @@ def evaluate(features: pd.DataFrame, model, conn=None, as_of=None) -> dict | Non
                  len(recent), C.DRIFT_LOOKBACK_DAYS, C.DRIFT_MIN_SAMPLES)
         return None
     y_true, y_pred = recent["y_true"].to_numpy(), recent["y_pred"].to_numpy()
-    mse = float(np.mean((y_pred - y_true) ** 2))
-    mse_naive = float(np.mean(y_true ** 2)) or float("nan")
-    moved = y_true != 0
-    accuracy = float(np.mean(np.sign(y_pred[moved]) == np.sign(y_true[moved]))) if moved.any() else float("nan")
+    live = compute_metrics(y_true, y_pred)            # training's metrics, on live outcomes
+    mse, mse_naive = live["MSE"], live["baseline"]["MSE"] or float("nan")
+    accuracy = _or_nan(live["directional_accuracy"])
+    ratio_live = _or_nan(None if live["skill"] is None else 1.0 - live["skill"])
     trained = model.metrics or {}
-    ratio_live = mse / mse_naive
     ratio_train = 1.0 - float(trained.get("skill", 0.0))
     acc_train = float(trained.get("directional_accuracy", 0.5))
     degradation = max((ratio_live - ratio_train) / ratio_train if ratio_train > 0 else 0.0,

@@ -1,8 +1,14 @@
-"""Atomic file writes: temp file in the same folder, fsync, rename, fsync the folder.
+"""Files: atomic writes and the private-file rule.
 
-A crash at any point leaves either the old file or the new one, never a half-written file.
+Atomic writes: temp file in the same folder, fsync, rename, fsync the folder. A crash at any
+point leaves either the old file or the new one, never a half-written file.
+
+``private_file_problem``: THE rule for a file holding a secret (a credential file, the
+credential key, the audit HMAC key): a regular file, owned by the effective user, with no
+group or other access (as ssh demands of private keys).
 """
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -78,3 +84,29 @@ def fsync_dir(directory) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def private_file_problem(path, *, fd: int | None = None, follow_symlinks: bool = True,
+                         shown: str | None = None) -> str | None:
+    """What makes ``path`` unfit to hold a secret, as ``"<path> <problem>; fix: <command>"``,
+    or None when it is a regular file owned by the effective user (``geteuid``) with no group
+    or other access. ``fd``: check an open descriptor instead (no race with a rename);
+    ``follow_symlinks=False``: a symlink is itself a problem; ``shown``: how the path is
+    written in the message (default: as given)."""
+    shown = str(path) if shown is None else shown
+    if fd is not None:
+        st = os.fstat(fd)
+    else:
+        st = os.stat(path) if follow_symlinks else os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return (f"{shown} is a symlink; fix: replace it with the real file: "
+                f"cp --remove-destination \"$(readlink -f {shown})\" {shown} && chmod 600 {shown}")
+    if not stat.S_ISREG(st.st_mode):
+        return f"{shown} is not a regular file; fix: remove it and store the secret again"
+    if st.st_uid != os.geteuid():
+        return (f"{shown} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}); "
+                f"fix: chown $(id -u) {shown} && chmod 600 {shown}")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        return f"{shown} is accessible by group or others (mode {mode:04o}); fix: chmod 600 {shown}"
+    return None

@@ -5,15 +5,23 @@ with the fix on WARN and FAIL lines. Nothing here trades, downloads or changes s
 """
 from __future__ import annotations
 
-import os
+import logging
 import shutil
-import stat
 import sys
 from datetime import datetime
 
+from audit_logging import AuditLogger
 import config
 import constants as C
+import data_collection
+import fileutil
+import golive
+import live_trading
+import market_calendar
+import model_management
 import schwab_broker
+from risk_management import RiskManager
+from trading_execution import CircuitBreaker
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -42,7 +50,6 @@ def _no_state():
 def check_kill_switch():
     if _no_state():
         return OK, "kill switch off (no state database yet: no cycle has run here)"
-    import live_trading
     switch = live_trading.kill_switch()
     if switch:
         return WARN, (f"kill switch ON since {switch['at']} ({switch['reason']}): no trading; "
@@ -51,14 +58,11 @@ def check_kill_switch():
 
 
 def check_universe():
-    import data_collection
     symbols = data_collection.load_universe()
     return OK, f"selected_stocks.txt: {len(symbols)} symbols"
 
 
 def check_data():
-    import data_collection
-    import market_calendar
     df = data_collection.load_processed()
     last = df["Date"].max()
     reference = data_collection.reference_session()
@@ -70,7 +74,6 @@ def check_data():
 
 
 def check_model():
-    import model_management
     checksum, meta = model_management.verify_model()
     metrics = (meta.get("metrics") or {}).get("test") or {}
     skill = metrics.get("skill")
@@ -83,7 +86,6 @@ def check_model():
 
 
 def check_audit():
-    from audit_logging import AuditLogger
     valid, error = AuditLogger().verify_chain()
     if not valid:
         return FAIL, f"audit trail: {error} (see docs/RUNBOOK.md, 'Audit Log Tampering Detected')"
@@ -93,13 +95,10 @@ def check_audit():
 def check_credentials():
     home = config.home()
     files = sorted(home.glob(".*_config.enc"))
-    bad = []
-    for f in files:
-        st = os.lstat(f)
-        if stat.S_ISLNK(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.getuid():
-            bad.append(f"{f.name} ({stat.filemode(st.st_mode)})")
+    bad = [problem for f in files
+           if (problem := fileutil.private_file_problem(f, follow_symlinks=False, shown=f.name))]
     if bad:
-        return FAIL, f"credential files too open or not yours: {', '.join(bad)}: chmod 600 {' '.join(b.split()[0] for b in bad)}"
+        return FAIL, f"credential files too open or not yours: {'; '.join(bad)}"
     mode = config.trading_mode()
     names = [f.name for f in files]
     if mode == "live" and ".schwab_config.enc" not in names:
@@ -126,7 +125,6 @@ def check_token():
 def check_breaker():
     if _no_state():
         return OK, "circuit breaker closed (no state yet)"
-    from trading_execution import CircuitBreaker
     st = CircuitBreaker().status()
     if st["state"] != "closed":
         return WARN, (f"Circuit breaker {st['state']} after {st['failures']} failures (last: {st['last_error']}); "
@@ -137,7 +135,6 @@ def check_breaker():
 def check_risk():
     if _no_state():
         return OK, "no drawdown or daily-loss halt (no state yet)"
-    from risk_management import RiskManager
     halted, reason = RiskManager().is_halted()
     if halted:
         return WARN, f"trading halted: {reason}"
@@ -147,8 +144,7 @@ def check_risk():
 def check_gate():
     if config.trading_mode() != "live":
         return OK, "go-live gate: not needed in paper mode"
-    import live_trading
-    st = live_trading.gate_status(live_trading.get_model().checksum)
+    st = golive.gate_status(live_trading.get_model().checksum)
     if not st["passed"]:
         return FAIL, ("go-live gate closed (backtest " + ("ok" if st["backtest"] else "missing") +
                       f", paper sessions {st['paper_sessions']}/{st['paper_sessions_needed']}): "
@@ -218,6 +214,5 @@ def run() -> int:
 
 
 if __name__ == "__main__":
-    import logging
     logging.basicConfig(level=logging.CRITICAL)   # one line per check; details are in the logs
     sys.exit(run())

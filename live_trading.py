@@ -309,12 +309,9 @@ def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool 
     """Give the broker every symbol's last close (a simulated broker fills and values at them;
     Schwab ignores them) and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
     closes = features.sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
-    set_prices = getattr(broker, "set_prices", None)    # tolerated until SchwabAPI has its no-op
-    if set_prices is not None:
-        set_prices(closes, as_of=as_of)
-    accrue = getattr(broker, "accrue_borrow_fees", None)  # only a simulated broker charges fees itself
-    if accrue_borrow and accrue is not None:
-        accrue(as_of=as_of)
+    broker.set_prices(closes, as_of=as_of)
+    if accrue_borrow and broker.simulated:     # only a simulated broker charges borrow fees itself
+        broker.accrue_borrow_fees(as_of=as_of)
 
 
 def _account(risk, broker, signals, cycle_date):

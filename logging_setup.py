@@ -6,8 +6,9 @@ ERROR and CRITICAL also to ``logs/errors.log``, and INFO and up to stderr (which
 ``logs/cron_trading.log``). Lines are plain and greppable: ``time LEVEL [component] message``.
 
 A redaction step runs on every formatted line (exception text included): values registered with
-``register_secret`` and anything that looks like a key, token or password are replaced by
-``***``. Secrets never reach a log file.
+``register_secret`` and the values of fields named in ``SECRET_FIELD_NAMES`` (a key, token or
+password; the audit trail masks the same fields) are replaced by ``***``. Secrets never reach a
+log file.
 """
 import logging
 import re
@@ -17,16 +18,25 @@ from datetime import datetime
 import config
 import constants as C
 
+SECRET_FIELD_NAMES = ("access_token", "refresh_token", "id_token", "app_secret", "client_secret",
+                      "app_key", "api_key", "apikey", "secret", "password", "passwd", "token")
+_SECRET_NAME = "|".join(SECRET_FIELD_NAMES)
+_SECRET_FIELD = re.compile(rf"(?i)^(?:{_SECRET_NAME})$")
+
 _SECRETS: set[str] = set()
 _PATTERNS = [
     # key=value / key: value / "key": "value" for names that hold secrets
-    re.compile(r"""(?i)(["']?\b(?:access_token|refresh_token|id_token|app_secret|client_secret|"""
-               r"""app_key|api_key|apikey|secret|password|passwd|token)\b["']?\s*[:=]\s*["']?)"""
-               r"""([^"'\s,}&]+)"""),
+    re.compile(rf"""(?i)(["']?\b(?:{_SECRET_NAME})\b["']?\s*[:=]\s*["']?)([^"'\s,}}&]+)"""),
     re.compile(r"(?i)(\bBearer\s+)([A-Za-z0-9._~+/=-]+)"),
     re.compile(r"(?i)(\bBasic\s+)([A-Za-z0-9+/=]{8,})"),
 ]
 _MANAGED = "_trading_managed"
+
+
+def is_secret_field(name) -> bool:
+    """True for a field whose value is a secret (``SECRET_FIELD_NAMES``, any case): the log
+    redaction and the audit trail mask it."""
+    return bool(_SECRET_FIELD.match(str(name)))
 
 
 def register_secret(value) -> None:

@@ -22,7 +22,6 @@ np.float64)``); the two agree within about 1e-6 and ``tests/test_lstm_inference.
 """
 from __future__ import annotations
 
-from errors import UserFacingError
 import contextlib
 import ctypes
 import glob
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
+
+from errors import UserFacingError
 
 
 class InferenceError(UserFacingError):

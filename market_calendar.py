@@ -1,8 +1,9 @@
 """NYSE sessions and hours from the exchange-calendars library (holidays and 13:00 early closes
 included); nothing here is a hand-written list."""
-from datetime import date, datetime
+from datetime import datetime
 from functools import lru_cache
 
+import exchange_calendars as xc
 import pandas as pd
 
 EXCHANGE = "XNYS"
@@ -11,7 +12,6 @@ TIMEZONE = "America/New_York"
 
 @lru_cache(maxsize=1)
 def calendar():
-    import exchange_calendars as xc
     return xc.get_calendar(EXCHANGE, start="2000-01-01")
 
 
@@ -72,7 +72,3 @@ def next_session(day) -> pd.Timestamp:
 
 def session_close(day) -> pd.Timestamp:
     return calendar().session_close(pd.Timestamp(day).normalize())
-
-
-def today_local() -> date:
-    return datetime.now().date()

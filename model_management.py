@@ -8,15 +8,17 @@
 * ``make_windows`` / ``fit_scaler`` / ``compute_targets``: THE preprocessing, used by
   ``train_model.py`` for training and by ``TradingModel.predict`` for live trading and backtests,
   with the scaler parameters stored in the metadata: training and inference cannot disagree.
+* ``target_scale``: THE scale of the target (Close * max(volatility_20, TARGET_VOL_FLOOR)), used
+  by the targets, by ``predict`` and by the drift monitor's outcomes.
+* ``directional_accuracy`` / ``mse_ratio`` / ``compute_metrics``: THE model metrics, used by
+  training (test and validation figures) and by the drift monitor (live figures).
 * Versions: ``python model_management.py list | verify | restore [VERSION] | prune --keep N``.
 
-This module imports NumPy and h5py (through lstm_inference) only; pandas is imported when a
-DataFrame is handled, TensorFlow never.
+This module never imports TensorFlow: the network is evaluated with NumPy (``lstm_inference``).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -28,11 +30,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import config
 from errors import UserFacingError, install_excepthook
 import constants as C
 from fileutil import atomic_write_text, atomic_write_with, fsync_dir
+from lstm_inference import InferenceError, load_network
+from logging_setup import setup_logging
 
 log = logging.getLogger("model")
 
@@ -129,14 +134,8 @@ def verify_model(path=None) -> tuple[str, dict]:
 
 
 # ----------------------------------------------------------------------------- preprocessing
-def _pd():
-    import pandas as pd
-    return pd
-
-
 def sort_features(features):
     """Rows sorted by Symbol then Date (the order every window is built in)."""
-    pd = _pd()
     needed = ["Date", "Symbol", "Close"]
     missing = [c for c in needed if c not in features.columns]
     if missing:
@@ -150,24 +149,28 @@ def sort_features(features):
     return df
 
 
-def _vol_floor(vol) -> np.ndarray:
-    return np.maximum(np.asarray(vol, dtype=np.float64), C.TARGET_VOL_FLOOR)
+def target_scale(close, vol) -> np.ndarray:
+    """USD per unit of the target y: Close * max(volatility_20, TARGET_VOL_FLOOR). A price
+    difference divided by this is in the model's scale-free space (training's targets, the
+    predictions, the drift monitor's outcomes)."""
+    return np.asarray(close, np.float64) * np.maximum(np.asarray(vol, np.float64), C.TARGET_VOL_FLOOR)
 
 
 def compute_targets(sorted_features) -> np.ndarray:
     """y for each row of a ``sort_features`` frame (NaN on each symbol's last row):
-    the next-day price difference divided by Close * volatility_20."""
+    the next-day price difference divided by ``target_scale``."""
     close = sorted_features["Close"].to_numpy(np.float64)
     sym = sorted_features["Symbol"].to_numpy()
     nxt = np.roll(close, -1)
     same = np.roll(sym, -1) == sym
     same[-1:] = False
     diff = np.where(same, nxt - close, np.nan)
-    return diff / (close * _vol_floor(sorted_features["volatility_20"].to_numpy()))
+    return diff / target_scale(close, sorted_features["volatility_20"].to_numpy())
 
 
 def y_to_diff(y, close, vol) -> np.ndarray:
-    return np.asarray(y, np.float64) * np.asarray(close, np.float64) * _vol_floor(vol)
+    """A target-space value back to a price difference (USD)."""
+    return np.asarray(y, np.float64) * target_scale(close, vol)
 
 
 def fit_scaler(sorted_features, feature_columns, fit_rows: np.ndarray, y_fit: np.ndarray) -> dict:
@@ -262,6 +265,26 @@ def make_windows(features, window: int, feature_columns, scaler: dict, last_only
 
 
 # ----------------------------------------------------------------------------- metrics
+def directional_accuracy(y_true, y_pred) -> float | None:
+    """Share of the days the price moved on which ``y_pred`` had the sign of ``y_true`` (None
+    when it never moved). ``y_pred`` may be a scalar: a constant direction."""
+    y_true = np.asarray(y_true, np.float64)
+    y_pred = np.broadcast_to(np.asarray(y_pred, np.float64), y_true.shape)
+    moved = y_true != 0
+    if not moved.any():
+        return None
+    return float(np.mean(np.sign(y_pred[moved]) == np.sign(y_true[moved])))
+
+
+def mse_ratio(y_true, y_pred) -> float | None:
+    """MSE(y_pred) / MSE(predicting no change) = 1 - skill (None when nothing moved)."""
+    y_true = np.asarray(y_true, np.float64)
+    mse0 = float(np.mean(y_true ** 2)) if len(y_true) else 0.0
+    if mse0 <= 0:
+        return None
+    return float(np.mean((y_true - np.asarray(y_pred, np.float64)) ** 2)) / mse0
+
+
 def compute_metrics(y_true, y_pred, baseline_direction: float = 1.0) -> dict:
     """directional_accuracy, MSE and skill of ``y_pred`` against ``y_true`` (both in the
     vol-scaled target space), and the same figures for the naive baseline that predicts no
@@ -271,15 +294,14 @@ def compute_metrics(y_true, y_pred, baseline_direction: float = 1.0) -> dict:
     n = int(len(y_true))
     if n == 0:
         return {"n": 0, "MSE": None, "directional_accuracy": None, "skill": None, "baseline": {}}
-    mse = float(np.mean((y_true - y_pred) ** 2))
-    mse0 = float(np.mean(y_true ** 2))
-    moved = y_true != 0
-    da = float(np.mean(np.sign(y_pred[moved]) == np.sign(y_true[moved]))) if moved.any() else None
-    da0 = float(np.mean(np.sign(baseline_direction) == np.sign(y_true[moved]))) if moved.any() else None
+    ratio = mse_ratio(y_true, y_pred)
     return {
-        "n": n, "MSE": mse, "directional_accuracy": da,
-        "skill": (1.0 - mse / mse0) if mse0 > 0 else None,
-        "baseline": {"name": "no change", "MSE": mse0, "directional_accuracy": da0, "skill": 0.0},
+        "n": n, "MSE": float(np.mean((y_true - y_pred) ** 2)),
+        "directional_accuracy": directional_accuracy(y_true, y_pred),
+        "skill": None if ratio is None else 1.0 - ratio,
+        "baseline": {"name": "no change", "MSE": float(np.mean(y_true ** 2)),
+                     "directional_accuracy": directional_accuracy(y_true, baseline_direction),
+                     "skill": 0.0},
     }
 
 
@@ -317,10 +339,6 @@ class TradingModel:
         return self.metadata.get("metrics", {}).get("test", {})
 
     @property
-    def validation_metrics(self) -> dict:
-        return self.metadata.get("metrics", {}).get("validation", {})
-
-    @property
     def version(self) -> str:
         return version_name(self.metadata, self.checksum)
 
@@ -332,7 +350,6 @@ class TradingModel:
         """Predicted next-day price difference (USD) for every row of ``features`` (output of
         build_features, any symbols and dates) that has a full window of history; with
         ``last_only`` only each symbol's last row. One vectorized pass."""
-        pd = _pd()
         X, rows = make_windows(features, self.window, self.feature_columns, self.scaler, last_only)
         present = set(features["Symbol"].astype(str).unique()) if len(features) else set()
         short = sorted(present - set(rows["Symbol"].astype(str)))
@@ -349,26 +366,9 @@ class TradingModel:
         out["predicted_diff"] = y_to_diff(y, out["Close"], out["volatility_20"])
         return out[OUTPUT_COLUMNS]
 
-    def predict_arrays(self, symbols, close, vol, values, last_only: bool = True) -> dict:
-        """The same prediction without pandas: rows sorted by symbol then date; ``values``
-        (n, len(feature_columns)) in ``feature_columns`` order. Returns numpy arrays
-        ``index`` (rows that end a window), ``predicted_diff``."""
-        symbols = np.asarray(symbols)
-        values = np.asarray(values, np.float64)
-        if not np.isfinite(values).all():
-            raise ModelInputError("features contain NaN/inf: rebuild the data with "
-                                  "./run_daily_data_update.sh --force")
-        ends = window_ends(symbols, self.window, last_only)
-        X = windows_from_values(scale_values(values, self.scaler), ends, self.window)
-        y = unscale_target(self.predict_scaled(X) if len(X) else np.zeros(0), self.scaler)
-        return {"index": ends, "predicted_diff": y_to_diff(y, np.asarray(close)[ends], np.asarray(vol)[ends])}
-
-
 def load_model(path=None, verify: bool = True) -> TradingModel:
     """The current model, verified against its metadata's checksum (``verify=False`` skips the
     checksum, never the structural checks). Raises ModelNotFoundError / ModelIntegrityError."""
-    from lstm_inference import InferenceError, load_network
-
     p = model_path(path)
     if verify:
         checksum, metadata = verify_model(p)
@@ -382,47 +382,6 @@ def load_model(path=None, verify: bool = True) -> TradingModel:
     except InferenceError as exc:
         raise ModelIntegrityError(f"model file {p} cannot be evaluated: {exc}: {FIX}") from None
     return TradingModel(p, metadata, checksum, network)
-
-
-def read_feature_csv(path=None, columns=None, tail: int | None = None) -> dict:
-    """pandas-free reader of ``processed_stock_data.csv`` for the fast cold path: returns
-    ``symbols``, ``dates`` (str), ``close``, ``vol`` and ``values`` (the ``columns``), sorted by
-    symbol then date; ``tail`` keeps only each symbol's last rows."""
-    p = Path(path) if path else config.path(C.PROCESSED_DATA_FILE)
-    if not p.is_file():
-        raise ModelInputError(f"{p} not found: run ./run_daily_data_update.sh --force")
-    columns = list(columns or C.FEATURE_COLUMNS)
-    with open(p, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header:
-            raise ModelInputError(f"{p} is empty: run ./run_daily_data_update.sh --force")
-        rows = list(reader)
-    try:
-        col = {name: header.index(name) for name in ["Date", "Symbol", "Close", "volatility_20"] + columns}
-    except ValueError as exc:
-        raise ModelInputError(f"{p} lacks a column ({exc}): run ./run_daily_data_update.sh --force") from None
-    symbols = np.array([r[col["Symbol"]] for r in rows])
-    dates = np.array([r[col["Date"]] for r in rows])
-    order = np.lexsort((dates, symbols))
-    symbols, dates = symbols[order], dates[order]
-    if tail:
-        keep = np.zeros(len(order), bool)
-        change = np.ones(len(symbols), bool)
-        change[1:] = symbols[1:] != symbols[:-1]
-        last = np.append(np.flatnonzero(change)[1:], len(symbols)) - 1
-        for end in last:
-            keep[max(end - tail + 1, 0):end + 1] = True
-        symbols, dates, order = symbols[keep], dates[keep], order[keep]
-    picked = [rows[i] for i in order]
-
-    def num(name):
-        j = col[name]
-        return np.array([float(r[j]) if r[j] != "" else np.nan for r in picked])
-
-    values = np.column_stack([num(c) for c in columns]) if picked else np.zeros((0, len(columns)))
-    return {"symbols": symbols, "dates": dates, "close": num("Close"), "vol": num("volatility_20"),
-            "values": values}
 
 
 # ----------------------------------------------------------------------------- versions and backups
@@ -600,7 +559,6 @@ def main(argv=None) -> int:
     pr = sub.add_parser("prune", help="delete old backups")
     pr.add_argument("--keep", type=int, default=C.MODEL_BACKUPS_KEEP, help="backups to keep")
     args = parser.parse_args(argv)
-    from logging_setup import setup_logging
     setup_logging("trading")
     try:
         if args.command == "verify":

@@ -43,16 +43,16 @@ import sys
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
+from audit_logging import AuditLogger
 from errors import install_excepthook
+from broker_base import BUY, BUY_TO_COVER, OPENING_SIDES, SELL, SELL_SHORT, SIDES
 import constants as C
+import logging_setup
+from signals import BUY as SIGNAL_BUY, HOLD as SIGNAL_HOLD, SELL as SIGNAL_SELL
 import state_db
 
 log = logging.getLogger("risk")
 
-BUY, SELL, SELL_SHORT, BUY_TO_COVER = "BUY", "SELL", "SELL_SHORT", "BUY_TO_COVER"
-SIDES = (BUY, SELL, SELL_SHORT, BUY_TO_COVER)
-OPENING_SIDES = (BUY, SELL_SHORT)            # add risk: every limit applies
-REDUCING_SIDES = (SELL, BUY_TO_COVER)        # reduce risk: only quantity sanity applies
 
 _EPS = 1e-9                                  # tolerance for comparisons at a limit's boundary
 
@@ -184,6 +184,21 @@ def ex_dividend_near(quote: dict | None, as_of) -> tuple[bool, date | None]:
     return 0 <= days <= C.EX_DIVIDEND_WINDOW_DAYS, ex_div
 
 
+def hard_to_borrow(quote: dict | None) -> str | None:
+    """THE hard-to-borrow rule, for new shorts and for forced buy-ins of open ones: why the
+    quote's symbol is hard to borrow (a borrow rate above MAX_BORROW_RATE, or the broker's HTB
+    flag), or None. The text names the borrow rate; callers prefix ``HARD TO BORROW: <symbol>``."""
+    quote = quote or {}
+    rate = quote.get("borrow_rate")
+    if _finite(rate) and float(rate) > C.MAX_BORROW_RATE + _EPS:
+        return (f"borrow rate {_pct(float(rate))} is above the limit {_pct(C.MAX_BORROW_RATE)} "
+                f"(MAX_BORROW_RATE)")
+    if quote.get("hard_to_borrow") is True:
+        rate_text = _pct(float(rate)) if _finite(rate) else "unknown"
+        return f"flagged hard to borrow by the broker (borrow rate {rate_text})"
+    return None
+
+
 def short_entry_problem(symbol: str, portfolio: Portfolio, do_not_short=()) -> str | None:
     """Why a new short in ``symbol`` is not allowed, or None when it is. Shared by the pre-trade
     check and target generation."""
@@ -195,13 +210,10 @@ def short_entry_problem(symbol: str, portfolio: Portfolio, do_not_short=()) -> s
     if symbol in portfolio.recalled:
         return f"BROKER RECALL: the broker recalled borrowed shares of {symbol}"
     quote = portfolio.quotes.get(symbol) or {}
+    htb = hard_to_borrow(quote)
+    if htb:
+        return f"HARD TO BORROW: {symbol} {htb}"
     rate = quote.get("borrow_rate")
-    if _finite(rate) and float(rate) > C.MAX_BORROW_RATE + _EPS:
-        return (f"HARD TO BORROW: {symbol} borrow rate {_pct(float(rate))} is above the limit "
-                f"{_pct(C.MAX_BORROW_RATE)} (MAX_BORROW_RATE)")
-    if quote.get("hard_to_borrow") is True:
-        rate_text = _pct(float(rate)) if _finite(rate) else "unknown"
-        return f"HARD TO BORROW: broker flags {symbol} hard to borrow (borrow rate {rate_text})"
     if quote.get("shortable") is False:
         return f"{symbol} is not shortable at the broker"
     if C.REQUIRE_BORROW_DATA and not _finite(rate) and quote.get("hard_to_borrow") is None \
@@ -258,9 +270,9 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
     px: dict[str, float] = {}                     # the price each target is valued at
     for sig in signals:
         symbol = sig["symbol"]
-        action = str(sig.get("signal", "HOLD")).upper()
+        action = str(sig.get("signal", SIGNAL_HOLD)).upper()
         cur = current.get(symbol, 0)
-        if action == "HOLD":
+        if action == SIGNAL_HOLD:
             targets[symbol] = cur
             continue
         price = sig.get("price")
@@ -269,9 +281,9 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
         if price is not None:
             px[symbol] = float(price)
         shares = size_position(portfolio.equity, price, sig.get("score"), sig.get("volatility"))
-        if action == "BUY":
+        if action == SIGNAL_BUY:
             target = shares
-        elif action == "SELL":
+        elif action == SIGNAL_SELL:
             problem = short_entry_problem(symbol, portfolio, do_not_short)
             if problem:
                 log.info("No short target for %s: %s", symbol, problem)
@@ -387,7 +399,6 @@ class RiskManager:
     @property
     def audit(self):
         if self._audit is None:
-            from audit_logging import AuditLogger
             self._audit = AuditLogger()
         return self._audit
 
@@ -766,15 +777,10 @@ class RiskManager:
                 log.warning("BROKER RECALL: broker recalled the borrowed shares of %s (short %d)",
                             symbol, -qty)
                 reasons.append("broker recall")
-            rate = quote.get("borrow_rate")
-            if _finite(rate) and float(rate) > C.MAX_BORROW_RATE + _EPS:
-                log.warning("HARD TO BORROW: %s borrow rate %s is above the limit %s (MAX_BORROW_RATE)",
-                            symbol, _pct(float(rate)), _pct(C.MAX_BORROW_RATE))
-                reasons.append(f"hard to borrow: borrow rate {_pct(float(rate))} > {_pct(C.MAX_BORROW_RATE)}")
-            elif quote.get("hard_to_borrow") is True:
-                rate_text = _pct(float(rate)) if _finite(rate) else "unknown"
-                log.warning("HARD TO BORROW: broker flags %s hard to borrow (borrow rate %s)", symbol, rate_text)
-                reasons.append(f"hard to borrow: broker flag (borrow rate {rate_text})")
+            htb = hard_to_borrow(quote)
+            if htb:
+                log.warning("HARD TO BORROW: %s %s", symbol, htb)
+                reasons.append(f"hard to borrow: {htb}")
             near, ex_div = ex_dividend_near(quote, as_of)
             if near:
                 log.warning("Ex-dividend date of %s is %s, within %d days of %s (EX_DIVIDEND_WINDOW_DAYS)",
@@ -894,7 +900,6 @@ def main(argv=None) -> int:
     p.add_argument("--reason", default="", help="why (recorded in the audit trail)")
     args = parser.parse_args(argv)
 
-    import logging_setup
     logging_setup.setup_logging("trading")
     rm = RiskManager()
     try:

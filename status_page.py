@@ -31,6 +31,7 @@ from pathlib import Path
 
 import config
 import constants as C
+import golive
 import health_check
 import pnl
 import state_db
@@ -173,11 +174,10 @@ def _risk(conn) -> dict:
 
 
 def _gate(conn) -> dict | None:
-    import live_trading        # late: live_trading imports this module (and pandas) at its top
     model = config.path(C.MODEL_FILE)
     if not model.exists():
         return None
-    return live_trading.gate_status(calculate_model_checksum(model), conn)
+    return golive.gate_status(calculate_model_checksum(model), conn)
 
 
 def gather(health=None, schedule=None, drift=None) -> dict:

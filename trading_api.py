@@ -39,7 +39,6 @@ from schwab_broker import (LOGIN_COMMAND, SCHWAB_SERVICE, SCHWAB_TOKEN_SERVICE, 
                            TOKEN_EXPIRED, TOKEN_MISSING, TOKEN_RENEW, SchwabAPI, import_schwab,
                            load_service, register_token_secrets, token_age_of)
 # The backtest still reaches the cost model through this module; it moves to broker_base (issue 9).
-from broker_base import borrow_fee, commission_for, slippage_price  # noqa: F401
 
 __all__ = ["SchwabAPI", "PaperBroker", "get_broker", "main"]
 

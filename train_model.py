@@ -18,21 +18,26 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import platform
 import sys
 import tempfile
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+import h5py
 import numpy as np
+import pandas as pd
 
 import config
+from data_collection import DataError, load_processed
 from errors import UserFacingError, install_excepthook
 import constants as C
+from logging_setup import setup_logging
+from lstm_inference import load_network
 import model_management as mm
 
 log = logging.getLogger("train")
@@ -53,8 +58,7 @@ PROFILES = {
 # ----------------------------------------------------------------------------- data
 def load_features(path=None):
     """The processed CSV, checked (missing/empty/NaN -> DataError from data_collection)."""
-    import data_collection
-    return data_collection.load_processed(path)
+    return load_processed(path)
 
 
 def drop_short_symbols(features, window: int):
@@ -126,7 +130,7 @@ def build_dataset(features, window: int, feature_columns, shuffle_targets: bool 
 # ----------------------------------------------------------------------------- model
 def _keras():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF C++ chatter (E0000 attribute notes) stays out of cron mail
-    import tensorflow as tf
+    import tensorflow as tf   # late: importing TensorFlow takes seconds; only training needs it
     import keras
     return tf, keras
 
@@ -161,7 +165,6 @@ def _save_h5(model, directory: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{Path(C.MODEL_FILE).stem}.", suffix=".tmp.h5", dir=directory)
     os.close(fd)
     os.unlink(tmp)                                     # h5py wants to create it
-    import warnings
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)                       # the "HDF5 is legacy" notice
@@ -177,8 +180,6 @@ def _save_h5(model, directory: Path) -> Path:
 
 
 def _versions() -> dict:
-    import h5py
-    import pandas as pd
     tf, keras = _keras()
     return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
             "tensorflow": tf.__version__, "keras": keras.__version__, "h5py": h5py.__version__}
@@ -286,7 +287,6 @@ def train(data_path=None, *, profile: str = "default", epochs=None, units=None, 
     tmp = _save_h5(net, target.parent)
     try:
         # the file live trading will read must give the predictions we just evaluated
-        from lstm_inference import load_network
         fast_z = load_network(tmp).predict(X[va | te])[:, 0]
         gap = float(np.max(np.abs(fast_z - keras_z))) if len(fast_z) else 0.0
         if not gap <= C.INFERENCE_PARITY_TOL:
@@ -382,9 +382,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"unknown profile {args.profile}")
-    from logging_setup import setup_logging
     setup_logging("trading")
-    from data_collection import DataError
     log.info("training started (profile=%s, home=%s)", args.profile, config.home())
     try:
         result = train(args.data, profile=args.profile, epochs=args.epochs, units=args.units,

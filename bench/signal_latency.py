@@ -1,4 +1,4 @@
-"""Cold-process latency of one full prediction for the default universe: Keras vs the NumPy path.
+"""Cold-process latency of one full prediction for the default universe: Keras vs the NumPy LSTM.
 
     python bench/signal_latency.py [--home DIR] [--repeat 5] [--epochs 3]
 
@@ -10,11 +10,9 @@ the 10 symbols of selected_stocks.txt and a model of the default architecture (w
 Each measurement is the wall time of a fresh ``python -c`` subprocess (interpreter start, imports,
 model load, CSV read, windows, prediction of every symbol's latest row):
 
-* keras        : TensorFlow/Keras ``load_model`` + ``predict`` (what the runbook's slow path does)
-* fast (numpy) : ``model_management.load_model`` + ``read_feature_csv`` + ``predict_arrays``
-                 (NumPy and h5py only, no pandas, no TensorFlow)
-* fast (pandas): ``load_model`` + ``pandas.read_csv`` + ``TradingModel.predict(last_only=True)``
-                 (the DataFrame API that live_trading.py calls)
+* keras : TensorFlow/Keras ``load_model`` + ``predict`` (what the runbook's slow path does)
+* fast  : ``model_management.load_model`` + ``pandas.read_csv`` + ``TradingModel.predict(last_only=True)``
+          (the API live_trading.py calls: the LSTM evaluated with NumPy, no TensorFlow)
 
 Target: the fast cold path under 1.0 s and at least 5x faster than Keras, in the same run.
 """
@@ -30,7 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import model_management as mm  # noqa: E402  (the project root is put on the path first)
 
 KERAS = """
 import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
@@ -45,15 +47,7 @@ d = mm.y_to_diff(mm.unscale_target(z, meta['scaler']), rows['Close'], rows['vola
 assert len(d) == {n}, len(d)
 """
 
-FAST_NUMPY = """
-import model_management as mm
-m = mm.load_model()
-a = mm.read_feature_csv(columns=m.feature_columns, tail=m.window)
-p = m.predict_arrays(a['symbols'], a['close'], a['vol'], a['values'], last_only=True)
-assert len(p['predicted_diff']) == {n}
-"""
-
-FAST_PANDAS = """
+FAST = """
 import pandas as pd, config, constants as C, model_management as mm
 m = mm.load_model()
 f = pd.read_csv(config.path(C.PROCESSED_DATA_FILE), parse_dates=['Date'])
@@ -103,10 +97,7 @@ def main(argv=None) -> int:
         if not args.home:
             print(f"preparing sample data and a default-architecture model in {home} ...", flush=True)
             prepare(home, env, args.epochs)
-        sys.path.insert(0, str(ROOT))
         os.environ.update(TRADING_HOME=str(home))
-        import model_management as mm
-        import pandas as pd
         model = mm.load_model()
         feats = pd.read_csv(home / "processed_stock_data.csv", parse_dates=["Date"])
         n = feats["Symbol"].nunique()
@@ -114,9 +105,9 @@ def main(argv=None) -> int:
         print(f"model: window {model.window}, {arch.get('lstm_layers', '?')} x LSTM({arch.get('lstm_units', '?')}), "
               f"{arch.get('params', '?')} parameters; {n} symbols, {len(feats)} feature rows")
 
-        cold(FAST_NUMPY.format(n=n), env, 1)           # warm the OS file cache once
+        cold(FAST.format(n=n), env, 1)                 # warm the OS file cache once
         results = {}
-        for name, code in (("keras", KERAS), ("fast (numpy)", FAST_NUMPY), ("fast (pandas)", FAST_PANDAS)):
+        for name, code in (("keras", KERAS), ("fast", FAST)):
             results[name] = cold(code.format(n=n), env, args.repeat)
 
         # warm, in-process: the backtest's call (every window of every symbol at once)
@@ -132,10 +123,9 @@ def main(argv=None) -> int:
         for name, times in results.items():
             print(f"{name:<15} {statistics.median(times):>9.3f} {min(times):>7.3f} {max(times):>7.3f}")
         k = statistics.median(results["keras"])
-        for name in ("fast (numpy)", "fast (pandas)"):
-            f = statistics.median(results[name])
-            print(f"ratio keras / {name}: {k / f:.1f}x  (target >= 5x; fast under 1.0 s: "
-                  f"{'yes' if f < 1.0 else 'NO'})")
+        f = statistics.median(results["fast"])
+        print(f"ratio keras / fast: {k / f:.1f}x  (target >= 5x; fast under 1.0 s: "
+              f"{'yes' if f < 1.0 else 'NO'})")
         print(f"\nwarm in-process: predict(all {len(full)} windows) {warm_full * 1000:.0f} ms, "
               f"predict(last_only) {warm_last * 1000:.1f} ms")
     finally:

@@ -8,8 +8,10 @@ import pytest
 
 import data_collection
 import drift_monitor
+import model_management as mm
 import sample_data
 import state_db
+from signals import HOLD
 
 
 @pytest.fixture
@@ -29,7 +31,7 @@ def store(features, checksum, quality):
     actual = df["next"] - df["Close"]
     df["predicted_diff"] = quality * 0.5 * actual + rng.normal(0, 0.05, len(df)) * df["Close"] * df["volatility_20"]
     df["score"] = df["predicted_diff"] / (df["Close"] * df["volatility_20"])
-    df["signal"] = "HOLD"
+    df["signal"] = HOLD
     return drift_monitor.record_predictions(df, checksum, state_db.connect())
 
 
@@ -66,3 +68,33 @@ def test_severity_levels(degradation, severity):
 def test_predictions_of_another_model_are_ignored(features):
     store(features, "d" * 64, -1)
     assert drift_monitor.evaluate(features, model(), state_db.connect()) is None
+
+
+def test_training_period_predictions_show_no_degradation_even_under_the_vol_floor(features):
+    """Drift judged on the very rows and predictions training measured its test figures on
+    reports zero degradation: outcomes are scaled exactly as training's targets are, including
+    rows whose volatility_20 is under TARGET_VOL_FLOOR."""
+    df = mm.sort_features(features)
+    df = df[df["Date"] > df["Date"].max() - pd.Timedelta(days=drift_monitor.C.DRIFT_LOOKBACK_DAYS)]
+    df = df.reset_index(drop=True)
+    calm = (np.arange(len(df)) % 3) == 0                  # a third of the rows: under the floor
+    floor = drift_monitor.C.TARGET_VOL_FLOOR
+    df["volatility_20"] = np.where(calm, floor / 4, floor * 2)   # both kinds weigh alike in y
+    y = mm.compute_targets(df)                             # training's targets
+    rng = np.random.default_rng(1)
+    # the model is right on ordinary days and wrong on the calm ones, so that weighting the calm
+    # rows differently (another scale) would change the MSE ratio
+    y_hat = np.where(calm, -0.5 * y, 0.5 * y) + rng.normal(0, 0.1, len(df))
+    judged = np.isfinite(y)
+    assert judged.sum() > drift_monitor.C.DRIFT_MIN_SAMPLES and (calm & judged).sum() > 10
+    trained = mm.compute_metrics(y[judged], y_hat[judged])   # what training saves as test metrics
+    scored = df[judged].assign(predicted_diff=mm.y_to_diff(y_hat[judged], df["Close"][judged],
+                                                           df["volatility_20"][judged]),
+                               score=0.0, signal=HOLD)
+    drift_monitor.record_predictions(scored, "e" * 64, state_db.connect())
+    reference = SimpleNamespace(checksum="e" * 64, metrics=trained)
+    result = drift_monitor.evaluate(features, reference, state_db.connect())
+    assert result["samples"] == judged.sum()
+    assert result["mse_ratio"] == pytest.approx(1.0 - trained["skill"], rel=1e-9)
+    assert result["directional_accuracy"] == pytest.approx(trained["directional_accuracy"])
+    assert result["degradation"] == pytest.approx(0.0, abs=1e-9) and result["severity"] is None

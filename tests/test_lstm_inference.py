@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 
 import constants as C
+import lstm_inference
+import model_management as mm
+import train_model
 
 try:
     from test_train_model import shared_trained_home
@@ -19,15 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _keras():
-    import keras
+    import keras   # late: TensorFlow takes seconds to import; only the parity tests need it
     return keras
 
 
 @pytest.mark.parametrize("window,units,layers,dense", [
     (5, 4, 1, 0), (10, 16, 1, 8), (20, 32, 1, 16), (12, 8, 2, 4), (7, 3, 2, 0)])
 def test_parity_with_keras(tmp_path, window, units, layers, dense):
-    import lstm_inference
-    import train_model
     keras = _keras()
     keras.utils.set_random_seed(window * 100 + units)
     net = train_model.build_network(window, 8, units, dense, layers, 1e-2)
@@ -50,8 +51,6 @@ def test_parity_with_keras(tmp_path, window, units, layers, dense):
 
 
 def test_parity_on_the_trained_model(tmp_path_factory):
-    import lstm_inference
-    import model_management as mm
     keras = _keras()
     home = shared_trained_home(tmp_path_factory)
     model = mm.load_model(home / C.MODEL_FILE)
@@ -64,7 +63,6 @@ def test_parity_on_the_trained_model(tmp_path_factory):
 
 
 def test_unsupported_models_are_refused(tmp_path):
-    import lstm_inference
     keras = _keras()
     gru = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(4), keras.layers.Dense(1)])
     gru.save(tmp_path / "gru.h5")
@@ -76,7 +74,6 @@ def test_unsupported_models_are_refused(tmp_path):
 
 
 def test_windows_of_wrong_shape_are_refused(tmp_path_factory):
-    import lstm_inference
     home = shared_trained_home(tmp_path_factory)
     net = lstm_inference.load_network(home / C.MODEL_FILE)
     with pytest.raises(lstm_inference.InferenceError):

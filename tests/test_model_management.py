@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import constants as C
+import model_management as mm
 
 try:
     from test_train_model import copy_home, shared_trained_home
@@ -36,7 +37,6 @@ def home(shared_home, trading_home):
 
 def _variant(home: Path, name: str, created_at: str, delta: float = 0.01) -> tuple[Path, dict]:
     """Another valid model: the current one with one bias nudged, plus matching metadata."""
-    import model_management as mm
     dst = home / name
     shutil.copy2(home / C.MODEL_FILE, dst)
     with h5py.File(dst, "r+") as fh:
@@ -53,7 +53,6 @@ def _variant(home: Path, name: str, created_at: str, delta: float = 0.01) -> tup
 
 # ----------------------------------------------------------------------------- checksums
 def test_checksum_is_sha256_and_one_liner_works(home):
-    import model_management as mm
     expected = hashlib.sha256((home / C.MODEL_FILE).read_bytes()).hexdigest()
     assert mm.calculate_model_checksum(home / C.MODEL_FILE) == expected
     code = ("from model_management import calculate_model_checksum; "
@@ -65,7 +64,6 @@ def test_checksum_is_sha256_and_one_liner_works(home):
 
 
 def test_checksum_of_missing_file_is_clear(trading_home):
-    import model_management as mm
     with pytest.raises(mm.ModelNotFoundError, match="not found.*train_model.py"):
         mm.calculate_model_checksum(trading_home / "nope.h5")
     with pytest.raises(FileNotFoundError):
@@ -85,7 +83,6 @@ def test_fast_path_never_imports_tensorflow(home):
 
 # ----------------------------------------------------------------------------- refusals
 def test_corrupted_model_is_refused(home):
-    import model_management as mm
     path = home / C.MODEL_FILE
     good = mm.calculate_model_checksum(path)
     data = bytearray(path.read_bytes())
@@ -100,7 +97,6 @@ def test_corrupted_model_is_refused(home):
 
 
 def test_truncated_model_refused_even_without_checksum(home):
-    import model_management as mm
     path = home / C.MODEL_FILE
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(mm.ModelIntegrityError):
@@ -108,7 +104,6 @@ def test_truncated_model_refused_even_without_checksum(home):
 
 
 def test_model_without_metadata_is_refused(home):
-    import model_management as mm
     (home / C.MODEL_METADATA_FILE).unlink()
     with pytest.raises(mm.ModelNotFoundError, match="metadata.*not found"):
         mm.load_model()
@@ -116,7 +111,6 @@ def test_model_without_metadata_is_refused(home):
 
 
 def test_metadata_checksum_mismatch_is_refused(home):
-    import model_management as mm
     meta_file = home / C.MODEL_METADATA_FILE
     meta = json.loads(meta_file.read_text())
     meta["sha256"] = "0" * 64
@@ -126,14 +120,12 @@ def test_metadata_checksum_mismatch_is_refused(home):
 
 
 def test_verify_ok(home, capsys):
-    import model_management as mm
     assert mm.main(["verify"]) == 0
     assert "OK" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- predict
 def test_predict_rows_columns_and_last_only(home):
-    import model_management as mm
     model = mm.load_model()
     feats = pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"])
     feats = feats[feats["Date"] >= "2025-01-01"]
@@ -152,18 +144,18 @@ def test_predict_rows_columns_and_last_only(home):
     for _, row in last.iterrows():
         assert row["Date"] == full_last.loc[row["Symbol"], "Date"]
         assert row["predicted_diff"] == pytest.approx(full_last.loc[row["Symbol"], "predicted_diff"], rel=1e-5)
-    # the pandas-free path gives the same numbers
-    arr = mm.read_feature_csv(home / C.PROCESSED_DATA_FILE, model.feature_columns, tail=model.window)
-    fast = model.predict_arrays(arr["symbols"], arr["close"], arr["vol"], arr["values"], last_only=True)
-    by_sym = dict(zip(arr["symbols"][fast["index"]], fast["predicted_diff"]))
-    full = model.predict(pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"]), last_only=True)
+    # each symbol's last prediction needs only its last `window` rows (the cycle's cheap path)
+    everything = pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"])
+    tails = everything.sort_values("Date").groupby("Symbol").tail(model.window)
+    cheap = model.predict(tails, last_only=True).set_index("Symbol")["predicted_diff"]
+    full = model.predict(everything, last_only=True)
+    assert len(full) == len(cheap) == everything["Symbol"].nunique()
     for _, row in full.iterrows():
-        assert by_sym[row["Symbol"]] == pytest.approx(row["predicted_diff"], rel=1e-5)
+        assert cheap[row["Symbol"]] == pytest.approx(row["predicted_diff"], rel=1e-5)
     assert model.metrics["MSE"] > 0 and "directional_accuracy" in model.metrics
 
 
 def test_make_windows_matches_manual_slices(home):
-    import model_management as mm
     model = mm.load_model()
     feats = pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"])
     X, rows = mm.make_windows(feats, 5, model.feature_columns, model.scaler)
@@ -175,7 +167,6 @@ def test_make_windows_matches_manual_slices(home):
 
 
 def test_predict_rejects_bad_features(home):
-    import model_management as mm
     model = mm.load_model()
     feats = pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"]).head(300)
     with pytest.raises(mm.ModelInputError, match="rsi_14"):
@@ -188,7 +179,6 @@ def test_predict_rejects_bad_features(home):
 
 # ----------------------------------------------------------------------------- versions
 def test_install_backs_up_and_restore_and_prune(home, capsys):
-    import model_management as mm
     original = mm.calculate_model_checksum(home / C.MODEL_FILE)
     created = json.loads((home / C.MODEL_METADATA_FILE).read_text())["created_at"]
     v2, meta2 = _variant(home, ".cand2.h5", "2099-01-01T00:00:00+00:00")
@@ -225,7 +215,6 @@ def test_install_backs_up_and_restore_and_prune(home, capsys):
 
 
 def test_restore_after_corruption_and_invalid_backup_refused(home):
-    import model_management as mm
     original = mm.calculate_model_checksum(home / C.MODEL_FILE)
     v2, meta2 = _variant(home, ".cand2.h5", "2099-01-01T00:00:00+00:00")
     mm.install_model(v2, meta2)                        # original -> backups
@@ -249,7 +238,6 @@ def test_restore_after_corruption_and_invalid_backup_refused(home):
 
 
 def test_install_refuses_candidate_with_wrong_checksum(home):
-    import model_management as mm
     v2, meta2 = _variant(home, ".cand2.h5", "2099-01-01T00:00:00+00:00")
     meta2["sha256"] = "f" * 64
     before = mm.calculate_model_checksum(home / C.MODEL_FILE)

@@ -8,7 +8,8 @@ import pytest
 import constants as C
 import pnl
 import state_db
-from trading_api import PaperBroker, slippage_price
+from broker_base import slippage_price
+from paper_broker import PaperBroker
 
 D1, D2, D3 = date(2025, 3, 3), date(2025, 3, 4), date(2025, 3, 5)
 

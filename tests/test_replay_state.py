@@ -6,7 +6,7 @@ import pytest
 import config
 import constants as C
 import state_db
-from trading_api import PaperBroker
+from paper_broker import PaperBroker
 
 
 def order(side, qty, symbol, key):

@@ -14,7 +14,8 @@ import pytest
 import constants as C
 import risk_management as R
 import state_db
-from risk_management import BUY, BUY_TO_COVER, SELL, SELL_SHORT, Portfolio, RiskManager
+from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT
+from risk_management import Portfolio, RiskManager
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \

@@ -20,7 +20,7 @@ import constants as C
 import pnl
 import state_db
 import status_page
-from trading_api import PaperBroker
+from paper_broker import PaperBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

@@ -12,6 +12,10 @@ import pandas as pd
 import pytest
 
 import constants as C
+import data_collection
+import model_management as mm
+import sample_data
+import train_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META", "JPM", "JNJ", "V", "PG"]
@@ -19,8 +23,6 @@ ENV_KEYS = ("TRADING_HOME", "DATA_SOURCE", "TRADING_CONFIG_DIR")
 
 
 def sample_features(symbols=SYMBOLS):
-    import data_collection
-    import sample_data
     return data_collection.build_features(sample_data.generate_prices(symbols))
 
 
@@ -40,7 +42,6 @@ def _with_home(home: Path, func):
 
 def train_in(home: Path, features=None, **kwargs):
     """Write the processed CSV into ``home`` and train a tiny model there."""
-    import train_model
     home.mkdir(parents=True, exist_ok=True)
     features = sample_features() if features is None else features
     features.to_csv(home / C.PROCESSED_DATA_FILE, index=False, date_format="%Y-%m-%d")
@@ -76,7 +77,6 @@ def shared(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- end to end
 def test_training_produces_verified_model_and_metadata(shared):
-    import model_management as mm
     home, meta = shared["home"], shared["metadata"]
     model = mm.load_model(home / C.MODEL_FILE)
     assert model.checksum == meta["sha256"] == mm.calculate_model_checksum(home / C.MODEL_FILE)
@@ -107,7 +107,6 @@ def test_sample_model_has_skill_on_test_period(shared):
 def test_fast_path_reproduces_saved_test_metrics(shared):
     """Live inference (NumPy path + stored scaler) on the test period gives the metrics that
     training saved: no scaling mismatch between training and inference."""
-    import model_management as mm
     home, meta = shared["home"], shared["metadata"]
     model = mm.load_model(home / C.MODEL_FILE)
     feats = pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"])
@@ -122,7 +121,6 @@ def test_fast_path_reproduces_saved_test_metrics(shared):
 
 
 def test_shuffled_targets_learn_nothing_and_are_not_promoted(shared, trading_home):
-    import model_management as mm
     copy_home(shared["home"], trading_home)
     before = mm.calculate_model_checksum(trading_home / C.MODEL_FILE)
     result = train_in(trading_home, pd.read_csv(trading_home / C.PROCESSED_DATA_FILE, parse_dates=["Date"]),
@@ -139,8 +137,6 @@ def test_shuffled_targets_learn_nothing_and_are_not_promoted(shared, trading_hom
 
 
 def test_worse_model_not_promoted_without_force(shared, trading_home):
-    import model_management as mm
-    import train_model
     copy_home(shared["home"], trading_home)
     # the current (trained) model against a deliberately crippled candidate: 1 epoch, 1 unit
     before = mm.calculate_model_checksum(trading_home / C.MODEL_FILE)
@@ -155,7 +151,6 @@ def test_worse_model_not_promoted_without_force(shared, trading_home):
 
 
 def test_determinism_same_seed_same_predictions(shared, tmp_path):
-    import model_management as mm
     feats = pd.read_csv(shared["home"] / C.PROCESSED_DATA_FILE, parse_dates=["Date"])
     train_in(tmp_path / "again", feats)
     a = mm.load_model(shared["home"] / C.MODEL_FILE).predict(feats)
@@ -165,7 +160,6 @@ def test_determinism_same_seed_same_predictions(shared, tmp_path):
 
 def test_test_period_never_touches_scaler_or_model(shared, tmp_path):
     """Scrambling every row of the test period changes neither the scaler nor the weights."""
-    import model_management as mm
     feats = pd.read_csv(shared["home"] / C.PROCESSED_DATA_FILE, parse_dates=["Date"])
     test_start = pd.Timestamp(shared["metadata"]["splits"]["test_start"])
     scrambled = feats.copy()
@@ -185,7 +179,6 @@ def test_test_period_never_touches_scaler_or_model(shared, tmp_path):
 
 
 def test_split_masks_are_chronological_and_scaler_ignores_later_periods():
-    import train_model
     feats = sample_features(SYMBOLS[:4])
     ds = train_model.build_dataset(feats, 10, list(C.FEATURE_COLUMNS))
     rows = ds["rows"]
@@ -209,7 +202,6 @@ def test_split_masks_are_chronological_and_scaler_ignores_later_periods():
 
 # ----------------------------------------------------------------------------- bad input
 def test_short_symbol_is_skipped_and_named(caplog):
-    import train_model
     feats = sample_features(SYMBOLS[:3])
     tiny = feats[feats["Symbol"] == "GOOGL"].head(C.MIN_SYMBOL_ROWS - 1)
     feats = pd.concat([feats[feats["Symbol"] != "GOOGL"], tiny])
@@ -222,7 +214,6 @@ def test_short_symbol_is_skipped_and_named(caplog):
 
 
 def test_window_longer_than_history_is_a_clear_error():
-    import train_model
     feats = sample_features(SYMBOLS[:1]).head(200)
     with pytest.raises(train_model.TrainingError, match="too little history|sessions"):
         train_model.build_dataset(feats, 150, list(C.FEATURE_COLUMNS))
@@ -258,7 +249,6 @@ def test_cli_empty_and_nan_csv_exit_1(trading_home):
 def test_cli_tiny_force_replaces_and_backs_up(shared, trading_home):
     """`python train_model.py --profile tiny --force` as cron would run it: exit 0, one log line
     per epoch, metrics logged with the grepped words, the replaced model in models/backups/."""
-    import model_management as mm
     copy_home(shared["home"], trading_home)
     old = mm.calculate_model_checksum(trading_home / C.MODEL_FILE)
     proc = _run_cli(trading_home, "--profile", "tiny", "--force", "--seed", "3")
