@@ -136,6 +136,7 @@ FORCED_BUYIN_LOOKBACK_DAYS = 90            # window counted for FORCED_BUYIN_LIM
 ORDER_RETRIES = 3                          # extra attempts for transient broker errors (count)
 ORDER_BACKOFF_S = 1.0                      # first retry backoff, doubling (seconds)
 ORDER_FILL_TIMEOUT_S = 120.0               # unfilled orders are cancelled after (seconds)
+FLATTEN_LOCK_WAIT_S = 120.0                # flatten waits this long for a running cycle to finish (seconds)
 ORDER_POLL_INTERVAL_S = 2.0                # fill polling interval (seconds)
 MAX_ORDERS_PER_MINUTE = 120                # Schwab's recommended ceiling (requests per minute)
 CIRCUIT_BREAKER_FAILURES = 5               # consecutive failures that open the breaker (count)

@@ -448,6 +448,26 @@ def load_processed(path=None) -> pd.DataFrame:
     return df
 
 
+def stale_symbols(features: pd.DataFrame, universe, session) -> dict[str, str | None]:
+    """The symbols of ``universe`` whose last bar is older than ``session`` (the session a
+    cycle trades on): symbol -> date of its last bar, or None when it has no data at all.
+    The live cycle opens nothing in them and stops when it holds one; the health check lists them."""
+    session = pd.Timestamp(session).normalize()
+    last = features.groupby("Symbol")["Date"].max()
+    out: dict[str, str | None] = {}
+    for sym in universe:
+        if sym not in last.index:
+            out[sym] = None
+        elif pd.Timestamp(last[sym]).normalize() < session:
+            out[sym] = str(pd.Timestamp(last[sym]).date())
+    return out
+
+
+def describe_stale(stale: dict) -> str:
+    """``AAPL (last bar 2026-11-16), XYZ (no data)`` for log lines and errors."""
+    return ", ".join(f"{s} ({'no data' if d is None else 'last bar ' + d})" for s, d in sorted(stale.items()))
+
+
 def _csv_writer(df: pd.DataFrame):
     return lambda tmp: df.to_csv(tmp, index=False, date_format="%Y-%m-%d")
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 import constants as C
+from errors import UserFacingError
 import state_db
 
 GATE_OVERRIDE_KEY = "golive_override"
@@ -194,10 +195,20 @@ def paper_session_count(checksum: str, conn=None) -> int:
 
 # =========================================================================== override and status
 
-def set_override(checksum: str, reason: str, by: str, audit, conn=None) -> dict:
-    """Open the gate by hand for this model: audited first, then stored."""
+class GateError(UserFacingError):
+    """The go-live gate refuses an operator's request; the message says what is missing."""
+
+
+def set_override(checksum: str, reason: str, by: str, audit, conn=None, no_backtest: bool = False) -> dict:
+    """Open the gate by hand for this model (audited first, then stored). The override waives
+    the paper sessions only; a passing backtest must be on record unless ``no_backtest`` says
+    explicitly that it is waived too."""
     c = connect(conn)
-    value = {"model_checksum": checksum, "reason": reason, "by": by, "at": state_db.utcnow()}
+    if not no_backtest and not passing_backtest_for(checksum, c):
+        raise GateError("no passing out-of-sample backtest is on record for this model: run "
+                        "./run_backtest.sh, or add --no-backtest to override without one")
+    value = {"model_checksum": checksum, "reason": reason, "by": by, "at": state_db.utcnow(),
+             "no_backtest": bool(no_backtest)}
     audit.log_event("golive_gate", "override", value)
     with state_db.transaction(c):
         state_db.kv_set(c, GATE_OVERRIDE_KEY, value)
@@ -206,16 +217,18 @@ def set_override(checksum: str, reason: str, by: str, audit, conn=None) -> dict:
 
 def gate_status(checksum: str, conn=None) -> dict:
     """Where the go-live conditions stand for a model: a passing out-of-sample backtest on
-    record and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays not counted), or an override."""
+    record and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays not counted). An override
+    waives the paper sessions; it waives the backtest only when given with ``--no-backtest``."""
     c = connect(conn)
     backtest = passing_backtest_for(checksum, c)
     sessions = paper_session_count(checksum, c)
     override = state_db.kv_get(c, GATE_OVERRIDE_KEY)
     override = override if override and override.get("model_checksum") == checksum else None
     ok = bool(backtest) and sessions >= C.GOLIVE_MIN_PAPER_SESSIONS
+    by_override = bool(override) and (bool(backtest) or bool(override.get("no_backtest")))
     return {"model_checksum": checksum, "backtest": backtest, "paper_sessions": sessions,
             "paper_sessions_needed": C.GOLIVE_MIN_PAPER_SESSIONS, "override": override,
-            "passed": ok or bool(override)}
+            "passed": ok or by_override}
 
 
 def refusal_reasons(status: dict) -> list[str]:

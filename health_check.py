@@ -70,6 +70,11 @@ def check_data():
     detail = f"processed_stock_data.csv: {len(df)} rows, {df['Symbol'].nunique()} symbols, through {last.date()}, zero NaN"
     if behind > C.DATA_MAX_AGE_SESSIONS:
         return WARN, f"{detail}; {behind} sessions behind {reference.date()}: run ./run_daily_data_update.sh"
+    stale = data_collection.stale_symbols(df, data_collection.load_universe(), last)
+    if stale:
+        return WARN, (f"{detail}; stale or missing symbols (no new orders, a held one stops the cycle): "
+                      f"{data_collection.describe_stale(stale)}: run ./run_daily_data_update.sh, or remove "
+                      f"delisted symbols from selected_stocks.txt")
     return OK, detail
 
 

@@ -1,446 +1,149 @@
-"""One trading cycle (cron runs ``python live_trading.py``), signals, and the emergency commands.
+"""The front door of the trading system: ``python live_trading.py [command]``.
 
-A cycle, in order; every step is logged and audited:
-
- 1. take the cycle lock (an overlapping run exits 0 saying another run holds it)
- 2. honour the kill switch (``python live_trading.py halt --reason ...``)
- 3. live mode only: the go-live gate (``golive.gate_status``: a passing backtest and paper
-    sessions for this model)
- 4. check the market calendar (a closed market is "nothing to do")
- 5. check data freshness, then compute signals with the verified model (``get_latest_signal``)
- 6. check drawdown and daily-loss limits (``RiskManager.update_equity``) and model drift
- 7. plan the orders (``order_planning.plan_orders``, the same code the backtest runs): forced
-    buy-ins of shorts, the drift hold, target positions, orders, pre-trade risk checks
- 8. send orders exactly once (``OrderExecutor``), wait for fills, reconcile, audit
-
-Exit codes: 0 success or nothing to do (kill switch on, market closed, another run holds the
-lock), 1 failure, 2 configuration error, 3 live trading refused by the go-live gate.
-
-Commands: ``status``, ``halt --reason``, ``resume``, ``flatten``, ``gate [--override --reason]``,
-``signals``; ``--as-of DATE`` replays a paper cycle as of a past session.
+``run`` (the default; cron runs it) is one trading cycle (``trading_cycle.run_cycle``). The
+operator's commands: ``status``, ``history``, ``halt --reason``, ``resume --reason``, ``flatten``,
+``gate [--override --reason [--no-backtest]]``, ``signals``, ``serve``; ``--as-of DATE`` replays a
+paper cycle as of a past session in a throwaway replay account. Options are accepted before or
+after the command. The runbook's one-liner ``from live_trading import get_latest_signal`` keeps
+working (re-exported from trading_cycle).
 """
 from __future__ import annotations
 
 import argparse
-import fcntl
-import getpass
+import json
 import logging
 import os
-import socket
 import sys
-from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date
 
 import pandas as pd
 
 import config
 import constants as C
-import drift_monitor
 import golive
 import market_calendar
+import pnl
 import state_db
-from audit_logging import AuditLogger
-from data_collection import load_processed, load_universe
-from errors import UserFacingError, install_excepthook, is_user_facing
-from failpoints import failpoint
-from golive import gate_status
-from logging_setup import ensure_logging, setup_logging
-from model_management import load_model
-from order_planning import plan_orders
-from risk_management import Portfolio, RiskManager, make_order
-from signals import BUY, HOLD, SELL, check_predictions, score_predictions
+import status_page
+from errors import install_excepthook, is_user_facing, one_line
+from logging_setup import setup_logging
+from risk_management import RiskManager, make_order
 from trading_api import get_broker
+from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCLE_KEY, CycleError,  # noqa: F401
+                           audit_logger, clear_kill_switch, cycle_lock, db, get_latest_signal, get_model,
+                           kill_switch, load_features, lock_holder, operator_name, print_positions,
+                           run_cycle, set_kill_switch, sync_prices)
 from trading_execution import CircuitBreaker, OrderExecutor
 
 log = logging.getLogger("trading")
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
-KILL_SWITCH_KEY = "kill_switch"
-LAST_CYCLE_KEY = "last_cycle"
-
-_MODEL = None
-
-
-class CycleError(UserFacingError):
-    """A step of the cycle failed; the message names what and the fix."""
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  success, or nothing to do (kill switch on, market closed, another run holds the lock)
+  {EXIT_FAIL}  failure (the reason is on stderr and in logs/trading_YYYYMMDD.log)
+  {EXIT_CONFIG}  configuration error or a mistyped command
+  {EXIT_GATE}  live trading refused by the go-live gate (python live_trading.py gate)"""
 
 
-def _db():
-    return golive.connect()
+def _json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def _audit():
-    return AuditLogger()
-
-
-def _operator() -> str:
+# ----------------------------------------------------------------------------- status and history
+def _status_data(replay: bool) -> dict:
+    conn = db()
+    rs = RiskManager(conn=conn).status()
+    data = {"mode": config.trading_mode(), "home": str(config.home()), "replay_account": replay,
+            "kill_switch": kill_switch(conn), "circuit_breaker": CircuitBreaker(conn).status(),
+            "risk": {"peak": (rs.get("peak") or {}).get("equity"), "drawdown": rs.get("drawdown"),
+                     "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
+            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY)}
     try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:
-        return "unknown"
+        data["account"] = pnl.status_dict(get_broker(), conn)
+    except Exception as exc:
+        data["account"] = None
+        data["account_error"] = f"{type(exc).__name__}: {exc}"
+    return data
 
 
-# ----------------------------------------------------------------------------- signals
-def get_model():
-    """The verified model, loaded once per process (the checksum is checked on load)."""
-    global _MODEL
-    path = config.path(C.MODEL_FILE)
-    if _MODEL is None or _MODEL.path != path:
-        _MODEL = load_model(path)
-    return _MODEL
-
-
-def load_features(as_of=None) -> pd.DataFrame:
-    features = load_processed()
-    if as_of is not None:
-        features = features[features["Date"] <= pd.Timestamp(as_of)]
-    return features
-
-
-def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: bool = True) -> list[dict]:
-    """Signals for every selected symbol from the latest data (up to ``as_of``).
-
-    Each item: symbol, date (of the data used), close, predicted_diff (next-day price difference
-    in USD), score (predicted_diff / (close * volatility_20): the move in units of recent daily
-    volatility), signal (BUY if score >= SIGNAL_THRESHOLD, SELL if <= -SIGNAL_THRESHOLD, else
-    HOLD), volatility. Logs one ``Prediction:`` line per symbol; stores every prediction for the
-    drift monitor. Nonsensical output (NaN, all equal, absurd) raises
-    ``signals.NonsensicalPredictionError``."""
-    ensure_logging("trading")
-    model = get_model()
-    features = load_features(as_of) if features is None else features
-    universe = load_universe()
-    missing = sorted(set(universe) - set(features["Symbol"]))
-    if missing:
-        log.warning("no data for %s in processed_stock_data.csv: no signal (run "
-                    "./run_daily_data_update.sh; see logs/data_update_*.log)", ", ".join(missing))
-    features = features[features["Symbol"].isin(universe)]
-    tail = features.sort_values(["Symbol", "Date"]).groupby("Symbol", sort=False).tail(model.window + 5)
-    scored = score_predictions(model.predict(tail, last_only=True))
-    check_predictions(scored)
-    for r in scored.itertuples(index=False):
-        log.info("Prediction: %s date=%s close=%.2f predicted_diff=%+.4f score=%+.3f signal=%s",
-                 r.Symbol, pd.Timestamp(r.Date).date(), r.Close, r.predicted_diff, r.score, r.signal)
-    counts = scored["signal"].value_counts().to_dict()
-    log.info("signal summary: %d BUY, %d SELL, %d HOLD (threshold |score| >= %.2f)",
-             counts.get(BUY, 0), counts.get(SELL, 0), counts.get(HOLD, 0), C.SIGNAL_THRESHOLD)
-    if record:
-        drift_monitor.record_predictions(scored, model.checksum)
-    return [{"symbol": r.Symbol, "date": str(pd.Timestamp(r.Date).date()), "close": float(r.Close),
-             "predicted_diff": float(r.predicted_diff), "score": float(r.score), "signal": r.signal,
-             "volatility": float(r.volatility_20), "price": float(r.Close)}
-            for r in scored.itertuples(index=False)]
-
-
-# ----------------------------------------------------------------------------- kill switch, gate
-def kill_switch(conn=None) -> dict | None:
-    return state_db.kv_get(conn or _db(), KILL_SWITCH_KEY)
-
-
-def set_kill_switch(reason: str, conn=None) -> dict:
-    conn = conn or _db()
-    value = {"reason": reason, "by": _operator(), "at": state_db.utcnow()}
-    _audit().log_event("kill_switch", "set", value)
-    with state_db.transaction(conn):
-        state_db.kv_set(conn, KILL_SWITCH_KEY, value)
-    log.critical("Kill switch SET by %s: %s. No cycle trades until `python live_trading.py resume`.",
-                 value["by"], reason)
-    return value
-
-
-def clear_kill_switch(reason: str = "", conn=None) -> dict | None:
-    conn = conn or _db()
-    old = state_db.kv_get(conn, KILL_SWITCH_KEY)
-    _audit().log_event("kill_switch", "cleared", {"by": _operator(), "reason": reason, "was": old})
-    with state_db.transaction(conn):
-        state_db.kv_delete(conn, KILL_SWITCH_KEY)
-    log.warning("Kill switch cleared by %s%s", _operator(), f": {reason}" if reason else "")
-    return old
-
-
-# ----------------------------------------------------------------------------- the cycle
-@contextmanager
-def cycle_lock():
-    """Only one cycle at a time: yields True when this process holds the lock, else False."""
-    path = config.ensure_parent(config.path(C.LOCK_DIR) / "live_trading.lock")
-    fh = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()} {datetime.now().isoformat(timespec='seconds')}\n")
-        fh.flush()
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    finally:
-        fh.close()
-
-
-def build_portfolio(broker, symbols, closes: dict, as_of):
-    balance = broker.get_account_balance()
-    positions = broker.get_positions()
-    quote_symbols = sorted(set(symbols) | set(positions))
-    quotes = broker.get_quotes(quote_symbols) if quote_symbols else {}
-    prices = {}
-    for sym in quote_symbols:
-        last = (quotes.get(sym) or {}).get("last")
-        prices[sym] = float(last) if last else float(closes.get(sym) or 0.0)
-    return Portfolio(
-        equity=float(balance["equity"]), cash=float(balance["cash"]),
-        buying_power=balance.get("buying_power"),
-        positions={s: int(p["quantity"]) for s, p in positions.items() if int(p["quantity"]) != 0},
-        prices=prices, last_close={s: float(c) for s, c in closes.items()}, quotes=quotes,
-        recalled={s for s, p in positions.items() if p.get("recalled")}, as_of=as_of)
-
-
-def run_cycle(as_of=None, now=None) -> int:
-    """One trading cycle; returns the exit code."""
-    mode = config.trading_mode()
-    replay = as_of is not None
-    if replay and mode != "paper":
-        raise CycleError("--as-of replays are paper-only: unset TRADING_MODE or set it to paper")
-    with cycle_lock() as held:
-        if not held:
-            log.warning("another live_trading.py run holds the cycle lock (%s): exiting without trading",
-                        config.path(C.LOCK_DIR) / "live_trading.lock")
-            return EXIT_OK
-        try:
-            return _cycle(mode, as_of, now)
-        except Exception as exc:
-            try:                       # the trail shows that the cycle ended, and why
-                _audit().log_event("cycle_end", "error", {"error": f"{type(exc).__name__}: {exc}"})
-            except Exception as audit_exc:
-                log.error("audit of the failed cycle failed too: %s", audit_exc)
-            raise
-
-
-def _cycle(mode: str, as_of, now) -> int:
-    """Steps 2-8 of the module docstring, one named step a line; returns the exit code."""
-    conn, audit, replay = _db(), _audit(), as_of is not None
-    now = now or datetime.now().astimezone()
-    _log_cycle_start(audit, mode, as_of)
-    if _kill_switch_stops(conn, audit):
+def cmd_status(as_json: bool, replay: bool) -> int:
+    if replay:
+        config.set_replay(True)
+    data = _status_data(replay)
+    if as_json:
+        _json(data)
         return EXIT_OK
-    model = get_model()
-    if mode == "live" and not _gate_allows(model, conn, audit):
-        return EXIT_GATE
-    data_day = _data_day(as_of, now, audit)
-    if data_day is None:
-        return EXIT_OK                                       # the market is closed: nothing to do
-    features, cycle_date = _fresh_features(data_day)
-    signals = get_latest_signal(features=features)
-    failpoint("after_signals")
-    executor = OrderExecutor(conn=conn, audit=audit)
-    sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
-    executor.reconcile()
-    risk = RiskManager(conn=conn, audit=audit)
-    portfolio = _account(risk, executor.broker, signals, cycle_date)
-    hold = _drift_hold(features, model, conn, data_day)
-    plan = _plan(risk, signals, portfolio, hold, audit)
-    keys, failures = _send(executor, plan.approved, cycle_date, mode)
-    final = _wait_for_fills(executor, keys)
-    equity = _close_cycle(conn, audit, risk, executor.broker, model, mode, replay, cycle_date, signals, plan,
-                          keys, failures)
-    log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
-             len(signals), len(plan.orders), len(plan.approved), len(keys), failures, equity)
-    _print_cycle(signals, final, executor.broker)
-    return EXIT_FAIL if failures else EXIT_OK
-
-
-def _log_cycle_start(audit, mode: str, as_of) -> None:
-    log.info("cycle start: mode=%s%s home=%s", mode, f" as-of {as_of}" if as_of is not None else "", config.home())
-    audit.log_event("cycle_start", "started", {"mode": mode, "as_of": str(as_of) if as_of is not None else None})
-
-
-def _kill_switch_stops(conn, audit) -> bool:
-    switch = kill_switch(conn)
-    if switch:
-        log.warning("Kill switch is ON (set by %s at %s: %s): no trading. Clear it with "
-                    "`python live_trading.py resume`.", switch["by"], switch["at"], switch["reason"])
-        audit.log_event("cycle_end", "kill_switch", switch)
-    return bool(switch)
-
-
-def _gate_allows(model, conn, audit) -> bool:
-    """Live mode: the go-live gate (golive.gate_status) must be open for this model."""
-    gate = gate_status(model.checksum, conn)
-    if not gate["passed"]:
-        why = golive.refusal_reasons(gate)
-        log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
-                     "; ".join(why))
-        audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
-        return False
-    if gate["override"]:
-        log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])
-    return True
-
-
-def _data_day(as_of, now, audit):
-    """The session whose close the cycle trades on, or None when the market is closed now."""
-    if as_of is not None:
-        if not market_calendar.is_session(as_of):
-            raise CycleError(f"--as-of {as_of} is not an NYSE session: pick a trading day")
-        return pd.Timestamp(as_of)
-    if not market_calendar.is_open(now):
-        log.info("Market closed at %s (NYSE regular session): nothing to do", now)
-        audit.log_event("cycle_end", "market_closed", {"at": str(now)})
-        return None
-    return market_calendar.last_completed_session(now)
-
-
-def _fresh_features(data_day):
-    """The features up to ``data_day`` and the date of their last row; stale data stops the cycle."""
-    features = load_features(data_day)
-    last = features["Date"].max()
-    behind = market_calendar.sessions_between(last, data_day)
-    if behind > C.DATA_MAX_AGE_SESSIONS:
-        raise CycleError(f"data is stale: processed_stock_data.csv ends {last.date()}, {behind} sessions "
-                         f"before {data_day.date()}: run ./run_daily_data_update.sh")
-    return features, last.date()
-
-
-def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool = False) -> None:
-    """Give the broker every symbol's last close (a simulated broker fills and values at them;
-    Schwab ignores them) and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
-    closes = features.sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
-    broker.set_prices(closes, as_of=as_of)
-    if accrue_borrow and broker.simulated:     # only a simulated broker charges borrow fees itself
-        broker.accrue_borrow_fees(as_of=as_of)
-
-
-def _account(risk, broker, signals, cycle_date):
-    """The Portfolio the risk checks see; the equity recorded (drawdown and daily-loss halts)."""
-    portfolio = build_portfolio(broker, [s["symbol"] for s in signals], {s["symbol"]: s["close"] for s in signals},
-                                cycle_date)
-    status = risk.update_equity(portfolio.equity, as_of=cycle_date)
-    log.info("account: equity $%.2f, cash $%.2f, %d positions, drawdown %.2f%% from peak $%.2f",
-             portfolio.equity, portfolio.cash, len(portfolio.positions), 100 * status["drawdown"], status["peak"])
-    return portfolio
-
-
-def _drift_hold(features, model, conn, data_day) -> bool:
-    """True when drift is CRITICAL: the cycle then opens no new positions."""
-    drift = drift_monitor.evaluate(features, model, conn, as_of=data_day)
-    hold = bool(drift and drift["severity"] == "CRITICAL")
-    if hold:
-        log.critical("trading opens no new positions: DRIFT ALERT CRITICAL (retrain with python train_model.py)")
-    return hold
-
-
-def _plan(risk, signals, portfolio, hold: bool, audit):
-    """order_planning.plan_orders, each signal's target logged and each rejection audited."""
-    plan = plan_orders(risk, signals, portfolio, hold=hold)
-    for s in signals:
-        log.info("signal %s: %s score %+.3f -> target %+d shares (now %+d)", s["symbol"], s["signal"],
-                 s["score"], plan.targets.get(s["symbol"], portfolio.positions.get(s["symbol"], 0)),
-                 portfolio.positions.get(s["symbol"], 0))
-    for order, reason in plan.rejected:
-        audit.log_event("risk_check", "rejected", {"order": order, "reason": reason})
-    return plan
-
-
-def _send(executor, approved, cycle_date, mode) -> tuple[list[str], int]:
-    """Submit every approved order (at market) exactly once; returns (client keys sent, failures)."""
-    results, failures = [], 0
-    for order in approved:
-        order = dict(order, order_type="MARKET")
-        try:
-            results.append(executor.submit(order, cycle_date, mode))
-        except Exception as exc:
-            failures += 1
-            log.error("order %s %d %s not sent: %s", order["side"], order["quantity"], order["symbol"], exc)
-    keys = [r["client_key"] for r in results if r and r.get("broker_order_id")]
-    failpoint("after_submit_all")
-    return keys, failures
-
-
-def _wait_for_fills(executor, keys) -> list[dict]:
-    final = executor.wait_for_fills(keys) if keys else []
-    for record in final:
-        log.info("order %s: %s %d/%d %s at %s", record["client_key"], record["status"],
-                 record["filled_quantity"], record["quantity"], record["symbol"], record["avg_fill_price"])
-    failpoint("after_fills")
-    return final
-
-
-def _close_cycle(conn, audit, risk, broker, model, mode, replay, cycle_date, signals, plan, keys, failures) -> float:
-    """Record the equity after the fills, the cycle summary and (paper, no failure) the paper
-    session for the go-live gate; audit the cycle's end. Returns the equity."""
-    after = broker.get_account_balance()
-    equity = float(after["equity"])
-    risk.update_equity(equity, as_of=cycle_date)
-    summary = {"cycle_date": str(cycle_date), "mode": mode, "replay": replay, "signals": len(signals),
-               "orders_wanted": len(plan.orders), "orders_approved": len(plan.approved), "orders_sent": len(keys),
-               "orders_failed": failures, "equity": equity, "model": model.checksum,
-               "finished_at": state_db.utcnow()}
-    with state_db.transaction(conn):
-        state_db.kv_set(conn, LAST_CYCLE_KEY, summary)
-        if mode == "paper" and not failures:
-            golive.record_paper_session(conn, cycle_date, model.checksum, replay, len(keys), equity)
-    failpoint("before_cycle_end")
-    audit.log_event("cycle_end", "failed" if failures else "completed", summary)
-    return equity
-
-
-def _print_cycle(signals, orders, broker) -> None:
-    print(f"{'symbol':8} {'date':10} {'close':>10} {'pred diff':>10} {'score':>7}  signal")
-    for s in signals:
-        print(f"{s['symbol']:8} {s['date']:10} {s['close']:10.2f} {s['predicted_diff']:+10.4f} "
-              f"{s['score']:+7.2f}  {s['signal']}")
-    print(f"\norders: {len(orders)}")
-    for o in orders:
-        price = f"{o['avg_fill_price']:.2f}" if o["avg_fill_price"] else "-"
-        print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']:10} filled "
-              f"{o['filled_quantity']} @ {price}")
-    _print_positions(broker)
-
-
-def _print_positions(broker) -> None:
-    balance = broker.get_account_balance()
-    positions = broker.get_positions()
-    print(f"\npositions ({len(positions)}), equity ${balance['equity']:,.2f}, cash ${balance['cash']:,.2f}:")
-    for sym, p in sorted(positions.items()):
-        print(f"  {sym:6} {p['quantity']:+7d} @ {p.get('avg_price') or 0:10.2f}  value "
-              f"${p.get('market_value') or 0:12,.2f}")
-
-
-# ----------------------------------------------------------------------------- commands
-def cmd_status() -> int:
-    conn = _db()
-    print(f"mode:            {config.trading_mode()}   (home {config.home()})")
-    switch = kill_switch(conn)
+    switch = data["kill_switch"]
+    print(f"mode:            {data['mode']}{'  (replay account)' if replay else ''}   (home {data['home']})")
     print(f"kill switch:     {'ON: ' + switch['reason'] + ' (by ' + switch['by'] + ' at ' + switch['at'] + ')' if switch else 'off'}")
-    br = CircuitBreaker(conn).status()
+    br = data["circuit_breaker"]
     print(f"circuit breaker: {br['state']} ({br['failures']} consecutive failures)"
           + (f", last error: {br['last_error']}" if br["last_error"] else ""))
-    rs = RiskManager(conn=conn).status()
-    peak = (rs.get("peak") or {}).get("equity") or 0.0
-    last_equity = (rs.get("last_equity") or {}).get("equity") or 0.0
-    print(f"risk:            peak ${peak:,.2f}, last equity ${last_equity:,.2f}, "
-          f"drawdown {100 * (rs.get('drawdown') or 0):.2f}%, "
-          f"halted: {'YES: ' + rs['reason'] if rs.get('halted') else 'no'}")
-    last = state_db.kv_get(conn, LAST_CYCLE_KEY)
+    risk = data["risk"]
+    print(f"risk:            peak ${risk['peak'] or 0:,.2f}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
+          f"halted: {'YES: ' + str(risk['halt_reason']) if risk['halted'] else 'no'}")
+    last = data["last_cycle"]
     if last:
         print(f"last cycle:      {last['cycle_date']} ({last['mode']}{', replay' if last['replay'] else ''}) "
               f"finished {last['finished_at']}: {last['signals']} signals, {last['orders_sent']} orders sent, "
               f"{last['orders_failed']} failed, equity ${last['equity']:,.2f}")
     else:
         print("last cycle:      none yet")
-    try:
-        _print_positions(get_broker())
-    except Exception as exc:
-        print(f"positions:       unavailable ({type(exc).__name__}: {exc})")
+    acct = data["account"]
+    if acct is None:
+        print(f"account:         unavailable ({data['account_error']})")
+        return EXIT_OK
+    day = f"{acct['day_pnl']:+,.2f} since {acct['day_pnl_since']}" if acct["day_pnl"] is not None else "n/a (no earlier session recorded)"
+    print(f"equity:          ${acct['equity']:,.2f}   cash ${acct['cash']:,.2f}   positions ${acct['positions_value']:,.2f}")
+    print(f"P&L:             realised ${acct['realised_pnl']:+,.2f} ({acct['round_trips']} round trips), "
+          f"unrealised ${acct['unrealised_pnl']:+,.2f}, day {day}")
+    print(f"\npositions ({len(acct['positions'])}):")
+    if acct["positions"]:
+        print(f"  {'symbol':6} {'qty':>7} {'avg cost':>10} {'price':>10} {'value':>13} {'unrealised':>12}")
+    for p in acct["positions"]:
+        print(f"  {p['symbol']:6} {p['quantity']:+7d} {p['avg_cost']:10.2f} {p['price']:10.2f} "
+              f"{p['market_value']:13,.2f} {p['unrealised_pnl']:+12,.2f}")
     return EXIT_OK
 
 
-def cmd_flatten(confirm: str | None) -> int:
-    """Cancel open orders and close every position through the broker API."""
+def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:
+    if replay:
+        config.set_replay(True)
+    data = pnl.history(db(), mode=config.trading_mode(), limit=limit)
+    if as_json:
+        _json(data)
+        return EXIT_OK
+    print(f"round trips ({data['round_trip_count']}; realised ${data['realised_pnl']:+,.2f}"
+          + (f", win rate {100 * data['win_rate']:.0f}%" if data["win_rate"] is not None else "") + "):")
+    for t in data["round_trips"]:
+        print(f"  {t['symbol']:6} {t['side']:5} {t['quantity']:6d}  {t['entry_date'][:10]} @ {t['entry_price']:9.2f}"
+              f" -> {t['exit_date'][:10]} @ {t['exit_price']:9.2f}  P&L {t['pnl']:+10,.2f}")
+    print(f"\nfills ({data['fill_count']}):")
+    for f in data["fills"]:
+        print(f"  {str(f['trade_date'])[:19]}  {f['side']:12} {f['quantity']:6d} {f['symbol']:6} @ {f['price']:9.2f}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- halt, resume, flatten
+def cmd_halt(reason: str) -> int:
+    value = set_kill_switch(reason)
+    print(f"HALTED: {value['reason']} (by {value['by']} at {value['at']}). "
+          f"Clear with: python live_trading.py resume --reason \"...\"")
+    return EXIT_OK
+
+
+def cmd_resume(reason: str) -> int:
+    if not kill_switch():
+        print("nothing to resume: the kill switch is not set")
+        return EXIT_OK
+    old = clear_kill_switch(reason)
+    print(f"RESUMED: kill switch cleared (it was: {old['reason']}). Cycles trade again.")
+    return EXIT_OK
+
+
+def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float) -> int:
+    """Stop trading (the kill switch, unless --keep-trading), wait for a running cycle to
+    finish, then cancel open orders and close every position through the broker. The closing
+    orders' client keys are stable for the day, so a rerun never closes twice."""
     if confirm != "FLATTEN":
         if not sys.stdin.isatty():
             print("flatten needs a typed confirmation: run it in a terminal, or pass --confirm FLATTEN",
@@ -449,17 +152,29 @@ def cmd_flatten(confirm: str | None) -> int:
         if input("Close EVERY position at market and cancel every open order? Type FLATTEN: ").strip() != "FLATTEN":
             print("not confirmed: nothing done")
             return EXIT_OK
+    if not keep_trading:
+        set_kill_switch("flatten: close every position")
+    with cycle_lock(wait_s=wait_s, what="flatten") as held:
+        if not held:
+            print(f"flatten NOT done: the cycle lock is still held after {wait_s:.0f} s by {lock_holder()}. "
+                  f"{'The kill switch is set, so it sends nothing more; ' if not keep_trading else ''}"
+                  f"run flatten again when it has finished (or stop that process).", file=sys.stderr)
+            return EXIT_FAIL
+        return _flatten_locked()
+
+
+def _flatten_locked() -> int:
     mode = config.trading_mode()
-    audit = _audit()
+    audit = audit_logger()
     executor = OrderExecutor(audit=audit)
     broker = executor.broker
-    audit.log_event("flatten", "started", {"by": _operator(), "mode": mode})
+    audit.log_event("flatten", "started", {"by": operator_name(), "mode": mode})
     try:
         sync_prices(broker, load_features())
     except Exception as exc:
         log.warning("broker prices not refreshed from processed_stock_data.csv: %s", exc)
     cancelled = executor.cancel_all_open()
-    stamp = datetime.now().strftime("%Y-%m-%dT%H%M%S")
+    today = date.today()
     keys = []
     for sym, p in sorted(broker.get_positions().items()):
         qty = int(p["quantity"])
@@ -467,8 +182,8 @@ def cmd_flatten(confirm: str | None) -> int:
             continue
         side = "SELL" if qty > 0 else "BUY_TO_COVER"
         order = make_order(sym, side, abs(qty), float(p.get("avg_price") or 0), order_type="MARKET",
-                           client_key=f"flatten:{stamp}:{sym}:{side}", reason="flatten")
-        rec = executor.submit(order, date.today(), mode)
+                           client_key=f"flatten-{today}-{sym}-{side}", reason="flatten")
+        rec = executor.submit(order, today, mode)
         if rec.get("broker_order_id"):
             keys.append(rec["client_key"])
     final = executor.wait_for_fills(keys) if keys else []
@@ -476,92 +191,174 @@ def cmd_flatten(confirm: str | None) -> int:
     log.warning("flatten: cancelled %d open orders, sent %d closing orders", cancelled, len(keys))
     for o in final:
         print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']}")
-    _print_positions(broker)
+    print_positions(broker)
     return EXIT_OK
 
 
-def cmd_gate(override: bool, reason: str | None) -> int:
-    conn = _db()
+# ----------------------------------------------------------------------------- gate, signals, serve
+def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: bool) -> int:
+    conn = db()
     model = get_model()
+    if no_backtest and not override:
+        print("--no-backtest only goes with --override --reason \"...\"", file=sys.stderr)
+        return EXIT_CONFIG
     if override:
         if not reason:
             print("--override needs --reason \"...\"", file=sys.stderr)
             return EXIT_CONFIG
-        value = golive.set_override(model.checksum, reason, _operator(), _audit(), conn)
-        log.critical("go-live gate OVERRIDDEN for model %s by %s: %s", model.checksum[:12], value["by"], reason)
-    st = gate_status(model.checksum, conn)
+        value = golive.set_override(model.checksum, reason, operator_name(), audit_logger(), conn,
+                                    no_backtest=no_backtest)
+        log.warning("go-live gate OVERRIDDEN for model %s by %s%s: %s", model.checksum[:12], value["by"],
+                    " (without a passing backtest)" if no_backtest else "", reason)
+    st = golive.gate_status(model.checksum, conn)
+    if as_json:
+        _json(st)
+        return EXIT_OK if st["passed"] else EXIT_FAIL
     bt = st["backtest"]
     print(f"model:          {model.checksum}")
     print(f"backtest:       {'PASS (' + str(bt.get('created_at')) + ', ' + str(bt.get('report')) + ')' if bt else 'MISSING: run ./run_backtest.sh (out-of-sample, must pass)'}")
     print(f"paper sessions: {st['paper_sessions']} of {st['paper_sessions_needed']} "
-          f"({'PASS' if st['paper_sessions'] >= st['paper_sessions_needed'] else 'not yet'})")
+          f"({'PASS' if st['paper_sessions'] >= st['paper_sessions_needed'] else 'not yet'}; replays do not count)")
     if st["override"]:
-        print(f"override:       by {st['override']['by']} at {st['override']['at']}: {st['override']['reason']}")
-    print(f"live trading:   {'ALLOWED' if st['passed'] else 'REFUSED'}")
+        o = st["override"]
+        print(f"override:       by {o['by']} at {o['at']}: {o['reason']}"
+              + (" (backtest waived too)" if o.get("no_backtest") else " (waives the paper sessions only)"))
+    print(f"live trading:   {'ALLOWED' if st['passed'] else 'REFUSED: ' + '; '.join(golive.refusal_reasons(st))}")
     return EXIT_OK if st["passed"] else EXIT_FAIL
 
 
-def cmd_signals(as_of) -> int:
-    for s in get_latest_signal(as_of=as_of, record=False):
+def cmd_signals(as_of, as_json: bool) -> int:
+    signals = get_latest_signal(as_of=as_of, record=False)
+    if as_json:
+        _json(signals)
+        return EXIT_OK
+    for s in signals:
         print(f"{s['symbol']:8} {s['date']} close {s['close']:10.2f} predicted_diff {s['predicted_diff']:+9.4f} "
               f"score {s['score']:+6.2f} {s['signal']}")
     return EXIT_OK
 
 
+def rebuild_status_page() -> None:
+    """Rebuild reports/status.html; a failure is logged, never fatal (the page is a view)."""
+    try:
+        config.set_replay(False)
+        status_page.build_status_page()
+    except Exception as exc:
+        log.warning("status page not rebuilt: %s: %s", type(exc).__name__, exc)
+
+
+# ----------------------------------------------------------------------------- the command line
+def _parser() -> argparse.ArgumentParser:
+    # options every command accepts, before or after its name (SUPPRESS: a subcommand's copy
+    # does not overwrite a value given before it)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--as-of", default=argparse.SUPPRESS,
+                        help="replay a paper cycle / signals as of this past session (YYYY-MM-DD)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output (status, history, gate, signals)")
+    common.add_argument("--replay", action="store_true", default=argparse.SUPPRESS,
+                        help="status/history of the throwaway replay account instead of the real one")
+    parser = argparse.ArgumentParser(
+        prog="live_trading.py", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="One trading cycle (the default), or an operator command.", epilog=EXIT_CODES)
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    def add(name, help_):
+        return sub.add_parser(name, parents=[common], help=help_, description=help_, epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add("run", "one trading cycle (the default)")
+    add("status", "mode, kill switch, breaker, drawdown, equity, P&L, positions, last cycle")
+    p = add("history", "round trips and fills of the account")
+    p.add_argument("--limit", type=int, help="only the newest N round trips and fills")
+    p = add("halt", "set the kill switch: every run stops trading (a second halt adds its reason)")
+    p.add_argument("--reason", required=True)
+    p = add("resume", "clear the kill switch")
+    p.add_argument("--reason", required=True, help="why it is safe to trade again (audited)")
+    p = add("flatten", "stop trading, cancel open orders and close every position (asks to confirm)")
+    p.add_argument("--confirm", help="type FLATTEN here to skip the prompt")
+    p.add_argument("--keep-trading", action="store_true",
+                   help="do not set the kill switch (cycles may open positions again)")
+    p.add_argument("--wait", type=float, default=C.FLATTEN_LOCK_WAIT_S,
+                   help=f"seconds to wait for a running cycle (default {C.FLATTEN_LOCK_WAIT_S:.0f})")
+    p = add("gate", "the go-live conditions for the current model")
+    p.add_argument("--override", action="store_true",
+                   help="waive the paper sessions (audited); needs --reason and a passing backtest")
+    p.add_argument("--no-backtest", action="store_true", help="with --override: waive the backtest too")
+    p.add_argument("--reason")
+    add("signals", "print the latest signals (nothing is traded)")
+    p = add("serve", "serve reports/status.html read-only on 127.0.0.1")
+    p.add_argument("--port", type=int, default=C.STATUS_SERVE_PORT)
+    return parser
+
+
+def _as_of(text: str):
+    """A past NYSE session, or a one-line ConfigError."""
+    try:
+        day = pd.Timestamp(text).normalize()
+        ok = market_calendar.is_session(day)
+    except Exception:
+        raise config.ConfigError(f"--as-of {text!r} is not a date the NYSE calendar knows "
+                                 f"(YYYY-MM-DD, within the calendar's range)") from None
+    if not ok:
+        raise config.ConfigError(f"--as-of {text} is not an NYSE session: pick a trading day")
+    return day
+
+
 def main(argv=None) -> int:
     install_excepthook()
-    parser = argparse.ArgumentParser(description="One trading cycle, or an operator command.")
-    parser.add_argument("--as-of", help="replay a paper cycle as of this past session (YYYY-MM-DD)")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="one trading cycle (the default)")
-    sub.add_parser("status", help="mode, kill switch, breaker, drawdown, positions, last cycle")
-    p = sub.add_parser("halt", help="set the kill switch: every run stops trading")
-    p.add_argument("--reason", required=True)
-    p = sub.add_parser("resume", help="clear the kill switch")
-    p.add_argument("--reason", default="")
-    p = sub.add_parser("flatten", help="cancel open orders and close every position (asks to confirm)")
-    p.add_argument("--confirm", help="type FLATTEN here to skip the prompt")
-    p = sub.add_parser("gate", help="the go-live conditions for the current model")
-    p.add_argument("--override", action="store_true", help="allow live trading anyway (audited)")
-    p.add_argument("--reason")
-    sub.add_parser("signals", help="print the latest signals (nothing is traded)")
-    args = parser.parse_args(argv)
-    try:
-        config.trading_mode()
-    except config.ConfigError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging("trading")
-    as_of = None
-    if args.as_of:
-        try:
-            as_of = pd.Timestamp(args.as_of).normalize()
-        except ValueError:
-            print(f"ERROR: --as-of {args.as_of!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
-            return EXIT_CONFIG
+    args = _parser().parse_args(argv)
     command = args.command or "run"
+    as_json = getattr(args, "json", False)
+    try:
+        as_of = _as_of(args.as_of) if getattr(args, "as_of", None) else None
+        # results go to stdout; the log's console copy only for the cycle (cron captures it)
+        setup_logging("trading", console=(command == "run"))
+    except config.ConfigError as exc:
+        print(one_line(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    replay = getattr(args, "replay", False)
     try:
         if command == "run":
-            return run_cycle(as_of=as_of)
+            code = run_cycle(as_of=as_of)
+            if as_of is None:
+                rebuild_status_page()
+            return code
         if command == "status":
-            return cmd_status()
+            return cmd_status(as_json, replay)
+        if command == "history":
+            return cmd_history(as_json, args.limit, replay)
         if command == "halt":
-            set_kill_switch(args.reason)
-            return EXIT_OK
+            return cmd_halt(args.reason)
         if command == "resume":
-            clear_kill_switch(args.reason)
-            return EXIT_OK
+            return cmd_resume(args.reason)
         if command == "flatten":
-            return cmd_flatten(args.confirm)
+            return cmd_flatten(args.confirm, args.keep_trading, args.wait)
         if command == "gate":
-            return cmd_gate(args.override, args.reason)
+            return cmd_gate(args.override, args.reason, args.no_backtest, as_json)
         if command == "signals":
-            return cmd_signals(as_of)
+            return cmd_signals(as_of, as_json)
+        if command == "serve":
+            rebuild_status_page()
+            status_page.serve(args.port)
+            return EXIT_OK
+    except BrokenPipeError:
+        # `status | head`: the reader went away; end quietly (stdout pointed at /dev/null so
+        # the interpreter's final flush does not complain)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAIL
     except Exception as exc:
         if is_user_facing(exc):
             log.error("%s FAILED: %s", command, exc)
+            if command != "run":
+                print(one_line(exc), file=sys.stderr)
         else:
             log.exception("%s FAILED with an unexpected error: %s: %s", command, type(exc).__name__, exc)
+            if command != "run":
+                print(f"ERROR: {command} failed unexpectedly: {type(exc).__name__}: {exc} "
+                      f"(details in logs/trading_{date.today():%Y%m%d}.log)", file=sys.stderr)
         return EXIT_FAIL
     return EXIT_CONFIG
 

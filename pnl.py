@@ -62,7 +62,7 @@ def _mode(mode: str | None) -> str:
 
 def broker_mode(broker) -> str:
     """``paper`` for the paper broker, ``live`` for Schwab."""
-    return "paper" if getattr(broker, "name", "") == "paper" else "live"
+    return "paper" if broker.simulated else "live"
 
 
 # ----------------------------------------------------------------------------- fills

@@ -22,8 +22,9 @@ def run(args, home, env_extra=None, timeout=180, input=None):
     return run_entry(args, home, env_extra, timeout, input)
 
 
-def db(home):
-    conn = sqlite3.connect(home / C.STATE_DB_FILE)
+def db(home, replay=False):
+    """The real state database, or (replay=True) the throwaway one of --as-of replays."""
+    conn = sqlite3.connect(home / (C.REPLAY_STATE_DB_FILE if replay else C.STATE_DB_FILE))
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -34,8 +35,9 @@ def audit_records(home):
 
 
 def assert_consistent(home):
-    """Every order once at the broker, our records agree with it, positions = sum of fills."""
-    conn = db(home)
+    """Every order once at the broker, our records agree with it, positions = sum of fills
+    (in the replay account: these cycles are --as-of replays)."""
+    conn = db(home, replay=True)
     paper = [dict(r) for r in conn.execute("SELECT * FROM paper_orders")]
     keys = [o["client_key"] for o in paper]
     assert len(keys) == len(set(keys)), "an order was sent twice"
@@ -68,7 +70,7 @@ def test_full_paper_cycle(home, trained):
     for needed in ("cycle_start", "order_submit", "order_fill", "cycle_end"):
         assert needed in actions
     assert "orders:" in done.stdout and "positions" in done.stdout
-    conn = db(home)
+    conn = db(home, replay=True)
     stored = conn.execute("SELECT COUNT(*) FROM predictions WHERE date = ?", (trained["trade_day"],)).fetchone()[0]
     assert stored == 10
     # a rerun of the same day sends nothing new
@@ -116,18 +118,74 @@ def test_kill_switch_blocks_every_run_until_resumed(home, trained):
     assert ("kill_switch", "set") in actions and ("kill_switch", "cleared") in actions
 
 
+def _open_real_paper_positions(home, day):
+    """Positions in the real paper account (not a replay), bought through the paper broker."""
+    import state_db
+    from paper_broker import PaperBroker
+    df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
+    closes = df[df["Date"] == day].set_index("Symbol")["Close"].to_dict()
+    broker = PaperBroker(conn=state_db.connect(home / C.STATE_DB_FILE), prices=closes, as_of=day)
+    for sym in sorted(closes)[:2]:
+        broker.place_order({"symbol": sym, "side": "BUY", "quantity": 10, "order_type": "MARKET",
+                            "client_key": f"test-{sym}"})
+
+
 def test_flatten_closes_everything_after_confirmation(home, trained):
     assert run(["live_trading.py", "--as-of", trained["trade_day"]], home).returncode == 0
-    assert db(home).execute("SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] > 0
+    replay_open = db(home, replay=True).execute(
+        "SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0]
+    assert replay_open > 0
+    _open_real_paper_positions(home, trained["trade_day"])
+    assert db(home).execute("SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == 2
     refused = run(["live_trading.py", "flatten"], home, input="")
     assert refused.returncode == 2 and "confirmation" in refused.stderr
     done = run(["live_trading.py", "flatten", "--confirm", "FLATTEN"], home)
     assert done.returncode == 0, done.stderr[-2000:]
     assert db(home).execute("SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == 0
+    # the replay account is a different account: flatten never touches it
+    assert db(home, replay=True).execute(
+        "SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == replay_open
     assert ("flatten", "done") in [(r["action"], r["status"]) for r in audit_records(home)]
     status = run(["live_trading.py", "status"], home)
     assert status.returncode == 0, status.stderr[-2000:]
-    assert "last cycle:      " + trained["trade_day"] in status.stdout and "positions (0)" in status.stdout
+    assert "kill switch:     ON: flatten" in status.stdout and "positions (0)" in status.stdout
+    again = run(["live_trading.py", "flatten", "--confirm", "FLATTEN"], home)    # a rerun closes nothing twice
+    assert again.returncode == 0
+    sells = db(home).execute("SELECT COUNT(*) FROM paper_orders WHERE side = 'SELL'").fetchone()[0]
+    assert sells == 2
+    replay_status = run(["live_trading.py", "status", "--replay"], home)
+    assert "last cycle:      " + trained["trade_day"] in replay_status.stdout
+
+
+def test_flatten_waits_for_the_cycle_lock_and_names_the_holder(home, trained):
+    import live_trading
+    with live_trading.cycle_lock(what="cycle") as held:
+        assert held
+        done = run(["live_trading.py", "flatten", "--confirm", "FLATTEN", "--wait", "1"], home)
+    assert done.returncode == 1 and "cycle lock is still held" in done.stderr and f"pid {os.getpid()}" in done.stderr
+    # the kill switch went on first: nothing trades until a person resumes
+    assert "kill switch:     ON" in run(["live_trading.py", "status"], home).stdout
+
+
+def test_operator_commands_behave(home, trained):
+    nothing = run(["live_trading.py", "resume", "--reason", "no halt"], home)
+    assert nothing.returncode == 0 and "nothing to resume" in nothing.stdout
+    assert run(["live_trading.py", "resume"], home).returncode == 2                 # --reason required
+    helped = run(["live_trading.py", "status", "--help"], home)
+    assert helped.returncode == 0 and "exit codes" in helped.stdout
+    as_json = run(["live_trading.py", "status", "--json"], home)
+    data = json.loads(as_json.stdout)
+    assert data["mode"] == "paper" and data["account"]["equity"] == pytest.approx(C.INITIAL_PAPER_CASH)
+    assert as_json.stderr == ""                                                     # results once, on stdout
+    after = run(["live_trading.py", "signals", "--as-of", trained["trade_day"], "--json"], home)
+    before = run(["live_trading.py", "--as-of", trained["trade_day"], "--json", "signals"], home)
+    assert json.loads(after.stdout) == json.loads(before.stdout) and len(json.loads(after.stdout)) == 10
+    bad = run(["live_trading.py", "--as-of", "1700-01-01", "signals"], home)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--as-of" in bad.stderr
+    piped = subprocess.run(f"{PY} live_trading.py history | head -1", shell=True, cwd=ROOT, capture_output=True,
+                           text=True, env=dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",
+                                               TRADING_CONFIG_DIR=str(home / "keys")))
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
 
 
 def test_live_mode_refused_by_gate_without_backtest_and_paper_sessions(home, trained):
@@ -148,7 +206,7 @@ def _record_passing_backtest(home, checksum, eligible=True, in_sample=False):
 
 def _record_paper_sessions(home, checksum, n, replay=0):
     import live_trading
-    conn = live_trading._db()
+    conn = live_trading.db()
     for day in pd.bdate_range("2025-11-03", periods=n):
         conn.execute("INSERT OR IGNORE INTO paper_sessions VALUES (?,?,?,?,?,?)",
                      (str(day.date()), checksum, replay, 1, 100000.0, "2025-11-03T00:00:00+00:00"))
@@ -174,10 +232,27 @@ def test_gate_opens_only_when_both_conditions_hold(home, trained):
 
 
 def test_gate_override_is_explicit_and_audited(home, trained):
+    """An override waives the paper sessions only; without a passing backtest on record it
+    needs the explicit --no-backtest. Both print ALLOWED and are audited."""
+    import model_management
     assert run(["live_trading.py", "gate", "--override"], home).returncode == 2     # needs a reason
+    refused = run(["live_trading.py", "gate", "--override", "--reason", "operator insists"], home)
+    assert refused.returncode == 1 and "--no-backtest" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr            # one line, no traceback
+    assert "ALLOWED" not in run(["live_trading.py", "gate"], home).stdout
+    checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
+    _record_passing_backtest(home, checksum)                          # 0 of 5 paper sessions
     done = run(["live_trading.py", "gate", "--override", "--reason", "operator insists"], home)
     assert done.returncode == 0 and "ALLOWED" in done.stdout and "operator insists" in done.stdout
     assert ("golive_gate", "override") in [(r["action"], r["status"]) for r in audit_records(home)]
+
+
+def test_gate_override_without_backtest_needs_the_explicit_flag(home, trained):
+    done = run(["live_trading.py", "gate", "--override", "--no-backtest", "--reason", "drill"], home)
+    assert done.returncode == 0 and "ALLOWED" in done.stdout and "backtest waived" in done.stdout
+    records = [r for r in audit_records(home) if (r["action"], r["status"]) == ("golive_gate", "override")]
+    assert records and records[-1]["details"]["no_backtest"] is True
+    assert run(["live_trading.py", "gate", "--no-backtest"], home).returncode == 2
 
 
 def test_replay_refused_in_live_mode(home, trained):
@@ -273,7 +348,8 @@ def test_live_cycle_through_schwab_py(home, trained, fake, cm, monkeypatch):
     monkeypatch.setenv("TRADING_MODE", "live")
     now = datetime.combine(market_calendar.next_session(day).date(),
                            datetime.min.time()).replace(hour=10, tzinfo=ZoneInfo("America/New_York"))
-    live_trading._MODEL = None
+    import trading_cycle
+    trading_cycle._MODEL = None
     assert live_trading.run_cycle(now=now) == 0
     bodies = fake.posted_orders()
     assert bodies, "the trade day has BUY/SELL signals"

@@ -1,0 +1,461 @@
+"""One trading cycle (cron runs ``python live_trading.py``, whose ``run`` calls ``run_cycle``) and the signals.
+
+A cycle, in order; every step is logged and audited:
+
+ 1. take the cycle lock (an overlapping run exits 0 saying another run holds it)
+ 2. honour the kill switch (``python live_trading.py halt --reason ...``)
+ 3. live mode only: the go-live gate (``golive.gate_status``: a passing backtest and paper
+    sessions for this model)
+ 4. check the market calendar (a closed market is "nothing to do")
+ 5. check data freshness, then compute signals with the verified model (``get_latest_signal``)
+ 6. check drawdown and daily-loss limits (``RiskManager.update_equity``) and model drift
+ 7. plan the orders (``order_planning.plan_orders``, the same code the backtest runs): forced
+    buy-ins of shorts, the drift hold, target positions, orders, pre-trade risk checks
+ 8. send orders exactly once (``OrderExecutor``), wait for fills, reconcile, audit
+
+Exit codes: 0 success or nothing to do (kill switch on, market closed, another run holds the
+lock), 1 failure, 2 configuration error, 3 live trading refused by the go-live gate.
+
+"""
+from __future__ import annotations
+
+import fcntl
+import getpass
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime
+
+import pandas as pd
+
+import config
+import constants as C
+import drift_monitor
+import golive
+import market_calendar
+import pnl
+import state_db
+from audit_logging import AuditLogger
+from data_collection import load_processed, load_universe, stale_symbols
+from errors import UserFacingError
+from failpoints import failpoint
+from golive import gate_status
+from logging_setup import ensure_logging
+from model_management import load_model
+from order_planning import plan_orders
+from risk_management import Portfolio, RiskManager
+from signals import BUY, HOLD, SELL, check_predictions, score_predictions
+from trading_execution import OrderExecutor
+
+log = logging.getLogger("trading")
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
+KILL_SWITCH_KEY = "kill_switch"
+LAST_CYCLE_KEY = "last_cycle"
+
+_MODEL = None
+
+
+class CycleError(UserFacingError):
+    """A step of the cycle failed; the message names what and the fix."""
+
+
+def db():
+    return golive.connect()
+
+
+def audit_logger():
+    return AuditLogger()
+
+
+def operator_name() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- signals
+def get_model():
+    """The verified model, loaded once per process (the checksum is checked on load)."""
+    global _MODEL
+    path = config.path(C.MODEL_FILE)
+    if _MODEL is None or _MODEL.path != path:
+        _MODEL = load_model(path)
+    return _MODEL
+
+
+def load_features(as_of=None) -> pd.DataFrame:
+    features = load_processed()
+    if as_of is not None:
+        features = features[features["Date"] <= pd.Timestamp(as_of)]
+    return features
+
+
+def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: bool = True) -> list[dict]:
+    """Signals for every selected symbol from the latest data (up to ``as_of``).
+
+    Each item: symbol, date (of the data used), close, predicted_diff (next-day price difference
+    in USD), score (predicted_diff / (close * volatility_20): the move in units of recent daily
+    volatility), signal (BUY if score >= SIGNAL_THRESHOLD, SELL if <= -SIGNAL_THRESHOLD, else
+    HOLD), volatility. Logs one ``Prediction:`` line per symbol; stores every prediction for the
+    drift monitor. Nonsensical output (NaN, all equal, absurd) raises
+    ``signals.NonsensicalPredictionError``."""
+    ensure_logging("trading")
+    model = get_model()
+    features = load_features(as_of) if features is None else features
+    universe = load_universe()
+    missing = sorted(set(universe) - set(features["Symbol"]))
+    if missing:
+        log.warning("no data for %s in processed_stock_data.csv: no signal (run "
+                    "./run_daily_data_update.sh; see logs/data_update_*.log)", ", ".join(missing))
+    features = features[features["Symbol"].isin(universe)]
+    tail = features.sort_values(["Symbol", "Date"]).groupby("Symbol", sort=False).tail(model.window + 5)
+    scored = score_predictions(model.predict(tail, last_only=True))
+    check_predictions(scored)
+    for r in scored.itertuples(index=False):
+        log.info("Prediction: %s date=%s close=%.2f predicted_diff=%+.4f score=%+.3f signal=%s",
+                 r.Symbol, pd.Timestamp(r.Date).date(), r.Close, r.predicted_diff, r.score, r.signal)
+    counts = scored["signal"].value_counts().to_dict()
+    log.info("signal summary: %d BUY, %d SELL, %d HOLD (threshold |score| >= %.2f)",
+             counts.get(BUY, 0), counts.get(SELL, 0), counts.get(HOLD, 0), C.SIGNAL_THRESHOLD)
+    if record:
+        drift_monitor.record_predictions(scored, model.checksum)
+    return [{"symbol": r.Symbol, "date": str(pd.Timestamp(r.Date).date()), "close": float(r.Close),
+             "predicted_diff": float(r.predicted_diff), "score": float(r.score), "signal": r.signal,
+             "volatility": float(r.volatility_20), "price": float(r.Close)}
+            for r in scored.itertuples(index=False)]
+
+
+# ----------------------------------------------------------------------------- kill switch, gate
+def kill_switch(conn=None) -> dict | None:
+    return state_db.kv_get(conn or db(), KILL_SWITCH_KEY)
+
+
+def set_kill_switch(reason: str, conn=None) -> dict:
+    conn = conn or db()
+    value = {"reason": reason, "by": operator_name(), "at": state_db.utcnow()}
+    audit_logger().log_event("kill_switch", "set", value)
+    with state_db.transaction(conn):
+        state_db.kv_set(conn, KILL_SWITCH_KEY, value)
+    log.critical("Kill switch SET by %s: %s. No cycle trades until `python live_trading.py resume`.",
+                 value["by"], reason)
+    return value
+
+
+def clear_kill_switch(reason: str = "", conn=None) -> dict | None:
+    conn = conn or db()
+    old = state_db.kv_get(conn, KILL_SWITCH_KEY)
+    audit_logger().log_event("kill_switch", "cleared", {"by": operator_name(), "reason": reason, "was": old})
+    with state_db.transaction(conn):
+        state_db.kv_delete(conn, KILL_SWITCH_KEY)
+    log.warning("Kill switch cleared by %s%s", operator_name(), f": {reason}" if reason else "")
+    return old
+
+
+# ----------------------------------------------------------------------------- the cycle
+def lock_path():
+    return config.ensure_parent(config.path(C.LOCK_DIR) / "live_trading.lock")
+
+
+def lock_holder() -> str:
+    """Who holds the cycle lock: ``pid <n> (<command>) since <time>``, from the lock file."""
+    try:
+        text = lock_path().read_text().strip()
+    except OSError:
+        return "unknown"
+    return text or "unknown"
+
+
+@contextmanager
+def cycle_lock(wait_s: float = 0.0, what: str = "cycle"):
+    """Only one cycle (or flatten) at a time: yields True when this process holds the lock,
+    False when another holds it after waiting up to ``wait_s`` seconds."""
+    fh = open(lock_path(), "a+")
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.2)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} ({what}) since {datetime.now().isoformat(timespec='seconds')}\n")
+        fh.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def build_portfolio(broker, symbols, closes: dict, as_of):
+    balance = broker.get_account_balance()
+    positions = broker.get_positions()
+    quote_symbols = sorted(set(symbols) | set(positions))
+    quotes = broker.get_quotes(quote_symbols) if quote_symbols else {}
+    prices = {}
+    for sym in quote_symbols:
+        last = (quotes.get(sym) or {}).get("last")
+        prices[sym] = float(last) if last else float(closes.get(sym) or 0.0)
+    return Portfolio(
+        equity=float(balance["equity"]), cash=float(balance["cash"]),
+        buying_power=balance.get("buying_power"),
+        positions={s: int(p["quantity"]) for s, p in positions.items() if int(p["quantity"]) != 0},
+        prices=prices, last_close={s: float(c) for s, c in closes.items()}, quotes=quotes,
+        recalled={s for s, p in positions.items() if p.get("recalled")}, as_of=as_of)
+
+
+def run_cycle(as_of=None, now=None) -> int:
+    """One trading cycle; returns the exit code."""
+    mode = config.trading_mode()
+    replay = as_of is not None
+    if replay and mode != "paper":
+        raise CycleError("--as-of replays are paper-only: unset TRADING_MODE or set it to paper")
+    with cycle_lock() as held:
+        if not held:
+            log.warning("another run holds the cycle lock (%s: %s): exiting without trading",
+                        lock_path(), lock_holder())
+            return EXIT_OK
+        if replay:
+            # the operator's kill switch lives in the real database; the replay then runs in its
+            # own throwaway account (state_db.prepare_replay), never the real paper account
+            if _kill_switch_stops(db(), audit_logger()):
+                return EXIT_OK
+            state_db.prepare_replay(as_of)
+        try:
+            return _cycle(mode, as_of, now)
+        except Exception as exc:
+            try:                       # the trail shows that the cycle ended, and why
+                audit_logger().log_event("cycle_end", "error", {"error": f"{type(exc).__name__}: {exc}"})
+            except Exception as audit_exc:
+                log.error("audit of the failed cycle failed too: %s", audit_exc)
+            raise
+        finally:
+            config.set_replay(False)
+
+
+def _cycle(mode: str, as_of, now) -> int:
+    """Steps 2-8 of the module docstring, one named step a line; returns the exit code."""
+    conn, audit, replay = db(), audit_logger(), as_of is not None
+    now = now or datetime.now().astimezone()
+    _log_cycle_start(audit, mode, as_of)
+    if _kill_switch_stops(conn, audit):
+        return EXIT_OK
+    model = get_model()
+    if mode == "live" and not _gate_allows(model, conn, audit):
+        return EXIT_GATE
+    data_day = _data_day(as_of, now, audit)
+    if data_day is None:
+        return EXIT_OK                                       # the market is closed: nothing to do
+    features, cycle_date = _fresh_features(data_day)
+    signals = get_latest_signal(features=features)
+    failpoint("after_signals")
+    executor = OrderExecutor(conn=conn, audit=audit)
+    sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
+    executor.reconcile()
+    risk = RiskManager(conn=conn, audit=audit)
+    portfolio = _account(risk, executor.broker, signals, cycle_date)
+    tradable = _stale_guard(features, cycle_date, signals, portfolio, audit)
+    hold = _drift_hold(features, model, conn, data_day)
+    plan = _plan(risk, tradable, portfolio, hold, audit)
+    keys, failures = _send(executor, plan.approved, cycle_date, mode)
+    final = _wait_for_fills(executor, keys)
+    equity = _close_cycle(conn, audit, risk, executor.broker, model, mode, replay, cycle_date, signals, plan,
+                          keys, failures)
+    log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
+             len(signals), len(plan.orders), len(plan.approved), len(keys), failures, equity)
+    _print_cycle(signals, final, executor.broker)
+    return EXIT_FAIL if failures else EXIT_OK
+
+
+def _log_cycle_start(audit, mode: str, as_of) -> None:
+    log.info("cycle start: mode=%s%s home=%s", mode, f" as-of {as_of}" if as_of is not None else "", config.home())
+    audit.log_event("cycle_start", "started", {"mode": mode, "as_of": str(as_of) if as_of is not None else None})
+
+
+def _kill_switch_stops(conn, audit) -> bool:
+    switch = kill_switch(conn)
+    if switch:
+        log.warning("Kill switch is ON (set by %s at %s: %s): no trading. Clear it with "
+                    "`python live_trading.py resume`.", switch["by"], switch["at"], switch["reason"])
+        audit.log_event("cycle_end", "kill_switch", switch)
+    return bool(switch)
+
+
+def _gate_allows(model, conn, audit) -> bool:
+    """Live mode: the go-live gate (golive.gate_status) must be open for this model."""
+    gate = gate_status(model.checksum, conn)
+    if not gate["passed"]:
+        why = golive.refusal_reasons(gate)
+        log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
+                     "; ".join(why))
+        audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
+        return False
+    if gate["override"]:
+        log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])
+    return True
+
+
+def _data_day(as_of, now, audit):
+    """The session whose close the cycle trades on, or None when the market is closed now."""
+    if as_of is not None:
+        if not market_calendar.is_session(as_of):
+            raise CycleError(f"--as-of {as_of} is not an NYSE session: pick a trading day")
+        return pd.Timestamp(as_of)
+    if not market_calendar.is_open(now):
+        log.info("Market closed at %s (NYSE regular session): nothing to do", now)
+        audit.log_event("cycle_end", "market_closed", {"at": str(now)})
+        return None
+    return market_calendar.last_completed_session(now)
+
+
+def _fresh_features(data_day):
+    """The features up to ``data_day`` and the date of their last row; stale data stops the cycle."""
+    features = load_features(data_day)
+    last = features["Date"].max()
+    behind = market_calendar.sessions_between(last, data_day)
+    if behind > C.DATA_MAX_AGE_SESSIONS:
+        raise CycleError(f"data is stale: processed_stock_data.csv ends {last.date()}, {behind} sessions "
+                         f"before {data_day.date()}: run ./run_daily_data_update.sh")
+    return features, last.date()
+
+
+def _stale_guard(features, cycle_date, signals, portfolio, audit) -> list[dict]:
+    """Per-symbol data guard: a symbol whose last bar is older than the session traded on gets
+    no new order (a WARNING each); a position held in such a symbol stops the cycle before any
+    order, since it cannot be managed on old prices. Returns the signals that may trade."""
+    stale = stale_symbols(features, load_universe(), cycle_date)
+    stale.update({s: None for s in portfolio.positions
+                  if s not in stale and s not in set(features["Symbol"])})
+    if not stale:
+        return signals
+    held = {s: d for s, d in stale.items() if portfolio.positions.get(s)}
+    audit.log_event("data_guard", "stale_symbols", {"session": str(cycle_date), "stale": stale,
+                                                    "held": {s: portfolio.positions[s] for s in held}})
+    if held:
+        raise CycleError(
+            "open positions in symbols without current data: "
+            + ", ".join(f"{s} {portfolio.positions[s]:+d} shares ({'no data' if d is None else 'last bar ' + d})"
+                        for s, d in sorted(held.items()))
+            + f" (session {cycle_date}): run ./run_daily_data_update.sh; if the symbol is delisted or "
+              f"halted, manage the position by hand at the broker or run `python live_trading.py flatten`")
+    for sym, last in sorted(stale.items()):
+        log.warning("%s: %s, older than the session traded on (%s): no new order for it. Run "
+                    "./run_daily_data_update.sh, or remove it from selected_stocks.txt if it is delisted",
+                    sym, "no data" if last is None else f"last bar {last}", cycle_date)
+    return [s for s in signals if s["symbol"] not in stale]
+
+
+def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool = False) -> None:
+    """Give the broker every symbol's last close (a simulated broker fills and values at them;
+    Schwab ignores them) and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
+    closes = features.sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
+    broker.set_prices(closes, as_of=as_of)
+    if accrue_borrow and broker.simulated:     # only a simulated broker charges borrow fees itself
+        broker.accrue_borrow_fees(as_of=as_of)
+
+
+def _account(risk, broker, signals, cycle_date):
+    """The Portfolio the risk checks see; the equity recorded (drawdown and daily-loss halts)."""
+    portfolio = build_portfolio(broker, [s["symbol"] for s in signals], {s["symbol"]: s["close"] for s in signals},
+                                cycle_date)
+    status = risk.update_equity(portfolio.equity, as_of=cycle_date)
+    log.info("account: equity $%.2f, cash $%.2f, %d positions, drawdown %.2f%% from peak $%.2f",
+             portfolio.equity, portfolio.cash, len(portfolio.positions), 100 * status["drawdown"], status["peak"])
+    return portfolio
+
+
+def _drift_hold(features, model, conn, data_day) -> bool:
+    """True when drift is CRITICAL: the cycle then opens no new positions."""
+    drift = drift_monitor.evaluate(features, model, conn, as_of=data_day)
+    hold = bool(drift and drift["severity"] == "CRITICAL")
+    if hold:
+        log.critical("trading opens no new positions: DRIFT ALERT CRITICAL (retrain with python train_model.py)")
+    return hold
+
+
+def _plan(risk, signals, portfolio, hold: bool, audit):
+    """order_planning.plan_orders, each signal's target logged and each rejection audited."""
+    plan = plan_orders(risk, signals, portfolio, hold=hold)
+    for s in signals:
+        log.info("signal %s: %s score %+.3f -> target %+d shares (now %+d)", s["symbol"], s["signal"],
+                 s["score"], plan.targets.get(s["symbol"], portfolio.positions.get(s["symbol"], 0)),
+                 portfolio.positions.get(s["symbol"], 0))
+    for order, reason in plan.rejected:
+        audit.log_event("risk_check", "rejected", {"order": order, "reason": reason})
+    return plan
+
+
+def _send(executor, approved, cycle_date, mode) -> tuple[list[str], int]:
+    """Submit every approved order (at market) exactly once; returns (client keys sent, failures)."""
+    results, failures = [], 0
+    for order in approved:
+        order = dict(order, order_type="MARKET")
+        try:
+            results.append(executor.submit(order, cycle_date, mode))
+        except Exception as exc:
+            failures += 1
+            log.error("order %s %d %s not sent: %s", order["side"], order["quantity"], order["symbol"], exc)
+    keys = [r["client_key"] for r in results if r and r.get("broker_order_id")]
+    failpoint("after_submit_all")
+    return keys, failures
+
+
+def _wait_for_fills(executor, keys) -> list[dict]:
+    final = executor.wait_for_fills(keys) if keys else []
+    for record in final:
+        log.info("order %s: %s %d/%d %s at %s", record["client_key"], record["status"],
+                 record["filled_quantity"], record["quantity"], record["symbol"], record["avg_fill_price"])
+    failpoint("after_fills")
+    return final
+
+
+def _close_cycle(conn, audit, risk, broker, model, mode, replay, cycle_date, signals, plan, keys, failures) -> float:
+    """Record the equity after the fills, the cycle summary and (paper, no failure) the paper
+    session for the go-live gate; audit the cycle's end. Returns the equity."""
+    after = broker.get_account_balance()
+    equity = float(after["equity"])
+    risk.update_equity(equity, as_of=cycle_date)
+    summary = {"cycle_date": str(cycle_date), "mode": mode, "replay": replay, "signals": len(signals),
+               "orders_wanted": len(plan.orders), "orders_approved": len(plan.approved), "orders_sent": len(keys),
+               "orders_failed": failures, "equity": equity, "model": model.checksum,
+               "finished_at": state_db.utcnow()}
+    with state_db.transaction(conn):
+        state_db.kv_set(conn, LAST_CYCLE_KEY, summary)
+        if mode == "paper" and not failures:
+            golive.record_paper_session(conn, cycle_date, model.checksum, replay, len(keys), equity)
+    pnl.record_equity(conn, cycle_date, broker)
+    failpoint("before_cycle_end")
+    audit.log_event("cycle_end", "failed" if failures else "completed", summary)
+    return equity
+
+
+def _print_cycle(signals, orders, broker) -> None:
+    print(f"{'symbol':8} {'date':10} {'close':>10} {'pred diff':>10} {'score':>7}  signal")
+    for s in signals:
+        print(f"{s['symbol']:8} {s['date']:10} {s['close']:10.2f} {s['predicted_diff']:+10.4f} "
+              f"{s['score']:+7.2f}  {s['signal']}")
+    print(f"\norders: {len(orders)}")
+    for o in orders:
+        price = f"{o['avg_fill_price']:.2f}" if o["avg_fill_price"] else "-"
+        print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']:10} filled "
+              f"{o['filled_quantity']} @ {price}")
+    print_positions(broker)
+
+
+def print_positions(broker) -> None:
+    balance = broker.get_account_balance()
+    positions = broker.get_positions()
+    print(f"\npositions ({len(positions)}), equity ${balance['equity']:,.2f}, cash ${balance['cash']:,.2f}:")
+    for sym, p in sorted(positions.items()):
+        print(f"  {sym:6} {p['quantity']:+7d} @ {p.get('avg_price') or 0:10.2f}  value "
+              f"${p.get('market_value') or 0:12,.2f}")
