@@ -59,6 +59,7 @@ from errors import UserFacingError, install_excepthook
 log = logging.getLogger("scheduler")
 NY = ZoneInfo(market_calendar.TIMEZONE)
 FIRST_RUN_KEY = "scheduler_first_run"
+WEEKLY_NOTE = " (after the week's last session)"
 
 
 class SchedulerError(UserFacingError):
@@ -465,7 +466,7 @@ def main(argv=None) -> int:
         description="Run the jobs due now by the NYSE calendar in New York time (what cron runs "
                     "through ./run_scheduled.sh), at most once per session, one at a time.",
         epilog="\n".join(f"  {j.name:<14} {j.anchor} {j.offset_min:+g} min"
-                         f"{' (week's last session)' if j.weekly else ''}: {' '.join(j.command)}"
+                         f"{WEEKLY_NOTE if j.weekly else ''}: {' '.join(j.command)}"
                          for j in JOBS))
     parser.add_argument("command", nargs="?", choices=("run", "status"), default="run",
                         help="run (default): run the due jobs; status: last runs")
