@@ -115,6 +115,8 @@ def without_block(lines: list[str]) -> list[str]:
         stripped = line.strip()
         if stripped.startswith(f"# BEGIN {C.CRON_MARKER}"):
             inside = True
+            if out and not out[-1].strip():      # the blank line install put before the block
+                out.pop()
         elif inside and stripped == END:
             inside = False
         elif not inside:
