@@ -132,6 +132,14 @@ def current_lines() -> list[str]:
     return text.splitlines()
 
 
+def installed() -> bool:
+    """For the health check: is the project's block in the crontab (or $TRADING_CRONTAB_FILE)?"""
+    try:
+        return any(line.strip() == END for line in current_lines())
+    except CronInstallError:
+        return False
+
+
 def install() -> tuple[str, bool]:
     """Install or replace the block; (where, changed)."""
     lines = current_lines()

@@ -431,6 +431,20 @@ def run_due(now: datetime | None = None, jobs=JOBS) -> int:
         lock.release()
 
 
+def last_runs() -> dict[str, dict]:
+    """For the health check: {job: its latest schedule_runs row (dict)}; read-only."""
+    conn = _readonly_conn()
+    try:
+        runs = _runs(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    latest: dict[str, dict] = {}
+    for (job, _), row in sorted(runs.items(), key=lambda kv: kv[1]["due_at"]):
+        latest[job] = row
+    return latest
+
+
 def status_lines(now: datetime | None = None) -> list[str]:
     now = now or datetime.now(timezone.utc)
     conn = _readonly_conn()

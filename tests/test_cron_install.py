@@ -43,6 +43,7 @@ def test_install_is_idempotent_and_leaves_other_lines(tab, trading_home):
     assert f"cd {ROOT} && TRADING_HOME={trading_home} ./run_scheduled.sh" in line
     assert line.endswith(f">> {trading_home}/logs/cron_trading.log 2>&1")
     assert not [l for l in text.splitlines() if l.startswith("CRON_TZ")]
+    assert cron_install.installed()
     again = install()
     assert again.returncode == 0 and "Already installed" in again.stdout
     assert tab.read_text() == text
@@ -54,6 +55,7 @@ def test_install_is_idempotent_and_leaves_other_lines(tab, trading_home):
     assert removed.returncode == 0 and "Removed" in removed.stdout
     assert tab.read_text() == OTHER + "# added later by hand\n*/10 * * * * echo mine\n"
     assert "Nothing to remove" in install("--remove").stdout
+    assert not cron_install.installed()
 
 
 def test_print_changes_nothing_and_new_york_machine_uses_weekdays(tab):

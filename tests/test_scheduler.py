@@ -125,6 +125,7 @@ def test_at_most_once_per_session_and_catch_up(trading_home, monkeypatch):
         assert scheduler.run_due(_ny("2026-11-25T12:05-05:00"), jobs) == 0
         assert marker.read_text().count("start") == 2
         assert _rows()[("trading_cycle", "2026-11-25")]["status"] == "missed"
+        assert scheduler.last_runs()["trading_cycle"]["period"] == "2026-11-25"
         assert len(hook.received) == 1
         assert "Trading cycle did not run" in hook.received[0]["title"]
         assert "trading_cycle did not run for 2026-11-25" in hook.received[0]["message"]
