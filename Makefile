@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test venv venv-dev bench health clean-demo
+.PHONY: demo test test-py311 venv venv-dev bench health clean-demo
 
 $(VENV)/bin/python:
 	@py=$$(scripts/find_python.sh) || exit 1; echo "creating $(VENV) with $$py ($$($$py --version))"; \
@@ -40,3 +40,16 @@ health: venv
 
 clean-demo:
 	rm -rf .demo_home
+
+## make test-py311: the suite again on Python 3.11 (a second venv, .venv311; pyenv or python3.11)
+VENV311 := .venv311
+$(VENV311)/.dev-installed: requirements.txt requirements-dev.txt
+	@py=$$(scripts/find_python.sh 3.11) || exit 1; echo "creating $(VENV311) with $$py ($$($$py --version))"; \
+	  "$$py" -m venv $(VENV311) && $(VENV311)/bin/python -m pip install --quiet --upgrade pip
+	@printf '%s\nimport importlib.util as u; u.find_spec("errors") and __import__("errors").install_excepthook()\n' "$(CURDIR)" \
+	  > "$$($(VENV311)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lstm_trader.pth"
+	$(VENV311)/bin/python -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+test-py311: $(VENV311)/.dev-installed
+	$(VENV311)/bin/python -m pytest tests/ -q -rfE --durations=15

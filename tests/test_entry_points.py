@@ -14,6 +14,8 @@ COMMANDS = [
     [sys.executable, "risk_management.py", "status"], [sys.executable, "trading_api.py", "balance"],
     [sys.executable, "model_management.py", "list"], [sys.executable, "audit_logging.py", "verify"],
     [sys.executable, "credential_manager.py", "list"],
+    [sys.executable, "scheduler.py", "--dry-run"], [sys.executable, "alerts.py", "list"],
+    ["./install_cron.sh", "--print"], ["./send_alert.sh", "x"], [sys.executable, "log_retention.py"],
 ]
 
 

@@ -1,0 +1,513 @@
+"""The schedule: which jobs are due now, from the NYSE calendar and New York time.
+
+Cron (any flavour, any machine time zone) starts ``./run_scheduled.sh`` every few minutes; this
+module decides from exchange-calendars and America/New_York time which jobs are due this
+session and runs each at most once per session (weekly jobs once per week):
+
+==============  ==============================  ===========================================
+job             due                             command
+==============  ==============================  ===========================================
+health_check    open - 60 min                   ./run_health_check.sh
+trading_cycle   open + 5 min                    python live_trading.py
+data_update     close + 15 min (13:00 closes    ./run_daily_data_update.sh
+                too)
+audit_rotate    close + 45 min                  python audit_logging.py rotate
+log_retention   close + 50 min                  python log_retention.py
+retrain         week's last close + 60 min      python train_model.py
+walk_forward    week's last close + 75 min      ./run_backtest.sh --walk-forward
+==============  ==============================  ===========================================
+
+(offsets and catch-up windows: constants.py, "schedule and alerts"). A job whose time has come
+runs if its catch-up window has not passed (downtime); after that it is recorded as missed and
+an alert is sent, as for a job that fails (non-zero exit or timeout). Runs are recorded in the
+SQLite table ``schedule_runs`` (one row per job and session or week: the at-most-once rule).
+One scheduler run at a time holds ``state/locks/scheduler.lock``, so two jobs never overlap;
+a run that finds the lock taken does nothing.
+
+Command line::
+
+    python scheduler.py                       # run the jobs due now (what cron runs)
+    python scheduler.py --dry-run [--now T]   # DUE / not due, job, why; changes nothing
+    python scheduler.py status                # last run of every job, next due time
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+import alerts
+import config
+import constants as C
+import logging_setup
+import market_calendar
+import state_db
+from errors import UserFacingError, install_excepthook
+
+log = logging.getLogger("scheduler")
+NY = ZoneInfo(market_calendar.TIMEZONE)
+FIRST_RUN_KEY = "scheduler_first_run"
+WEEKLY_NOTE = " (after the week's last session)"
+
+
+class SchedulerError(UserFacingError):
+    """A scheduler argument or state a person has to fix."""
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    command: tuple[str, ...]    # from the project directory; "python" is this interpreter
+    anchor: str                 # "open" or "close" of the session
+    offset_min: float           # minutes after the anchor (negative: before)
+    catchup_min: float          # the job may still start this long after it was due
+    weekly: bool = False        # only after the last session of an ISO week, once per week
+    timeout_min: float = C.JOB_TIMEOUT_MIN
+    failed_alert: str = "scheduled_job_failed"   # alerts.ALERT_KINDS key when it fails
+    missed_alert: str = "scheduled_job_failed"   # ... when its window passes unrun
+
+
+JOBS: tuple[Job, ...] = (
+    Job("health_check", ("./run_health_check.sh",), "open", -C.HEALTH_CHECK_BEFORE_OPEN_MIN,
+        C.HEALTH_CHECK_CATCHUP_MIN, failed_alert="health_check_failed"),
+    Job("trading_cycle", ("python", "live_trading.py"), "open", C.CYCLE_AFTER_OPEN_MIN,
+        C.CYCLE_CATCHUP_MIN, failed_alert="cycle_failed", missed_alert="cycle_missed"),
+    Job("data_update", ("./run_daily_data_update.sh",), "close", C.DATA_UPDATE_AFTER_CLOSE_MIN,
+        C.AFTER_CLOSE_CATCHUP_MIN, failed_alert="data_update_failed",
+        missed_alert="data_update_missed"),
+    Job("audit_rotate", ("python", "audit_logging.py", "rotate"), "close",
+        C.AUDIT_ROTATE_AFTER_CLOSE_MIN, C.AFTER_CLOSE_CATCHUP_MIN),
+    Job("log_retention", ("python", "log_retention.py"), "close",
+        C.LOG_RETENTION_AFTER_CLOSE_MIN, C.AFTER_CLOSE_CATCHUP_MIN),
+    Job("retrain", ("python", "train_model.py"), "close", C.RETRAIN_AFTER_CLOSE_MIN,
+        C.WEEKLY_CATCHUP_MIN, weekly=True, timeout_min=C.LONG_JOB_TIMEOUT_MIN),
+    Job("walk_forward", ("./run_backtest.sh", "--walk-forward"), "close",
+        C.WALK_FORWARD_AFTER_CLOSE_MIN, C.WEEKLY_CATCHUP_MIN, weekly=True,
+        timeout_min=C.LONG_JOB_TIMEOUT_MIN),
+)
+
+_SCHEMA = ["""
+CREATE TABLE IF NOT EXISTS schedule_runs (
+    job TEXT NOT NULL,
+    period TEXT NOT NULL,          -- session date YYYY-MM-DD, or YYYY-Www for weekly jobs
+    due_at TEXT NOT NULL,          -- UTC ISO time the job became due
+    started_at TEXT,               -- UTC ISO
+    finished_at TEXT,              -- UTC ISO
+    status TEXT NOT NULL,          -- running | ok | failed | missed | interrupted
+    exit_code INTEGER,
+    duration_s REAL,
+    detail TEXT,
+    PRIMARY KEY (job, period)
+)"""]
+
+
+# --------------------------------------------------------------------------- time and slots
+@dataclass(frozen=True)
+class Slot:
+    """One occasion of a job: the session (or week) it belongs to and its window."""
+    job: Job
+    session: pd.Timestamp       # the NYSE session (tz-naive date)
+    period: str                 # at-most-once key
+    due_at: datetime            # UTC
+    until: datetime             # UTC: last moment it may start (catch-up window end)
+    anchor_at: datetime         # UTC: the open or close it hangs on
+
+
+def ny(dt: datetime) -> str:
+    return dt.astimezone(NY).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def parse_now(text: str | None) -> datetime:
+    """``--now``: an ISO time with an offset (2026-11-27T09:40-05:00); default the clock."""
+    if not text:
+        return datetime.now(timezone.utc)
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SchedulerError(f"--now {text!r} is not an ISO time: use e.g. "
+                             f"2026-11-27T09:40-05:00") from None
+    if value.tzinfo is None:
+        raise SchedulerError(f"--now {text!r} has no UTC offset, so its moment is ambiguous: "
+                             f"add one, e.g. {text}-05:00 (New York winter) or {text}Z")
+    return value.astimezone(timezone.utc)
+
+
+def _week(session: pd.Timestamp) -> str:
+    year, week, _ = session.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _slot(job: Job, session: pd.Timestamp) -> Slot | None:
+    cal = market_calendar.calendar()
+    if job.weekly and _week(market_calendar.next_session(session)) == _week(session):
+        return None                                   # not the week's last session
+    anchor = cal.session_open(session) if job.anchor == "open" else cal.session_close(session)
+    anchor_at = anchor.to_pydatetime().astimezone(timezone.utc)
+    due_at = anchor_at + timedelta(minutes=job.offset_min)
+    return Slot(job, session, _week(session) if job.weekly else session.strftime("%Y-%m-%d"),
+                due_at, due_at + timedelta(minutes=job.catchup_min), anchor_at)
+
+
+def slots(job: Job, now: datetime, lookback_days: float = C.SCHEDULE_MISSED_LOOKBACK_DAYS):
+    """(past, upcoming): the job's slots due from ``lookback_days`` before ``now`` up to ``now``,
+    oldest first, and the next one after ``now`` (or None)."""
+    day = pd.Timestamp(now.astimezone(NY).date())
+    start = day - pd.Timedelta(days=lookback_days + 2)
+    past, upcoming = [], None
+    for session in market_calendar.sessions(start, day + pd.Timedelta(days=14)):
+        slot = _slot(job, session)
+        if slot is None:
+            continue
+        if slot.due_at <= now:
+            if slot.due_at >= now - timedelta(days=lookback_days):
+                past.append(slot)
+        elif upcoming is None:
+            upcoming = slot
+    return past, upcoming
+
+
+# --------------------------------------------------------------------------- decisions
+@dataclass
+class Decision:
+    job: Job
+    due: bool
+    why: str
+    slot: Slot | None = None                 # the slot to run when due
+    missed: list | None = None               # slots whose window passed unrun (alert)
+
+
+def _runs(conn) -> dict:
+    if conn is None:
+        return {}
+    try:
+        rows = conn.execute("SELECT * FROM schedule_runs").fetchall()
+    except sqlite3.Error:
+        return {}
+    return {(r["job"], r["period"]): dict(r) for r in rows}
+
+
+def _window(slot: Slot) -> str:
+    anchor = f"{slot.job.anchor} {slot.anchor_at.astimezone(NY):%H:%M}"
+    return (f"session {slot.session:%Y-%m-%d} ({anchor}): due {slot.due_at.astimezone(NY):%H:%M}, "
+            f"may start until {ny(slot.until)}")
+
+
+def evaluate(now: datetime, conn=None, first_run: datetime | None = None,
+             jobs=JOBS) -> list[Decision]:
+    """What each job should do at ``now`` given the recorded runs (``conn`` may be None)."""
+    runs = _runs(conn)
+    first_run = first_run or now
+    today = pd.Timestamp(now.astimezone(NY).date())
+    no_session = "" if market_calendar.is_session(today) else \
+        f"{today:%a %Y-%m-%d} is not an NYSE session; "
+    decisions = []
+    for job in jobs:
+        past, upcoming = slots(job, now)
+        nxt = f"next: {_window(upcoming)}" if upcoming else "no upcoming session in range"
+        missed = [s for s in past if s.until <= now and (job.name, s.period) not in runs
+                  and s.due_at >= first_run]
+        current = past[-1] if past else None
+        if current is not None and now < current.until:
+            done = runs.get((job.name, current.period))
+            if done is None:
+                decisions.append(Decision(job, True, _window(current), current, missed))
+                continue
+            when = done["finished_at"] or done["started_at"] or done["due_at"]
+            why = (f"already ran for {current.period}: {done['status']} (exit "
+                   f"{done['exit_code']}) at {ny(datetime.fromisoformat(when))}; {nxt}")
+        elif current is not None and (job.name, current.period) not in runs:
+            before = " (before the scheduler's first run)" if current.due_at < first_run else ""
+            why = f"missed {current.period}: window ended {ny(current.until)}{before}; {nxt}"
+        else:
+            why = nxt
+        decisions.append(Decision(job, False, no_session + why, None, missed))
+    return decisions
+
+
+def format_decisions(decisions) -> str:
+    return "\n".join(f"{'DUE' if d.due else 'not due':<8}{d.job.name:<15}{d.why}"
+                     for d in decisions)
+
+
+# --------------------------------------------------------------------------- running
+def _readonly_conn():
+    path = config.path(C.STATE_DB_FILE)
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        return conn
+    except sqlite3.Error:
+        return None
+
+
+def _first_run(conn) -> datetime | None:
+    try:
+        value = state_db.kv_get(conn, FIRST_RUN_KEY) if conn is not None else None
+    except sqlite3.Error:
+        return None
+    return datetime.fromisoformat(value) if value else None
+
+
+class Lock:
+    """``state/locks/scheduler.lock`` (fcntl.flock, released when the process ends)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or config.ensure_parent(config.path(C.SCHEDULER_LOCK_FILE))
+        self.fd = None
+
+    def acquire(self) -> bool:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_held() -> bool:
+    path = config.path(C.SCHEDULER_LOCK_FILE)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _argv(command) -> list[str]:
+    if command[0] == "python":
+        return [sys.executable, *command[1:]]
+    if command[0].startswith("./"):
+        return [str(config.PROJECT_DIR / command[0][2:]), *command[1:]]
+    return list(command)
+
+
+def run_command(job: Job) -> tuple[int, float, str]:
+    """Run the job's command from the project directory; (exit code, seconds, detail).
+    Its output goes to ours (cron's log). A timeout kills its whole process group."""
+    argv = _argv(job.command)
+    log.info("Starting %s: %s", job.name, " ".join(job.command))
+    started = time.monotonic()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        proc = subprocess.Popen(argv, cwd=config.PROJECT_DIR, start_new_session=True)
+    except OSError as exc:
+        return 127, time.monotonic() - started, f"cannot start: {exc.strerror}"
+    try:
+        code = proc.wait(timeout=job.timeout_min * 60)
+        detail = ""
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        code, detail = -1, f"killed after the {job.timeout_min:g} min timeout"
+    return code, time.monotonic() - started, detail
+
+
+def _alert_missed(conn, job: Job, missed: list, now: datetime) -> None:
+    with state_db.transaction(conn):
+        for slot in missed:
+            conn.execute("INSERT OR IGNORE INTO schedule_runs(job, period, due_at, status, detail) "
+                         "VALUES (?, ?, ?, 'missed', ?)",
+                         (job.name, slot.period, slot.due_at.isoformat(),
+                          f"window {ny(slot.due_at)} .. {ny(slot.until)} passed unrun"))
+    periods = ", ".join(s.period for s in missed)
+    log.warning("%s missed its window for %s (the scheduler did not run then)", job.name, periods)
+    alerts.send_alert(job.missed_alert,
+                      f"{job.name} did not run for {periods}: its window "
+                      f"({ny(missed[-1].due_at)} .. {ny(missed[-1].until)}) passed while the "
+                      f"scheduler was not running (machine down, cron not installed, or the lock "
+                      f"held by a long job). Noticed at {ny(now)}.",
+                      key=f"{job.name}:{missed[-1].period}")
+
+
+def _mark_interrupted(conn) -> None:
+    """Rows left 'running' by a scheduler that died (we hold the lock, so none is running)."""
+    rows = conn.execute("SELECT job, period FROM schedule_runs WHERE status = 'running'").fetchall()
+    for row in rows:
+        with state_db.transaction(conn):
+            conn.execute("UPDATE schedule_runs SET status = 'interrupted', finished_at = ?, "
+                         "detail = 'the scheduler stopped while it ran' WHERE job = ? AND period = ?",
+                         (state_db.utcnow(), row["job"], row["period"]))
+        job = next((j for j in JOBS if j.name == row["job"]), None)
+        log.warning("%s for %s was interrupted (the scheduler stopped while it ran)",
+                    row["job"], row["period"])
+        alerts.send_alert(job.failed_alert if job else "scheduled_job_failed",
+                          f"{row['job']} for {row['period']} was interrupted: the scheduler "
+                          f"stopped while it ran (reboot, kill, out of memory). Run it by hand "
+                          f"if it is still needed.", key=f"{row['job']}:{row['period']}")
+
+
+def run_due(now: datetime | None = None, jobs=JOBS) -> int:
+    """Run every job due at ``now`` (default: the clock), one after another, under the lock.
+    Returns 0 when every job run succeeded (or none was due), 1 when one failed."""
+    fixed_now = now is not None
+    lock = Lock()
+    if not lock.acquire():
+        log.info("Another scheduler run holds %s (a job is running); nothing to do",
+                 C.SCHEDULER_LOCK_FILE)
+        return 0
+    conn = state_db.connect()
+    try:
+        state_db.ensure_schema(conn, _SCHEMA)
+        now = now or datetime.now(timezone.utc)
+        first_run = _first_run(conn)
+        if first_run is None:
+            first_run = now
+            with state_db.transaction(conn):
+                state_db.kv_set(conn, FIRST_RUN_KEY, now.isoformat(timespec="seconds"))
+        _mark_interrupted(conn)
+        decisions = evaluate(now, conn, first_run, jobs)
+        for d in decisions:
+            if d.missed:
+                _alert_missed(conn, d.job, d.missed, now)
+        failures = 0
+        for d in sorted((d for d in decisions if d.due), key=lambda d: d.slot.due_at):
+            current = now if fixed_now else datetime.now(timezone.utc)
+            if current >= d.slot.until:                # an earlier job ran past this window
+                _alert_missed(conn, d.job, [d.slot], current)
+                continue
+            with state_db.transaction(conn):
+                claimed = conn.execute(
+                    "INSERT OR IGNORE INTO schedule_runs(job, period, due_at, started_at, status) "
+                    "VALUES (?, ?, ?, ?, 'running')",
+                    (d.job.name, d.slot.period, d.slot.due_at.isoformat(), state_db.utcnow())
+                ).rowcount
+            if not claimed:
+                continue
+            code, seconds, detail = run_command(d.job)
+            status = "ok" if code == 0 else "failed"
+            with state_db.transaction(conn):
+                conn.execute("UPDATE schedule_runs SET finished_at = ?, status = ?, exit_code = ?, "
+                             "duration_s = ?, detail = ? WHERE job = ? AND period = ?",
+                             (state_db.utcnow(), status, code, round(seconds, 3), detail,
+                              d.job.name, d.slot.period))
+            if code == 0:
+                log.info("%s for %s done in %.1f s", d.job.name, d.slot.period, seconds)
+                continue
+            failures += 1
+            log.error("%s for %s failed: exit %s after %.1f s %s", d.job.name, d.slot.period,
+                      code, seconds, detail)
+            alerts.send_alert(d.job.failed_alert,
+                              f"{d.job.name} for {d.slot.period} failed: `{' '.join(d.job.command)}` "
+                              f"exited {code} after {seconds:.0f} s{'; ' + detail if detail else ''}. "
+                              f"Its output is in logs/cron_trading.log.",
+                              key=f"{d.job.name}:{d.slot.period}")
+        return 1 if failures else 0
+    finally:
+        conn.close()
+        lock.release()
+
+
+def last_runs() -> dict[str, dict]:
+    """For the health check: {job: its latest schedule_runs row (dict)}; read-only."""
+    conn = _readonly_conn()
+    try:
+        runs = _runs(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    latest: dict[str, dict] = {}
+    for (job, _), row in sorted(runs.items(), key=lambda kv: kv[1]["due_at"]):
+        latest[job] = row
+    return latest
+
+
+def status_lines(now: datetime | None = None) -> list[str]:
+    now = now or datetime.now(timezone.utc)
+    conn = _readonly_conn()
+    try:
+        runs = _runs(conn)
+        first = _first_run(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    lines = [f"now: {ny(now)}; scheduler first run: {ny(first) if first else 'never'}; "
+             f"lock: {'HELD (a job is running)' if lock_held() else 'free'}",
+             f"{'job':<15}{'period':<12}{'status':<12}{'exit':>5}{'seconds':>9}  finished (New York)"]
+    for job in JOBS:
+        mine = sorted((r for (name, _), r in runs.items() if name == job.name),
+                      key=lambda r: r["due_at"])
+        if not mine:
+            lines.append(f"{job.name:<15}{'-':<12}{'never run':<12}")
+            continue
+        r = mine[-1]
+        finished = ny(datetime.fromisoformat(r["finished_at"])) if r["finished_at"] else "-"
+        seconds = f"{r['duration_s']:.1f}" if r["duration_s"] is not None else "-"
+        exit_code = "-" if r["exit_code"] is None else str(r["exit_code"])
+        lines.append(f"{job.name:<15}{r['period']:<12}{r['status']:<12}{exit_code:>5}"
+                     f"{seconds:>9}  {finished}{'  ' + r['detail'] if r['detail'] else ''}")
+    return lines
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    install_excepthook()
+    parser = argparse.ArgumentParser(
+        prog="scheduler.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the jobs due now by the NYSE calendar in New York time (what cron runs "
+                    "through ./run_scheduled.sh), at most once per session, one at a time.",
+        epilog="\n".join(f"  {j.name:<14} {j.anchor} {j.offset_min:+g} min"
+                         f"{WEEKLY_NOTE if j.weekly else ''}: {' '.join(j.command)}"
+                         for j in JOBS))
+    parser.add_argument("command", nargs="?", choices=("run", "status"), default="run",
+                        help="run (default): run the due jobs; status: last runs")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print DUE / not due, the job and why for every job; change nothing")
+    parser.add_argument("--now", metavar="ISO_TIME",
+                        help="pretend it is this moment (with an offset: 2026-11-27T09:40-05:00)")
+    args = parser.parse_args(argv)
+    config.trading_mode(), config.data_source()      # a bad TRADING_MODE stops us here, loudly
+    now = parse_now(args.now) if args.now else None
+    if args.command == "status":
+        print("\n".join(status_lines(now)))
+        return 0
+    if args.dry_run:
+        now = now or datetime.now(timezone.utc)
+        conn = _readonly_conn()
+        try:
+            decisions = evaluate(now, conn, _first_run(conn))
+        finally:
+            if conn is not None:
+                conn.close()
+        print(f"# {ny(now)} (machine time zone: {time.strftime('%Z')})")
+        print(format_decisions(decisions))
+        return 0
+    logging_setup.setup_logging("scheduler")
+    return run_due(now)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The schedule follows the NYSE day in New York time whatever the machine's time zone: the
+dry run says what is due and why; real runs happen at most once per session, catch up within a
+window, never overlap, and a failed or missed job raises an alert (sent to a local webhook)."""
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+import pytest
+
+import config
+import scheduler
+from alert_servers import WebhookServer
+from conftest import ROOT, run_entry
+from scheduler import Job
+
+
+def dry_run(now, home, tz="UTC"):
+    done = run_entry(["scheduler.py", "--dry-run", "--now", now], home, {"TZ": tz})
+    assert done.returncode == 0, done.stderr
+    lines = [l for l in done.stdout.splitlines() if not l.startswith("#")]
+    assert len(lines) == len(scheduler.JOBS)
+    assert all(l.startswith("DUE ") or l.startswith("not due ") for l in lines), lines
+    return {l.split()[1] if l.startswith("DUE") else l.split()[2]: l for l in lines}
+
+
+def decide(now):
+    """The same decisions in-process (no history): {job: (due, why)}."""
+    return {d.job.name: (d.due, d.why) for d in scheduler.evaluate(scheduler.parse_now(now))}
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Tokyo"])
+def test_done_when_cycle_holiday_and_early_close_in_utc_and_tokyo(trading_home, tz):
+    """The issue's "done when", through the CLI with the machine's zone set to UTC / Tokyo."""
+    lines = dry_run("2026-11-24T09:40-05:00", trading_home, tz)
+    assert lines["trading_cycle"].startswith("DUE"), lines
+    assert "open 09:30" in lines["trading_cycle"] and lines["data_update"].startswith("not due")
+    holiday = dry_run("2026-11-26T09:40-05:00", trading_home, tz)       # Thanksgiving
+    assert not [l for l in holiday.values() if l.startswith("DUE")], holiday
+    assert "Thu 2026-11-26 is not an NYSE session" in holiday["trading_cycle"]
+    after = dry_run("2026-11-27T13:20-05:00", trading_home, tz)         # 13:00 early close
+    assert after["data_update"].startswith("DUE") and "close 13:00" in after["data_update"]
+    assert not (trading_home / "state").exists() and not (trading_home / "logs").exists()
+
+
+def test_cycle_due_after_the_open_in_any_offset():
+    for now in ("2026-11-24T09:40-05:00", "2026-11-24T14:40Z", "2026-11-24T23:40+09:00",
+                "2026-07-14T09:40-04:00"):                           # winter, summer time
+        due = decide(now)
+        assert due["trading_cycle"][0], (now, due)
+        assert not due["data_update"][0]
+    early = decide("2026-11-24T09:20-05:00")                            # before the open
+    assert not early["trading_cycle"][0] and early["health_check"][0]
+    late = decide("2026-11-24T11:40-05:00")                             # catch-up window over
+    assert not late["trading_cycle"][0] and "window ended 2026-11-24 11:35 EST" in late["trading_cycle"][1]
+
+
+@pytest.mark.parametrize("now", ["2026-11-26T09:40-05:00", "2026-11-26T17:00-05:00",
+                                 "2026-12-25T09:40-05:00", "2026-11-28T10:00-05:00",
+                                 "2026-11-29T16:30-05:00"])
+def test_nothing_due_on_a_holiday_or_weekend(now):
+    assert not [job for job, (due, _) in decide(now).items() if due]
+
+
+def test_after_close_jobs_follow_the_early_close():
+    before = decide("2026-11-27T12:55-05:00")["data_update"]
+    assert not before[0] and "close 13:00" in before[1] and "due 13:15" in before[1]
+    assert decide("2026-11-27T13:20-05:00")["data_update"][0]
+    # the day after Thanksgiving is the week's last session: the weekly jobs follow the early close
+    weekly = decide("2026-11-27T14:20-05:00")
+    assert weekly["retrain"][0] and weekly["walk_forward"][0]
+    assert not decide("2026-11-24T17:20-05:00")["retrain"][0]            # Tuesday: not weekly
+    # on a normal day the update waits for 16:00 + 15 min
+    assert not decide("2026-11-24T13:20-05:00")["data_update"][0]
+    assert decide("2026-11-24T16:20-05:00")["data_update"][0]
+
+
+def test_bad_now_and_help(trading_home):
+    done = run_entry(["scheduler.py", "--dry-run", "--now", "2026-11-24T09:40"], trading_home)
+    assert done.returncode != 0 and "has no UTC offset" in done.stderr
+    assert "Traceback" not in done.stderr
+    helped = run_entry(["scheduler.py", "--help"], trading_home)
+    assert helped.returncode == 0 and "trading_cycle" in helped.stdout
+    assert not (trading_home / "state").exists() and not (trading_home / "logs").exists()
+
+
+# --------------------------------------------------------------------------- real runs
+def _ny(text):
+    return datetime.fromisoformat(text)
+
+
+def _marker_job(name, marker, anchor="open", offset=5, catchup=120, code=0, sleep=0.0):
+    script = (f"import time, sys; open({str(marker)!r}, 'a').write(f'{{time.time()}} start\\n'); "
+              f"time.sleep({sleep}); open({str(marker)!r}, 'a').write(f'{{time.time()}} end\\n'); "
+              f"sys.exit({code})")
+    return Job(name, ("python", "-c", script), anchor, offset, catchup,
+               failed_alert="cycle_failed", missed_alert="cycle_missed")
+
+
+def _rows():
+    conn = sqlite3.connect(config.path("state/trading_state.db"))
+    conn.row_factory = sqlite3.Row
+    return {(r["job"], r["period"]): dict(r) for r in conn.execute("SELECT * FROM schedule_runs")}
+
+
+def test_at_most_once_per_session_and_catch_up(trading_home, monkeypatch):
+    marker = trading_home / "cycle.txt"
+    jobs = (_marker_job("trading_cycle", marker),)
+    with WebhookServer() as hook:
+        monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
+        assert scheduler.run_due(_ny("2026-11-23T08:00-05:00"), jobs) == 0       # before: nothing
+        assert not marker.exists()
+        assert scheduler.run_due(_ny("2026-11-23T09:40-05:00"), jobs) == 0
+        assert scheduler.run_due(_ny("2026-11-23T09:45-05:00"), jobs) == 0       # same session
+        assert marker.read_text().count("start") == 1
+        row = _rows()[("trading_cycle", "2026-11-23")]
+        assert row["status"] == "ok" and row["exit_code"] == 0 and row["duration_s"] > 0
+        # downtime: the next day's cycle still runs at 11:00 (within its window) ...
+        assert scheduler.run_due(_ny("2026-11-24T11:00-05:00"), jobs) == 0
+        assert marker.read_text().count("start") == 2
+        # ... but not after it: the 25th's is recorded as missed and alerted, once
+        assert scheduler.run_due(_ny("2026-11-25T12:00-05:00"), jobs) == 0
+        assert scheduler.run_due(_ny("2026-11-25T12:05-05:00"), jobs) == 0
+        assert marker.read_text().count("start") == 2
+        assert _rows()[("trading_cycle", "2026-11-25")]["status"] == "missed"
+        assert scheduler.last_runs()["trading_cycle"]["period"] == "2026-11-25"
+        assert len(hook.received) == 1
+        assert "Trading cycle did not run" in hook.received[0]["title"]
+        assert "trading_cycle did not run for 2026-11-25" in hook.received[0]["message"]
+    status = run_entry(["scheduler.py", "status", "--now", "2026-11-25T12:05-05:00"], trading_home)
+    assert "trading_cycle  2026-11-25  missed" in status.stdout, status.stdout
+
+
+def test_failed_job_recorded_and_alerted(trading_home, monkeypatch):
+    jobs = (_marker_job("trading_cycle", trading_home / "m.txt", code=3),)
+    with WebhookServer() as hook:
+        monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
+        assert scheduler.run_due(_ny("2026-11-23T09:40-05:00"), jobs) == 1
+        assert scheduler.run_due(_ny("2026-11-23T09:45-05:00"), jobs) == 0      # not retried
+    row = _rows()[("trading_cycle", "2026-11-23")]
+    assert row["status"] == "failed" and row["exit_code"] == 3
+    assert len(hook.received) == 1 and "Trading cycle failed" in hook.received[0]["title"]
+    assert "exited 3" in hook.received[0]["message"]
+
+
+def test_jobs_run_one_after_another_and_never_two_schedulers_at_once(trading_home):
+    a, b = trading_home / "a.txt", trading_home / "b.txt"
+    jobs = (_marker_job("data_update", a, "close", 15, 360, sleep=1.5),
+            _marker_job("audit_rotate", b, "close", 20, 360))
+    assert scheduler.run_due(_ny("2026-11-23T16:40-05:00"), jobs) == 0
+    a_end = float(a.read_text().split()[2])
+    b_start = float(b.read_text().split()[0])
+    assert b_start >= a_end                                            # in order, not overlapping
+
+    # a long job holds the lock; another scheduler run (in-process and the CLI) does nothing
+    slow, other = trading_home / "slow.txt", trading_home / "other.txt"
+    code = ("import sys, scheduler; from datetime import datetime; sys.path.insert(0, 'tests');"
+            "from test_scheduler import _marker_job;"
+            f"sys.exit(scheduler.run_due(datetime.fromisoformat('2026-11-24T09:40-05:00'),"
+            f"(_marker_job('trading_cycle', {str(slow)!r}, sleep=8),)))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ))
+    try:
+        deadline = time.time() + 60
+        while not slow.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert scheduler.lock_held()
+        assert scheduler.run_due(_ny("2026-11-24T09:40-05:00"),
+                                 (_marker_job("health_check", other, offset=-60),)) == 0
+        assert not other.exists()
+        assert "lock: HELD" in scheduler.status_lines()[0]
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert not scheduler.lock_held()
+    assert scheduler.run_due(_ny("2026-11-24T09:45-05:00"),
+                             (_marker_job("health_check", other, offset=-60),)) == 0
+    assert other.exists()
+
+
+def test_interrupted_run_is_marked_and_alerted(trading_home, monkeypatch):
+    import state_db
+    conn = state_db.connect()
+    state_db.ensure_schema(conn, scheduler._SCHEMA)
+    conn.execute("INSERT INTO schedule_runs(job, period, due_at, started_at, status) VALUES "
+                 "('data_update', '2026-11-23', '2026-11-23T21:15:00+00:00', "
+                 "'2026-11-23T21:15:00+00:00', 'running')")
+    conn.close()
+    with WebhookServer() as hook:
+        monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
+        scheduler.run_due(_ny("2026-11-24T08:00-05:00"), ())
+    assert _rows()[("data_update", "2026-11-23")]["status"] == "interrupted"
+    assert "Daily data update failed" in hook.received[0]["title"]
+
+
+def test_real_after_close_jobs_run_from_the_cli(trading_home):
+    """The CLI runs the real commands: at 16:52 on a Tuesday the data update (sample data),
+    the audit rotation and the log retention are due; each is recorded with its exit code."""
+    (trading_home / "logs").mkdir()
+    (trading_home / "logs" / "trading_20200101.log").write_text("old\n")
+    done = run_entry(["scheduler.py", "--now", "2026-11-24T16:52-05:00"], trading_home, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = _rows()
+    for job in ("data_update", "audit_rotate", "log_retention"):
+        assert rows[(job, "2026-11-24")]["status"] == "ok", rows
+        assert rows[(job, "2026-11-24")]["exit_code"] == 0
+    assert (trading_home / "processed_stock_data.csv").exists()
+    assert not (trading_home / "logs" / "trading_20200101.log").exists()
+    assert ("trading_cycle", "2026-11-24") not in rows                     # not its time
+    again = run_entry(["scheduler.py", "--dry-run", "--now", "2026-11-24T16:57-05:00"], trading_home)
+    assert "not due data_update    already ran for 2026-11-24: ok" in again.stdout, again.stdout
