@@ -9,12 +9,12 @@ Paths are relative to ``TRADING_HOME`` (see ``config.path``).
 # --------------------------------------------------------------------------- environment names
 ENV_TRADING_MODE = "TRADING_MODE"          # "paper" (default, also when unset) or "live"
 ENV_TRADING_HOME = "TRADING_HOME"          # root of all state; default: the project directory
-ENV_DATA_SOURCE = "DATA_SOURCE"            # "yfinance" (default) or "sample" (offline generator)
+ENV_DATA_SOURCE = "DATA_SOURCE"            # "yfinance" (default), "sample" (offline generator) or "csv" (your files)
 ENV_CREDENTIAL_KEY = "TRADING_CREDENTIAL_KEY"   # Fernet key injected by a secrets manager (optional)
 ENV_CONFIG_DIR = "TRADING_CONFIG_DIR"      # where keys live; default ~/.config/lstm-trader
 TRADING_MODES = ("paper", "live")          # the only accepted values of TRADING_MODE
 DEFAULT_TRADING_MODE = "paper"             # used when TRADING_MODE is unset
-DATA_SOURCES = ("yfinance", "sample")      # the only accepted values of DATA_SOURCE
+DATA_SOURCES = ("yfinance", "sample", "csv")   # the only accepted values of DATA_SOURCE
 DEFAULT_DATA_SOURCE = "yfinance"           # used when DATA_SOURCE is unset
 APP_NAME = "lstm-trader"                   # name of the key directory under ~/.config
 
@@ -174,3 +174,13 @@ TINY_EPOCHS = 10                           # --profile tiny: max epochs
 TINY_PATIENCE = 3                          # --profile tiny: early-stopping patience (epochs)
 INFERENCE_PARITY_TOL = 1e-4                # max |Keras - NumPy| on the scaled output before a model is saved
 MODEL_QUARANTINE_DIR = "models/quarantine"  # current models that failed verification when replaced
+
+# --- evidence: walk-forward and skill (issue 11) ---
+ENV_CSV_DIR = "TRADING_CSV_DIR"            # folder of <SYMBOL>.csv files for DATA_SOURCE=csv
+CSV_DIR = "data/csv"                       # default of TRADING_CSV_DIR, under TRADING_HOME
+WALK_FORWARD_MIN_TRAIN_SESSIONS = 504      # first fold trains on at least this much history (sessions; 2 years)
+WALK_FORWARD_RETRAIN_SESSIONS = 63         # retrain every this many sessions; a fold predicts that many (sessions; a quarter)
+WALK_FORWARD_RUNS_KEPT_IN_REPORT = 20      # per-fold rows shown in the HTML before "..." (count)
+SKILL_ALPHA = 0.05                         # one-sided significance level of the Diebold-Mariano skill tests
+SKILL_MIN_DSR = 0.95                       # deflated Sharpe ratio of strategy-minus-benchmark returns needed to pass
+SKILL_HAC_LAG = None                       # Newey-West lag (sessions); None: floor(4 * (n / 100) ** (2 / 9))
