@@ -180,7 +180,6 @@ ENV_CSV_DIR = "TRADING_CSV_DIR"            # folder of <SYMBOL>.csv files for DA
 CSV_DIR = "data/csv"                       # default of TRADING_CSV_DIR, under TRADING_HOME
 WALK_FORWARD_MIN_TRAIN_SESSIONS = 504      # first fold trains on at least this much history (sessions; 2 years)
 WALK_FORWARD_RETRAIN_SESSIONS = 63         # retrain every this many sessions; a fold predicts that many (sessions; a quarter)
-WALK_FORWARD_RUNS_KEPT_IN_REPORT = 20      # per-fold rows shown in the HTML before "..." (count)
 SKILL_ALPHA = 0.05                         # one-sided significance level of the Diebold-Mariano skill tests
 SKILL_MIN_DSR = 0.95                       # deflated Sharpe ratio of strategy-minus-benchmark returns needed to pass
 SKILL_HAC_LAG = None                       # Newey-West lag (sessions); None: floor(4 * (n / 100) ** (2 / 9))

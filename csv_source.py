@@ -53,7 +53,7 @@ def _check_dir(directory: Path) -> None:
                              f"to the folder that holds them")
 
 
-def read_symbol(symbol: str, directory: Path | None = None) -> pd.DataFrame:
+def read_symbol(symbol: str, directory: Path | None = None, warn: bool = True) -> pd.DataFrame:
     """One symbol's file as long-format rows (Date, Symbol, Open, High, Low, Close, Volume)."""
     directory = Path(directory) if directory else config.csv_dir()
     path = file_for(symbol, directory)
@@ -98,22 +98,23 @@ def read_symbol(symbol: str, directory: Path | None = None) -> pd.DataFrame:
             null_rows |= is_null
         values[col] = number.to_numpy(float)
     out = pd.DataFrame({"Date": dates.dt.normalize(), "Symbol": symbol, **values})
-    if null_rows.any():
+    if null_rows.any() and warn:
         first = int(np.argmax(null_rows))
         log.warning("%s: %d rows with an empty or null price (first at line %d) dropped -- fix: none needed "
                     "if they are holidays; otherwise download the file again", path, int(null_rows.sum()),
                     first + 2)
+    if null_rows.any():
         out = out[~null_rows]
     return out[RAW_COLUMNS].reset_index(drop=True)
 
 
-def read_prices(symbols, start=None, end=None, directory=None) -> tuple[pd.DataFrame, dict[str, str]]:
+def read_prices(symbols, start=None, end=None, directory=None, warn: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
     """Prices of ``symbols`` in [start, end] from their CSV files: (long frame, {}) -- the same
     shape ``data_collection.fetch_yfinance`` returns. Raises CsvSourceError on the first file
     that cannot be used."""
     directory = Path(directory) if directory else config.csv_dir()
     _check_dir(directory)
-    frames = [read_symbol(sym, directory) for sym in symbols]
+    frames = [read_symbol(sym, directory, warn) for sym in symbols]
     raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RAW_COLUMNS)
     if start is not None:
         raw = raw[raw["Date"] >= pd.Timestamp(start)]
@@ -124,7 +125,7 @@ def read_prices(symbols, start=None, end=None, directory=None) -> tuple[pd.DataF
 
 def last_date(symbols, directory=None) -> pd.Timestamp:
     """The newest date across the symbols' files (the reference for the stale-bar rule)."""
-    raw, _ = read_prices(symbols, directory=directory)
+    raw, _ = read_prices(symbols, directory=directory, warn=False)
     if raw.empty:
         folder = Path(directory) if directory else config.csv_dir()
         raise CsvSourceError(f"the CSV files in {folder} hold no usable row: save each symbol's daily prices "

@@ -199,16 +199,17 @@ def deflated_sharpe_ratio(returns, n_trials: int = 1, sr_variance: float | None 
 
 # =========================================================================== the verdict
 
-def evaluate_evidence(y_true, forecast, train_mean: float, dates, strategy_equity, benchmark_equity,
+def evaluate_evidence(y_true, forecast, train_mean, dates, strategy_equity, benchmark_equity,
                       n_trials: int = 1, alpha: float = C.SKILL_ALPHA, min_dsr: float = C.SKILL_MIN_DSR,
                       risk_free: float = C.RISK_FREE_RATE) -> dict:
     """Every statistic of the verdict and the verdict itself (see the module docstring).
 
     ``y_true``/``forecast``/``dates``: one entry per (symbol, session) predicted out of sample, in
-    target units; ``train_mean``: the constant baseline; the equity curves: one value per session
+    target units; ``train_mean``: the constant baseline (a number, or one per entry when each
+    walk-forward fold has its own training mean); the equity curves: one value per session
     close of the evaluated period (strategy and equal-weight buy-and-hold)."""
     dm0 = diebold_mariano(y_true, forecast, 0.0, dates)
-    dmc = diebold_mariano(y_true, forecast, float(train_mean), dates)
+    dmc = diebold_mariano(y_true, forecast, np.asarray(train_mean, np.float64), dates)
     rs, rb = returns_from_equity(strategy_equity), returns_from_equity(benchmark_equity)
     excess = rs - rb
     sh_s, sh_b = sharpe_ratio(rs, risk_free), sharpe_ratio(rb, risk_free)
@@ -232,7 +233,7 @@ def evaluate_evidence(y_true, forecast, train_mean: float, dates, strategy_equit
     ]
     return {
         "passed": all(c["passed"] for c in conditions), "conditions": conditions,
-        "dm_vs_no_change": dm0, "dm_vs_training_mean": dmc, "train_mean": float(train_mean),
+        "dm_vs_no_change": dm0, "dm_vs_training_mean": dmc, "train_mean": float(np.mean(train_mean)),
         "directional_accuracy": directional_accuracy(y_true, forecast),
         "sharpe_strategy": sh_s, "sharpe_benchmark": sh_b,
         "excess_mean_daily": float(np.mean(excess)) if len(excess) else None,
