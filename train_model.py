@@ -117,7 +117,8 @@ def build_dataset(features, window: int, feature_columns, shuffle_targets: bool 
            "validation_start": val_start, "test_start": test_start}
     for name, mask in (("train", train_rows), ("validation", val_rows), ("test", test_rows)):
         out[f"{name}_mask"] = mask[ends]
-    if out["train_mask"].sum() < 10 or out["validation_mask"].sum() < 1 or out["test_mask"].sum() < 1:
+    if (out["train_mask"].sum() < 10 or out["validation_mask"].sum() < 1
+            or (test_fraction > 0 and out["test_mask"].sum() < 1)):
         raise TrainingError(f"too little history for a window of {window}: "
                             f"{int(out['train_mask'].sum())} training, {int(out['validation_mask'].sum())} "
                             f"validation and {int(out['test_mask'].sum())} test samples")

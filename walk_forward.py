@@ -227,11 +227,11 @@ def _ray_init(workers: int | None):
         runtime_env = {"working_dir": str(config.PROJECT_DIR), "env_vars": env,
                        "excludes": [".venv", ".git", "logs", "reports", "state", "models", "data", ".demo_home",
                                     "*.h5", "*.csv", "__pycache__"]}
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.ERROR)
         total = int(ray.cluster_resources().get("CPU", 1))
         return ray, min(workers, total) if workers else total
     n = workers or os.cpu_count() or 1
-    ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+    ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
              configure_logging=True, runtime_env={"env_vars": env})
     return ray, n
 
