@@ -89,8 +89,8 @@ def test_same_result_whatever_the_number_of_workers(small_features, ray_local):
 
 
 def test_cli_reports_records_and_the_gate_query(home):
-    done = run_entry(["backtest.py", "--walk-forward", "--profile", "tiny", "--min-train", "1300", "--retrain",
-                      "150", "--workers", "2"], home, timeout=900)
+    done = run_entry(["backtest.py", "--walk-forward", "--profile", "tiny", "--min-train", "1500", "--retrain",
+                      "120", "--workers", "2"], home, timeout=900)
     assert done.returncode in (0, 1), done.stderr[-2000:]
     assert "Verdict:" in done.stdout and "fold" in done.stdout
     report = json.loads((home / "reports" / "latest_walkforward.json").read_text())
@@ -100,7 +100,7 @@ def test_cli_reports_records_and_the_gate_query(home):
                 "sharpe_strategy", "sharpe_benchmark"):
         assert key in o
     assert report["passed"] == (done.returncode == 0) == all(c["passed"] for c in o["conditions"])
-    assert len(report["folds"]) == 3 and report["start"] == report["folds"][0]["test_start"]
+    assert len(report["folds"]) == 2 and report["start"] == report["folds"][0]["test_start"]
     inputs = report["inputs"]
     assert inputs["data_sha256"] == wf.file_sha256(home / "processed_stock_data.csv")
     assert inputs["universe"] == sorted(dc.load_universe(home / "selected_stocks.txt"))
