@@ -260,12 +260,14 @@ class FoldProgress:
 
 def run_folds(features: pd.DataFrame, folds: list[dict], prof: dict, seed: int, workers: int | None = None,
               progress: bool = False) -> tuple[list[dict], int]:
-    """Every fold as a Ray task (at most ``workers`` at a time); results in fold order."""
+    """Every fold as a Ray task (at most ``workers`` at a time, longest first); results in fold order."""
     ray, n_workers = _ray_init(workers)
     task = ray.remote(num_cpus=1, max_retries=1)(train_fold)
     data_ref = ray.put(features)
     bar = FoldProgress(len(folds), progress)
-    pending, results, queue = {}, {}, list(folds)
+    # the longest folds (largest training windows) first: the last one no longer sets the wall time alone
+    pending, results = {}, {}
+    queue = sorted(folds, key=lambda f: (-f["train_sessions"], f["fold"]))
     try:
         while queue or pending:
             while queue and len(pending) < n_workers:
