@@ -106,11 +106,9 @@ def test_cli_reports_records_and_the_gate_query(home):
     assert len(report["folds"]) == 2 and report["start"] == report["folds"][0]["test_start"]
     inputs = report["inputs"]
     assert inputs["data_sha256"] == wf.file_sha256(home / "processed_stock_data.csv")
-    assert inputs["universe"] == sorted(dc.load_universe(home / "selected_stocks.txt"))
+    assert inputs["universe"] == sorted(dc.load_universe())
     import state_db
-    import os
-    os.environ["TRADING_HOME"] = str(home)
-    conn = state_db.connect()
+    conn = state_db.connect()                     # this test's TRADING_HOME is ``home``
     row = conn.execute("SELECT * FROM walk_forward_runs ORDER BY id DESC").fetchone()
     assert row["data_sha256"] == inputs["data_sha256"] and row["passed"] == int(report["passed"])
     assert row["gate_eligible"] == 1
