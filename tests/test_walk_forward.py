@@ -111,12 +111,12 @@ def test_cli_reports_records_and_the_gate_query(home):
     conn = state_db.connect()                     # this test's TRADING_HOME is ``home``
     row = conn.execute("SELECT * FROM walk_forward_runs ORDER BY id DESC").fetchone()
     assert row["data_sha256"] == inputs["data_sha256"] and row["passed"] == int(report["passed"])
-    assert row["gate_eligible"] == 1
+    # --min-train 1500 evaluates less than the full out-of-sample period: recorded, never counted
+    assert row["gate_eligible"] == 0 and report["gate_eligible"] is False
     fp, sha, uni = inputs["config_fingerprint"], inputs["data_sha256"], inputs["universe"]
-    found = wf.passing_walk_forward_for(fp, sha, uni, conn=conn)
-    assert (found is not None) == report["passed"]
-    # a passing run of the same configuration counts only on the same data and the whole universe
-    wf.record_run({**report, "passed": True}, conn=conn)
+    assert wf.passing_walk_forward_for(fp, sha, uni, conn=conn) is None
+    # a passing, eligible run of the same configuration counts only on the same data and the whole universe
+    wf.record_run({**report, "passed": True, "gate_eligible": True}, conn=conn)
     assert wf.passing_walk_forward_for(fp, sha, uni, conn=conn)["config_fingerprint"] == fp
     assert wf.passing_walk_forward_for(fp, "0" * 64, uni, conn=conn) is None
     assert wf.passing_walk_forward_for(fp, sha, uni[:-1], conn=conn) is None
