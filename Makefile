@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test test-py311 venv venv-dev bench health clean-demo
+.PHONY: demo test test-py311 venv venv-dev bench health clean-demo gate-properties faults
 
 $(VENV)/bin/python:
 	@py=$$(scripts/find_python.sh) || exit 1; echo "creating $(VENV) with $$py ($$($$py --version))"; \
@@ -30,6 +30,10 @@ demo: venv
 ## make test: set up with the dev requirements, then the test suite
 test: venv-dev
 	$(PY) -m pytest tests/ -q -rfE --durations=15
+
+## make gate-properties: the walk-forward verdict's properties over 200 seeds (the suite runs 30)
+gate-properties: venv-dev
+	GATE_SEEDS=200 GATE_INFO_SEEDS=40 GATE_INFO_MIN_RATE=0.1 $(PY) -m pytest tests/test_gate_properties.py -q -s -rfE --timeout 7200
 
 ## make bench: every benchmark under bench/ (prints its figures)
 bench: venv-dev

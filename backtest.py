@@ -350,6 +350,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="processed data file (default: processed_stock_data.csv under TRADING_HOME)")
     p.add_argument("--no-record", action="store_true", help="do not record the run in the state database")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--walk-forward", action="store_true",
+                   help="walk-forward evaluation with retraining instead (walk_forward.py; its options: "
+                        "--walk-forward --help); exit 0 pass, 1 fail, 2 error")
     return p
 
 
@@ -384,6 +387,10 @@ def print_summary(report: dict, out=None) -> None:
 
 def main(argv=None) -> int:
     install_excepthook()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--walk-forward" in argv:
+        import walk_forward                      # imports this module: loaded on use
+        return walk_forward.main([a for a in argv if a != "--walk-forward"])
     args = _parser().parse_args(argv)
     try:
         # records go to logs/trading_YYYYMMDD.log (errors also to logs/errors.log); the console

@@ -63,14 +63,21 @@ def trading_mode() -> str:
 
 
 def data_source() -> str:
-    """``yfinance`` (default) or ``sample`` (the bundled offline generator)."""
+    """``yfinance`` (default), ``sample`` (the bundled offline generator) or ``csv`` (your files)."""
     value = os.environ.get(C.ENV_DATA_SOURCE, "").strip().lower()
     if not value:
         return C.DEFAULT_DATA_SOURCE
     if value not in C.DATA_SOURCES:
         raise ConfigError(
-            f"DATA_SOURCE={os.environ[C.ENV_DATA_SOURCE]!r} is not valid: use 'yfinance' or 'sample'")
+            f"DATA_SOURCE={os.environ[C.ENV_DATA_SOURCE]!r} is not valid: use 'yfinance', 'sample' or 'csv'")
     return value
+
+
+def csv_dir() -> Path:
+    """Where ``DATA_SOURCE=csv`` reads ``<SYMBOL>.csv``: ``$TRADING_CSV_DIR`` or
+    ``$TRADING_HOME/data/csv``."""
+    value = os.environ.get(C.ENV_CSV_DIR, "").strip()
+    return Path(value).expanduser().resolve() if value else path(C.CSV_DIR)
 
 
 def config_dir() -> Path:

@@ -13,14 +13,14 @@ Every constant here is read by the code.
 # ----------------------------------------------------------- environment (read through config.py)
 ENV_TRADING_MODE = "TRADING_MODE"          # "paper" (default, also when unset) or "live"
 ENV_TRADING_HOME = "TRADING_HOME"          # root of all state; default: the project directory
-ENV_DATA_SOURCE = "DATA_SOURCE"            # "yfinance" (default) or "sample" (offline generator)
+ENV_DATA_SOURCE = "DATA_SOURCE"            # "yfinance" (default), "sample" (offline generator) or "csv" (your files)
 ENV_CREDENTIAL_KEY = "TRADING_CREDENTIAL_KEY"   # Fernet key injected by a secrets manager (optional)
 ENV_CREDENTIAL_KEY_NEW = "TRADING_CREDENTIAL_KEY_NEW"   # new Fernet key for rotate-key when keys come from the environment
 ENV_CONFIG_DIR = "TRADING_CONFIG_DIR"      # where keys live; default ~/.config/lstm-trader
 ENV_TRAIN_PROFILE = "TRAIN_PROFILE"        # "tiny" selects the fast profile (same as --profile tiny)
 TRADING_MODES = ("paper", "live")          # the only accepted values of TRADING_MODE
 DEFAULT_TRADING_MODE = "paper"             # used when TRADING_MODE is unset
-DATA_SOURCES = ("yfinance", "sample")      # the only accepted values of DATA_SOURCE
+DATA_SOURCES = ("yfinance", "sample", "csv")   # the only accepted values of DATA_SOURCE
 DEFAULT_DATA_SOURCE = "yfinance"           # used when DATA_SOURCE is unset
 APP_NAME = "lstm-trader"                   # name of the key directory under ~/.config
 
@@ -220,3 +220,12 @@ ALERT_CREDENTIAL_SERVICE = "alerts"        # credential service holding the stor
 ALERT_QUIET_PERIOD_MIN = 240               # the same alert (kind + key) is not repeated within (minutes)
 ALERT_ORDER_REJECTIONS = 3                 # order rejections in one cycle that raise an alert (count)
 ALERT_TOKEN_EXPIRY_HOURS = 24              # alert when the Schwab token expires within (hours)
+
+# --- evidence: walk-forward and skill (issue 11) ---
+ENV_CSV_DIR = "TRADING_CSV_DIR"            # folder of <SYMBOL>.csv files for DATA_SOURCE=csv
+CSV_DIR = "data/csv"                       # default of TRADING_CSV_DIR, under TRADING_HOME
+WALK_FORWARD_MIN_TRAIN_SESSIONS = 504      # first fold trains on at least this much history (sessions; 2 years)
+WALK_FORWARD_RETRAIN_SESSIONS = 63         # retrain every this many sessions; a fold predicts that many (sessions; a quarter)
+SKILL_ALPHA = 0.05                         # one-sided significance level of the Diebold-Mariano skill tests
+SKILL_MIN_DSR = 0.95                       # deflated Sharpe ratio of strategy-minus-benchmark returns needed to pass
+SKILL_HAC_LAG = None                       # Newey-West lag (sessions); None: floor(4 * (n / 100) ** (2 / 9))

@@ -5,7 +5,8 @@ Run by ``./run_daily_data_update.sh [--force]`` (cron) or ``python data_collecti
 1. ``load_universe`` reads ``selected_stocks.txt`` (one ticker a line, ``#`` comments).
 2. Prices come from yfinance in one batched call under an overall deadline, with retry and
    backoff for rate-limited symbols (``DATA_SOURCE=yfinance``), or from the deterministic offline
-   generator in ``sample_data.py`` (``DATA_SOURCE=sample``). Raw prices are kept in
+   generator in ``sample_data.py`` (``DATA_SOURCE=sample``), or from your own ``<SYMBOL>.csv``
+   files (``DATA_SOURCE=csv``, ``csv_source.py``). Raw prices are kept in
    ``data/raw_prices.csv`` so the next run fetches only the missing days; ``--force`` refetches.
 3. ``validate_prices`` finds, per symbol, what yfinance does not raise: no data (delisted,
    unknown, rate-limited), stale last bars, gaps against the NYSE sessions, non-positive or
@@ -225,14 +226,20 @@ def fetch_prices(symbols, start, end, force_source=None) -> tuple[pd.DataFrame, 
         raw = sample_data.generate_prices(symbols)
         raw = raw[(raw["Date"] >= pd.Timestamp(start)) & (raw["Date"] <= pd.Timestamp(end))]
         return raw.reset_index(drop=True), {}
+    if source == "csv":
+        import csv_source                     # imports this module: loaded on use
+        return csv_source.read_prices(symbols, start, end)
     return fetch_yfinance(symbols, start, end)
 
 
 def reference_session() -> pd.Timestamp:
     """The session whose bar the data should reach: the last completed NYSE session (for the
-    sample source: its last session)."""
+    sample source: its last session; for csv: the newest date in the files, capped at that)."""
     if config.data_source() == "sample":
         return market_calendar.sessions(C.SAMPLE_START, C.SAMPLE_END)[-1]
+    if config.data_source() == "csv":
+        import csv_source                     # imports this module: loaded on use
+        return min(market_calendar.last_completed_session(), csv_source.last_date(load_universe()))
     return market_calendar.last_completed_session()
 
 

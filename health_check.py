@@ -65,7 +65,10 @@ def check_universe():
 def check_data():
     df = data_collection.load_processed()
     last = df["Date"].max()
-    reference = data_collection.reference_session()
+    if config.data_source() == "csv":        # the files' newest date is no proof of freshness
+        reference = market_calendar.last_completed_session()
+    else:
+        reference = data_collection.reference_session()
     behind = market_calendar.sessions_between(last, reference)
     detail = f"processed_stock_data.csv: {len(df)} rows, {df['Symbol'].nunique()} symbols, through {last.date()}, zero NaN"
     if behind > C.DATA_MAX_AGE_SESSIONS:

@@ -89,7 +89,8 @@ def split_dates(dates, validation_fraction=C.VALIDATION_FRACTION, test_fraction=
 
 
 def build_dataset(features, window: int, feature_columns, shuffle_targets: bool = False,
-                  seed: int = C.TRAIN_SEED) -> dict:
+                  seed: int = C.TRAIN_SEED, validation_fraction: float = C.VALIDATION_FRACTION,
+                  test_fraction: float = C.TEST_FRACTION) -> dict:
     """Windows, targets, masks and the scaler (fitted on the training period only).
 
     A sample is the window ending at row t with target y[t] (uses Close[t+1]). It belongs to
@@ -99,7 +100,7 @@ def build_dataset(features, window: int, feature_columns, shuffle_targets: bool 
     y = mm.compute_targets(df)
     nxt = df.groupby("Symbol", sort=False)["Date"].shift(-1).to_numpy()
     dates = df["Date"].to_numpy()
-    val_start, test_start = split_dates(dates)
+    val_start, test_start = split_dates(dates, validation_fraction, test_fraction)
     has_y = np.isfinite(y)
     train_rows = has_y & (nxt < val_start)
     val_rows = has_y & (dates >= val_start) & (nxt < test_start)
@@ -120,7 +121,8 @@ def build_dataset(features, window: int, feature_columns, shuffle_targets: bool 
            "validation_start": val_start, "test_start": test_start}
     for name, mask in (("train", train_rows), ("validation", val_rows), ("test", test_rows)):
         out[f"{name}_mask"] = mask[ends]
-    if out["train_mask"].sum() < 10 or out["validation_mask"].sum() < 1 or out["test_mask"].sum() < 1:
+    if (out["train_mask"].sum() < 10 or out["validation_mask"].sum() < 1
+            or (test_fraction > 0 and out["test_mask"].sum() < 1)):
         raise TrainingError(f"too little history for a window of {window}: "
                             f"{int(out['train_mask'].sum())} training, {int(out['validation_mask'].sum())} "
                             f"validation and {int(out['test_mask'].sum())} test samples")
@@ -147,6 +149,26 @@ def build_network(window: int, n_features: int, units: int, dense_units: int, la
     model = keras.Sequential(stack, name="lstm_price_difference")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     return model
+
+
+def fit_network(ds: dict, prof: dict, seed: int = C.TRAIN_SEED, verbose=0):
+    """THE fit: a fresh network of profile ``prof`` trained on ``ds``'s training samples with
+    early stopping on its validation samples, seeded and deterministic. Returns (network,
+    history). ``train`` and the walk-forward (walk_forward.py) both call it."""
+    tf, keras = _keras()
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    tr, va = ds["train_mask"], ds["validation_mask"]
+    z = mm.scale_target(ds["y"], ds["scaler"])
+    X = ds["X"]
+    net = build_network(prof["window"], X.shape[2], prof["units"], prof["dense_units"],
+                        prof["layers"], C.TRAIN_LEARNING_RATE)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=prof["patience"],
+                                            restore_best_weights=True)
+    history = net.fit(X[tr], z[tr], validation_data=(X[va], z[va]), epochs=prof["epochs"],
+                      batch_size=C.TRAIN_BATCH_SIZE, shuffle=True, verbose=verbose,
+                      callbacks=[stopper, _epoch_logger(keras, prof["epochs"])])
+    return net, history
 
 
 def _epoch_logger(keras, epochs: int):
@@ -252,21 +274,11 @@ def train(data_path=None, *, profile: str = "default", epochs=None, units=None, 
              str(ds["validation_start"])[:10], te.sum(), str(ds["test_start"])[:10], prof["window"],
              "; SHUFFLED TARGETS (control run)" if shuffle_targets else "")
 
-    tf, keras = _keras()
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-    scaler = ds["scaler"]
-    z = mm.scale_target(ds["y"], scaler)
-    X = ds["X"]
-    net = build_network(prof["window"], len(feature_columns), prof["units"], prof["dense_units"],
-                        prof["layers"], C.TRAIN_LEARNING_RATE)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 0
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=prof["patience"],
-                                            restore_best_weights=True)
-    history = net.fit(X[tr], z[tr], validation_data=(X[va], z[va]), epochs=prof["epochs"],
-                      batch_size=C.TRAIN_BATCH_SIZE, shuffle=True, verbose=verbose,
-                      callbacks=[stopper, _epoch_logger(keras, prof["epochs"])])
+    net, history = fit_network(ds, prof, seed, verbose)
+    scaler = ds["scaler"]
+    X = ds["X"]
     val_losses = history.history.get("val_loss", [])
     best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else 0
 

@@ -1,0 +1,248 @@
+"""The statistics of the go-live evidence: is the forecast skilful, and does trading on it beat
+simply holding the stocks? Pure NumPy/SciPy; every formula is written out below.
+
+Forecast skill: Diebold-Mariano test with Newey-West (HAC) variance
+---------------------------------------------------------------------
+Forecasts and outcomes live in the model's target space ``y`` (the next-day price difference in
+units of the day's expected move, ``model_management.TARGET_DEFINITION``). For a baseline
+forecast ``b`` and the model's forecast ``f`` the squared-error loss differential of each
+(symbol, day) is ``(y - b)^2 - (y - f)^2`` (positive: the model did better). Days are the unit of
+time: the differential is averaged across the symbols of each session, giving one series
+``d_1..d_T`` (cross-sectional correlation between symbols is then inside each ``d_t`` and does not
+inflate the evidence). With ``dbar`` the mean of ``d`` and ``gamma_k`` its autocovariances
+(divisor T), the Newey-West long-run variance is
+
+    S = gamma_0 + 2 * sum_{k=1..L} (1 - k / (L + 1)) * gamma_k,     L = floor(4 * (T / 100) ** (2/9))
+
+(Bartlett weights, Newey & West 1994's automatic lag; ``SKILL_HAC_LAG`` overrides it).
+``DM = dbar / sqrt(S / T)``, multiplied by Harvey-Leybourne-Newbold's small-sample factor
+``sqrt((T - 1) / T)`` (one-step forecasts) and compared with Student's t with T - 1 degrees of
+freedom, one-sided: p = P(t > DM). Skill is significant when p < ``SKILL_ALPHA`` (0.05).
+The two baselines are "no change" (b = 0) and the constant equal to the mean of the training
+period's targets (what the model would predict if it learnt only the drift). Reported beside each
+test: skill = 1 - MSE(model) / MSE(baseline).
+
+Trading: Sharpe, probabilistic and deflated Sharpe of the excess over buy-and-hold
+-------------------------------------------------------------------------------
+Daily simple returns r_t of the strategy's equity and b_t of the equal-weight buy-and-hold of the
+same symbols over the same sessions. Annualised Sharpe = mean(r - rf) / std(r - rf, ddof 1) *
+sqrt(252) with rf = ``RISK_FREE_RATE`` / 252 (``constants.RISK_FREE_RATE``, the one risk-free
+rate of the project). The excess series is e_t = r_t - b_t (the risk-free rate cancels in it).
+Its per-day Sharpe ``SR = mean(e) / std(e)`` with skewness g3 and (non-excess) kurtosis g4 of e
+gives Bailey & Lopez de Prado's probabilistic Sharpe ratio, the probability that the true SR
+exceeds ``SR*`` (0: beating buy-and-hold at all):
+
+    PSR(SR*) = Phi( (SR - SR*) * sqrt(T - 1) / sqrt(1 - g3 * SR + (g4 - 1) / 4 * SR^2) )
+
+and the deflated Sharpe ratio, PSR against the best SR expected from N zero-skill tries:
+
+    SR0 = sqrt(V) * ((1 - g) * Phi^-1(1 - 1/N) + g * Phi^-1(1 - 1/(N e))),   g = 0.5772 (Euler)
+    DSR = PSR(SR0)        (N = 1: SR0 = 0 and DSR = PSR)
+
+N is the number of distinct configurations tried on this universe (the walk-forward runs table
+counts them); V is the variance of the SR estimate across those tries, by default the
+estimator's own sampling variance under no skill, 1 / (T - 1).
+
+The verdict (``evaluate_evidence``) passes only when all of these hold: skill significant against
+no change, skill significant against the training-mean constant, DSR >= ``SKILL_MIN_DSR`` (0.95),
+and the strategy's Sharpe above buy-and-hold's (so a strategy whose risk-adjusted return does not
+beat holding the same stocks never passes, whatever its excess return).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+import constants as C
+
+EULER_GAMMA = 0.5772156649015329
+
+
+# =========================================================================== HAC and Diebold-Mariano
+
+def newey_west_lag(n: int) -> int:
+    """Newey & West (1994): floor(4 * (n / 100) ** (2 / 9)), or ``SKILL_HAC_LAG`` when set."""
+    if C.SKILL_HAC_LAG is not None:
+        return int(C.SKILL_HAC_LAG)
+    return int(math.floor(4.0 * (max(n, 1) / 100.0) ** (2.0 / 9.0)))
+
+
+def newey_west_variance(x, lag: int | None = None) -> float:
+    """Long-run variance of ``x`` with Bartlett weights (see the module docstring)."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    lag = newey_west_lag(n) if lag is None else int(lag)
+    lag = max(0, min(lag, n - 1))
+    u = x - x.mean()
+    s = float(u @ u) / n
+    for k in range(1, lag + 1):
+        s += 2.0 * (1.0 - k / (lag + 1.0)) * float(u[k:] @ u[:-k]) / n
+    return s
+
+
+def daily_mean(values, dates) -> np.ndarray:
+    """The mean of ``values`` for each distinct date, in date order."""
+    values = np.asarray(values, np.float64)
+    codes, uniques = _factorize(dates)
+    sums = np.bincount(codes, weights=values, minlength=len(uniques))
+    counts = np.bincount(codes, minlength=len(uniques))
+    return sums / np.maximum(counts, 1)
+
+
+def _factorize(dates):
+    arr = np.asarray(dates)
+    uniques, codes = np.unique(arr, return_inverse=True)
+    return codes.ravel(), uniques
+
+
+def diebold_mariano(y_true, forecast, baseline, dates=None, lag: int | None = None) -> dict:
+    """One-sided DM test that ``forecast`` has lower squared error than ``baseline``.
+
+    ``baseline``: an array or a scalar (0.0 for "no change"). With ``dates`` the loss
+    differential is averaged per date first (one observation a session). Returns
+    {statistic, p_value, mean_loss_differential, n, lag, skill, mse, mse_baseline}."""
+    y = np.asarray(y_true, np.float64)
+    f = np.asarray(forecast, np.float64)
+    b = np.broadcast_to(np.asarray(baseline, np.float64), y.shape)
+    loss_f, loss_b = (y - f) ** 2, (y - b) ** 2
+    d = loss_b - loss_f
+    if dates is not None:
+        d = daily_mean(d, dates)
+    n = len(d)
+    mse, mse_b = float(loss_f.mean()) if len(y) else float("nan"), float(loss_b.mean()) if len(y) else float("nan")
+    out = {"n": int(n), "lag": None, "statistic": None, "p_value": 1.0,
+           "mean_loss_differential": float(d.mean()) if n else None, "mse": mse, "mse_baseline": mse_b,
+           "skill": (1.0 - mse / mse_b) if n and mse_b > 0 else None}
+    if n < 3:
+        return out
+    lag = newey_west_lag(n) if lag is None else int(lag)
+    var = newey_west_variance(d, lag)
+    out["lag"] = int(min(max(lag, 0), n - 1))
+    if not np.isfinite(var) or var <= 1e-300:
+        return out
+    dm = float(d.mean() / math.sqrt(var / n)) * math.sqrt((n - 1) / n)
+    out["statistic"] = dm
+    out["p_value"] = float(stats.t.sf(dm, df=n - 1))
+    return out
+
+
+def directional_accuracy(y_true, forecast) -> float | None:
+    """Share of moves (y != 0) whose sign the forecast got right (a zero forecast is wrong)."""
+    y = np.asarray(y_true, np.float64)
+    f = np.asarray(forecast, np.float64)
+    moved = y != 0
+    if not moved.any():
+        return None
+    return float(np.mean(np.sign(f[moved]) == np.sign(y[moved])))
+
+
+# =========================================================================== Sharpe family
+
+def returns_from_equity(equity) -> np.ndarray:
+    e = np.asarray(equity, np.float64)
+    return e[1:] / e[:-1] - 1.0
+
+
+def sharpe_ratio(returns, risk_free: float = C.RISK_FREE_RATE,
+                 periods: int = C.TRADING_DAYS_PER_YEAR) -> float | None:
+    """Annualised Sharpe of daily simple returns with the annual risk-free rate ``risk_free``."""
+    r = np.asarray(returns, np.float64) - risk_free / periods
+    if len(r) < 2:
+        return None
+    sd = float(np.std(r, ddof=1))
+    if not sd > 0:
+        return None
+    return float(np.mean(r) / sd * math.sqrt(periods))
+
+
+def probabilistic_sharpe_ratio(returns, sr_benchmark: float = 0.0) -> float | None:
+    """PSR: probability that the true per-period Sharpe of ``returns`` exceeds ``sr_benchmark``
+    (per period, not annualised). None when the returns do not vary."""
+    r = np.asarray(returns, np.float64)
+    n = len(r)
+    if n < 3:
+        return None
+    sd = float(np.std(r, ddof=1))
+    if not sd > 0:
+        return None
+    sr = float(np.mean(r) / sd)
+    g3 = float(stats.skew(r, bias=True))
+    g4 = float(stats.kurtosis(r, fisher=False, bias=True))
+    denom = 1.0 - g3 * sr + (g4 - 1.0) / 4.0 * sr ** 2
+    if not denom > 0:
+        denom = 1e-12
+    return float(stats.norm.cdf((sr - sr_benchmark) * math.sqrt(n - 1) / math.sqrt(denom)))
+
+
+def expected_max_sharpe(n_trials: int, sr_variance: float) -> float:
+    """SR0: the largest per-period Sharpe expected from ``n_trials`` zero-skill tries."""
+    n_trials = int(n_trials)
+    if n_trials <= 1:
+        return 0.0
+    z1 = stats.norm.ppf(1.0 - 1.0 / n_trials)
+    z2 = stats.norm.ppf(1.0 - 1.0 / (n_trials * math.e))
+    return float(math.sqrt(max(sr_variance, 0.0)) * ((1.0 - EULER_GAMMA) * z1 + EULER_GAMMA * z2))
+
+
+def deflated_sharpe_ratio(returns, n_trials: int = 1, sr_variance: float | None = None) -> float | None:
+    """DSR = PSR(SR0) with SR0 from ``n_trials`` tries (``sr_variance`` default 1 / (T - 1))."""
+    r = np.asarray(returns, np.float64)
+    if len(r) < 3:
+        return None
+    var = 1.0 / (len(r) - 1) if sr_variance is None else float(sr_variance)
+    return probabilistic_sharpe_ratio(r, expected_max_sharpe(n_trials, var))
+
+
+# =========================================================================== the verdict
+
+def evaluate_evidence(y_true, forecast, train_mean, dates, strategy_equity, benchmark_equity,
+                      n_trials: int = 1, alpha: float = C.SKILL_ALPHA, min_dsr: float = C.SKILL_MIN_DSR,
+                      risk_free: float = C.RISK_FREE_RATE) -> dict:
+    """Every statistic of the verdict and the verdict itself (see the module docstring).
+
+    ``y_true``/``forecast``/``dates``: one entry per (symbol, session) predicted out of sample, in
+    target units; ``train_mean``: the constant baseline (a number, or one per entry when each
+    walk-forward fold has its own training mean); the equity curves: one value per session
+    close of the evaluated period (strategy and equal-weight buy-and-hold)."""
+    dm0 = diebold_mariano(y_true, forecast, 0.0, dates)
+    dmc = diebold_mariano(y_true, forecast, np.asarray(train_mean, np.float64), dates)
+    rs, rb = returns_from_equity(strategy_equity), returns_from_equity(benchmark_equity)
+    excess = rs - rb
+    sh_s, sh_b = sharpe_ratio(rs, risk_free), sharpe_ratio(rb, risk_free)
+    psr = probabilistic_sharpe_ratio(excess)
+    dsr = deflated_sharpe_ratio(excess, n_trials)
+    sd = float(np.std(excess, ddof=1)) if len(excess) > 1 else 0.0
+    conditions = [
+        {"name": "skill_vs_no_change", "passed": dm0["p_value"] < alpha,
+         "text": f"forecast beats 'no change' (skill {_f(dm0['skill'], '+.4f')}, DM p = "
+                 f"{_f(dm0['p_value'], '.4f')}; needs p < {alpha})"},
+        {"name": "skill_vs_training_mean", "passed": dmc["p_value"] < alpha,
+         "text": f"forecast beats the training-mean constant (skill {_f(dmc['skill'], '+.4f')}, DM p = "
+                 f"{_f(dmc['p_value'], '.4f')}; needs p < {alpha})"},
+        {"name": "sharpe_above_buy_and_hold",
+         "passed": sh_s is not None and (sh_b is None or sh_s > sh_b),
+         "text": f"strategy Sharpe {_f(sh_s, '.2f')} above equal-weight buy-and-hold's {_f(sh_b, '.2f')} "
+                 f"(risk-free {risk_free:.2%} a year)"},
+        {"name": "excess_dsr", "passed": dsr is not None and dsr >= min_dsr,
+         "text": f"daily excess over buy-and-hold is reliably positive: deflated Sharpe {_f(dsr, '.3f')} "
+                 f"over {n_trials} configuration(s) tried (PSR {_f(psr, '.3f')}); needs >= {min_dsr}"},
+    ]
+    return {
+        "passed": all(c["passed"] for c in conditions), "conditions": conditions,
+        "dm_vs_no_change": dm0, "dm_vs_training_mean": dmc, "train_mean": float(np.mean(train_mean)),
+        "directional_accuracy": directional_accuracy(y_true, forecast),
+        "sharpe_strategy": sh_s, "sharpe_benchmark": sh_b,
+        "excess_mean_daily": float(np.mean(excess)) if len(excess) else None,
+        "excess_sharpe_annual": (float(np.mean(excess) / sd * math.sqrt(C.TRADING_DAYS_PER_YEAR))
+                                 if sd > 0 else None),
+        "psr_excess": psr, "dsr_excess": dsr, "n_trials": int(n_trials), "alpha": alpha,
+        "min_dsr": min_dsr, "risk_free_rate": risk_free,
+    }
+
+
+def _f(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)

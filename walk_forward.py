@@ -1,0 +1,679 @@
+"""Walk-forward evaluation with retraining: ``./run_backtest.sh --walk-forward`` (or
+``python walk_forward.py``). Exit 0: the evidence passes; 1: it does not; 2: an error.
+
+What it does, in order:
+
+1. Reads the production data (``processed_stock_data.csv``) for the universe
+   (``selected_stocks.txt``) and plans folds over its sessions: an expanding training window of
+   at least ``WALK_FORWARD_MIN_TRAIN_SESSIONS``; a retrain every
+   ``WALK_FORWARD_RETRAIN_SESSIONS`` (a quarter). Fold k trains on every session before its
+   first test session and predicts only its own test sessions (up to the next retrain).
+2. Each fold is a Ray task running the production training code: ``train_model.build_dataset``
+   (scaler fitted on the fold's training period, its last ``VALIDATION_FRACTION`` kept for early
+   stopping) and ``train_model.fit_network``, then ``model_management.make_windows`` for the
+   fold's test sessions. By default Ray starts in-process with the machine's cores (nothing to
+   set up); ``RAY_ADDRESS`` runs the folds on an existing cluster; ``--workers N`` caps the
+   parallelism. Every fold runs in a Ray worker with one TensorFlow thread and the same seed,
+   so the result is the same whatever the number of workers.
+3. The stitched out-of-sample predictions are scored by ``signals.score_predictions`` and
+   replayed by the backtest engine with the live rules (``backtest.run_engine`` with
+   ``LivePolicy``, next-open fills, the paper broker's costs), beside the equal-weight
+   buy-and-hold of the same symbols.
+4. ``skill_stats.evaluate_evidence`` gives the verdict (see its docstring for the statistics):
+   forecast skill significant against "no change" AND against the training-mean constant, the
+   strategy's Sharpe above buy-and-hold's, and the deflated Sharpe of its daily excess over
+   buy-and-hold at least ``SKILL_MIN_DSR``, counting every configuration tried on this universe.
+5. ``reports/walkforward_<timestamp>.json`` and ``.html`` (and ``reports/latest_walkforward.*``),
+   and one row in the state database (``walk_forward_runs``) tied to its inputs: the data file's
+   SHA-256, the universe, the period, the costs, the model configuration and its fingerprint,
+   the seed and the verdict. ``passing_walk_forward_for(fingerprint, data_sha256, universe)``
+   answers the go-live gate.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import logging
+import math
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import config
+from errors import UserFacingError, install_excepthook
+import constants as C
+import model_management as mm
+import skill_stats
+import train_model
+from backtest import build_signals
+from backtest_engine import Costs, LivePolicy, buy_and_hold, market_from_frames, run_engine
+from backtest_metrics import performance_metrics
+from backtest_report import make_charts
+
+log = logging.getLogger("walkforward")
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+RULE_CONSTANTS = ("SIGNAL_THRESHOLD", "MAX_POSITION_PCT", "MAX_GROSS_EXPOSURE", "MAX_POSITIONS",
+                  "MAX_ORDER_VALUE", "RISK_PER_TRADE", "MAX_DRAWDOWN", "DAILY_LOSS_LIMIT", "ALLOW_SHORTS",
+                  "MAX_SIZE_SCALE", "REBALANCE_BAND", "BACKTEST_FILL")
+
+_RUNS_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS walk_forward_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        config_fingerprint TEXT NOT NULL,
+        data_sha256 TEXT NOT NULL,
+        data_path TEXT,
+        universe TEXT NOT NULL,
+        start_date TEXT,
+        end_date TEXT,
+        costs TEXT NOT NULL,
+        model_config TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        workers INTEGER,
+        passed INTEGER NOT NULL,
+        gate_eligible INTEGER NOT NULL,
+        report_path TEXT,
+        summary TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS walk_forward_runs_key ON walk_forward_runs(config_fingerprint, data_sha256, id)",
+]
+
+
+class WalkForwardError(UserFacingError):
+    """A problem that stops the walk-forward; one line naming the fix (exit 2)."""
+
+
+# =========================================================================== configuration
+
+def profile_params(profile: str = "default") -> dict:
+    if profile not in train_model.PROFILES:
+        raise WalkForwardError(f"unknown training profile {profile!r}: use one of "
+                               f"{', '.join(sorted(train_model.PROFILES))}")
+    return dict(train_model.PROFILES[profile])
+
+
+def model_configuration(prof: dict) -> dict:
+    """Everything that defines the model and the trading rules (not the seed, not the data)."""
+    return {"window": int(prof["window"]), "lstm_units": int(prof["units"]),
+            "dense_units": int(prof["dense_units"]), "lstm_layers": int(prof["layers"]),
+            "epochs_max": int(prof["epochs"]), "patience": int(prof["patience"]),
+            "batch_size": C.TRAIN_BATCH_SIZE, "learning_rate": C.TRAIN_LEARNING_RATE,
+            "feature_columns": list(C.FEATURE_COLUMNS), "target_clip": C.TARGET_CLIP,
+            "feature_clip": C.FEATURE_CLIP, "vol_floor": C.TARGET_VOL_FLOOR,
+            "validation_fraction": C.VALIDATION_FRACTION,
+            "rules": {k: getattr(C, k) for k in RULE_CONSTANTS}}
+
+
+def model_configuration_from_metadata(metadata: dict) -> dict:
+    """The configuration of an installed model (its metadata as train_model.py writes it), in
+    the form ``model_configuration`` gives: for the gate, with ``config_fingerprint``."""
+    arch, training = metadata.get("architecture", {}), metadata.get("training", {})
+    prof = {"window": metadata["window"], "units": arch.get("lstm_units"), "dense_units": arch.get("dense_units"),
+            "layers": arch.get("lstm_layers"), "epochs": training.get("epochs_max"),
+            "patience": training.get("patience")}
+    out = model_configuration(prof)
+    out["batch_size"] = training.get("batch_size", out["batch_size"])
+    out["learning_rate"] = training.get("learning_rate", out["learning_rate"])
+    out["feature_columns"] = list(metadata.get("feature_columns", out["feature_columns"]))
+    return out
+
+
+def config_fingerprint(model_config: dict) -> str:
+    """SHA-256 of the configuration's canonical JSON."""
+    text = json.dumps(model_config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def universe_key(symbols) -> str:
+    return json.dumps(sorted(str(s) for s in symbols))
+
+
+# =========================================================================== folds
+
+def plan_folds(sessions, min_train: int = C.WALK_FORWARD_MIN_TRAIN_SESSIONS,
+               retrain: int = C.WALK_FORWARD_RETRAIN_SESSIONS) -> list[dict]:
+    """Fold k: train on sessions[:start_k], predict sessions[start_k:start_k + retrain]."""
+    sessions = pd.DatetimeIndex(sorted(pd.unique(pd.DatetimeIndex(sessions))))
+    if min_train < 2 or retrain < 1:
+        raise WalkForwardError("--min-train must be at least 2 sessions and --retrain at least 1")
+    if len(sessions) <= min_train:
+        raise WalkForwardError(f"only {len(sessions)} sessions of data, and the first fold needs {min_train} to "
+                               f"train on plus at least one to predict: add history (HISTORY_START, "
+                               f"./run_daily_data_update.sh --force) or lower --min-train")
+    folds = []
+    for k, start in enumerate(range(min_train, len(sessions), retrain)):
+        end = min(start + retrain, len(sessions)) - 1
+        folds.append({"fold": k, "train_start": sessions[0], "train_end": sessions[start - 1],
+                      "test_start": sessions[start], "test_end": sessions[end],
+                      "train_sessions": start, "test_sessions": end - start + 1})
+    return folds
+
+
+def _single_thread_tf():
+    """One TensorFlow thread per fold: the same arithmetic in every worker (determinism) and no
+    oversubscription when folds run side by side."""
+    tf, _ = train_model._keras()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:                  # already initialised in this process: settings kept
+        pass
+
+
+def train_fold(features: pd.DataFrame, fold: dict, prof: dict, seed: int) -> dict:
+    """Train on the fold's training sessions with the production code; predict its test sessions.
+
+    Returns {fold fields, predictions: DataFrame(Date, Symbol, Close, volatility_20, predicted_diff,
+    y_pred, y_true, train_mean), train_mean, epochs_run, seconds, ...}."""
+    t0 = time.perf_counter()
+    _single_thread_tf()
+    window = int(prof["window"])
+    columns = list(C.FEATURE_COLUMNS)
+    train_part = features[features["Date"] <= fold["train_end"]]
+    train_part, skipped = train_model.drop_short_symbols(train_part, window)
+    ds = train_model.build_dataset(train_part, window, columns, seed=seed,
+                                   validation_fraction=C.VALIDATION_FRACTION, test_fraction=0.0)
+    net, history = train_model.fit_network(ds, prof, seed, verbose=0)
+    train_y = ds["y"][ds["train_mask"]]
+    train_mean = float(np.mean(train_y))
+    known = set(train_part["Symbol"].unique())
+    upto = features[(features["Date"] <= fold["test_end"]) & features["Symbol"].isin(known)]
+    sorted_upto = mm.sort_features(upto)
+    y_all = mm.compute_targets(sorted_upto)
+    ends = mm.window_ends(sorted_upto["Symbol"].to_numpy(), window)
+    in_test = (sorted_upto["Date"].to_numpy()[ends] >= np.datetime64(fold["test_start"]))
+    X, rows = mm.make_windows(upto, window, columns, ds["scaler"])
+    X, rows = X[in_test], rows[in_test].reset_index(drop=True)
+    z = net.predict(X, batch_size=4096, verbose=0)[:, 0] if len(X) else np.zeros(0)
+    y_pred = mm.unscale_target(z, ds["scaler"])
+    out = rows[["Date", "Symbol", "Close", "volatility_20"]].copy()
+    out["predicted_diff"] = mm.y_to_diff(y_pred, out["Close"], out["volatility_20"])
+    out["y_pred"] = y_pred
+    out["y_true"] = y_all[ends][in_test]
+    out["train_mean"] = train_mean
+    out["fold"] = fold["fold"]
+    val_losses = history.history.get("val_loss", [])
+    return {**fold, "predictions": out, "train_mean": train_mean, "skipped_symbols": skipped,
+            "epochs_run": len(val_losses), "n_train": int(ds["train_mask"].sum()),
+            "n_validation": int(ds["validation_mask"].sum()), "seconds": time.perf_counter() - t0}
+
+
+# =========================================================================== Ray
+
+def _ray_init(workers: int | None):
+    """Connect to RAY_ADDRESS when set, else start a local in-process instance with ``workers``
+    (default: all) CPUs. Returns (ray, workers)."""
+    import ray                              # heavy optional dependency (~1 s import, 80 MB)
+    if ray.is_initialized():
+        return ray, workers or int(ray.available_resources().get("CPU", 1))
+    env = {"PYTHONPATH": os.pathsep.join([str(config.PROJECT_DIR)] + [p for p in os.environ.get(
+           "PYTHONPATH", "").split(os.pathsep) if p]), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address:
+        runtime_env = {"working_dir": str(config.PROJECT_DIR), "env_vars": env,
+                       "excludes": [".venv", ".git", "logs", "reports", "state", "models", "data", ".demo_home",
+                                    "*.h5", "*.csv", "__pycache__"]}
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.ERROR)
+        total = int(ray.cluster_resources().get("CPU", 1))
+        return ray, min(workers, total) if workers else total
+    n = workers or os.cpu_count() or 1
+    ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             configure_logging=True, runtime_env={"env_vars": env})
+    return ray, n
+
+
+class FoldProgress:
+    """A progress bar over folds on stderr (a terminal), else nothing."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.t0 = total, enabled, time.perf_counter()
+        self.update(0)
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        fill = int(width * done / max(self.total, 1))
+        sys.stderr.write(f"\rwalk-forward [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} folds "
+                         f"{time.perf_counter() - self.t0:6.1f}s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def run_folds(features: pd.DataFrame, folds: list[dict], prof: dict, seed: int, workers: int | None = None,
+              progress: bool = False) -> tuple[list[dict], int]:
+    """Every fold as a Ray task (at most ``workers`` at a time, longest first); results in fold order."""
+    ray, n_workers = _ray_init(workers)
+    task = ray.remote(num_cpus=1, max_retries=1)(train_fold)
+    data_ref = ray.put(features)
+    bar = FoldProgress(len(folds), progress)
+    # the longest folds (largest training windows) first: the last one no longer sets the wall time alone
+    pending, results = {}, {}
+    queue = sorted(folds, key=lambda f: (-f["train_sessions"], f["fold"]))
+    try:
+        while queue or pending:
+            while queue and len(pending) < n_workers:
+                fold = queue.pop(0)
+                pending[task.remote(data_ref, fold, prof, seed)] = fold["fold"]
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                k = pending.pop(ref)
+                results[k] = ray.get(ref)
+                log.info("fold %d: trained on %s .. %s, predicted %s .. %s (%.1f s)", k,
+                         results[k]["train_start"].date(), results[k]["train_end"].date(),
+                         results[k]["test_start"].date(), results[k]["test_end"].date(), results[k]["seconds"])
+            bar.update(len(results))
+    finally:
+        bar.close()
+    return [results[f["fold"]] for f in folds], n_workers
+
+
+# =========================================================================== evaluation
+
+class _Stitched:
+    """The stitched out-of-sample predictions, shaped like a model for backtest.build_signals."""
+
+    def __init__(self, predictions: pd.DataFrame):
+        self.predictions = predictions
+
+    def predict(self, features, last_only=False):
+        return self.predictions[mm.OUTPUT_COLUMNS].copy()
+
+
+def _period_stats(dates, equity: pd.Series, benchmark: pd.Series, preds: pd.DataFrame, n_trials: int) -> dict:
+    ok = np.isfinite(preds["y_true"].to_numpy(float))
+    p = preds[ok]
+    ev = skill_stats.evaluate_evidence(p["y_true"].to_numpy(float), p["y_pred"].to_numpy(float),
+                                       p["train_mean"].to_numpy(float), p["Date"].to_numpy(), equity.to_numpy(),
+                                       benchmark.to_numpy(), n_trials=n_trials)
+    s, b = performance_metrics(equity), performance_metrics(benchmark)
+    ev["strategy"] = {k: s.get(k) for k in ("total_return", "cagr", "sharpe", "max_drawdown", "annual_volatility")}
+    ev["benchmark"] = {k: b.get(k) for k in ("total_return", "cagr", "sharpe", "max_drawdown", "annual_volatility")}
+    ev["predictions"] = int(len(p))
+    return ev
+
+
+def count_trials(universe, fingerprint: str, conn=None) -> int:
+    """Distinct configurations recorded for this universe, this one included."""
+    c = _conn(conn)
+    try:
+        rows = c.execute("SELECT DISTINCT config_fingerprint FROM walk_forward_runs WHERE universe = ?",
+                         (universe_key(universe),)).fetchall()
+    finally:
+        if conn is None:
+            c.close()
+    return len({r[0] for r in rows} | {fingerprint})
+
+
+def evaluate(features: pd.DataFrame, fold_results: list[dict], costs: Costs | None = None,
+             initial_cash: float = C.INITIAL_PAPER_CASH, n_trials: int = 1) -> dict:
+    """Stitch the folds' predictions, replay them with the live rules, compute every statistic."""
+    costs = costs or Costs()
+    preds = pd.concat([r["predictions"] for r in fold_results], ignore_index=True)
+    preds = preds.sort_values(["Date", "Symbol"], kind="mergesort").reset_index(drop=True)
+    first, last = fold_results[0]["test_start"], fold_results[-1]["test_end"]
+    scored, nonsense = build_signals(_Stitched(preds), features)
+    prices = features.loc[(features["Date"] >= first) & (features["Date"] <= last),
+                          ["Date", "Symbol", "Open", "Close"]]
+    market = market_from_frames(prices, scored)
+    result = run_engine(market, LivePolicy(costs=costs), costs=costs, initial_cash=initial_cash)
+    equity = result.equity_series()
+    bench = buy_and_hold(market, initial_cash, costs)
+    overall = _period_stats(market.dates, equity, bench, preds, n_trials)
+    overall["trades_filled"] = len(result.trades)
+    overall["halts"] = result.halts
+    per_fold = []
+    for r in fold_results:
+        span = (equity.index >= r["test_start"]) & (equity.index <= r["test_end"])
+        # the fold's curve starts at the close before its first session (its first return counts)
+        idx = np.flatnonzero(span)
+        lo = max(idx[0] - 1, 0)
+        eq_f, b_f = equity.iloc[lo:idx[-1] + 1], bench.iloc[lo:idx[-1] + 1]
+        st = _period_stats(None, eq_f, b_f, r["predictions"], n_trials)
+        per_fold.append({"fold": r["fold"], "train_start": str(r["train_start"].date()),
+                         "train_end": str(r["train_end"].date()), "test_start": str(r["test_start"].date()),
+                         "test_end": str(r["test_end"].date()), "train_sessions": r["train_sessions"],
+                         "test_sessions": r["test_sessions"], "epochs_run": r["epochs_run"],
+                         "seconds": round(r["seconds"], 2), "train_mean": r["train_mean"],
+                         "skipped_symbols": r["skipped_symbols"], **_slim(st)})
+    return {"overall": overall, "folds": per_fold, "equity": equity, "benchmark": bench,
+            "nonsensical_prediction_days": nonsense, "symbols": market.symbols,
+            "start": str(market.dates[0].date()), "end": str(market.dates[-1].date())}
+
+
+def _slim(ev: dict) -> dict:
+    return {"passed": ev["passed"], "skill_vs_no_change": ev["dm_vs_no_change"]["skill"],
+            "dm_p_vs_no_change": ev["dm_vs_no_change"]["p_value"],
+            "skill_vs_training_mean": ev["dm_vs_training_mean"]["skill"],
+            "dm_p_vs_training_mean": ev["dm_vs_training_mean"]["p_value"],
+            "directional_accuracy": ev["directional_accuracy"], "strategy_return": ev["strategy"]["total_return"],
+            "benchmark_return": ev["benchmark"]["total_return"], "strategy_sharpe": ev["sharpe_strategy"],
+            "benchmark_sharpe": ev["sharpe_benchmark"], "psr_excess": ev["psr_excess"], "dsr_excess": ev["dsr_excess"],
+            "predictions": ev["predictions"]}
+
+
+# =========================================================================== state database
+
+def _conn(conn=None):
+    import state_db
+    c = conn if conn is not None else state_db.connect()
+    state_db.ensure_schema(c, _RUNS_SCHEMA)
+    return c
+
+
+def record_run(report: dict, conn=None) -> int:
+    """One row in ``walk_forward_runs``; returns its id."""
+    import state_db
+    c = _conn(conn)
+    inputs = report["inputs"]
+    try:
+        with state_db.transaction(c):
+            cur = c.execute(
+                "INSERT INTO walk_forward_runs(created_at, config_fingerprint, data_sha256, data_path, universe, "
+                "start_date, end_date, costs, model_config, seed, workers, passed, gate_eligible, report_path, "
+                "summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (state_db.utcnow(), inputs["config_fingerprint"], inputs["data_sha256"], inputs["data_path"],
+                 universe_key(inputs["universe"]), report["start"], report["end"], json.dumps(inputs["costs"]),
+                 json.dumps(inputs["model_config"], default=str), int(inputs["seed"]), int(report["workers"]),
+                 int(bool(report["passed"])), int(bool(report["gate_eligible"])), report.get("report_json"),
+                 json.dumps(_jsonable(_summary(report)), allow_nan=False)))
+            return int(cur.lastrowid)
+    finally:
+        if conn is None:
+            c.close()
+
+
+def _summary(report: dict) -> dict:
+    o = report["overall"]
+    return {"conditions": o["conditions"], **_slim(o), "n_trials": o["n_trials"], "folds": len(report["folds"])}
+
+
+def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe, conn=None) -> dict | None:
+    """The newest walk-forward that passed for this model configuration on this data file and this
+    universe (the whole universe, the full out-of-sample period, costs not below the paper
+    broker's: ``gate_eligible``), or None. The row as a dict, JSON fields parsed."""
+    if not config_fingerprint or not data_sha256:
+        return None
+    c = _conn(conn)
+    try:
+        row = c.execute("SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND data_sha256 = ? AND "
+                        "universe = ? AND passed = 1 AND gate_eligible = 1 ORDER BY id DESC LIMIT 1",
+                        (config_fingerprint, data_sha256, universe_key(universe))).fetchone()
+    finally:
+        if conn is None:
+            c.close()
+    if row is None:
+        return None
+    out = dict(row)
+    for key in ("universe", "costs", "model_config", "summary"):
+        try:
+            out[key] = json.loads(out[key])
+        except (TypeError, ValueError):
+            pass
+    out["passed"], out["gate_eligible"] = bool(out["passed"]), bool(out["gate_eligible"])
+    return out
+
+
+# =========================================================================== reports
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (pd.Timestamp, datetime)):
+        return obj.isoformat()
+    return obj
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{x * 100:.2f}%"
+
+
+def _num(x, spec=".3f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def render_html(report: dict, charts: dict | None = None) -> str:
+    e = html.escape
+    o = report["overall"]
+    verdict = "PASS" if report["passed"] else "FAIL"
+    color = "#1a7f37" if report["passed"] else "#cf222e"
+    conds = "".join(f"<tr><td>{e(c['name'])}</td><td>{e(c['text'])}</td><td style='color:"
+                    f"{'#1a7f37' if c['passed'] else '#cf222e'}'><b>{'PASS' if c['passed'] else 'FAIL'}</b></td></tr>"
+                    for c in o["conditions"])
+    fold_rows = "".join(
+        f"<tr><td>{f['fold']}</td><td>{e(f['train_end'])}</td><td>{e(f['test_start'])} .. {e(f['test_end'])}</td>"
+        f"<td>{_num(f['skill_vs_no_change'], '+.4f')}</td><td>{_num(f['dm_p_vs_no_change'])}</td>"
+        f"<td>{_num(f['skill_vs_training_mean'], '+.4f')}</td><td>{_num(f['dm_p_vs_training_mean'])}</td>"
+        f"<td>{_pct(f['directional_accuracy'])}</td><td>{_pct(f['strategy_return'])}</td>"
+        f"<td>{_pct(f['benchmark_return'])}</td><td>{_num(f['strategy_sharpe'], '.2f')}</td>"
+        f"<td>{_num(f['benchmark_sharpe'], '.2f')}</td><td>{_num(f['psr_excess'])}</td></tr>"
+        for f in report["folds"])
+    s, b = o["strategy"], o["benchmark"]
+    imgs = "".join(f"<h2>{e(name.title())}</h2><img alt='{e(name)}' src='data:image/png;base64,{png}'>"
+                   for name, png in (charts or {}).items() if name in ("equity", "drawdown"))
+    inputs = report["inputs"]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(report['title'])}</title>
+<style>
+body{{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}}
+table{{border-collapse:collapse;margin:8px 0 18px}} td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}} th{{background:#f3f3f3}} img{{max-width:100%}}
+.verdict{{font-size:1.4em;color:{color}}} .small{{font-size:0.85em;color:#555}}
+</style></head><body>
+<h1>{e(report['title'])}</h1>
+<p class="verdict"><b>Walk-forward verdict: {verdict}</b> {'' if report['gate_eligible'] else
+ '(does not count for the go-live gate: a subset of the universe, a shorter period or lower costs)'}</p>
+<p>{len(report['folds'])} folds, retrain every {inputs['retrain_sessions']} sessions after at least
+{inputs['min_train_sessions']}; {len(inputs['universe'])} symbols; out of sample {e(report['start'])} ..
+{e(report['end'])}; profile {e(inputs['profile'])}, seed {inputs['seed']}; {report['workers']} workers,
+{report['timings_s']['folds']:.1f} s of folds. Data SHA-256 <code>{e(inputs['data_sha256'])}</code>;
+configuration <code>{e(inputs['config_fingerprint'][:16])}</code>.</p>
+<h2>Conditions (all must pass)</h2>
+<table><tr><th>condition</th><th>measured</th><th>verdict</th></tr>{conds}</table>
+<h2>Overall, out of sample</h2>
+<table><tr><th></th><th>strategy (live rules)</th><th>equal-weight buy &amp; hold</th></tr>
+<tr><td>Total return</td><td>{_pct(s['total_return'])}</td><td>{_pct(b['total_return'])}</td></tr>
+<tr><td>CAGR</td><td>{_pct(s['cagr'])}</td><td>{_pct(b['cagr'])}</td></tr>
+<tr><td>Sharpe (risk-free {o['risk_free_rate']:.2%})</td><td>{_num(o['sharpe_strategy'], '.2f')}</td>
+<td>{_num(o['sharpe_benchmark'], '.2f')}</td></tr>
+<tr><td>Max drawdown</td><td>{_pct(s['max_drawdown'])}</td><td>{_pct(b['max_drawdown'])}</td></tr></table>
+<table><tr><th>forecast</th><th>value</th></tr>
+<tr><td>skill vs no change (DM p)</td><td>{_num(o['dm_vs_no_change']['skill'], '+.4f')}
+({_num(o['dm_vs_no_change']['p_value'], '.4f')})</td></tr>
+<tr><td>skill vs training-mean constant (DM p)</td><td>{_num(o['dm_vs_training_mean']['skill'], '+.4f')}
+({_num(o['dm_vs_training_mean']['p_value'], '.4f')})</td></tr>
+<tr><td>directional accuracy</td><td>{_pct(o['directional_accuracy'])}</td></tr>
+<tr><td>PSR / DSR of the daily excess over buy &amp; hold</td><td>{_num(o['psr_excess'])} /
+{_num(o['dsr_excess'])} ({o['n_trials']} configuration(s) tried)</td></tr></table>
+<h2>Per fold</h2>
+<table><tr><th>fold</th><th>trained to</th><th>predicts</th><th>skill vs 0</th><th>DM p</th>
+<th>skill vs mean</th><th>DM p</th><th>dir. acc.</th><th>strategy</th><th>buy &amp; hold</th>
+<th>Sharpe</th><th>B&amp;H Sharpe</th><th>PSR excess</th></tr>{fold_rows}</table>
+{imgs}
+<p class="small">{e(skill_stats.__doc__.strip().splitlines()[0])} Statistics: see skill_stats.py and
+docs/MODEL.md. Full data: {e(report.get('json_name', ''))}</p>
+</body></html>
+"""
+
+
+def write_reports(report: dict, charts: dict | None = None, reports_dir=None) -> tuple[Path, Path]:
+    from fileutil import atomic_write_text
+    out = Path(reports_dir) if reports_dir else config.path(C.REPORTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base, k = f"walkforward_{stamp}", 1
+    while (out / f"{base}.json").exists():
+        k += 1
+        base = f"walkforward_{stamp}_{k}"
+    report["json_name"] = f"{base}.json"
+    text = json.dumps(_jsonable(report), indent=1, allow_nan=False, default=str)
+    page = render_html(report, charts)
+    json_path = atomic_write_text(out / f"{base}.json", text)
+    html_path = atomic_write_text(out / f"{base}.html", page)
+    atomic_write_text(out / "latest_walkforward.json", text)
+    atomic_write_text(out / "latest_walkforward.html", page)
+    return json_path, html_path
+
+
+# =========================================================================== the whole run
+
+def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None = None, data_path=None,
+        symbols=None, min_train: int = C.WALK_FORWARD_MIN_TRAIN_SESSIONS,
+        retrain: int = C.WALK_FORWARD_RETRAIN_SESSIONS, costs: Costs | None = None, record: bool = True,
+        progress: bool = False, reports_dir=None, charts: bool = True) -> dict:
+    """The whole walk-forward; returns the report (also written to disk and recorded)."""
+    import data_collection
+    t0 = time.perf_counter()
+    costs = costs or Costs()
+    prof = profile_params(profile)
+    path = Path(data_path) if data_path else config.path(C.PROCESSED_DATA_FILE)
+    try:
+        features = data_collection.load_processed(path)
+        universe = data_collection.load_universe()
+    except data_collection.DataError as exc:
+        raise WalkForwardError(" ".join(str(exc).split())) from None
+    wanted = sorted({s.strip().upper() for s in symbols if s.strip()}) if symbols else sorted(universe)
+    missing = [s for s in wanted if s not in set(features["Symbol"].astype(str))]
+    if missing:
+        raise WalkForwardError(f"no data for {', '.join(missing)} in {path.name}: run ./run_daily_data_update.sh "
+                               f"(or leave them out with --symbols)")
+    features = features[features["Symbol"].isin(wanted)].reset_index(drop=True)
+    folds = plan_folds(features["Date"], min_train, retrain)
+    model_config = model_configuration(prof)
+    fingerprint = config_fingerprint(model_config)
+    data_sha = file_sha256(path)
+    n_trials = count_trials(wanted, fingerprint) if record else 1
+    log.info("walk-forward started: %d symbols, %d folds (min train %d, retrain every %d sessions), profile %s, "
+             "seed %d", len(wanted), len(folds), min_train, retrain, profile, seed)
+    fold_results, n_workers = run_folds(features, folds, prof, seed, workers, progress)
+    t_folds = time.perf_counter()
+    ev = evaluate(features, fold_results, costs, n_trials=n_trials)
+    gate_eligible = (sorted(universe) == wanted and min_train <= C.WALK_FORWARD_MIN_TRAIN_SESSIONS
+                     and costs.not_below_defaults())
+    report = {
+        "title": f"Walk-forward {ev['start']} .. {ev['end']} ({len(folds)} folds)",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "passed": bool(ev["overall"]["passed"]), "gate_eligible": bool(gate_eligible),
+        "start": ev["start"], "end": ev["end"], "workers": n_workers,
+        "inputs": {"data_path": str(path), "data_sha256": data_sha, "universe": wanted, "profile": profile,
+                   "model_config": model_config, "config_fingerprint": fingerprint, "seed": seed,
+                   "costs": costs.effective(), "min_train_sessions": min_train, "retrain_sessions": retrain,
+                   "initial_cash": C.INITIAL_PAPER_CASH},
+        "overall": ev["overall"], "folds": ev["folds"],
+        "nonsensical_prediction_days": ev["nonsensical_prediction_days"],
+        "daily": [{"date": str(d.date()), "equity": float(a), "benchmark": float(b)}
+                  for d, a, b in zip(ev["equity"].index, ev["equity"].to_numpy(), ev["benchmark"].to_numpy())],
+        "timings_s": {"folds": round(t_folds - t0, 2)},
+    }
+    pictures = None
+    if charts:
+        pictures = make_charts(ev["equity"], ev["benchmark"])
+    json_path, html_path = write_reports(report, pictures, reports_dir)
+    report["report_json"], report["report_html"] = str(json_path), str(html_path)
+    if record:
+        report["run_id"] = record_run(report)
+    report["timings_s"]["total"] = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def print_summary(report: dict, out=None) -> None:
+    out = out or sys.stdout
+    o = report["overall"]
+    print(f"{report['title']}: {len(report['inputs']['universe'])} symbols, {report['workers']} workers, "
+          f"{report['timings_s']['total']:.1f} s", file=out)
+    for f in report["folds"]:
+        print(f"  fold {f['fold']:>2} {f['test_start']} .. {f['test_end']}: skill {_num(f['skill_vs_no_change'], '+.4f')} "
+              f"(vs mean {_num(f['skill_vs_training_mean'], '+.4f')}), directional_accuracy "
+              f"{_num(f['directional_accuracy'], '.3f')}, strategy {_pct(f['strategy_return'])} vs buy & hold "
+              f"{_pct(f['benchmark_return'])}", file=out)
+    for c in o["conditions"]:
+        print(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['text']}", file=out)
+    note = "" if report["gate_eligible"] else " (does not count for the go-live gate)"
+    print(f"Verdict: {'PASS' if report['passed'] else 'FAIL'}{note}", file=out)
+    print(f"Report: {report['report_html']}", file=out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_backtest.sh --walk-forward",
+        description="Walk-forward evaluation with retraining (folds on Ray; RAY_ADDRESS for a cluster). "
+                    "Exit 0: the evidence passes; 1: it does not; 2: error.")
+    p.add_argument("--profile", choices=sorted(train_model.PROFILES),
+                   default=os.environ.get(C.ENV_TRAIN_PROFILE, "").strip().lower() or "default",
+                   help="training profile of every fold (default: TRAIN_PROFILE or 'default')")
+    p.add_argument("--workers", type=int, default=None, help="folds run at once (default: every local core, "
+                                                             "or the cluster's CPUs with RAY_ADDRESS)")
+    p.add_argument("--seed", type=int, default=C.TRAIN_SEED, help=f"training seed (default {C.TRAIN_SEED})")
+    p.add_argument("--data", help="processed data file (default: processed_stock_data.csv under TRADING_HOME)")
+    p.add_argument("--symbols", help="comma-separated subset (does not count for the gate)")
+    p.add_argument("--min-train", type=int, default=C.WALK_FORWARD_MIN_TRAIN_SESSIONS,
+                   help=f"sessions of the first training window (default {C.WALK_FORWARD_MIN_TRAIN_SESSIONS})")
+    p.add_argument("--retrain", type=int, default=C.WALK_FORWARD_RETRAIN_SESSIONS,
+                   help=f"sessions between retrains (default {C.WALK_FORWARD_RETRAIN_SESSIONS})")
+    p.add_argument("--no-record", action="store_true", help="do not record the run in the state database")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    return p
+
+
+def main(argv=None) -> int:
+    install_excepthook()
+    args = _parser().parse_args(argv)
+    from logging_setup import setup_logging
+    try:
+        setup_logging("trading", console=False)
+    except (config.ConfigError, OSError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.workers is not None and args.workers < 1:
+        print("ERROR: --workers must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        report = run(profile=args.profile, seed=args.seed, workers=args.workers, data_path=args.data,
+                     symbols=args.symbols.split(",") if args.symbols else None, min_train=args.min_train,
+                     retrain=args.retrain, record=not args.no_record,
+                     progress=(not args.no_progress) and sys.stderr.isatty())
+    except UserFacingError as exc:
+        log.error("walk-forward FAILED: %s", exc)
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        log.exception("walk-forward FAILED with an unexpected error")
+        print(f"ERROR: walk-forward failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+              "see logs/errors.log", file=sys.stderr)
+        return EXIT_ERROR
+    print_summary(report)
+    log.info("walk-forward %s: %s; report %s", "PASSED" if report["passed"] else "FAILED", report["title"],
+             report["report_json"])
+    return EXIT_PASS if report["passed"] else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
