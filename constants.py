@@ -155,6 +155,8 @@ SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (
 AUDIT_KEY_FILE = "audit_hmac.key"          # HMAC-SHA256 key of the audit chain, in config.config_dir() (mode 0600)
 AUDIT_CHECKPOINT_FILE = "audit_checkpoint-{tag}.json"   # last seq/hash, in config.config_dir(); tag = digest of the log's path
 AUDIT_LOCK_FILE = ".audit_log.lock"        # flock file beside the audit log (in logs/audit/)
+AUDIT_TRAIL_ID_FILE = "audit_trail_id"     # the trail's random id, beside the audit log; names its checkpoint (tag = the id), so a moved home keeps it
+AUDIT_TRAIL_ID_BYTES = 8                   # random bytes of a new trail id (16 hex digits)
 CREDENTIAL_KEY_FILE = "credentials.key"    # Fernet key of the credential files, in config.config_dir() (mode 0600)
 CREDENTIAL_NEXT_KEY_FILE = "credentials.key.next"   # new key while `credential_manager.py rotate-key` runs
 ENV_CREDENTIAL_KEY_NEW = "TRADING_CREDENTIAL_KEY_NEW"   # new Fernet key for rotate-key when keys come from the environment
