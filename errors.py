@@ -55,14 +55,36 @@ class StorageError(UserFacingError, OSError):
     ``OSError``, so code that already handles ``OSError`` keeps doing so."""
 
 
-def mount_point(path) -> str:
-    """The mount point holding ``path`` (its nearest existing ancestor)."""
+def _existing(path) -> str:
+    """``path`` or its nearest existing ancestor."""
     p = _os.path.abspath(str(path))
     while not _os.path.exists(p):
         parent = _os.path.dirname(p)
         if parent == p:
             break
         p = parent
+    return p
+
+
+def mount_point(path) -> str:
+    """The mount point holding ``path`` (its nearest existing ancestor): the longest mount
+    point in /proc/self/mounts that contains it (bind mounts included)."""
+    p = _os.path.realpath(_existing(path))
+    best = None
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) < 2:
+                    continue
+                mount = fields[1].replace("\\040", " ")
+                if (p == mount or p.startswith(mount.rstrip("/") + "/")) and (
+                        best is None or len(mount) > len(best)):
+                    best = mount
+    except OSError:
+        pass
+    if best:
+        return best
     while not _os.path.ismount(p):
         parent = _os.path.dirname(p)
         if parent == p:
@@ -73,7 +95,7 @@ def mount_point(path) -> str:
 
 def _read_only(path) -> bool:
     try:
-        return bool(_os.statvfs(mount_point(path)).f_flag & _os.ST_RDONLY)
+        return bool(_os.statvfs(_existing(path)).f_flag & _os.ST_RDONLY)
     except OSError:
         return False
 
@@ -112,7 +134,7 @@ def storage_fault_kind(exc: BaseException, path=None) -> str | None:
 
 def _free_bytes(path) -> int:
     try:
-        st = _os.statvfs(mount_point(path))
+        st = _os.statvfs(_existing(path))
         return st.f_bavail * st.f_frsize
     except OSError:
         return 1 << 62

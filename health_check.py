@@ -200,7 +200,7 @@ def check_storage():
             where = where.parent
         mount = mount_point(where)
         try:
-            read_only = bool(os.statvfs(mount).f_flag & os.ST_RDONLY)
+            read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
         except OSError:
             read_only = False
         if read_only:

@@ -122,6 +122,22 @@ def test_read_only_home(tmp_path, name):
 
 
 @needs_namespace
+@pytest.mark.xfail(strict=True, reason="live_trading.set_kill_switch writes the audit record before "
+                   "the SQLite kill switch; the lead reorders it (SQLite first, then the audit, its "
+                   "failure reported) when wiring issue 10 after the refactor: then drop this mark")
+def test_halt_sets_the_kill_switch_when_only_the_logs_are_read_only(tmp_path):
+    home = _prepared_home(tmp_path)
+    logs = shlex.quote(str(home / "logs"))
+    done = _in_namespace(f"mount --bind {logs} {logs}; mount -o remount,bind,ro {logs}",
+                         COMMANDS["halt"], home)
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out
+    assert "logs are not being written" in out
+    conn = state_db.connect(home / "state/trading_state.db")
+    assert (state_db.kv_get(conn, "kill_switch") or {}).get("reason") == "R", out
+
+
+@needs_namespace
 def test_read_only_home_verify_still_reads_the_trail(tmp_path):
     home = _prepared_home(tmp_path)
     done = _in_namespace(_readonly(home), [PY, "audit_logging.py", "verify"], home)
@@ -160,7 +176,7 @@ def test_full_disk_verify_gives_its_verdict(tmp_path):
 def test_full_disk_commit_is_rolled_back(tmp_path):
     """A write transaction on a full disk fails as a StorageError and leaves no transaction
     open; the database still holds what it held before."""
-    home = tmp_path / "home"
+    home = tmp_path / "tiny"
     home.mkdir()
     code = (
         "import state_db, sqlite3, os\n"
