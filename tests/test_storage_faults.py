@@ -53,15 +53,23 @@ def _run(args, home):
     return done
 
 
-def _prepared_home(tmp_path) -> Path:
-    """A home that has been used: state database, audit trail, logs."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
+@pytest.fixture(scope="module")
+def used_home(tmp_path_factory) -> Path:
+    """A home that has been used: state database, audit trail, logs (built once)."""
+    home = tmp_path_factory.mktemp("used") / "home"
+    home.mkdir()
     for args in (["live_trading.py", "halt", "--reason", "setup"], ["live_trading.py", "resume"]):
         done = _run([PY, *args], home)
         assert done.returncode == 0, done.stderr[-2000:]
     assert (home / "state/trading_state.db").exists()
     assert (home / "logs/audit/audit_log.jsonl").exists()
+    return home
+
+
+def _prepared_home(tmp_path, used_home) -> Path:
+    """This test's copy of the used home (the audit key directory inside it travels along)."""
+    home = tmp_path / "used_home"
+    shutil.copytree(used_home, home)
     return home
 
 
@@ -107,8 +115,8 @@ COMMANDS = {
 
 @needs_namespace
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_read_only_home(tmp_path, name):
-    home = _prepared_home(tmp_path)
+def test_read_only_home(tmp_path, used_home, name):
+    home = _prepared_home(tmp_path, used_home)
     done = _in_namespace(_readonly(home), COMMANDS[name], home)
     out = _one_line_fault(done, str(home), "read-only", "remount")
     if name == "halt":
@@ -125,8 +133,8 @@ def test_read_only_home(tmp_path, name):
 @pytest.mark.xfail(strict=True, reason="live_trading.set_kill_switch writes the audit record before "
                    "the SQLite kill switch; the lead reorders it (SQLite first, then the audit, its "
                    "failure reported) when wiring issue 10 after the refactor: then drop this mark")
-def test_halt_sets_the_kill_switch_when_only_the_logs_are_read_only(tmp_path):
-    home = _prepared_home(tmp_path)
+def test_halt_sets_the_kill_switch_when_only_the_logs_are_read_only(tmp_path, used_home):
+    home = _prepared_home(tmp_path, used_home)
     logs = shlex.quote(str(home / "logs"))
     done = _in_namespace(f"mount --bind {logs} {logs}; mount -o remount,bind,ro {logs}",
                          COMMANDS["halt"], home)
@@ -138,8 +146,8 @@ def test_halt_sets_the_kill_switch_when_only_the_logs_are_read_only(tmp_path):
 
 
 @needs_namespace
-def test_read_only_home_verify_still_reads_the_trail(tmp_path):
-    home = _prepared_home(tmp_path)
+def test_read_only_home_verify_still_reads_the_trail(tmp_path, used_home):
+    home = _prepared_home(tmp_path, used_home)
     done = _in_namespace(_readonly(home), [PY, "audit_logging.py", "verify"], home)
     out = done.stdout + done.stderr
     assert "Traceback" not in out
@@ -151,8 +159,8 @@ def test_read_only_home_verify_still_reads_the_trail(tmp_path):
 
 @needs_namespace
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_full_disk(tmp_path, name):
-    home = _prepared_home(tmp_path)
+def test_full_disk(tmp_path, used_home, name):
+    home = _prepared_home(tmp_path, used_home)
     done = _in_namespace(_full(home), COMMANDS[name], home)
     words = ("free space on", str(home)) if name != "health" else ("free space on", "disk")
     out = _one_line_fault(done, *words)
@@ -164,8 +172,8 @@ def test_full_disk(tmp_path, name):
 
 
 @needs_namespace
-def test_full_disk_verify_gives_its_verdict(tmp_path):
-    home = _prepared_home(tmp_path)
+def test_full_disk_verify_gives_its_verdict(tmp_path, used_home):
+    home = _prepared_home(tmp_path, used_home)
     done = _in_namespace(_full(home), [PY, "audit_logging.py", "verify"], home)
     out = done.stdout + done.stderr
     assert "Traceback" not in out and "--- Logging error ---" not in out
