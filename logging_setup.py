@@ -62,7 +62,8 @@ _warned_unwritable = False
 
 
 def _warn_logs_not_written(exc: BaseException, path) -> None:
-    """One WARNING line on stderr per process: the logs are not being written, and why."""
+    """One WARNING line on stderr (per ``setup_logging``): the logs are not being written, and
+    why."""
     global _warned_unwritable
     if _warned_unwritable:
         return
@@ -108,8 +109,10 @@ def setup_logging(kind: str = "trading", level: int = logging.INFO, console: boo
     ``TRADING_HOME`` or kind): the handlers it added before are replaced, not duplicated.
     Every entry point calls it first, so a bad ``TRADING_MODE`` or ``DATA_SOURCE`` stops each
     of them at startup (``config.ConfigError``) instead of falling back to a default."""
+    global _warned_unwritable
     config.trading_mode()
     config.data_source()
+    _warned_unwritable = False               # one warning per setup, should the logs fail
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _MANAGED, False):

@@ -248,3 +248,66 @@ def test_storage_error_translation(tmp_path, exc, kind, words):
 def test_other_errors_are_not_storage_faults(tmp_path):
     assert storage_error(sqlite3.OperationalError("no such table: x"), tmp_path / "x.db") is None
     assert storage_error(OSError(errno.ENOENT, "No such file"), tmp_path / "x") is None
+
+
+# ----------------------------------------------------------------------------- /dev/full: ENOSPC without root
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+
+
+@needs_dev_full
+def test_log_file_on_a_full_disk_warns_once_and_goes_on(trading_home, capfd):
+    import logging
+    import logging_setup
+    (trading_home / "logs").mkdir()
+    os.symlink("/dev/full", logging_setup.log_file("trading"))
+    logging_setup.setup_logging("trading")
+    log = logging.getLogger("trading")
+    for i in range(3):
+        log.info("line %d", i)
+    err = capfd.readouterr().err
+    assert "--- Logging error ---" not in err and "Traceback" not in err
+    warnings = [line for line in err.splitlines() if "logs are not being written" in line]
+    assert len(warnings) == 1 and "disk is full" in warnings[0] and "free space on" in warnings[0]
+    assert all(f"line {i}" in err for i in range(3))          # still on stderr
+
+
+def test_log_directory_that_cannot_be_created_falls_back_to_stderr(trading_home, capfd):
+    import logging
+    import logging_setup
+    (trading_home / "logs").write_text("a file where the folder should be")
+    logging_setup.setup_logging("trading", console=False)
+    logging.getLogger("trading").error("still shown")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert "logs are not being written" in err and "still shown" in err
+
+
+@needs_dev_full
+def test_audit_append_on_a_full_disk_is_one_line(trading_home):
+    from audit_logging import AuditLogger
+    al = AuditLogger()
+    al.log_event("first", "success", {})
+    al.path.unlink()
+    os.symlink("/dev/full", al.path)
+    with pytest.raises(StorageError) as info:
+        al.log_event("second", "success", {})
+    text = str(info.value)
+    assert "audit" in text and "disk is full" in text and "free space on" in text and "\n" not in text
+
+
+@needs_dev_full
+def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+    import fileutil
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "report.txt"
+    target.write_text("old")
+
+    def writer(tmp):
+        with open("/dev/full", "wb") as fh:
+            fh.write(b"x")
+            fh.flush()
+    with pytest.raises(StorageError) as info:
+        fileutil.atomic_write_with(target, writer)
+    assert str(target) in str(info.value) and "free space on" in str(info.value)
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["report.txt"]     # no temp file left
