@@ -110,7 +110,22 @@ COMMANDS = {
     "status": [PY, "live_trading.py", "status"],
     "resume": [PY, "live_trading.py", "resume"],
     "health": ["./run_health_check.sh"],
+    "data update": ["./run_daily_data_update.sh"],
 }
+# live_trading.cycle_lock opens its lock file without translating the OSError: the lead wires
+# errors.storage_error there (and in main's catch-all) after the refactor; then drop the mark.
+CYCLE = pytest.param([PY, "live_trading.py"], marks=pytest.mark.xfail(
+    strict=True, reason="live_trading.cycle_lock: OSError not yet translated (lead wires it)"), id="cycle")
+
+
+@needs_namespace
+@pytest.mark.parametrize("fault", ["readonly", "full"])
+@pytest.mark.parametrize("command", [CYCLE])
+def test_trading_cycle_storage_fault(tmp_path, used_home, fault, command):
+    home = _prepared_home(tmp_path, used_home)
+    setup = _readonly(home) if fault == "readonly" else _full(home)
+    done = _in_namespace(setup, command, home)
+    _one_line_fault(done, str(home), "remount" if fault == "readonly" else "free space on")
 
 
 @needs_namespace
