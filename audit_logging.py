@@ -238,6 +238,7 @@ class AuditLogger:
                                        C.AUDIT_CHECKPOINT_FILE.format(tag=legacy_tag))
         self._trail_id: str | None = None
         self._fork_note: dict | None = None
+        self._owner_checked = False     # this process saw the checkpoint written by this log
         self._key: bytes | None = None
 
     # ----------------------------------------------------------------- trail id
@@ -286,7 +287,7 @@ class AuditLogger:
         """Under the lock, before an append: make sure the trail has an id, migrating a
         path-named checkpoint and forking a copy that is appended to while its original (the
         trail the checkpoint names as its last writer) is still there."""
-        if self._fixed_checkpoint is not None:
+        if self._fixed_checkpoint is not None or self._owner_checked:
             return
         if self.trail_id() is None:
             legacy = None
@@ -305,6 +306,7 @@ class AuditLogger:
         except _BadCheckpoint:
             return
         if cp is None or not cp.log or cp.log == str(self.path):
+            self._owner_checked = cp is not None
             return
         other = Path(cp.log)
         try:
