@@ -18,8 +18,13 @@ Integrity
   (last ``seq`` and ``hash``, itself HMAC-signed) live in ``config.config_dir()``, outside
   ``logs/`` and outside the project, next to the credential key. The checkpoint is rewritten on
   every append, so cutting records off the end of the log (which leaves a valid chain) is caught.
-  Its file name carries a digest of the log's absolute path, so two ``TRADING_HOME`` folders
-  sharing one key directory keep separate checkpoints.
+  The checkpoint belongs to the trail, not to its path: a random *trail id* is kept beside the
+  log (``logs/audit/audit_trail_id``) and names the checkpoint file, and the signed checkpoint
+  repeats it. A moved or copied ``TRADING_HOME`` therefore verifies as before, and two homes
+  sharing one key directory keep separate checkpoints. (Trails from before the id existed had a
+  checkpoint named after a digest of the log's absolute path; the first append migrates it.) A
+  copy appended to while the original is still in use gets a trail id of its own (a fork, with
+  an ``audit_trail_forked`` record).
 * Appends are safe across processes: ``flock`` on ``logs/audit/.audit_log.lock``, re-read the last
   record, one ``os.write`` of the whole line with ``O_APPEND``, ``fsync``, update the checkpoint,
   unlock. No fork in the chain, no lost record.
@@ -62,7 +67,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import config
-from errors import UserFacingError, install_excepthook
+from errors import UserFacingError, install_excepthook, storage_error
 import constants as C
 import fileutil
 import logging_setup
@@ -73,6 +78,7 @@ GENESIS_HASH = "0" * 64          # prev_hash of seq 1
 _CP_SLOT = 4096                  # bytes per checkpoint slot (two slots)
 _HASH_KEY = b',"hash":"'         # how the top-level hash member appears in a canonical line
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+_TRAIL_ID = re.compile(r"^[0-9a-f]{16,64}$")
 
 
 # --------------------------------------------------------------------------- exceptions
@@ -91,6 +97,14 @@ class AuditKeyError(AuditError):
 
 class AuditChainError(AuditError):
     """The last record of the trail does not verify, so a new record cannot be chained to it."""
+
+
+class AuditTrailInvalidError(AuditError):
+    """The trail does not verify (tampered, checkpoint missing or inconsistent, key missing):
+    nothing may trade on it until a person has looked (``require_valid_trail``)."""
+
+
+RUNBOOK_AUDIT_SECTION = "docs/RUNBOOK.md, section 'Audit Log Tampering Detected'"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -192,6 +206,7 @@ class _Checkpoint:
     updated: str = ""
     gen: int = 0          # write counter: the slot with the highest one is current
     slot: int = 0
+    log: str = ""         # the log file that last wrote it
 
 
 class _BadCheckpoint(Exception):
@@ -210,13 +225,112 @@ class AuditLogger:
         self.path = Path(path).expanduser().absolute() if path else config.path(C.AUDIT_LOG_FILE)
         self.directory = self.path.parent
         self.lock_path = self.directory / C.AUDIT_LOCK_FILE
+        self.id_path = self.directory / C.AUDIT_TRAIL_ID_FILE
         self.key_path = Path(key_path) if key_path else config.config_dir() / C.AUDIT_KEY_FILE
-        if checkpoint_path:
-            self.checkpoint_path = Path(checkpoint_path)
-        else:
-            tag = hashlib.sha256(str(self.path).encode()).hexdigest()[:16]
-            self.checkpoint_path = config.config_dir() / C.AUDIT_CHECKPOINT_FILE.format(tag=tag)
+        self._checkpoint_dir = config.config_dir()
+        self._fixed_checkpoint = Path(checkpoint_path) if checkpoint_path else None
+        legacy_tag = hashlib.sha256(str(self.path).encode()).hexdigest()[:16]
+        self.legacy_checkpoint_path = (self._checkpoint_dir /
+                                       C.AUDIT_CHECKPOINT_FILE.format(tag=legacy_tag))
+        self._trail_id: str | None = None
+        self._fork_note: dict | None = None
+        self._owner_checked = False     # this process saw the checkpoint written by this log
         self._key: bytes | None = None
+
+    # ----------------------------------------------------------------- trail id
+    # The checkpoint is named after the trail's random id (kept beside the log), so it follows
+    # the trail when TRADING_HOME is moved or copied. Trails older than the id have a checkpoint
+    # named after a digest of the log's path (``legacy_checkpoint_path``) until an append
+    # migrates it.
+    def trail_id(self) -> str | None:
+        """The trail's id, None when the trail has none yet (new, or from before ids)."""
+        if self._trail_id is None:
+            try:
+                text = self.id_path.read_text().strip()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if not _TRAIL_ID.match(text):
+                raise AuditChainError(f"Hash chain broken: the trail id file {_display(self.id_path)} "
+                                      f"holds {text[:40]!r}, not a trail id: it was edited. Restore "
+                                      f"it from backup (see {RUNBOOK_AUDIT_SECTION})")
+            self._trail_id = text
+        return self._trail_id
+
+    @property
+    def checkpoint_path(self) -> Path:
+        if self._fixed_checkpoint is not None:
+            return self._fixed_checkpoint
+        tid = self.trail_id()
+        if tid is None:
+            return self.legacy_checkpoint_path
+        return self._checkpoint_dir / C.AUDIT_CHECKPOINT_FILE.format(tag=tid)
+
+    def _new_trail_id(self, key: bytes, migrate_from: _Checkpoint | None, replace: bool) -> str:
+        """Under the lock: give the trail a new id (carrying ``migrate_from`` over to the new
+        checkpoint) and return it."""
+        tid = secrets.token_hex(C.AUDIT_TRAIL_ID_BYTES)
+        self._trail_id = tid
+        if migrate_from is not None:
+            self._write_checkpoint(key, migrate_from.seq, migrate_from.hash, migrate_from.alarm)
+        if replace:
+            fileutil.atomic_write_text(self.id_path, tid + "\n", mode=0o640)
+        elif not fileutil.create_exclusive(self.id_path, (tid + "\n").encode(), mode=0o640):
+            self._trail_id = None                       # someone else was first: theirs counts
+            return self.trail_id()
+        return tid
+
+    def _ensure_trail_id(self, key: bytes) -> None:
+        """Under the lock, before an append: make sure the trail has an id, migrating a
+        path-named checkpoint and forking a copy that is appended to while its original (the
+        trail the checkpoint names as its last writer) is still there."""
+        if self._fixed_checkpoint is not None or self._owner_checked:
+            return
+        if self.trail_id() is None:
+            legacy = None
+            if self.legacy_checkpoint_path.exists():
+                try:
+                    legacy = self._read_checkpoint(key, self.legacy_checkpoint_path)
+                except _BadCheckpoint:
+                    legacy = None                       # left in place: verify names it
+            tid = self._new_trail_id(key, legacy, replace=False)
+            if legacy is not None:
+                self.legacy_checkpoint_path.unlink(missing_ok=True)
+                log.info("Audit checkpoint migrated to trail id %s (%s)", tid, self.checkpoint_path.name)
+            return
+        try:
+            cp = self._read_checkpoint(key)
+        except _BadCheckpoint:
+            return
+        if cp is None or not cp.log or cp.log == str(self.path):
+            self._owner_checked = cp is not None
+            return
+        other = Path(cp.log)
+        try:
+            same = (other.parent / C.AUDIT_TRAIL_ID_FILE).read_text().strip() == self.trail_id()
+        except OSError:
+            same = False
+        if not same:
+            return                                      # moved: the checkpoint follows
+        old = self.trail_id()
+        carried = _Checkpoint(cp.seq, cp.hash, cp.alarm)
+        last = self._last_record_quiet(key)
+        if last and last["seq"] < cp.seq and (
+                AuditLogger(other, key_path=self.key_path)._hash_at(key, last["seq"]) == last["hash"]):
+            # copied before the original wrote its newer records: they are in the original
+            carried = _Checkpoint(last["seq"], last["hash"], cp.alarm)
+        self._new_trail_id(key, carried, replace=True)
+        self._fork_note = {"previous_trail_id": old, "original": cp.log, "at_seq": cp.seq}
+        log.warning("This audit trail (%s) is a copy of %s, which is still in use: it continues "
+                    "as trail %s with a checkpoint of its own", self.path, cp.log, self._trail_id)
+
+    def _last_record_quiet(self, key: bytes):
+        fd = os.open(self.path, os.O_RDONLY) if self.path.exists() else None
+        if fd is None:
+            return None
+        try:
+            return self._last_record(key, fd)[0]
+        finally:
+            os.close(fd)
 
     def __repr__(self):
         return f"AuditLogger(path={str(self.path)!r})"
@@ -276,10 +390,11 @@ class AuditLogger:
     # it a power failure can leave the checkpoint a few records behind, which appends and
     # verify accept as long as the record it names is in the chain with its hash.
     # Each write carries a counter (``gen``); the valid slot with the highest one is current.
-    def _read_checkpoint(self, key: bytes) -> _Checkpoint | None:
+    def _read_checkpoint(self, key: bytes, path: Path | None = None) -> _Checkpoint | None:
         """The newest valid slot (highest ``gen``), None when there is no checkpoint."""
+        path = path or self.checkpoint_path
         try:
-            raw = self.checkpoint_path.read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
         best, damaged = None, False
@@ -295,14 +410,19 @@ class AuditLogger:
             if not ok:
                 damaged = True
                 continue
-            if data.get("log") != str(self.path):
-                raise _BadCheckpoint(f"checkpoint {self.checkpoint_path} belongs to "
+            trail = data.get("trail")
+            if trail is not None and self._fixed_checkpoint is None and trail != self.trail_id():
+                raise _BadCheckpoint(f"checkpoint {path} belongs to trail {trail}, not to this "
+                                     f"trail ({self.trail_id()})")
+            if trail is None and data.get("log") != str(self.path):
+                raise _BadCheckpoint(f"checkpoint {path} belongs to "
                                      f"{data.get('log')}, not to {self.path}")
             if best is None or int(data["gen"]) > best.gen:
                 best = _Checkpoint(int(data["seq"]), str(data["hash"]), data.get("alarm"),
-                                   str(data.get("updated", "")), int(data["gen"]), index)
+                                   str(data.get("updated", "")), int(data["gen"]), index,
+                                   str(data.get("log") or ""))
         if best is None and damaged:
-            raise _BadCheckpoint(f"checkpoint {self.checkpoint_path} fails its MAC check "
+            raise _BadCheckpoint(f"checkpoint {path} fails its MAC check "
                                  f"(edited, or written with another key)")
         return best
 
@@ -317,6 +437,8 @@ class AuditLogger:
         slot_index = 1 - current.slot if current else 0      # never overwrite the newest slot
         data = {"log": str(self.path), "seq": seq, "hash": hash_, "alarm": alarm,
                 "updated": _utc_timestamp(), "gen": gen}
+        if self._trail_id is not None and self._fixed_checkpoint is None:
+            data["trail"] = self._trail_id
         data["mac"] = _mac(key, canonical_json(data).encode())
         text = canonical_json(data).encode()
         if len(text) >= _CP_SLOT:
@@ -539,22 +661,30 @@ class AuditLogger:
         if not isinstance(details, dict):
             raise ValueError(f"details must be a dict, not {type(details).__name__}")
         details = _clean(details)
-        key = self._key_for_append()
-        with self._transaction() as fd:
-            last, alarm = self._prepare(key, fd)
-            record = self._write_line(key, fd, last, action, status, details)
-            self._write_checkpoint(key, record["seq"], record["hash"], alarm)
+        try:
+            key = self._key_for_append()
+            with self._transaction() as fd:
+                last, alarm = self._prepare(key, fd)
+                record = self._write_line(key, fd, last, action, status, details)
+                self._write_checkpoint(key, record["seq"], record["hash"], alarm)
+        except OSError as exc:
+            raise (storage_error(exc, self.path, "append to the audit trail") or exc) from None
         return record
 
     def _prepare(self, key: bytes, fd: int):
-        """Under the lock: the last record (after repairing a torn line) and the alarm to keep
-        in the checkpoint."""
+        """Under the lock: the last record (after repairing a torn line and recording a fork)
+        and the alarm to keep in the checkpoint."""
+        self._ensure_trail_id(key)
         last, torn, torn_at = self._last_record(key, fd)
         kept, new_alarm = self._checkpoint_alarm(key, last)
         if new_alarm and not kept:
             log.critical("Hash chain broken: %s", new_alarm)
         if torn:
             last = self._recover_torn(key, fd, torn, torn_at, last)
+        if self._fork_note:
+            last = self._write_line(key, fd, last, "audit_trail_forked", "warning",
+                                    dict(self._fork_note, trail_id=self._trail_id))
+            self._fork_note = None
         return last, kept or new_alarm
 
     # ----------------------------------------------------------------- maintenance
@@ -618,12 +748,16 @@ class AuditLogger:
         except _BadCheckpoint as exc:
             previous = {"error": str(exc)}
         with self._transaction() as fd:
+            if self._fixed_checkpoint is None and self.trail_id() is None:
+                self._new_trail_id(key, None, replace=False)
             last, torn, torn_at = self._last_record(key, fd)
             if torn:
                 last = self._recover_torn(key, fd, torn, torn_at, last)
             record = self._write_line(key, fd, last, "audit_checkpoint_reset", "warning",
                                       _clean({"previous_checkpoint": previous, "reason": reason}))
             self._write_checkpoint(key, record["seq"], record["hash"], None)
+            if self.checkpoint_path != self.legacy_checkpoint_path:
+                self.legacy_checkpoint_path.unlink(missing_ok=True)
         log.warning("Audit checkpoint reset at seq %d (previous: %s)", record["seq"], previous)
         return record
 
@@ -636,6 +770,10 @@ class AuditLogger:
     def verify(self, use_checkpoint: bool = True) -> VerifyReport:
         files = self.files()
         names = [_display(p) for p in files]
+        try:
+            self.trail_id()
+        except AuditChainError as exc:
+            return VerifyReport(False, str(exc), "tampered", 0, names)
         nonempty = [p for p in files if p.stat().st_size > 0]
         has_cp = self.checkpoint_path.exists()
         if not nonempty and not has_cp:
@@ -743,10 +881,14 @@ class AuditLogger:
             elif cp.seq > last_seq:
                 where = f"{_display(prev[0])} line {prev[1]}" if prev else "the start"
                 live = "" if self.path.exists() else f" ({_display(self.path)} itself is missing)"
+                copy = ""
+                if cp.log and cp.log != str(self.path) and Path(cp.log).exists():
+                    copy = (f" (the checkpoint was last written through {cp.log}: if this "
+                            f"TRADING_HOME is a copy of that one, the newer records are there)")
                 return broken(f"Hash chain broken: the trail was truncated: it ends at seq "
                               f"{last_seq} ({where}) but the checkpoint recorded seq {cp.seq} "
                               f"(updated {cp.updated}): records {last_seq + 1}..{cp.seq} were "
-                              f"removed{live}", records=count)
+                              f"removed{live}{copy}", records=count)
             elif cp.seq > 0 and cp_seen != cp.hash:
                 return broken(f"Hash chain broken: record seq {cp.seq} does not have the hash the "
                               f"checkpoint recorded (updated {cp.updated}): the end of the trail "
@@ -816,6 +958,19 @@ class AuditLogger:
                 f"({prev_where}): a record was replaced or the chain was rebuilt from here")
 
     # ----------------------------------------------------------------- reading for people
+    def records_backwards(self):
+        """Complete records from the newest back (not verified; see ``verify``); a line that
+        is not JSON is skipped."""
+        for path in reversed(self.files()):
+            lines, _ = self._split(path.read_bytes())
+            for line in reversed(lines):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    yield rec
+
     def tail(self, n: int = 10) -> list[dict]:
         """The last ``n`` complete records, oldest first (not verified; see ``verify``)."""
         out: deque = deque(maxlen=n)
@@ -834,6 +989,79 @@ class AuditLogger:
             if len(out) == n:
                 break
         return list(out)
+
+
+# --------------------------------------------------------------------------- guards for the cycle
+def require_valid_trail(logger: logging.Logger | None = None,
+                        audit: AuditLogger | None = None) -> VerifyReport:
+    """Verify the whole trail before trading; return the report when trading may go on.
+
+    Raises ``AuditTrailInvalidError`` (one line, naming ``python audit_logging.py verify`` and
+    the runbook section) when it is not valid: a damaged or edited record anywhere, a missing
+    or inconsistent checkpoint (removal of records cannot be ruled out), a missing or unusable
+    key. A torn last line (a crash interrupted an append: not tampering) is accepted with a
+    WARNING, because the next append moves it aside. The refusal is logged CRITICAL on
+    ``logger`` (default: the ``audit`` logger). About 0.7 s for 100,000 records
+    (bench/audit_append.py), so it can run before every cycle."""
+    logger = logger or log
+    audit = audit or AuditLogger()
+    try:
+        report = audit.verify()
+    except OSError as exc:
+        raise (storage_error(exc, audit.directory, "read") or exc) from None
+    if report.valid:
+        return report
+    if report.kind == "torn":
+        logger.warning("Audit trail: %s", report.error)
+        return report
+    message = (f"AUDIT TRAIL NOT VALID ({report.kind}): trading refused. {report.error} -- "
+               f"Check with `python audit_logging.py verify` and follow {RUNBOOK_AUDIT_SECTION}")
+    logger.critical("%s", message)
+    raise AuditTrailInvalidError(message)
+
+
+CYCLE_START, CYCLE_END, CYCLE_INTERRUPTED = "cycle_start", "cycle_end", "cycle_interrupted"
+
+
+def interrupted_cycle(audit: AuditLogger | None = None, exclude_seq: int | None = None) -> dict | None:
+    """The previous cycle when it never finished (killed, power lost), else None.
+
+    Call it at cycle start, under the cycle lock (so no cycle is running), before or after this
+    cycle's own ``cycle_start`` (pass its ``seq`` as ``exclude_seq`` when after). The newest
+    record among ``cycle_start``, ``cycle_end`` and ``cycle_interrupted`` decides: a
+    ``cycle_start`` means the cycle it opened never wrote its ``cycle_end``. Returns what the
+    cycle should append (add the broker findings to ``details`` first)::
+
+        {"action": "cycle_interrupted", "status": "warning",
+         "details": {"interrupted_cycle_seq": 812, "started_at": "...", "mode": "paper",
+                     "as_of": None, "last_record": {"seq": 815, "action": "order_submit", ...},
+                     "records_after_start": 3, "order_records": [{"seq": 814, ...}, ...]}}
+
+    then ``audit.log_event(r["action"], r["status"], r["details"])``. Records are read as they
+    are (``require_valid_trail`` is what checks them)."""
+    audit = audit or AuditLogger()
+    after = []                              # records newer than the unfinished cycle_start
+    for rec in audit.records_backwards():
+        if exclude_seq is not None and rec.get("seq") == exclude_seq:
+            continue
+        action = rec.get("action")
+        if action in (CYCLE_END, CYCLE_INTERRUPTED):
+            return None
+        if action == CYCLE_START:
+            details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
+            after.reverse()
+            last = after[-1] if after else rec
+            orders = [{"seq": r.get("seq"), "action": r.get("action"), "status": r.get("status"),
+                       "client_key": (r.get("details") or {}).get("client_key")
+                       if isinstance(r.get("details"), dict) else None}
+                      for r in after if str(r.get("action", "")).startswith("order")]
+            return {"action": CYCLE_INTERRUPTED, "status": "warning", "details": {
+                "interrupted_cycle_seq": rec.get("seq"), "started_at": rec.get("timestamp"),
+                "mode": details.get("mode"), "as_of": details.get("as_of"),
+                "last_record": {k: last.get(k) for k in ("seq", "timestamp", "action", "status")},
+                "records_after_start": len(after), "order_records": orders}}
+        after.append(rec)
+    return None
 
 
 # --------------------------------------------------------------------------- command line
@@ -889,6 +1117,13 @@ def main(argv=None) -> int:
             rec = audit.reset_checkpoint(args.reason)
             print(f"Checkpoint reset at seq {rec['seq']}")
             return 0
+    except OSError as exc:                     # read-only home, full disk: one line, no traceback
+        problem = storage_error(exc, audit.directory)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        log.error("%s", problem)
+        return 1
     except AuditError as exc:
         print(f"error: {exc}", file=sys.stderr)
         log.error("%s", exc)

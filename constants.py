@@ -174,6 +174,8 @@ GOLIVE_MIN_PAPER_SESSIONS = 5              # paper sessions with the current mod
 AUDIT_KEY_FILE = "audit_hmac.key"          # HMAC-SHA256 key of the audit chain, in config.config_dir() (mode 0600)
 AUDIT_CHECKPOINT_FILE = "audit_checkpoint-{tag}.json"   # last seq/hash, in config.config_dir(); tag = digest of the log's path
 AUDIT_LOCK_FILE = ".audit_log.lock"        # flock file beside the audit log (in logs/audit/)
+AUDIT_TRAIL_ID_FILE = "audit_trail_id"     # the trail's random id, beside the audit log; names its checkpoint (tag = the id), so a moved home keeps it
+AUDIT_TRAIL_ID_BYTES = 8                   # random bytes of a new trail id (16 hex digits)
 AUDIT_CHECKPOINT_FSYNC = False             # fdatasync the checkpoint on each append too (True halves appends/s; the log line is always fsynced)
 
 # ------------------------------------------------------------ credentials (credential_manager.py)

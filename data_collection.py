@@ -593,7 +593,7 @@ def main(argv=None) -> int:
              config.home(), args.force)
     try:
         summary = update(force=args.force)
-    except DataError as exc:
+    except UserFacingError as exc:           # DataError, a read-only or full disk (StorageError)
         log.error("data update FAILED: %s", exc)
         return 1
     except Exception:

@@ -6,11 +6,16 @@ point leaves either the old file or the new one, never a half-written file.
 ``private_file_problem``: THE rule for a file holding a secret (a credential file, the
 credential key, the audit HMAC key): a regular file, owned by the effective user, with no
 group or other access (as ssh demands of private keys).
+
+A read-only file system, a full disk or a missing permission raises ``errors.StorageError``
+(one line naming the file, the disk and the fix; also an ``OSError``), and the old file stays.
 """
 import os
 import stat
 import tempfile
 from pathlib import Path
+
+from errors import storage_error
 
 
 def atomic_write_bytes(target, data: bytes, mode: int = 0o644) -> Path:
@@ -29,8 +34,11 @@ def atomic_write_with(target, writer, mode: int = 0o644) -> Path:
     (for libraries that want a path: pandas, h5py). The temp file is created 0600 (mkstemp), so
     nobody can read it before it gets ``mode`` just ahead of the rename."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise (storage_error(exc, target) or exc) from None
     os.close(fd)
     try:
         writer(tmp)
@@ -38,11 +46,13 @@ def atomic_write_with(target, writer, mode: int = 0o644) -> Path:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise (storage_error(exc, target) or exc) from None
         raise
     fsync_dir(target.parent)
     return target
@@ -53,15 +63,23 @@ def create_exclusive(path, data: bytes, mode: int = 0o600) -> bool:
     Written to a temp file and hard-linked into place: a reader never sees a partial file, and
     two processes racing to create it (a key, say) end up agreeing on one content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as exc:
+        raise (storage_error(exc, path) or exc) from None
     try:
         os.fchmod(fd, mode)
-        os.write(fd, data)
+        written = os.write(fd, data)
+        while written < len(data):          # a short write: the next one says why (ENOSPC)
+            written += os.write(fd, data[written:])
         os.fsync(fd)
-    finally:
+    except OSError as exc:
         os.close(fd)
+        os.unlink(tmp)
+        raise (storage_error(exc, path) or exc) from None
+    os.close(fd)
     try:
         os.link(tmp, path)
         created = True

@@ -6,6 +6,7 @@ with the fix on WARN and FAIL lines. Nothing here trades, downloads or changes s
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from datetime import datetime
@@ -22,6 +23,7 @@ import model_management
 import schwab_broker
 from risk_management import RiskManager
 from trading_execution import CircuitBreaker
+from errors import mount_point
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -31,7 +33,7 @@ def check_python():
     if v[:2] == (3, 12):
         return OK, f"Python {v.major}.{v.minor}.{v.micro}"
     if v[:2] == (3, 11):
-        return WARN, f"Python {v.major}.{v.minor}.{v.micro}: 3.12 is the target (rebuild .venv with 3.12: rm -rf .venv && make venv)"
+        return OK, f"Python {v.major}.{v.minor}.{v.micro} (supported; 3.12 is the target)"
     return FAIL, f"Python {v.major}.{v.minor}: unsupported (use 3.12: rm -rf .venv && make venv)"
 
 
@@ -190,11 +192,33 @@ def check_disk():
         where = where.parent
     free = shutil.disk_usage(where).free / 1024 ** 3
     if free < 1:
-        return FAIL, f"{free:.2f} GB free under {config.home()}: free space now"
+        return FAIL, f"{free:.2f} GB free under {config.home()}: free space on {mount_point(where)} now"
     return OK, f"{free:.1f} GB free"
 
 
-CHECKS = [("python", check_python), ("mode", check_mode), ("kill switch", check_kill_switch),
+def check_storage():
+    """Can the system write where it must (logs, audit trail, state)? Read-only file system or
+    no permission is a failure: nothing, not even ``halt``, can be recorded. Writes nothing."""
+    home = config.home()
+    for relative in (C.LOG_DIR, os.path.dirname(C.AUDIT_LOG_FILE), os.path.dirname(C.STATE_DB_FILE)):
+        where = home / relative
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        mount = mount_point(where)
+        try:
+            read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        if read_only:
+            return FAIL, (f"{home / relative} is on a read-only file system ({mount}): remount "
+                          f"{mount} read-write (or set TRADING_HOME to a writable folder)")
+        if not os.access(where, os.W_OK):
+            return FAIL, f"{where} is not writable by uid {os.geteuid()}: make {where} writable"
+    return OK, f"{home}: logs, audit trail and state writable"
+
+
+CHECKS = [("python", check_python), ("mode", check_mode), ("storage", check_storage),
+          ("kill switch", check_kill_switch),
           ("universe", check_universe), ("data", check_data), ("model", check_model),
           ("audit", check_audit), ("credentials", check_credentials), ("token", check_token),
           ("breaker", check_breaker), ("risk", check_risk), ("gate", check_gate),

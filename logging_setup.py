@@ -9,6 +9,11 @@ A redaction step runs on every formatted line (exception text included): values 
 ``register_secret`` and the values of fields named in ``SECRET_FIELD_NAMES`` (a key, token or
 password; the audit trail masks the same fields) are replaced by ``***``. Secrets never reach a
 log file.
+
+When the log files cannot be written (read-only ``TRADING_HOME``, full disk, no permission)
+logging does not stop the command: it goes on to stderr only, after one WARNING line that says
+the logs are not being written, where, and the fix. The command itself (``halt``, say) still
+does what it can.
 """
 import logging
 import re
@@ -17,6 +22,7 @@ from datetime import datetime
 
 import config
 import constants as C
+from errors import storage_error
 
 SECRET_FIELD_NAMES = ("access_token", "refresh_token", "id_token", "app_secret", "client_secret",
                       "app_key", "api_key", "apikey", "secret", "password", "passwd", "token")
@@ -62,6 +68,47 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+_warned_unwritable = False
+
+
+def _warn_logs_not_written(exc: BaseException, path) -> None:
+    """One WARNING line on stderr (per ``setup_logging``): the logs are not being written, and
+    why."""
+    global _warned_unwritable
+    if _warned_unwritable:
+        return
+    _warned_unwritable = True
+    problem = storage_error(exc, path) or f"cannot write {path}: {exc}"
+    sys.stderr.write(f"{datetime.now():{C.LOG_DATE_FORMAT}} WARNING [logging] logs are not being "
+                     f"written (stderr only from now on): {problem}\n")
+    sys.stderr.flush()
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A log file that, when a write fails for lack of space or permission, stops trying (one
+    WARNING line on stderr instead of Python's traceback for every record)."""
+
+    broken = False
+
+    def emit(self, record):
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record):
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            return super().handleError(record)
+        self.broken = True
+        _warn_logs_not_written(exc, self.baseFilename)
+        self.close()
+
+    def close(self):
+        try:
+            super().close()
+        except OSError:             # the unflushed buffer of a full disk: already reported
+            self.stream = None
+
+
 def log_file(kind: str, day: datetime | None = None):
     day = day or datetime.now()
     return config.path(C.LOG_DIR) / f"{kind}_{day:%Y%m%d}.log"
@@ -72,24 +119,35 @@ def setup_logging(kind: str = "trading", level: int = logging.INFO, console: boo
     ``TRADING_HOME`` or kind): the handlers it added before are replaced, not duplicated.
     Every entry point calls it first, so a bad ``TRADING_MODE`` or ``DATA_SOURCE`` stops each
     of them at startup (``config.ConfigError``) instead of falling back to a default."""
+    global _warned_unwritable
     config.trading_mode()
     config.data_source()
+    _warned_unwritable = False               # one warning per setup, should the logs fail
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _MANAGED, False):
             root.removeHandler(handler)
             handler.close()
     logs = config.path(C.LOG_DIR)
-    logs.mkdir(parents=True, exist_ok=True)
     formatter = RedactingFormatter(C.LOG_FORMAT, C.LOG_DATE_FORMAT)
 
-    handlers = [logging.FileHandler(log_file(kind), encoding="utf-8")]
-    errors = logging.FileHandler(logs / C.ERRORS_LOG_NAME, encoding="utf-8")
-    errors.setLevel(logging.ERROR)
-    handlers.append(errors)
-    if console:
+    handlers = []
+    target = log_file(kind)
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        handlers.append(_LogFileHandler(target, encoding="utf-8"))
+        target = logs / C.ERRORS_LOG_NAME
+        errors = _LogFileHandler(target, encoding="utf-8")
+        errors.setLevel(logging.ERROR)
+        handlers.append(errors)
+    except OSError as exc:                  # read-only home, full disk: go on, on stderr only
+        for handler in handlers:
+            handler.close()
+        handlers = []
+        _warn_logs_not_written(exc, target)
+    if console or not handlers:
         stream = logging.StreamHandler(sys.stderr)
-        stream.setLevel(logging.INFO)
+        stream.setLevel(logging.INFO if console else logging.WARNING)
         handlers.append(stream)
     for handler in handlers:
         handler.setFormatter(formatter)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import config
 import constants as C
+from errors import storage_error
 
 _KV_SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -23,7 +24,16 @@ CREATE TABLE IF NOT EXISTS kv (
 
 
 def db_path():
-    return config.ensure_parent(config.state_db_file())
+    target = config.state_db_file()
+    try:
+        return config.ensure_parent(target)
+    except OSError as exc:
+        raise (storage_error(exc, target.parent, "create") or exc) from None
+
+
+def _translated(exc: BaseException, path):
+    """A read-only or full disk as a one-line StorageError naming the database; else ``exc``."""
+    return storage_error(exc, path or config.path(C.STATE_DB_FILE)) or exc
 
 
 def connect_readonly(path=None) -> sqlite3.Connection | None:
@@ -61,14 +71,23 @@ def prepare_replay(as_of) -> None:
 
 
 def connect(path=None) -> sqlite3.Connection:
-    """A new connection (one per process or thread); autocommit mode, explicit transactions."""
-    conn = sqlite3.connect(str(path or db_path()), timeout=30.0, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA foreign_keys=ON")
-    ensure_schema(conn, [_KV_SCHEMA])
+    """A new connection (one per process or thread); autocommit mode, explicit transactions.
+    A database that cannot be opened for writing (read-only file system, full disk, no
+    permission) raises ``errors.StorageError`` naming it and the fix."""
+    target = str(path or db_path())
+    conn = None
+    try:
+        conn = sqlite3.connect(target, timeout=30.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        ensure_schema(conn, [_KV_SCHEMA])
+    except (sqlite3.OperationalError, OSError) as exc:
+        if conn is not None:
+            conn.close()
+        raise _translated(exc, target) from None
     return conn
 
 
@@ -77,17 +96,49 @@ def ensure_schema(conn: sqlite3.Connection, statements) -> None:
         conn.execute(statement)
 
 
+def _database_file(conn: sqlite3.Connection) -> str | None:
+    try:
+        row = conn.execute("PRAGMA database_list").fetchone()
+        return row[2] or None
+    except sqlite3.Error:
+        return None
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back whatever is open; a connection with no transaction open is left alone."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass        # SQLite rolls back by itself when the statement failed that way
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection):
-    """``with transaction(conn):`` runs the block in one write transaction."""
-    conn.execute("BEGIN IMMEDIATE")
+    """``with transaction(conn):`` runs the block in one write transaction: all of it or none.
+    A failing ``COMMIT`` (full disk, read-only file system, I/O error) is rolled back, so the
+    connection never stays inside a half-finished transaction; storage faults are raised as
+    ``errors.StorageError`` naming the database and the fix."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise _translated(exc, _database_file(conn)) from None
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
+    except BaseException as exc:
+        _rollback(conn)
+        if isinstance(exc, (sqlite3.OperationalError, OSError)):
+            translated = _translated(exc, _database_file(conn))
+            if translated is not exc:
+                raise translated from None
         raise
-    else:
+    try:
         conn.execute("COMMIT")
+    except BaseException as exc:
+        _rollback(conn)
+        if isinstance(exc, (sqlite3.OperationalError, OSError)):
+            raise _translated(exc, _database_file(conn)) from None
+        raise
 
 
 def utcnow() -> str:

@@ -37,9 +37,9 @@ import golive
 import market_calendar
 import pnl
 import state_db
-from audit_logging import AuditLogger
+from audit_logging import AuditLogger, interrupted_cycle, require_valid_trail
 from data_collection import load_processed, load_universe, stale_symbols
-from errors import UserFacingError
+from errors import UserFacingError, storage_error
 from failpoints import failpoint
 from golive import gate_status
 from logging_setup import ensure_logging
@@ -135,23 +135,41 @@ def kill_switch(conn=None) -> dict | None:
 
 
 def set_kill_switch(reason: str, conn=None) -> dict:
+    """Set the kill switch: written to SQLite first (so a halt works even when the logs or the
+    audit trail cannot be written), then audited. A second halt keeps the first reason and adds
+    its own to ``reasons``."""
     conn = conn or db()
-    value = {"reason": reason, "by": operator_name(), "at": state_db.utcnow()}
-    audit_logger().log_event("kill_switch", "set", value)
+    now, by = state_db.utcnow(), operator_name()
     with state_db.transaction(conn):
+        old = state_db.kv_get(conn, KILL_SWITCH_KEY)
+        if old:
+            value = dict(old, reasons=list(old.get("reasons") or [old["reason"]]) + [f"{reason} ({by} at {now})"])
+        else:
+            value = {"reason": reason, "by": by, "at": now, "reasons": [f"{reason} ({by} at {now})"]}
         state_db.kv_set(conn, KILL_SWITCH_KEY, value)
-    log.critical("Kill switch SET by %s: %s. No cycle trades until `python live_trading.py resume`.",
-                 value["by"], reason)
+    log.warning("Kill switch SET by %s: %s. No cycle trades until `python live_trading.py resume --reason ...`.",
+                by, reason)
+    try:
+        audit_logger().log_event("kill_switch", "set", {"reason": reason, "by": by, "at": now,
+                                                       "already_set": bool(old)})
+    except Exception as exc:
+        log.error("kill switch is SET, but its audit record failed: %s", exc)
     return value
 
 
-def clear_kill_switch(reason: str = "", conn=None) -> dict | None:
+def clear_kill_switch(reason: str, conn=None) -> dict | None:
+    """Clear the kill switch (SQLite first, then audited); returns what was set, or None."""
     conn = conn or db()
-    old = state_db.kv_get(conn, KILL_SWITCH_KEY)
-    audit_logger().log_event("kill_switch", "cleared", {"by": operator_name(), "reason": reason, "was": old})
     with state_db.transaction(conn):
+        old = state_db.kv_get(conn, KILL_SWITCH_KEY)
         state_db.kv_delete(conn, KILL_SWITCH_KEY)
-    log.warning("Kill switch cleared by %s%s", operator_name(), f": {reason}" if reason else "")
+    if old is None:
+        return None
+    log.warning("Kill switch cleared by %s: %s", operator_name(), reason)
+    try:
+        audit_logger().log_event("kill_switch", "cleared", {"by": operator_name(), "reason": reason, "was": old})
+    except Exception as exc:
+        log.error("kill switch is cleared, but its audit record failed: %s", exc)
     return old
 
 
@@ -173,7 +191,10 @@ def lock_holder() -> str:
 def cycle_lock(wait_s: float = 0.0, what: str = "cycle"):
     """Only one cycle (or flatten) at a time: yields True when this process holds the lock,
     False when another holds it after waiting up to ``wait_s`` seconds."""
-    fh = open(lock_path(), "a+")
+    try:
+        fh = open(lock_path(), "a+")
+    except OSError as exc:
+        raise (storage_error(exc, lock_path(), "open the cycle lock") or exc) from None
     deadline = time.monotonic() + wait_s
     try:
         while True:
@@ -247,6 +268,8 @@ def _cycle(mode: str, as_of, now) -> int:
     """Steps 2-8 of the module docstring, one named step a line; returns the exit code."""
     conn, audit, replay = db(), audit_logger(), as_of is not None
     now = now or datetime.now().astimezone()
+    _record_interrupted_cycle(audit)
+    require_valid_trail(audit=audit)                 # never trade onto a trail verify calls damaged
     _log_cycle_start(audit, mode, as_of)
     if _kill_switch_stops(conn, audit):
         return EXIT_OK
@@ -277,6 +300,18 @@ def _cycle(mode: str, as_of, now) -> int:
     return EXIT_FAIL if failures else EXIT_OK
 
 
+def _record_interrupted_cycle(audit) -> None:
+    """The previous cycle started and never ended (killed, power cut): say so in the trail,
+    with the orders it left at the broker's stage, before this cycle starts."""
+    found = interrupted_cycle(audit=audit)
+    if found:
+        details = dict(found["details"])
+        details["open_orders"] = OrderExecutor(conn=db(), audit=audit).open_orders()
+        log.warning("the previous cycle (started %s) was interrupted; %d of its orders are not final",
+                    details.get("started_at"), len(details["open_orders"]))
+        audit.log_event(found["action"], found["status"], details)
+
+
 def _log_cycle_start(audit, mode: str, as_of) -> None:
     log.info("cycle start: mode=%s%s home=%s", mode, f" as-of {as_of}" if as_of is not None else "", config.home())
     audit.log_event("cycle_start", "started", {"mode": mode, "as_of": str(as_of) if as_of is not None else None})
@@ -299,6 +334,7 @@ def _gate_allows(model, conn, audit) -> bool:
         log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
                      "; ".join(why))
         audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
+        audit.log_event("cycle_end", "gate_refused", {"reasons": why})
         return False
     if gate["override"]:
         log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])

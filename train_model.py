@@ -400,7 +400,7 @@ def main(argv=None) -> int:
         result = train(args.data, profile=args.profile, epochs=args.epochs, units=args.units,
                        window=args.window, layers=args.layers, seed=args.seed, force=args.force,
                        shuffle_targets=args.shuffle_targets)
-    except (DataError, TrainingError, mm.ModelError) as exc:
+    except (DataError, TrainingError, mm.ModelError, UserFacingError) as exc:
         log.error("training FAILED: %s", exc)
         return 1
     except Exception as exc:
