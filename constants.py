@@ -113,6 +113,9 @@ ORDER_RETRIES = 3                          # extra attempts for transient broker
 ORDER_BACKOFF_S = 1.0                      # first retry backoff, doubling (seconds)
 ORDER_FILL_TIMEOUT_S = 120.0               # unfilled orders are cancelled after (seconds)
 ORDER_POLL_INTERVAL_S = 2.0                # fill polling interval (seconds)
+ORDER_SNAPSHOT_LOOKBACK_S = 86_400.0       # broker orders listed before each submission reach back (seconds; recovery lists the same window)
+ORDER_ADOPT_MAX_DELAY_S = 300.0            # a lone recovery candidate entered later than this after the snapshot (broker clock) goes to a person (seconds)
+HALT_CANCELS_UNFILLED = True               # a kill switch set mid-cycle cancels the cycle's unfilled orders (bool)
 MAX_ORDERS_PER_MINUTE = 120                # Schwab's recommended ceiling (requests per minute)
 CIRCUIT_BREAKER_FAILURES = 5               # consecutive failures that open the breaker (count)
 CIRCUIT_BREAKER_RECOVERY_S = 60.0          # open -> half-open after (seconds)
@@ -149,6 +152,7 @@ BORROW_DAY_COUNT = 360                     # borrow fees accrue ACT/360: qty*pri
 PAPER_SHORT_MARGIN_REQ = 1.5               # paper buying power = cash - this * short market value (Reg T 150 %)
 SCHWAB_HTB_RATE_DIVISOR = 1.0              # Schwab reference.htbRate / this = annual fraction (1.0: read as fraction; conservative)
 SCHWAB_ORDER_LOOKBACK_DAYS = 59            # Schwab order queries reach back at most this far (days; API limit 60)
+SCHWAB_ORDER_QUERY_AHEAD_S = 86_400.0      # Schwab order queries end this far after our clock (seconds: a Schwab clock ahead of ours still lists every order)
 SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (count)
 
 # --------------------------------------------------------------------------- audit trail and credentials (audit_logging.py, credential_manager.py)
