@@ -825,6 +825,7 @@ class OrderExecutor:
             log.info("no end-of-cycle positions recorded yet for %s: the position check starts "
                      "after this cycle's record_positions", mode)
             return [], None
+        self._refresh_unfinished(mode)
         expected = {s: int(q) for s, q in json.loads(row["positions"]).items()}
         fills_then = json.loads(row["fills"])
         for r in self.conn.execute("SELECT rowid, * FROM orders WHERE mode = ?", (mode,)):
@@ -842,12 +843,15 @@ class OrderExecutor:
                  for s in sorted(set(expected) | set(actual)) if actual.get(s, 0) != expected.get(s, 0)]
         return diffs, dict(row)
 
-    def record_positions(self, cycle_date, mode: str) -> dict:
-        """At the end of a cycle: store the broker's positions and what each unfinished order of
-        ours had filled, the baseline of the next ``external_activity``."""
+    def _refresh_unfinished(self, mode: str) -> None:
         for record in self.open_orders():
             if record["mode"] == mode and record["broker_order_id"]:
                 self.refresh(record["client_key"])
+
+    def record_positions(self, cycle_date, mode: str) -> dict:
+        """At the end of a cycle: store the broker's positions and what each unfinished order of
+        ours had filled, the baseline of the next ``external_activity``."""
+        self._refresh_unfinished(mode)
         positions = {s: int(p["quantity"]) for s, p in self._call("positions", self.broker.get_positions).items()
                      if int(p["quantity"])}
         marks = ",".join("?" * len(TERMINAL))
