@@ -218,6 +218,22 @@ def test_landed_order_plus_manual_one_halts_for_a_person(api, fake, cm, skew, ca
     assert str(manual) not in {row(KEY)["broker_order_id"]}
 
 
+@pytest.mark.parametrize("skew", SKEWS)
+@pytest.mark.parametrize("kind", ["request", "accepted"])
+def test_same_order_placed_by_hand_earlier_is_in_the_snapshot_never_a_candidate(api, fake, cm, skew, kind):
+    """A person bought the same 10 AAPL by hand an hour ago (Schwab's clock): it is in our snapshot,
+    so the rerun neither adopts it (ours did not land) nor calls it a second candidate (ours did)."""
+    fake.clock_skew_s = skew - 3600
+    manual = manual_order(fake)
+    fake.clock_skew_s = skew
+    crash_on(fake, kind)
+    with pytest.raises(Crash):
+        new_process(api).submit(buy(), DAY, "live")
+    record = new_process(SchwabAPI(cm)).submit(buy(), DAY, "live")
+    assert len(matching(fake)) == 2 and record["broker_order_id"] != str(manual)
+    assert len(posts(fake)) == (1 if kind == "accepted" else 2) and kill_switch.get() is None
+
+
 def test_lone_match_entered_long_after_the_snapshot_is_left_to_a_person(api, fake, cm):
     """Ours never reached Schwab; ten minutes later (Schwab's clock) a person places the same order:
     the only candidate is far later than any request of ours could have arrived: not adopted."""
