@@ -21,6 +21,12 @@ Interface (both brokers)::
         status: NEW, WORKING, FILLED, PARTIALLY_FILLED, CANCELED, REJECTED, EXPIRED
         entered_time: timezone-aware UTC datetime (or None when the broker gave none)
     cancel_order(order_id); get_open_orders() -> [order]; get_orders_since(dt) -> [order]
+        get_orders_since lists every order entered at or after dt by the BROKER's clock; the same
+        dt twice gives the same window (the executor's snapshot rule depends on it)
+    server_time: datetime | None      # the broker's own clock at its latest answer (Schwab: HTTP
+                                      # Date header); recorded in snapshots, never compared with ours
+    client_key in an order dict: the key it was placed with where the broker keeps one (paper),
+                                 None where it cannot (Schwab takes no client order id)
 
 Errors (all derive from ``BrokerError``, itself a ``errors.UserFacingError``):
 ``TransientBrokerError`` (timeouts, network, HTTP 408/429/5xx: retry with backoff),

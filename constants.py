@@ -138,6 +138,9 @@ ORDER_BACKOFF_S = 1.0                      # first retry backoff, doubling (seco
 ORDER_FILL_TIMEOUT_S = 120.0               # unfilled orders are cancelled after (seconds)
 FLATTEN_LOCK_WAIT_S = 120.0                # flatten waits this long for a running cycle to finish (seconds)
 ORDER_POLL_INTERVAL_S = 2.0                # fill polling interval (seconds)
+ORDER_SNAPSHOT_LOOKBACK_S = 86_400.0       # broker orders listed before each submission reach back (seconds; recovery lists the same window)
+ORDER_ADOPT_MAX_DELAY_S = 300.0            # a lone recovery candidate entered later than this after the snapshot (broker clock) goes to a person (seconds)
+HALT_CANCELS_UNFILLED = True               # a kill switch set mid-cycle cancels the cycle's unfilled orders (bool)
 MAX_ORDERS_PER_MINUTE = 120                # Schwab's recommended ceiling (requests per minute)
 CIRCUIT_BREAKER_FAILURES = 5               # consecutive failures that open the breaker (count)
 CIRCUIT_BREAKER_RECOVERY_S = 60.0          # open -> half-open after (seconds)
@@ -158,6 +161,7 @@ TOKEN_MAX_AGE_DAYS = 7.0                   # refuse to run at this token age (da
 SCHWAB_CALLBACK_URL = "https://127.0.0.1:8182"   # callback registered with the Schwab app
 SCHWAB_HTB_RATE_DIVISOR = 1.0              # Schwab reference.htbRate / this = annual fraction (1.0: read as fraction; conservative)
 SCHWAB_ORDER_LOOKBACK_DAYS = 59            # Schwab order queries reach back at most this far (days; API limit 60)
+SCHWAB_ORDER_QUERY_AHEAD_S = 86_400.0      # Schwab order queries end this far after our clock (seconds: a Schwab clock ahead of ours still lists every order)
 SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (count)
 
 # ---------------------------------------------------------------------- backtest and go-live gate

@@ -116,6 +116,7 @@ class PaperBroker:
 
     def __init__(self, conn=None, prices: dict | None = None, as_of=None):
         self.conn = conn if conn is not None else state_db.connect()
+        self.server_time: datetime | None = None      # the broker's clock at its latest order list
         state_db.ensure_schema(self.conn, _PAPER_SCHEMA)
         now = state_db.utcnow()
         with state_db.transaction(self.conn):
@@ -450,7 +451,10 @@ class PaperBroker:
             f"SELECT * FROM paper_orders WHERE status IN ({marks}) ORDER BY seq", tuple(OPEN_STATUSES))]
 
     def get_orders_since(self, dt) -> list[dict]:
+        """Every order entered at or after ``dt``, oldest first; ``server_time`` becomes the
+        paper broker's clock at this answer (like Schwab's HTTP ``Date``)."""
         since = to_utc(dt)
+        self.server_time = datetime.now(UTC)
         orders = [self._order_dict(r) for r in self.conn.execute("SELECT * FROM paper_orders ORDER BY seq")]
         return [o for o in orders if o["entered_time"] >= since]
 

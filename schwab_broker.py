@@ -16,6 +16,7 @@ import warnings
 from collections import deque
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 import constants as C
@@ -56,6 +57,14 @@ def _mask(identifier) -> str:
 def _short_text(text: str, limit: int = 300) -> str:
     text = logging_setup.redact(" ".join(str(text).split()))
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _server_time(resp) -> datetime | None:
+    """The broker's own clock at an answer: its HTTP ``Date`` header (1 s resolution), or None."""
+    try:
+        return parsedate_to_datetime(resp.headers.get("Date") or "").astimezone(UTC)
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def format_price(price: float) -> str:
@@ -260,6 +269,7 @@ class SchwabAPI:
         self._account_number = None
         self._order_times: deque[float] = deque()
         self._placed: dict[str, str] = {}          # client_key -> order id (this process)
+        self.server_time: datetime | None = None   # Schwab's clock at its latest answer (HTTP Date)
 
     # ------------------------------------------------------------------ token
     def _write_token(self, wrapped, *args, **kwargs) -> None:
@@ -311,6 +321,7 @@ class SchwabAPI:
                 f"network error during Schwab {what} ({exc.__class__.__name__})",
                 ambiguous=True) from None
         self._check(resp, what, order=order, lookup=lookup)
+        self.server_time = _server_time(resp) or self.server_time
         return resp
 
     @staticmethod
@@ -487,9 +498,10 @@ class SchwabAPI:
 
     def place_order(self, order: dict) -> str:
         """Place an order; returns Schwab's order id. The same ``client_key`` twice in one process
-        returns the first id. After an ambiguous failure (read timeout, 5xx) the recent orders are
-        searched for it: found -> its id; certainly absent -> ``TransientBrokerError`` (safe to
-        retry); the search failing too -> ``OrderStatusUnknownError`` (do not retry blindly)."""
+        returns the first id. Schwab takes no client order id, so after an ambiguous failure (read
+        timeout, 5xx: the order may or may not be at Schwab) this does NOT guess from the order
+        list: it raises ``TransientBrokerError(ambiguous=True)`` and the caller decides from the
+        snapshot it took before sending (``trading_execution``'s rule)."""
         o = validate_order(order)
         if o["client_key"] in self._placed:
             return self._placed[o["client_key"]]
@@ -497,52 +509,22 @@ class SchwabAPI:
         spec = self._order_spec(o).build()
         what = f"order {o['side']} {o['quantity']} {o['symbol']} {o['order_type']}"
         self._throttle()
-        started = datetime.now(UTC)
-        try:
-            resp = self._call(what, self._client.place_order, account_hash, spec, order=True)
-        except TransientBrokerError as exc:
-            if not exc.ambiguous:
-                raise
-            found = self._find_placed(o, started, exc)
-            if found is None:
-                raise
-            self._placed[o["client_key"]] = found
-            return found
+        resp = self._call(what, self._client.place_order, account_hash, spec, order=True)
         try:
             order_id = self._schwab.utils.Utils(self._client, account_hash).extract_order_id(resp)
         except ValueError as exc:
             raise OrderStatusUnknownError(
                 f"Schwab answered {what} with HTTP {resp.status_code} but the order id could not be "
-                f"read ({exc.__class__.__name__}): check get_orders_since() before placing it again"
-            ) from None
+                f"read ({exc.__class__.__name__}): check `python trading_execution.py orders` before "
+                f"placing it again") from None
         if order_id is None:
             raise OrderStatusUnknownError(
                 f"Schwab accepted {what} (HTTP {resp.status_code}) without an order id: check "
-                f"get_orders_since() before placing it again")
+                f"`python trading_execution.py orders` before placing it again")
         order_id = str(order_id)
         self._placed[o["client_key"]] = order_id
         log.info("Schwab order %s placed: %s (client_key %s)", order_id, what, o["client_key"])
         return order_id
-
-    def _find_placed(self, o: dict, started: datetime, error: BrokerError) -> str | None:
-        known = set(self._placed.values())
-        try:
-            recent = self.get_orders_since(started - timedelta(seconds=120))
-        except BrokerError:
-            raise OrderStatusUnknownError(
-                f"{error} — and the order list could not be read, so it is unknown whether "
-                f"Schwab has the order {o['side']} {o['quantity']} {o['symbol']}: check "
-                f"`python trading_api.py orders` or the Schwab web site before placing it again"
-            ) from None
-        matches = [x for x in recent
-                   if x["symbol"] == o["symbol"] and x["side"] == o["side"]
-                   and x["quantity"] == o["quantity"] and x["order_id"] not in known
-                   and (x["entered_time"] is None or x["entered_time"] >= started - timedelta(seconds=60))]
-        if not matches:
-            return None
-        found = max(matches, key=lambda x: x["entered_time"] or started)["order_id"]
-        log.warning("Schwab order request failed (%s) but the order reached Schwab as %s", error, found)
-        return found
 
     def get_order(self, order_id) -> dict:
         resp = self._call(f"order {order_id} status", self._client.get_order, order_id,
@@ -563,9 +545,12 @@ class SchwabAPI:
         floor = now - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS)
         if since < floor:
             since = floor
+        # The window ends SCHWAB_ORDER_QUERY_AHEAD_S after our clock, so a Schwab clock ahead of
+        # ours still lists every order; the start is ``dt`` itself (the snapshot rule lists the
+        # same window twice and compares order ids, never times).
         resp = self._call("order history", self._client.get_orders_for_account, self.account_hash,
                           from_entered_datetime=since.replace(microsecond=0),
-                          to_entered_datetime=now + timedelta(minutes=5))
+                          to_entered_datetime=now + timedelta(seconds=C.SCHWAB_ORDER_QUERY_AHEAD_S))
         body = resp.json() or []
         orders = [parse_schwab_order(raw) for raw in body if isinstance(raw, dict)]
         orders = [x for x in orders if x["entered_time"] is None or x["entered_time"] >= since]

@@ -9,7 +9,8 @@ conftest). Test modules import the fixtures they use: ``from schwab_fake import 
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from urllib.parse import parse_qs
 
 import httpx
@@ -43,6 +44,18 @@ class FakeSchwab:
         self.token_reply = None          # (status, json) for POST /v1/oauth/token
         self.hook = None                 # request -> Response | None (None: normal handling)
         self.quotes = {}
+        self.clock_skew_s = 0.0          # Schwab's clock minus ours: enteredTime, Date, order queries
+
+    def now(self) -> datetime:
+        """Schwab's clock."""
+        return datetime.now(timezone.utc) + timedelta(seconds=self.clock_skew_s)
+
+    def place(self, body: dict) -> int:
+        """Store an order as Schwab does on POST (``body`` is the JSON schwab-py sent); its id."""
+        leg = body["orderLegCollection"][0]
+        return self.add_order(quantity=leg["quantity"], remainingQuantity=leg["quantity"],
+                              orderType=body["orderType"], price=body.get("price"),
+                              orderLegCollection=[leg], status="WORKING")
 
     # -- helpers
     def posted_orders(self):
@@ -54,7 +67,7 @@ class FakeSchwab:
         self.next_id += 1
         order = {"orderId": order_id, "status": "WORKING", "quantity": 10, "filledQuantity": 0,
                  "remainingQuantity": 10, "orderType": "MARKET",
-                 "enteredTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+0000"),
+                 "enteredTime": self.now().strftime("%Y-%m-%dT%H:%M:%S+0000"),
                  "orderLegCollection": [{"instruction": "BUY", "quantity": 10,
                                          "instrument": {"symbol": "AAPL", "assetType": "EQUITY"}}]}
         order.update(fields)
@@ -63,6 +76,11 @@ class FakeSchwab:
 
     # -- the transport
     def handler(self, request: httpx.Request) -> httpx.Response:
+        response = self._handle(request)
+        response.headers.setdefault("Date", format_datetime(self.now(), usegmt=True))
+        return response
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if self.hook is not None:
             answer = self.hook(request)
@@ -88,15 +106,10 @@ class FakeSchwab:
             return httpx.Response(200, json=self.account_json())
         if path == f"/trader/v1/accounts/{HASH}/orders":
             if method == "POST":
-                body = json.loads(request.content)
-                leg = body["orderLegCollection"][0]
-                order_id = self.add_order(
-                    quantity=leg["quantity"], remainingQuantity=leg["quantity"],
-                    orderType=body["orderType"], price=body.get("price"),
-                    orderLegCollection=[leg], status="WORKING")
+                order_id = self.place(json.loads(request.content))
                 return httpx.Response(201, headers={
                     "Location": f"{BASE}/trader/v1/accounts/{HASH}/orders/{order_id}"})
-            return httpx.Response(200, json=list(self.orders.values()))
+            return httpx.Response(200, json=self.orders_between(request.url.params))
         match = re.fullmatch(rf"/trader/v1/accounts/{HASH}/orders/(\d+)", path)
         if match:
             order = self.orders.get(int(match.group(1)))
@@ -110,6 +123,20 @@ class FakeSchwab:
             symbols = request.url.params["symbols"].split(",")
             return httpx.Response(200, json={s: self.quotes[s] for s in symbols if s in self.quotes})
         return httpx.Response(404, json={"message": f"no route {method} {path}"})
+
+    def orders_between(self, params) -> list[dict]:
+        """Orders whose enteredTime (Schwab's clock) is within fromEnteredTime..toEnteredTime, as
+        Schwab filters them (both required by Schwab when either is given)."""
+        def parse(text):
+            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        low = parse(params["fromEnteredTime"]) if "fromEnteredTime" in params else None
+        high = parse(params["toEnteredTime"]) if "toEnteredTime" in params else None
+        out = []
+        for order in self.orders.values():
+            entered = datetime.strptime(order["enteredTime"], "%Y-%m-%dT%H:%M:%S+0000").replace(tzinfo=timezone.utc)
+            if (low is None or entered >= low) and (high is None or entered <= high):
+                out.append(order)
+        return out
 
     def account_json(self):
         if self.account_type == "MARGIN":

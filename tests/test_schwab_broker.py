@@ -163,16 +163,18 @@ def test_connect_error_is_transient(api, fake):
         api.get_account_balance()
 
 
-def test_order_500_not_at_schwab_is_retryable(api, fake):
+def test_order_500_is_ambiguous_and_not_guessed(api, fake):
     api.account_hash  # noqa: B018  (resolve the account first)
     fake.hook = lambda r: httpx.Response(503, json={"message": "busy"}) if r.method == "POST" else None
-    with pytest.raises(TransientBrokerError):
+    with pytest.raises(TransientBrokerError) as info:
         api.place_order(order(key="x"))
-    # the broker looked for the order before saying it is safe to retry
-    assert any(r.method == "GET" and r.url.path.endswith("/orders") for r in fake.requests)
+    assert info.value.ambiguous            # a 5xx may have placed it: the executor looks, not the broker
+    assert not any(r.method == "GET" and r.url.path.endswith("/orders") for r in fake.requests)
 
 
-def test_order_timeout_after_schwab_took_it_returns_its_id(api, fake):
+def test_order_timeout_after_schwab_took_it_is_left_to_the_executor(api, fake):
+    """Schwab has no client order id: the broker object never picks "the" order from the list
+    (a manual order would look the same); it says the outcome is unknown."""
     api.account_hash  # noqa: B018
 
     def hook(request):
@@ -182,21 +184,28 @@ def test_order_timeout_after_schwab_took_it_returns_its_id(api, fake):
             raise httpx.ReadTimeout("timed out", request=request)
         return None
     fake.hook = hook
-    order_id = api.place_order(order("BUY", 3, key="t-1"))
-    assert order_id == str(fake.next_id - 1)
-    fake.hook = None
-    assert api.place_order(order("BUY", 3, key="t-1")) == order_id   # no second POST
-    assert len([r for r in fake.requests if r.method == "POST"]) == 1
+    with pytest.raises(TransientBrokerError) as info:
+        api.place_order(order("BUY", 3, key="t-1"))
+    assert info.value.ambiguous and len(fake.orders) == 1
+    assert [r.method for r in fake.requests if r.url.path.endswith("/orders")] == ["POST"]
 
 
-def test_order_timeout_and_lookup_failure_is_status_unknown(api, fake):
+def test_201_without_order_id_is_status_unknown(api, fake):
     api.account_hash  # noqa: B018
-
-    def hook(request):
-        raise httpx.ReadTimeout("timed out", request=request)
-    fake.hook = hook
+    fake.hook = lambda r: httpx.Response(201) if r.method == "POST" else None
     with pytest.raises(OrderStatusUnknownError, match="before placing it again"):
         api.place_order(order())
+
+
+def test_order_queries_end_after_our_clock_and_record_schwab_time(api, fake):
+    """A Schwab clock ahead of ours still lists every order; Schwab's own time (HTTP Date) is kept."""
+    fake.clock_skew_s = 600.0                 # Schwab 10 minutes ahead
+    fake.add_order()
+    assert len(api.get_orders_since(datetime.now(timezone.utc) - timedelta(hours=1))) == 1
+    query = [r for r in fake.requests if r.method == "GET" and r.url.path.endswith("/orders")][-1]
+    to = datetime.strptime(query.url.params["toEnteredTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert to - datetime.now(timezone.utc) > timedelta(hours=23)
+    assert abs((api.server_time - datetime.now(timezone.utc)).total_seconds() - 600) < 3
 
 
 # ------------------------------------------------------------------ tokens
