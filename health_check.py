@@ -17,6 +17,7 @@ import constants as C
 import data_collection
 import fileutil
 import golive
+import kill_switch
 import live_trading
 import market_calendar
 import model_management
@@ -52,7 +53,7 @@ def _no_state():
 def check_kill_switch():
     if _no_state():
         return OK, "kill switch off (no state database yet: no cycle has run here)"
-    switch = live_trading.kill_switch()
+    switch = kill_switch.get()
     if switch:
         return WARN, (f"kill switch ON since {switch['at']} ({switch['reason']}): no trading; "
                       f"clear with python live_trading.py resume")

@@ -95,11 +95,11 @@ def halt(reason: str, conn=None, by: str | None = None, audit=None) -> dict:
             value = dict(entry, reasons=[entry])
         state_db.kv_set(conn, KEY, value)
     if old:
-        log.critical("Kill switch already ON (%s); added reason from %s: %s", describe(old),
+        log.warning("Kill switch already ON (%s); added reason from %s: %s", describe(old),
                      entry["by"], reason)
         _audit(audit, "kill_switch", "reason_added", entry)
     else:
-        log.critical("Kill switch SET by %s: %s. No order is sent until `python live_trading.py "
+        log.warning("Kill switch SET by %s: %s. No order is sent until `python live_trading.py "
                      "resume`.", entry["by"], reason)
         _audit(audit, "kill_switch", "set", entry)
     return value

@@ -21,18 +21,18 @@ import pandas as pd
 import config
 import constants as C
 import golive
+import kill_switch
 import market_calendar
 import pnl
 import state_db
 import status_page
 from errors import install_excepthook, is_user_facing, one_line
 from logging_setup import setup_logging
-from risk_management import RiskManager, make_order
+from risk_management import RiskManager
 from trading_api import get_broker
-from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCLE_KEY, CycleError,  # noqa: F401
-                           audit_logger, clear_kill_switch, cycle_lock, db, get_latest_signal, get_model,
-                           kill_switch, load_features, lock_holder, operator_name, print_positions,
-                           run_cycle, set_kill_switch, sync_prices)
+from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCLE_KEY,
+                           audit_logger, cycle_lock, db, get_latest_signal, get_model, load_features,
+                           lock_holder, operator_name, print_positions, run_cycle, sync_prices)
 from trading_execution import CircuitBreaker, OrderExecutor
 
 log = logging.getLogger("trading")
@@ -53,7 +53,7 @@ def _status_data(replay: bool) -> dict:
     conn = db()
     rs = RiskManager(conn=conn).status()
     data = {"mode": config.trading_mode(), "home": str(config.home()), "replay_account": replay,
-            "kill_switch": kill_switch(conn), "circuit_breaker": CircuitBreaker(conn).status(),
+            "kill_switch": kill_switch.get(conn), "circuit_breaker": CircuitBreaker(conn).status(),
             "risk": {"peak": (rs.get("peak") or {}).get("equity"), "drawdown": rs.get("drawdown"),
                      "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
             "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY)}
@@ -125,17 +125,21 @@ def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:
 
 # ----------------------------------------------------------------------------- halt, resume, flatten
 def cmd_halt(reason: str) -> int:
-    value = set_kill_switch(reason)
-    print(f"HALTED: {value['reason']} (by {value['by']} at {value['at']}). "
-          f"Clear with: python live_trading.py resume --reason \"...\"")
+    value = kill_switch.halt(reason)
+    if len(value.get("reasons") or []) > 1:
+        print(f"already HALTED since {value['at']} ({value['reason']}, by {value['by']}); your reason was "
+              f"added ({len(value['reasons'])} reasons). Clear with: python live_trading.py resume --reason \"...\"")
+    else:
+        print(f"HALTED: {value['reason']} (by {value['by']} at {value['at']}). "
+              f"Clear with: python live_trading.py resume --reason \"...\"")
     return EXIT_OK
 
 
 def cmd_resume(reason: str) -> int:
-    if not kill_switch():
+    old = kill_switch.clear(reason)
+    if old is None:
         print("nothing to resume: the kill switch is not set")
         return EXIT_OK
-    old = clear_kill_switch(reason)
     print(f"RESUMED: kill switch cleared (it was: {old['reason']}). Cycles trade again.")
     return EXIT_OK
 
@@ -153,7 +157,7 @@ def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float) -> int:
             print("not confirmed: nothing done")
             return EXIT_OK
     if not keep_trading:
-        set_kill_switch("flatten: close every position")
+        kill_switch.halt("flatten: close every position")
     with cycle_lock(wait_s=wait_s, what="flatten") as held:
         if not held:
             print(f"flatten NOT done: the cycle lock is still held after {wait_s:.0f} s by {lock_holder()}. "
@@ -165,33 +169,16 @@ def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float) -> int:
 
 def _flatten_locked() -> int:
     mode = config.trading_mode()
-    audit = audit_logger()
-    executor = OrderExecutor(audit=audit)
-    broker = executor.broker
-    audit.log_event("flatten", "started", {"by": operator_name(), "mode": mode})
+    executor = OrderExecutor(audit=audit_logger())
     try:
-        sync_prices(broker, load_features())
+        sync_prices(executor.broker, load_features())
     except Exception as exc:
         log.warning("broker prices not refreshed from processed_stock_data.csv: %s", exc)
-    cancelled = executor.cancel_all_open()
-    today = date.today()
-    keys = []
-    for sym, p in sorted(broker.get_positions().items()):
-        qty = int(p["quantity"])
-        if qty == 0:
-            continue
-        side = "SELL" if qty > 0 else "BUY_TO_COVER"
-        order = make_order(sym, side, abs(qty), float(p.get("avg_price") or 0), order_type="MARKET",
-                           client_key=f"flatten-{today}-{sym}-{side}", reason="flatten")
-        rec = executor.submit(order, today, mode)
-        if rec.get("broker_order_id"):
-            keys.append(rec["client_key"])
-    final = executor.wait_for_fills(keys) if keys else []
-    audit.log_event("flatten", "done", {"cancelled_orders": cancelled, "close_orders": len(keys)})
-    log.warning("flatten: cancelled %d open orders, sent %d closing orders", cancelled, len(keys))
-    for o in final:
+    done = executor.flatten(date.today(), mode)
+    for o in done["orders"]:
         print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']}")
-    print_positions(broker)
+    print(f"flatten: cancelled {done['cancelled']} open orders, {len(done['orders'])} closing orders")
+    print_positions(executor.broker)
     return EXIT_OK
 
 

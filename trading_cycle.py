@@ -34,6 +34,7 @@ import config
 import constants as C
 import drift_monitor
 import golive
+import kill_switch
 import market_calendar
 import pnl
 import state_db
@@ -47,12 +48,12 @@ from model_management import load_model
 from order_planning import plan_orders
 from risk_management import Portfolio, RiskManager
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
-from trading_execution import OrderExecutor
+from kill_switch import KillSwitchSet
+from trading_execution import AmbiguousOrderError, OrderExecutor
 
 log = logging.getLogger("trading")
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
-KILL_SWITCH_KEY = "kill_switch"
 LAST_CYCLE_KEY = "last_cycle"
 
 _MODEL = None
@@ -127,50 +128,6 @@ def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: 
              "predicted_diff": float(r.predicted_diff), "score": float(r.score), "signal": r.signal,
              "volatility": float(r.volatility_20), "price": float(r.Close)}
             for r in scored.itertuples(index=False)]
-
-
-# ----------------------------------------------------------------------------- kill switch, gate
-def kill_switch(conn=None) -> dict | None:
-    return state_db.kv_get(conn or db(), KILL_SWITCH_KEY)
-
-
-def set_kill_switch(reason: str, conn=None) -> dict:
-    """Set the kill switch: written to SQLite first (so a halt works even when the logs or the
-    audit trail cannot be written), then audited. A second halt keeps the first reason and adds
-    its own to ``reasons``."""
-    conn = conn or db()
-    now, by = state_db.utcnow(), operator_name()
-    with state_db.transaction(conn):
-        old = state_db.kv_get(conn, KILL_SWITCH_KEY)
-        if old:
-            value = dict(old, reasons=list(old.get("reasons") or [old["reason"]]) + [f"{reason} ({by} at {now})"])
-        else:
-            value = {"reason": reason, "by": by, "at": now, "reasons": [f"{reason} ({by} at {now})"]}
-        state_db.kv_set(conn, KILL_SWITCH_KEY, value)
-    log.warning("Kill switch SET by %s: %s. No cycle trades until `python live_trading.py resume --reason ...`.",
-                by, reason)
-    try:
-        audit_logger().log_event("kill_switch", "set", {"reason": reason, "by": by, "at": now,
-                                                       "already_set": bool(old)})
-    except Exception as exc:
-        log.error("kill switch is SET, but its audit record failed: %s", exc)
-    return value
-
-
-def clear_kill_switch(reason: str, conn=None) -> dict | None:
-    """Clear the kill switch (SQLite first, then audited); returns what was set, or None."""
-    conn = conn or db()
-    with state_db.transaction(conn):
-        old = state_db.kv_get(conn, KILL_SWITCH_KEY)
-        state_db.kv_delete(conn, KILL_SWITCH_KEY)
-    if old is None:
-        return None
-    log.warning("Kill switch cleared by %s: %s", operator_name(), reason)
-    try:
-        audit_logger().log_event("kill_switch", "cleared", {"by": operator_name(), "reason": reason, "was": old})
-    except Exception as exc:
-        log.error("kill switch is cleared, but its audit record failed: %s", exc)
-    return old
 
 
 # ----------------------------------------------------------------------------- the cycle
@@ -284,7 +241,8 @@ def _cycle(mode: str, as_of, now) -> int:
     failpoint("after_signals")
     executor = OrderExecutor(conn=conn, audit=audit)
     sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
-    executor.reconcile()
+    executor.reconcile()                                     # AmbiguousOrderError: a person decides
+    executor.external_activity(mode)                         # WARNING + audit for what is not ours
     risk = RiskManager(conn=conn, audit=audit)
     portfolio = _account(risk, executor.broker, signals, cycle_date)
     tradable = _stale_guard(features, cycle_date, signals, portfolio, audit)
@@ -292,7 +250,7 @@ def _cycle(mode: str, as_of, now) -> int:
     plan = _plan(risk, tradable, portfolio, hold, audit)
     keys, failures = _send(executor, plan.approved, cycle_date, mode)
     final = _wait_for_fills(executor, keys)
-    equity = _close_cycle(conn, audit, risk, executor.broker, model, mode, replay, cycle_date, signals, plan,
+    equity = _close_cycle(conn, audit, risk, executor, model, mode, replay, cycle_date, signals, plan,
                           keys, failures)
     log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
              len(signals), len(plan.orders), len(plan.approved), len(keys), failures, equity)
@@ -318,7 +276,7 @@ def _log_cycle_start(audit, mode: str, as_of) -> None:
 
 
 def _kill_switch_stops(conn, audit) -> bool:
-    switch = kill_switch(conn)
+    switch = kill_switch.get(conn)
     if switch:
         log.warning("Kill switch is ON (set by %s at %s: %s): no trading. Clear it with "
                     "`python live_trading.py resume`.", switch["by"], switch["at"], switch["reason"])
@@ -438,6 +396,12 @@ def _send(executor, approved, cycle_date, mode) -> tuple[list[str], int]:
         order = dict(order, order_type="MARKET")
         try:
             results.append(executor.submit(order, cycle_date, mode))
+        except KillSwitchSet as exc:        # halted mid-cycle: nothing more is sent (not a failure)
+            log.warning("kill switch set during the cycle: %s", exc)
+            break
+        except AmbiguousOrderError:         # the executor set the kill switch and said what to do
+            failures += 1
+            break
         except Exception as exc:
             failures += 1
             log.error("order %s %d %s not sent: %s", order["side"], order["quantity"], order["symbol"], exc)
@@ -455,20 +419,23 @@ def _wait_for_fills(executor, keys) -> list[dict]:
     return final
 
 
-def _close_cycle(conn, audit, risk, broker, model, mode, replay, cycle_date, signals, plan, keys, failures) -> float:
-    """Record the equity after the fills, the cycle summary and (paper, no failure) the paper
-    session for the go-live gate; audit the cycle's end. Returns the equity."""
+def _close_cycle(conn, audit, risk, executor, model, mode, replay, cycle_date, signals, plan, keys, failures) -> float:
+    """Record the equity after the fills, the cycle summary and (paper, no failure, no halt) the
+    paper session for the go-live gate, the broker's positions (the next cycle's baseline for
+    activity that is not ours) and the equity curve; audit the cycle's end. Returns the equity."""
+    broker = executor.broker
     after = broker.get_account_balance()
     equity = float(after["equity"])
     risk.update_equity(equity, as_of=cycle_date)
     summary = {"cycle_date": str(cycle_date), "mode": mode, "replay": replay, "signals": len(signals),
                "orders_wanted": len(plan.orders), "orders_approved": len(plan.approved), "orders_sent": len(keys),
                "orders_failed": failures, "equity": equity, "model": model.checksum,
-               "finished_at": state_db.utcnow()}
+               "halted": bool(executor.halted), "finished_at": state_db.utcnow()}
     with state_db.transaction(conn):
         state_db.kv_set(conn, LAST_CYCLE_KEY, summary)
-        if mode == "paper" and not failures:
+        if mode == "paper" and not failures and not executor.halted:
             golive.record_paper_session(conn, cycle_date, model.checksum, replay, len(keys), equity)
+    executor.record_positions(cycle_date, mode)
     pnl.record_equity(conn, cycle_date, broker)
     failpoint("before_cycle_end")
     audit.log_event("cycle_end", "failed" if failures else "completed", summary)
