@@ -291,6 +291,13 @@ def _as_of(text: str):
     return day
 
 
+def _log_reaches_stderr() -> bool:
+    """True when the log already printed to stderr (the cycle's console copy, or the fallback
+    when log files cannot be written): the error is then not printed a second time."""
+    return any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               and getattr(h, "stream", None) is sys.stderr for h in logging.getLogger().handlers)
+
+
 def main(argv=None) -> int:
     install_excepthook()
     args = _parser().parse_args(argv)
@@ -339,7 +346,7 @@ def main(argv=None) -> int:
     except Exception as exc:
         if is_user_facing(exc):
             log.error("%s FAILED: %s", command, exc)
-            if command != "run":
+            if command != "run" and not _log_reaches_stderr():
                 print(one_line(exc), file=sys.stderr)
         else:
             log.exception("%s FAILED with an unexpected error: %s: %s", command, type(exc).__name__, exc)

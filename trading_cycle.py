@@ -148,10 +148,11 @@ def lock_holder() -> str:
 def cycle_lock(wait_s: float = 0.0, what: str = "cycle"):
     """Only one cycle (or flatten) at a time: yields True when this process holds the lock,
     False when another holds it after waiting up to ``wait_s`` seconds."""
+    path = config.path(C.LOCK_DIR) / "live_trading.lock"
     try:
-        fh = open(lock_path(), "a+")
+        fh = open(lock_path(), "a+b", buffering=0)     # unbuffered: a failed write is not retried on close
     except OSError as exc:
-        raise (storage_error(exc, lock_path(), "open the cycle lock") or exc) from None
+        raise (storage_error(exc, path, "open the cycle lock") or exc) from None
     deadline = time.monotonic() + wait_s
     try:
         while True:
@@ -163,10 +164,12 @@ def cycle_lock(wait_s: float = 0.0, what: str = "cycle"):
                     yield False
                     return
                 time.sleep(0.2)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} ({what}) since {datetime.now().isoformat(timespec='seconds')}\n")
-        fh.flush()
+        try:                               # who holds it, for `flatten` and the next run to name
+            fh.truncate(0)
+            fh.write(f"pid {os.getpid()} ({what}) since {datetime.now().isoformat(timespec='seconds')}\n".encode())
+        except OSError as exc:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            raise (storage_error(exc, path, "write the cycle lock") or exc) from None
         try:
             yield True
         finally:

@@ -58,7 +58,7 @@ def used_home(tmp_path_factory) -> Path:
     """A home that has been used: state database, audit trail, logs (built once)."""
     home = tmp_path_factory.mktemp("used") / "home"
     home.mkdir()
-    for args in (["live_trading.py", "halt", "--reason", "setup"], ["live_trading.py", "resume"]):
+    for args in (["live_trading.py", "halt", "--reason", "setup"], ["live_trading.py", "resume", "--reason", "setup done"]):
         done = _run([PY, *args], home)
         assert done.returncode == 0, done.stderr[-2000:]
     assert (home / "state/trading_state.db").exists()
@@ -108,7 +108,7 @@ def _one_line_fault(done, *words):
 COMMANDS = {
     "halt": [PY, "live_trading.py", "halt", "--reason", "R"],
     "status": [PY, "live_trading.py", "status"],
-    "resume": [PY, "live_trading.py", "resume"],
+    "resume": [PY, "live_trading.py", "resume", "--reason", "drill over"],
     "health": ["./run_health_check.sh"],
     "data update": ["./run_daily_data_update.sh"],
 }
