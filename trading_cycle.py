@@ -2,20 +2,25 @@
 
 A cycle, in order; every step is logged and audited:
 
- 1. take the cycle lock (an overlapping run exits 0 saying another run holds it)
- 2. honour the kill switch (``python live_trading.py halt --reason ...``)
- 3. live mode only: the go-live gate (``golive.gate_status``: a passing backtest and paper
-    sessions for this model)
- 4. check the market calendar (a closed market is "nothing to do")
- 5. check data freshness, then compute signals with the verified model (``get_latest_signal``)
- 6. check drawdown and daily-loss limits (``RiskManager.update_equity``) and model drift
- 7. plan the orders (``order_planning.plan_orders``, the same code the backtest runs): forced
+ 1. take the cycle lock (an overlapping run exits 0 saying another run holds it); a replay
+    (``--as-of``) then switches to its throwaway account (``state_db.prepare_replay``)
+ 2. verify the audit trail (``audit_logging.require_valid_trail``: a damaged trail stops the
+    cycle) and record in it a previous cycle that was interrupted
+ 3. honour the kill switch (``kill_switch``; ``python live_trading.py halt --reason ...``)
+ 4. live mode only: the go-live gate (``golive.gate_status``)
+ 5. check the market calendar (a closed market is "nothing to do")
+ 6. check data freshness, then compute signals with the verified model (``get_latest_signal``)
+ 7. reconcile earlier orders with the broker by the snapshot rule (``OrderExecutor.reconcile``;
+    an ambiguous one stops everything for a person) and report broker activity that is not ours
+ 8. the account: drawdown and daily-loss limits (``RiskManager.update_equity``); the per-symbol
+    data guard (a stale symbol gets no order; a held stale symbol stops the cycle); model drift
+ 9. plan the orders (``order_planning.plan_orders``, the same code the backtest runs): forced
     buy-ins of shorts, the drift hold, target positions, orders, pre-trade risk checks
- 8. send orders exactly once (``OrderExecutor``), wait for fills, reconcile, audit
+10. send orders exactly once (``OrderExecutor``; the kill switch is read before each one and
+    between fill polls), wait for fills, record positions, the equity curve, audit
 
 Exit codes: 0 success or nothing to do (kill switch on, market closed, another run holds the
 lock), 1 failure, 2 configuration error, 3 live trading refused by the go-live gate.
-
 """
 from __future__ import annotations
 
@@ -225,11 +230,11 @@ def run_cycle(as_of=None, now=None) -> int:
 
 
 def _cycle(mode: str, as_of, now) -> int:
-    """Steps 2-8 of the module docstring, one named step a line; returns the exit code."""
+    """Steps 2-10 of the module docstring, one named step a line; returns the exit code."""
     conn, audit, replay = db(), audit_logger(), as_of is not None
     now = now or datetime.now().astimezone()
-    _record_interrupted_cycle(audit)
     require_valid_trail(audit=audit)                 # never trade onto a trail verify calls damaged
+    _record_interrupted_cycle(audit)
     _log_cycle_start(audit, mode, as_of)
     if _kill_switch_stops(conn, audit):
         return EXIT_OK
