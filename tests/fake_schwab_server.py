@@ -80,6 +80,8 @@ def _take(flag) -> tuple[bool, object]:
 class FakeSchwabServer:
     """State and knobs of the fake broker (every attribute may be changed while it runs).
 
+    meta[order_id]["stored_at"]  ``time.time()`` (our clock, not skewed) when the order was stored.
+
     clock_skew_s      broker clock minus ours, seconds (negative: the broker is behind).
     prices            {symbol: price}: quotes, fills and the market value of positions.
     fill_after_polls  a MARKET order stays WORKING until its ``fill_after_polls``-th GET of that
@@ -255,7 +257,8 @@ class FakeSchwabServer:
             if body.get("price") is not None:
                 order["price"] = float(body["price"])
             self.orders[order_id] = order
-            self.meta[order_id] = {"source": source, "polls": 0, "fault": fault, "body": body}
+            self.meta[order_id] = {"source": source, "polls": 0, "fault": fault, "body": body,
+                                   "stored_at": time.time()}      # our clock (time.time()), unskewed
             if source == "api" and self.fill_after_polls == 0:
                 self._auto_fill(order)
             return order_id
