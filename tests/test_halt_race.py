@@ -14,6 +14,7 @@ import time
 from crash_harness import (Timed, fresh_home, kill_switch_value, live_server, live_setup, our_rows,
                            start_cycle_live, verify_audit)
 from schwab_env import run_live, start_live
+from test_live_trading import audit_records
 
 ORDER_GET = re.compile(r"/orders/\d+$")
 
@@ -121,8 +122,10 @@ def test_flatten_while_a_cycle_runs(trained, tmp_path):
         # nothing of the cycle's reached Schwab after flatten set the kill switch
         assert all(_stored_at(server, r["broker_order_id"]) < flatten_started
                    for r in cycle_rows if r["broker_order_id"])
-        # flatten waited for the cycle: its closing orders arrived after the cycle ended
-        assert all(_stored_at(server, r["broker_order_id"]) > cycle_ended for r in close_rows)
+        # flatten waited for the cycle lock: in the trail, the cycle ended before flatten started
+        trail = [(r["action"], r["status"]) for r in audit_records(home)]
+        assert trail.index(("flatten", "started")) > max(i for i, a in enumerate(trail) if a[0] == "cycle_end")
+        assert cycle_ended > flatten_started
         assert server.position_quantities() == {}
         assert not [o for o in server.posted_orders() if o["status"] in ("WORKING", "QUEUED", "ACCEPTED")]
         assert "flatten: cancelled" in flatten.stdout and "positions (0)" in flatten.stdout
