@@ -80,8 +80,6 @@ def _take(flag) -> tuple[bool, object]:
 class FakeSchwabServer:
     """State and knobs of the fake broker (every attribute may be changed while it runs).
 
-    meta[order_id]["stored_at"]  ``time.time()`` (our clock, not skewed) when the order was stored.
-
     clock_skew_s      broker clock minus ours, seconds (negative: the broker is behind).
     prices            {symbol: price}: quotes, fills and the market value of positions.
     fill_after_polls  a MARKET order stays WORKING until its ``fill_after_polls``-th GET of that
@@ -94,6 +92,7 @@ class FakeSchwabServer:
                       ``release_post`` is set (or ``hold_timeout_s``): the test kills the client.
     post_delay_s      seconds to wait (after storing) before answering any POST.
     The three fault flags take True (the next POST) or a count of POSTs; they are consumed.
+    ``meta[order_id]["stored_at"]`` is ``time.time()`` (our clock, unskewed) when an order was stored.
     """
 
     def __init__(self, clock_skew_s: float = 0.0, prices: dict | None = None, cash: float = 100_000.0,

@@ -8,8 +8,7 @@ uninterrupted run's, and a trail that verifies.
 The fake broker's clock is skewed from ours (broker minus ours) by -30 ... +30 s; a lost order is
 still WORKING when the rerun looks (``fill_after_polls`` = 2: the rerun's listing sees it open).
 The normal suite runs every crash point at +2 s and the skews -30, +0.5 and +30 s at
-``after_place_order``, plus the
-in-flight, refused, dropped and manual-order cases; ``make faults`` (FAULTS=full) runs every crash
+``after_place_order``, plus the in-flight, refused, dropped and manual-order cases; ``make faults`` (FAULTS=full) runs every crash
 point at every skew."""
 from __future__ import annotations
 
