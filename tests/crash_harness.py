@@ -12,6 +12,7 @@ trials per broker; without it the normal suite runs a representative subset.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -82,7 +83,6 @@ def our_rows(home, mode="live", replay=False) -> list[dict]:
 
 
 def kill_switch_value(home):
-    import json
     conn = db(home)
     try:
         row = conn.execute("SELECT value FROM kv WHERE key = 'kill_switch'").fetchone()
