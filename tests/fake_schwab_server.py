@@ -32,6 +32,7 @@ import email.utils
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -75,6 +76,15 @@ def _take(flag) -> tuple[bool, object]:
     if isinstance(flag, int) and not isinstance(flag, bool) and flag > 0:
         return True, flag - 1
     return False, flag
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client killed mid-request (the crash tests' ``kill -9``) resets its connection: that is
+    the test working, not an error worth a traceback on stderr."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
 
 class FakeSchwabServer:
@@ -127,7 +137,7 @@ class FakeSchwabServer:
 
         class Handler(_Handler):
             fake = server
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-schwab", daemon=True)
         self._thread.start()
