@@ -35,6 +35,12 @@ test: venv-dev
 gate-properties: venv-dev
 	GATE_SEEDS=200 GATE_INFO_SEEDS=40 GATE_INFO_MIN_RATE=0.1 $(PY) -m pytest tests/test_gate_properties.py -q -s -rfE --timeout 7200
 
+## make faults: the crash matrix of the Schwab path (every failpoint at every clock skew), 30 random
+## kill -9 trials per broker, halt/flatten races (the normal suite runs a subset and 3 trials each)
+FAULT_TESTS := tests/test_live_crash_matrix.py tests/test_kill9_harness.py tests/test_halt_race.py
+faults: venv-dev
+	FAULTS=full KILL9_TRIALS=$${KILL9_TRIALS:-30} $(PY) -m pytest $(FAULT_TESTS) -q -s -rfE --durations=10 --timeout 10800
+
 ## make bench: every benchmark under bench/ (prints its figures)
 bench: venv-dev
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

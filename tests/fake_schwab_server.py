@@ -32,6 +32,7 @@ import email.utils
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -77,6 +78,15 @@ def _take(flag) -> tuple[bool, object]:
     return False, flag
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client killed mid-request (the crash tests' ``kill -9``) resets its connection: that is
+    the test working, not an error worth a traceback on stderr."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class FakeSchwabServer:
     """State and knobs of the fake broker (every attribute may be changed while it runs).
 
@@ -92,6 +102,7 @@ class FakeSchwabServer:
                       ``release_post`` is set (or ``hold_timeout_s``): the test kills the client.
     post_delay_s      seconds to wait (after storing) before answering any POST.
     The three fault flags take True (the next POST) or a count of POSTs; they are consumed.
+    ``meta[order_id]["stored_at"]`` is ``time.time()`` (our clock, unskewed) when an order was stored.
     """
 
     def __init__(self, clock_skew_s: float = 0.0, prices: dict | None = None, cash: float = 100_000.0,
@@ -126,7 +137,7 @@ class FakeSchwabServer:
 
         class Handler(_Handler):
             fake = server
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-schwab", daemon=True)
         self._thread.start()
@@ -255,7 +266,8 @@ class FakeSchwabServer:
             if body.get("price") is not None:
                 order["price"] = float(body["price"])
             self.orders[order_id] = order
-            self.meta[order_id] = {"source": source, "polls": 0, "fault": fault, "body": body}
+            self.meta[order_id] = {"source": source, "polls": 0, "fault": fault, "body": body,
+                                   "stored_at": time.time()}      # our clock (time.time()), unskewed
             if source == "api" and self.fill_after_polls == 0:
                 self._auto_fill(order)
             return order_id

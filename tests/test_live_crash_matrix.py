@@ -1,0 +1,186 @@
+"""The crash matrix of the Schwab path, with real processes: a live cycle (``TRADING_MODE=live``,
+schwab-py's real client through tests/schwab_shim.py against the fake Schwab on 127.0.0.1) dies
+at a failpoint (``os._exit(99)``, like ``kill -9``) or is killed while its order request is in
+flight; a new process reruns the cycle. Each case asserts 0 duplicate orders at Schwab, 0 foreign
+(manual) orders adopted, every posted order linked to one row of ours, positions equal to an
+uninterrupted run's, and a trail that verifies.
+
+The fake broker's clock is skewed from ours (broker minus ours) by -30 ... +30 s; a lost order is
+still WORKING when the rerun looks (``fill_after_polls`` = 2: the rerun's listing sees it open).
+The normal suite runs every crash point at +2 s and the skews -30, +0.5 and +30 s at
+``after_place_order``, plus the in-flight, refused, dropped and manual-order cases; ``make faults`` (FAULTS=full) runs every crash
+point at every skew."""
+from __future__ import annotations
+
+import pytest
+
+from crash_harness import (FULL, assert_live_exactly_once, fresh_home, kill_switch_value,
+                           live_reference, live_server, live_setup, our_rows, run_cycle_live,
+                           start_cycle_live)
+from schwab_env import run_live
+
+CRASH_POINTS = ["after_signals", "after_record_intent", "after_sending_mark", "after_place_order",
+                "after_submit_all", "after_fills", "before_cycle_end"]
+SKEWS = [-30, -2, 0, 0.5, 1, 2, 30]
+FIRST_ORDER_POINTS = {"after_record_intent", "after_sending_mark", "after_place_order"}
+
+
+def _cases():
+    if FULL:
+        return [(p, s) for p in CRASH_POINTS for s in SKEWS]
+    # the normal suite: every point at +2 s, and the extremes and the sub-second skew at the point
+    # where a clock comparison duplicated orders (tests/test_order_recovery.py runs every skew in-process)
+    return [(p, 2) for p in CRASH_POINTS] + [("after_place_order", s) for s in (-30, 0.5, 30)]
+
+
+@pytest.fixture(scope="module")
+def reference(trained, tmp_path_factory):
+    return live_reference(trained, tmp_path_factory.mktemp("live-reference") / "home")
+
+
+@pytest.fixture
+def live(trained, tmp_path):
+    """A home ready for a live cycle (gate open, credentials) and its setup."""
+    home = fresh_home(trained, tmp_path / "live")
+    return home, live_setup(home, trained)
+
+
+@pytest.mark.parametrize("point,skew", _cases(), ids=[f"{p}-skew{s:+g}" for p, s in _cases()])
+def test_crash_at_failpoint_then_rerun(live, reference, point, skew):
+    home, setup = live
+    server = live_server(setup, skew)
+    try:
+        crashed = run_cycle_live(home, setup, server, {"TRADING_FAILPOINT": point})
+        assert crashed.returncode == 99, crashed.stderr[-3000:]
+        posted = len(server.posted_orders())
+        if point in ("after_signals", "after_record_intent", "after_sending_mark"):
+            assert posted == 0                                   # died before the first request
+        elif point == "after_place_order":
+            assert posted == 1 and not any(r["broker_order_id"] for r in our_rows(home))
+        else:
+            assert posted == reference["orders"]
+        if point in FIRST_ORDER_POINTS:
+            want = {"after_record_intent": "INTENDED"}.get(point, "SENDING")
+            assert [r["status"] for r in our_rows(home)] == [want]
+        rerun = run_cycle_live(home, setup, server)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert len(server.posted_orders()) == reference["orders"]
+        if point == "after_place_order":
+            assert "adopted, not resent" in rerun.stderr
+        assert "was interrupted" in rerun.stderr             # every point is after cycle_start
+        assert kill_switch_value(home) is None
+        assert_live_exactly_once(home, server, reference)
+        assert all(r["status"] == "FILLED" for r in our_rows(home))
+    finally:
+        server.stop()
+
+
+def test_killed_while_the_order_request_is_in_flight(live, reference):
+    """Schwab stored the order; the client is ``kill -9``ed before it hears the answer."""
+    home, setup = live
+    server = live_server(setup, skew=2)
+    server.kill_client_on_post = True
+    try:
+        proc = start_cycle_live(home, setup, server)
+        assert server.wait_for_post(240), "the cycle never posted an order"
+        proc.kill()
+        proc.wait(30)
+        server.release_post.set()
+        assert len(server.posted_orders()) == 1
+        assert [r["status"] for r in our_rows(home)] == ["SENDING"]
+        rerun = run_cycle_live(home, setup, server)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "adopted, not resent" in rerun.stderr
+        assert_live_exactly_once(home, server, reference)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("fault", ["drop_next_post", "refuse_next_post"])
+def test_answer_lost_or_request_never_arrived(live, reference, fault):
+    """drop: Schwab stored it, the connection closed without an answer (adopted by the retry);
+    refuse: it never reached Schwab (the retry finds nothing and sends it once)."""
+    home, setup = live
+    server = live_server(setup, skew=2)
+    setattr(server, fault, True)
+    try:
+        done = run_cycle_live(home, setup, server)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert ("adopted, not resent" in done.stderr) == (fault == "drop_next_post")
+        assert ("did not reach the broker" in done.stderr) == (fault == "refuse_next_post")
+        assert_live_exactly_once(home, server, reference)
+    finally:
+        server.stop()
+
+
+def _first_row(home):
+    rows = our_rows(home)
+    assert len(rows) == 1
+    return rows[0]
+
+
+def _manual_like(server, row):
+    return server.place_manual_order(row["symbol"], row["side"], row["quantity"])
+
+
+def test_manual_order_after_a_crash_before_sending_is_never_adopted(live, reference):
+    """Ours was INTENDED (never sent) when the process died; someone places the same order by
+    hand; the rerun sends ours and leaves the manual one alone (reported as not ours)."""
+    home, setup = live
+    server = live_server(setup, skew=2)
+    try:
+        crashed = run_cycle_live(home, setup, server, {"TRADING_FAILPOINT": "after_record_intent"})
+        assert crashed.returncode == 99, crashed.stderr[-3000:]
+        manual = _manual_like(server, _first_row(home))
+        rerun = run_cycle_live(home, setup, server)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert f"EXTERNAL ORDER at the broker, not ours: id {manual}" in rerun.stderr
+        assert server.orders[manual]["status"] == "WORKING"          # not cancelled, not traded
+        assert_live_exactly_once(home, server, reference)
+    finally:
+        server.stop()
+
+
+def test_manual_order_after_a_crash_after_sending_goes_to_a_person(live, reference):
+    """Ours reached Schwab (crash after the request) and someone placed the same order by hand:
+    two candidates. The rerun sends nothing, sets the kill switch, says what to do; the operator
+    follows docs/RUNBOOK.md "Order recovery halted for a person" (orders, cancel the manual one
+    at Schwab, resolve, resume); the next cycle completes with the uninterrupted run's positions."""
+    home, setup = live
+    server = live_server(setup, skew=2)
+    try:
+        crashed = run_cycle_live(home, setup, server, {"TRADING_FAILPOINT": "after_place_order"})
+        assert crashed.returncode == 99, crashed.stderr[-3000:]
+        row = _first_row(home)
+        ours = server.posted_orders()[0]["orderId"]
+        manual = _manual_like(server, row)
+        halted = run_cycle_live(home, setup, server)
+        assert halted.returncode == 1, halted.stderr[-3000:]
+        assert "ORDER AMBIGUOUS" in halted.stderr
+        assert len(server.posted_orders()) == 1                       # nothing more was sent
+        assert kill_switch_value(home) is not None
+        assert our_rows(home)[0]["status"] == "SENDING" and not our_rows(home)[0]["broker_order_id"]
+        # a cycle run meanwhile stops at the kill switch
+        again = run_cycle_live(home, setup, server)
+        assert again.returncode == 0 and "Kill switch is ON" in again.stderr
+        assert len(server.posted_orders()) == 1
+        # the runbook's steps
+        listing = run_live(home, ["trading_execution.py", "orders"], server)
+        assert listing.returncode == 0, listing.stderr
+        assert str(ours) in listing.stdout and str(manual) in listing.stdout
+        assert f"our order {row['client_key']} is SENDING" in listing.stdout
+        server.cancel(manual)                                          # at Schwab, by hand
+        resolved = run_live(home, ["trading_execution.py", "resolve", row["client_key"], "--order-id",
+                                   str(ours), "--reason", "test: the API order is ours"], server)
+        assert resolved.returncode == 0, resolved.stderr
+        wrong = run_live(home, ["trading_execution.py", "resolve", row["client_key"], "--order-id",
+                                str(manual), "--reason", "again"], server)
+        assert wrong.returncode == 1 and "nothing to resolve" in wrong.stderr
+        resumed = run_live(home, ["live_trading.py", "resume", "--reason", "resolved"], server)
+        assert resumed.returncode == 0, resumed.stderr
+        final = run_cycle_live(home, setup, server)
+        assert final.returncode == 0, final.stderr[-3000:]
+        assert server.orders[manual]["status"] == "CANCELED"
+        assert_live_exactly_once(home, server, reference)
+    finally:
+        server.stop()
