@@ -6,7 +6,7 @@ agree with the broker, positions equal the sum of the fills and the uninterrupte
 * paper: ``python live_trading.py --as-of DAY`` (a replay, in the throwaway replay account);
 * Schwab: a live cycle through schwab-py's real client against the fake Schwab.
 
-``KILL9_TRIALS`` trials per broker (default 3; ``make faults`` runs 30), delays drawn from
+``KILL9_TRIALS`` trials per broker (default 2; ``make faults`` runs 30), delays drawn from
 ``random.Random(KILL9_SEED)`` (default 20251006) so a failing trial can be replayed."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from crash_harness import (Timed, assert_live_exactly_once, fresh_home, live_ref
                            start_cycle_live, start_paper_replay)
 from test_live_trading import assert_consistent
 
-TRIALS = int(os.environ.get("KILL9_TRIALS", "3"))
+TRIALS = int(os.environ.get("KILL9_TRIALS", "2"))
 SEED = int(os.environ.get("KILL9_SEED", "20251006"))
 
 
