@@ -18,6 +18,11 @@ class UserFacingError(RuntimeError):
     user_facing = True   # the marker the hook looks for
 
 
+class DataError(UserFacingError):
+    """A data problem that stops the pipeline (``data_collection``, ``csv_source``); the message
+    names the thing and the fix."""
+
+
 def is_user_facing(exc: BaseException) -> bool:
     return bool(getattr(exc, "user_facing", False))
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from audit_logging import AuditLogger
 import config
 import constants as C
+from credential_manager import CredentialManager
 import data_collection
 import fileutil
 import golive
@@ -120,7 +121,6 @@ def check_credentials():
 def check_token():
     if config.trading_mode() != "live":
         return OK, "Schwab token: not needed in paper mode"
-    from credential_manager import CredentialManager
     age = schwab_broker.token_age_of(CredentialManager().load_credentials(schwab_broker.SCHWAB_TOKEN_SERVICE))
     if age.state == schwab_broker.TOKEN_MISSING:
         return FAIL, f"no Schwab token: run {schwab_broker.LOGIN_COMMAND}"
