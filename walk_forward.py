@@ -56,8 +56,7 @@ import skill_stats
 import train_model
 from backtest_engine import Costs, LivePolicy, buy_and_hold, market_from_frames, run_engine
 from backtest_metrics import performance_metrics
-from backtest_report import make_charts
-from fileutil import atomic_write_text
+from backtest_report import make_charts, write_report_files
 from logging_setup import setup_logging
 from signals import build_signals
 
@@ -424,16 +423,8 @@ def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe
     finally:
         if conn is None:
             c.close()
-    if row is None:
-        return None
-    out = dict(row)
-    for key in ("universe", "costs", "model_config", "summary"):
-        try:
-            out[key] = json.loads(out[key])
-        except (TypeError, ValueError):
-            pass
-    out["passed"], out["gate_eligible"] = bool(out["passed"]), bool(out["gate_eligible"])
-    return out
+    return state_db.row_dict(row, ("universe", "costs", "model_config", "summary"),
+                             ("passed", "gate_eligible"))
 
 
 # =========================================================================== reports
@@ -527,21 +518,10 @@ docs/MODEL.md. Full data: {e(report.get('json_name', ''))}</p>
 
 
 def write_reports(report: dict, charts: dict | None = None, reports_dir=None) -> tuple[Path, Path]:
-    out = Path(reports_dir) if reports_dir else config.path(C.REPORTS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base, k = f"walkforward_{stamp}", 1
-    while (out / f"{base}.json").exists():
-        k += 1
-        base = f"walkforward_{stamp}_{k}"
-    report["json_name"] = f"{base}.json"
-    text = json.dumps(_jsonable(report), indent=1, allow_nan=False, default=str)
-    page = render_html(report, charts)
-    json_path = atomic_write_text(out / f"{base}.json", text)
-    html_path = atomic_write_text(out / f"{base}.html", page)
-    atomic_write_text(out / "latest_walkforward.json", text)
-    atomic_write_text(out / "latest_walkforward.html", page)
-    return json_path, html_path
+    return write_report_files(
+        "walkforward", report,
+        lambda r: json.dumps(_jsonable(r), indent=1, allow_nan=False, default=str),
+        lambda r: render_html(r, charts), reports_dir)
 
 
 # =========================================================================== the whole run
