@@ -19,7 +19,7 @@ import data_collection
 import fileutil
 import golive
 import kill_switch
-import live_trading
+import trading_cycle
 import market_calendar
 import model_management
 import schwab_broker
@@ -155,7 +155,7 @@ def check_risk():
 def check_gate():
     if config.trading_mode() != "live":
         return OK, "go-live gate: not needed in paper mode"
-    st = golive.gate_status(live_trading.get_model().checksum)
+    st = golive.gate_status(trading_cycle.get_model().checksum)
     if not st["passed"]:
         return FAIL, ("go-live gate closed (backtest " + ("ok" if st["backtest"] else "missing") +
                       f", paper sessions {st['paper_sessions']}/{st['paper_sessions_needed']}): "
