@@ -44,6 +44,9 @@ def make_order(symbol: str, side: str, quantity: int, price: float, **extra) -> 
 
 
 def finite(x) -> bool:
+    """A finite number (not a bool, not None, not NaN or infinite)."""
+    if type(x) is float or type(x) is int:       # the common case, checked ~200,000 times a replay
+        return math.isfinite(x)
     try:
         return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
     except (TypeError, ValueError):

@@ -17,10 +17,11 @@ Read top to bottom:
    ``python risk_management.py reset-drawdown --reason "..."`` (audited). Past ``DAILY_LOSS_LIMIT``
    of the day's starting equity it logs ``DAILY LOSS LIMIT REACHED`` and halts until the next day.
    A halt blocks opening orders, never reducing or closing ones.
-5. **Shorts** (the rules in ``short_rules.py``, mixed in) -- ``RiskManager.forced_buyins(portfolio)`` closes shorts the broker recalled
-   (``BROKER RECALL``), that became hard to borrow (``HARD TO BORROW``, ``borrow rate``) or whose
-   ex-dividend date is near, logging ``Forced buy-in triggered``. Repeated forced buy-ins put a
-   symbol on the persistent do-not-short list.
+5. **Shorts** (written in ``short_rules.py``, mixed into RiskManager) --
+   ``RiskManager.forced_buyins(portfolio)`` closes shorts the broker recalled (``BROKER RECALL``),
+   that became hard to borrow (``HARD TO BORROW``, ``borrow rate``) or whose ex-dividend date is
+   near, logging ``Forced buy-in triggered``. Repeated forced buy-ins put a symbol on the
+   persistent do-not-short list.
 6. **CLI** -- ``python risk_management.py status | reset-drawdown | reset-daily-loss | do-not-short``.
 
 State lives in the state DB (``state/trading_state.db`` under TRADING_HOME, or any connection the
