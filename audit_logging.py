@@ -18,13 +18,9 @@ Integrity
   (last ``seq`` and ``hash``, itself HMAC-signed) live in ``config.config_dir()``, outside
   ``logs/`` and outside the project, next to the credential key. The checkpoint is rewritten on
   every append, so cutting records off the end of the log (which leaves a valid chain) is caught.
-  The checkpoint belongs to the trail, not to its path: a random *trail id* is kept beside the
-  log (``logs/audit/audit_trail_id``) and names the checkpoint file, and the signed checkpoint
-  repeats it. A moved or copied ``TRADING_HOME`` therefore verifies as before, and two homes
-  sharing one key directory keep separate checkpoints. (Trails from before the id existed had a
-  checkpoint named after a digest of the log's absolute path; the first append migrates it.) A
-  copy appended to while the original is still in use gets a trail id of its own (a fork, with
-  an ``audit_trail_forked`` record).
+  The checkpoint and the *trail id* that names it live in ``audit_checkpoint.py``; a copy
+  appended to while the original is still in use gets a trail id of its own (a fork, with an
+  ``audit_trail_forked`` record).
 * Appends are safe across processes: ``flock`` on ``logs/audit/.audit_log.lock``, re-read the last
   record, one ``os.write`` of the whole line with ``O_APPEND``, ``fsync``, update the checkpoint,
   unlock. No fork in the chain, no lost record.
@@ -55,10 +51,8 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import os
 import re
-import secrets
 import sys
 from collections import deque
 from contextlib import contextmanager
@@ -67,57 +61,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import config
-from errors import UserFacingError, install_excepthook, storage_error
+from errors import install_excepthook, storage_error
 import constants as C
 import fileutil
 import logging_setup
+from audit_checkpoint import (GENESIS_HASH, RUNBOOK_AUDIT_SECTION, AuditChainError, AuditError,
+                              AuditKeyError, AuditKeyMissingError, AuditTrailInvalidError,
+                              BadCheckpoint, TrailCheckpoint, canonical_json, load_key)
+from audit_checkpoint import display as _display
+from audit_checkpoint import mac as _mac, utc_timestamp as _utc_timestamp
 
 log = logging.getLogger("audit")
 
-GENESIS_HASH = "0" * 64          # prev_hash of seq 1
-_CP_SLOT = 4096                  # bytes per checkpoint slot (two slots)
 _HASH_KEY = b',"hash":"'         # how the top-level hash member appears in a canonical line
-_HEX = re.compile(r"^[0-9a-f]{64}$")
-_TRAIL_ID = re.compile(r"^[0-9a-f]{16,64}$")
-
-
-# --------------------------------------------------------------------------- exceptions
-class AuditError(UserFacingError):
-    """Base class of every audit-trail error."""
-
-
-class AuditKeyMissingError(AuditError):
-    """The HMAC key is gone while a trail (or its checkpoint) exists: nothing can be verified or
-    appended until the key is restored. Not evidence of tampering by itself."""
-
-
-class AuditKeyError(AuditError):
-    """The HMAC key file exists but is unusable (bad permissions, wrong format)."""
-
-
-class AuditChainError(AuditError):
-    """The last record of the trail does not verify, so a new record cannot be chained to it."""
-
-
-class AuditTrailInvalidError(AuditError):
-    """The trail does not verify (tampered, checkpoint missing or inconsistent, key missing):
-    nothing may trade on it until a person has looked (``require_valid_trail``)."""
-
-
-RUNBOOK_AUDIT_SECTION = "docs/RUNBOOK.md, section 'Audit Log Tampering Detected'"
 
 
 # --------------------------------------------------------------------------- helpers
-def canonical_json(obj) -> str:
-    """The one serialisation that is hashed and written: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
-
-
-def _mac(key: bytes, body: bytes) -> str:
-    return hmac.digest(key, body, "sha256").hex()
-
-
 def _mac_function(key: bytes):
     """``_mac`` for one key, reusing the keyed state (about a third faster per record)."""
     base = hmac.new(key, digestmod=hashlib.sha256)
@@ -133,50 +92,6 @@ def _mac_function(key: bytes):
 # followed by exactly this up to the end of the line (strings cannot hold an unescaped quote).
 _TAIL = re.compile(rb',"prev_hash":"([0-9a-f]{64})","seq":([0-9]+),"status":"(?:[^"\\]|\\.)*",'
                    rb'"timestamp":"[^"\\]*"}\Z', re.S)
-
-
-def _utc_timestamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _clean(value, key: str | None = None):
-    """JSON-safe copy of ``details``: non-finite floats and unknown types become strings,
-    fields named like secrets become ``***`` and registered secrets are redacted."""
-    if key is not None and logging_setup.is_secret_field(key):
-        return "***"
-    if isinstance(value, dict):
-        return {str(k): _clean(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_clean(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return logging_setup.redact(value)
-    try:                                   # numpy scalars, Decimal, datetime, Path, ...
-        item = value.item() if hasattr(value, "item") else None
-        if isinstance(item, (int, float, bool)):
-            return _clean(item)
-    except (TypeError, ValueError):
-        pass
-    return logging_setup.redact(str(value))
-
-
-def _display(path: Path) -> str:
-    """A path as a person reads it: relative to TRADING_HOME when inside it."""
-    try:
-        return str(path.relative_to(config.home()))
-    except ValueError:
-        return str(path)
-
-
-def _ensure_config_dir() -> Path:
-    directory = config.config_dir()
-    if not directory.exists():
-        directory.mkdir(parents=True, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-    return directory
 
 
 _ROTATED = re.compile(r"^(?P<stem>.+)\.(?P<date>\d{8})(?:-(?P<n>\d+))?(?P<suffix>\.[^.]+)$")
@@ -198,21 +113,6 @@ class VerifyReport:
         return self.valid, self.error
 
 
-@dataclass
-class _Checkpoint:
-    seq: int
-    hash: str
-    alarm: str | None = None
-    updated: str = ""
-    gen: int = 0          # write counter: the slot with the highest one is current
-    slot: int = 0
-    log: str = ""         # the log file that last wrote it
-
-
-class _BadCheckpoint(Exception):
-    pass
-
-
 # --------------------------------------------------------------------------- the logger
 class AuditLogger:
     """Append to and verify the hash-chained audit trail.
@@ -225,103 +125,29 @@ class AuditLogger:
         self.path = Path(path).expanduser().absolute() if path else config.path(C.AUDIT_LOG_FILE)
         self.directory = self.path.parent
         self.lock_path = self.directory / C.AUDIT_LOCK_FILE
-        self.id_path = self.directory / C.AUDIT_TRAIL_ID_FILE
         self.key_path = Path(key_path) if key_path else config.config_dir() / C.AUDIT_KEY_FILE
-        self._checkpoint_dir = config.config_dir()
-        self._fixed_checkpoint = Path(checkpoint_path) if checkpoint_path else None
-        legacy_tag = hashlib.sha256(str(self.path).encode()).hexdigest()[:16]
-        self.legacy_checkpoint_path = (self._checkpoint_dir /
-                                       C.AUDIT_CHECKPOINT_FILE.format(tag=legacy_tag))
-        self._trail_id: str | None = None
-        self._fork_note: dict | None = None
-        self._owner_checked = False     # this process saw the checkpoint written by this log
+        self.checkpoint = TrailCheckpoint(self.path,
+                                          Path(checkpoint_path) if checkpoint_path else None)
+        self.legacy_checkpoint_path = self.checkpoint.legacy_path
         self._key: bytes | None = None
 
-    # ----------------------------------------------------------------- trail id
-    # The checkpoint is named after the trail's random id (kept beside the log), so it follows
-    # the trail when TRADING_HOME is moved or copied. Trails older than the id have a checkpoint
-    # named after a digest of the log's path (``legacy_checkpoint_path``) until an append
-    # migrates it.
+    # ----------------------------------------------------------------- checkpoint (audit_checkpoint)
     def trail_id(self) -> str | None:
         """The trail's id, None when the trail has none yet (new, or from before ids)."""
-        if self._trail_id is None:
-            try:
-                text = self.id_path.read_text().strip()
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            if not _TRAIL_ID.match(text):
-                raise AuditChainError(f"Hash chain broken: the trail id file {_display(self.id_path)} "
-                                      f"holds {text[:40]!r}, not a trail id: it was edited. Restore "
-                                      f"it from backup (see {RUNBOOK_AUDIT_SECTION})")
-            self._trail_id = text
-        return self._trail_id
+        return self.checkpoint.trail_id()
 
     @property
     def checkpoint_path(self) -> Path:
-        if self._fixed_checkpoint is not None:
-            return self._fixed_checkpoint
-        tid = self.trail_id()
-        if tid is None:
-            return self.legacy_checkpoint_path
-        return self._checkpoint_dir / C.AUDIT_CHECKPOINT_FILE.format(tag=tid)
+        return self.checkpoint.path
 
-    def _new_trail_id(self, key: bytes, migrate_from: _Checkpoint | None, replace: bool) -> str:
-        """Under the lock: give the trail a new id (carrying ``migrate_from`` over to the new
-        checkpoint) and return it."""
-        tid = secrets.token_hex(C.AUDIT_TRAIL_ID_BYTES)
-        self._trail_id = tid
-        if migrate_from is not None:
-            self._write_checkpoint(key, migrate_from.seq, migrate_from.hash, migrate_from.alarm)
-        if replace:
-            fileutil.atomic_write_text(self.id_path, tid + "\n", mode=0o640)
-        elif not fileutil.create_exclusive(self.id_path, (tid + "\n").encode(), mode=0o640):
-            self._trail_id = None                       # someone else was first: theirs counts
-            return self.trail_id()
-        return tid
+    @property
+    def id_path(self) -> Path:
+        return self.checkpoint.id_path
 
     def _ensure_trail_id(self, key: bytes) -> None:
-        """Under the lock, before an append: make sure the trail has an id, migrating a
-        path-named checkpoint and forking a copy that is appended to while its original (the
-        trail the checkpoint names as its last writer) is still there."""
-        if self._fixed_checkpoint is not None or self._owner_checked:
-            return
-        if self.trail_id() is None:
-            legacy = None
-            if self.legacy_checkpoint_path.exists():
-                try:
-                    legacy = self._read_checkpoint(key, self.legacy_checkpoint_path)
-                except _BadCheckpoint:
-                    legacy = None                       # left in place: verify names it
-            tid = self._new_trail_id(key, legacy, replace=False)
-            if legacy is not None:
-                self.legacy_checkpoint_path.unlink(missing_ok=True)
-                log.info("Audit checkpoint migrated to trail id %s (%s)", tid, self.checkpoint_path.name)
-            return
-        try:
-            cp = self._read_checkpoint(key)
-        except _BadCheckpoint:
-            return
-        if cp is None or not cp.log or cp.log == str(self.path):
-            self._owner_checked = cp is not None
-            return
-        other = Path(cp.log)
-        try:
-            same = (other.parent / C.AUDIT_TRAIL_ID_FILE).read_text().strip() == self.trail_id()
-        except OSError:
-            same = False
-        if not same:
-            return                                      # moved: the checkpoint follows
-        old = self.trail_id()
-        carried = _Checkpoint(cp.seq, cp.hash, cp.alarm)
-        last = self._last_record_quiet(key)
-        if last and last["seq"] < cp.seq and (
-                AuditLogger(other, key_path=self.key_path)._hash_at(key, last["seq"]) == last["hash"]):
-            # copied before the original wrote its newer records: they are in the original
-            carried = _Checkpoint(last["seq"], last["hash"], cp.alarm)
-        self._new_trail_id(key, carried, replace=True)
-        self._fork_note = {"previous_trail_id": old, "original": cp.log, "at_seq": cp.seq}
-        log.warning("This audit trail (%s) is a copy of %s, which is still in use: it continues "
-                    "as trail %s with a checkpoint of its own", self.path, cp.log, self._trail_id)
+        self.checkpoint.ensure_trail_id(
+            key, lambda: self._last_record_quiet(key),
+            lambda other, seq: AuditLogger(other, key_path=self.key_path)._hash_at(key, seq))
 
     def _last_record_quiet(self, key: bytes):
         fd = os.open(self.path, os.O_RDONLY) if self.path.exists() else None
@@ -352,23 +178,10 @@ class AuditLogger:
 
     # ----------------------------------------------------------------- key
     def _load_key(self, create: bool) -> bytes:
-        if self._key is not None:
-            return self._key
-        if not self.key_path.exists():
-            if not create:
+        if self._key is None:
+            if not create and not self.key_path.exists():
                 raise AuditKeyMissingError(self._key_missing_text())
-            _ensure_config_dir()
-            fileutil.create_exclusive(self.key_path, (secrets.token_hex(32) + "\n").encode())
-            log.info("Created the audit HMAC key %s (mode 0600)", self.key_path)
-        problem = fileutil.private_file_problem(self.key_path)
-        if problem:
-            raise AuditKeyError(f"Audit key {problem} (whoever can read or replace the key can "
-                                f"forge the trail)")
-        text = self.key_path.read_text().strip()
-        if not _HEX.match(text):
-            raise AuditKeyError(f"Audit key {self.key_path} is not 64 hex digits: the file is "
-                                f"damaged. Restore it from your backup of {self.key_path.parent}")
-        self._key = bytes.fromhex(text)
+            self._key = load_key(self.key_path)
         return self._key
 
     def _key_missing_text(self, records: int | None = None) -> str:
@@ -382,78 +195,6 @@ class AuditLogger:
 
     def _trail_exists(self) -> bool:
         return any(p.stat().st_size > 0 for p in self.files()) or self.checkpoint_path.exists()
-
-    # ----------------------------------------------------------------- checkpoint
-    # Two fixed-size slots, written alternately in place (pwrite): a crash while writing one slot
-    # leaves the other, one record behind, intact. The log line is fsynced on every append; the
-    # checkpoint only with constants.AUDIT_CHECKPOINT_FSYNC (it halves the append rate). Without
-    # it a power failure can leave the checkpoint a few records behind, which appends and
-    # verify accept as long as the record it names is in the chain with its hash.
-    # Each write carries a counter (``gen``); the valid slot with the highest one is current.
-    def _read_checkpoint(self, key: bytes, path: Path | None = None) -> _Checkpoint | None:
-        """The newest valid slot (highest ``gen``), None when there is no checkpoint."""
-        path = path or self.checkpoint_path
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        best, damaged = None, False
-        for index, slot in enumerate((raw[:_CP_SLOT], raw[_CP_SLOT:2 * _CP_SLOT])):
-            if not slot.strip():
-                continue
-            try:
-                data = json.loads(slot)
-                mac = str(data.pop("mac"))
-                ok = hmac.compare_digest(_mac(key, canonical_json(data).encode()), mac)
-            except (ValueError, KeyError, AttributeError, TypeError):
-                ok = False
-            if not ok:
-                damaged = True
-                continue
-            trail = data.get("trail")
-            if trail is not None and self._fixed_checkpoint is None and trail != self.trail_id():
-                raise _BadCheckpoint(f"checkpoint {path} belongs to trail {trail}, not to this "
-                                     f"trail ({self.trail_id()})")
-            if trail is None and data.get("log") != str(self.path):
-                raise _BadCheckpoint(f"checkpoint {path} belongs to "
-                                     f"{data.get('log')}, not to {self.path}")
-            if best is None or int(data["gen"]) > best.gen:
-                best = _Checkpoint(int(data["seq"]), str(data["hash"]), data.get("alarm"),
-                                   str(data.get("updated", "")), int(data["gen"]), index,
-                                   str(data.get("log") or ""))
-        if best is None and damaged:
-            raise _BadCheckpoint(f"checkpoint {path} fails its MAC check "
-                                 f"(edited, or written with another key)")
-        return best
-
-    def _write_checkpoint(self, key: bytes, seq: int, hash_: str, alarm: str | None) -> None:
-        if alarm and len(alarm) > 2000:
-            alarm = alarm[:2000] + "..."
-        try:
-            current = self._read_checkpoint(key)
-        except _BadCheckpoint:
-            current = None
-        gen = current.gen + 1 if current else 1
-        slot_index = 1 - current.slot if current else 0      # never overwrite the newest slot
-        data = {"log": str(self.path), "seq": seq, "hash": hash_, "alarm": alarm,
-                "updated": _utc_timestamp(), "gen": gen}
-        if self._trail_id is not None and self._fixed_checkpoint is None:
-            data["trail"] = self._trail_id
-        data["mac"] = _mac(key, canonical_json(data).encode())
-        text = canonical_json(data).encode()
-        if len(text) >= _CP_SLOT:
-            raise AuditError(f"checkpoint record too long ({len(text)} bytes)")
-        slot = text.ljust(_CP_SLOT - 1) + b"\n"
-        if not self.checkpoint_path.exists():
-            _ensure_config_dir()
-            fileutil.create_exclusive(self.checkpoint_path, b" " * (2 * _CP_SLOT - 1) + b"\n")
-        fd = os.open(self.checkpoint_path, os.O_RDWR | os.O_NOFOLLOW)
-        try:
-            os.pwrite(fd, slot, slot_index * _CP_SLOT)
-            if C.AUDIT_CHECKPOINT_FSYNC:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
 
     # ----------------------------------------------------------------- reading records
     def _check_line(self, key: bytes, line: bytes):
@@ -613,38 +354,6 @@ class AuditLogger:
                                 {"file": _display(self.path), "line": lineno, "bytes": len(torn),
                                  "saved_to": saved.name})
 
-    def _checkpoint_alarm(self, key: bytes, last) -> tuple[str | None, str | None]:
-        """(sticky alarm kept from the checkpoint, new alarm) for the trail ending at ``last``."""
-        seq = last["seq"] if last else 0
-        hash_ = last["hash"] if last else GENESIS_HASH
-        when = _utc_timestamp()
-        try:
-            cp = self._read_checkpoint(key)
-        except _BadCheckpoint as exc:
-            return None, f"at {when} the {exc}"
-        if cp is None:
-            if seq == 0:
-                return None, None
-            return None, (f"at {when} the checkpoint was missing while the trail held records up "
-                          f"to seq {seq}: removal of records from its end cannot be ruled out")
-        if cp.seq == seq and hmac.compare_digest(cp.hash, hash_):
-            return cp.alarm, None
-        if last and cp.seq == seq - 1 and hmac.compare_digest(cp.hash, last["prev_hash"]):
-            return cp.alarm, None           # a crash between the write and the checkpoint update
-        if 0 < cp.seq < seq - 1 and self._hash_at(key, cp.seq) == cp.hash:
-            return cp.alarm, None           # checkpoint updates lost in a power failure (rare)
-        if seq < cp.seq:
-            new = (f"at {when} the trail ended at seq {seq} but the checkpoint recorded seq "
-                   f"{cp.seq} (updated {cp.updated}): records {seq + 1}..{cp.seq} were removed "
-                   f"from its end (truncation), and new records were appended after seq {seq}")
-        elif seq == cp.seq:
-            new = (f"at {when} record seq {seq} no longer has the hash the checkpoint recorded "
-                   f"(updated {cp.updated}): the end of the trail was replaced")
-        else:
-            new = (f"at {when} the trail ended at seq {seq}, {seq - cp.seq} records past the "
-                   f"checkpoint (seq {cp.seq}): records were appended without updating it")
-        return cp.alarm, new
-
     def log_event(self, action: str, status: str, details: dict | None = None) -> dict:
         """Append one record and return it (with ``seq``, ``timestamp``, ``prev_hash``, ``hash``).
 
@@ -660,13 +369,13 @@ class AuditLogger:
             details = {}
         if not isinstance(details, dict):
             raise ValueError(f"details must be a dict, not {type(details).__name__}")
-        details = _clean(details)
+        details = logging_setup.json_safe(details)
         try:
             key = self._key_for_append()
             with self._transaction() as fd:
                 last, alarm = self._prepare(key, fd)
                 record = self._write_line(key, fd, last, action, status, details)
-                self._write_checkpoint(key, record["seq"], record["hash"], alarm)
+                self.checkpoint.write(key, record["seq"], record["hash"], alarm)
         except OSError as exc:
             raise (storage_error(exc, self.path, "append to the audit trail") or exc) from None
         return record
@@ -676,15 +385,15 @@ class AuditLogger:
         and the alarm to keep in the checkpoint."""
         self._ensure_trail_id(key)
         last, torn, torn_at = self._last_record(key, fd)
-        kept, new_alarm = self._checkpoint_alarm(key, last)
+        kept, new_alarm = self.checkpoint.alarm(key, last, lambda seq: self._hash_at(key, seq))
         if new_alarm and not kept:
             log.critical("Hash chain broken: %s", new_alarm)
         if torn:
             last = self._recover_torn(key, fd, torn, torn_at, last)
-        if self._fork_note:
+        if self.checkpoint.fork_note:
             last = self._write_line(key, fd, last, "audit_trail_forked", "warning",
-                                    dict(self._fork_note, trail_id=self._trail_id))
-            self._fork_note = None
+                                    dict(self.checkpoint.fork_note, trail_id=self.trail_id()))
+            self.checkpoint.fork_note = None
         return last, kept or new_alarm
 
     # ----------------------------------------------------------------- maintenance
@@ -697,7 +406,7 @@ class AuditLogger:
             if not torn:
                 return None
             record, alarm = self._prepare(key, fd)
-            self._write_checkpoint(key, record["seq"], record["hash"], alarm)
+            self.checkpoint.write(key, record["seq"], record["hash"], alarm)
             return record
 
     def rotate(self, when: datetime | None = None) -> Path | None:
@@ -729,7 +438,7 @@ class AuditLogger:
                                            "last_seq": last["seq"]})
             finally:
                 os.close(new_fd)
-            self._write_checkpoint(key, record["seq"], record["hash"], alarm)
+            self.checkpoint.write(key, record["seq"], record["hash"], alarm)
         log.info("Rotated %s to %s (seq %s-%s)", _display(self.path), target.name, first_seq,
                  last["seq"])
         return target
@@ -743,19 +452,20 @@ class AuditLogger:
                                   f"reset: {report.error}")
         key = self._load_key(create=False) if report.records else self._key_for_append()
         try:
-            old = self._read_checkpoint(key)
+            old = self.checkpoint.read(key)
             previous = {"seq": old.seq, "hash": old.hash, "alarm": old.alarm} if old else None
-        except _BadCheckpoint as exc:
+        except BadCheckpoint as exc:
             previous = {"error": str(exc)}
         with self._transaction() as fd:
-            if self._fixed_checkpoint is None and self.trail_id() is None:
-                self._new_trail_id(key, None, replace=False)
+            if self.checkpoint.fixed_path is None and self.trail_id() is None:
+                self.checkpoint.new_trail_id(key, None, replace=False)
             last, torn, torn_at = self._last_record(key, fd)
             if torn:
                 last = self._recover_torn(key, fd, torn, torn_at, last)
             record = self._write_line(key, fd, last, "audit_checkpoint_reset", "warning",
-                                      _clean({"previous_checkpoint": previous, "reason": reason}))
-            self._write_checkpoint(key, record["seq"], record["hash"], None)
+                                      logging_setup.json_safe({"previous_checkpoint": previous,
+                                                               "reason": reason}))
+            self.checkpoint.write(key, record["seq"], record["hash"], None)
             if self.checkpoint_path != self.legacy_checkpoint_path:
                 self.legacy_checkpoint_path.unlink(missing_ok=True)
         log.warning("Audit checkpoint reset at seq %d (previous: %s)", record["seq"], previous)
@@ -827,8 +537,8 @@ class AuditLogger:
         cp, cp_problem, cp_seen = None, None, None
         if use_checkpoint:
             try:
-                cp = self._read_checkpoint(key)
-            except _BadCheckpoint as exc:
+                cp = self.checkpoint.read(key)
+            except BadCheckpoint as exc:
                 cp_problem = str(exc)
         cp_seq = cp.seq if cp else -1
 

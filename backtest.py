@@ -9,7 +9,7 @@ This module is the CLI and the orchestration; the work is done, in order, by:
 1. ``data_collection.load_processed`` -- the features ``build_features`` wrote.
 2. ``model_management.load_model`` -> ``TradingModel.predict(features)`` (the NumPy inference
    path) for every row with a full window; ``signals.score_predictions`` turns each prediction
-   into score and BUY / SELL / HOLD exactly as the live cycle does (``build_signals``).
+   into score and BUY / SELL / HOLD exactly as the live cycle does (``signals.build_signals``).
 3. ``backtest_engine.run_engine`` replays the sessions with ``LivePolicy``: after each close
    ``RiskManager.update_equity`` (halts), then ``order_planning.plan_orders`` -- the live cycle's
    forced buy-ins, targets, orders and pre-trade checks -- and fills at the next open with the
@@ -38,6 +38,7 @@ import constants as C
 import data_collection
 import model_management
 import signals as sig
+import walk_forward
 from backtest_engine import (FILL_MODES, BacktestError, Costs, LivePolicy, buy_and_hold, market_from_frames,
                              run_engine)
 from backtest_metrics import CONVENTIONS, analyse
@@ -111,26 +112,6 @@ def out_of_sample_start(metadata: dict, dates) -> pd.Timestamp | None:
     return after[1] if len(after) > 1 else end + pd.Timedelta(days=3)
 
 
-def build_signals(model, features: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """Predictions for every row with a full window, scored exactly like the live cycle
-    (``signals.score_predictions``), and each day checked with ``signals.check_predictions``:
-    on a day the live cycle would have stopped (NaN, identical or absurd predictions) every
-    signal becomes HOLD (positions kept, no order). Returns (scored, [{date, reason}])."""
-    pred = model.predict(features, last_only=False)
-    scored = sig.score_predictions(pred)
-    bad = []
-    for day, group in scored.groupby("Date", sort=True):
-        try:
-            sig.check_predictions(group)
-        except sig.NonsensicalPredictionError as exc:
-            bad.append({"date": str(pd.Timestamp(day).date()), "reason": _one_line(exc)})
-    if bad:
-        days = pd.to_datetime([b["date"] for b in bad])
-        scored.loc[scored["Date"].isin(days), "signal"] = sig.HOLD
-    return scored, bad
-
-
-
 # =========================================================================== the whole backtest
 
 @dataclass
@@ -189,7 +170,7 @@ def run_backtest(opts: Options) -> dict:
     t_load = time.perf_counter()
 
     in_period = features[features["Date"] <= period[-1]]
-    scored, nonsense = build_signals(model, in_period)
+    scored, nonsense = sig.build_signals(model, in_period)
     scored = scored[(scored["Date"] >= period[0]) & (scored["Date"] <= period[-1])]
     nonsense = [b for b in nonsense if period[0] <= pd.Timestamp(b["date"]) <= period[-1]]
     if nonsense:
@@ -389,7 +370,6 @@ def main(argv=None) -> int:
     install_excepthook()
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--walk-forward" in argv:
-        import walk_forward                      # imports this module: loaded on use
         return walk_forward.main([a for a in argv if a != "--walk-forward"])
     args = _parser().parse_args(argv)
     try:

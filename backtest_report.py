@@ -175,21 +175,31 @@ orders cancelled for lack of a price: {report['metrics']['strategy'].get('cancel
 """
 
 
-def write_reports(report: dict, charts: dict[str, str], reports_dir=None) -> tuple[Path, Path]:
-    """``backtest_<timestamp>.json`` and ``.html``, then ``latest_backtest.*`` (atomic copies)."""
+def write_report_files(prefix: str, report: dict, to_json, to_html,
+                       reports_dir=None) -> tuple[Path, Path]:
+    """``<prefix>_<UTC timestamp>.json`` and ``.html`` (``_2``, ``_3``... when taken), then
+    ``latest_<prefix>.*`` (atomic copies), in the reports folder; ``report["json_name"]`` names
+    the JSON file before ``to_json(report)`` and ``to_html(report)`` render it. The backtest's and
+    the walk-forward's reports are written by this one function."""
     out = Path(reports_dir) if reports_dir else config.path(C.REPORTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base, k = f"backtest_{stamp}", 1
+    base, k = f"{prefix}_{stamp}", 1
     while (out / f"{base}.json").exists() or (out / f"{base}.html").exists():
         k += 1
-        base = f"backtest_{stamp}_{k}"
+        base = f"{prefix}_{stamp}_{k}"
     report["json_name"] = f"{base}.json"
-    text = json.dumps(finite_json(report), indent=1, default=json_default, allow_nan=False)
-    page = render_html(report, charts)
+    text, page = to_json(report), to_html(report)
     json_path = atomic_write_text(out / f"{base}.json", text)
     html_path = atomic_write_text(out / f"{base}.html", page)
-    atomic_write_text(out / "latest_backtest.json", text)
-    atomic_write_text(out / "latest_backtest.html", page)
+    atomic_write_text(out / f"latest_{prefix}.json", text)
+    atomic_write_text(out / f"latest_{prefix}.html", page)
     return json_path, html_path
 
+
+def write_reports(report: dict, charts: dict[str, str], reports_dir=None) -> tuple[Path, Path]:
+    """``backtest_<timestamp>.json`` and ``.html``, then ``latest_backtest.*`` (atomic copies)."""
+    return write_report_files(
+        "backtest", report,
+        lambda r: json.dumps(finite_json(r), indent=1, default=json_default, allow_nan=False),
+        lambda r: render_html(r, charts), reports_dir)

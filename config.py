@@ -3,7 +3,9 @@
 Every path the system reads or writes is resolved here, at call time, so a test or the demo can
 point ``TRADING_HOME`` at its own folder and never touch a user's real data, model or logs.
 """
+import getpass
 import os
+import socket
 from pathlib import Path
 
 from errors import UserFacingError
@@ -88,3 +90,12 @@ def config_dir() -> Path:
         return Path(value).expanduser().resolve()
     base = os.environ.get("XDG_CONFIG_HOME", "").strip() or str(Path.home() / ".config")
     return Path(base) / C.APP_NAME
+
+
+def operator() -> str:
+    """``user@host`` of whoever runs this process (recorded with every halt, resume, reset and
+    do-not-short change)."""
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:            # no user name in a minimal container: still record something
+        return "unknown"

@@ -58,6 +58,8 @@ FRESH_FILE_HOURS = 12.0                    # a processed file younger than this 
 MIN_HISTORY_ROWS = 60                      # fewer raw rows than this: the symbol is unusable (rows)
 
 # ------------------------------------------------ data: features (data_collection.build_features)
+PRICE_COLUMNS = ("Open", "High", "Low", "Close", "Volume")   # a raw price bar (every source gives these)
+RAW_COLUMNS = ("Date", "Symbol") + PRICE_COLUMNS               # the raw price frame, long format
 FEATURE_VOL_WINDOW = 20                    # rolling window for volatility and averages (sessions)
 FEATURE_RSI_WINDOW = 14                    # RSI window (sessions)
 FEATURE_COLUMNS = (                        # model inputs, all scale-free

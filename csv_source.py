@@ -29,10 +29,13 @@ import numpy as np
 import pandas as pd
 
 import config
-from data_collection import DataError, PRICE_COLUMNS, RAW_COLUMNS
+import constants as C
+from errors import DataError
 
 log = logging.getLogger("data")
 
+PRICE_COLUMNS = list(C.PRICE_COLUMNS)
+RAW_COLUMNS = list(C.RAW_COLUMNS)
 NEEDED = ["Date"] + PRICE_COLUMNS
 FORMAT_HINT = "Date,Open,High,Low,Close,Volume (a Yahoo or Stooq daily download)"
 NULL_TEXT = {"", "null", "nan", "na", "n/a", "none", "-"}

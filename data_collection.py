@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 import config
-from errors import UserFacingError, install_excepthook
+import csv_source
+from errors import DataError, UserFacingError, install_excepthook
 import constants as C
 import market_calendar
 from fileutil import atomic_write_with
@@ -41,14 +42,10 @@ import sample_data
 
 log = logging.getLogger("data")
 
-PRICE_COLUMNS = ["Open", "High", "Low", "Close", "Volume"]
-RAW_COLUMNS = ["Date", "Symbol"] + PRICE_COLUMNS
+PRICE_COLUMNS = list(C.PRICE_COLUMNS)
+RAW_COLUMNS = list(C.RAW_COLUMNS)
 FEATURE_COLUMNS = list(C.FEATURE_COLUMNS)
 TICKER_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}([.-][A-Z]{1,2})?$")
-
-
-class DataError(UserFacingError):
-    """A data problem that stops the pipeline; the message names the thing and the fix."""
 
 
 @dataclass
@@ -227,7 +224,6 @@ def fetch_prices(symbols, start, end, force_source=None) -> tuple[pd.DataFrame, 
         raw = raw[(raw["Date"] >= pd.Timestamp(start)) & (raw["Date"] <= pd.Timestamp(end))]
         return raw.reset_index(drop=True), {}
     if source == "csv":
-        import csv_source                     # imports this module: loaded on use
         return csv_source.read_prices(symbols, start, end)
     return fetch_yfinance(symbols, start, end)
 
@@ -238,7 +234,6 @@ def reference_session() -> pd.Timestamp:
     if config.data_source() == "sample":
         return market_calendar.sessions(C.SAMPLE_START, C.SAMPLE_END)[-1]
     if config.data_source() == "csv":
-        import csv_source                     # imports this module: loaded on use
         return min(market_calendar.last_completed_session(), csv_source.last_date(load_universe()))
     return market_calendar.last_completed_session()
 

@@ -18,6 +18,11 @@ class UserFacingError(RuntimeError):
     user_facing = True   # the marker the hook looks for
 
 
+class DataError(UserFacingError):
+    """A data problem that stops the pipeline (``data_collection``, ``csv_source``); the message
+    names the thing and the fix."""
+
+
 def is_user_facing(exc: BaseException) -> bool:
     return bool(getattr(exc, "user_facing", False))
 
@@ -55,15 +60,19 @@ class StorageError(UserFacingError, OSError):
     ``OSError``, so code that already handles ``OSError`` keeps doing so."""
 
 
-def _existing(path) -> str:
-    """``path`` or its nearest existing ancestor."""
-    p = _os.path.abspath(str(path))
-    while not _os.path.exists(p):
+def _ancestor(p: str, found) -> str:
+    """``p`` or its nearest ancestor for which ``found(path)`` is true (the root at the latest)."""
+    while not found(p):
         parent = _os.path.dirname(p)
         if parent == p:
             break
         p = parent
     return p
+
+
+def _existing(path) -> str:
+    """``path`` or its nearest existing ancestor."""
+    return _ancestor(_os.path.abspath(str(path)), _os.path.exists)
 
 
 def mount_point(path) -> str:
@@ -83,14 +92,7 @@ def mount_point(path) -> str:
                     best = mount
     except OSError:
         pass
-    if best:
-        return best
-    while not _os.path.ismount(p):
-        parent = _os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
-    return p
+    return best or _ancestor(p, _os.path.ismount)
 
 
 def _read_only(path) -> bool:

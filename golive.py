@@ -162,17 +162,9 @@ def passing_backtest_for(checksum: str, conn=None) -> dict | None:
     finally:
         if conn is None:
             c.close()
-    if row is None:
-        return None
-    out = dict(row)
-    for key in ("metrics", "parameters"):
-        try:
-            out[key] = json.loads(out[key])
-        except (TypeError, ValueError):
-            pass
-    out["in_sample"], out["passed"], out["gate_eligible"] = (bool(out["in_sample"]), bool(out["passed"]),
-                                                             bool(out["gate_eligible"]))
-    out["report"] = out.get("report_path")
+    out = state_db.row_dict(row, ("metrics", "parameters"), ("in_sample", "passed", "gate_eligible"))
+    if out is not None:
+        out["report"] = out.get("report_path")
     return out
 
 

@@ -14,11 +14,12 @@ from datetime import datetime
 from audit_logging import AuditLogger
 import config
 import constants as C
+from credential_manager import CredentialManager
 import data_collection
 import fileutil
 import golive
 import kill_switch
-import live_trading
+import trading_cycle
 import market_calendar
 import model_management
 import schwab_broker
@@ -120,7 +121,6 @@ def check_credentials():
 def check_token():
     if config.trading_mode() != "live":
         return OK, "Schwab token: not needed in paper mode"
-    from credential_manager import CredentialManager
     age = schwab_broker.token_age_of(CredentialManager().load_credentials(schwab_broker.SCHWAB_TOKEN_SERVICE))
     if age.state == schwab_broker.TOKEN_MISSING:
         return FAIL, f"no Schwab token: run {schwab_broker.LOGIN_COMMAND}"
@@ -155,7 +155,7 @@ def check_risk():
 def check_gate():
     if config.trading_mode() != "live":
         return OK, "go-live gate: not needed in paper mode"
-    st = golive.gate_status(live_trading.get_model().checksum)
+    st = golive.gate_status(trading_cycle.get_model().checksum)
     if not st["passed"]:
         return FAIL, ("go-live gate closed (backtest " + ("ok" if st["backtest"] else "missing") +
                       f", paper sessions {st['paper_sessions']}/{st['paper_sessions_needed']}): "

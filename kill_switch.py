@@ -17,14 +17,13 @@ when it cannot decide whether an order reached the broker (``AmbiguousOrderError
 
 API: ``get(conn=None)`` -> value or None; ``is_set(conn=None)``; ``halt(reason, ...)`` -> value;
 ``clear(reason="", ...)`` -> the value that was cleared, or None when nothing was halted;
-``check(conn, what)`` raises ``KillSwitchSet``; ``operator()`` -> ``user@host``.
+``check(conn, what)`` raises ``KillSwitchSet``; ``config.operator()`` -> ``user@host``.
 """
 from __future__ import annotations
 
-import getpass
 import logging
-import socket
 
+import config
 import state_db
 from audit_logging import AuditLogger
 from errors import UserFacingError
@@ -41,14 +40,6 @@ class KillSwitchSet(UserFacingError):
     def __init__(self, message: str, switch: dict | None = None):
         super().__init__(message)
         self.switch = switch or {}
-
-
-def operator() -> str:
-    """``user@host`` of whoever runs this process (recorded with every halt and resume)."""
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:            # no user name in a minimal container: still record something
-        return "unknown"
 
 
 def _conn(conn):
@@ -84,7 +75,7 @@ def describe(switch: dict) -> str:
 def halt(reason: str, conn=None, by: str | None = None, audit=None) -> dict:
     """Set the switch. Already set: the first reason stays, this one is appended to ``reasons``."""
     conn = _conn(conn)
-    entry = {"reason": str(reason), "by": by or operator(), "at": state_db.utcnow()}
+    entry = {"reason": str(reason), "by": by or config.operator(), "at": state_db.utcnow()}
     with state_db.transaction(conn):
         old = state_db.kv_get(conn, KEY)
         if old:
@@ -108,7 +99,7 @@ def halt(reason: str, conn=None, by: str | None = None, audit=None) -> dict:
 def clear(reason: str = "", conn=None, by: str | None = None, audit=None) -> dict | None:
     """Clear the switch. Returns what was cleared, or None when nothing was halted."""
     conn = _conn(conn)
-    by = by or operator()
+    by = by or config.operator()
     with state_db.transaction(conn):
         old = state_db.kv_get(conn, KEY)
         if old is not None:

@@ -32,7 +32,7 @@ from risk_management import RiskManager
 from trading_api import get_broker
 from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCLE_KEY,
                            audit_logger, cycle_lock, db, get_latest_signal, get_model, load_features,
-                           lock_holder, operator_name, print_positions, run_cycle, sync_prices)
+                           lock_holder, print_positions, run_cycle, sync_prices)
 from trading_execution import CircuitBreaker, OrderExecutor
 
 log = logging.getLogger("trading")
@@ -193,7 +193,7 @@ def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: boo
         if not reason:
             print("--override needs --reason \"...\"", file=sys.stderr)
             return EXIT_CONFIG
-        value = golive.set_override(model.checksum, reason, operator_name(), audit_logger(), conn,
+        value = golive.set_override(model.checksum, reason, config.operator(), audit_logger(), conn,
                                     no_backtest=no_backtest)
         log.warning("go-live gate OVERRIDDEN for model %s by %s%s: %s", model.checksum[:12], value["by"],
                     " (without a passing backtest)" if no_backtest else "", reason)

@@ -16,6 +16,7 @@ the logs are not being written, where, and the fix. The command itself (``halt``
 does what it can.
 """
 import logging
+import math
 import re
 import sys
 from datetime import datetime
@@ -61,6 +62,31 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def json_safe(value, key: str | None = None):
+    """A JSON-safe copy of ``value`` (the audit trail's ``details``): non-finite floats and
+    unknown types become strings, fields named like secrets become ``***`` and registered
+    secrets are redacted."""
+    if key is not None and is_secret_field(key):
+        return "***"
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return redact(value)
+    try:                                   # numpy scalars, Decimal, datetime, Path, ...
+        item = value.item() if hasattr(value, "item") else None
+        if isinstance(item, (int, float, bool)):
+            return json_safe(item)
+    except (TypeError, ValueError):
+        pass
+    return redact(str(value))
 
 
 class RedactingFormatter(logging.Formatter):

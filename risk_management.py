@@ -3,8 +3,7 @@
 Read top to bottom:
 
 1. **Data shapes** -- ``Portfolio`` (the account as the risk checks see it) and the order dict
-   ``{"symbol", "side", "quantity", "price"}`` with side one of BUY / SELL / SELL_SHORT /
-   BUY_TO_COVER.
+   ``{"symbol", "side", "quantity", "price"}`` live in ``portfolio.py``.
 2. **Sizing** -- ``size_position`` (whole shares from equity, signal strength and volatility),
    ``target_positions`` (signals -> target signed shares) and ``orders_for_targets`` (current ->
    target as orders). The live cycle and the backtest both use these: one implementation.
@@ -18,10 +17,11 @@ Read top to bottom:
    ``python risk_management.py reset-drawdown --reason "..."`` (audited). Past ``DAILY_LOSS_LIMIT``
    of the day's starting equity it logs ``DAILY LOSS LIMIT REACHED`` and halts until the next day.
    A halt blocks opening orders, never reducing or closing ones.
-5. **Shorts** -- ``RiskManager.forced_buyins(portfolio)`` closes shorts the broker recalled
-   (``BROKER RECALL``), that became hard to borrow (``HARD TO BORROW``, ``borrow rate``) or whose
-   ex-dividend date is near, logging ``Forced buy-in triggered``. Repeated forced buy-ins put a
-   symbol on the persistent do-not-short list.
+5. **Shorts** (written in ``short_rules.py``, mixed into RiskManager) --
+   ``RiskManager.forced_buyins(portfolio)`` closes shorts the broker recalled (``BROKER RECALL``),
+   that became hard to borrow (``HARD TO BORROW``, ``borrow rate``) or whose ex-dividend date is
+   near, logging ``Forced buy-in triggered``. Repeated forced buy-ins put a symbol on the
+   persistent do-not-short list.
 6. **CLI** -- ``python risk_management.py status | reset-drawdown | reset-daily-loss | do-not-short``.
 
 State lives in the state DB (``state/trading_state.db`` under TRADING_HOME, or any connection the
@@ -35,26 +35,27 @@ caller passes, such as the backtest's ``state_db.connect(":memory:")``):
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import math
 import numbers
 import sys
-from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date
 
-from audit_logging import AuditLogger
-from errors import install_excepthook
-from broker_base import BUY, BUY_TO_COVER, OPENING_SIDES, SELL, SELL_SHORT, SIDES
+import config
 import constants as C
 import logging_setup
-from signals import BUY as SIGNAL_BUY, HOLD as SIGNAL_HOLD, SELL as SIGNAL_SELL
+import short_rules
 import state_db
+from audit_logging import AuditLogger
+from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT, SIDES
+from errors import install_excepthook
+from portfolio import EPS as _EPS, Portfolio, apply_fill, make_order, price_of
+from portfolio import finite as _finite, money as _money, pct as _pct, to_date as _to_date
+from short_rules import ShortRules, short_entry_problem
+from signals import BUY as SIGNAL_BUY, HOLD as SIGNAL_HOLD, SELL as SIGNAL_SELL
 
 log = logging.getLogger("risk")
 
-
-_EPS = 1e-9                                  # tolerance for comparisons at a limit's boundary
 
 KEY_PEAK = "risk_equity_peak"
 KEY_LAST = "risk_last_equity"
@@ -62,47 +63,7 @@ KEY_DAY_START = "risk_day_start"
 KEY_DRAWDOWN_HALT = "risk_drawdown_halt"
 KEY_DAILY_HALT = "risk_daily_halt"
 
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS risk_forced_buyins (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        symbol TEXT NOT NULL,
-        as_of TEXT NOT NULL,
-        quantity INTEGER NOT NULL,
-        reasons TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS risk_forced_buyins_symbol ON risk_forced_buyins(symbol, as_of)",
-    """CREATE TABLE IF NOT EXISTS risk_do_not_short (
-        symbol TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        source TEXT NOT NULL,
-        added_at TEXT NOT NULL
-    )""",
-]
-
-
 # =========================================================================== data shapes
-
-@dataclass
-class Portfolio:
-    """The account as the risk checks see it.
-
-    ``positions`` are signed shares (negative = short). ``prices`` are the latest prices and
-    ``last_close`` the previous session's closes. ``quotes[symbol]`` holds broker borrow data:
-    ``borrow_rate`` (annual fraction or None), ``hard_to_borrow`` / ``shortable`` (bool or None),
-    ``ex_dividend_date`` (date or None). ``recalled`` are symbols whose borrowed shares the broker
-    recalled. ``buying_power`` may be None (cash account): cash is used instead.
-    """
-    equity: float
-    cash: float
-    buying_power: float | None = None
-    positions: dict[str, int] = field(default_factory=dict)
-    prices: dict[str, float] = field(default_factory=dict)
-    last_close: dict[str, float] = field(default_factory=dict)
-    quotes: dict[str, dict] = field(default_factory=dict)
-    recalled: set[str] = field(default_factory=set)
-    as_of: date = field(default_factory=date.today)
-
 
 class NullAudit:
     """An audit object that records nothing (the backtest's choice)."""
@@ -111,33 +72,7 @@ class NullAudit:
         return {}
 
 
-def make_order(symbol: str, side: str, quantity: int, price: float, **extra) -> dict:
-    order = {"symbol": symbol, "side": side, "quantity": int(quantity), "price": float(price)}
-    order.update(extra)
-    return order
-
-
 # =========================================================================== small helpers
-
-def _finite(x) -> bool:
-    try:
-        return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def _to_date(value) -> date | None:
-    """A date from a date, datetime, pandas Timestamp or ISO string; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if hasattr(value, "to_pydatetime"):
-        return value.to_pydatetime().date()
-    return date.fromisoformat(str(value)[:10])
-
 
 def _whole_shares(q) -> int | None:
     """The quantity as an int when it is a positive whole number, else None."""
@@ -150,81 +85,12 @@ def _whole_shares(q) -> int | None:
     return None
 
 
-def _money(x: float) -> str:
-    return f"${x:,.2f}"
-
-
-def _pct(x: float) -> str:
-    return f"{x * 100:.2f}%"
-
-
 def _within(value: float, limit: float) -> bool:
     return value <= limit + _EPS * max(1.0, abs(limit))
 
 
 def _sign(x: int) -> int:
     return (x > 0) - (x < 0)
-
-
-def price_of(portfolio: Portfolio, symbol: str) -> float | None:
-    """The latest price, else the last close, else None."""
-    for source in (portfolio.prices, portfolio.last_close):
-        p = source.get(symbol)
-        if _finite(p) and float(p) > 0:
-            return float(p)
-    return None
-
-
-def ex_dividend_near(quote: dict | None, as_of) -> tuple[bool, date | None]:
-    """Whether the quote's ex-dividend date is today or within EX_DIVIDEND_WINDOW_DAYS ahead."""
-    ex_div = _to_date((quote or {}).get("ex_dividend_date"))
-    if ex_div is None:
-        return False, None
-    days = (ex_div - _to_date(as_of)).days
-    return 0 <= days <= C.EX_DIVIDEND_WINDOW_DAYS, ex_div
-
-
-def hard_to_borrow(quote: dict | None) -> str | None:
-    """THE hard-to-borrow rule, for new shorts and for forced buy-ins of open ones: why the
-    quote's symbol is hard to borrow (a borrow rate above MAX_BORROW_RATE, or the broker's HTB
-    flag), or None. The text names the borrow rate; callers prefix ``HARD TO BORROW: <symbol>``."""
-    quote = quote or {}
-    rate = quote.get("borrow_rate")
-    if _finite(rate) and float(rate) > C.MAX_BORROW_RATE + _EPS:
-        return (f"borrow rate {_pct(float(rate))} is above the limit {_pct(C.MAX_BORROW_RATE)} "
-                f"(MAX_BORROW_RATE)")
-    if quote.get("hard_to_borrow") is True:
-        rate_text = _pct(float(rate)) if _finite(rate) else "unknown"
-        return f"flagged hard to borrow by the broker (borrow rate {rate_text})"
-    return None
-
-
-def short_entry_problem(symbol: str, portfolio: Portfolio, do_not_short=()) -> str | None:
-    """Why a new short in ``symbol`` is not allowed, or None when it is. Shared by the pre-trade
-    check and target generation."""
-    if not C.ALLOW_SHORTS:
-        return "shorts are disabled (ALLOW_SHORTS=False)"
-    if symbol in do_not_short:
-        return (f"{symbol} is on the do-not-short list "
-                f"(remove with: python risk_management.py do-not-short remove {symbol})")
-    if symbol in portfolio.recalled:
-        return f"BROKER RECALL: the broker recalled borrowed shares of {symbol}"
-    quote = portfolio.quotes.get(symbol) or {}
-    htb = hard_to_borrow(quote)
-    if htb:
-        return f"HARD TO BORROW: {symbol} {htb}"
-    rate = quote.get("borrow_rate")
-    if quote.get("shortable") is False:
-        return f"{symbol} is not shortable at the broker"
-    if C.REQUIRE_BORROW_DATA and not _finite(rate) and quote.get("hard_to_borrow") is None \
-            and quote.get("shortable") is None:
-        return (f"no borrow data for {symbol} (borrow rate, shortable and hard-to-borrow all "
-                f"unknown; REQUIRE_BORROW_DATA=True)")
-    near, ex_div = ex_dividend_near(quote, portfolio.as_of)
-    if near:
-        return (f"{symbol} ex-dividend date {ex_div} is within {C.EX_DIVIDEND_WINDOW_DAYS} days of "
-                f"{_to_date(portfolio.as_of)} (EX_DIVIDEND_WINDOW_DAYS)")
-    return None
 
 
 # =========================================================================== sizing
@@ -353,27 +219,9 @@ def orders_for_targets(targets: dict[str, int], portfolio: Portfolio) -> list[di
     return reducing + opening
 
 
-def apply_fill(portfolio: Portfolio, order: dict) -> Portfolio:
-    """The portfolio as it would be after ``order`` fills at its price (an estimate for checking a
-    batch of orders in sequence: cash and buying power move by the order value)."""
-    qty, price = int(order["quantity"]), float(order["price"])
-    side, symbol = order["side"], order["symbol"]
-    delta = qty if side in (BUY, BUY_TO_COVER) else -qty
-    value = qty * price
-    positions = dict(portfolio.positions)
-    positions[symbol] = int(positions.get(symbol, 0)) + delta
-    cash = portfolio.cash - value if side in (BUY, BUY_TO_COVER) else portfolio.cash + value
-    bp = portfolio.buying_power
-    if bp is not None:
-        bp = bp - value if side in OPENING_SIDES else bp + value
-    prices = dict(portfolio.prices)
-    prices.setdefault(symbol, price)
-    return replace(portfolio, positions=positions, cash=cash, buying_power=bp, prices=prices)
-
-
 # =========================================================================== the risk manager
 
-class RiskManager:
+class RiskManager(ShortRules):
     """Pre-trade checks, sizing, halts and forced buy-ins.
 
     ``conn``: a state-DB connection (default: ``state_db.connect()`` under TRADING_HOME, opened on
@@ -392,7 +240,7 @@ class RiskManager:
         if self._conn is None:
             self._conn = state_db.connect()
         if not self._schema_ready:
-            state_db.ensure_schema(self._conn, _SCHEMA)
+            state_db.ensure_schema(self._conn, short_rules.SCHEMA)
             self._schema_ready = True
         return self._conn
 
@@ -527,7 +375,7 @@ class RiskManager:
             raise ValueError("a reason is required to reset the drawdown halt")
         if equity is not None and (not _finite(equity) or float(equity) <= 0):
             raise ValueError(f"equity must be a positive number, got {equity!r}")
-        by = by or _user()
+        by = by or config.operator()
         halt = self._kv_get(KEY_DRAWDOWN_HALT)
         old_peak = self._kv_get(KEY_PEAK)
         last = self._kv_get(KEY_LAST)
@@ -557,7 +405,7 @@ class RiskManager:
         reason = (reason or "").strip()
         if not reason:
             raise ValueError("a reason is required to reset the daily loss halt")
-        by = by or _user()
+        by = by or config.operator()
         halt = self._kv_get(KEY_DAILY_HALT)
         details = {"halt": "daily_loss", "reason": reason, "by": by,
                    "was_halted": halt is not None, "previous_halt": halt}
@@ -566,46 +414,6 @@ class RiskManager:
             self._kv_delete(KEY_DAILY_HALT)
         log.warning("Daily loss halt reset by %s (%s); was halted: %s", by, reason, halt is not None)
         return details
-
-    # ------------------------------------------------------------------ do-not-short list
-    def do_not_short(self) -> dict[str, dict]:
-        """The do-not-short list: {symbol: {"reason", "source", "added_at"}}."""
-        rows = self.conn.execute(
-            "SELECT symbol, reason, source, added_at FROM risk_do_not_short ORDER BY symbol").fetchall()
-        return {r["symbol"]: {"reason": r["reason"], "source": r["source"], "added_at": r["added_at"]}
-                for r in rows}
-
-    def add_do_not_short(self, symbol: str, reason: str, source: str = "manual") -> bool:
-        """Put ``symbol`` on the do-not-short list (audited; a manual add only if the audit record
-        is written). False when it was already there."""
-        symbol = symbol.strip().upper()
-        if symbol in self.do_not_short():
-            return False
-        details = {"symbol": symbol, "reason": reason, "source": source,
-                   "by": _user() if source == "manual" else "system"}
-        if source == "manual":
-            self._audit_event("do_not_short", "added", details, required=True)
-        with state_db.transaction(self.conn):
-            added = self.conn.execute(
-                "INSERT OR IGNORE INTO risk_do_not_short(symbol, reason, source, added_at) "
-                "VALUES(?, ?, ?, ?)", (symbol, reason, source, state_db.utcnow())).rowcount == 1
-        if added:
-            if source != "manual":
-                self._audit_event("do_not_short", "added", details)
-            log.warning("%s added to the do-not-short list (%s): %s", symbol, source, reason)
-        return added
-
-    def remove_do_not_short(self, symbol: str, reason: str = "") -> bool:
-        """Take ``symbol`` off the do-not-short list (audited first). False when it was not there."""
-        symbol = symbol.strip().upper()
-        if symbol not in self.do_not_short():
-            return False
-        self._audit_event("do_not_short", "removed", {"symbol": symbol, "reason": reason, "by": _user()},
-                          required=True)
-        with state_db.transaction(self.conn):
-            self.conn.execute("DELETE FROM risk_do_not_short WHERE symbol = ?", (symbol,))
-        log.warning("%s removed from the do-not-short list: %s", symbol, reason)
-        return True
 
     # ------------------------------------------------------------------ pre-trade check
     def pre_trade_check(self, order: dict, portfolio: Portfolio) -> tuple[bool, str]:
@@ -758,73 +566,6 @@ class RiskManager:
 
     size_position = staticmethod(size_position)
 
-    # ------------------------------------------------------------------ forced buy-ins
-    def forced_buyins(self, portfolio: Portfolio) -> list[dict]:
-        """BUY_TO_COVER orders for every short that must be closed now: broker recall, hard to
-        borrow (borrow rate above MAX_BORROW_RATE or flagged HTB), or ex-dividend date within
-        EX_DIVIDEND_WINDOW_DAYS. Each is logged, audited and recorded (once per symbol and day);
-        FORCED_BUYIN_LIMIT buy-ins within FORCED_BUYIN_LOOKBACK_DAYS put the symbol on the
-        do-not-short list."""
-        orders = []
-        as_of = _to_date(portfolio.as_of) or date.today()
-        for symbol in sorted(portfolio.positions):
-            qty = int(portfolio.positions[symbol])
-            if qty >= 0:
-                continue
-            quote = portfolio.quotes.get(symbol) or {}
-            reasons = []
-            if symbol in portfolio.recalled:
-                log.warning("BROKER RECALL: broker recalled the borrowed shares of %s (short %d)",
-                            symbol, -qty)
-                reasons.append("broker recall")
-            htb = hard_to_borrow(quote)
-            if htb:
-                log.warning("HARD TO BORROW: %s %s", symbol, htb)
-                reasons.append(f"hard to borrow: {htb}")
-            near, ex_div = ex_dividend_near(quote, as_of)
-            if near:
-                log.warning("Ex-dividend date of %s is %s, within %d days of %s (EX_DIVIDEND_WINDOW_DAYS)",
-                            symbol, ex_div, C.EX_DIVIDEND_WINDOW_DAYS, as_of)
-                reasons.append(f"ex-dividend {ex_div} within {C.EX_DIVIDEND_WINDOW_DAYS} days")
-            if not reasons:
-                continue
-            price = price_of(portfolio, symbol)
-            reason_text = "; ".join(reasons)
-            order = make_order(symbol, BUY_TO_COVER, -qty, price if price is not None else 0.0,
-                               reason=f"forced buy-in: {reason_text}")
-            orders.append(order)
-            log.warning("Forced buy-in triggered: %s reason %s; BUY_TO_COVER %d", symbol, reason_text, -qty)
-            self._record_buyin(symbol, as_of, -qty, reasons, price)
-        return orders
-
-    def _record_buyin(self, symbol: str, as_of: date, quantity: int, reasons: list[str], price) -> None:
-        conn = self.conn
-        since = (as_of - timedelta(days=C.FORCED_BUYIN_LOOKBACK_DAYS)).isoformat()
-        with state_db.transaction(conn):
-            already = conn.execute("SELECT 1 FROM risk_forced_buyins WHERE symbol = ? AND as_of = ?",
-                                   (symbol, as_of.isoformat())).fetchone()
-            if not already:
-                conn.execute("INSERT INTO risk_forced_buyins(symbol, as_of, quantity, reasons, created_at) "
-                             "VALUES(?, ?, ?, ?, ?)",
-                             (symbol, as_of.isoformat(), quantity, "; ".join(reasons), state_db.utcnow()))
-            count = conn.execute("SELECT COUNT(*) FROM risk_forced_buyins WHERE symbol = ? AND as_of > ? "
-                                 "AND as_of <= ?", (symbol, since, as_of.isoformat())).fetchone()[0]
-        if already:
-            log.info("Forced buy-in of %s already recorded for %s (order repeated, not counted again)",
-                     symbol, as_of)
-            return
-        self._audit_event("forced_buyin", "triggered",
-                          {"symbol": symbol, "quantity": quantity, "reasons": reasons, "price": price,
-                           "as_of": as_of.isoformat(), "count_in_lookback": count})
-        if count >= C.FORCED_BUYIN_LIMIT:
-            self.add_do_not_short(symbol, f"{count} forced buy-ins within {C.FORCED_BUYIN_LOOKBACK_DAYS} days "
-                                          f"(FORCED_BUYIN_LIMIT {C.FORCED_BUYIN_LIMIT})", source="auto")
-
-    def recent_forced_buyins(self, limit: int = 20) -> list[dict]:
-        rows = self.conn.execute("SELECT symbol, as_of, quantity, reasons FROM risk_forced_buyins "
-                                 "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) for r in rows]
-
     # ------------------------------------------------------------------ status
     def status(self, as_of=None) -> dict:
         """Everything the ``status`` command prints, as a dict."""
@@ -840,13 +581,6 @@ class RiskManager:
                 "daily_halt": self._kv_get(KEY_DAILY_HALT),
                 "halted": halted, "reason": reason, "do_not_short": self.do_not_short(),
                 "recent_forced_buyins": self.recent_forced_buyins(10)}
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
 
 
 # =========================================================================== CLI

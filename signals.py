@@ -58,3 +58,23 @@ def check_predictions(scored: pd.DataFrame) -> None:
         raise NonsensicalPredictionError(
             f"absurd prediction for {row['Symbol']}: {row['predicted_diff']:+.4g} USD on a "
             f"{row['Close']:.2f} close (score {row['score']:+.2f}, limit {C.MAX_ABS_SCORE}): {fix}")
+
+
+def build_signals(model, features: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """The backtest's and the walk-forward's signals: predictions for every row with a full
+    window, scored exactly like the live cycle (``score_predictions``), and each day checked with
+    ``check_predictions``: on a day the live cycle would have stopped (NaN, identical or absurd predictions) every
+    signal becomes HOLD (positions kept, no order). Returns (scored, [{date, reason}])."""
+    pred = model.predict(features, last_only=False)
+    scored = score_predictions(pred)
+    bad = []
+    for day, group in scored.groupby("Date", sort=True):
+        try:
+            check_predictions(group)
+        except NonsensicalPredictionError as exc:
+            reason = " ".join(str(exc).split())[:300]
+            bad.append({"date": str(pd.Timestamp(day).date()), "reason": reason})
+    if bad:
+        days = pd.to_datetime([b["date"] for b in bad])
+        scored.loc[scored["Date"].isin(days), "signal"] = HOLD
+    return scored, bad

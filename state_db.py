@@ -141,6 +141,22 @@ def transaction(conn: sqlite3.Connection):
         raise
 
 
+def row_dict(row, json_fields=(), bool_fields=()) -> dict | None:
+    """A fetched row as a dict: the ``json_fields`` parsed (left as text when not JSON), the
+    ``bool_fields`` (0/1 columns) as bools; None stays None."""
+    if row is None:
+        return None
+    out = dict(row)
+    for key in json_fields:
+        try:
+            out[key] = json.loads(out[key])
+        except (TypeError, ValueError):
+            pass
+    for key in bool_fields:
+        out[key] = bool(out[key])
+    return out
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

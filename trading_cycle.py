@@ -25,10 +25,8 @@ lock), 1 failure, 2 configuration error, 3 live trading refused by the go-live g
 from __future__ import annotations
 
 import fcntl
-import getpass
 import logging
 import os
-import socket
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -74,13 +72,6 @@ def db():
 
 def audit_logger():
     return AuditLogger()
-
-
-def operator_name() -> str:
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:
-        return "unknown"
 
 
 # ----------------------------------------------------------------------------- signals

@@ -57,6 +57,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 
+import config
 import constants as C
 import kill_switch
 import logging_setup
@@ -896,7 +897,7 @@ class OrderExecutor:
         if order_id is None:
             self._update(key, status=CANCELED, error=f"resolved by hand: not sent ({reason})"[:500])
             self.audit.log_event("order_reconciled", "resolved_not_sent", {"client_key": key, "reason": reason,
-                                                                           "by": kill_switch.operator()})
+                                                                           "by": config.operator()})
             log.warning("order %s resolved by hand: never placed, closed without sending (%s)", key, reason)
             return self._record(key)
         order_id = str(order_id)
@@ -912,7 +913,7 @@ class OrderExecutor:
         self._update(key, status=SUBMITTED, broker_order_id=order_id, error=None,
                      submitted_at=record["submitted_at"] or state_db.utcnow())
         self.audit.log_event("order_reconciled", "resolved_adopted", {
-            "client_key": key, "order_id": order_id, "reason": reason, "by": kill_switch.operator()})
+            "client_key": key, "order_id": order_id, "reason": reason, "by": config.operator()})
         log.warning("order %s resolved by hand: broker order %s is ours (%s)", key, order_id, reason)
         return self.refresh(key)
 

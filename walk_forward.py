@@ -47,15 +47,18 @@ import numpy as np
 import pandas as pd
 
 import config
+import data_collection
+import state_db
 from errors import UserFacingError, install_excepthook
 import constants as C
 import model_management as mm
 import skill_stats
 import train_model
-from backtest import build_signals
 from backtest_engine import Costs, LivePolicy, buy_and_hold, market_from_frames, run_engine
 from backtest_metrics import performance_metrics
-from backtest_report import make_charts
+from backtest_report import make_charts, write_report_files
+from logging_setup import setup_logging
+from signals import build_signals
 
 log = logging.getLogger("walkforward")
 
@@ -291,7 +294,7 @@ def run_folds(features: pd.DataFrame, folds: list[dict], prof: dict, seed: int, 
 # =========================================================================== evaluation
 
 class _Stitched:
-    """The stitched out-of-sample predictions, shaped like a model for backtest.build_signals."""
+    """The stitched out-of-sample predictions, shaped like a model for signals.build_signals."""
 
     def __init__(self, predictions: pd.DataFrame):
         self.predictions = predictions
@@ -375,7 +378,6 @@ def _slim(ev: dict) -> dict:
 # =========================================================================== state database
 
 def _conn(conn=None):
-    import state_db
     c = conn if conn is not None else state_db.connect()
     state_db.ensure_schema(c, _RUNS_SCHEMA)
     return c
@@ -383,7 +385,6 @@ def _conn(conn=None):
 
 def record_run(report: dict, conn=None) -> int:
     """One row in ``walk_forward_runs``; returns its id."""
-    import state_db
     c = _conn(conn)
     inputs = report["inputs"]
     try:
@@ -422,16 +423,8 @@ def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe
     finally:
         if conn is None:
             c.close()
-    if row is None:
-        return None
-    out = dict(row)
-    for key in ("universe", "costs", "model_config", "summary"):
-        try:
-            out[key] = json.loads(out[key])
-        except (TypeError, ValueError):
-            pass
-    out["passed"], out["gate_eligible"] = bool(out["passed"]), bool(out["gate_eligible"])
-    return out
+    return state_db.row_dict(row, ("universe", "costs", "model_config", "summary"),
+                             ("passed", "gate_eligible"))
 
 
 # =========================================================================== reports
@@ -525,22 +518,10 @@ docs/MODEL.md. Full data: {e(report.get('json_name', ''))}</p>
 
 
 def write_reports(report: dict, charts: dict | None = None, reports_dir=None) -> tuple[Path, Path]:
-    from fileutil import atomic_write_text
-    out = Path(reports_dir) if reports_dir else config.path(C.REPORTS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base, k = f"walkforward_{stamp}", 1
-    while (out / f"{base}.json").exists():
-        k += 1
-        base = f"walkforward_{stamp}_{k}"
-    report["json_name"] = f"{base}.json"
-    text = json.dumps(_jsonable(report), indent=1, allow_nan=False, default=str)
-    page = render_html(report, charts)
-    json_path = atomic_write_text(out / f"{base}.json", text)
-    html_path = atomic_write_text(out / f"{base}.html", page)
-    atomic_write_text(out / "latest_walkforward.json", text)
-    atomic_write_text(out / "latest_walkforward.html", page)
-    return json_path, html_path
+    return write_report_files(
+        "walkforward", report,
+        lambda r: json.dumps(_jsonable(r), indent=1, allow_nan=False, default=str),
+        lambda r: render_html(r, charts), reports_dir)
 
 
 # =========================================================================== the whole run
@@ -550,7 +531,6 @@ def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None 
         retrain: int = C.WALK_FORWARD_RETRAIN_SESSIONS, costs: Costs | None = None, record: bool = True,
         progress: bool = False, reports_dir=None, charts: bool = True) -> dict:
     """The whole walk-forward; returns the report (also written to disk and recorded)."""
-    import data_collection
     t0 = time.perf_counter()
     costs = costs or Costs()
     prof = profile_params(profile)
@@ -646,7 +626,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     install_excepthook()
     args = _parser().parse_args(argv)
-    from logging_setup import setup_logging
     try:
         setup_logging("trading", console=False)
     except (config.ConfigError, OSError) as exc:

@@ -60,7 +60,8 @@ def bench_parallel(n_each: int, procs: int = 4) -> float:
 def build_trail(records: int):
     """Write ``records`` valid records straight to a fresh trail (same format and key as
     log_event, without one fsync per record, which would take minutes)."""
-    from audit_logging import AuditLogger, _mac, canonical_json
+    from audit_logging import AuditLogger
+    from audit_checkpoint import mac as _mac, canonical_json
     al = AuditLogger(Path(os.environ["TRADING_HOME"]) / "logs/audit_bench/audit_log.jsonl")
     al.log_event("bench_genesis", "success", {})
     last = al.tail(1)[0]
@@ -74,7 +75,7 @@ def build_trail(records: int):
         out.append(canonical_json(rec))
     with open(al.path, "a", encoding="utf-8") as fh:
         fh.write("\n".join(out) + "\n")
-    al._write_checkpoint(key, seq, prev, None)
+    al.checkpoint.write(key, seq, prev, None)
     return al
 
 

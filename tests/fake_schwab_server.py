@@ -49,6 +49,21 @@ ACCOUNT_NUMBER = "87654321"
 ACCOUNT_HASH = "ABCDEF0123456789HASH"
 
 SIDES = ("BUY", "SELL", "SELL_SHORT", "BUY_TO_COVER")
+
+
+def store_credentials(cm, age_days: float = 1.0, expires_in: float = 1800.0,
+                      account_hash: str | None = None) -> None:
+    """Store, through the credential manager ``cm``, the app key/secret (service ``schwab``) and
+    a login token (``schwab_token``) created ``age_days`` ago whose access token expires in
+    ``expires_in`` s (negative: already expired, so the first call refreshes it)."""
+    creds = {"app_key": APP_KEY, "app_secret": APP_SECRET}
+    if account_hash:
+        creds["account_hash"] = account_hash
+    cm.store_credentials("schwab", creds)
+    cm.store_credentials("schwab_token", {
+        "creation_timestamp": int(time.time() - age_days * 86400),
+        "token": {"access_token": ACCESS, "refresh_token": REFRESH, "token_type": "Bearer",
+                  "expires_in": 1800, "scope": "api", "expires_at": int(time.time() + expires_in)}})
 OPEN = ("AWAITING_PARENT_ORDER", "AWAITING_CONDITION", "AWAITING_STOP_CONDITION",
         "AWAITING_MANUAL_REVIEW", "ACCEPTED", "AWAITING_UR_OUT", "PENDING_ACTIVATION", "QUEUED",
         "WORKING", "PENDING_CANCEL", "PENDING_REPLACE", "NEW", "AWAITING_RELEASE_TIME",

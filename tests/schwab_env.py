@@ -19,14 +19,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from fake_schwab_server import ACCESS, APP_KEY, APP_SECRET, REFRESH, FakeSchwabServer
+from fake_schwab_server import FakeSchwabServer, store_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = Path(__file__).resolve().parent / "schwab_shim.py"
@@ -60,15 +59,8 @@ def store_schwab_credentials(home, age_days: float = 1.0, expires_in: float = 18
     ``age_days`` ago whose access token expires in ``expires_in`` s (negative: already expired,
     so the first call refreshes it at the fake's token endpoint)."""
     from credential_manager import CredentialManager
-    cm = CredentialManager(home=Path(home), key_dir=keys_dir(home))
-    creds = {"app_key": APP_KEY, "app_secret": APP_SECRET}
-    if account_hash:
-        creds["account_hash"] = account_hash
-    cm.store_credentials("schwab", creds)
-    cm.store_credentials("schwab_token", {
-        "creation_timestamp": int(time.time() - age_days * 86400),
-        "token": {"access_token": ACCESS, "refresh_token": REFRESH, "token_type": "Bearer",
-                  "expires_in": 1800, "scope": "api", "expires_at": int(time.time() + expires_in)}})
+    store_credentials(CredentialManager(home=Path(home), key_dir=keys_dir(home)), age_days,
+                      expires_in, account_hash)
 
 
 @pytest.fixture

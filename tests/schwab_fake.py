@@ -22,12 +22,8 @@ from schwab_broker import SchwabAPI, import_schwab
 schwab, _, _ = import_schwab()
 from authlib.integrations.httpx_client import OAuth2Client as _AuthlibOAuth2Client  # noqa: E402
 
-APP_KEY = "APPKEY-test-0123456789"
-APP_SECRET = "APPSECRET-test-abcdef"
-ACCESS = "ACCESS-TOKEN-1111"
-REFRESH = "REFRESH-TOKEN-2222"
-ACCOUNT_NUMBER = "87654321"
-HASH = "ABCDEF0123456789HASH"
+from fake_schwab_server import (ACCESS, ACCOUNT_HASH as HASH, ACCOUNT_NUMBER, APP_KEY,  # noqa: E402
+                                APP_SECRET, REFRESH, store_credentials)
 BASE = "https://api.schwabapi.com"
 
 
@@ -172,15 +168,7 @@ def cm():
     return CredentialManager()
 
 
-def store(cm, age_days=1.0, expires_in=1800.0, account_hash=None):
-    creds = {"app_key": APP_KEY, "app_secret": APP_SECRET}
-    if account_hash:
-        creds["account_hash"] = account_hash
-    cm.store_credentials("schwab", creds)
-    cm.store_credentials("schwab_token", {
-        "creation_timestamp": int(time.time() - age_days * 86400),
-        "token": {"access_token": ACCESS, "refresh_token": REFRESH, "token_type": "Bearer",
-                  "expires_in": 1800, "scope": "api", "expires_at": int(time.time() + expires_in)}})
+store = store_credentials
 
 
 @pytest.fixture

@@ -130,11 +130,11 @@ def _make_legacy(al: AuditLogger):
     """Turn a trail into one written before trail ids: checkpoint named after the log's path."""
     tid = (al.directory / C.AUDIT_TRAIL_ID_FILE).read_text().strip()
     key = al._load_key(create=False)
-    cp = al._read_checkpoint(key)
+    cp = al.checkpoint.read(key)
     (al.directory / C.AUDIT_TRAIL_ID_FILE).unlink()
     legacy = AuditLogger()
     assert legacy.trail_id() is None
-    legacy._write_checkpoint(key, cp.seq, cp.hash, None)          # no id: legacy name, no "trail"
+    legacy.checkpoint.write(key, cp.seq, cp.hash, None)          # no id: legacy name, no "trail"
     (config.config_dir() / C.AUDIT_CHECKPOINT_FILE.format(tag=tid)).unlink()
     tag = hashlib.sha256(str(al.path).encode()).hexdigest()[:16]
     assert legacy.checkpoint_path.name == C.AUDIT_CHECKPOINT_FILE.format(tag=tag)

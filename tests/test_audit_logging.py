@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import audit_logging
+import audit_checkpoint
 from audit_logging import (GENESIS_HASH, AuditChainError, AuditKeyMissingError, AuditLogger,
                            canonical_json)
 
@@ -248,7 +248,7 @@ def test_deleted_log_while_checkpoint_exists():
 def test_edited_checkpoint():
     al = make_trail(3)
     raw = bytearray(al.checkpoint_path.read_bytes())
-    for start in (0, audit_logging._CP_SLOT):
+    for start in (0, audit_checkpoint.CP_SLOT):
         i = raw.index(b'"seq":', start)
         raw[i + 6:i + 7] = b"9"
     al.checkpoint_path.write_bytes(bytes(raw))
@@ -478,9 +478,9 @@ def test_checkpoint_some_records_behind_is_accepted():
     al = make_trail(6)
     recs = [json.loads(x) for x in read_lines(al.path)]
     key = al._load_key(create=False)
-    al._write_checkpoint(key, 3, recs[2]["hash"], None)
+    al.checkpoint.write(key, 3, recs[2]["hash"], None)
     assert al.verify_chain() == (True, None)
     al.log_event("after_power_failure", "success", {})
     assert al.verify_chain() == (True, None)
-    al._write_checkpoint(key, 3, "d" * 64, None)
+    al.checkpoint.write(key, 3, "d" * 64, None)
     invalid(al, "record seq 3 does not have the hash the checkpoint recorded")

@@ -17,6 +17,7 @@ import data_collection
 import golive as G
 import model_management
 import sample_data
+import signals
 import state_db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +143,7 @@ def test_model_pipeline_has_no_look_ahead(trained, monkeypatch):
     runs = []
     for frame in (raw, changed):
         features = data_collection.build_features(frame)
-        scored, _ = bt.build_signals(model, features)
+        scored, _ = signals.build_signals(model, features)
         market = E.market_from_frames(features[["Date", "Symbol", "Open", "Close"]], scored, start="2024-09-03")
         runs.append((scored, E.run_engine(market), market))
     (s1, r1, m1), (s2, r2, m2) = runs

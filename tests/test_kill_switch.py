@@ -2,14 +2,7 @@
 was halted, every change is audited, and the value keeps the shape live_trading reads."""
 import state_db
 import kill_switch
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def log_event(self, action, status, details):
-        self.events.append((action, status, details))
+from audit_recorder import Recorder
 
 
 class BrokenAudit:

@@ -21,6 +21,7 @@ from paper_broker import PaperBroker
 from schwab_broker import SchwabAPI
 from schwab_fake import api, cm, fake  # noqa: F401  (fixtures)
 from trading_execution import AmbiguousOrderError, OrderExecutor, client_key, flatten_key
+from audit_recorder import Recorder
 
 DAY = "2025-10-06"
 SKEWS = [-30, -2, 0, 0.5, 1, 2, 30]
@@ -28,18 +29,6 @@ SKEWS = [-30, -2, 0, 0.5, 1, 2, 30]
 
 class Crash(BaseException):
     """The process dies here (nothing of ours catches a BaseException that is not ours)."""
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def log_event(self, action, status, details):
-        self.events.append((action, status, details))
-        return {}
-
-    def has(self, action, status):
-        return (action, status) in [(a, s) for a, s, _ in self.events]
 
 
 def new_process(broker):

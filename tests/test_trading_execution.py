@@ -17,17 +17,9 @@ import state_db
 from broker_base import TransientBrokerError
 from schwab_fake import api, cm, fake  # noqa: F401  (fixtures)
 from trading_execution import CircuitBreaker, CircuitOpenError, OrderExecutor, client_key
+from audit_recorder import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def log_event(self, action, status, details):
-        self.events.append((action, status, details))
-        return {}
 
 
 @pytest.fixture
