@@ -173,6 +173,7 @@ GOLIVE_MIN_SHARPE = 0.5                    # backtest Sharpe must be at least (a
 GOLIVE_MAX_DRAWDOWN = 0.20                 # backtest max drawdown must be at most (fraction)
 GOLIVE_MIN_TRADES = 30                     # backtest must have at least (count)
 GOLIVE_MIN_PAPER_SESSIONS = 5              # paper sessions with the current model before live (count)
+GOLIVE_WALK_FORWARD_MAX_AGE_DAYS = 14      # a passing walk-forward on the production data counts this long (calendar days; two weekly runs)
 
 # ----------------------------------------------------------------- audit trail (audit_logging.py)
 AUDIT_KEY_FILE = "audit_hmac.key"          # HMAC-SHA256 key of the audit chain, in config.config_dir() (mode 0600)

@@ -4,8 +4,9 @@ A cycle, in order; every step is logged and audited:
 
  1. take the cycle lock (an overlapping run exits 0 saying another run holds it)
  2. honour the kill switch (``python live_trading.py halt --reason ...``)
- 3. live mode only: the go-live gate (``golive.gate_status``: a passing backtest and paper
-    sessions for this model)
+ 3. live mode only: the go-live gate (``golive.gate_status``: a passing backtest, a passing
+    walk-forward of its configuration on the production data and universe, and paper sessions
+    for this model)
  4. check the market calendar (a closed market is "nothing to do")
  5. check data freshness, then compute signals with the verified model (``get_latest_signal``)
  6. check drawdown and daily-loss limits (``RiskManager.update_equity``) and model drift
@@ -289,7 +290,7 @@ def _kill_switch_stops(conn, audit) -> bool:
 
 def _gate_allows(model, conn, audit) -> bool:
     """Live mode: the go-live gate (golive.gate_status) must be open for this model."""
-    gate = gate_status(model.checksum, conn)
+    gate = gate_status(model.checksum, conn, metadata=model.metadata)
     if not gate["passed"]:
         why = golive.refusal_reasons(gate)
         log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
