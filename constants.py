@@ -147,6 +147,8 @@ CIRCUIT_BREAKER_RECOVERY_S = 60.0          # open -> half-open after (seconds)
 
 # ------------------------ costs and the paper account (the cost model: paper broker and backtest)
 INITIAL_PAPER_CASH = 100_000.0             # starting cash of the paper account (USD)
+PAPER_FILL = "next_open"                   # paper market orders decided from a close fill at the next session's open ("next_open") or at once at the close ("close": tests of broker mechanics)
+PAPER_OPENS_SESSIONS = 20                  # opens of this many recent sessions given to the paper broker at each price sync (sessions)
 PAPER_SLIPPAGE_BPS = 5.0                   # paper fills worse than the reference price by (basis points)
 PAPER_COMMISSION_PER_SHARE = 0.0           # paper commission (USD per share)
 PAPER_MIN_COMMISSION = 0.0                 # paper minimum commission per order (USD)

@@ -354,10 +354,15 @@ def _stale_guard(features, cycle_date, signals, portfolio, audit) -> list[dict]:
 
 
 def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool = False) -> None:
-    """Give the broker every symbol's last close (a simulated broker fills and values at them;
-    Schwab ignores them) and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
-    closes = features.sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
-    broker.set_prices(closes, as_of=as_of)
+    """Give the broker every symbol's last close (a simulated broker values at them; Schwab
+    ignores them) and the opens of the last ``PAPER_OPENS_SESSIONS`` sessions (the paper broker
+    fills a market order decided from a close at the next session's open, as the backtest does),
+    and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
+    ordered = features.sort_values("Date")
+    closes = ordered.groupby("Symbol")["Close"].last().to_dict()
+    recent = ordered[ordered["Date"] >= ordered["Date"].drop_duplicates().nlargest(C.PAPER_OPENS_SESSIONS).min()]
+    opens = {d.date(): dict(zip(g["Symbol"], g["Open"].astype(float))) for d, g in recent.groupby("Date")}
+    broker.set_prices(closes, as_of=as_of, opens=opens)
     if accrue_borrow and broker.simulated:     # only a simulated broker charges borrow fees itself
         broker.accrue_borrow_fees(as_of=as_of)
 
