@@ -103,12 +103,14 @@ class PaperBroker:
 
     Prices: ``set_prices({SYM: price}, as_of, opens)`` sets the reference prices (the closes of
     session ``as_of``) and gives the opens of recent sessions (``{date: {SYM: open}}``).
-    Market orders (``fill="next_open"``, the default ``PAPER_FILL``, as the backtest): an order
+    Market orders (``fill="next_open"``: ``PAPER_FILL``, what ``trading_api.get_broker`` and so
+    every cycle, replay and flatten use, as the backtest does): an order
     placed while the latest closes are those of session D was decided from D's close, so it stays
     WORKING (``pending_next_open``) until the open of the first session after D is known, then
     fills at ``slippage_price(that open)`` plus ``commission_for``, exactly the backtest engine's
     fill; a pending order whose symbol has no open in a later ``opens`` expires. With
-    ``fill="close"`` (broker-mechanics tests) market orders fill at once at
+    ``fill="close"`` (the constructor's default, for tests of the broker's mechanics) market
+    orders fill at once at
     ``slippage_price(reference)`` plus ``commission_for``. Limit
     orders fill when marketable (buy: reference <= limit, sell: reference >= limit, at the slipped
     price capped by the limit), else stay WORKING until later prices make them marketable; a
@@ -121,8 +123,8 @@ class PaperBroker:
     name = "paper"           # a label for log lines; code that must tell brokers apart reads ``simulated``
     simulated = True         # no real orders: fills are computed here
 
-    def __init__(self, conn=None, prices: dict | None = None, as_of=None, fill: str | None = None):
-        self.fill = fill or C.PAPER_FILL
+    def __init__(self, conn=None, prices: dict | None = None, as_of=None, fill: str = "close"):
+        self.fill = fill
         if self.fill not in ("next_open", "close"):
             raise ValueError(f"paper fill mode {self.fill!r}: use 'next_open' or 'close'")
         self.fills_at_next_open = self.fill == "next_open"   # read by OrderExecutor.wait_for_fills
