@@ -171,13 +171,18 @@ def _flatten_locked() -> int:
     mode = config.trading_mode()
     executor = OrderExecutor(audit=audit_logger())
     try:
-        sync_prices(executor.broker, load_features())
+        features = load_features()
+        # stamped with the session of the closes, as in the cycle: the paper broker then fills
+        # the closing orders at the following session's open
+        sync_prices(executor.broker, features, as_of=features["Date"].max().date())
     except Exception as exc:
         log.warning("broker prices not refreshed from processed_stock_data.csv: %s", exc)
     done = executor.flatten(date.today(), mode)
     for o in done["orders"]:
         print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']}")
     print(f"flatten: cancelled {done['cancelled']} open orders, {len(done['orders'])} closing orders")
+    if getattr(executor.broker, "fills_at_next_open", False) and any(o["status"] == "SUBMITTED" for o in done["orders"]):
+        print("paper: the closing orders fill at the next session's open (as a market order after the close would)")
     print_positions(executor.broker)
     return EXIT_OK
 

@@ -45,7 +45,8 @@ def assert_consistent(home):
     for o in paper:
         assert o["client_key"] in ours
         assert ours[o["client_key"]]["broker_order_id"] == o["order_id"]
-        assert ours[o["client_key"]]["status"] == o["status"]
+        # a paper market order pending the next session's open is WORKING there, SUBMITTED here
+        assert ours[o["client_key"]]["status"] == ("SUBMITTED" if o["status"] == "WORKING" else o["status"])
     net = {}
     for o in paper:
         sign = 1 if o["side"] in ("BUY", "BUY_TO_COVER") else -1
@@ -65,9 +66,12 @@ def test_full_paper_cycle(home, trained):
     assert "signal" in log
     paper = assert_consistent(home)
     assert paper, "the chosen day has BUY/SELL signals, so orders must have been sent"
-    assert all(o["status"] == "FILLED" for o in paper)
+    # decided from the trade day's close: pending until the next session's open (accepted, not
+    # waited for 120 s nor cancelled)
+    assert all(o["status"] == "WORKING" for o in paper)
+    assert "fills it at the next session's open" in log and "cancelling the rest" not in log
     actions = [r["action"] for r in audit_records(home)]
-    for needed in ("cycle_start", "order_submit", "order_fill", "cycle_end"):
+    for needed in ("cycle_start", "order_submit", "cycle_end"):
         assert needed in actions
     assert "orders:" in done.stdout and "positions" in done.stdout
     conn = db(home, replay=True)
@@ -77,6 +81,21 @@ def test_full_paper_cycle(home, trained):
     again = run(["live_trading.py", "--as-of", trained["trade_day"]], home)
     assert again.returncode == 0
     assert len(assert_consistent(home)) == len(paper)
+    # the next session's cycle: the orders fill at that session's open, with the backtest's slippage
+    import market_calendar
+    from broker_base import slippage_price
+    nxt = str(market_calendar.next_session(trained["trade_day"]).date())
+    follow = run(["live_trading.py", "--as-of", nxt], home)
+    assert follow.returncode == 0, follow.stderr[-3000:]
+    after = {o["client_key"]: o for o in assert_consistent(home)}
+    df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
+    opens = df[df["Date"] == nxt].set_index("Symbol")["Open"].to_dict()
+    for o in paper:
+        filled = after[o["client_key"]]
+        assert filled["status"] == "FILLED"
+        assert filled["avg_fill_price"] == pytest.approx(slippage_price(opens[o["symbol"]], o["side"]), abs=1e-6)
+    assert "order_fill" in [r["action"] for r in audit_records(home)]
+    assert "EXTERNAL POSITION" not in follow.stderr + next((home / "logs").glob("trading_*.log")).read_text()
 
 
 @pytest.mark.parametrize("point", ["after_signals", "after_record_intent", "after_place_order",
@@ -87,7 +106,7 @@ def test_crash_at_each_step_then_rerun(home, trained, point):
     rerun = run(["live_trading.py", "--as-of", trained["trade_day"]], home)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     paper = assert_consistent(home)
-    assert paper and all(o["status"] == "FILLED" for o in paper)
+    assert paper and all(o["status"] == "WORKING" for o in paper)      # pending the next open
     if point == "after_place_order":
         assert "reached the broker" in rerun.stderr      # adopted, not sent again
 
@@ -130,8 +149,25 @@ def _open_real_paper_positions(home, day):
                             "client_key": f"test-{sym}"})
 
 
+def _next_session_prices(home):
+    """What the next cycle's sync_prices does once the data has the session after the last one:
+    that session's closes and opens to the real paper account."""
+    import market_calendar
+    import state_db
+    from paper_broker import PaperBroker
+    df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
+    last = df["Date"].max()
+    nxt = market_calendar.next_session(last).date()
+    closes = df[df["Date"] == last].set_index("Symbol")["Close"].to_dict()
+    PaperBroker(conn=state_db.connect(home / C.STATE_DB_FILE), fill="next_open").set_prices(
+        closes, as_of=nxt, opens={nxt: {s: p * 1.01 for s, p in closes.items()}})
+
+
 def test_flatten_closes_everything_after_confirmation(home, trained):
+    import market_calendar
     assert run(["live_trading.py", "--as-of", trained["trade_day"]], home).returncode == 0
+    nxt = str(market_calendar.next_session(trained["trade_day"]).date())
+    assert run(["live_trading.py", "--as-of", nxt], home).returncode == 0     # the first day's orders fill
     replay_open = db(home, replay=True).execute(
         "SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0]
     assert replay_open > 0
@@ -141,6 +177,11 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
     assert refused.returncode == 2 and "confirmation" in refused.stderr
     done = run(["live_trading.py", "flatten", "--confirm", "FLATTEN"], home)
     assert done.returncode == 0, done.stderr[-2000:]
+    # paper: the closing orders are accepted and fill at the next session's open
+    assert "next session's open" in done.stdout
+    assert db(home).execute("SELECT COUNT(*) FROM paper_orders WHERE side = 'SELL' AND status = 'WORKING'"
+                            ).fetchone()[0] == 2
+    _next_session_prices(home)
     assert db(home).execute("SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == 0
     # the replay account is a different account: flatten never touches it
     assert db(home, replay=True).execute(
@@ -154,7 +195,7 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
     sells = db(home).execute("SELECT COUNT(*) FROM paper_orders WHERE side = 'SELL'").fetchone()[0]
     assert sells == 2
     replay_status = run(["live_trading.py", "status", "--replay"], home)
-    assert "last cycle:      " + trained["trade_day"] in replay_status.stdout
+    assert "last cycle:      " + nxt in replay_status.stdout
 
 
 def test_flatten_waits_for_the_cycle_lock_and_names_the_holder(home, trained):
