@@ -221,7 +221,7 @@ def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: boo
     if st["override"]:
         o = st["override"]
         print(f"override:       by {o['by']} at {o['at']}: {o['reason']}"
-              + (" (backtest and walk-forward waived too)" if o.get("no_backtest")
+              + (" (backtest waived too, and the walk-forward)" if o.get("no_backtest")
                  else " (waives the paper sessions only)"))
     print(f"live trading:   {'ALLOWED' if st['passed'] else 'REFUSED: ' + '; '.join(golive.refusal_reasons(st))}")
     return EXIT_OK if st["passed"] else EXIT_FAIL
