@@ -104,6 +104,29 @@ def test_sample_model_has_skill_on_test_period(shared):
     assert t["directional_accuracy"] > 0.52, t
 
 
+def test_sample_model_is_promoted_on_validation_skill(shared):
+    """The tiny model on the sample data (make demo's) has positive validation skill against both
+    no change and the training-mean constant, so it is promoted without --force."""
+    r = shared["result"]
+    v = r["metrics"]["validation"]
+    assert r["promoted"], r["reason"]
+    assert v["skill"] > 0 and v["skill_vs_training_mean"] > 0, v
+    assert shared["metadata"]["promotion"]["selected_on"] == "validation"
+
+
+def test_validation_skill_rule():
+    rule = train_model.validation_skill_problem
+    assert rule({"skill": 0.01, "skill_vs_training_mean": 0.02}) is None
+    assert "against no change -0.0010" in rule({"skill": -0.001, "skill_vs_training_mean": 0.02})
+    why = rule({"skill": 0.01, "skill_vs_training_mean": 0.0})
+    assert "against the training mean +0.0000" in why and "no change" not in why
+    assert rule({"skill": None, "skill_vs_training_mean": None}).count("n/a") == 2
+    y = np.array([1.0, -1.0, 2.0, 0.0])
+    assert train_model.skill_vs_constant(y, y, 0.5) == 1.0                   # perfect forecast
+    assert train_model.skill_vs_constant(y, np.full(4, 0.5), 0.5) == 0.0      # the constant itself
+    assert train_model.skill_vs_constant(y, np.full(4, 3.0), 0.5) < 0
+
+
 def test_fast_path_reproduces_saved_test_metrics(shared):
     """Live inference (NumPy path + stored scaler) on the test period gives the metrics that
     training saved: no scaling mismatch between training and inference."""
@@ -144,8 +167,8 @@ def test_worse_model_not_promoted_without_force(shared, trading_home):
                       epochs=1, units=1, dense_units=0, seed=7)
     assert not result["promoted"], result["reason"]
     assert "kept the current model" in result["reason"]
-    assert result["previous_test_MSE"] is not None
-    assert result["previous_test_MSE"] < result["metrics"]["test"]["MSE"]
+    assert result["previous_validation_MSE"] is not None           # selection on validation, never test
+    assert result["previous_validation_MSE"] < result["metrics"]["validation"]["MSE"]
     assert mm.calculate_model_checksum(trading_home / C.MODEL_FILE) == before
     assert train_model.PROFILES["tiny"]["window"] == C.TINY_WINDOW
 
