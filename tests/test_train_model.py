@@ -285,3 +285,25 @@ def test_cli_tiny_force_replaces_and_backs_up(shared, trading_home):
     assert (Path(backups[0]["path"]) / C.MODEL_METADATA_FILE).is_file()
     logs = list((trading_home / "logs").glob("trading_*.log"))
     assert logs and "directional_accuracy" in logs[0].read_text()
+
+
+def test_no_validation_skill_is_not_promoted_exit_3_and_force_is_audited(trading_home):
+    """Sample prices with no predictable component (phi = 0): the model has no validation skill,
+    so it is not installed (exit 3, one ERROR line); --force installs it with an audit record."""
+    import market_calendar
+    dates = market_calendar.sessions(C.SAMPLE_START, C.SAMPLE_END)
+    prices = pd.concat([sample_data.simulate_symbol(s, dates, phi=0.0) for s in ["AAPL", "MSFT", "JPM", "PG"]],
+                       ignore_index=True)
+    data_collection.build_features(prices).to_csv(trading_home / C.PROCESSED_DATA_FILE, index=False,
+                                                  date_format="%Y-%m-%d")
+    proc = _run_cli(trading_home, "--profile", "tiny", timeout=300)
+    assert proc.returncode == train_model.EXIT_NO_SKILL == 3, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "model NOT PROMOTED: validation skill is not positive" in errors[0]
+    assert not (trading_home / C.MODEL_FILE).exists()
+    forced = _run_cli(trading_home, "--profile", "tiny", "--force", timeout=300)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (trading_home / C.MODEL_FILE).exists()
+    records = [json.loads(line) for line in (trading_home / C.AUDIT_LOG_FILE).read_text().splitlines() if line.strip()]
+    forced_rec = [r for r in records if (r["action"], r["status"]) == ("model_promotion", "forced")]
+    assert len(forced_rec) == 1 and "validation skill is not positive" in forced_rec[0]["details"]["no_validation_skill"]
