@@ -152,8 +152,10 @@ def _trip(st: dict, exit_date, still_open: bool) -> dict:
 
 
 def trade_metrics(result: EngineResult, trips: list[dict]) -> dict:
-    """Trade statistics. ``trades`` counts round trips (flat -> position -> flat; one still open
-    at the end counts, valued at the last close); ``fills`` counts executed orders."""
+    """Trade statistics. ``trades`` counts closed round trips only (flat -> position -> flat):
+    the go-live criterion ``GOLIVE_MIN_TRADES`` counts these; ``open_trades`` are positions still
+    open at the end (their P&L, valued at the last close, is in the P&L statistics);
+    ``fills`` counts executed orders."""
     pnl = np.array([t["pnl"] for t in trips], float)
     wins, losses = pnl[pnl > 0], pnl[pnl < 0]
     eq = result.equity
@@ -166,8 +168,9 @@ def trade_metrics(result: EngineResult, trips: list[dict]) -> dict:
     slip = float(result.daily_slippage.sum())
     borrow = float(result.daily_borrow.sum())
     return {
-        "trades": int(len(trips)),
+        "trades": int(sum(1 for t in trips if not t["open"])),
         "closed_trades": int(sum(1 for t in trips if not t["open"])),
+        "open_trades": int(sum(1 for t in trips if t["open"])),
         "fills": int(len(result.trades)),
         "win_rate": float(len(wins) / len(pnl)) if len(pnl) else None,
         "profit_factor": (float(wins.sum() / -losses.sum()) if len(losses) and losses.sum() < 0

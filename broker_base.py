@@ -12,7 +12,8 @@ Interface (both brokers)::
                        # quantity: signed int, negative = short
     get_quotes(symbols) -> {symbol: {"last", "bid", "ask", "borrow_rate", "hard_to_borrow",
                                      "shortable", "ex_dividend_date"}}
-    set_prices(prices, as_of=None)    # the day's reference prices (paper fills at them; Schwab: no-op)
+    set_prices(prices, as_of=None, opens=None)   # closes of session as_of, {date: {sym: open}} of recent
+                                      # sessions (paper: market orders fill at the next open; Schwab: no-op)
     place_order(order) -> order id (str)
         order = {"symbol", "side": BUY|SELL|SELL_SHORT|BUY_TO_COVER, "quantity": int > 0,
                  "order_type": MARKET|LIMIT, "limit_price": float|None, "client_key": str}

@@ -7,11 +7,16 @@ Live trading needs, for the model with a given checksum (``gate_status``):
    ``evaluate_criteria``; thresholds in constants.py, ``GOLIVE_*``) and used criteria no looser
    and costs no lower than the defaults (``gate_eligible``). The backtest writes these rows with
    ``record_run`` (table ``backtest_runs``);
-2. ``GOLIVE_MIN_PAPER_SESSIONS`` paper-trading sessions with that model, replays not counted
+2. a passing walk-forward (``./run_backtest.sh --walk-forward``) of the model's configuration on
+   the whole universe and the production data (``walk_forward.gate_walk_forward`` says what counts:
+   the data file changes every session, so a run counts on the same bytes or, on the production
+   file, for ``GOLIVE_WALK_FORWARD_MAX_AGE_DAYS``);
+3. ``GOLIVE_MIN_PAPER_SESSIONS`` paper-trading sessions with that model, replays not counted
    (``record_paper_session`` after every successful paper cycle, table ``paper_sessions``);
 
 or an override a person set by hand (``set_override``; kv key ``golive_override``, audited by
-the caller). Used by the live cycle (``live_trading``), the backtest and the health check; the
+the caller): it waives the paper sessions; with ``--no-backtest`` the backtest and the
+walk-forward too. Used by the live cycle (``live_trading``), the backtest and the health check; the
 state lives in the state database (``state_db``).
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import config
 import constants as C
 from errors import UserFacingError
 import state_db
@@ -77,7 +83,7 @@ class Criteria:
     min_total_return: float = C.GOLIVE_MIN_TOTAL_RETURN   # total return must exceed
     min_sharpe: float = C.GOLIVE_MIN_SHARPE               # Sharpe must be at least
     max_drawdown: float = C.GOLIVE_MAX_DRAWDOWN           # |max drawdown| must be at most
-    min_trades: int = C.GOLIVE_MIN_TRADES                 # round trips, at least
+    min_trades: int = C.GOLIVE_MIN_TRADES                 # closed round trips, at least
 
     def not_looser_than_defaults(self) -> bool:
         return (self.min_total_return >= C.GOLIVE_MIN_TOTAL_RETURN and self.min_sharpe >= C.GOLIVE_MIN_SHARPE
@@ -191,14 +197,52 @@ class GateError(UserFacingError):
     """The go-live gate refuses an operator's request; the message says what is missing."""
 
 
-def set_override(checksum: str, reason: str, by: str, audit, conn=None, no_backtest: bool = False) -> dict:
+def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe, data_path) -> dict:
+    """The walk-forward condition for the model with this checksum (see ``walk_forward.gate_walk_forward``
+    for what counts): its configuration from the model's metadata, the universe from
+    selected_stocks.txt, the production data file's path and hash."""
+    # late: walk_forward imports backtest, which imports this module
+    import walk_forward
+    import data_collection
+    import model_management
+    out = {"run": None, "latest": None, "config_fingerprint": None, "universe": None, "data_sha256": None,
+           "error": None, "max_age_days": C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS}
+    try:
+        if metadata is None:
+            metadata = model_management.read_metadata(config.path(C.MODEL_FILE))
+        if metadata.get("sha256") and metadata["sha256"] != checksum:
+            raise model_management.ModelError("the installed model's metadata is for another model")
+        fingerprint = walk_forward.config_fingerprint(walk_forward.model_configuration_from_metadata(metadata))
+        symbols = sorted(universe if universe is not None else data_collection.load_universe())
+    except (UserFacingError, OSError, KeyError, ValueError) as exc:
+        out["error"] = f"the current model's configuration or the universe cannot be read ({exc})"
+        return out
+    path = Path(data_path) if data_path else config.path(C.PROCESSED_DATA_FILE)
+    try:
+        sha = walk_forward.file_sha256(path)
+    except OSError:
+        sha = None
+    out.update(config_fingerprint=fingerprint, universe=symbols, data_sha256=sha, data_path=str(path))
+    out["run"], out["latest"] = walk_forward.gate_walk_forward(fingerprint, symbols, path, sha, conn=conn)
+    return out
+
+
+def set_override(checksum: str, reason: str, by: str, audit, conn=None, no_backtest: bool = False,
+                 metadata: dict | None = None) -> dict:
     """Open the gate by hand for this model (audited first, then stored). The override waives
-    the paper sessions only; a passing backtest must be on record unless ``no_backtest`` says
-    explicitly that it is waived too."""
+    the paper sessions only; the measured evidence (a passing backtest and a passing walk-forward)
+    must be on record unless ``no_backtest`` says explicitly that it is waived too (both: the
+    flag means "without the measured evidence", for drills and emergencies)."""
     c = connect(conn)
-    if not no_backtest and not passing_backtest_for(checksum, c):
-        raise GateError("no passing out-of-sample backtest is on record for this model: run "
-                        "./run_backtest.sh, or add --no-backtest to override without one")
+    if not no_backtest:
+        missing = []
+        if not passing_backtest_for(checksum, c):
+            missing.append("no passing out-of-sample backtest is on record for this model (./run_backtest.sh)")
+        if not _walk_forward_evidence(checksum, c, metadata, None, None)["run"]:
+            missing.append("no passing walk-forward for its configuration on the production data and universe "
+                           "(./run_backtest.sh --walk-forward)")
+        if missing:
+            raise GateError("; ".join(missing) + ": run them, or add --no-backtest to override without them")
     value = {"model_checksum": checksum, "reason": reason, "by": by, "at": state_db.utcnow(),
              "no_backtest": bool(no_backtest)}
     audit.log_event("golive_gate", "override", value)
@@ -207,28 +251,90 @@ def set_override(checksum: str, reason: str, by: str, audit, conn=None, no_backt
     return value
 
 
-def gate_status(checksum: str, conn=None) -> dict:
+def _conditions(backtest, sessions: int, wf: dict) -> list[dict]:
+    """Each go-live condition in words: what was measured, the threshold, pass/fail, the fix."""
+    need = C.GOLIVE_MIN_PAPER_SESSIONS
+    if backtest:
+        m = backtest.get("metrics") or {}
+        measured = (f"passed on {backtest.get('created_at')} ({backtest.get('start')} .. {backtest.get('end')}; "
+                    f"report {backtest.get('report')})")
+        if isinstance(m, dict) and m.get("total_return") is not None:
+            measured += f"; total return {m['total_return']:.2%}, Sharpe {m.get('sharpe')}"
+    else:
+        measured = "no passing out-of-sample backtest of this model on record"
+    run, latest = wf["run"], wf["latest"]
+    if wf["error"]:
+        wf_measured = wf["error"]
+    elif run:
+        summ = run.get("summary") or {}
+        wf_measured = (f"run {run['id']} passed on {run['created_at']} ({run['start_date']} .. {run['end_date']}, "
+                       f"{len(run['universe'])} symbols, data SHA-256 {str(run['data_sha256'])[:12]}); skill vs "
+                       f"no change {summ.get('skill_vs_no_change')}, vs the training mean "
+                       f"{summ.get('skill_vs_training_mean')}, deflated Sharpe of the excess "
+                       f"{summ.get('dsr_excess')}")
+    elif latest:
+        why = ("it FAILED its statistics" if not latest["passed"] else
+               "it does not count (a subset, a shorter history or lower costs)" if not latest["gate_eligible"] else
+               f"it is {latest['age_days']:.0f} days old and the data file has changed since")
+        wf_measured = f"newest walk-forward of this configuration and universe: run {latest['id']} on " \
+                      f"{latest['created_at']}: {why}"
+    else:
+        wf_measured = "no walk-forward of this model's configuration on this universe on record"
+    return [
+        {"name": "backtest", "passed": bool(backtest), "measured": measured,
+         "threshold": "an out-of-sample backtest of this model passing the GOLIVE_* criteria with default "
+                      "criteria and costs",
+         "fix": "./run_backtest.sh"},
+        {"name": "walk_forward", "passed": bool(run), "measured": wf_measured,
+         "threshold": ("a passing walk-forward (forecast skill significant against no change and the training "
+                       "mean, Sharpe above equal-weight buy-and-hold, deflated Sharpe of the excess >= "
+                       f"{C.SKILL_MIN_DSR}) for this model's configuration on the whole universe, run on the "
+                       f"production data file (the same bytes, or within {wf['max_age_days']} days)"),
+         "fix": "./run_backtest.sh --walk-forward"},
+        {"name": "paper_sessions", "passed": sessions >= need,
+         "measured": f"{sessions} of {need} paper-trading sessions with this model (replays do not count)",
+         "threshold": f"at least {need} paper sessions",
+         "fix": "keep running the paper cycle (TRADING_MODE=paper python live_trading.py) once a session"},
+    ]
+
+
+def gate_status(checksum: str, conn=None, metadata: dict | None = None, universe=None, data_path=None) -> dict:
     """Where the go-live conditions stand for a model: a passing out-of-sample backtest on
-    record and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays not counted). An override
-    waives the paper sessions; it waives the backtest only when given with ``--no-backtest``."""
+    record, a passing walk-forward of its configuration on the production data and universe
+    (``walk_forward.gate_walk_forward``) and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays
+    not counted). An override waives the paper sessions; it waives the backtest and the
+    walk-forward only when given with ``--no-backtest``. ``metadata`` is the model's (default:
+    the installed model's), ``universe`` the symbols (default: selected_stocks.txt),
+    ``data_path`` the production data (default: processed_stock_data.csv)."""
     c = connect(conn)
     backtest = passing_backtest_for(checksum, c)
     sessions = paper_session_count(checksum, c)
+    wf = _walk_forward_evidence(checksum, c, metadata, universe, data_path)
     override = state_db.kv_get(c, GATE_OVERRIDE_KEY)
     override = override if override and override.get("model_checksum") == checksum else None
-    ok = bool(backtest) and sessions >= C.GOLIVE_MIN_PAPER_SESSIONS
-    by_override = bool(override) and (bool(backtest) or bool(override.get("no_backtest")))
-    return {"model_checksum": checksum, "backtest": backtest, "paper_sessions": sessions,
+    conditions = _conditions(backtest, sessions, wf)
+    evidence = bool(backtest) and bool(wf["run"])
+    ok = all(x["passed"] for x in conditions)
+    by_override = bool(override) and (evidence or bool(override.get("no_backtest")))
+    return {"model_checksum": checksum, "backtest": backtest, "walk_forward": wf["run"],
+            "walk_forward_latest": wf["latest"], "config_fingerprint": wf["config_fingerprint"],
+            "universe": wf["universe"], "data_sha256": wf["data_sha256"], "paper_sessions": sessions,
             "paper_sessions_needed": C.GOLIVE_MIN_PAPER_SESSIONS, "override": override,
-            "passed": ok or by_override}
+            "conditions": conditions, "passed": ok or by_override}
 
 
 def refusal_reasons(status: dict) -> list[str]:
     """Why ``gate_status`` is closed, one phrase per missing condition."""
     why = []
-    if not status["backtest"]:
-        why.append("no passing out-of-sample backtest for this model (run ./run_backtest.sh)")
-    if status["paper_sessions"] < status["paper_sessions_needed"]:
-        why.append(f"{status['paper_sessions']} of {status['paper_sessions_needed']} paper-trading "
-                   f"sessions with this model")
+    for cond in status.get("conditions", []):
+        if cond["passed"]:
+            continue
+        if cond["name"] == "backtest":
+            why.append("no passing out-of-sample backtest for this model (run ./run_backtest.sh)")
+        elif cond["name"] == "walk_forward":
+            why.append("no passing walk-forward for this model's configuration on the production data and "
+                       "universe (run ./run_backtest.sh --walk-forward)")
+        else:
+            why.append(f"{status['paper_sessions']} of {status['paper_sessions_needed']} paper-trading "
+                       f"sessions with this model")
     return why

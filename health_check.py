@@ -155,9 +155,11 @@ def check_risk():
 def check_gate():
     if config.trading_mode() != "live":
         return OK, "go-live gate: not needed in paper mode"
-    st = golive.gate_status(trading_cycle.get_model().checksum)
+    model = trading_cycle.get_model()
+    st = golive.gate_status(model.checksum, metadata=model.metadata)
     if not st["passed"]:
         return FAIL, ("go-live gate closed (backtest " + ("ok" if st["backtest"] else "missing") +
+                      ", walk-forward " + ("ok" if st["walk_forward"] else "missing") +
                       f", paper sessions {st['paper_sessions']}/{st['paper_sessions_needed']}): "
                       "python live_trading.py gate")
     return OK, "go-live gate open"

@@ -171,13 +171,18 @@ def _flatten_locked() -> int:
     mode = config.trading_mode()
     executor = OrderExecutor(audit=audit_logger())
     try:
-        sync_prices(executor.broker, load_features())
+        features = load_features()
+        # stamped with the session of the closes, as in the cycle: the paper broker then fills
+        # the closing orders at the following session's open
+        sync_prices(executor.broker, features, as_of=features["Date"].max().date())
     except Exception as exc:
         log.warning("broker prices not refreshed from processed_stock_data.csv: %s", exc)
     done = executor.flatten(date.today(), mode)
     for o in done["orders"]:
         print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']}")
     print(f"flatten: cancelled {done['cancelled']} open orders, {len(done['orders'])} closing orders")
+    if getattr(executor.broker, "fills_at_next_open", False) and any(o["status"] == "SUBMITTED" for o in done["orders"]):
+        print("paper: the closing orders fill at the next session's open (as a market order after the close would)")
     print_positions(executor.broker)
     return EXIT_OK
 
@@ -194,22 +199,30 @@ def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: boo
             print("--override needs --reason \"...\"", file=sys.stderr)
             return EXIT_CONFIG
         value = golive.set_override(model.checksum, reason, config.operator(), audit_logger(), conn,
-                                    no_backtest=no_backtest)
+                                    no_backtest=no_backtest, metadata=model.metadata)
         log.warning("go-live gate OVERRIDDEN for model %s by %s%s: %s", model.checksum[:12], value["by"],
-                    " (without a passing backtest)" if no_backtest else "", reason)
-    st = golive.gate_status(model.checksum, conn)
+                    " (without a passing backtest and walk-forward)" if no_backtest else "", reason)
+    st = golive.gate_status(model.checksum, conn, metadata=model.metadata)
     if as_json:
         _json(st)
         return EXIT_OK if st["passed"] else EXIT_FAIL
     bt = st["backtest"]
     print(f"model:          {model.checksum}")
     print(f"backtest:       {'PASS (' + str(bt.get('created_at')) + ', ' + str(bt.get('report')) + ')' if bt else 'MISSING: run ./run_backtest.sh (out-of-sample, must pass)'}")
+    wf = st["walk_forward"]
+    print(f"walk-forward:   {'PASS (run ' + str(wf['id']) + ', ' + str(wf['created_at']) + ')' if wf else 'MISSING: run ./run_backtest.sh --walk-forward (production data, whole universe, must pass)'}")
     print(f"paper sessions: {st['paper_sessions']} of {st['paper_sessions_needed']} "
           f"({'PASS' if st['paper_sessions'] >= st['paper_sessions_needed'] else 'not yet'}; replays do not count)")
+    for cond in st["conditions"]:
+        print(f"  {'PASS' if cond['passed'] else 'FAIL'}  {cond['name']}: measured: {cond['measured']}")
+        print(f"        required: {cond['threshold']}")
+        if not cond["passed"]:
+            print(f"        to fix:   {cond['fix']}")
     if st["override"]:
         o = st["override"]
         print(f"override:       by {o['by']} at {o['at']}: {o['reason']}"
-              + (" (backtest waived too)" if o.get("no_backtest") else " (waives the paper sessions only)"))
+              + (" (backtest waived too, and the walk-forward)" if o.get("no_backtest")
+                 else " (waives the paper sessions only)"))
     print(f"live trading:   {'ALLOWED' if st['passed'] else 'REFUSED: ' + '; '.join(golive.refusal_reasons(st))}")
     return EXIT_OK if st["passed"] else EXIT_FAIL
 

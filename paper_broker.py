@@ -101,8 +101,17 @@ class _Reject(Exception):
 class PaperBroker:
     """A simulated account in the state database (tables ``paper_*``), same interface as SchwabAPI.
 
-    Prices: ``set_prices({SYM: price}, as_of)`` sets the reference prices (the latest closes);
-    market orders fill at once at ``slippage_price(reference)`` plus ``commission_for``; limit
+    Prices: ``set_prices({SYM: price}, as_of, opens)`` sets the reference prices (the closes of
+    session ``as_of``) and gives the opens of recent sessions (``{date: {SYM: open}}``).
+    Market orders (``fill="next_open"``: ``PAPER_FILL``, what ``trading_api.get_broker`` and so
+    every cycle, replay and flatten use, as the backtest does): an order
+    placed while the latest closes are those of session D was decided from D's close, so it stays
+    WORKING (``pending_next_open``) until the open of the first session after D is known, then
+    fills at ``slippage_price(that open)`` plus ``commission_for``, exactly the backtest engine's
+    fill; a pending order whose symbol has no open in a later ``opens`` expires. With
+    ``fill="close"`` (the constructor's default, for tests of the broker's mechanics) market
+    orders fill at once at
+    ``slippage_price(reference)`` plus ``commission_for``. Limit
     orders fill when marketable (buy: reference <= limit, sell: reference >= limit, at the slipped
     price capped by the limit), else stay WORKING until later prices make them marketable; a
     WORKING order expires when prices for a later day arrive (DAY orders).
@@ -114,7 +123,11 @@ class PaperBroker:
     name = "paper"           # a label for log lines; code that must tell brokers apart reads ``simulated``
     simulated = True         # no real orders: fills are computed here
 
-    def __init__(self, conn=None, prices: dict | None = None, as_of=None):
+    def __init__(self, conn=None, prices: dict | None = None, as_of=None, fill: str = "close"):
+        self.fill = fill
+        if self.fill not in ("next_open", "close"):
+            raise ValueError(f"paper fill mode {self.fill!r}: use 'next_open' or 'close'")
+        self.fills_at_next_open = self.fill == "next_open"   # read by OrderExecutor.wait_for_fills
         self.conn = conn if conn is not None else state_db.connect()
         self.server_time: datetime | None = None      # the broker's clock at its latest order list
         state_db.ensure_schema(self.conn, _PAPER_SCHEMA)
@@ -127,9 +140,11 @@ class PaperBroker:
             self.set_prices(prices, as_of)
 
     # ------------------------------------------------------------------ simulation inputs
-    def set_prices(self, prices: dict, as_of=None) -> None:
-        """Reference prices (latest closes) for ``as_of`` (default today). Expires DAY orders from
-        earlier days, then fills WORKING limit orders that became marketable."""
+    def set_prices(self, prices: dict, as_of=None, opens: dict | None = None) -> None:
+        """Reference prices (the closes of session ``as_of``, default today) and the opens of recent
+        sessions (``{date: {SYM: open}}``). Fills market orders pending the next open whose open is
+        now known (at that open), expires DAY orders from earlier days, then fills WORKING limit
+        orders that became marketable."""
         day = _as_date(as_of)
         clean = {}
         for symbol, price in (prices or {}).items():
@@ -137,17 +152,23 @@ class PaperBroker:
             if value is None or value <= 0:
                 raise ValueError(f"invalid price for {symbol}: {price!r}")
             clean[str(symbol).strip().upper()] = value
+        open_by_day = {}
+        for d, row in (opens or {}).items():
+            open_by_day[_as_date(d)] = {str(k).strip().upper(): num(v) for k, v in (row or {}).items()
+                                        if num(v) is not None and num(v) > 0}
         rejected = []
         with state_db.transaction(self.conn):
+            rejected += self._fill_pending_opens(open_by_day, day, opens is not None)
             self.conn.executemany(
                 "INSERT INTO paper_prices(symbol, price, as_of) VALUES (?, ?, ?) ON CONFLICT(symbol) "
                 "DO UPDATE SET price = excluded.price, as_of = excluded.as_of",
                 [(s, p, day.isoformat()) for s, p in clean.items()])
             self.conn.execute(
                 "UPDATE paper_orders SET status = 'EXPIRED', updated_at = ? WHERE status IN "
-                "('NEW', 'WORKING') AND trade_date < ?", (state_db.utcnow(), day.isoformat()))
+                "('NEW', 'WORKING') AND trade_date < ? AND NOT (order_type = 'MARKET' AND ?)",
+                (state_db.utcnow(), day.isoformat(), int(self.fills_at_next_open)))
             working = self.conn.execute(
-                "SELECT * FROM paper_orders WHERE status = 'WORKING' ORDER BY seq").fetchall()
+                "SELECT * FROM paper_orders WHERE status = 'WORKING' AND order_type = 'LIMIT' ORDER BY seq").fetchall()
             for row in working:
                 o = dict(row)
                 try:
@@ -157,6 +178,36 @@ class PaperBroker:
                     rejected.append((o["order_id"], str(exc)))
         for order_id, reason in rejected:
             log.warning("Paper order %s rejected when it became marketable: %s", order_id, reason)
+
+    def _fill_pending_opens(self, open_by_day: dict, day: date, opens_given: bool) -> list[tuple[str, str]]:
+        """Inside set_prices' transaction: fill each market order pending the next open at the open
+        of the first session after its decision day (``trade_date``) that ``open_by_day`` knows and
+        that is not after ``day``; an order with no such open for its symbol expires when opens
+        were given for a later day, else stays pending. Returns [(order_id, reject reason)]."""
+        if not self.fills_at_next_open:
+            return []
+        rejected = []
+        pending = self.conn.execute("SELECT * FROM paper_orders WHERE status = 'WORKING' AND order_type = "
+                                    "'MARKET' AND trade_date < ? ORDER BY seq", (day.isoformat(),)).fetchall()
+        for row in pending:
+            o = dict(row)
+            decided = date.fromisoformat(o["trade_date"])
+            later = sorted(d for d, px in open_by_day.items() if decided < d <= day and o["symbol"] in px)
+            if not later:
+                if opens_given and any(decided < d <= day for d in open_by_day):
+                    self.conn.execute("UPDATE paper_orders SET status = 'EXPIRED', updated_at = ? WHERE order_id = ?",
+                                      (state_db.utcnow(), o["order_id"]))
+                    log.warning("Paper order %s expired: no open price for %s after %s", o["order_id"],
+                                o["symbol"], decided)
+                continue
+            fill_day = later[0]
+            reference = open_by_day[fill_day][o["symbol"]]
+            try:
+                self._apply_fill(o, reference, slippage_price(reference, o["side"]), fill_day)
+            except _Reject as exc:
+                self._set_rejected(o["order_id"], str(exc))
+                rejected.append((o["order_id"], str(exc)))
+        return rejected
 
     def set_borrow_rate(self, symbol: str, rate: float, hard_to_borrow: bool | None = None) -> None:
         """Annual borrow rate (fraction) for a symbol; ``hard_to_borrow`` defaults to
@@ -274,7 +325,8 @@ class PaperBroker:
                 "remaining_quantity": 0 if row["status"] in FINAL_STATUSES
                 else int(row["quantity"]) - filled,
                 "avg_fill_price": row["avg_fill_price"], "entered_time": parse_time(row["entered_time"]),
-                "client_key": row["client_key"], "reject_reason": row["reject_reason"]}
+                "client_key": row["client_key"], "reject_reason": row["reject_reason"],
+                "pending_next_open": row["status"] == "WORKING" and row["order_type"] == "MARKET"}
 
     def place_order(self, order: dict) -> str:
         """Fill (market, or marketable limit), leave WORKING, or reject (``OrderRejectedError``,
@@ -300,7 +352,8 @@ class PaperBroker:
                                      f"rejected: {row['reject_reason']}")
         log.info("Paper order %s %s: %s %d %s%s", row["order_id"], row["status"], row["side"],
                  row["quantity"], row["symbol"],
-                 f" at {row['avg_fill_price']:.4f}" if row["avg_fill_price"] else "")
+                 f" at {row['avg_fill_price']:.4f}" if row["avg_fill_price"] else
+                 (" (fills at the next session's open)" if row["order_type"] == "MARKET" else ""))
         return row["order_id"]
 
     def _insert_order(self, o: dict):
@@ -342,6 +395,12 @@ class PaperBroker:
                                   "WHERE order_id = ?", (state_db.utcnow(), o["order_id"]))
                 return
             fill = min(fill, limit) if buying else max(fill, limit)
+        elif self.fills_at_next_open:
+            # decided from the close of price_row's session: fills at the next session's open
+            self._check_rules(o, fill, reference)
+            self.conn.execute("UPDATE paper_orders SET status = 'WORKING', updated_at = ? "
+                              "WHERE order_id = ?", (state_db.utcnow(), o["order_id"]))
+            return
         self._apply_fill(o, reference, fill, day)
 
     def _check_rules(self, o: dict, price: float, reference: float) -> None:

@@ -403,7 +403,8 @@ def _render_state(data) -> str:
         if gate:
             opened = "open" if gate["passed"] else "closed"
             parts.append(f'<li id="gate" data-state="{opened}">go-live gate: <b>{opened}</b> (backtest '
-                         f'{"passed" if gate["backtest"] else "missing"}, paper sessions {gate["paper_sessions"]}/'
+                         f'{"passed" if gate["backtest"] else "missing"}, walk-forward '
+                         f'{"passed" if gate.get("walk_forward") else "missing"}, paper sessions {gate["paper_sessions"]}/'
                          f'{gate["paper_sessions_needed"]}{", overridden" if gate.get("override") else ""})</li>')
         else:
             parts.append(f'<li id="gate">go-live gate: {E(data.get("gate_error") or "no model yet")}</li>')

@@ -50,7 +50,7 @@ def get_broker(mode: str | None = None):
     """``PaperBroker`` when TRADING_MODE is paper (the default), ``SchwabAPI`` when it is live."""
     mode = (mode or config.trading_mode()).lower()
     if mode != "live":
-        return PaperBroker()
+        return PaperBroker(fill=C.PAPER_FILL)
     api = SchwabAPI()
     account = api.masked_account()
     log.warning("LIVE TRADING: orders go to Schwab account %s (TRADING_MODE=live)", account)
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
             return _cmd_login()
         if args.command == "token-age":
             return _cmd_token_age()
-        broker = PaperBroker() if args.paper else SchwabAPI()
+        broker = PaperBroker(fill=C.PAPER_FILL) if args.paper else SchwabAPI()
         if args.command == "balance":
             _print_json(broker.get_account_balance())
         elif args.command == "positions":

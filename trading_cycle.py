@@ -7,7 +7,8 @@ A cycle, in order; every step is logged and audited:
  2. verify the audit trail (``audit_logging.require_valid_trail``: a damaged trail stops the
     cycle) and record in it a previous cycle that was interrupted
  3. honour the kill switch (``kill_switch``; ``python live_trading.py halt --reason ...``)
- 4. live mode only: the go-live gate (``golive.gate_status``)
+ 4. live mode only: the go-live gate (``golive.gate_status``: a passing backtest, a passing
+    walk-forward of its configuration on the production data and universe, and paper sessions)
  5. check the market calendar (a closed market is "nothing to do")
  6. check data freshness, then compute signals with the verified model (``get_latest_signal``)
  7. reconcile earlier orders with the broker by the snapshot rule (``OrderExecutor.reconcile``;
@@ -285,7 +286,7 @@ def _kill_switch_stops(conn, audit) -> bool:
 
 def _gate_allows(model, conn, audit) -> bool:
     """Live mode: the go-live gate (golive.gate_status) must be open for this model."""
-    gate = gate_status(model.checksum, conn)
+    gate = gate_status(model.checksum, conn, metadata=model.metadata)
     if not gate["passed"]:
         why = golive.refusal_reasons(gate)
         log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
@@ -349,10 +350,15 @@ def _stale_guard(features, cycle_date, signals, portfolio, audit) -> list[dict]:
 
 
 def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool = False) -> None:
-    """Give the broker every symbol's last close (a simulated broker fills and values at them;
-    Schwab ignores them) and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
-    closes = features.sort_values("Date").groupby("Symbol")["Close"].last().to_dict()
-    broker.set_prices(closes, as_of=as_of)
+    """Give the broker every symbol's last close (a simulated broker values at them; Schwab
+    ignores them) and the opens of the last ``PAPER_OPENS_SESSIONS`` sessions (the paper broker
+    fills a market order decided from a close at the next session's open, as the backtest does),
+    and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
+    ordered = features.sort_values("Date")
+    closes = ordered.groupby("Symbol")["Close"].last().to_dict()
+    recent = ordered[ordered["Date"] >= ordered["Date"].drop_duplicates().nlargest(C.PAPER_OPENS_SESSIONS).min()]
+    opens = {d.date(): dict(zip(g["Symbol"], g["Open"].astype(float))) for d, g in recent.groupby("Date")}
+    broker.set_prices(closes, as_of=as_of, opens=opens)
     if accrue_borrow and broker.simulated:     # only a simulated broker charges borrow fees itself
         broker.accrue_borrow_fees(as_of=as_of)
 

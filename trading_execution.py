@@ -641,6 +641,7 @@ class OrderExecutor:
         pending = [k for k in keys if (self._record(k) or {}).get("broker_order_id")]
         while pending:
             pending = [k for k in pending if self.refresh(k)["status"] not in TERMINAL]
+            pending = [k for k in pending if not self._accepted_for_next_open(k)]
             failpoint("after_fill_poll")
             if not pending:
                 break
@@ -659,6 +660,19 @@ class OrderExecutor:
                 break
             self.sleep(poll_s)
         return [self._record(k) for k in keys]
+
+    def _accepted_for_next_open(self, key) -> bool:
+        """A market order at a broker that fills it at the next session's open (the paper broker,
+        ``PAPER_FILL = "next_open"``) and is still unfilled is accepted, not late: waiting cannot
+        fill it, and cancelling it at the timeout would undo a valid order. The next cycle's
+        ``sync_prices`` fills it and its ``reconcile`` records the fill."""
+        if not getattr(self.broker, "fills_at_next_open", False):
+            return False
+        record = self._record(key)
+        if record["status"] != SUBMITTED or record.get("order_type", "MARKET") != "MARKET":
+            return False
+        log.info("order %s accepted: the paper broker fills it at the next session's open", key)
+        return True
 
     def _cancel_keys(self, keys, why: str) -> None:
         """Cancel our orders ``keys`` at the broker (a partial fill keeps its filled part); audited."""

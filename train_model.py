@@ -7,9 +7,14 @@ chronologically by session date (train / validation / test, ``VALIDATION_FRACTIO
 fixed seeds, and reports ``directional_accuracy``, ``MSE`` and skill against predicting no change
 on the validation and test periods.
 
-The new model replaces ``lstm_price_difference_model.h5`` only if its test MSE is not worse than
-the current model's on the same (new) test period, or with ``--force``; the replaced model goes to
-``models/backups/``. Exit codes: 0 ok (promoted or kept), 1 error (one ERROR line says why).
+Model selection uses the validation period only; the test period stays clean for reporting.
+The new model replaces ``lstm_price_difference_model.h5`` only if its validation skill is
+positive against both predicting no change and the training-mean constant, and its validation
+MSE is not worse than the current model's on the same (new) validation period; or with
+``--force`` (audited: ``model_promotion``/``forced`` in the audit trail). The replaced model
+goes to ``models/backups/``. Exit codes: 0 ok (promoted, or kept because the current model is
+better), 1 error (one ERROR line says why), 3 not promoted because the new model has no
+validation skill (one ERROR line ``model NOT PROMOTED: ...``; the current model is kept).
 
 Profiles: ``--profile tiny`` (or ``TRAIN_PROFILE=tiny``): window 10, 8 units, a few epochs, for
 ``make demo`` and tests (well under a minute on 2 cores).
@@ -41,6 +46,7 @@ from lstm_inference import load_network
 import model_management as mm
 
 log = logging.getLogger("train")
+EXIT_NO_SKILL = 3      # the new model has no validation skill: not promoted, the current one kept
 
 
 class TrainingError(UserFacingError):
@@ -219,8 +225,9 @@ def _file_sha256(path) -> str | None:
 
 
 # ----------------------------------------------------------------------------- comparison
-def evaluate_current(features, ds: dict, path: Path) -> tuple[float | None, str]:
-    """Test MSE of the current model on the new test period (fast path), or (None, why not)."""
+def evaluate_current(features, ds: dict, path: Path, period: str = "validation") -> tuple[float | None, str]:
+    """MSE of the current model on the new ``period`` (``validation``: model selection never
+    looks at the test period), or (None, why not)."""
     if not path.is_file():
         return None, "no current model"
     try:
@@ -230,8 +237,8 @@ def evaluate_current(features, ds: dict, path: Path) -> tuple[float | None, str]
     missing = [c for c in current.feature_columns if c not in features.columns]
     if missing:
         return None, f"the current model needs features {missing} that the data lacks"
-    test_rows = ds["rows"][ds["test_mask"]]
-    test_y = ds["y"][ds["test_mask"]]
+    test_rows = ds["rows"][ds[f"{period}_mask"]]
+    test_y = ds["y"][ds[f"{period}_mask"]]
     try:
         pred = current.predict(features[features["Symbol"].isin(test_rows["Symbol"].unique())])
     except mm.ModelError as exc:
@@ -240,7 +247,7 @@ def evaluate_current(features, ds: dict, path: Path) -> tuple[float | None, str]
     merged = key.merge(pred, on=["Symbol", "Date"], how="inner")
     if len(merged) < 0.9 * len(key):
         return None, (f"the current model (window {current.window}) covers only {len(merged)} of "
-                      f"{len(key)} test samples")
+                      f"{len(key)} {period} samples")
     y_old = merged["predicted_diff"].to_numpy() / (merged["Close"].to_numpy() *
                                                    np.maximum(merged["volatility_20"].to_numpy(),
                                                               C.TARGET_VOL_FLOOR))
@@ -290,11 +297,16 @@ def train(data_path=None, *, profile: str = "default", epochs=None, units=None, 
     metrics = {"space": mm.METRIC_SPACE,
                "validation": mm.compute_metrics(ds["y"][va], pred_y[va], direction),
                "test": mm.compute_metrics(ds["y"][te], pred_y[te], direction)}
-    for name in ("validation", "test"):
-        log.info("%s", mm.format_metrics(f"{name} metrics", metrics[name]))
+    train_mean = float(np.mean(train_y)) if len(train_y) else 0.0
+    for name, mask in (("validation", va), ("test", te)):
+        metrics[name]["skill_vs_training_mean"] = skill_vs_constant(ds["y"][mask], pred_y[mask], train_mean)
+        log.info("%s; skill vs the training mean %s", mm.format_metrics(f"{name} metrics", metrics[name]),
+                 _fmt_skill(metrics[name]["skill_vs_training_mean"]))
+    metrics["training_mean"] = train_mean
     skill = metrics["test"]["skill"]
     if skill is not None and skill <= 0:
         log.warning("the model does not beat predicting no change on the test period (skill %.4f)", skill)
+    no_skill = validation_skill_problem(metrics["validation"])
 
     tmp = _save_h5(net, target.parent)
     try:
@@ -347,22 +359,27 @@ def train(data_path=None, *, profile: str = "default", epochs=None, units=None, 
             "versions": _versions(),
         }
 
-        old_mse, about = evaluate_current(features, ds, target)
-        new_mse = metrics["test"]["MSE"]
+        old_mse, about = evaluate_current(features, ds, target, "validation")
+        new_mse = metrics["validation"]["MSE"]
         if force:
-            promote, reason = True, "--force"
+            promote, reason = True, "--force" + (f" (without validation skill: {no_skill})" if no_skill else "")
+            _audit_forced(checksum, metrics, no_skill, about)
         elif shuffle_targets:
             promote, reason = False, "not promoted: a shuffled-targets control run (use --force to install it)"
+        elif no_skill:
+            kept = "no model is installed" if about == "no current model" else f"kept the {about}"
+            promote, reason = False, f"not promoted: {no_skill}; {kept} (use --force to install it anyway, audited)"
         elif old_mse is None:
             promote, reason = True, f"promoted: {about}"
         elif new_mse <= old_mse * (1 + C.PROMOTION_TOLERANCE):
-            promote, reason = True, (f"promoted: test MSE {new_mse:.5f} <= {old_mse:.5f} of the "
-                                     f"{about} on the same test period")
+            promote, reason = True, (f"promoted: validation MSE {new_mse:.5f} <= {old_mse:.5f} of the "
+                                     f"{about} on the same validation period")
         else:
-            promote, reason = False, (f"kept the {about}: its test MSE {old_mse:.5f} beats the new "
-                                      f"model's {new_mse:.5f} on the same test period (use --force "
+            promote, reason = False, (f"kept the {about}: its validation MSE {old_mse:.5f} beats the new "
+                                      f"model's {new_mse:.5f} on the same validation period (use --force "
                                       "to replace it anyway)")
-        metadata["promotion"] = {"promoted": promote, "reason": reason, "previous_test_MSE": old_mse}
+        metadata["promotion"] = {"promoted": promote, "reason": reason, "previous_validation_MSE": old_mse,
+                                 "selected_on": "validation", "no_validation_skill": no_skill}
         if promote:
             mm.install_model(tmp, metadata, target, reason="replaced by a newly trained model")
             log.info("saved %s (SHA-256 %s, %d parameters); %s", target, checksum, params, reason)
@@ -372,14 +389,52 @@ def train(data_path=None, *, profile: str = "default", epochs=None, units=None, 
         if tmp.exists():
             tmp.unlink()
     return {"promoted": promote, "reason": reason, "metrics": metrics, "metadata": metadata,
-            "path": str(target), "previous_test_MSE": old_mse}
+            "path": str(target), "previous_validation_MSE": old_mse, "no_validation_skill": no_skill}
+
+
+def skill_vs_constant(y_true, y_pred, constant: float) -> float | None:
+    """1 - MSE(model) / MSE(the constant forecast): positive when the model beats always
+    predicting ``constant`` (here the training period's mean target)."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    if not len(y_true):
+        return None
+    base = float(np.mean((y_true - constant) ** 2))
+    return None if base <= 0 else 1.0 - float(np.mean((y_true - y_pred) ** 2)) / base
+
+
+def _fmt_skill(x) -> str:
+    return "n/a" if x is None else f"{x:+.4f}"
+
+
+def validation_skill_problem(m: dict) -> str | None:
+    """Why a model's validation metrics forbid promotion (skill not positive against predicting no
+    change and against the training-mean constant), or None."""
+    bad = []
+    if m.get("skill") is None or not m["skill"] > 0:
+        bad.append(f"against no change {_fmt_skill(m.get('skill'))}")
+    if m.get("skill_vs_training_mean") is None or not m["skill_vs_training_mean"] > 0:
+        bad.append(f"against the training mean {_fmt_skill(m.get('skill_vs_training_mean'))}")
+    return ("validation skill is not positive " + " and ".join(bad)) if bad else None
+
+
+def _audit_forced(checksum: str, metrics: dict, no_skill: str | None, about: str) -> None:
+    """--force installs whatever was trained: one audit record says who forced what, and why it
+    would not have been promoted."""
+    import audit_logging   # late: the audit trail is only written for a forced promotion
+    v = metrics["validation"]
+    audit_logging.AuditLogger().log_event("model_promotion", "forced", {
+        "model_checksum": checksum, "no_validation_skill": no_skill, "replaces": about,
+        "validation_skill": v.get("skill"), "validation_skill_vs_training_mean": v.get("skill_vs_training_mean"),
+        "by": os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"})
 
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
     install_excepthook()
     parser = argparse.ArgumentParser(description="Train the LSTM price-difference model.")
-    parser.add_argument("--force", action="store_true", help="replace the current model even if it is better")
+    parser.add_argument("--force", action="store_true",
+                        help="install the new model even if the current one is better or it has no validation skill "
+                             "(audited)")
     parser.add_argument("--epochs", type=int, help="max epochs (early stopping may end sooner)")
     parser.add_argument("--units", type=int, help="LSTM units")
     parser.add_argument("--layers", type=int, help="stacked LSTM layers")
@@ -406,10 +461,16 @@ def main(argv=None) -> int:
     except Exception as exc:
         log.exception("training FAILED with an unexpected error: %s", exc)
         return 1
+    v = result["metrics"]["validation"]
     t = result["metrics"]["test"]
-    print(f"{'promoted' if result['promoted'] else 'not promoted'}: test MSE={t['MSE']:.4f} "
-          f"(no change {t['baseline']['MSE']:.4f}) skill={t['skill']:+.4f} "
+    print(f"{'promoted' if result['promoted'] else 'not promoted'}: validation MSE={v['MSE']:.4f} "
+          f"(no change {v['baseline']['MSE']:.4f}) skill={v['skill']:+.4f} skill_vs_mean="
+          f"{_fmt_skill(v.get('skill_vs_training_mean'))}; test skill={t['skill']:+.4f} "
           f"directional_accuracy={t['directional_accuracy']:.4f} -- {result['reason']}")
+    if result["no_validation_skill"] and not result["promoted"]:
+        log.error("model NOT PROMOTED: %s; the current model is kept (python train_model.py --force installs "
+                  "it anyway, audited)", result["no_validation_skill"])
+        return EXIT_NO_SKILL
     return 0
 
 

@@ -427,6 +427,51 @@ def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe
                              ("passed", "gate_eligible"))
 
 
+def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256: str | None,
+                      max_age_days: int = C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS, now: datetime | None = None,
+                      conn=None) -> tuple[dict | None, dict | None]:
+    """(the run that counts for the go-live gate or None, the newest run of this configuration on
+    this universe whatever its result or None).
+
+    The production data file changes every session, so an exact hash match would close the gate
+    every morning. A run counts when it passed, is ``gate_eligible`` (the whole universe, the full
+    out-of-sample period, default costs), is for this configuration (``config_fingerprint``) and
+    this universe, and was run on the production data: either on the very same bytes
+    (``data_sha256`` equal to the file's hash now) or on the production file (``data_path``) no
+    more than ``max_age_days`` calendar days ago (the scheduler reruns it weekly). The run's
+    own data hash stays recorded for the audit."""
+    if not config_fingerprint:
+        return None, None
+    c = _conn(conn)
+    try:
+        rows = [dict(r) for r in c.execute(
+            "SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND universe = ? ORDER BY id DESC",
+            (config_fingerprint, universe_key(universe))).fetchall()]
+    finally:
+        if conn is None:
+            c.close()
+    now = now or datetime.now(timezone.utc)
+    production = str(Path(data_path).resolve()) if data_path else None
+    passing = None
+    for row in rows:
+        for key in ("universe", "costs", "model_config", "summary"):
+            try:
+                row[key] = json.loads(row[key])
+            except (TypeError, ValueError):
+                pass
+        row["passed"], row["gate_eligible"] = bool(row["passed"]), bool(row["gate_eligible"])
+        created = datetime.fromisoformat(row["created_at"])
+        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+        row["age_days"] = round((now - created).total_seconds() / 86400.0, 2)
+        same_bytes = bool(data_sha256) and row["data_sha256"] == data_sha256
+        same_file = (production is not None and row.get("data_path")
+                     and str(Path(row["data_path"]).resolve()) == production)
+        row["on_production_data"] = bool(same_bytes or (same_file and row["age_days"] <= max_age_days))
+        if passing is None and row["passed"] and row["gate_eligible"] and row["on_production_data"]:
+            passing = row
+    return passing, (rows[0] if rows else None)
+
+
 # =========================================================================== reports
 
 def _jsonable(obj):

@@ -118,19 +118,20 @@ def market_open_after(day) -> datetime:
 def live_cycle_setup(home, trained) -> dict:
     """Make ``home`` (the ``home`` fixture: sample data, tiny model) ready for a live cycle on
     the session after the trained trade day: processed data cut to that day, a passing backtest
-    and 5 paper sessions on record (gate open), Schwab credentials stored. Returns ``now``
+    a passing walk-forward and 5 paper sessions on record (gate open), Schwab credentials stored. Returns ``now``
     (10:00 ET next session), ``closes`` {symbol: close of the trade day} for the fake's prices."""
     import pandas as pd
 
     import constants as C
     import model_management
-    from test_live_trading import _record_paper_sessions, _record_passing_backtest
+    from test_live_trading import _record_paper_sessions, _record_passing_backtest, _record_walk_forward
     day = trained["trade_day"]
     df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
     df[df["Date"] <= day].to_csv(home / C.PROCESSED_DATA_FILE, index=False)
     closes = {s: float(p) for s, p in df[df["Date"] == day].set_index("Symbol")["Close"].items()}
     checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
     _record_passing_backtest(home, checksum)
+    _record_walk_forward(home)              # on the data as cut above: the same bytes
     _record_paper_sessions(home, checksum, C.GOLIVE_MIN_PAPER_SESSIONS)
     store_schwab_credentials(home)
     return {"now": market_open_after(day), "closes": closes, "day": day}

@@ -45,7 +45,8 @@ def assert_consistent(home):
     for o in paper:
         assert o["client_key"] in ours
         assert ours[o["client_key"]]["broker_order_id"] == o["order_id"]
-        assert ours[o["client_key"]]["status"] == o["status"]
+        # a paper market order pending the next session's open is WORKING there, SUBMITTED here
+        assert ours[o["client_key"]]["status"] == ("SUBMITTED" if o["status"] == "WORKING" else o["status"])
     net = {}
     for o in paper:
         sign = 1 if o["side"] in ("BUY", "BUY_TO_COVER") else -1
@@ -65,9 +66,12 @@ def test_full_paper_cycle(home, trained):
     assert "signal" in log
     paper = assert_consistent(home)
     assert paper, "the chosen day has BUY/SELL signals, so orders must have been sent"
-    assert all(o["status"] == "FILLED" for o in paper)
+    # decided from the trade day's close: pending until the next session's open (accepted, not
+    # waited for 120 s nor cancelled)
+    assert all(o["status"] == "WORKING" for o in paper)
+    assert "fills it at the next session's open" in log and "cancelling the rest" not in log
     actions = [r["action"] for r in audit_records(home)]
-    for needed in ("cycle_start", "order_submit", "order_fill", "cycle_end"):
+    for needed in ("cycle_start", "order_submit", "cycle_end"):
         assert needed in actions
     assert "orders:" in done.stdout and "positions" in done.stdout
     conn = db(home, replay=True)
@@ -77,6 +81,21 @@ def test_full_paper_cycle(home, trained):
     again = run(["live_trading.py", "--as-of", trained["trade_day"]], home)
     assert again.returncode == 0
     assert len(assert_consistent(home)) == len(paper)
+    # the next session's cycle: the orders fill at that session's open, with the backtest's slippage
+    import market_calendar
+    from broker_base import slippage_price
+    nxt = str(market_calendar.next_session(trained["trade_day"]).date())
+    follow = run(["live_trading.py", "--as-of", nxt], home)
+    assert follow.returncode == 0, follow.stderr[-3000:]
+    after = {o["client_key"]: o for o in assert_consistent(home)}
+    df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
+    opens = df[df["Date"] == nxt].set_index("Symbol")["Open"].to_dict()
+    for o in paper:
+        filled = after[o["client_key"]]
+        assert filled["status"] == "FILLED"
+        assert filled["avg_fill_price"] == pytest.approx(slippage_price(opens[o["symbol"]], o["side"]), abs=1e-6)
+    assert "order_fill" in [r["action"] for r in audit_records(home)]
+    assert "EXTERNAL POSITION" not in follow.stderr + next((home / "logs").glob("trading_*.log")).read_text()
 
 
 @pytest.mark.parametrize("point", ["after_signals", "after_record_intent", "after_place_order",
@@ -87,7 +106,7 @@ def test_crash_at_each_step_then_rerun(home, trained, point):
     rerun = run(["live_trading.py", "--as-of", trained["trade_day"]], home)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     paper = assert_consistent(home)
-    assert paper and all(o["status"] == "FILLED" for o in paper)
+    assert paper and all(o["status"] == "WORKING" for o in paper)      # pending the next open
     if point == "after_place_order":
         assert "reached the broker" in rerun.stderr      # adopted, not sent again
 
@@ -130,8 +149,25 @@ def _open_real_paper_positions(home, day):
                             "client_key": f"test-{sym}"})
 
 
+def _next_session_prices(home):
+    """What the next cycle's sync_prices does once the data has the session after the last one:
+    that session's closes and opens to the real paper account."""
+    import market_calendar
+    import state_db
+    from paper_broker import PaperBroker
+    df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
+    last = df["Date"].max()
+    nxt = market_calendar.next_session(last).date()
+    closes = df[df["Date"] == last].set_index("Symbol")["Close"].to_dict()
+    PaperBroker(conn=state_db.connect(home / C.STATE_DB_FILE), fill="next_open").set_prices(
+        closes, as_of=nxt, opens={nxt: {s: p * 1.01 for s, p in closes.items()}})
+
+
 def test_flatten_closes_everything_after_confirmation(home, trained):
+    import market_calendar
     assert run(["live_trading.py", "--as-of", trained["trade_day"]], home).returncode == 0
+    nxt = str(market_calendar.next_session(trained["trade_day"]).date())
+    assert run(["live_trading.py", "--as-of", nxt], home).returncode == 0     # the first day's orders fill
     replay_open = db(home, replay=True).execute(
         "SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0]
     assert replay_open > 0
@@ -141,6 +177,11 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
     assert refused.returncode == 2 and "confirmation" in refused.stderr
     done = run(["live_trading.py", "flatten", "--confirm", "FLATTEN"], home)
     assert done.returncode == 0, done.stderr[-2000:]
+    # paper: the closing orders are accepted and fill at the next session's open
+    assert "next session's open" in done.stdout
+    assert db(home).execute("SELECT COUNT(*) FROM paper_orders WHERE side = 'SELL' AND status = 'WORKING'"
+                            ).fetchone()[0] == 2
+    _next_session_prices(home)
     assert db(home).execute("SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == 0
     # the replay account is a different account: flatten never touches it
     assert db(home, replay=True).execute(
@@ -154,7 +195,7 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
     sells = db(home).execute("SELECT COUNT(*) FROM paper_orders WHERE side = 'SELL'").fetchone()[0]
     assert sells == 2
     replay_status = run(["live_trading.py", "status", "--replay"], home)
-    assert "last cycle:      " + trained["trade_day"] in replay_status.stdout
+    assert "last cycle:      " + nxt in replay_status.stdout
 
 
 def test_flatten_waits_for_the_cycle_lock_and_names_the_holder(home, trained):
@@ -204,6 +245,38 @@ def _record_passing_backtest(home, checksum, eligible=True, in_sample=False):
                       home / "reports" / "backtest_x.html")
 
 
+def _record_walk_forward(home, passed=True, eligible=True, universe=None, config_fingerprint=None,
+                         data_path=None, data_sha256=None, created_at=None):
+    """One walk_forward_runs row; by default a passing one for the installed model's configuration
+    on the whole universe and the production data file (as ./run_backtest.sh --walk-forward records)."""
+    import data_collection
+    import model_management
+    import walk_forward
+    meta = model_management.read_metadata(home / C.MODEL_FILE)
+    cfg = walk_forward.model_configuration_from_metadata(meta)
+    path = data_path or (home / C.PROCESSED_DATA_FILE)
+    report = {"inputs": {"config_fingerprint": config_fingerprint or walk_forward.config_fingerprint(cfg),
+                         "data_sha256": data_sha256 or walk_forward.file_sha256(home / C.PROCESSED_DATA_FILE),
+                         "data_path": str(path),
+                         "universe": sorted(universe if universe is not None else data_collection.load_universe()),
+                         "costs": {}, "model_config": cfg, "seed": 42},
+              "start": "2023-01-03", "end": "2025-10-31", "workers": 2, "passed": passed, "gate_eligible": eligible,
+              "report_json": str(home / "reports" / "walkforward_x.json"),
+              "overall": {"conditions": [], "passed": passed, "n_trials": 1, "dm_vs_no_change": {"skill": 0.01,
+                          "p_value": 0.01}, "dm_vs_training_mean": {"skill": 0.01, "p_value": 0.01},
+                          "directional_accuracy": 0.55, "strategy": {"total_return": 0.2},
+                          "benchmark": {"total_return": 0.1}, "sharpe_strategy": 1.2, "sharpe_benchmark": 0.8,
+                          "psr_excess": 0.99, "dsr_excess": 0.97, "predictions": 1000},
+              "folds": []}
+    run_id = walk_forward.record_run(report)
+    if created_at:
+        import live_trading
+        conn = live_trading.db()
+        conn.execute("UPDATE walk_forward_runs SET created_at = ? WHERE id = ?", (created_at, run_id))
+        conn.commit()
+    return run_id
+
+
 def _record_paper_sessions(home, checksum, n, replay=0):
     import live_trading
     conn = live_trading.db()
@@ -221,6 +294,7 @@ def test_gate_opens_only_when_both_conditions_hold(home, trained):
     _record_paper_sessions(home, "other-model", 9)                   # another model: no
     assert run(["live_trading.py", "gate"], home).returncode == 1
     _record_passing_backtest(home, checksum)
+    _record_walk_forward(home)
     _record_paper_sessions(home, checksum, 4)
     gate = run(["live_trading.py", "gate"], home)
     assert gate.returncode == 1 and "4 of 5" in gate.stdout and "PASS (" in gate.stdout
@@ -229,6 +303,76 @@ def test_gate_opens_only_when_both_conditions_hold(home, trained):
     assert gate.returncode == 0 and "ALLOWED" in gate.stdout
     live = run(["live_trading.py"], home, {"TRADING_MODE": "live"})
     assert live.returncode != 3 and "LIVE TRADING REFUSED" not in live.stderr
+
+
+def _gate(home):
+    import golive
+    import model_management
+    checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
+    return golive.gate_status(checksum)
+
+
+def _open_but_for_walk_forward(home):
+    import model_management
+    checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
+    _record_passing_backtest(home, checksum)
+    _record_paper_sessions(home, checksum, C.GOLIVE_MIN_PAPER_SESSIONS)
+
+
+def test_gate_closed_without_a_walk_forward(home, trained):
+    _open_but_for_walk_forward(home)
+    st = _gate(home)
+    assert not st["passed"] and st["backtest"] and st["walk_forward"] is None
+    assert [c["name"] for c in st["conditions"] if not c["passed"]] == ["walk_forward"]
+    gate = run(["live_trading.py", "gate"], home)
+    assert gate.returncode == 1 and "REFUSED" in gate.stdout and "walk-forward" in gate.stdout
+    assert "./run_backtest.sh --walk-forward" in gate.stdout and "no walk-forward of this model" in gate.stdout
+    as_json = json.loads(run(["live_trading.py", "gate", "--json"], home).stdout)
+    wf = next(c for c in as_json["conditions"] if c["name"] == "walk_forward")
+    assert wf["passed"] is False and wf["fix"] == "./run_backtest.sh --walk-forward" and wf["threshold"]
+
+
+def test_gate_closed_with_a_failing_walk_forward(home, trained):
+    _open_but_for_walk_forward(home)
+    _record_walk_forward(home, passed=False)
+    st = _gate(home)
+    assert not st["passed"] and st["walk_forward"] is None and st["walk_forward_latest"]["passed"] is False
+    gate = run(["live_trading.py", "gate"], home)
+    assert gate.returncode == 1 and "FAILED its statistics" in gate.stdout
+
+
+def test_gate_closed_with_a_walk_forward_of_another_config_universe_or_subset(home, trained):
+    import data_collection
+    _open_but_for_walk_forward(home)
+    universe = sorted(data_collection.load_universe())
+    _record_walk_forward(home, config_fingerprint="0" * 64)                  # another configuration
+    _record_walk_forward(home, universe=universe[:-1])                         # another universe
+    _record_walk_forward(home, eligible=False)                                 # a subset or short history
+    _record_walk_forward(home, data_path=home / "elsewhere.csv", data_sha256="f" * 64)   # other data
+    assert not _gate(home)["passed"]
+    _record_walk_forward(home)                                                 # the matching pass
+    st = _gate(home)
+    assert st["passed"] and st["walk_forward"]["id"] == 5
+    gate = run(["live_trading.py", "gate"], home)
+    assert gate.returncode == 0 and "ALLOWED" in gate.stdout and "walk-forward:   PASS (run 5" in gate.stdout
+
+
+def test_gate_walk_forward_ties_to_the_production_data(home, trained):
+    """The data file changes every session: a pass on the production file counts for
+    GOLIVE_WALK_FORWARD_MAX_AGE_DAYS, or for as long as the file keeps the same bytes."""
+    from datetime import datetime, timedelta, timezone
+    _open_but_for_walk_forward(home)
+    old = (datetime.now(timezone.utc) - timedelta(days=C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS + 1)).isoformat()
+    _record_walk_forward(home, created_at=old)
+    assert _gate(home)["passed"]                                               # same bytes: counts
+    with open(home / C.PROCESSED_DATA_FILE, "a") as fh:                        # the daily update changed it
+        fh.write("\n")
+    st = _gate(home)
+    assert not st["passed"] and "days old" in next(c for c in st["conditions"]
+                                                   if c["name"] == "walk_forward")["measured"]
+    recent = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+    _record_walk_forward(home, data_sha256="e" * 64, created_at=recent)       # last week's file, recent run
+    assert _gate(home)["passed"]
 
 
 def test_gate_override_is_explicit_and_audited(home, trained):
@@ -242,6 +386,10 @@ def test_gate_override_is_explicit_and_audited(home, trained):
     assert "ALLOWED" not in run(["live_trading.py", "gate"], home).stdout
     checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
     _record_passing_backtest(home, checksum)                          # 0 of 5 paper sessions
+    refused = run(["live_trading.py", "gate", "--override", "--reason", "operator insists"], home)
+    assert refused.returncode == 1 and "walk-forward" in refused.stderr          # the evidence is still needed
+    assert "out-of-sample backtest" not in refused.stderr
+    _record_walk_forward(home)
     done = run(["live_trading.py", "gate", "--override", "--reason", "operator insists"], home)
     assert done.returncode == 0 and "ALLOWED" in done.stdout and "operator insists" in done.stdout
     assert ("golive_gate", "override") in [(r["action"], r["status"]) for r in audit_records(home)]
@@ -329,6 +477,7 @@ def test_live_cycle_through_schwab_py(home, trained, fake, cm, monkeypatch):
     closes = df[df["Date"] == day].set_index("Symbol")["Close"].to_dict()
     checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
     _record_passing_backtest(home, checksum)
+    _record_walk_forward(home)
     _record_paper_sessions(home, checksum, 5)
     store(cm)
     fake.quotes = {s: {"quote": {"lastPrice": p, "bidPrice": p - 0.01, "askPrice": p + 0.01},

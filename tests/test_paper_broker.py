@@ -234,3 +234,67 @@ def test_penny_stock_and_invalid_price():
         broker.set_prices({"X": -1.0}, MON)
     with pytest.raises(ValueError):
         broker.set_prices({"X": float("nan")}, MON)
+
+
+# ------------------------------------------------------------------ next-open fills (PAPER_FILL)
+def test_market_order_pends_until_the_next_open_then_fills_there(monkeypatch):
+    monkeypatch.setattr(C, "PAPER_SLIPPAGE_BPS", 10.0)
+    b = PaperBroker(prices={"AAPL": 100.0}, as_of=MON, fill="next_open")
+    oid = b.place_order(order("BUY", 10))
+    got = b.get_order(oid)
+    assert got["status"] == "WORKING" and got["pending_next_open"] and got["filled_quantity"] == 0
+    assert b.get_positions() == {}
+    b.set_prices({"AAPL": 100.0}, as_of=MON)                       # the same session again: still pending
+    assert b.get_order(oid)["status"] == "WORKING"
+    tue = MON + timedelta(days=1)
+    b.set_prices({"AAPL": 120.0}, as_of=tue, opens={tue: {"AAPL": 110.0}})
+    got = b.get_order(oid)
+    assert got["status"] == "FILLED" and got["avg_fill_price"] == pytest.approx(110.0 * 1.001)   # the open, slipped
+    assert b.get_positions()["AAPL"]["quantity"] == 10
+    # a pending order whose symbol never gets an open expires instead of filling at a stale price
+    oid2 = b.place_order(order("SELL", 10, key="sell-1"))
+    wed = tue + timedelta(days=1)
+    b.set_prices({"AAPL": 121.0}, as_of=wed, opens={wed: {"MSFT": 50.0}})
+    assert b.get_order(oid2)["status"] == "EXPIRED" and b.get_positions()["AAPL"]["quantity"] == 10
+
+
+def test_paper_fills_equal_the_backtest_engines_for_the_same_decisions(monkeypatch):
+    """The engine decides from day t's close and fills at t+1's open; the paper broker given the
+    same orders after each close and each session's prices fills them at the same prices with the
+    same commissions and ends with the same cash and positions."""
+    import numpy as np
+    import backtest_engine as E
+    from test_backtest_engine import make_market, random_walk
+    monkeypatch.setattr(C, "PAPER_SLIPPAGE_BPS", 7.0)
+    monkeypatch.setattr(C, "PAPER_COMMISSION_PER_SHARE", 0.01)
+    monkeypatch.setattr(C, "PAPER_MIN_COMMISSION", 1.0)
+    n = 30
+    o1, c1 = random_walk(n, seed=11)
+    o2, c2 = random_walk(n, start=50.0, seed=12)
+    market = make_market(np.c_[o1, o2], np.c_[c1, c2], symbols=["AAA", "BBB"])
+    targets = np.zeros((n, 2), int)
+    targets[2:12, 0] = 300
+    targets[12:20, 0] = 100
+    targets[4:25, 1] = 200
+    result = E.run_engine(market, E.FixedTargetPolicy(targets), costs=E.Costs())
+    assert len(result.trades) >= 4
+    b = PaperBroker(fill="next_open")
+    by_decided = {}
+    for t in result.trades:
+        by_decided.setdefault(t["decided"], []).append(t)
+    for d, day in enumerate(market.dates):
+        sess = day.date()
+        b.set_prices({s: float(market.close[d, i]) for i, s in enumerate(market.symbols)}, as_of=sess,
+                     opens={sess: {s: float(market.open[d, i]) for i, s in enumerate(market.symbols)}})
+        for t in by_decided.get(sess.isoformat(), []):
+            b.place_order(order(t["side"], t["quantity"], symbol=t["symbol"], key=f"{sess}-{t['seq']}"))
+    fills = [dict(r) for r in b.conn.execute("SELECT * FROM paper_fills ORDER BY id")]
+    assert [(f["trade_date"], f["symbol"], f["side"], f["quantity"]) for f in fills] == \
+        [(t["date"], t["symbol"], t["side"], t["quantity"]) for t in result.trades]
+    for f, t in zip(fills, result.trades):
+        assert f["price"] == pytest.approx(t["fill_price"], abs=1e-9)
+        assert f["commission"] == pytest.approx(t["commission"], abs=1e-12)
+    assert b._cash() == pytest.approx(float(result.cash[-1]), abs=1e-6)
+    held = {s: p["quantity"] for s, p in b.get_positions().items()}
+    assert held == {s: q for s, q in result.final_positions.items() if q}
+    assert b.get_account_balance()["equity"] == pytest.approx(float(result.equity[-1]), abs=1e-6)

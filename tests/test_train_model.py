@@ -104,6 +104,29 @@ def test_sample_model_has_skill_on_test_period(shared):
     assert t["directional_accuracy"] > 0.52, t
 
 
+def test_sample_model_is_promoted_on_validation_skill(shared):
+    """The tiny model on the sample data (make demo's) has positive validation skill against both
+    no change and the training-mean constant, so it is promoted without --force."""
+    r = shared["result"]
+    v = r["metrics"]["validation"]
+    assert r["promoted"], r["reason"]
+    assert v["skill"] > 0 and v["skill_vs_training_mean"] > 0, v
+    assert shared["metadata"]["promotion"]["selected_on"] == "validation"
+
+
+def test_validation_skill_rule():
+    rule = train_model.validation_skill_problem
+    assert rule({"skill": 0.01, "skill_vs_training_mean": 0.02}) is None
+    assert "against no change -0.0010" in rule({"skill": -0.001, "skill_vs_training_mean": 0.02})
+    why = rule({"skill": 0.01, "skill_vs_training_mean": 0.0})
+    assert "against the training mean +0.0000" in why and "no change" not in why
+    assert rule({"skill": None, "skill_vs_training_mean": None}).count("n/a") == 2
+    y = np.array([1.0, -1.0, 2.0, 0.0])
+    assert train_model.skill_vs_constant(y, y, 0.5) == 1.0                   # perfect forecast
+    assert train_model.skill_vs_constant(y, np.full(4, 0.5), 0.5) == 0.0      # the constant itself
+    assert train_model.skill_vs_constant(y, np.full(4, 3.0), 0.5) < 0
+
+
 def test_fast_path_reproduces_saved_test_metrics(shared):
     """Live inference (NumPy path + stored scaler) on the test period gives the metrics that
     training saved: no scaling mismatch between training and inference."""
@@ -144,8 +167,8 @@ def test_worse_model_not_promoted_without_force(shared, trading_home):
                       epochs=1, units=1, dense_units=0, seed=7)
     assert not result["promoted"], result["reason"]
     assert "kept the current model" in result["reason"]
-    assert result["previous_test_MSE"] is not None
-    assert result["previous_test_MSE"] < result["metrics"]["test"]["MSE"]
+    assert result["previous_validation_MSE"] is not None           # selection on validation, never test
+    assert result["previous_validation_MSE"] < result["metrics"]["validation"]["MSE"]
     assert mm.calculate_model_checksum(trading_home / C.MODEL_FILE) == before
     assert train_model.PROFILES["tiny"]["window"] == C.TINY_WINDOW
 
@@ -262,3 +285,25 @@ def test_cli_tiny_force_replaces_and_backs_up(shared, trading_home):
     assert (Path(backups[0]["path"]) / C.MODEL_METADATA_FILE).is_file()
     logs = list((trading_home / "logs").glob("trading_*.log"))
     assert logs and "directional_accuracy" in logs[0].read_text()
+
+
+def test_no_validation_skill_is_not_promoted_exit_3_and_force_is_audited(trading_home):
+    """Sample prices with no predictable component (phi = 0): the model has no validation skill,
+    so it is not installed (exit 3, one ERROR line); --force installs it with an audit record."""
+    import market_calendar
+    dates = market_calendar.sessions(C.SAMPLE_START, C.SAMPLE_END)
+    prices = pd.concat([sample_data.simulate_symbol(s, dates, phi=0.0) for s in ["AAPL", "MSFT", "JPM", "PG"]],
+                       ignore_index=True)
+    data_collection.build_features(prices).to_csv(trading_home / C.PROCESSED_DATA_FILE, index=False,
+                                                  date_format="%Y-%m-%d")
+    proc = _run_cli(trading_home, "--profile", "tiny", timeout=300)
+    assert proc.returncode == train_model.EXIT_NO_SKILL == 3, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "model NOT PROMOTED: validation skill is not positive" in errors[0]
+    assert not (trading_home / C.MODEL_FILE).exists()
+    forced = _run_cli(trading_home, "--profile", "tiny", "--force", timeout=300)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (trading_home / C.MODEL_FILE).exists()
+    records = [json.loads(line) for line in (trading_home / C.AUDIT_LOG_FILE).read_text().splitlines() if line.strip()]
+    forced_rec = [r for r in records if (r["action"], r["status"]) == ("model_promotion", "forced")]
+    assert len(forced_rec) == 1 and "validation skill is not positive" in forced_rec[0]["details"]["no_validation_skill"]
