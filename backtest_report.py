@@ -19,7 +19,7 @@ import config
 import constants as C
 from backtest_metrics import monthly_returns
 from fileutil import atomic_write_text
-from golive import finite_json, json_default
+from fileutil import finite_json, json_default
 
 
 def fmt(value, kind: str) -> str:

@@ -10,10 +10,15 @@ group or other access (as ssh demands of private keys).
 A read-only file system, a full disk or a missing permission raises ``errors.StorageError``
 (one line naming the file, the disk and the fix; also an ``OSError``), and the old file stays.
 """
+import math
 import os
 import stat
 import tempfile
+from datetime import date, datetime
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from errors import storage_error
 
@@ -128,3 +133,28 @@ def private_file_problem(path, *, fd: int | None = None, follow_symlinks: bool =
     if mode & 0o077:
         return f"{shown} is accessible by group or others (mode {mode:04o}); fix: chmod 600 {shown}"
     return None
+
+
+# ----------------------------------------------------------------------------- JSON for report files
+def json_default(obj):
+    """``json.dumps(default=...)`` for NumPy numbers, dates and paths (NaN/inf become None)."""
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, (pd.Timestamp, datetime, date)):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def finite_json(obj):
+    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj

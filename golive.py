@@ -22,18 +22,18 @@ state lives in the state database (``state_db``).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from datetime import date, datetime
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 
 import config
 import constants as C
 from errors import UserFacingError
+import data_collection
+import model_management
 import state_db
+import walk_forward
+from fileutil import json_default
 
 GATE_OVERRIDE_KEY = "golive_override"
 
@@ -110,30 +110,6 @@ def evaluate_criteria(metrics: dict, criteria: Criteria | None = None) -> list[d
 
 # =========================================================================== recorded backtest runs
 
-def json_default(obj):
-    """``json.dumps(default=...)`` for NumPy numbers, dates and paths (NaN/inf become None)."""
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, (pd.Timestamp, datetime, date)):
-        return obj.isoformat()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def finite_json(obj):
-    """Replace NaN/inf floats (not valid JSON) by None, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
 def record_run(summary: dict, report_path, conn=None) -> int:
     """Insert one row in ``backtest_runs``; returns its id."""
     c = connect(conn)
@@ -201,10 +177,6 @@ def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe,
     """The walk-forward condition for the model with this checksum (see ``walk_forward.gate_walk_forward``
     for what counts): its configuration from the model's metadata, the universe from
     selected_stocks.txt, the production data file's path and hash."""
-    # late: walk_forward imports backtest, which imports this module
-    import walk_forward
-    import data_collection
-    import model_management
     out = {"run": None, "latest": None, "config_fingerprint": None, "universe": None, "data_sha256": None,
            "error": None, "max_age_days": C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS}
     try:
