@@ -43,6 +43,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
+import alerts
 from audit_logging import AuditLogger
 from errors import install_excepthook
 from broker_base import BUY, BUY_TO_COVER, OPENING_SIDES, SELL, SELL_SHORT, SIDES
@@ -381,6 +382,8 @@ class RiskManager:
     ``audit_logging.AuditLogger`` created on first use; the backtest passes ``NullAudit()``).
     """
 
+    send_alerts = True      # a backtest's replay (backtest_engine.ReplayRisk) sends none
+
     def __init__(self, conn=None, audit=None):
         self._conn = conn
         self._audit = audit
@@ -504,6 +507,11 @@ class RiskManager:
                              "Opening trades halted until a person runs: python risk_management.py "
                              "reset-drawdown --reason \"...\"", _pct(details["drawdown"]),
                              _money(details["peak"]), _pct(details["limit"]), _money(equity))
+                if self.send_alerts:
+                    alerts.send_alert("max_drawdown", f"drawdown {_pct(details['drawdown'])} from peak "
+                                      f"{_money(details['peak'])} (limit {_pct(details['limit'])}), "
+                                      f"equity {_money(equity)} on {day}: opening trades halted "
+                                      f"until reset", key=day)
             else:
                 log.critical("DAILY LOSS LIMIT REACHED: loss %s from the day's start %s (limit %s); "
                              "equity %s. Opening trades halted for %s", _pct(details["loss"]),
