@@ -223,13 +223,13 @@ def run_cycle(as_of=None, now=None) -> int:
             alerts.send_alert("cycle_failed", f"{mode} cycle failed: {type(exc).__name__}: {exc}",
                               key=alerts.session_key("trading_cycle"))
             raise
-        if code == EXIT_FAIL:
-            alerts.send_alert("cycle_failed", f"{mode} cycle finished with orders that were not sent "
-                              f"(see the order lines in logs/trading_YYYYMMDD.log)",
-                              key=alerts.session_key("trading_cycle"))
-        return code
         finally:
             config.set_replay(False)
+    if code == EXIT_FAIL and not replay:          # a replay is a drill: no alert
+        alerts.send_alert("cycle_failed", f"{mode} cycle finished with orders that were not sent "
+                          f"(see the order lines in logs/trading_YYYYMMDD.log)",
+                          key=alerts.session_key("trading_cycle"))
+    return code
 
 
 def _cycle(mode: str, as_of, now) -> int:
