@@ -370,7 +370,7 @@ def channel_status() -> dict:
         urls, source = configured_urls()
     except CredentialError as exc:
         return {"channels": 0, "source": f"unreadable: {exc}", "last_test": None}
-    path = state_db.db_path()
+    path = config.state_db_file()          # read only: a health check creates nothing
     last = None
     if path.exists():
         conn = state_db.connect(path)
