@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import sys
 from datetime import datetime, timezone
 
@@ -308,12 +309,12 @@ def check_schedule(now: datetime | None = None):
                       f"{C.SCHEDULE_INTERVAL_MIN} min): check cron is running, then tail "
                       f"\"${{TRADING_HOME:-.}}\"/logs/cron_trading.log")
     conn = scheduler._readonly_conn()
+    decisions, latest = scheduler.evaluate(now, conn, first), None
     try:
-        decisions = scheduler.evaluate(now, conn, first)
         latest = conn.execute("SELECT job, period, status, started_at FROM schedule_runs ORDER BY "
                               "started_at DESC LIMIT 1").fetchone() if conn is not None else None
-    except Exception:
-        latest = None
+    except sqlite3.Error:                 # no job has run yet: no table
+        pass
     finally:
         if conn is not None:
             conn.close()
