@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,7 @@ def test_every_runbook_command_runs_in_a_prepared_home(prepared, tmp_path):
     failures = []
     with WebhookServer() as hook:
         env["TRADING_ALERT_URLS"] = hook.url
-        seen = set()
+        seen, timings = set(), []
         for number, cmd in run:
             same = TRAILING_COMMENT.sub("", cmd).strip()     # the command without its comment
             if same in seen:                # the same command again (the runbook repeats some)
@@ -141,13 +142,17 @@ def test_every_runbook_command_runs_in_a_prepared_home(prepared, tmp_path):
             if missing:
                 failures.append(f"line {number}: {cmd}\n  names files that do not exist: {missing}")
                 continue
+            started = time.monotonic()
             done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=ROOT, env=env,
                                   capture_output=True, text=True, timeout=600)
+            timings.append((time.monotonic() - started, number, cmd.splitlines()[0][:70]))
             allowed = set().union({0}, *(codes for rx, codes in ALLOWED if rx.search(cmd)))
             if done.returncode not in allowed or "Traceback" in done.stderr:
                 failures.append(f"line {number}: {cmd}\n  exit {done.returncode}\n"
                                 f"  {done.stdout[-600:]}\n  {done.stderr[-600:]}")
         titles = [p["title"] for p in hook.received]
+    print("slowest runbook commands:", *(f"{t:6.1f} s  line {n}: {c}" for t, n, c in
+                                          sorted(timings, reverse=True)[:10]), sep="\n  ")
     assert not failures, "\n".join(failures)
     # what the commands looked for was found: the alert test and the runbook's own message arrived
     assert any("Test alert" in t for t in titles), titles
