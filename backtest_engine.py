@@ -173,7 +173,6 @@ class ReplayRisk(rm.RiskManager):
     the reads a replay repeats kept in memory: the halt state is read once a day (only
     ``update_equity`` and the resets write it), the do-not-short list once until it changes.
     Every rule is the RiskManager's own."""
-    send_alerts = False                       # a backtest's halts are results, not incidents
 
     def __init__(self):
         super().__init__(conn=state_db.connect(":memory:"), audit=rm.NullAudit())

@@ -382,8 +382,6 @@ class RiskManager:
     ``audit_logging.AuditLogger`` created on first use; the backtest passes ``NullAudit()``).
     """
 
-    send_alerts = True      # a backtest's replay (backtest_engine.ReplayRisk) sends none
-
     def __init__(self, conn=None, audit=None):
         self._conn = conn
         self._audit = audit
@@ -507,7 +505,7 @@ class RiskManager:
                              "Opening trades halted until a person runs: python risk_management.py "
                              "reset-drawdown --reason \"...\"", _pct(details["drawdown"]),
                              _money(details["peak"]), _pct(details["limit"]), _money(equity))
-                if self.send_alerts:
+                if not isinstance(self._audit, NullAudit):   # not a backtest's or a scratch account
                     alerts.send_alert("max_drawdown", f"drawdown {_pct(details['drawdown'])} from peak "
                                       f"{_money(details['peak'])} (limit {_pct(details['limit'])}), "
                                       f"equity {_money(equity)} on {day}: opening trades halted "
