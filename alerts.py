@@ -79,7 +79,7 @@ ALERT_KINDS: dict[str, AlertKind] = {
     "kill_switch_set": AlertKind("Kill switch set: every run stops trading", SAME_DAY,
                                  "python live_trading.py status"),
     "manual_reconciliation": AlertKind("Trading halted for manual reconciliation", IMMEDIATE,
-                                       "python live_trading.py status"),
+                                       "python trading_execution.py orders"),
     "token_expiring": AlertKind("Schwab login token expires within a day", SAME_DAY,
                                 "python trading_api.py token-age"),
     "data_update_failed": AlertKind("Daily data update failed", SAME_DAY,
@@ -282,6 +282,9 @@ def send_alert(kind: str, message: str, severity: str | None = None, command: st
     except AlertConfigError as exc:
         log.warning("Alert not sent: %s", exc)
         return False
+    if config.replay():            # an --as-of replay is a drill in a throwaway account
+        log.info("Replay: alert %s not sent (%s)", kind, message)
+        return True
     quiet = C.ALERT_QUIET_PERIOD_MIN if quiet_minutes is None else quiet_minutes
     log.warning("ALERT %s [%s]: %s", kind, severity, message)
     try:
@@ -314,6 +317,13 @@ def send_alert(kind: str, message: str, severity: str | None = None, command: st
     finally:
         if conn is not None:
             conn.close()
+
+
+def session_key(job: str, now: datetime | None = None) -> str:
+    """The quiet-period key of a scheduled job's alert for today's New York session,
+    ``job:YYYY-MM-DD``, the key the scheduler uses for the same job's failure: one alert, not two."""
+    now = now or datetime.now(timezone.utc)
+    return f"{job}:{now.astimezone(ZoneInfo('America/New_York')):%Y-%m-%d}"
 
 
 def _record(conn, kind, key, severity, delivered, failed, message, suppressed=False) -> None:
@@ -360,7 +370,7 @@ def channel_status() -> dict:
         urls, source = configured_urls()
     except CredentialError as exc:
         return {"channels": 0, "source": f"unreadable: {exc}", "last_test": None}
-    path = state_db.db_path()
+    path = config.state_db_file()          # read only: a health check creates nothing
     last = None
     if path.exists():
         conn = state_db.connect(path)

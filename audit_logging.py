@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import alerts
 import config
 from errors import install_excepthook, storage_error
 import constants as C
@@ -727,6 +728,8 @@ def require_valid_trail(logger: logging.Logger | None = None,
     message = (f"AUDIT TRAIL NOT VALID ({report.kind}): trading refused. {report.error} -- "
                f"Check with `python audit_logging.py verify` and follow {RUNBOOK_AUDIT_SECTION}")
     logger.critical("%s", message)
+    alerts.send_alert("audit_verification_failed", f"{report.kind}: {report.error}; trading refused",
+                      key=f"{report.kind}:{report.error}"[:200])
     raise AuditTrailInvalidError(message)
 
 
@@ -805,6 +808,8 @@ def main(argv=None) -> int:
                       f"last seq {report.last_seq}")
                 return 0
             print(f"AUDIT TRAIL NOT VALID ({report.kind}): {report.error}")
+            alerts.send_alert("audit_verification_failed", f"python audit_logging.py verify: "
+                              f"{report.kind}: {report.error}", key=f"{report.kind}:{report.error}"[:200])
             if report.kind == "tampered":
                 log.critical("Audit verification failed: %s", report.error)
             else:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import alerts
 import config
 import csv_source
 from errors import DataError, UserFacingError, install_excepthook
@@ -590,9 +591,12 @@ def main(argv=None) -> int:
         summary = update(force=args.force)
     except UserFacingError as exc:           # DataError, a read-only or full disk (StorageError)
         log.error("data update FAILED: %s", exc)
+        alerts.send_alert("data_update_failed", str(exc), key=alerts.session_key("data_update"))
         return 1
-    except Exception:
+    except Exception as exc:
         log.exception("data update FAILED with an unexpected error")
+        alerts.send_alert("data_update_failed", f"unexpected {type(exc).__name__}: {exc}",
+                          key=alerts.session_key("data_update"))
         return 1
     if summary.get("skipped"):
         print(f"up to date: {len(summary['symbols'])} symbols through {summary['last_date']} "

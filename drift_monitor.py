@@ -24,6 +24,7 @@ import logging
 
 import pandas as pd
 
+import alerts
 import constants as C
 from model_management import compute_metrics, target_scale
 import state_db
@@ -134,4 +135,10 @@ def evaluate(features: pd.DataFrame, model, conn=None, as_of=None) -> dict | Non
         log.log(level, "DRIFT ALERT %s: model %s degraded %.0f%% (directional_accuracy %.3f vs %.3f, "
                 "MSE ratio %.3f vs %.3f): %s", result["severity"], model.checksum[:12], 100 * degradation,
                 accuracy, acc_train, ratio_live, ratio_train, ACTIONS[result["severity"]])
+        if result["severity"] in ("HIGH", "CRITICAL"):
+            alerts.send_alert(f"drift_{result['severity'].lower()}",
+                              f"DRIFT ALERT {result['severity']}: model {model.checksum[:12]} degraded "
+                              f"{100 * degradation:.0f}% over {len(recent)} outcomes (directional_accuracy "
+                              f"{accuracy:.3f} vs {acc_train:.3f}): {ACTIONS[result['severity']]}",
+                              key=model.checksum[:12])
     return result

@@ -1,20 +1,29 @@
 """Every check a person would run from the runbook, one line each (``./run_health_check.sh``).
 
 Exit code: 0 healthy, 1 warnings, 2 failures. Each line is ``OK|WARN|FAIL  check: detail``,
-with the fix on WARN and FAIL lines. Nothing here trades, downloads or changes state.
+with the fix on WARN and FAIL lines; ``--json`` prints the same as one JSON object. Nothing here
+trades, downloads or changes state; with failures it sends the ``health_check_failed`` alert
+(when an alert channel is configured).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import shutil
+import sqlite3
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 
-from audit_logging import AuditLogger
+import pandas as pd
+
+import alerts
+from audit_logging import CYCLE_END, CYCLE_START, AuditLogger
 import config
 import constants as C
 from credential_manager import CredentialManager
+import cron_install
 import data_collection
 import fileutil
 import golive
@@ -22,10 +31,12 @@ import kill_switch
 import trading_cycle
 import market_calendar
 import model_management
+import scheduler
 import schwab_broker
+import state_db
 from risk_management import RiskManager
 from trading_execution import CircuitBreaker
-from errors import mount_point
+from errors import install_excepthook, mount_point
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -124,6 +135,7 @@ def check_token():
     age = schwab_broker.token_age_of(CredentialManager().load_credentials(schwab_broker.SCHWAB_TOKEN_SERVICE))
     if age.state == schwab_broker.TOKEN_MISSING:
         return FAIL, f"no Schwab token: run {schwab_broker.LOGIN_COMMAND}"
+    schwab_broker.alert_if_expiring(age)
     if age.state == schwab_broker.TOKEN_EXPIRED:
         return FAIL, (f"Schwab token {age.age_days:.1f} days old (expired at {C.TOKEN_MAX_AGE_DAYS:.0f}): "
                       f"{schwab_broker.LOGIN_COMMAND}")
@@ -220,34 +232,185 @@ def check_storage():
     return OK, f"{home}: logs, audit trail and state writable"
 
 
+def _last_live_cycle(limit: int = 20_000) -> dict | None:
+    """The newest cycle that was not an ``--as-of`` replay, from the audit trail:
+    {"started_at": UTC datetime, "end": cycle_end status or None (still running / killed)}."""
+    end = None
+    for n, rec in enumerate(AuditLogger().records_backwards()):
+        if n >= limit:
+            break
+        if rec.get("action") == CYCLE_END:
+            end = rec.get("status")
+        elif rec.get("action") == CYCLE_START:
+            details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
+            if details.get("as_of") is None:
+                return {"started_at": datetime.fromisoformat(rec["timestamp"]), "end": end}
+            end = None
+    return None
+
+
+def _scheduler_first_run():
+    conn = scheduler._readonly_conn()
+    try:
+        return scheduler._first_run(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+_CYCLE_END_WHY = {"completed": None, "market_closed": "it ran while the market was closed (cron in the "
+                  "wrong time zone? use ./install_cron.sh, which needs no CRON_TZ)",
+                  "kill_switch": "the kill switch stopped it", "gate_refused": "the go-live gate refused "
+                  "live trading (python live_trading.py gate)", "failed": "orders failed",
+                  "error": "it failed (tail -30 \"${TRADING_HOME:-.}\"/logs/errors.log)", None:
+                  "it never finished (killed?)"}
+
+
+def check_last_cycle(now: datetime | None = None):
+    """Did the last non-replay cycle run on the last session whose cycle window has passed,
+    and if not, why (holiday, kill switch, the scheduler started later, nothing scheduled)."""
+    now = now or datetime.now(timezone.utc)
+    job = next(j for j in scheduler.JOBS if j.name == "trading_cycle")
+    past, _ = scheduler.slots(job, now)
+    ended = [s for s in past if s.until <= now]
+    today = now.astimezone(scheduler.NY).date()
+    holiday = "" if market_calendar.is_session(pd.Timestamp(today)) else \
+        f"today {today:%a %Y-%m-%d} is not an NYSE session; "
+    if not ended:
+        return OK, holiday + "no cycle window has ended in the last days"
+    expected = ended[-1]
+    session = f"{expected.session:%Y-%m-%d}"
+    last = _last_live_cycle()
+    ran_day = last and last["started_at"].astimezone(scheduler.NY).date()
+    if last and ran_day >= expected.session.date():
+        why = _CYCLE_END_WHY.get(last["end"], f"it ended {last['end']}")
+        detail = f"{holiday}last cycle {ran_day} (session {session}): {last['end'] or 'unfinished'}"
+        if why is None:
+            return OK, detail
+        return (FAIL if last["end"] in ("error", "market_closed") else WARN), f"{detail}: {why}"
+    before = f"last cycle {ran_day}" if last else "no trading cycle has run here"
+    switch = None if _no_state() else kill_switch.get()
+    if switch:
+        return WARN, (f"{holiday}{before}, none on session {session}: kill switch ON "
+                      f"({kill_switch.describe(switch)}); python live_trading.py resume")
+    first = _scheduler_first_run()
+    if first is not None and first > expected.due_at:
+        return OK, f"{holiday}{before}; the scheduler started {scheduler.ny(first)}, after session {session}'s cycle"
+    return WARN, (f"{holiday}{before}, none on session {session} (due {scheduler.ny(expected.due_at)}): "
+                  f"python scheduler.py status; ./install_cron.sh")
+
+
+def check_schedule(now: datetime | None = None):
+    """The cron block is installed and the scheduler ran every job window that has passed."""
+    now = now or datetime.now(timezone.utc)
+    if not cron_install.installed():
+        return WARN, "schedule not installed: nothing runs by itself; ./install_cron.sh"
+    first = _scheduler_first_run()
+    if first is None:
+        return WARN, (f"schedule installed, but the scheduler has never run (cron every "
+                      f"{C.SCHEDULE_INTERVAL_MIN} min): check cron is running, then tail "
+                      f"\"${{TRADING_HOME:-.}}\"/logs/cron_trading.log")
+    conn = scheduler._readonly_conn()
+    decisions, latest = scheduler.evaluate(now, conn, first), None
+    try:
+        latest = conn.execute("SELECT job, period, status, started_at FROM schedule_runs ORDER BY "
+                              "started_at DESC LIMIT 1").fetchone() if conn is not None else None
+    except sqlite3.Error:                 # no job has run yet: no table
+        pass
+    finally:
+        if conn is not None:
+            conn.close()
+    missed = [f"{d.job.name} {s.period}" for d in decisions for s in (d.missed or [])]
+    last = (f"last job {latest['job']} {latest['period']} {latest['status']} at "
+            f"{scheduler.ny(datetime.fromisoformat(latest['started_at']))}"
+            if latest and latest["started_at"] else "no job run yet")
+    if missed:
+        return WARN, (f"schedule installed but not running: missed {', '.join(missed[:5])}; {last}: "
+                      f"check cron, then python scheduler.py status")
+    return OK, f"schedule installed, running since {scheduler.ny(first)}; {last}"
+
+
+def check_alerts():
+    st = alerts.channel_status()
+    if not st["channels"]:
+        return WARN, f"no alert channel ({st['source']}): python alerts.py add URL, then python alerts.py test"
+    last = st["last_test"]
+    detail = f"{st['channels']} alert channel(s) ({st['source']})"
+    if not last:
+        return WARN, f"{detail}, never tested: python alerts.py test"
+    if not last.get("ok"):
+        return WARN, (f"{detail}; last test FAILED at {last['at']} ({last['failed']}/{last['channels']} "
+                      f"failed): python alerts.py list, then python alerts.py test")
+    return OK, f"{detail}; last test OK at {last['at']}"
+
+
 CHECKS = [("python", check_python), ("mode", check_mode), ("storage", check_storage),
           ("kill switch", check_kill_switch),
           ("universe", check_universe), ("data", check_data), ("model", check_model),
           ("audit", check_audit), ("credentials", check_credentials), ("token", check_token),
           ("breaker", check_breaker), ("risk", check_risk), ("gate", check_gate),
-          ("drift", check_drift_alerts), ("errors", check_errors_today), ("disk", check_disk)]
+          ("drift", check_drift_alerts), ("errors", check_errors_today), ("disk", check_disk),
+          ("last cycle", check_last_cycle), ("schedule", check_schedule), ("alerts", check_alerts)]
+RESULTS = {0: "healthy", 1: "warnings", 2: "FAILURES"}
 
 
-def run() -> int:
-    try:
-        config.trading_mode()
-        config.data_source()
-    except config.ConfigError as exc:          # nothing else is meaningful with a bad setting
-        print(f"FAIL  mode: {exc}")
-        print("FAILURES")
-        return 2
-    worst = 0
+def results() -> list[dict]:
+    """Every check: [{"name", "level", "detail"}]; a check that raises is a FAIL naming the error."""
+    out = []
     for name, check in CHECKS:
         try:
             level, detail = check()
         except Exception as exc:
             level, detail = FAIL, f"{type(exc).__name__}: {exc}"
-        worst = max(worst, {OK: 0, WARN: 1, FAIL: 2}[level])
-        print(f"{level:4}  {name}: {detail}")
-    print({0: "healthy", 1: "warnings", 2: "FAILURES"}[worst])
+        out.append({"name": name, "level": level, "detail": detail})
+    return out
+
+
+def _alert_failures(checks: list[dict]) -> None:
+    """The ``health_check_failed`` alert, only when a channel is configured (so that a home
+    without one gets no state database from a health check)."""
+    failed = [f"{c['name']}: {c['detail']}" for c in checks if c["level"] == FAIL]
+    try:
+        configured = bool(alerts.configured_urls()[0])
+    except Exception:
+        configured = False
+    if failed and configured:
+        alerts.send_alert("health_check_failed", "; ".join(failed)[:1500],
+                          key=alerts.session_key("health_check"))
+
+
+def run(as_json: bool = False) -> int:
+    try:
+        config.trading_mode()
+        config.data_source()
+    except config.ConfigError as exc:          # nothing else is meaningful with a bad setting
+        checks = [{"name": "mode", "level": FAIL, "detail": str(exc)}]
+    else:
+        checks = results()
+    worst = max({OK: 0, WARN: 1, FAIL: 2}[c["level"]] for c in checks)
+    if as_json:
+        print(json.dumps({"result": RESULTS[worst], "exit_code": worst, "home": str(config.home()),
+                          "checked_at": state_db.utcnow(), "checks": checks}, indent=2))
+    else:
+        for c in checks:
+            print(f"{c['level']:4}  {c['name']}: {c['detail']}")
+        print(RESULTS[worst])
+    if len(checks) > 1:
+        _alert_failures(checks)
     return worst
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    install_excepthook()
+    parser = argparse.ArgumentParser(
+        prog="run_health_check.sh", description="Every check a person would run from the runbook, "
+        "one line each (OK / WARN / FAIL, with the fix). Changes nothing.",
+        epilog="Exit code: 0 healthy, 1 warnings, 2 failures.")
+    parser.add_argument("--json", action="store_true", help="print the checks as one JSON object")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)   # one line per check; details are in the logs
-    sys.exit(run())
+    return run(as_json=args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 
 import config
+import alerts
 import state_db
 from audit_logging import AuditLogger
 from errors import UserFacingError
@@ -93,6 +94,7 @@ def halt(reason: str, conn=None, by: str | None = None, audit=None) -> dict:
         log.warning("Kill switch SET by %s: %s. No order is sent until `python live_trading.py "
                      "resume`.", entry["by"], reason)
         _audit(audit, "kill_switch", "set", entry)
+        alerts.send_alert("kill_switch_set", f"set by {entry['by']}: {reason}", key=entry["at"])
     return value
 
 

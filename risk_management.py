@@ -41,6 +41,7 @@ import numbers
 import sys
 from datetime import date
 
+import alerts
 import config
 import constants as C
 import logging_setup
@@ -352,6 +353,11 @@ class RiskManager(ShortRules):
                              "Opening trades halted until a person runs: python risk_management.py "
                              "reset-drawdown --reason \"...\"", _pct(details["drawdown"]),
                              _money(details["peak"]), _pct(details["limit"]), _money(equity))
+                if not isinstance(self._audit, NullAudit):   # not a backtest's or a scratch account
+                    alerts.send_alert("max_drawdown", f"drawdown {_pct(details['drawdown'])} from peak "
+                                      f"{_money(details['peak'])} (limit {_pct(details['limit'])}), "
+                                      f"equity {_money(equity)} on {day}: opening trades halted "
+                                      f"until reset", key=day)
             else:
                 log.critical("DAILY LOSS LIMIT REACHED: loss %s from the day's start %s (limit %s); "
                              "equity %s. Opening trades halted for %s", _pct(details["loss"]),

@@ -3,6 +3,16 @@
 # (the runbook's version computed the file name three times and could write three files).
 # Prints the file's path. Read-only: trades nothing, changes no state.
 set -uo pipefail
+case "${1:-}" in
+  -h|--help)
+    echo "usage: ./run_incident_capture.sh"
+    echo "Capture the system's state (health check, status, risk, audit chain, log tails) into ONE"
+    echo "file, \$TRADING_HOME/incident_YYYYMMDD_HHMMSS.log (mode 600), and print its path."
+    echo "Read-only: trades nothing, changes no state."
+    exit 0 ;;
+  "") ;;
+  *) echo "usage: ./run_incident_capture.sh   (no arguments; --help for help)" >&2; exit 2 ;;
+esac
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 HOME_DIR="${TRADING_HOME:-$PROJECT_DIR}"
 out="$HOME_DIR/incident_$(date +%Y%m%d_%H%M%S).log"

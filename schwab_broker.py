@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, NamedTuple
 
+import alerts
 import constants as C
 import logging_setup
 from broker_base import (OPEN_STATUSES, UTC, AuthenticationError, BrokerError, OrderNotFoundError,
@@ -147,13 +148,30 @@ def token_age_of(token, now: float | None = None) -> TokenAge:
     return TokenAge(state, age_days, expires)
 
 
+def alert_if_expiring(age: TokenAge) -> bool:
+    """Send the ``token_expiring`` alert when the login dies within ``ALERT_TOKEN_EXPIRY_HOURS``
+    (or has died); once per login (the quiet period's key is its expiry time). True when due."""
+    if age.state == TOKEN_MISSING:
+        return False
+    hours_left = (C.TOKEN_MAX_AGE_DAYS - age.age_days) * 24.0
+    if hours_left > C.ALERT_TOKEN_EXPIRY_HOURS:
+        return False
+    alerts.send_alert("token_expiring", (
+        f"the Schwab login token is {age.age_days:.1f} days old and "
+        + (f"expired at {age.expires:%Y-%m-%d %H:%M}" if hours_left <= 0 else
+           f"expires at {age.expires:%Y-%m-%d %H:%M} (in {hours_left:.0f} h)")
+        + f": run `{LOGIN_COMMAND}`"), key=f"{age.expires:%Y-%m-%dT%H:%M}")
+    return True
+
+
 def check_token_age(creation_timestamp, now: float | None = None) -> float:
     """Age of a Schwab login token in days. Warns from ``TOKEN_WARN_AGE_DAYS``; raises
-    ``TokenExpiredError`` from ``TOKEN_MAX_AGE_DAYS``."""
+    ``TokenExpiredError`` from ``TOKEN_MAX_AGE_DAYS``; alerts within a day of the end."""
     age = token_age_of(creation_timestamp, now)
     if age.state == TOKEN_MISSING:
         raise AuthenticationError(
             f"no Schwab login token is stored: log in once (interactive) with `{LOGIN_COMMAND}`")
+    alert_if_expiring(age)
     expires = age.expires.strftime("%Y-%m-%d %H:%M")
     if age.state == TOKEN_EXPIRED:
         raise TokenExpiredError(

@@ -34,6 +34,7 @@ from datetime import datetime
 
 import pandas as pd
 
+import alerts
 import config
 import constants as C
 import drift_monitor
@@ -210,15 +211,22 @@ def run_cycle(as_of=None, now=None) -> int:
                 return EXIT_OK
             state_db.prepare_replay(as_of)
         try:
-            return _cycle(mode, as_of, now)
+            code = _cycle(mode, as_of, now)
         except Exception as exc:
             try:                       # the trail shows that the cycle ended, and why
                 audit_logger().log_event("cycle_end", "error", {"error": f"{type(exc).__name__}: {exc}"})
             except Exception as audit_exc:
                 log.error("audit of the failed cycle failed too: %s", audit_exc)
+            alerts.send_alert("cycle_failed", f"{mode} cycle failed: {type(exc).__name__}: {exc}",
+                              key=alerts.session_key("trading_cycle"))
             raise
         finally:
             config.set_replay(False)
+    if code == EXIT_FAIL and not replay:          # a replay is a drill: no alert
+        alerts.send_alert("cycle_failed", f"{mode} cycle finished with orders that were not sent "
+                          f"(see the order lines in logs/trading_YYYYMMDD.log)",
+                          key=alerts.session_key("trading_cycle"))
+    return code
 
 
 def _cycle(mode: str, as_of, now) -> int:
@@ -250,6 +258,7 @@ def _cycle(mode: str, as_of, now) -> int:
     plan = _plan(risk, tradable, portfolio, hold, audit)
     keys, failures = _send(executor, plan.approved, cycle_date, mode)
     final = _wait_for_fills(executor, keys)
+    _alert_rejections(executor, cycle_date)
     equity = _close_cycle(conn, audit, risk, executor, model, mode, replay, cycle_date, signals, plan,
                           keys, failures)
     log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
@@ -293,6 +302,8 @@ def _gate_allows(model, conn, audit) -> bool:
                      "; ".join(why))
         audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
         audit.log_event("cycle_end", "gate_refused", {"reasons": why})
+        alerts.send_alert("live_gate_refused", "live cycle refused: " + "; ".join(why),
+                          key=model.checksum[:12])
         return False
     if gate["override"]:
         log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])
@@ -413,6 +424,16 @@ def _send(executor, approved, cycle_date, mode) -> tuple[list[str], int]:
     keys = [r["client_key"] for r in results if r and r.get("broker_order_id")]
     failpoint("after_submit_all")
     return keys, failures
+
+
+def _alert_rejections(executor, cycle_date) -> None:
+    """Alert when the broker rejected ``ALERT_ORDER_REJECTIONS`` or more of this cycle's orders."""
+    rejected = [r for r in executor.orders_for_cycle(cycle_date) if r["status"] == "REJECTED"]
+    if len(rejected) >= C.ALERT_ORDER_REJECTIONS:
+        alerts.send_alert("order_rejections", f"{len(rejected)} orders of the {cycle_date} cycle "
+                          f"rejected by the broker (threshold {C.ALERT_ORDER_REJECTIONS}): "
+                          + "; ".join(f"{r['client_key']}: {(r['error'] or '')[:80]}" for r in rejected[:5]),
+                          key=str(cycle_date))
 
 
 def _wait_for_fills(executor, keys) -> list[dict]:

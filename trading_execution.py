@@ -58,6 +58,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import config
+import alerts
 import constants as C
 import kill_switch
 import logging_setup
@@ -221,11 +222,15 @@ class CircuitBreaker:
             row = self._row()
             row["failures"] += 1
             row["last_error"] = error[:500]
-            if row["state"] == "half_open" or (row["state"] == "closed" and row["failures"] >= self.threshold):
+            opened = row["state"] == "half_open" or (row["state"] == "closed" and row["failures"] >= self.threshold)
+            if opened:
                 row.update(state="open", opened_at=self.clock(), trial_started_at=None)
                 log.error("Circuit breaker OPEN after %d consecutive failures (last: %s); nothing is "
                           "sent for %.0f s, then one trial call", row["failures"], error, self.recovery_s)
             self._save(row)
+        if opened:
+            alerts.send_alert("circuit_breaker_open", f"{self.name} circuit breaker opened after "
+                              f"{row['failures']} consecutive failures (last: {error[:200]})", key=self.name)
 
     def reset(self) -> None:
         with state_db.transaction(self.conn):
@@ -482,6 +487,8 @@ class OrderExecutor:
         snap = json.loads(record["snapshot"] or "{}")
         reason = f"order {key} ({_describe(record)}) is ambiguous at the broker: {why}"
         self.halted = kill_switch.halt(reason, self.conn, by="trading_execution", audit=self.audit)
+        alerts.send_alert("manual_reconciliation", f"{reason}; candidates {', '.join(ids) or 'none'}. "
+                          f"Nothing was sent and the kill switch is set.", key=key)
         self._update(key, error=f"ambiguous: {why}; candidates {', '.join(ids) or 'none'}"[:500])
         self.audit.log_event("order_reconciled", "ambiguous", {
             "client_key": key, "candidates": ids, "rule": why, "context": context,

@@ -31,6 +31,8 @@ def trading_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TRADING_HOME", str(home))
     monkeypatch.setenv("TRADING_CONFIG_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("DATA_SOURCE", "sample")
+    monkeypatch.setenv("TRADING_CRONTAB_FILE", str(tmp_path / "crontab"))   # never the user's crontab
+    monkeypatch.delenv("TRADING_ALERT_URLS", raising=False)
     monkeypatch.delenv("TRADING_MODE", raising=False)
     monkeypatch.delenv("TRADING_CREDENTIAL_KEY", raising=False)
     yield home

@@ -2,7 +2,12 @@
 import os
 import re
 
+import json
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
 import constants as C
+from alert_servers import WebhookServer, free_port
 from conftest import run_entry
 
 
@@ -13,8 +18,22 @@ def check(home, env=None):
     return done.returncode, lines, done.stdout
 
 
+def make_operational(home, hook_url):
+    """What a set-up machine has: the schedule installed (in the test's crontab file), the
+    scheduler started (its first-run record), an alert channel whose test passed."""
+    assert run_entry(["cron_install.py"], home).returncode == 0
+    done = run_entry(["-c", "import scheduler, state_db; from datetime import datetime, timezone; "
+                            "c = state_db.connect(); state_db.ensure_schema(c, scheduler._SCHEMA); "
+                            "state_db.kv_set(c, scheduler.FIRST_RUN_KEY, "
+                            "datetime.now(timezone.utc).isoformat(timespec='seconds')); c.commit()"], home)
+    assert done.returncode == 0, done.stderr
+    assert run_entry(["alerts.py", "test"], home, {"TRADING_ALERT_URLS": hook_url}).returncode == 0
+    return {"TRADING_ALERT_URLS": hook_url}
+
+
 def test_healthy_home(home):
-    rc, lines, out = check(home)
+    with WebhookServer() as hook:
+        rc, lines, out = check(home, make_operational(home, hook.url))
     assert rc == 0, out
     assert out.strip().endswith("healthy")
     assert lines["model"].startswith("OK") and "verified" in lines["model"]
@@ -53,3 +72,83 @@ def test_empty_home_reports_missing_data_and_model_and_creates_nothing(trading_h
     assert rc == 2
     assert "run_daily_data_update.sh" in lines["data"] and "train_model.py" in lines["model"]
     assert not (trading_home / "state").exists()
+
+
+def test_new_checks_warn_on_a_machine_that_is_not_set_up(home):
+    rc, lines, out = check(home)
+    assert rc == 1, out
+    assert lines["schedule"].startswith("WARN") and "./install_cron.sh" in lines["schedule"]
+    assert lines["alerts"].startswith("WARN") and "python alerts.py add URL" in lines["alerts"]
+    assert lines["last cycle"].startswith("WARN") and "no trading cycle has run here" in lines["last cycle"]
+
+
+def test_json_has_every_check_and_the_exit_code(home):
+    done = run_entry(["health_check.py", "--json"], home)
+    data = json.loads(done.stdout)
+    assert data["exit_code"] == done.returncode == 1 and data["result"] == "warnings"
+    names = {c["name"]: c for c in data["checks"]}
+    assert {"data", "model", "audit", "last cycle", "schedule", "alerts"} <= set(names)
+    assert names["schedule"]["level"] == "WARN"
+
+
+def test_failing_channel_and_a_stopped_scheduler_are_warnings(home):
+    env = {"TRADING_ALERT_URLS": f"json://127.0.0.1:{free_port()}/hook"}
+    assert run_entry(["alerts.py", "test"], home, env).returncode == 1
+    assert run_entry(["cron_install.py"], home).returncode == 0
+    long_ago = (datetime.now(timezone.utc) - timedelta(days=6)).isoformat(timespec="seconds")
+    done = run_entry(["-c", "import scheduler, state_db; c = state_db.connect(); "
+                            "state_db.ensure_schema(c, scheduler._SCHEMA); "
+                            f"state_db.kv_set(c, scheduler.FIRST_RUN_KEY, {long_ago!r}); c.commit()"], home)
+    assert done.returncode == 0, done.stderr
+    rc, lines, out = check(home, env)
+    assert lines["alerts"].startswith("WARN") and "last test FAILED" in lines["alerts"], out
+    assert lines["schedule"].startswith("WARN") and "not running: missed" in lines["schedule"], out
+    assert "trading_cycle" in lines["schedule"]
+    assert lines["last cycle"].startswith("WARN") and "none on session" in lines["last cycle"], out
+
+
+def _cycle_records(home, *records):
+    code = ("from audit_logging import AuditLogger; a = AuditLogger(); "
+            + "; ".join(f"a.log_event({r[0]!r}, {r[1]!r}, {r[2]!r})" for r in records))
+    done = run_entry(["-c", code], home)
+    assert done.returncode == 0, done.stderr
+
+
+def test_last_cycle_ok_reasons_and_replays(home, monkeypatch):
+    import health_check
+    monkeypatch.setenv("TRADING_HOME", str(home))
+    _cycle_records(home, ("cycle_start", "started", {"mode": "paper", "as_of": None}),
+                   ("cycle_end", "completed", {}))
+    level, detail = health_check.check_last_cycle()
+    assert level == "OK" and "completed" in detail, detail
+    # a replay afterwards does not count as the last cycle
+    _cycle_records(home, ("cycle_start", "started", {"mode": "paper", "as_of": "2024-01-05"}),
+                   ("cycle_end", "completed", {}))
+    assert health_check.check_last_cycle()[0] == "OK"
+    # on Thanksgiving the check says it is a holiday
+    thanksgiving = datetime(2026, 11, 26, 12, 0, tzinfo=ZoneInfo("America/New_York"))
+    level, detail = health_check.check_last_cycle(thanksgiving)
+    assert "not an NYSE session" in detail, detail
+    # a cycle that ran while the market was closed (cron in the wrong time zone) is a failure
+    _cycle_records(home, ("cycle_start", "started", {"mode": "paper", "as_of": None}),
+                   ("cycle_end", "market_closed", {}))
+    level, detail = health_check.check_last_cycle()
+    assert level == "FAIL" and "market was closed" in detail and "CRON_TZ" in detail, detail
+
+
+def test_kill_switch_is_the_reason_no_cycle_ran(home, monkeypatch):
+    import health_check
+    monkeypatch.setenv("TRADING_HOME", str(home))
+    assert run_entry(["live_trading.py", "halt", "--reason", "maintenance"], home).returncode == 0
+    level, detail = health_check.check_last_cycle()
+    assert level == "WARN" and "kill switch ON" in detail and "maintenance" in detail, detail
+
+
+def test_a_failing_health_check_sends_its_alert(trading_home):
+    with WebhookServer() as hook:
+        rc, lines, out = check(trading_home, {"TRADING_ALERT_URLS": hook.url})
+        assert rc == 2
+        assert len(hook.received) == 1
+        assert "Health check reported problems" in hook.received[0]["title"]
+        assert "First command: ./run_health_check.sh" in hook.received[0]["message"]
+        assert "model:" in hook.received[0]["message"]
