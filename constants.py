@@ -69,6 +69,7 @@ FEATURE_COLUMNS = (                        # model inputs, all scale-free
 SAMPLE_START = "2019-01-02"                # first sample session (YYYY-MM-DD)
 SAMPLE_END = "2025-10-31"                  # last sample session (YYYY-MM-DD)
 SAMPLE_SEED = 20260131                     # seed of the deterministic generator
+SAMPLE_LABEL = "SYNTHETIC sample prices, not market data"   # shown wherever DATA_SOURCE=sample prices appear
 SAMPLE_AR_COEF = 0.3                       # the documented predictable component: AR(1) coefficient of daily returns
 
 # ---------------- model: architecture, targets and training (train_model.py, model_management.py)
