@@ -22,6 +22,7 @@ import live_trading
 import market_calendar
 import model_management
 import schwab_broker
+import status_page
 from risk_management import RiskManager
 from trading_execution import CircuitBreaker
 from errors import mount_point
@@ -234,7 +235,7 @@ def run() -> int:
         print(f"FAIL  mode: {exc}")
         print("FAILURES")
         return 2
-    worst = 0
+    worst, lines = 0, []
     for name, check in CHECKS:
         try:
             level, detail = check()
@@ -242,7 +243,12 @@ def run() -> int:
             level, detail = FAIL, f"{type(exc).__name__}: {exc}"
         worst = max(worst, {OK: 0, WARN: 1, FAIL: 2}[level])
         print(f"{level:4}  {name}: {detail}")
+        lines.append((level, name, detail))
     print({0: "healthy", 1: "warnings", 2: "FAILURES"}[worst])
+    try:                                       # reports/status.html shows these lines; a view, never fatal
+        status_page.build_status_page(health=lines)
+    except Exception as exc:
+        print(f"warning: status page not rebuilt: {type(exc).__name__}: {exc}", file=sys.stderr)
     return worst
 
 

@@ -183,7 +183,8 @@ def _gate(conn) -> dict | None:
 def gather(health=None, schedule=None, drift=None) -> dict:
     """Everything the page shows, as plain data (also handy for ``status --json``)."""
     data = {"generated_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "home": str(config.home()), "health": health, "schedule": schedule}
+            "home": str(config.home()), "health": health, "schedule": schedule,
+            "data_source_label": config.data_source_banner()}
     data["mode"], data["mode_error"] = _safe("mode", config.trading_mode)
     mode = data["mode"] or C.DEFAULT_TRADING_MODE
     audit_path = config.path(C.AUDIT_LOG_FILE)
@@ -219,6 +220,7 @@ def gather(health=None, schedule=None, drift=None) -> dict:
 
 # ----------------------------------------------------------------------------- rendering
 CSS = """
+.synthetic{background:#fff3cd;border:1px solid #e0b000;padding:4px 8px;margin:6px 0}
 *{box-sizing:border-box}
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;padding:12px;color:#1f2328;
 background:#f6f8fa;font-size:15px;line-height:1.4}
@@ -431,6 +433,8 @@ def _render_schedule(schedule) -> str:
 def render(data: dict) -> str:
     mode = data.get("mode") or "unknown"
     mode_text = mode if not data.get("mode_error") else f"error: {data['mode_error']}"
+    label = data.get("data_source_label")
+    banner = f'<p id="data-source" class="synthetic"><b>{E(label)}</b></p>' if label else ""
     body = "".join([
         _section("money", "Money", _render_money(data), ' class="wide"'),
         _section("state", "Switches, risk and gate", _render_state(data)),
@@ -451,7 +455,7 @@ def render(data: dict) -> str:
 <body data-generated="{E(data['generated_at'])}">
 <header><h1>Trading status</h1>
 <div>mode <span id="mode" class="badge {E(mode)}" data-mode="{E(mode)}">{E(mode_text)}</span>
-generated <span id="generated">{E(data['generated_at'])}</span></div></header>
+generated <span id="generated">{E(data['generated_at'])}</span></div>{banner}</header>
 <main>
 {body}</main>
 <footer>Read-only page built from {E(data['home'])}. Commands: <code>python live_trading.py status</code>,
