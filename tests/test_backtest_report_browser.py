@@ -28,7 +28,8 @@ FOLDS = [{"fold": 1, "train_start": "2019-01-02", "train_end": "2022-12-30", "te
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """Sample data (SYNTHETIC), a tiny model, a walk-forward report beside it, one backtest."""
+    """Sample data (SYNTHETIC), a tiny model, a walk-forward report beside it, one backtest over the
+    whole history (--in-sample: the tiny model trades too rarely out of sample to close trips)."""
     home = tmp_path_factory.mktemp("report_home")
     (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")
     env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample", TF_CPP_MIN_LOG_LEVEL="3",
@@ -38,7 +39,7 @@ def report(tmp_path_factory):
         {"title": "Walk-forward 2023-01-03 .. 2024-12-31 (2 folds)", "created_at": "2025-01-01T00:00:00+00:00",
          "passed": False, "folds": FOLDS}))
     for cmd in (["data_collection.py", "--force"], ["train_model.py", "--profile", "tiny", "--epochs", "2"],
-                ["backtest.py", "--no-progress", "--no-record", *LOOSE]):
+                ["backtest.py", "--no-progress", "--no-record", "--in-sample", *LOOSE]):
         done = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
