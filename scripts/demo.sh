@@ -3,7 +3,7 @@
 # (.demo_home/): nothing here can touch real data, models, logs, credentials or a broker.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export TRADING_HOME="$PWD/.demo_home" DATA_SOURCE=sample TRADING_MODE=paper
+export TRADING_HOME="${DEMO_HOME:-$PWD/.demo_home}" DATA_SOURCE=sample TRADING_MODE=paper
 export TRADING_CONFIG_DIR="$TRADING_HOME/keys" TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 PY=.venv/bin/python
 rm -rf "$TRADING_HOME"                # every run starts clean and ends the same way
