@@ -6,10 +6,15 @@ cd "$(dirname "$0")/.."
 export TRADING_HOME="${DEMO_HOME:-$PWD/.demo_home}" DATA_SOURCE=sample TRADING_MODE=paper
 export TRADING_CONFIG_DIR="$TRADING_HOME/keys" TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 PY=.venv/bin/python
-rm -rf "$TRADING_HOME"                # every run starts clean and ends the same way
-mkdir -p "$TRADING_HOME"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { echo "DEMO FAILED at: $*" >&2; exit 1; }
+# every run starts clean and ends the same way; only a folder an earlier demo made is removed
+MARK="$TRADING_HOME/.made_by_make_demo"
+if [[ -e "$TRADING_HOME" && ! -e "$MARK" && -n "$(ls -A "$TRADING_HOME" 2>/dev/null)" ]]; then
+  fail "$TRADING_HOME exists and was not made by make demo: remove it or set DEMO_HOME to a new folder"
+fi
+rm -rf "$TRADING_HOME"
+mkdir -p "$TRADING_HOME" && touch "$MARK"
 
 echo "DATA_SOURCE=sample: SYNTHETIC sample prices, not market data (real tickers, made-up prices;"
 echo "see sample_data.py). Nothing here says anything about the real stocks."

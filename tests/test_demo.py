@@ -18,6 +18,7 @@ LABEL = "SYNTHETIC sample prices, not market data"
 def test_demo_starts_clean_labels_synthetic_prices_and_prints_working_exports(tmp_path):
     home = tmp_path / "demo_home"
     home.mkdir()
+    (home / ".made_by_make_demo").write_text("")                            # an earlier demo's folder
     (home / "STALE_FROM_AN_EARLIER_RUN").write_text("x")
     env = {k: v for k, v in os.environ.items()
            if k not in ("TRADING_HOME", "TRADING_CONFIG_DIR", "DATA_SOURCE", "TRADING_MODE", "VIRTUAL_ENV")}
@@ -49,3 +50,13 @@ def test_demo_starts_clean_labels_synthetic_prices_and_prints_working_exports(tm
     assert health in (0, 1), text
     assert f"storage: {home}" in text                                          # the demo's home, not the project's
     assert "status=0" in text and LABEL in text and "(replay account)" in text
+
+
+def test_demo_refuses_to_wipe_a_folder_it_did_not_make(tmp_path):
+    home = tmp_path / "precious"
+    home.mkdir()
+    (home / "keep.txt").write_text("mine")
+    done = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env={**os.environ, "DEMO_HOME": str(home)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "was not made by make demo" in done.stderr
+    assert (home / "keep.txt").read_text() == "mine"
