@@ -42,7 +42,7 @@ import walk_forward
 from backtest_engine import (FILL_MODES, BacktestError, Costs, LivePolicy, buy_and_hold, market_from_frames,
                              run_engine)
 from backtest_metrics import CONVENTIONS, analyse
-from backtest_report import fmt, make_charts, write_reports
+from backtest_report import add_trade_tables, fmt, make_charts, write_reports
 from errors import install_excepthook
 from golive import Criteria, evaluate_criteria, record_run
 from logging_setup import setup_logging
@@ -213,6 +213,7 @@ def run_backtest(opts: Options) -> dict:
                                                    "REBALANCE_BAND")},
         "model_path": str(Path(opts.model_path) if opts.model_path else config.path(C.MODEL_FILE)),
         "model_metadata": metadata, "gate_eligible": gate_eligible,
+        "data_source": _data_source(), "data_source_label": config.data_source_banner(),
     }
     report = {
         "title": title, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -235,6 +236,7 @@ def run_backtest(opts: Options) -> dict:
         "timings_s": {"load": round(t_load - t0, 3), "inference": round(t_pred - t_load, 3),
                       "engine": round(t_engine - t_pred, 3)},
     }
+    add_trade_tables(report, opts.reports_dir)
     charts = make_charts(equity, benchmark)
     json_path, html_path = write_reports(report, charts, opts.reports_dir)
     report["report_json"], report["report_html"] = str(json_path), str(html_path)
@@ -242,6 +244,13 @@ def run_backtest(opts: Options) -> dict:
         report["run_id"] = record_run({**report, "metrics": report["metrics"]}, json_path)
     report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     return report
+
+
+def _data_source() -> str | None:
+    try:
+        return config.data_source()
+    except config.ConfigError:
+        return None
 
 
 def _choose_symbols(requested, features: pd.DataFrame, warnings: list | None = None) -> list[str]:
@@ -342,6 +351,8 @@ def print_summary(report: dict, out=None) -> None:
     s, b = report["metrics"]["strategy"], report["metrics"]["benchmark"]
     print(f"{report['title']}  ({len(report['parameters']['symbols'])} symbols, model "
           f"{str(report.get('model_checksum'))[:12]})", file=out)
+    if report["parameters"].get("data_source_label"):
+        print(f"  {report['parameters']['data_source_label']}", file=out)
     print(f"  strategy:  total {fmt(s['total_return'], 'pct')}, CAGR {fmt(s['cagr'], 'pct')}, Sharpe "
           f"{fmt(s['sharpe'], 'num')}, max DD {fmt(s['max_drawdown'], 'pct')}, {s['trades']} trades, costs "
           f"{fmt(s['costs_paid'], 'usd')}", file=out)
@@ -352,6 +363,13 @@ def print_summary(report: dict, out=None) -> None:
               f"as the live cycle would", file=out)
     for w in report.get("warnings", []):
         print(f"  warning: {w}", file=out)
+    st = report.get("trade_stats") or {}
+    if st.get("trades"):
+        print(f"  round trips: expectancy {fmt(st['expectancy'], 'usd')} a trade, best "
+              f"{fmt((st['best'] or {}).get('pnl'), 'usd')}, worst {fmt((st['worst'] or {}).get('pnl'), 'usd')}, "
+              f"held {fmt(st['average_holding_days'], 'num')} days on average", file=out)
+    if report.get("short_period_note"):
+        print(f"  note: {report['short_period_note']}", file=out)
     print("Go-live criteria:", file=out)
     for c in report["criteria"]:
         print(f"  {c['name']:<14} {fmt(c['value'], c['format']):>10}  required {c['rule']} "

@@ -26,7 +26,7 @@ import risk_management as rm
 import state_db
 from errors import UserFacingError
 from order_planning import plan_orders
-from broker_base import BUY_SIDES, borrow_fee, commission_for, paper_buying_power, slippage_price
+from broker_base import BUY_SIDES, BUY_TO_COVER, SELL, borrow_fee, commission_for, paper_buying_power, slippage_price
 
 FILL_MODES = ("next_open", "next_close")
 
@@ -325,7 +325,21 @@ class LivePolicy:
             self.rejections += 1
             if len(self.rejection_samples) < 20:
                 self.rejection_samples.append({"date": day.isoformat(), "order": dict(order), "reason": reason})
+        index = {s: i for i, s in enumerate(symbols)}
+        for order in plan.approved:
+            if order["side"] in (SELL, BUY_TO_COVER) and not order.get("reason"):
+                order["reason"] = self._close_reason(day, order, signal[index[order["symbol"]]])
         return plan.approved
+
+    def _close_reason(self, day: date, order: dict, signal: float) -> str:
+        """Why a reducing order was sent (the round-trip table's "why closed"): a halt, a signal
+        against the position, or the risk sizing shrinking it."""
+        if self._halted_on == day:
+            return "risk halt (trading halted: positions only move toward flat)"
+        against = signal < 0 if order["side"] == SELL else signal > 0
+        if against:
+            return "SELL signal" if order["side"] == SELL else "BUY signal (short covered)"
+        return "resized by risk limits"
 
 
 class FixedTargetPolicy:
@@ -480,7 +494,8 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                                "decision_price": float(order.get("price", float("nan"))),
                                "reference_price": ref, "fill_price": price, "notional": qty * price,
                                "commission": commission, "slippage_cost": slip,
-                               "position_after": int(pos[i])})
+                               "position_after": int(pos[i]),
+                               **({"reason": order["reason"]} if order.get("reason") else {})})
             pending = []
             # 2. close: borrow fees accrue to today on every short, at today's close
             shorts = np.flatnonzero(pos < 0)

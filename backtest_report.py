@@ -1,6 +1,8 @@
-"""The backtest report: charts (matplotlib, as base64 PNG), the HTML page and the JSON file under
-``reports/`` (``backtest_<timestamp>.*`` and ``latest_backtest.*``, written atomically), and
-``fmt``, the one number format of the report and the console summary.
+"""The backtest report: charts (matplotlib, as base64 PNG), the trader's tables
+(``add_trade_tables``: round trips with why each closed, per symbol, long/short, best and worst
+trade, expectancy, holding time, yearly totals, the latest walk-forward's folds), the HTML page
+and the JSON file under ``reports/`` (``backtest_<timestamp>.*`` and ``latest_backtest.*``,
+written atomically), and ``fmt``, the one number format of the report and the console summary.
 """
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import base64
 import html
 import io
 import json
+import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +20,12 @@ import pandas as pd
 
 import config
 import constants as C
+import report_tables as rt
 from backtest_metrics import monthly_returns
 from fileutil import atomic_write_text
 from fileutil import finite_json, json_default
+
+log = logging.getLogger("backtest")
 
 
 def fmt(value, kind: str) -> str:
@@ -99,6 +105,56 @@ def make_charts(equity: pd.Series, benchmark: pd.Series) -> dict[str, str]:
     return charts
 
 
+def _daily_equity(report: dict) -> pd.Series:
+    daily = report.get("daily") or []
+    return pd.Series([d["equity"] for d in daily], index=pd.DatetimeIndex([d["date"] for d in daily]),
+                     dtype=float)
+
+
+def latest_walk_forward(reports_dir=None) -> dict | None:
+    """The folds of ``reports/latest_walkforward.json`` (walk_forward.py) with its title, verdict and
+    page, or None when there is none (or it cannot be read: a warning, the report goes on)."""
+    out = Path(reports_dir) if reports_dir else config.path(C.REPORTS_DIR)
+    path = out / "latest_walkforward.json"
+    if not path.exists():
+        return None
+    try:
+        wf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("walk-forward report %s cannot be read (%s): the backtest report leaves its folds out",
+                    path, exc)
+        return None
+    return {"title": wf.get("title"), "created_at": wf.get("created_at"), "passed": wf.get("passed"),
+            "html": "latest_walkforward.html", "folds": wf.get("folds") or []}
+
+
+def add_trade_tables(report: dict, reports_dir=None) -> dict:
+    """The trader's tables, added to ``report`` (so the JSON carries what the page shows):
+    ``round_trips`` enriched (entry/exit price, quantity, duration, why closed), ``trade_stats``,
+    ``per_symbol``, ``long_short``, ``monthly_returns``, ``yearly_returns``, ``walk_forward`` and
+    ``short_period_note``."""
+    trips = rt.enrich_round_trips(report.get("round_trips") or [], report.get("trades") or [],
+                                  report.get("halts"))
+    monthly = monthly_returns(_daily_equity(report)) if report.get("daily") else pd.Series(dtype=float)
+    wf = latest_walk_forward(reports_dir)
+    report["round_trips"] = trips
+    report["trade_stats"] = rt.trip_stats(trips)
+    report["per_symbol"] = rt.grouped_stats(trips, "symbol")
+    report["long_short"] = rt.grouped_stats(trips, "direction")
+    report["monthly_returns"] = {str(p): float(v) for p, v in monthly.items()}
+    report["yearly_returns"] = {str(y): v for y, v in rt.yearly_returns(monthly).items()}
+    report["walk_forward"] = wf
+    report["short_period_note"] = rt.short_period_note(
+        int(report["metrics"]["strategy"].get("days") or len(report.get("daily") or [])),
+        int(report["metrics"]["strategy"].get("trades") or 0), (wf or {}).get("folds"))
+    return report
+
+
+def _monthly_series(report: dict) -> pd.Series:
+    months = report.get("monthly_returns") or {}
+    return pd.Series(list(months.values()), index=pd.PeriodIndex(list(months), freq="M"), dtype=float)
+
+
 METRIC_ROWS = [
     ("total_return", "Total return", "pct"), ("cagr", "CAGR", "pct"),
     ("annual_volatility", "Annualised volatility", "pct"), ("sharpe", "Sharpe", "num"),
@@ -116,6 +172,11 @@ METRIC_ROWS = [
 
 
 def render_html(report: dict, charts: dict[str, str]) -> str:
+    """The report page: a short summary on top, then criteria, metrics, the trader's tables
+    (``add_trade_tables`` is called here when the report does not carry them yet), charts,
+    fills and readable parameters, over the full width of the window."""
+    if "trade_stats" not in report:
+        add_trade_tables(report)
     e = html.escape
     title = report["title"]
     verdict = "PASS" if report["passed"] else "FAIL"
@@ -125,51 +186,74 @@ def render_html(report: dict, charts: dict[str, str]) -> str:
         f"{fmt(c['threshold'], c['format'])}</td><td style='color:{'#1a7f37' if c['passed'] else '#cf222e'}'>"
         f"<b>{'PASS' if c['passed'] else 'FAIL'}</b></td></tr>" for c in report["criteria"])
     s, b = report["metrics"]["strategy"], report["metrics"]["benchmark"]
-    metric_rows = "".join(f"<tr><td>{e(label)}</td><td>{fmt(s.get(k), f)}</td><td>{fmt(b.get(k), f)}</td></tr>"
-                          for k, label, f in METRIC_ROWS)
-    p = report["parameters"]
-    param_rows = "".join(f"<tr><td>{e(str(k))}</td><td>{e(json.dumps(v, default=str))}</td></tr>"
-                         for k, v in p.items())
+    metric_rows = "".join(f"<tr id='metric-{k}'><td>{e(label)}</td><td>{fmt(s.get(k), f)}</td>"
+                          f"<td>{fmt(b.get(k), f)}</td></tr>" for k, label, f in METRIC_ROWS)
     trades = report["trades"]
     shown = trades[-100:]
     trade_rows = "".join(
         f"<tr><td>{e(t['date'])}</td><td>{e(t['symbol'])}</td><td>{e(t['side'])}</td><td>{t['quantity']}</td>"
-        f"<td>{t['fill_price']:.4f}</td><td>{t['commission']:.2f}</td><td>{t['slippage_cost']:.2f}</td></tr>"
-        for t in shown)
+        f"<td>{t['fill_price']:.4f}</td><td>{t['commission']:.2f}</td><td>{t['slippage_cost']:.2f}</td>"
+        f"<td>{e(t.get('reason', ''))}</td></tr>" for t in shown)
     halts = "".join(f"<li>{e(h['date'])}: {e(h['halt'])} (equity {h['equity']:,.2f})</li>"
                     for h in report.get("halts", [])) or "<li>none</li>"
-    warn = ("<p class='warn'>IN-SAMPLE: this run includes data the model was trained or validated on. "
+    warn = ("<p class='note'>IN-SAMPLE: this run includes data the model was trained or validated on. "
             "Its numbers are optimistic and it does not count for going live.</p>" if report["in_sample"] else "")
+    source = report["parameters"].get("data_source_label")
+    banner = f"<p class='note' id='data-source'><b>{e(source)}</b></p>" if source else ""
+    note = report.get("short_period_note")
+    short = f"<p class='note' id='short-period'>{e(note)}</p>" if note else ""
+    trips = report["round_trips"]
+    wf = report.get("walk_forward")
+    if wf:
+        wf_html = (f"<h2>Walk-forward folds</h2><p>From the latest walk-forward run ({e(str(wf.get('title')))}, "
+                   f"{e(str(wf.get('created_at')))}, verdict {'PASS' if wf.get('passed') else 'FAIL'}); full "
+                   f"report: <a href='{e(wf['html'])}'>{e(wf['html'])}</a>.</p>{rt.fold_table(wf['folds'])}")
+    else:
+        wf_html = ("<h2>Walk-forward folds</h2><p>No walk-forward report yet: "
+                   "<code>./run_backtest.sh --walk-forward</code> writes one.</p>")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
-<style>
-body{{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}}
-table{{border-collapse:collapse;margin:8px 0 18px}} td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}} th{{background:#f3f3f3}}
-.verdict{{font-size:1.4em;color:{color}}} .warn{{background:#fff3cd;border:1px solid #e0b000;padding:8px}}
-img{{max-width:100%}} .small{{font-size:0.85em;color:#555}}
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)}</title>
+<style>{rt.FULL_WIDTH_CSS}
+.verdict{{font-size:1.4em;color:{color}}} .small{{font-size:0.85em;color:#555}}
 </style></head><body>
 <h1>{e(title)}</h1>
-{warn}
+{banner}{warn}
 <p class="verdict"><b>Go-live verdict: {verdict}</b></p>
+{rt.summary_block(report, report["trade_stats"])}
+{short}
 <p>Model checksum <code>{e(str(report.get('model_checksum')))}</code>; period {e(report['start'])} .. {e(report['end'])}
-({report['metrics']['strategy'].get('days')} sessions, {len(report['parameters'].get('symbols', []))} symbols);
+({s.get('days')} sessions, {len(report['parameters'].get('symbols', []))} symbols);
 fills at {e(report['parameters'].get('fill', ''))}; generated {e(report['created_at'])}.</p>
-<h2>Go-live criteria (constants.py)</h2>
-<table><tr><th>criterion</th><th>value</th><th>required</th><th>verdict</th></tr>{crit_rows}</table>
-<h2>Metrics</h2>
-<table><tr><th>metric</th><th>strategy</th><th>equal-weight buy &amp; hold</th></tr>{metric_rows}</table>
-<p class="small">{e(report['conventions'])}</p>
-<h2>Equity</h2><img alt="equity curve" src="data:image/png;base64,{charts['equity']}">
-<h2>Drawdown</h2><img alt="drawdown" src="data:image/png;base64,{charts['drawdown']}">
-<h2>Monthly returns</h2><img alt="monthly returns" src="data:image/png;base64,{charts['monthly']}">
+<div class="grid">
+<div><h2>Go-live criteria (constants.py)</h2>
+<div class="scroll"><table id="criteria"><tr><th>criterion</th><th>value</th><th>required</th><th>verdict</th></tr>
+{crit_rows}</table></div>
+<h2>Trade statistics</h2>{rt.stats_block(report["trade_stats"])}</div>
+<div><h2>Metrics</h2>
+<div class="scroll"><table id="metrics"><tr><th>metric</th><th>strategy</th><th>equal-weight buy &amp; hold</th></tr>
+{metric_rows}</table></div>
+<p class="small">{e(report['conventions'])}</p></div>
+</div>
+<div class="grid">
+<div><h2>Equity</h2><img alt="equity curve" src="data:image/png;base64,{charts['equity']}"></div>
+<div><h2>Drawdown</h2><img alt="drawdown" src="data:image/png;base64,{charts['drawdown']}"></div>
+</div>
+<h2>Monthly and yearly returns</h2>{rt.monthly_heatmap_table(_monthly_series(report))}
+{wf_html}
+<div class="grid">
+<div><h2>Per symbol</h2>{rt.per_symbol_table(trips)}</div>
+<div><h2>Long and short</h2>{rt.long_short_table(trips)}</div>
+</div>
+<h2>Round trips</h2>{rt.round_trip_table(trips)}
 <h2>Risk events</h2><ul>{halts}</ul>
-<p>Orders rejected by the pre-trade check: {report['metrics']['strategy'].get('risk_rejections', 0)};
-orders cancelled for lack of a price: {report['metrics']['strategy'].get('cancelled_orders', 0)}.</p>
+<p>Orders rejected by the pre-trade check: {s.get('risk_rejections', 0)};
+orders cancelled for lack of a price: {s.get('cancelled_orders', 0)}.</p>
 <h2>Last {len(shown)} of {len(trades)} fills</h2>
-<table><tr><th>date</th><th>symbol</th><th>side</th><th>qty</th><th>fill</th><th>commission</th><th>slippage</th></tr>
-{trade_rows}</table>
-<h2>Parameters</h2><table>{param_rows}</table>
+<div class="scroll"><table id="fills"><tr><th>date</th><th>symbol</th><th>side</th><th>qty</th><th>fill</th>
+<th>commission</th><th>slippage</th><th>why</th></tr>
+{trade_rows}</table></div>
+<h2>Parameters</h2>{rt.readable_parameters(report["parameters"])}
 <p class="small">Full data (daily equity, every fill, round trips): {e(report.get('json_name', ''))}</p>
 </body></html>
 """

@@ -75,6 +75,17 @@ def data_source() -> str:
     return value
 
 
+def data_source_banner() -> str | None:
+    """``DATA_SOURCE=sample: SYNTHETIC sample prices, not market data`` when the prices are the
+    bundled generator's (shown on every page and command that shows prices), else None. A bad
+    DATA_SOURCE gives None here: the commands that read prices report it."""
+    try:
+        source = data_source()
+    except ConfigError:
+        return None
+    return f"{C.ENV_DATA_SOURCE}=sample: {C.SAMPLE_LABEL}" if source == "sample" else None
+
+
 def csv_dir() -> Path:
     """Where ``DATA_SOURCE=csv`` reads ``<SYMBOL>.csv``: ``$TRADING_CSV_DIR`` or
     ``$TRADING_HOME/data/csv``."""

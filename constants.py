@@ -71,6 +71,7 @@ FEATURE_COLUMNS = (                        # model inputs, all scale-free
 SAMPLE_START = "2019-01-02"                # first sample session (YYYY-MM-DD)
 SAMPLE_END = "2025-10-31"                  # last sample session (YYYY-MM-DD)
 SAMPLE_SEED = 20260131                     # seed of the deterministic generator
+SAMPLE_LABEL = "SYNTHETIC sample prices, not market data"   # shown wherever DATA_SOURCE=sample prices appear
 SAMPLE_AR_COEF = 0.3                       # the documented predictable component: AR(1) coefficient of daily returns
 
 # ---------------- model: architecture, targets and training (train_model.py, model_management.py)
@@ -113,6 +114,7 @@ DRIFT_LOW = 0.15                           # degradation of MSE/accuracy vs trai
 DRIFT_MEDIUM = 0.25                        # MEDIUM from (fraction)
 DRIFT_HIGH = 0.40                          # HIGH from (fraction)
 DRIFT_CRITICAL = 0.60                      # CRITICAL from (fraction); trading stops
+DRIFT_ALERT_LOG_DAYS = 7                   # the health check and status page look for DRIFT ALERT in this many newest trading logs (count)
 
 # -------------------------------------------- risk: limits, sizing and halts (risk_management.py)
 MAX_POSITION_PCT = 0.10                    # max position value per symbol (fraction of equity)

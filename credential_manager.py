@@ -50,10 +50,27 @@ log = logging.getLogger("credentials")
 
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _FILE = re.compile(r"^\.(?P<service>[A-Za-z0-9][A-Za-z0-9_-]{0,63})_config\.enc$")
-KNOWN_FIELDS = {                      # what `set` asks for, in order; other services: free key=value
-    "schwab": ("app_key", "app_secret"),
-    "reddit": ("client_id", "client_secret", "user_agent"),
+# The fields of the known services (CONTRACT: credential services): (required, optional). `set`
+# refuses any other field name for them and stores nothing without the required ones; `check`
+# reports a stored file that lacks one. Other services take free key=value fields.
+SERVICE_FIELDS = {
+    "schwab": (("app_key", "app_secret"), ("account_hash", "callback_url")),
+    "schwab_token": (("creation_timestamp", "token"), ()),
+    "reddit": (("client_id", "client_secret", "user_agent"), ()),
 }
+KNOWN_FIELDS = {s: req for s, (req, _) in SERVICE_FIELDS.items() if s != "schwab_token"}   # `set` prompts
+
+
+def missing_fields(service: str, data: dict) -> list[str]:
+    """The required fields of a known service that ``data`` lacks or leaves empty."""
+    required = SERVICE_FIELDS.get(service, ((), ()))[0]
+    return [f for f in required if data.get(f) in (None, "")]
+
+
+def _hint(value) -> str:
+    """A value as ``set`` reports it: its length and, for long ones, its last two characters."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"{len(text)} characters" + (f", ends ...{text[-2:]}" if len(text) >= 12 else "")
 
 
 # --------------------------------------------------------------------------- exceptions
@@ -311,13 +328,16 @@ class CredentialManager:
 
     # ----------------------------------------------------------------- maintenance
     def check(self) -> dict[str, str | None]:
-        """{service: None if it decrypts, else the error message} for every stored file."""
+        """{service: None if it decrypts and has the fields its service needs, else the error
+        message} for every stored file."""
         result = {}
         for service in self.services():
             try:
-                self.load_credentials(service)
-                result[service] = None
-            except CredentialError as exc:
+                data = self.load_credentials(service) or {}
+                missing = missing_fields(service, data)
+                result[service] = (f"{self.path_for(service).name} lacks {', '.join(missing)}: run python "
+                                   f"credential_manager.py set {service}" if missing else None)
+            except (CredentialError, OSError, ValueError) as exc:
                 result[service] = str(exc)
         return result
 
@@ -403,16 +423,65 @@ def _read_fields(service: str) -> dict:
     return data
 
 
+def _set(manager: CredentialManager, service: str, replace: bool = False) -> int:
+    """``set SERVICE``: the given fields over the stored ones (``replace``: instead of them).
+    A field name the service does not have, or a required field left out, stores nothing."""
+    manager.path_for(service)
+    given = _read_fields(service)
+    if not given:
+        print("No fields given; nothing stored.", file=sys.stderr)
+        return 1
+    if service in SERVICE_FIELDS:
+        required, optional = SERVICE_FIELDS[service]
+        unknown = sorted(k for k in given if k not in required + optional)
+        if unknown:
+            raise CredentialError(f"{service} has no field {', '.join(unknown)} (a typo?): its fields are "
+                                  f"{', '.join(required + optional)}; nothing stored")
+    if replace:
+        try:
+            stored = manager.load_credentials(service) or {}
+        except CredentialError:               # unreadable (e.g. the key changed): replaced anyway
+            stored = {}
+        data = dict(given)
+    else:
+        stored = manager.load_credentials(service) or {}
+        data = {**stored, **given}
+    missing = missing_fields(service, data)
+    if missing:
+        raise CredentialError(f"{service} needs {', '.join(missing)} as well: give "
+                              f"{'them' if len(missing) > 1 else 'it'} too; nothing stored")
+    path = manager.store_credentials(service, data)
+    for name in sorted(data):
+        if name not in stored:
+            print(f"  {name}: added ({_hint(data[name])})")
+        elif name in given and given[name] != stored[name]:
+            print(f"  {name}: changed ({_hint(data[name])})")
+        elif name in given:
+            print(f"  {name}: unchanged")
+        else:
+            print(f"  {name}: kept")
+    dropped = sorted(set(stored) - set(data))
+    for name in dropped:
+        print(f"  {name}: removed")
+    log.info("Credentials for %s stored: fields %s", service, ", ".join(sorted(data)))
+    print(f"Stored {len(data)} field(s) for {service} in {path} (mode 0600)")
+    return 0
+
+
 def main(argv=None) -> int:
     install_excepthook()
     parser = argparse.ArgumentParser(prog="credential_manager.py",
-                                     description="Encrypted credentials for the trading system")
+                                     description="Encrypted credentials for the trading system",
+                                     epilog="Exit codes: 0 done (check: every file OK); 1 refused or a "
+                                            "check failed; 2 bad usage.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_set = sub.add_parser("set", help="store a service's credentials (prompts, or stdin "
                                        "key=value lines)")
     p_set.add_argument("service")
     p_set.add_argument("--merge", action="store_true",
-                       help="keep stored fields that are not given again")
+                       help="keep stored fields that are not given again (the default; kept for old scripts)")
+    p_set.add_argument("--replace", action="store_true",
+                       help="drop the stored fields that are not given again")
     sub.add_parser("list", help="stored services and their file modes")
     sub.add_parser("check", help="can every file be decrypted?")
     sub.add_parser("rotate-key", help="new key; re-encrypt every file")
@@ -422,16 +491,7 @@ def main(argv=None) -> int:
     manager = CredentialManager()
     try:
         if args.command == "set":
-            manager.path_for(args.service)
-            data = _read_fields(args.service)
-            if not data:
-                print("No fields given; nothing stored.", file=sys.stderr)
-                return 1
-            if args.merge:
-                data = {**(manager.load_credentials(args.service) or {}), **data}
-            path = manager.store_credentials(args.service, data)
-            print(f"Stored {len(data)} field(s) for {args.service} in {path} (mode 0600)")
-            return 0
+            return _set(manager, args.service, replace=args.replace)
         if args.command == "list":
             print(f"key: {manager.key_source()}")
             services = manager.services()

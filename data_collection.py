@@ -605,6 +605,10 @@ def main(argv=None) -> int:
         print(f"wrote {summary['path']}: {summary['rows']} rows, {len(summary['symbols'])} symbols, "
               f"{summary['first_date']} .. {summary['last_date']}"
               + (f"; dropped {', '.join(summary['dropped'])}" if summary["dropped"] else ""))
+    banner = config.data_source_banner()
+    if banner:
+        print(banner)
+        log.warning("%s", banner)
     return 0
 
 

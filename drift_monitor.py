@@ -25,6 +25,7 @@ import logging
 import pandas as pd
 
 import alerts
+import config
 import constants as C
 from model_management import compute_metrics, target_scale
 import state_db
@@ -142,3 +143,14 @@ def evaluate(features: pd.DataFrame, model, conn=None, as_of=None) -> dict | Non
                               f"{accuracy:.3f} vs {acc_train:.3f}): {ACTIONS[result['severity']]}",
                               key=model.checksum[:12])
     return result
+
+
+def last_alert_line() -> str | None:
+    """The newest ``DRIFT ALERT`` line of the last DRIFT_ALERT_LOG_DAYS trading logs, or None
+    (what the health check and the status page show)."""
+    last = None
+    for path in sorted(config.path(C.LOG_DIR).glob("trading_*.log"))[-C.DRIFT_ALERT_LOG_DAYS:]:
+        for line in path.read_text(errors="replace").splitlines():
+            if "DRIFT ALERT" in line:
+                last = line
+    return last

@@ -56,7 +56,7 @@ def _status_data(replay: bool) -> dict:
             "kill_switch": kill_switch.get(conn), "circuit_breaker": CircuitBreaker(conn).status(),
             "risk": {"peak": (rs.get("peak") or {}).get("equity"), "drawdown": rs.get("drawdown"),
                      "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
-            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY)}
+            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY), "data_source_label": config.data_source_banner()}
     try:
         data["account"] = pnl.status_dict(get_broker(), conn)
     except Exception as exc:
@@ -73,6 +73,8 @@ def cmd_status(as_json: bool, replay: bool) -> int:
         _json(data)
         return EXIT_OK
     switch = data["kill_switch"]
+    if data["data_source_label"]:
+        print(f"prices:          {data['data_source_label']}")
     print(f"mode:            {data['mode']}{'  (replay account)' if replay else ''}   (home {data['home']})")
     print(f"kill switch:     {'ON: ' + switch['reason'] + ' (by ' + switch['by'] + ' at ' + switch['at'] + ')' if switch else 'off'}")
     br = data["circuit_breaker"]

@@ -372,10 +372,13 @@ class RiskManager(ShortRules):
                 "drawdown_halt": dd_halt is not None, "daily_halt": daily_halt is not None,
                 "halted": halted, "reason": reason, "new_halts": new_halts}
 
-    def reset_drawdown(self, reason: str, equity: float | None = None, by: str | None = None) -> dict:
+    def reset_drawdown(self, reason: str, equity: float | None = None, by: str | None = None,
+                       force: bool = False) -> dict:
         """Clear the drawdown halt (a person's decision, audited) and re-base the peak to the
         current equity (``equity``, else the last recorded one). Raises ValueError without a
-        reason. The audit record is written first: if it cannot be written, nothing changes."""
+        reason, and when no drawdown halt is set unless ``force`` (moving the peak while nothing
+        is halted loosens the limit). The audit record is written first: if it cannot be
+        written, nothing changes."""
         reason = (reason or "").strip()
         if not reason:
             raise ValueError("a reason is required to reset the drawdown halt")
@@ -384,6 +387,10 @@ class RiskManager(ShortRules):
         by = by or config.operator()
         halt = self._kv_get(KEY_DRAWDOWN_HALT)
         old_peak = self._kv_get(KEY_PEAK)
+        if halt is None and not force:
+            peak = _money(old_peak["equity"]) if old_peak else "none recorded"
+            raise ValueError(f"nothing to reset: no max-drawdown halt is set (equity peak {peak}); add --force "
+                             "to re-base the peak anyway")
         last = self._kv_get(KEY_LAST)
         if equity is not None:
             new_peak = {"equity": float(equity), "date": date.today().isoformat()}
@@ -625,13 +632,16 @@ def _print_status(rm: RiskManager) -> None:
 def main(argv=None) -> int:
     install_excepthook()
     parser = argparse.ArgumentParser(prog="risk_management.py", description=(
-        "Risk state: halts (max drawdown, daily loss) and the do-not-short list."))
+        "Risk state: halts (max drawdown, daily loss) and the do-not-short list."),
+        epilog="Exit codes: 0 done; 1 refused (e.g. reset-drawdown with nothing halted) or failed; 2 bad usage.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="print the equity peak, drawdown, halts and do-not-short list")
     p = sub.add_parser("reset-drawdown", help="clear the max-drawdown halt (audited); re-bases the peak")
     p.add_argument("--reason", required=True, help="why trading may resume (recorded in the audit trail)")
     p.add_argument("--equity", type=float, default=None,
                    help="current account equity to re-base the peak to (default: the last recorded)")
+    p.add_argument("--force", action="store_true",
+                   help="re-base the peak even when no drawdown halt is set (refused otherwise)")
     p = sub.add_parser("reset-daily-loss", help="clear today's daily loss halt (audited)")
     p.add_argument("--reason", required=True)
     p = sub.add_parser("do-not-short", help="list, add or remove symbols that must never be shorted")
@@ -646,7 +656,7 @@ def main(argv=None) -> int:
         if args.command == "status":
             _print_status(rm)
         elif args.command == "reset-drawdown":
-            d = rm.reset_drawdown(args.reason, equity=args.equity)
+            d = rm.reset_drawdown(args.reason, equity=args.equity, force=args.force)
             new_peak = d["new_peak"]
             print(f"Drawdown halt cleared (was set: {d['was_halted']}). Peak re-based to "
                   f"{_money(new_peak['equity']) if new_peak else 'the next recorded equity'}.")
@@ -671,6 +681,7 @@ def main(argv=None) -> int:
                     removed = rm.remove_do_not_short(sym, args.reason or "removed by hand")
                     print(f"{sym} {'removed from' if removed else 'was not on'} the do-not-short list")
     except ValueError as exc:
+        log.warning("risk_management %s refused: %s", args.command, exc)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:                      # e.g. the audit trail cannot be written

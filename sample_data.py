@@ -1,4 +1,10 @@
-"""The bundled offline data set (``DATA_SOURCE=sample``): deterministic, realistic daily prices.
+"""The bundled offline data set (``DATA_SOURCE=sample``): SYNTHETIC prices, not market data.
+
+The tickers are real (so the universe file and the rest of the system work unchanged) but every
+price is made up by the generator below: AAPL at $27 here says nothing about Apple. The data
+update, the backtest report and the status page say so wherever these prices show
+(``constants.SAMPLE_LABEL``, ``config.data_source_banner``). Deterministic, realistic-looking
+daily prices for demos and tests:
 
 For each symbol (seeded by its name, so the same symbol always gets the same history), on the
 NYSE sessions from ``SAMPLE_START`` to ``SAMPLE_END``:

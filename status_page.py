@@ -32,7 +32,7 @@ from pathlib import Path
 import config
 import constants as C
 import golive
-import health_check
+import drift_monitor
 import pnl
 import state_db
 from fileutil import atomic_write_text
@@ -183,7 +183,8 @@ def _gate(conn) -> dict | None:
 def gather(health=None, schedule=None, drift=None) -> dict:
     """Everything the page shows, as plain data (also handy for ``status --json``)."""
     data = {"generated_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "home": str(config.home()), "health": health, "schedule": schedule}
+            "home": str(config.home()), "health": health, "schedule": schedule,
+            "data_source_label": config.data_source_banner()}
     data["mode"], data["mode_error"] = _safe("mode", config.trading_mode)
     mode = data["mode"] or C.DEFAULT_TRADING_MODE
     audit_path = config.path(C.AUDIT_LOG_FILE)
@@ -196,7 +197,7 @@ def gather(health=None, schedule=None, drift=None) -> dict:
             audit.append({"timestamp": "?", "action": "unreadable line", "status": "", "details": line[:200]})
     data["audit"] = audit
     if drift is None:
-        drift, _ = _safe("drift", lambda: dict(zip(("level", "detail"), health_check.check_drift_alerts())))
+        drift, _ = _safe("drift", _drift)
     data["drift"] = drift
     conn = state_db.connect_readonly()
     data["db"] = conn is not None
@@ -219,6 +220,7 @@ def gather(health=None, schedule=None, drift=None) -> dict:
 
 # ----------------------------------------------------------------------------- rendering
 CSS = """
+.synthetic{background:#fff3cd;border:1px solid #e0b000;padding:4px 8px;margin:6px 0}
 *{box-sizing:border-box}
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;padding:12px;color:#1f2328;
 background:#f6f8fa;font-size:15px;line-height:1.4}
@@ -409,7 +411,7 @@ def _render_state(data) -> str:
         else:
             parts.append(f'<li id="gate">go-live gate: {E(data.get("gate_error") or "no model yet")}</li>')
         lc = data.get("last_cycle")
-        parts.append(f'<li id="last-cycle">last cycle: ' + (
+        parts.append('<li id="last-cycle">last cycle: ' + (
             E(f'{lc["cycle_date"]} ({lc["mode"]}{", replay" if lc.get("replay") else ""}) finished '
               f'{lc["finished_at"]}: {lc["orders_sent"]} orders sent, {lc["orders_failed"]} failed')
             if lc else NO_DATA) + "</li>")
@@ -432,6 +434,8 @@ def _render_schedule(schedule) -> str:
 def render(data: dict) -> str:
     mode = data.get("mode") or "unknown"
     mode_text = mode if not data.get("mode_error") else f"error: {data['mode_error']}"
+    label = data.get("data_source_label")
+    banner = f'<p id="data-source" class="synthetic"><b>{E(label)}</b></p>' if label else ""
     body = "".join([
         _section("money", "Money", _render_money(data), ' class="wide"'),
         _section("state", "Switches, risk and gate", _render_state(data)),
@@ -452,7 +456,7 @@ def render(data: dict) -> str:
 <body data-generated="{E(data['generated_at'])}">
 <header><h1>Trading status</h1>
 <div>mode <span id="mode" class="badge {E(mode)}" data-mode="{E(mode)}">{E(mode_text)}</span>
-generated <span id="generated">{E(data['generated_at'])}</span></div></header>
+generated <span id="generated">{E(data['generated_at'])}</span></div>{banner}</header>
 <main>
 {body}</main>
 <footer>Read-only page built from {E(data['home'])}. Commands: <code>python live_trading.py status</code>,
@@ -463,6 +467,14 @@ generated <span id="generated">{E(data['generated_at'])}</span></div></header>
 
 def page_path() -> Path:
     return config.path(C.STATUS_PAGE_FILE)
+
+
+def _drift() -> dict:
+    """The newest DRIFT ALERT line of the trading logs (drift_monitor.last_alert_line)."""
+    last = drift_monitor.last_alert_line()
+    if last is None:
+        return {"level": "OK", "detail": f"no DRIFT ALERT in the last {C.DRIFT_ALERT_LOG_DAYS} trading logs"}
+    return {"level": "FAIL" if "CRITICAL" in last else "WARN", "detail": f"last drift alert: {last[:200]}"}
 
 
 def build_status_page(home=None, health=None, schedule=None, drift=None) -> Path:

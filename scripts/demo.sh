@@ -3,15 +3,25 @@
 # (.demo_home/): nothing here can touch real data, models, logs, credentials or a broker.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export TRADING_HOME="$PWD/.demo_home" DATA_SOURCE=sample TRADING_MODE=paper
+export TRADING_HOME="${DEMO_HOME:-$PWD/.demo_home}" DATA_SOURCE=sample TRADING_MODE=paper
 export TRADING_CONFIG_DIR="$TRADING_HOME/keys" TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 PY=.venv/bin/python
-mkdir -p "$TRADING_HOME"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { echo "DEMO FAILED at: $*" >&2; exit 1; }
+# every run starts clean and ends the same way; only a folder an earlier demo made is removed
+MARK="$TRADING_HOME/.made_by_make_demo"
+if [[ -e "$TRADING_HOME" && ! -e "$MARK" && -n "$(ls -A "$TRADING_HOME" 2>/dev/null)" ]]; then
+  fail "$TRADING_HOME exists and was not made by make demo: remove it or set DEMO_HOME to a new folder"
+fi
+rm -rf "$TRADING_HOME"
+mkdir -p "$TRADING_HOME" && touch "$MARK"
 
-step "1/5 data: sample prices -> validation -> features -> processed_stock_data.csv"
-./run_daily_data_update.sh --force 2>/dev/null || fail "data update (see $TRADING_HOME/logs/)"
+echo "DATA_SOURCE=sample: SYNTHETIC sample prices, not market data (real tickers, made-up prices;"
+echo "see sample_data.py). Nothing here says anything about the real stocks."
+
+step "1/5 data: SYNTHETIC sample prices -> validation -> features -> processed_stock_data.csv"
+./run_daily_data_update.sh --force 2>/dev/null | sed 's/^/   /'
+[[ ${PIPESTATUS[0]} -eq 0 ]] || fail "data update (see $TRADING_HOME/logs/)"
 "$PY" - <<'PY'
 import data_collection as d
 df = d.load_processed()
@@ -31,6 +41,8 @@ step "3/5 backtest: out-of-sample replay with the live rules"
 echo "   report: $TRADING_HOME/reports/latest_backtest.html"
 
 step "4/5 paper trading: replay the last 10 sample sessions, one cycle each (positions carry over)"
+echo "   replays (--as-of) trade a throwaway replay account, never the real paper account:"
+echo "   'status --replay' and 'history --replay' show it"
 days=$("$PY" -c "import data_collection as d; print(' '.join(str(x.date()) for x in sorted(d.load_processed().Date.unique())[-10:]))")
 for day in $days; do
   out=$("$PY" live_trading.py --as-of "$day" 2>/dev/null) || fail "paper trading cycle as of $day"
@@ -40,9 +52,25 @@ done
 echo "   --- the last cycle ($day): signals, orders, resulting positions"
 sed 's/^/   /' <<<"$out"
 
-step "5/5 status, audit trail and health check"
-"$PY" live_trading.py status 2>/dev/null || fail "status"
-"$PY" audit_logging.py verify 2>/dev/null || fail "audit verification"
+step "5/5 the replay account (status --replay, history --replay), audit trail and health check"
+"$PY" live_trading.py status --replay 2>/dev/null | sed 's/^/   /'
+[[ ${PIPESTATUS[0]} -eq 0 ]] || fail "status --replay"
+echo "   --- round trips and fills of the replay account (last 10 fills)"
+"$PY" live_trading.py history --replay --limit 10 2>/dev/null | sed 's/^/   /'
+[[ ${PIPESTATUS[0]} -eq 0 ]] || fail "history --replay"
+"$PY" audit_logging.py verify 2>/dev/null | sed 's/^/   /'
+[[ ${PIPESTATUS[0]} -eq 0 ]] || fail "audit verification"
 ./run_health_check.sh | sed 's/^/   /'
+echo "   status page: $TRADING_HOME/reports/status.html"
 echo
-echo "Everything above ran in $TRADING_HOME (logs in $TRADING_HOME/logs). 'make clean-demo' removes it."
+echo "Everything above ran in $TRADING_HOME (logs in $TRADING_HOME/logs). 'make clean-demo' removes it;"
+echo "the next 'make demo' starts again from nothing. To look at the demo's state yourself, paste:"
+echo
+echo "  export TRADING_HOME=\"$TRADING_HOME\" TRADING_CONFIG_DIR=\"$TRADING_CONFIG_DIR\" DATA_SOURCE=sample"
+echo "  . .venv/bin/activate"
+echo "  python audit_logging.py verify"
+echo "  ./run_health_check.sh"
+echo "  python live_trading.py status --replay      # the replay account the demo traded"
+echo "  python live_trading.py history --replay"
+echo
+echo "(open a new shell, or 'unset TRADING_HOME TRADING_CONFIG_DIR DATA_SOURCE', to get back to your own set-up)"

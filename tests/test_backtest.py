@@ -79,7 +79,13 @@ def test_cli_exit_0_when_criteria_pass_and_writes_reports(trained):
     stamped = sorted(reports.glob("backtest_*.json"))
     assert stamped and json.loads(stamped[-1].read_text()) == latest
     page = (reports / "latest_backtest.html").read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 2                # equity, drawdown; months are a table
+    for table in ("monthly-returns", "round-trips", "per-symbol", "long-short", "trade-stats", "summary"):
+        assert f'id="{table}"' in page, table
+    for key in ("trade_stats", "per_symbol", "long_short", "yearly_returns", "monthly_returns", "walk_forward"):
+        assert key in latest, key
+    assert sum(r["trades"] for r in latest["per_symbol"]) == len(latest["round_trips"])
+    assert all("why_closed" in t and "duration_days" in t for t in latest["round_trips"])
     assert "src=\"http" not in page and "<script" not in page
     assert page == (reports / stamped[-1].name.replace(".json", ".html")).read_text()
     # recorded in the state DB, but a run with looser criteria never opens the gate

@@ -324,7 +324,10 @@ def test_fills_equal_a_plain_replay_of_the_live_rules(gain, borrow_rate):
     ours = E.run_engine(market, E.LivePolicy(costs=costs), costs=costs)
     ref = E.run_engine(market, ReferencePolicy(borrow_rate), costs=costs)
     assert len(ref.trades) > 50
-    assert ours.trades == ref.trades
+    assert [{k: v for k, v in t.items() if k != "reason"} for t in ours.trades] == ref.trades
+    # the engine records why each reducing fill was sent (the report's "why closed"); opening ones have none
+    assert all(t.get("reason") for t in ours.trades if t["side"] in ("SELL", "BUY_TO_COVER"))
+    assert not any("reason" in t for t in ours.trades if t["side"] in ("BUY", "SELL_SHORT"))
     assert np.array_equal(ours.equity, ref.equity)
     assert ours.halts == ref.halts and ours.rejections == ref.rejections
     if gain < 0:
@@ -353,3 +356,14 @@ def test_replay_risk_reads_the_halt_state_once_a_day(monkeypatch):
         assert risk.is_halted(day)[0] is True
     assert len(reads) == 2                                 # once after each update_equity
     assert risk.conn.execute("SELECT COUNT(*) FROM kv").fetchone()[0] == 0
+
+
+def test_close_reasons_of_reducing_orders():
+    from datetime import date as _date
+    policy = E.LivePolicy()
+    day = _date(2024, 3, 1)
+    assert policy._close_reason(day, {"side": "SELL"}, -1.0) == "SELL signal"
+    assert policy._close_reason(day, {"side": "BUY_TO_COVER"}, 1.0) == "BUY signal (short covered)"
+    assert policy._close_reason(day, {"side": "SELL"}, 1.0) == "resized by risk limits"
+    policy._halted_on = day
+    assert policy._close_reason(day, {"side": "SELL"}, -1.0).startswith("risk halt")

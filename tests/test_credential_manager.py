@@ -330,3 +330,37 @@ def test_no_secret_in_logs_or_exception_texts(trading_home, caplog):
     assert own
     for value in values:
         assert value not in "\n".join(logs + texts + own), f"secret {value[:4]}... leaked"
+
+
+def test_cli_set_refuses_a_typo_and_keeps_stored_fields():
+    res = run_cli("set", "schwab", stdin=f"app_key={SECRETS['app_key']}\napp_secret={SECRETS['app_secret']}\n")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("set", "schwab", stdin="app_sercet=typo-value-123456\n")          # typo'd field name
+    assert res.returncode == 1
+    assert "app_sercet" in res.stderr and "app_key, app_secret, account_hash, callback_url" in res.stderr
+    assert "typo-value" not in res.stderr + res.stdout
+    assert CredentialManager().load_credentials("schwab") == SECRETS                 # nothing dropped
+
+    res = run_cli("set", "schwab", stdin="app_secret=rotated-secret-000099\n")       # one field, no --merge
+    assert res.returncode == 0, res.stderr
+    assert "app_secret: changed (21 characters, ends ...99)" in res.stdout
+    assert "app_key: kept" in res.stdout and "rotated-secret" not in res.stdout
+    assert CredentialManager().load_credentials("schwab") == {
+        "app_key": SECRETS["app_key"], "app_secret": "rotated-secret-000099"}
+
+    res = run_cli("set", "schwab", "--replace", stdin="app_key=only-the-key-here\n")   # required field missing
+    assert res.returncode == 1 and "needs app_secret" in res.stderr
+    assert CredentialManager().load_credentials("schwab")["app_secret"] == "rotated-secret-000099"
+
+
+def test_cli_check_exits_1_when_a_service_lacks_a_required_field():
+    CredentialManager().store_credentials("schwab", {"app_key": "K-only"})
+    res = run_cli("check")
+    assert res.returncode == 1
+    assert "schwab: FAILED" in res.stdout and "lacks app_secret" in res.stdout
+    CredentialManager().store_credentials("schwab", {"app_key": "K", "app_secret": "S"})
+    CredentialManager().store_credentials("schwab_token", TOKEN)
+    res = run_cli("check")
+    assert res.returncode == 0, res.stdout
+    assert "schwab: OK" in res.stdout and "schwab_token: OK" in res.stdout
+    assert "Exit codes" in run_cli("--help").stdout

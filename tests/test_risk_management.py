@@ -587,3 +587,25 @@ def test_target_new_positions_cut_by_gross_exposure(rm, monkeypatch):
     targets = rm.target_positions([sig("AAA", "BUY", 0.9), sig("BBB", "BUY", 1.2, price=50.0)], portfolio())
     assert targets["BBB"] == 200                 # strongest first: $10,000
     assert targets["AAA"] == 50                  # the $5,000 left of the $15,000 budget
+
+
+def test_reset_drawdown_refuses_when_nothing_is_halted_unless_forced(trading_home):
+    pytest.importorskip("audit_logging")
+    rm = RiskManager(audit=R.NullAudit())
+    rm.update_equity(100_000, TODAY)
+    rm.update_equity(95_000, TODAY + timedelta(days=1))            # 5 % down: no halt
+    with pytest.raises(ValueError, match="no max-drawdown halt"):
+        rm.reset_drawdown("just because")
+    assert RiskManager(audit=R.NullAudit()).status()["peak"]["equity"] == 100_000
+
+    result = _cli(trading_home, "reset-drawdown", "--reason", "x")
+    assert result.returncode == 1
+    assert "nothing to reset" in result.stderr and "--force" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert RiskManager(audit=R.NullAudit()).status()["peak"]["equity"] == 100_000   # peak not moved
+
+    result = _cli(trading_home, "reset-drawdown", "--reason", "re-base after a deposit", "--force")
+    assert result.returncode == 0, result.stderr
+    assert "was set: False" in result.stdout
+    assert RiskManager(audit=R.NullAudit()).status()["peak"]["equity"] == 95_000
+    assert "Exit codes" in _cli(trading_home, "--help").stdout
