@@ -29,14 +29,14 @@ demo: venv
 
 ## make test: set up with the dev requirements, then the test suite
 test: venv-dev
-	$(PY) -m pytest tests/ -q -rfE --durations=15
+	$(PY) -m pytest tests/ -q -rfE --durations=15 -n 2 --dist loadfile
 
 ## make gate-properties: the walk-forward verdict's properties over 200 seeds (the suite runs 30)
 gate-properties: venv-dev
 	GATE_SEEDS=200 GATE_INFO_SEEDS=40 GATE_INFO_MIN_RATE=0.1 $(PY) -m pytest tests/test_gate_properties.py -q -s -rfE --timeout 7200
 
 ## make faults: the crash matrix of the Schwab path (every failpoint at every clock skew), 30 random
-## kill -9 trials per broker, halt/flatten races (the normal suite runs a subset and 3 trials each)
+## kill -9 trials per broker, halt/flatten races (the normal suite runs a subset and 2 trials each)
 FAULT_TESTS := tests/test_live_crash_matrix.py tests/test_kill9_harness.py tests/test_halt_race.py
 faults: venv-dev
 	FAULTS=full KILL9_TRIALS=$${KILL9_TRIALS:-30} $(PY) -m pytest $(FAULT_TESTS) -q -s -rfE --durations=10 --timeout 10800
