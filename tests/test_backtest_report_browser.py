@@ -10,15 +10,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from browser import ARTIFACTS, chromium, needs_chromium
 
 import report_tables as rt
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="headless Chromium missing: install it with `apt-get update && apt-get install -y chromium` (as root)")
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / "reports" / "screenshots")
 LOOSE = ["--min-sharpe", "-100", "--min-total-return", "-1", "--max-drawdown", "1", "--min-trades", "0"]
 FOLDS = [{"fold": 1, "train_start": "2019-01-02", "train_end": "2022-12-30", "test_start": "2023-01-03",
           "test_end": "2023-12-29", "total_return": 0.0412, "sharpe": 0.71},
@@ -46,16 +42,6 @@ def report(tmp_path_factory):
     assert "SYNTHETIC sample prices, not market data" in done.stdout            # the console summary
     reports = home / "reports"
     return json.loads((reports / "latest_backtest.json").read_text()), reports / "latest_backtest.html"
-
-
-def chromium(args, tmp_path, timeout=90):
-    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-           *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 class _Dom(HTMLParser):

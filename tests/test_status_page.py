@@ -2,10 +2,6 @@
 (Debian's ``chromium``), its figures checked against the database, screenshots saved.
 
 Screenshots go to ``$TEST_ARTIFACTS_DIR`` or ``reports/screenshots/`` in the project."""
-import json
-import os
-import shutil
-import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -14,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from browser import ARTIFACTS, chromium, needs_chromium
 
 import config
 import constants as C
@@ -23,11 +20,6 @@ import status_page
 from paper_broker import PaperBroker
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="headless Chromium missing: install it with `apt-get update && apt-get install -y chromium` (as root)")
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / "reports" / "screenshots")
 
 
 def order(side, qty, symbol, key):
@@ -133,16 +125,6 @@ def test_serve_only_the_page_read_only(account):
 
 
 # ----------------------------------------------------------------------------- in a real browser
-def chromium(args, tmp_path, timeout=90):
-    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-           *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 class _DomFigures(HTMLParser):
     """Every element's attributes by id, and table rows' data attributes, from the dumped DOM."""
     def __init__(self):
