@@ -27,11 +27,16 @@ def test_demo_starts_clean_labels_synthetic_prices_and_prints_working_exports(tm
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert not (home / "STALE_FROM_AN_EARLIER_RUN").exists()                  # started clean
-    step1 = out[out.index("1/5 data"):out.index("2/5 model")]
+    step1 = out[out.index("1/6 data"):out.index("2/6 model")]
     assert LABEL in step1                                                      # data update output
     assert LABEL in (home / "reports" / "latest_backtest.html").read_text()   # backtest report header
     assert LABEL in (home / "reports" / "status.html").read_text()            # status page
-    step5 = out[out.index("5/5"):]
+    walk = out[out.index("4/6 walk-forward"):out.index("5/6 paper")]
+    verdict = re.search(r"^   Verdict: (PASS|FAIL)$", walk, re.M)
+    assert verdict, walk                                                       # the verdict, whatever it is
+    assert f"walk-forward {verdict.group(1)}: " in walk                        # and what it means, one line
+    assert len(re.findall(r"^   +fold +\d+ ", walk, re.M)) == 5
+    step5 = out[out.index("6/6"):]
     assert f"prices:          DATA_SOURCE=sample: {LABEL}" in step5             # status --replay
     assert "(replay account)" in step5 and "fills (" in step5
     assert "healthy" in step5 or "warnings" in step5
