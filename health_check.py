@@ -247,9 +247,9 @@ def _last_live_cycle(limit: int = 20_000) -> dict | None:
 
 
 def _scheduler_first_run():
-    conn = scheduler._readonly_conn()
+    conn = scheduler.readonly_conn()
     try:
-        return scheduler._first_run(conn)
+        return scheduler.first_run_at(conn)
     finally:
         if conn is not None:
             conn.close()
@@ -307,7 +307,7 @@ def check_schedule(now: datetime | None = None):
         return WARN, (f"schedule installed, but the scheduler has never run (cron every "
                       f"{C.SCHEDULE_INTERVAL_MIN} min): check cron is running, then tail "
                       f"\"${{TRADING_HOME:-.}}\"/logs/cron_trading.log")
-    conn = scheduler._readonly_conn()
+    conn = scheduler.readonly_conn()
     decisions, latest = scheduler.evaluate(now, conn, first), None
     try:
         latest = conn.execute("SELECT job, period, status, started_at FROM schedule_runs ORDER BY "

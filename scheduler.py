@@ -242,7 +242,7 @@ def format_decisions(decisions) -> str:
 
 
 # --------------------------------------------------------------------------- running
-def _readonly_conn():
+def readonly_conn():
     path = config.path(C.STATE_DB_FILE)
     if not path.exists():
         return None
@@ -254,7 +254,7 @@ def _readonly_conn():
         return None
 
 
-def _first_run(conn) -> datetime | None:
+def first_run_at(conn) -> datetime | None:
     try:
         value = state_db.kv_get(conn, FIRST_RUN_KEY) if conn is not None else None
     except sqlite3.Error:
@@ -383,7 +383,7 @@ def run_due(now: datetime | None = None, jobs=JOBS) -> int:
     try:
         state_db.ensure_schema(conn, _SCHEMA)
         now = now or datetime.now(timezone.utc)
-        first_run = _first_run(conn)
+        first_run = first_run_at(conn)
         if first_run is None:
             first_run = now
             with state_db.transaction(conn):
@@ -433,7 +433,7 @@ def run_due(now: datetime | None = None, jobs=JOBS) -> int:
 
 def last_runs() -> dict[str, dict]:
     """For the health check: {job: its latest schedule_runs row (dict)}; read-only."""
-    conn = _readonly_conn()
+    conn = readonly_conn()
     try:
         runs = _runs(conn)
     finally:
@@ -447,10 +447,10 @@ def last_runs() -> dict[str, dict]:
 
 def status_lines(now: datetime | None = None) -> list[str]:
     now = now or datetime.now(timezone.utc)
-    conn = _readonly_conn()
+    conn = readonly_conn()
     try:
         runs = _runs(conn)
-        first = _first_run(conn)
+        first = first_run_at(conn)
     finally:
         if conn is not None:
             conn.close()
@@ -496,9 +496,9 @@ def main(argv=None) -> int:
         return 0
     if args.dry_run:
         now = now or datetime.now(timezone.utc)
-        conn = _readonly_conn()
+        conn = readonly_conn()
         try:
-            decisions = evaluate(now, conn, _first_run(conn))
+            decisions = evaluate(now, conn, first_run_at(conn))
         finally:
             if conn is not None:
                 conn.close()
