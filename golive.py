@@ -8,7 +8,7 @@ Live trading needs, for the model with a given checksum (``gate_status``):
    and costs no lower than the defaults (``gate_eligible``). The backtest writes these rows with
    ``record_run`` (table ``backtest_runs``);
 2. a passing walk-forward (``./run_backtest.sh --walk-forward``) of the model's configuration on
-   the whole universe and the production data (``walk_forward.gate_walk_forward`` says what counts:
+   the whole universe and the production data (``walk_forward_runs.gate_walk_forward`` says what counts:
    the data file changes every session, so a run counts on the same bytes or, on the production
    file, for ``GOLIVE_WALK_FORWARD_MAX_AGE_DAYS``);
 3. ``GOLIVE_MIN_PAPER_SESSIONS`` paper-trading sessions with that model, replays not counted
@@ -32,7 +32,7 @@ from errors import UserFacingError
 import data_collection
 import model_management
 import state_db
-import walk_forward
+import walk_forward_runs
 from fileutil import json_default
 
 GATE_OVERRIDE_KEY = "golive_override"
@@ -174,7 +174,7 @@ class GateError(UserFacingError):
 
 
 def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe, data_path) -> dict:
-    """The walk-forward condition for the model with this checksum (see ``walk_forward.gate_walk_forward``
+    """The walk-forward condition for the model with this checksum (see ``walk_forward_runs.gate_walk_forward``
     for what counts): its configuration from the model's metadata, the universe from
     selected_stocks.txt, the production data file's path and hash."""
     out = {"run": None, "latest": None, "config_fingerprint": None, "universe": None, "data_sha256": None,
@@ -184,18 +184,18 @@ def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe,
             metadata = model_management.read_metadata(config.path(C.MODEL_FILE))
         if metadata.get("sha256") and metadata["sha256"] != checksum:
             raise model_management.ModelError("the installed model's metadata is for another model")
-        fingerprint = walk_forward.config_fingerprint(walk_forward.model_configuration_from_metadata(metadata))
+        fingerprint = walk_forward_runs.config_fingerprint(walk_forward_runs.model_configuration_from_metadata(metadata))
         symbols = sorted(universe if universe is not None else data_collection.load_universe())
     except (UserFacingError, OSError, KeyError, ValueError) as exc:
         out["error"] = f"the current model's configuration or the universe cannot be read ({exc})"
         return out
     path = Path(data_path) if data_path else config.path(C.PROCESSED_DATA_FILE)
     try:
-        sha = walk_forward.file_sha256(path)
+        sha = walk_forward_runs.file_sha256(path)
     except OSError:
         sha = None
     out.update(config_fingerprint=fingerprint, universe=symbols, data_sha256=sha, data_path=str(path))
-    out["run"], out["latest"] = walk_forward.gate_walk_forward(fingerprint, symbols, path, sha, conn=conn)
+    out["run"], out["latest"] = walk_forward_runs.gate_walk_forward(fingerprint, symbols, path, sha, conn=conn)
     return out
 
 
@@ -273,7 +273,7 @@ def _conditions(backtest, sessions: int, wf: dict) -> list[dict]:
 def gate_status(checksum: str, conn=None, metadata: dict | None = None, universe=None, data_path=None) -> dict:
     """Where the go-live conditions stand for a model: a passing out-of-sample backtest on
     record, a passing walk-forward of its configuration on the production data and universe
-    (``walk_forward.gate_walk_forward``) and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays
+    (``walk_forward_runs.gate_walk_forward``) and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays
     not counted). An override waives the paper sessions; it waives the backtest and the
     walk-forward only when given with ``--no-backtest``. ``metadata`` is the model's (default:
     the installed model's), ``universe`` the symbols (default: selected_stocks.txt),

@@ -26,17 +26,15 @@ What it does, in order:
 5. ``reports/walkforward_<timestamp>.json`` and ``.html`` (and ``reports/latest_walkforward.*``),
    and one row in the state database (``walk_forward_runs``) tied to its inputs: the data file's
    SHA-256, the universe, the period, the costs, the model configuration and its fingerprint,
-   the seed and the verdict. ``passing_walk_forward_for(fingerprint, data_sha256, universe)``
-   answers the go-live gate.
+   the seed and the verdict (``walk_forward_runs.py``, which also says which run counts for
+   the go-live gate).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -48,12 +46,12 @@ import pandas as pd
 
 import config
 import data_collection
-import state_db
 from errors import UserFacingError, install_excepthook
 import constants as C
 import model_management as mm
 import skill_stats
 import train_model
+import walk_forward_runs as runs
 from backtest_engine import Costs, LivePolicy, buy_and_hold, market_from_frames, run_engine
 from backtest_metrics import performance_metrics
 from backtest_report import make_charts, write_report_files
@@ -63,33 +61,6 @@ from signals import build_signals
 log = logging.getLogger("walkforward")
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-RULE_CONSTANTS = ("SIGNAL_THRESHOLD", "MAX_POSITION_PCT", "MAX_GROSS_EXPOSURE", "MAX_POSITIONS",
-                  "MAX_ORDER_VALUE", "RISK_PER_TRADE", "MAX_DRAWDOWN", "DAILY_LOSS_LIMIT", "ALLOW_SHORTS",
-                  "MAX_SIZE_SCALE", "REBALANCE_BAND", "BACKTEST_FILL")
-
-_RUNS_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS walk_forward_runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        created_at TEXT NOT NULL,
-        config_fingerprint TEXT NOT NULL,
-        data_sha256 TEXT NOT NULL,
-        data_path TEXT,
-        universe TEXT NOT NULL,
-        start_date TEXT,
-        end_date TEXT,
-        costs TEXT NOT NULL,
-        model_config TEXT NOT NULL,
-        seed INTEGER NOT NULL,
-        workers INTEGER,
-        passed INTEGER NOT NULL,
-        gate_eligible INTEGER NOT NULL,
-        report_path TEXT,
-        summary TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS walk_forward_runs_key ON walk_forward_runs(config_fingerprint, data_sha256, id)",
-]
-
-
 class WalkForwardError(UserFacingError):
     """A problem that stops the walk-forward; one line naming the fix (exit 2)."""
 
@@ -101,50 +72,6 @@ def profile_params(profile: str = "default") -> dict:
         raise WalkForwardError(f"unknown training profile {profile!r}: use one of "
                                f"{', '.join(sorted(train_model.PROFILES))}")
     return dict(train_model.PROFILES[profile])
-
-
-def model_configuration(prof: dict) -> dict:
-    """Everything that defines the model and the trading rules (not the seed, not the data)."""
-    return {"window": int(prof["window"]), "lstm_units": int(prof["units"]),
-            "dense_units": int(prof["dense_units"]), "lstm_layers": int(prof["layers"]),
-            "epochs_max": int(prof["epochs"]), "patience": int(prof["patience"]),
-            "batch_size": C.TRAIN_BATCH_SIZE, "learning_rate": C.TRAIN_LEARNING_RATE,
-            "feature_columns": list(C.FEATURE_COLUMNS), "target_clip": C.TARGET_CLIP,
-            "feature_clip": C.FEATURE_CLIP, "vol_floor": C.TARGET_VOL_FLOOR,
-            "validation_fraction": C.VALIDATION_FRACTION,
-            "rules": {k: getattr(C, k) for k in RULE_CONSTANTS}}
-
-
-def model_configuration_from_metadata(metadata: dict) -> dict:
-    """The configuration of an installed model (its metadata as train_model.py writes it), in
-    the form ``model_configuration`` gives: for the gate, with ``config_fingerprint``."""
-    arch, training = metadata.get("architecture", {}), metadata.get("training", {})
-    prof = {"window": metadata["window"], "units": arch.get("lstm_units"), "dense_units": arch.get("dense_units"),
-            "layers": arch.get("lstm_layers"), "epochs": training.get("epochs_max"),
-            "patience": training.get("patience")}
-    out = model_configuration(prof)
-    out["batch_size"] = training.get("batch_size", out["batch_size"])
-    out["learning_rate"] = training.get("learning_rate", out["learning_rate"])
-    out["feature_columns"] = list(metadata.get("feature_columns", out["feature_columns"]))
-    return out
-
-
-def config_fingerprint(model_config: dict) -> str:
-    """SHA-256 of the configuration's canonical JSON."""
-    text = json.dumps(model_config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def universe_key(symbols) -> str:
-    return json.dumps(sorted(str(s) for s in symbols))
 
 
 # =========================================================================== folds
@@ -316,18 +243,6 @@ def _period_stats(dates, equity: pd.Series, benchmark: pd.Series, preds: pd.Data
     return ev
 
 
-def count_trials(universe, fingerprint: str, conn=None) -> int:
-    """Distinct configurations recorded for this universe, this one included."""
-    c = _conn(conn)
-    try:
-        rows = c.execute("SELECT DISTINCT config_fingerprint FROM walk_forward_runs WHERE universe = ?",
-                         (universe_key(universe),)).fetchall()
-    finally:
-        if conn is None:
-            c.close()
-    return len({r[0] for r in rows} | {fingerprint})
-
-
 def evaluate(features: pd.DataFrame, fold_results: list[dict], costs: Costs | None = None,
              initial_cash: float = C.INITIAL_PAPER_CASH, n_trials: int = 1) -> dict:
     """Stitch the folds' predictions, replay them with the live rules, compute every statistic."""
@@ -358,137 +273,13 @@ def evaluate(features: pd.DataFrame, fold_results: list[dict], costs: Costs | No
                          "test_end": str(r["test_end"].date()), "train_sessions": r["train_sessions"],
                          "test_sessions": r["test_sessions"], "epochs_run": r["epochs_run"],
                          "seconds": round(r["seconds"], 2), "train_mean": r["train_mean"],
-                         "skipped_symbols": r["skipped_symbols"], **_slim(st)})
+                         "skipped_symbols": r["skipped_symbols"], **runs.slim(st)})
     return {"overall": overall, "folds": per_fold, "equity": equity, "benchmark": bench,
             "nonsensical_prediction_days": nonsense, "symbols": market.symbols,
             "start": str(market.dates[0].date()), "end": str(market.dates[-1].date())}
 
 
-def _slim(ev: dict) -> dict:
-    return {"passed": ev["passed"], "skill_vs_no_change": ev["dm_vs_no_change"]["skill"],
-            "dm_p_vs_no_change": ev["dm_vs_no_change"]["p_value"],
-            "skill_vs_training_mean": ev["dm_vs_training_mean"]["skill"],
-            "dm_p_vs_training_mean": ev["dm_vs_training_mean"]["p_value"],
-            "directional_accuracy": ev["directional_accuracy"], "strategy_return": ev["strategy"]["total_return"],
-            "benchmark_return": ev["benchmark"]["total_return"], "strategy_sharpe": ev["sharpe_strategy"],
-            "benchmark_sharpe": ev["sharpe_benchmark"], "psr_excess": ev["psr_excess"], "dsr_excess": ev["dsr_excess"],
-            "predictions": ev["predictions"]}
-
-
-# =========================================================================== state database
-
-def _conn(conn=None):
-    c = conn if conn is not None else state_db.connect()
-    state_db.ensure_schema(c, _RUNS_SCHEMA)
-    return c
-
-
-def record_run(report: dict, conn=None) -> int:
-    """One row in ``walk_forward_runs``; returns its id."""
-    c = _conn(conn)
-    inputs = report["inputs"]
-    try:
-        with state_db.transaction(c):
-            cur = c.execute(
-                "INSERT INTO walk_forward_runs(created_at, config_fingerprint, data_sha256, data_path, universe, "
-                "start_date, end_date, costs, model_config, seed, workers, passed, gate_eligible, report_path, "
-                "summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (state_db.utcnow(), inputs["config_fingerprint"], inputs["data_sha256"], inputs["data_path"],
-                 universe_key(inputs["universe"]), report["start"], report["end"], json.dumps(inputs["costs"]),
-                 json.dumps(inputs["model_config"], default=str), int(inputs["seed"]), int(report["workers"]),
-                 int(bool(report["passed"])), int(bool(report["gate_eligible"])), report.get("report_json"),
-                 json.dumps(_jsonable(_summary(report)), allow_nan=False)))
-            return int(cur.lastrowid)
-    finally:
-        if conn is None:
-            c.close()
-
-
-def _summary(report: dict) -> dict:
-    o = report["overall"]
-    return {"conditions": o["conditions"], **_slim(o), "n_trials": o["n_trials"], "folds": len(report["folds"])}
-
-
-def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe, conn=None) -> dict | None:
-    """The newest walk-forward that passed for this model configuration on this data file and this
-    universe (the whole universe, the full out-of-sample period, costs not below the paper
-    broker's: ``gate_eligible``), or None. The row as a dict, JSON fields parsed."""
-    if not config_fingerprint or not data_sha256:
-        return None
-    c = _conn(conn)
-    try:
-        row = c.execute("SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND data_sha256 = ? AND "
-                        "universe = ? AND passed = 1 AND gate_eligible = 1 ORDER BY id DESC LIMIT 1",
-                        (config_fingerprint, data_sha256, universe_key(universe))).fetchone()
-    finally:
-        if conn is None:
-            c.close()
-    return state_db.row_dict(row, ("universe", "costs", "model_config", "summary"),
-                             ("passed", "gate_eligible"))
-
-
-def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256: str | None,
-                      max_age_days: int = C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS, now: datetime | None = None,
-                      conn=None) -> tuple[dict | None, dict | None]:
-    """(the run that counts for the go-live gate or None, the newest run of this configuration on
-    this universe whatever its result or None).
-
-    The production data file changes every session, so an exact hash match would close the gate
-    every morning. A run counts when it passed, is ``gate_eligible`` (the whole universe, the full
-    out-of-sample period, default costs), is for this configuration (``config_fingerprint``) and
-    this universe, and was run on the production data: either on the very same bytes
-    (``data_sha256`` equal to the file's hash now) or on the production file (``data_path``) no
-    more than ``max_age_days`` calendar days ago (the scheduler reruns it weekly). The run's
-    own data hash stays recorded for the audit."""
-    if not config_fingerprint:
-        return None, None
-    c = _conn(conn)
-    try:
-        rows = [dict(r) for r in c.execute(
-            "SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND universe = ? ORDER BY id DESC",
-            (config_fingerprint, universe_key(universe))).fetchall()]
-    finally:
-        if conn is None:
-            c.close()
-    now = now or datetime.now(timezone.utc)
-    production = str(Path(data_path).resolve()) if data_path else None
-    passing = None
-    for row in rows:
-        for key in ("universe", "costs", "model_config", "summary"):
-            try:
-                row[key] = json.loads(row[key])
-            except (TypeError, ValueError):
-                pass
-        row["passed"], row["gate_eligible"] = bool(row["passed"]), bool(row["gate_eligible"])
-        created = datetime.fromisoformat(row["created_at"])
-        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
-        row["age_days"] = round((now - created).total_seconds() / 86400.0, 2)
-        same_bytes = bool(data_sha256) and row["data_sha256"] == data_sha256
-        same_file = (production is not None and row.get("data_path")
-                     and str(Path(row["data_path"]).resolve()) == production)
-        row["on_production_data"] = bool(same_bytes or (same_file and row["age_days"] <= max_age_days))
-        if passing is None and row["passed"] and row["gate_eligible"] and row["on_production_data"]:
-            passing = row
-    return passing, (rows[0] if rows else None)
-
-
 # =========================================================================== reports
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, (pd.Timestamp, datetime)):
-        return obj.isoformat()
-    return obj
-
 
 def _pct(x):
     return "n/a" if x is None else f"{x * 100:.2f}%"
@@ -565,7 +356,7 @@ docs/MODEL.md. Full data: {e(report.get('json_name', ''))}</p>
 def write_reports(report: dict, charts: dict | None = None, reports_dir=None) -> tuple[Path, Path]:
     return write_report_files(
         "walkforward", report,
-        lambda r: json.dumps(_jsonable(r), indent=1, allow_nan=False, default=str),
+        lambda r: json.dumps(runs.jsonable(r), indent=1, allow_nan=False, default=str),
         lambda r: render_html(r, charts), reports_dir)
 
 
@@ -592,10 +383,10 @@ def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None 
                                f"(or leave them out with --symbols)")
     features = features[features["Symbol"].isin(wanted)].reset_index(drop=True)
     folds = plan_folds(features["Date"], min_train, retrain)
-    model_config = model_configuration(prof)
-    fingerprint = config_fingerprint(model_config)
-    data_sha = file_sha256(path)
-    n_trials = count_trials(wanted, fingerprint) if record else 1
+    model_config = runs.model_configuration(prof)
+    fingerprint = runs.config_fingerprint(model_config)
+    data_sha = runs.file_sha256(path)
+    n_trials = runs.count_trials(wanted, fingerprint) if record else 1
     log.info("walk-forward started: %d symbols, %d folds (min train %d, retrain every %d sessions), profile %s, "
              "seed %d", len(wanted), len(folds), min_train, retrain, profile, seed)
     fold_results, n_workers = run_folds(features, folds, prof, seed, workers, progress)
@@ -624,7 +415,7 @@ def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None 
     json_path, html_path = write_reports(report, pictures, reports_dir)
     report["report_json"], report["report_html"] = str(json_path), str(html_path)
     if record:
-        report["run_id"] = record_run(report)
+        report["run_id"] = runs.record_run(report)
     report["timings_s"]["total"] = round(time.perf_counter() - t0, 2)
     return report
 

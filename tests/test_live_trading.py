@@ -251,12 +251,12 @@ def _record_walk_forward(home, passed=True, eligible=True, universe=None, config
     on the whole universe and the production data file (as ./run_backtest.sh --walk-forward records)."""
     import data_collection
     import model_management
-    import walk_forward
+    import walk_forward_runs
     meta = model_management.read_metadata(home / C.MODEL_FILE)
-    cfg = walk_forward.model_configuration_from_metadata(meta)
+    cfg = walk_forward_runs.model_configuration_from_metadata(meta)
     path = data_path or (home / C.PROCESSED_DATA_FILE)
-    report = {"inputs": {"config_fingerprint": config_fingerprint or walk_forward.config_fingerprint(cfg),
-                         "data_sha256": data_sha256 or walk_forward.file_sha256(home / C.PROCESSED_DATA_FILE),
+    report = {"inputs": {"config_fingerprint": config_fingerprint or walk_forward_runs.config_fingerprint(cfg),
+                         "data_sha256": data_sha256 or walk_forward_runs.file_sha256(home / C.PROCESSED_DATA_FILE),
                          "data_path": str(path),
                          "universe": sorted(universe if universe is not None else data_collection.load_universe()),
                          "costs": {}, "model_config": cfg, "seed": 42},
@@ -268,7 +268,7 @@ def _record_walk_forward(home, passed=True, eligible=True, universe=None, config
                           "benchmark": {"total_return": 0.1}, "sharpe_strategy": 1.2, "sharpe_benchmark": 0.8,
                           "psr_excess": 0.99, "dsr_excess": 0.97, "predictions": 1000},
               "folds": []}
-    run_id = walk_forward.record_run(report)
+    run_id = walk_forward_runs.record_run(report)
     if created_at:
         import live_trading
         conn = live_trading.db()

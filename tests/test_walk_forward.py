@@ -10,6 +10,7 @@ import constants as C
 import data_collection as dc
 import sample_data
 import walk_forward as wf
+import walk_forward_runs as runs
 from conftest import run_entry
 
 TINY = {**wf.profile_params("tiny"), "epochs": 2, "patience": 1}
@@ -35,9 +36,9 @@ def test_fingerprint_is_the_same_from_the_profile_and_from_an_installed_models_m
             "architecture": {"lstm_units": prof["units"], "dense_units": prof["dense_units"], "lstm_layers": 1},
             "training": {"epochs_max": prof["epochs"], "patience": prof["patience"],
                          "batch_size": C.TRAIN_BATCH_SIZE, "learning_rate": C.TRAIN_LEARNING_RATE}}
-    a = wf.config_fingerprint(wf.model_configuration(prof))
-    assert a == wf.config_fingerprint(wf.model_configuration_from_metadata(meta))
-    assert a != wf.config_fingerprint(wf.model_configuration(wf.profile_params("default")))
+    a = runs.config_fingerprint(runs.model_configuration(prof))
+    assert a == runs.config_fingerprint(runs.model_configuration_from_metadata(meta))
+    assert a != runs.config_fingerprint(runs.model_configuration(wf.profile_params("default")))
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_cli_reports_records_and_the_gate_query(home):
     assert report["passed"] == (done.returncode == 0) == all(c["passed"] for c in o["conditions"])
     assert len(report["folds"]) == 2 and report["start"] == report["folds"][0]["test_start"]
     inputs = report["inputs"]
-    assert inputs["data_sha256"] == wf.file_sha256(home / "processed_stock_data.csv")
+    assert inputs["data_sha256"] == runs.file_sha256(home / "processed_stock_data.csv")
     assert inputs["universe"] == sorted(dc.load_universe())
     import state_db
     conn = state_db.connect()                     # this test's TRADING_HOME is ``home``
@@ -114,17 +115,17 @@ def test_cli_reports_records_and_the_gate_query(home):
     # --min-train 1500 evaluates less than the full out-of-sample period: recorded, never counted
     assert row["gate_eligible"] == 0 and report["gate_eligible"] is False
     fp, sha, uni = inputs["config_fingerprint"], inputs["data_sha256"], inputs["universe"]
-    assert wf.passing_walk_forward_for(fp, sha, uni, conn=conn) is None
+    assert runs.passing_walk_forward_for(fp, sha, uni, conn=conn) is None
     # a passing, eligible run of the same configuration counts only on the same data and the whole universe
-    wf.record_run({**report, "passed": True, "gate_eligible": True}, conn=conn)
-    assert wf.passing_walk_forward_for(fp, sha, uni, conn=conn)["config_fingerprint"] == fp
-    assert wf.passing_walk_forward_for(fp, "0" * 64, uni, conn=conn) is None
-    assert wf.passing_walk_forward_for(fp, sha, uni[:-1], conn=conn) is None
-    assert wf.passing_walk_forward_for("f" * 64, sha, uni, conn=conn) is None
-    wf.record_run({**report, "passed": True, "gate_eligible": False, "inputs": {**inputs, "data_sha256": "1" * 64}},
+    runs.record_run({**report, "passed": True, "gate_eligible": True}, conn=conn)
+    assert runs.passing_walk_forward_for(fp, sha, uni, conn=conn)["config_fingerprint"] == fp
+    assert runs.passing_walk_forward_for(fp, "0" * 64, uni, conn=conn) is None
+    assert runs.passing_walk_forward_for(fp, sha, uni[:-1], conn=conn) is None
+    assert runs.passing_walk_forward_for("f" * 64, sha, uni, conn=conn) is None
+    runs.record_run({**report, "passed": True, "gate_eligible": False, "inputs": {**inputs, "data_sha256": "1" * 64}},
                   conn=conn)
-    assert wf.passing_walk_forward_for(fp, "1" * 64, uni, conn=conn) is None
-    assert wf.count_trials(uni, "e" * 64, conn=conn) == 2
+    assert runs.passing_walk_forward_for(fp, "1" * 64, uni, conn=conn) is None
+    assert runs.count_trials(uni, "e" * 64, conn=conn) == 2
 
 
 def test_cli_error_is_exit_2_and_one_line(trading_home):

@@ -1,0 +1,233 @@
+"""The recorded walk-forward runs: what the go-live gate asks of them, and nothing heavy.
+
+A walk-forward run (``walk_forward.py``) is recorded as one row of ``walk_forward_runs`` in the
+state database, tied to its inputs: the data file's SHA-256 and path, the universe, the period,
+the costs, the model configuration and its fingerprint (``config_fingerprint`` of
+``model_configuration``: the architecture, the training settings and the trading rules, not the
+seed nor the data), the seed and the verdict. ``gate_walk_forward`` says which run counts for the
+go-live gate (``golive.py``); ``count_trials`` counts the configurations tried on a universe (the
+deflated Sharpe ratio's number of trials).
+
+This module is what the live side (``golive``, and through it ``live_trading`` and the health
+check) imports; it does not load the training code, the backtest engine or the statistics."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import constants as C
+import state_db
+
+RULE_CONSTANTS = ("SIGNAL_THRESHOLD", "MAX_POSITION_PCT", "MAX_GROSS_EXPOSURE", "MAX_POSITIONS",
+                  "MAX_ORDER_VALUE", "RISK_PER_TRADE", "MAX_DRAWDOWN", "DAILY_LOSS_LIMIT", "ALLOW_SHORTS",
+                  "MAX_SIZE_SCALE", "REBALANCE_BAND", "BACKTEST_FILL")
+
+RUNS_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS walk_forward_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        config_fingerprint TEXT NOT NULL,
+        data_sha256 TEXT NOT NULL,
+        data_path TEXT,
+        universe TEXT NOT NULL,
+        start_date TEXT,
+        end_date TEXT,
+        costs TEXT NOT NULL,
+        model_config TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        workers INTEGER,
+        passed INTEGER NOT NULL,
+        gate_eligible INTEGER NOT NULL,
+        report_path TEXT,
+        summary TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS walk_forward_runs_key ON walk_forward_runs(config_fingerprint, data_sha256, id)",
+]
+
+
+# =========================================================================== configuration
+
+def model_configuration(prof: dict) -> dict:
+    """Everything that defines the model and the trading rules (not the seed, not the data)."""
+    return {"window": int(prof["window"]), "lstm_units": int(prof["units"]),
+            "dense_units": int(prof["dense_units"]), "lstm_layers": int(prof["layers"]),
+            "epochs_max": int(prof["epochs"]), "patience": int(prof["patience"]),
+            "batch_size": C.TRAIN_BATCH_SIZE, "learning_rate": C.TRAIN_LEARNING_RATE,
+            "feature_columns": list(C.FEATURE_COLUMNS), "target_clip": C.TARGET_CLIP,
+            "feature_clip": C.FEATURE_CLIP, "vol_floor": C.TARGET_VOL_FLOOR,
+            "validation_fraction": C.VALIDATION_FRACTION,
+            "rules": {k: getattr(C, k) for k in RULE_CONSTANTS}}
+
+
+def model_configuration_from_metadata(metadata: dict) -> dict:
+    """The configuration of an installed model (its metadata as train_model.py writes it), in
+    the form ``model_configuration`` gives: for the gate, with ``config_fingerprint``."""
+    arch, training = metadata.get("architecture", {}), metadata.get("training", {})
+    prof = {"window": metadata["window"], "units": arch.get("lstm_units"), "dense_units": arch.get("dense_units"),
+            "layers": arch.get("lstm_layers"), "epochs": training.get("epochs_max"),
+            "patience": training.get("patience")}
+    out = model_configuration(prof)
+    out["batch_size"] = training.get("batch_size", out["batch_size"])
+    out["learning_rate"] = training.get("learning_rate", out["learning_rate"])
+    out["feature_columns"] = list(metadata.get("feature_columns", out["feature_columns"]))
+    return out
+
+
+def config_fingerprint(model_config: dict) -> str:
+    """SHA-256 of the configuration's canonical JSON."""
+    text = json.dumps(model_config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def universe_key(symbols) -> str:
+    return json.dumps(sorted(str(s) for s in symbols))
+
+
+# =========================================================================== state database
+
+def connect(conn=None):
+    c = conn if conn is not None else state_db.connect()
+    state_db.ensure_schema(c, RUNS_SCHEMA)
+    return c
+
+
+def record_run(report: dict, conn=None) -> int:
+    """One row in ``walk_forward_runs``; returns its id."""
+    c = connect(conn)
+    inputs = report["inputs"]
+    try:
+        with state_db.transaction(c):
+            cur = c.execute(
+                "INSERT INTO walk_forward_runs(created_at, config_fingerprint, data_sha256, data_path, universe, "
+                "start_date, end_date, costs, model_config, seed, workers, passed, gate_eligible, report_path, "
+                "summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (state_db.utcnow(), inputs["config_fingerprint"], inputs["data_sha256"], inputs["data_path"],
+                 universe_key(inputs["universe"]), report["start"], report["end"], json.dumps(inputs["costs"]),
+                 json.dumps(inputs["model_config"], default=str), int(inputs["seed"]), int(report["workers"]),
+                 int(bool(report["passed"])), int(bool(report["gate_eligible"])), report.get("report_json"),
+                 json.dumps(jsonable(summary(report)), allow_nan=False)))
+            return int(cur.lastrowid)
+    finally:
+        if conn is None:
+            c.close()
+
+
+def summary(report: dict) -> dict:
+    o = report["overall"]
+    return {"conditions": o["conditions"], **slim(o), "n_trials": o["n_trials"], "folds": len(report["folds"])}
+
+
+def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe, conn=None) -> dict | None:
+    """The newest walk-forward that passed for this model configuration on this data file and this
+    universe (the whole universe, the full out-of-sample period, costs not below the paper
+    broker's: ``gate_eligible``), or None. The row as a dict, JSON fields parsed."""
+    if not config_fingerprint or not data_sha256:
+        return None
+    c = connect(conn)
+    try:
+        row = c.execute("SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND data_sha256 = ? AND "
+                        "universe = ? AND passed = 1 AND gate_eligible = 1 ORDER BY id DESC LIMIT 1",
+                        (config_fingerprint, data_sha256, universe_key(universe))).fetchone()
+    finally:
+        if conn is None:
+            c.close()
+    return state_db.row_dict(row, ("universe", "costs", "model_config", "summary"),
+                             ("passed", "gate_eligible"))
+
+
+def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256: str | None,
+                      max_age_days: int = C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS, now: datetime | None = None,
+                      conn=None) -> tuple[dict | None, dict | None]:
+    """(the run that counts for the go-live gate or None, the newest run of this configuration on
+    this universe whatever its result or None).
+
+    The production data file changes every session, so an exact hash match would close the gate
+    every morning. A run counts when it passed, is ``gate_eligible`` (the whole universe, the full
+    out-of-sample period, default costs), is for this configuration (``config_fingerprint``) and
+    this universe, and was run on the production data: either on the very same bytes
+    (``data_sha256`` equal to the file's hash now) or on the production file (``data_path``) no
+    more than ``max_age_days`` calendar days ago (the scheduler reruns it weekly). The run's
+    own data hash stays recorded for the audit."""
+    if not config_fingerprint:
+        return None, None
+    c = connect(conn)
+    try:
+        rows = [dict(r) for r in c.execute(
+            "SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND universe = ? ORDER BY id DESC",
+            (config_fingerprint, universe_key(universe))).fetchall()]
+    finally:
+        if conn is None:
+            c.close()
+    now = now or datetime.now(timezone.utc)
+    production = str(Path(data_path).resolve()) if data_path else None
+    passing = None
+    for row in rows:
+        for key in ("universe", "costs", "model_config", "summary"):
+            try:
+                row[key] = json.loads(row[key])
+            except (TypeError, ValueError):
+                pass
+        row["passed"], row["gate_eligible"] = bool(row["passed"]), bool(row["gate_eligible"])
+        created = datetime.fromisoformat(row["created_at"])
+        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+        row["age_days"] = round((now - created).total_seconds() / 86400.0, 2)
+        same_bytes = bool(data_sha256) and row["data_sha256"] == data_sha256
+        same_file = (production is not None and row.get("data_path")
+                     and str(Path(row["data_path"]).resolve()) == production)
+        row["on_production_data"] = bool(same_bytes or (same_file and row["age_days"] <= max_age_days))
+        if passing is None and row["passed"] and row["gate_eligible"] and row["on_production_data"]:
+            passing = row
+    return passing, (rows[0] if rows else None)
+
+
+def count_trials(universe, fingerprint: str, conn=None) -> int:
+    """Distinct configurations recorded for this universe, this one included."""
+    c = connect(conn)
+    try:
+        rows = c.execute("SELECT DISTINCT config_fingerprint FROM walk_forward_runs WHERE universe = ?",
+                         (universe_key(universe),)).fetchall()
+    finally:
+        if conn is None:
+            c.close()
+    return len({r[0] for r in rows} | {fingerprint})
+
+
+def slim(ev: dict) -> dict:
+    return {"passed": ev["passed"], "skill_vs_no_change": ev["dm_vs_no_change"]["skill"],
+            "dm_p_vs_no_change": ev["dm_vs_no_change"]["p_value"],
+            "skill_vs_training_mean": ev["dm_vs_training_mean"]["skill"],
+            "dm_p_vs_training_mean": ev["dm_vs_training_mean"]["p_value"],
+            "directional_accuracy": ev["directional_accuracy"], "strategy_return": ev["strategy"]["total_return"],
+            "benchmark_return": ev["benchmark"]["total_return"], "strategy_sharpe": ev["sharpe_strategy"],
+            "benchmark_sharpe": ev["sharpe_benchmark"], "psr_excess": ev["psr_excess"], "dsr_excess": ev["dsr_excess"],
+            "predictions": ev["predictions"]}
+
+
+def jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (pd.Timestamp, datetime)):
+        return obj.isoformat()
+    return obj
