@@ -42,7 +42,7 @@ from errors import UserFacingError
 
 log = logging.getLogger("execution")
 
-INTENDED, SENDING, SUBMITTED = "INTENDED", "SENDING", "SUBMITTED"   # our row before the broker's statuses
+INTENDED, SENDING, SUBMITTED = "INTENDED", "SENDING", "SUBMITTED"   # our row around the send
 UTC = timezone.utc
 
 
