@@ -519,7 +519,7 @@ class SchwabAPI:
         returns the first id. Schwab takes no client order id, so after an ambiguous failure (read
         timeout, 5xx: the order may or may not be at Schwab) this does NOT guess from the order
         list: it raises ``TransientBrokerError(ambiguous=True)`` and the caller decides from the
-        snapshot it took before sending (``trading_execution``'s rule)."""
+        snapshot it took before sending (``order_recovery``'s rule)."""
         o = validate_order(order)
         if o["client_key"] in self._placed:
             return self._placed[o["client_key"]]

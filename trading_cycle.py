@@ -51,10 +51,11 @@ from golive import gate_status
 from logging_setup import ensure_logging
 from model_management import load_model
 from order_planning import plan_orders
+from order_recovery import AmbiguousOrderError
 from risk_management import Portfolio, RiskManager
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
 from kill_switch import KillSwitchSet
-from trading_execution import AmbiguousOrderError, OrderExecutor
+from trading_execution import OrderExecutor
 
 log = logging.getLogger("trading")
 

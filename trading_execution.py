@@ -1,29 +1,16 @@
 """Order execution: market hours, exactly-once submission, retries, fills, the kill switch, the
-circuit breaker, flatten, and the broker activity that is not ours.
+circuit breaker and flatten.
 
 * ``OrderExecutor()`` constructs without network or credentials; the broker is created on first
   use (``trading_api.get_broker()``: the paper broker unless ``TRADING_MODE=live``); the errors
   it reacts to are ``broker_base``'s.
 * ``is_market_open(dt)``: the NYSE regular session from exchange-calendars (holidays, 13:00
   early closes). A naive ``dt`` is the machine's local time; an aware one is converted.
-* Exactly once without a broker client id (Schwab takes none). Every intended order gets a
-  deterministic client key (cycle date, symbol, side) and a row in ``orders`` (``INTENDED``)
-  before anything is sent. Right before the request, in one transaction, the row becomes
-  ``SENDING`` with a ``snapshot``: the ids of the broker's orders entered since ``since`` (now
-  minus ``ORDER_SNAPSHOT_LOOKBACK_S``), plus the broker's own clock at that answer. Then the
-  order is placed and the row becomes ``SUBMITTED`` with the broker's id.
-  Recovery (a rerun of ``submit``, ``reconcile()`` at cycle start, the retry after an ambiguous
-  transient error) never compares our clock with the broker's:
-    - ``INTENDED``: never sent. Nothing is adopted for it; ``submit`` sends it.
-    - ``SENDING``: the broker's orders since the SAME ``since`` are listed; candidates are the
-      orders absent from the snapshot with the same symbol, side, quantity and order type that no
-      other row of ours is linked to (a broker that carries client keys, the paper broker, also
-      rules out orders with another key and picks the one with ours). Exactly one: adopted
-      (audited) - unless it was entered more than ``ORDER_ADOPT_MAX_DELAY_S`` after the snapshot
-      by the broker's own clock, which only a person can judge. None: it did not land; back to
-      ``INTENDED`` and sent again with a fresh snapshot. More than one (or the late one):
-      nothing is sent, the kill switch is set, CRITICAL with the commands to resolve it by hand
-      (``AmbiguousOrderError``).
+* Exactly once (``order_recovery.py``, mixed in): every intended order gets a deterministic
+  client key and a row in ``orders`` (``INTENDED``) before anything is sent; right before the
+  request the row becomes ``SENDING`` with a snapshot of the broker's recent orders, then
+  ``SUBMITTED`` with the broker's id. A row whose fate is unknown is settled by the snapshot
+  rule: adopted, sent again, or left to a person (``AmbiguousOrderError``, kill switch set).
 * The kill switch (``kill_switch.py``) is read in the transaction that marks an order
   ``SENDING`` (so nothing is sent after a halt commits) and between fill polls. Set mid-cycle:
   ``KillSwitchSet`` is raised, nothing more is sent and, by default
@@ -34,9 +21,8 @@ circuit breaker, flatten, and the broker activity that is not ours.
 * Unfilled orders are cancelled after ``ORDER_FILL_TIMEOUT_S``; partial fills are tracked.
 * ``flatten(session_date, mode)``: cancels open orders and closes every position through
   ``submit`` with keys ``flatten-YYYY-MM-DD-SYMBOL-SIDE``, so a rerun never closes twice.
-* ``external_activity(mode)`` (after ``reconcile``) reports broker orders no row of ours is
-  linked to, and position differences our fills since the last ``record_positions`` do not
-  explain: a WARNING and an audit record each; nothing is adopted, cancelled or traded against.
+* ``external_activity(mode)`` and ``record_positions`` (``external_activity.py``, mixed in):
+  broker orders and position changes that are not ours, reported, never traded against.
 * ``CircuitBreaker``: shared by every process through the state database. ``5`` consecutive
   failures open it ("Circuit breaker OPEN"), nothing is sent while open, after ``60`` s one trial
   call goes through ("Circuit breaker half-open"), and a success closes it ("Circuit breaker
@@ -51,35 +37,32 @@ Command line (the operator's tools when recovery halts for a person)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-import config
 import alerts
 import constants as C
+import external_activity
 import kill_switch
 import logging_setup
 import market_calendar
 import state_db
 from audit_logging import AuditLogger
-from broker_base import (BUY_SIDES, CANCELED, FINAL_STATUSES, MARKET, NEW, OPEN_STATUSES,
-                         PARTIALLY_FILLED, WORKING, BrokerError, OrderRejectedError,
-                         TransientBrokerError)
+from broker_base import (FINAL_STATUSES, MARKET, NEW, PARTIALLY_FILLED, WORKING, BrokerError,
+                         OrderRejectedError, TransientBrokerError)
 from errors import UserFacingError, install_excepthook
+from external_activity import ExternalActivity
 from failpoints import failpoint
 from kill_switch import KillSwitchSet
+from order_recovery import INTENDED, SENDING, SUBMITTED, OrderRecovery, describe
 from trading_api import get_broker
 
 log = logging.getLogger("execution")
 
 TERMINAL = FINAL_STATUSES          # an order record in one of these states is done
-INTENDED, SENDING, SUBMITTED = "INTENDED", "SENDING", "SUBMITTED"
 FLATTEN_PREFIX = "flatten-"
-EXTERNAL_REPORTED_KEY = "external_orders_reported"
-UTC = timezone.utc
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS orders (
@@ -114,15 +97,6 @@ _SCHEMA = [
         last_error TEXT,
         updated_at TEXT NOT NULL
     )""",
-    # the broker's positions at the end of the last cycle, per mode, with what our orders had filled
-    """CREATE TABLE IF NOT EXISTS position_records (
-        mode TEXT PRIMARY KEY,
-        cycle_date TEXT NOT NULL,
-        recorded_at TEXT NOT NULL,
-        positions TEXT NOT NULL,
-        fills TEXT NOT NULL,
-        order_rowid INTEGER NOT NULL
-    )""",
 ]
 # columns added after the first release: (table, column, declaration)
 _ADDED_COLUMNS = [("orders", "snapshot", "TEXT")]
@@ -140,16 +114,13 @@ def ensure_schema(conn) -> None:
                 if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
                     log.info("state database: added column %s.%s", table, column)
-    state_db.ensure_schema(conn, _SCHEMA[1:])
+    state_db.ensure_schema(conn, _SCHEMA[1:] + external_activity.SCHEMA)
 
 
 class CircuitOpenError(UserFacingError):
     """The circuit breaker is open: nothing is sent to the broker until it recovers."""
 
 
-class AmbiguousOrderError(UserFacingError):
-    """Recovery cannot tell which broker order is ours: nothing was sent, the kill switch is set,
-    a person decides (``python trading_execution.py orders``, then ``resolve``)."""
 # ----------------------------------------------------------------------------- circuit breaker
 class CircuitBreaker:
     """closed -> (N consecutive failures) -> open -> (recovery timeout) -> half-open -> one trial
@@ -252,15 +223,7 @@ def flatten_key(session_date, symbol: str, side: str, attempt: int = 1) -> str:
     return base if attempt == 1 else f"{base}-{attempt}"
 
 
-def _signed(side: str, quantity: int) -> int:
-    return int(quantity) if side in BUY_SIDES else -int(quantity)
-
-
-def _describe(record) -> str:
-    return f"{record['side']} {record['quantity']} {record['symbol']} {record['order_type']}"
-
-
-class OrderExecutor:
+class OrderExecutor(OrderRecovery, ExternalActivity):
     def __init__(self, broker=None, conn=None, audit=None, sleep=time.sleep,
                  cancel_on_halt: bool | None = None):
         self._broker = broker
@@ -364,6 +327,13 @@ class OrderExecutor:
         """A broker call that is safe to repeat, with retries for transient errors."""
         return self._retrying(what, lambda n: self._call_once(what, func, *args))
 
+    def _recent_and_open_orders(self, since) -> dict[str, dict]:
+        """{broker id: order} for the broker's orders entered since ``since`` and every open one."""
+        listed = {str(o["order_id"]): o for o in self._call("list orders", self.broker.get_orders_since, since)}
+        for o in self._call("list open orders", self.broker.get_open_orders):
+            listed.setdefault(str(o["order_id"]), o)
+        return listed
+
     def _call_once(self, what, func, *args):
         """One attempt through the breaker (the caller does the retrying)."""
         if not self.breaker.allow():
@@ -383,134 +353,6 @@ class OrderExecutor:
             raise
         self.breaker.record_success()
         return result
-
-    # -- the snapshot rule
-    def _snapshot(self) -> dict:
-        """The broker's order ids entered since ``now - ORDER_SNAPSHOT_LOOKBACK_S`` (our clock
-        only picks the window; recovery lists the same window again) and the broker's own clock
-        at that answer, when it gave one."""
-        since = datetime.now(UTC) - timedelta(seconds=C.ORDER_SNAPSHOT_LOOKBACK_S)
-        orders = self._call("list orders (snapshot)", self.broker.get_orders_since, since)
-        broker_time = getattr(self.broker, "server_time", None)
-        return {"since": since.isoformat(), "order_ids": sorted(str(o["order_id"]) for o in orders),
-                "broker_time": broker_time.isoformat() if broker_time else None,
-                "taken_at": state_db.utcnow()}
-
-    def _mark_sending(self, key: str, snapshot: dict, ignore_halt: bool) -> None:
-        """INTENDED -> SENDING with the snapshot, in the transaction that reads the kill switch:
-        a halt committed before it stops the order; one committed after it comes too late for
-        this order only."""
-        with state_db.transaction(self.conn):
-            if not ignore_halt:
-                kill_switch.check(self.conn, f"order {key}")
-            cur = self.conn.execute(
-                "UPDATE orders SET status = ?, snapshot = ?, error = NULL, updated_at = ? "
-                "WHERE client_key = ? AND status IN (?, ?)",
-                (SENDING, json.dumps(snapshot), state_db.utcnow(), key, INTENDED, SENDING))
-            if cur.rowcount != 1:
-                raise RuntimeError(f"order {key} is no longer INTENDED: another process has it")
-
-    def _candidates(self, record: dict, orders: list[dict]) -> list[dict]:
-        """Broker orders that may be ``record``'s: absent from its snapshot, same symbol, side,
-        quantity and order type, linked to no other row of ours. A broker that carries client keys
-        (the paper broker) narrows it further: another key is not ours, ours is."""
-        snap = json.loads(record["snapshot"] or "{}")
-        seen = set(snap.get("order_ids") or [])
-        key = record["client_key"]
-        linked = self.linked_keys()
-        want = (record["symbol"], record["side"], int(record["quantity"]), str(record["order_type"]).upper())
-        out = []
-        for o in orders:
-            oid = str(o["order_id"])
-            if oid in seen or linked.get(oid, key) != key:
-                continue
-            if (o.get("symbol"), o.get("side"), int(o.get("quantity") or 0),
-                    str(o.get("order_type") or "").upper()) != want:
-                continue
-            if o.get("client_key") and o["client_key"] != key:
-                continue
-            out.append(o)
-        mine = [o for o in out if o.get("client_key") == key]
-        return mine or out
-
-    def _resolve_sending(self, record: dict) -> tuple[str, list[dict], str]:
-        """Where a SENDING order is: ``("adopt", [order], why)``, ``("absent", [], why)`` or
-        ``("ambiguous", candidates, why)``."""
-        snap = json.loads(record["snapshot"] or "{}")
-        if not snap.get("since"):
-            return "ambiguous", [], "its snapshot is missing"
-        since = datetime.fromisoformat(snap["since"])
-        if since < datetime.now(UTC) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS):
-            return "ambiguous", [], (f"its snapshot ({since:%Y-%m-%d}) is older than the "
-                                     f"{C.SCHWAB_ORDER_LOOKBACK_DAYS} days the broker lists")
-        orders = self._call(f"list orders (recovery of {record['client_key']})",
-                            self.broker.get_orders_since, since)
-        found = self._candidates(record, orders)
-        if not found:
-            return "absent", [], "no broker order entered since its snapshot matches it"
-        if len(found) > 1:
-            return "ambiguous", found, f"{len(found)} broker orders entered since its snapshot match it"
-        entered, at_snapshot = found[0].get("entered_time"), snap.get("broker_time")
-        if (entered is not None and at_snapshot and found[0].get("client_key") != record["client_key"]
-                and entered > datetime.fromisoformat(at_snapshot) + timedelta(seconds=C.ORDER_ADOPT_MAX_DELAY_S)):
-            return "ambiguous", found, (
-                f"the only match was entered at {entered:%H:%M:%S}, more than "
-                f"{C.ORDER_ADOPT_MAX_DELAY_S:g} s after the snapshot at {at_snapshot} (both the "
-                f"broker's clock): it may be someone else's")
-        return "adopt", found, "the only broker order entered since its snapshot that matches it"
-
-    def _settle_sending(self, record: dict, context: str) -> dict:
-        """Apply the snapshot rule to a SENDING row: adopt (-> SUBMITTED), absent (-> INTENDED) or
-        ambiguous (kill switch, ``AmbiguousOrderError``)."""
-        key = record["client_key"]
-        outcome, found, why = self._resolve_sending(record)
-        if outcome == "adopt":
-            order_id = str(found[0]["order_id"])
-            self._update(key, status=SUBMITTED, broker_order_id=order_id,
-                         submitted_at=record["submitted_at"] or state_db.utcnow(), error=None)
-            log.warning("order %s (%s) reached the broker before a crash or lost answer (id %s, %s): "
-                        "adopted, not resent", key, _describe(record), order_id, why)
-            self.audit.log_event("order_reconciled", "adopted", {
-                "client_key": key, "order_id": order_id, "context": context, "rule": why})
-            return self._record(key)
-        if outcome == "absent":
-            self._update(key, status=INTENDED)
-            log.warning("order %s (%s) did not reach the broker (%s): it will be sent", key,
-                        _describe(record), why)
-            self.audit.log_event("order_reconciled", "not_landed", {"client_key": key, "context": context})
-            return self._record(key)
-        self._halt_ambiguous(record, found, why, context)
-
-    def _halt_ambiguous(self, record: dict, found: list[dict], why: str, context: str):
-        key = record["client_key"]
-        ids = [str(o["order_id"]) for o in found]
-        snap = json.loads(record["snapshot"] or "{}")
-        reason = f"order {key} ({_describe(record)}) is ambiguous at the broker: {why}"
-        self.halted = kill_switch.halt(reason, self.conn, by="trading_execution", audit=self.audit)
-        alerts.send_alert("manual_reconciliation", f"{reason}; candidates {', '.join(ids) or 'none'}. "
-                          f"Nothing was sent and the kill switch is set.", key=key)
-        self._update(key, error=f"ambiguous: {why}; candidates {', '.join(ids) or 'none'}"[:500])
-        self.audit.log_event("order_reconciled", "ambiguous", {
-            "client_key": key, "candidates": ids, "rule": why, "context": context,
-            "snapshot_since": snap.get("since"), "snapshot_broker_time": snap.get("broker_time")})
-        pick = f"--order-id {ids[0] if len(ids) == 1 else 'ID'}"
-        log.critical(
-            "ORDER AMBIGUOUS: %s may have reached the broker and %s. Nothing was sent and the kill "
-            "switch is set. Resolve it by hand:\n"
-            "  1. python trading_execution.py orders      # the broker's orders since %s, ours marked; "
-            "candidates: %s\n"
-            "  2. decide which one is ours (the broker's web site shows who entered each); cancel "
-            "at the broker any order you do not want\n"
-            "  3. python trading_execution.py resolve %s %s --reason \"...\"   (or --not-sent when "
-            "none is ours)\n"
-            "  4. python live_trading.py resume --reason \"resolved %s\"",
-            f"order {key} ({_describe(record)})", why, snap.get("since"), ", ".join(ids) or "none",
-            key, pick, key)
-        raise AmbiguousOrderError(
-            f"order {key} ({_describe(record)}) is ambiguous at the broker ({why}; candidates: "
-            f"{', '.join(ids) or 'none'}): nothing sent, kill switch set; see `python "
-            f"trading_execution.py orders`, then `python trading_execution.py resolve {key} ...` "
-            f"and `python live_trading.py resume`")
 
     # -- submission
     def submit(self, order: dict, cycle_date, mode: str = "paper", *, ignore_halt: bool = False) -> dict:
@@ -709,30 +551,6 @@ class OrderExecutor:
         self._cancel_keys(keys, why)
         return keys
 
-    def reconcile(self) -> list[dict]:
-        """At the start of a cycle: bring every unfinished order of earlier runs up to date.
-        INTENDED rows are left alone (never sent; ``submit`` sends them if the cycle still wants
-        them); SENDING rows go through the snapshot rule; the rest are refreshed. Every ambiguous
-        row is handled (kill switch, CRITICAL) before ``AmbiguousOrderError`` is raised."""
-        done, ambiguous = [], []
-        for record in self.open_orders():
-            if record["status"] == INTENDED:
-                continue
-            if record["status"] == SENDING:
-                try:
-                    record = self._settle_sending(record, "reconcile")
-                except AmbiguousOrderError as exc:
-                    ambiguous.append(exc)
-                    continue
-                if record["status"] == INTENDED:
-                    continue
-            done.append(self.refresh(record["client_key"]))
-        if ambiguous:
-            raise ambiguous[0] if len(ambiguous) == 1 else AmbiguousOrderError(
-                f"{len(ambiguous)} orders are ambiguous at the broker: nothing sent, kill switch set; "
-                f"see the CRITICAL lines above and `python trading_execution.py orders`")
-        return done
-
     def cancel_all_open(self, keep=()) -> int:
         """Cancel every order the broker still has open, except the broker ids in ``keep``; our
         rows for them are refreshed. Returns how many were cancelled."""
@@ -799,145 +617,6 @@ class OrderExecutor:
         log.warning("flatten %s: cancelled %d open orders, %d closing orders", day, cancelled, len(keys))
         return {"cancelled": cancelled, "orders": final}
 
-    # -- what is at the broker and not ours
-    def external_activity(self, mode: str) -> dict:
-        """Broker orders and position changes that are not ours. Call it after ``reconcile()``.
-
-        Orders: those entered within ``ORDER_SNAPSHOT_LOOKBACK_S`` or still open that no row of ours
-        is linked to (by broker id, or by client key where the broker has one); reported when new
-        or still open. Positions: the broker's quantity against the last ``record_positions`` plus
-        our fills since. Each is logged at WARNING and audited; none is adopted, cancelled or traded
-        against. Returns ``{"orders": [...], "positions": [{symbol, expected, actual, difference}],
-        "baseline": recorded_at or None}``."""
-        since = datetime.now(UTC) - timedelta(seconds=C.ORDER_SNAPSHOT_LOOKBACK_S)
-        listed = {str(o["order_id"]): o for o in self._call("list orders", self.broker.get_orders_since, since)}
-        for o in self._call("list open orders", self.broker.get_open_orders):
-            listed.setdefault(str(o["order_id"]), o)
-        linked = self.linked_keys()
-        our_keys = {r["client_key"] for r in self.conn.execute("SELECT client_key FROM orders")}
-        external = [o for oid, o in listed.items()
-                    if oid not in linked and not (o.get("client_key") and o["client_key"] in our_keys)]
-        reported = set(state_db.kv_get(self.conn, EXTERNAL_REPORTED_KEY, []))
-        new = [o for o in external if o["status"] in OPEN_STATUSES or str(o["order_id"]) not in reported]
-        for o in new:
-            log.warning("EXTERNAL ORDER at the broker, not ours: id %s %s %d %s %s (%s, entered %s): "
-                        "not adopted, cancelled or traded against; ask who placed it",
-                        o["order_id"], o["side"], o["quantity"], o["symbol"], o.get("order_type"),
-                        o["status"], o.get("entered_time"))
-            self.audit.log_event("external_order", "found", {
-                "order_id": str(o["order_id"]), "symbol": o["symbol"], "side": o["side"],
-                "quantity": o["quantity"], "order_type": o.get("order_type"), "status": o["status"],
-                "entered_time": str(o.get("entered_time"))})
-        with state_db.transaction(self.conn):
-            state_db.kv_set(self.conn, EXTERNAL_REPORTED_KEY,
-                            sorted(str(o["order_id"]) for o in external))
-        diffs, baseline = self._position_differences(mode)
-        for d in diffs:
-            log.warning("EXTERNAL POSITION CHANGE %s: the broker holds %+d, our records explain %+d "
-                        "(difference %+d since the end of cycle %s): not traded against; ask who "
-                        "traded it", d["symbol"], d["actual"], d["expected"], d["difference"],
-                        baseline["cycle_date"])
-            self.audit.log_event("external_position", "found", dict(d, since=baseline["recorded_at"]))
-        return {"orders": new, "positions": diffs,
-                "baseline": baseline["recorded_at"] if baseline else None}
-
-    def _position_differences(self, mode: str):
-        row = self.conn.execute("SELECT * FROM position_records WHERE mode = ?", (mode,)).fetchone()
-        if row is None:
-            log.info("no end-of-cycle positions recorded yet for %s: the position check starts "
-                     "after this cycle's record_positions", mode)
-            return [], None
-        self._refresh_unfinished(mode)
-        expected = {s: int(q) for s, q in json.loads(row["positions"]).items()}
-        fills_then = json.loads(row["fills"])
-        for r in self.conn.execute("SELECT rowid, * FROM orders WHERE mode = ?", (mode,)):
-            if r["rowid"] > row["order_rowid"]:
-                delta = int(r["filled_quantity"])
-            elif r["client_key"] in fills_then:
-                delta = int(r["filled_quantity"]) - int(fills_then[r["client_key"]])
-            else:
-                continue
-            if delta:
-                expected[r["symbol"]] = expected.get(r["symbol"], 0) + _signed(r["side"], delta)
-        actual = {s: int(p["quantity"]) for s, p in self._call("positions", self.broker.get_positions).items()}
-        diffs = [{"symbol": s, "expected": expected.get(s, 0), "actual": actual.get(s, 0),
-                  "difference": actual.get(s, 0) - expected.get(s, 0)}
-                 for s in sorted(set(expected) | set(actual)) if actual.get(s, 0) != expected.get(s, 0)]
-        return diffs, dict(row)
-
-    def _refresh_unfinished(self, mode: str) -> None:
-        for record in self.open_orders():
-            if record["mode"] == mode and record["broker_order_id"]:
-                self.refresh(record["client_key"])
-
-    def record_positions(self, cycle_date, mode: str) -> dict:
-        """At the end of a cycle: store the broker's positions and what each unfinished order of
-        ours had filled, the baseline of the next ``external_activity``."""
-        self._refresh_unfinished(mode)
-        positions = {s: int(p["quantity"]) for s, p in self._call("positions", self.broker.get_positions).items()
-                     if int(p["quantity"])}
-        marks = ",".join("?" * len(TERMINAL))
-        fills = {r["client_key"]: int(r["filled_quantity"]) for r in self.conn.execute(
-            f"SELECT client_key, filled_quantity FROM orders WHERE mode = ? AND status NOT IN ({marks})",
-            (mode, *TERMINAL))}
-        with state_db.transaction(self.conn):
-            top = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) AS n FROM orders").fetchone()["n"]
-            self.conn.execute(
-                "INSERT INTO position_records(mode, cycle_date, recorded_at, positions, fills, order_rowid)"
-                " VALUES(?,?,?,?,?,?) ON CONFLICT(mode) DO UPDATE SET cycle_date = excluded.cycle_date,"
-                " recorded_at = excluded.recorded_at, positions = excluded.positions,"
-                " fills = excluded.fills, order_rowid = excluded.order_rowid",
-                (mode, str(cycle_date)[:10], state_db.utcnow(), json.dumps(positions), json.dumps(fills), top))
-        log.info("end-of-cycle positions recorded (%s): %s", mode,
-                 ", ".join(f"{s} {q:+d}" for s, q in sorted(positions.items())) or "flat")
-        return positions
-
-    # -- the operator's resolution of an ambiguous order
-    def broker_orders(self, hours: float | None = None) -> list[dict]:
-        """The broker's orders of the last ``hours`` (default the snapshot window) and every open
-        one, each with ``ours``: the client key of our row linked to it, or None."""
-        hours = C.ORDER_SNAPSHOT_LOOKBACK_S / 3600.0 if hours is None else float(hours)
-        since = datetime.now(UTC) - timedelta(hours=hours)
-        listed = {str(o["order_id"]): o for o in self._call("list orders", self.broker.get_orders_since, since)}
-        for o in self._call("list open orders", self.broker.get_open_orders):
-            listed.setdefault(str(o["order_id"]), o)
-        linked = self.linked_keys()
-        return [dict(o, ours=linked.get(oid)) for oid, o in listed.items()]
-
-    def resolve(self, key: str, order_id: str | None, reason: str) -> dict:
-        """A person's decision on an ambiguous (or SENDING) row: ``order_id`` is ours (adopted), or
-        None: none of the broker's orders is ours and ours was never placed (the row is closed as
-        CANCELED, never sent again)."""
-        record = self._record(key)
-        if record is None:
-            raise UserFacingError(f"no order {key!r} in the state database: check the key with "
-                                  f"`python trading_execution.py orders`")
-        if record["status"] not in (INTENDED, SENDING):
-            raise UserFacingError(f"order {key} is {record['status']} (broker id "
-                                  f"{record['broker_order_id']}): nothing to resolve")
-        if order_id is None:
-            self._update(key, status=CANCELED, error=f"resolved by hand: not sent ({reason})"[:500])
-            self.audit.log_event("order_reconciled", "resolved_not_sent", {"client_key": key, "reason": reason,
-                                                                           "by": config.operator()})
-            log.warning("order %s resolved by hand: never placed, closed without sending (%s)", key, reason)
-            return self._record(key)
-        order_id = str(order_id)
-        other = self.linked_keys().get(order_id)
-        if other and other != key:
-            raise UserFacingError(f"broker order {order_id} is already linked to our order {other}: "
-                                  f"pick another id from `python trading_execution.py orders`")
-        found = self._call(f"order {order_id}", self.broker.get_order, order_id)
-        if (found["symbol"], found["side"], int(found["quantity"])) != (
-                record["symbol"], record["side"], int(record["quantity"])):
-            raise UserFacingError(f"broker order {order_id} is {found['side']} {found['quantity']} "
-                                  f"{found['symbol']}, not {_describe(record)}: pick the matching id")
-        self._update(key, status=SUBMITTED, broker_order_id=order_id, error=None,
-                     submitted_at=record["submitted_at"] or state_db.utcnow())
-        self.audit.log_event("order_reconciled", "resolved_adopted", {
-            "client_key": key, "order_id": order_id, "reason": reason, "by": config.operator()})
-        log.warning("order %s resolved by hand: broker order %s is ours (%s)", key, order_id, reason)
-        return self.refresh(key)
-
 
 # ----------------------------------------------------------------------------- command line
 def _print_orders(executor: OrderExecutor, orders: list[dict]) -> None:
@@ -949,7 +628,7 @@ def _print_orders(executor: OrderExecutor, orders: list[dict]) -> None:
               f"{o['status']:17} {o['ours'] or 'NOT OURS'}")
     pending = [r for r in executor.open_orders() if r["status"] in (INTENDED, SENDING)]
     for r in pending:
-        print(f"our order {r['client_key']} is {r['status']} ({_describe(r)})"
+        print(f"our order {r['client_key']} is {r['status']} ({describe(r)})"
               + (f": {r['error']}" if r["error"] else ""))
 
 

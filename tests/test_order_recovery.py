@@ -20,7 +20,8 @@ from kill_switch import KillSwitchSet
 from paper_broker import PaperBroker
 from schwab_broker import SchwabAPI
 from schwab_fake import api, cm, fake  # noqa: F401  (fixtures)
-from trading_execution import AmbiguousOrderError, OrderExecutor, client_key, flatten_key
+from order_recovery import AmbiguousOrderError
+from trading_execution import OrderExecutor, client_key, flatten_key
 from audit_recorder import Recorder
 
 DAY = "2025-10-06"

@@ -1,0 +1,256 @@
+"""Exactly once without a broker client id (Schwab takes none): the snapshot rule, recovery of
+an order whose fate is unknown, and a person's resolution of an ambiguous one.
+
+* Every intended order gets a deterministic client key (cycle date, symbol, side) and a row in
+  ``orders`` (``INTENDED``) before anything is sent. Right before the request, in one
+  transaction, the row becomes ``SENDING`` with a ``snapshot``: the ids of the broker's orders
+  entered since ``since`` (now minus ``ORDER_SNAPSHOT_LOOKBACK_S``), plus the broker's own clock
+  at that answer. Then the order is placed and the row becomes ``SUBMITTED`` with the broker's id.
+* Recovery (a rerun of ``submit``, ``reconcile()`` at cycle start, the retry after an ambiguous
+  transient error) never compares our clock with the broker's:
+    - ``INTENDED``: never sent. Nothing is adopted for it; ``submit`` sends it.
+    - ``SENDING``: the broker's orders since the SAME ``since`` are listed; candidates are the
+      orders absent from the snapshot with the same symbol, side, quantity and order type that no
+      other row of ours is linked to (a broker that carries client keys, the paper broker, also
+      rules out orders with another key and picks the one with ours). Exactly one: adopted
+      (audited) - unless it was entered more than ``ORDER_ADOPT_MAX_DELAY_S`` after the snapshot
+      by the broker's own clock, which only a person can judge. None: it did not land; back to
+      ``INTENDED`` and sent again with a fresh snapshot. More than one (or the late one):
+      nothing is sent, the kill switch is set, CRITICAL with the commands to resolve it by hand
+      (``AmbiguousOrderError``).
+* ``broker_orders`` and ``resolve`` are the operator's tools when recovery halts for a person
+  (``python trading_execution.py orders`` / ``resolve``, the command line of the executor).
+
+``OrderRecovery`` is mixed into ``trading_execution.OrderExecutor``, which provides the order
+records (``conn``, ``_record``, ``_update``, ``open_orders``, ``linked_keys``), the broker and
+audit trail (``broker``, ``audit``), the broker calls through the circuit breaker (``_call``,
+``_recent_and_open_orders``) and ``refresh``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+
+import alerts
+import config
+import constants as C
+import kill_switch
+import state_db
+from broker_base import CANCELED
+from errors import UserFacingError
+
+log = logging.getLogger("execution")
+
+INTENDED, SENDING, SUBMITTED = "INTENDED", "SENDING", "SUBMITTED"   # our row around the send
+UTC = timezone.utc
+
+
+def describe(record) -> str:
+    """``BUY 10 AAPL MARKET``: one order row, for log lines and messages."""
+    return f"{record['side']} {record['quantity']} {record['symbol']} {record['order_type']}"
+
+
+class AmbiguousOrderError(UserFacingError):
+    """Recovery cannot tell which broker order is ours: nothing was sent, the kill switch is set,
+    a person decides (``python trading_execution.py orders``, then ``resolve``)."""
+
+
+class OrderRecovery:
+    """The snapshot rule and recovery, mixed into ``OrderExecutor`` (see the module docstring)."""
+
+    # -- the snapshot rule
+    def _snapshot(self) -> dict:
+        """The broker's order ids entered since ``now - ORDER_SNAPSHOT_LOOKBACK_S`` (our clock
+        only picks the window; recovery lists the same window again) and the broker's own clock
+        at that answer, when it gave one."""
+        since = datetime.now(UTC) - timedelta(seconds=C.ORDER_SNAPSHOT_LOOKBACK_S)
+        orders = self._call("list orders (snapshot)", self.broker.get_orders_since, since)
+        broker_time = getattr(self.broker, "server_time", None)
+        return {"since": since.isoformat(), "order_ids": sorted(str(o["order_id"]) for o in orders),
+                "broker_time": broker_time.isoformat() if broker_time else None,
+                "taken_at": state_db.utcnow()}
+
+    def _mark_sending(self, key: str, snapshot: dict, ignore_halt: bool) -> None:
+        """INTENDED -> SENDING with the snapshot, in the transaction that reads the kill switch:
+        a halt committed before it stops the order; one committed after it comes too late for
+        this order only."""
+        with state_db.transaction(self.conn):
+            if not ignore_halt:
+                kill_switch.check(self.conn, f"order {key}")
+            cur = self.conn.execute(
+                "UPDATE orders SET status = ?, snapshot = ?, error = NULL, updated_at = ? "
+                "WHERE client_key = ? AND status IN (?, ?)",
+                (SENDING, json.dumps(snapshot), state_db.utcnow(), key, INTENDED, SENDING))
+            if cur.rowcount != 1:
+                raise RuntimeError(f"order {key} is no longer INTENDED: another process has it")
+
+    def _candidates(self, record: dict, orders: list[dict]) -> list[dict]:
+        """Broker orders that may be ``record``'s: absent from its snapshot, same symbol, side,
+        quantity and order type, linked to no other row of ours. A broker that carries client keys
+        (the paper broker) narrows it further: another key is not ours, ours is."""
+        snap = json.loads(record["snapshot"] or "{}")
+        seen = set(snap.get("order_ids") or [])
+        key = record["client_key"]
+        linked = self.linked_keys()
+        want = (record["symbol"], record["side"], int(record["quantity"]), str(record["order_type"]).upper())
+        out = []
+        for o in orders:
+            oid = str(o["order_id"])
+            if oid in seen or linked.get(oid, key) != key:
+                continue
+            if (o.get("symbol"), o.get("side"), int(o.get("quantity") or 0),
+                    str(o.get("order_type") or "").upper()) != want:
+                continue
+            if o.get("client_key") and o["client_key"] != key:
+                continue
+            out.append(o)
+        mine = [o for o in out if o.get("client_key") == key]
+        return mine or out
+
+    def _resolve_sending(self, record: dict) -> tuple[str, list[dict], str]:
+        """Where a SENDING order is: ``("adopt", [order], why)``, ``("absent", [], why)`` or
+        ``("ambiguous", candidates, why)``."""
+        snap = json.loads(record["snapshot"] or "{}")
+        if not snap.get("since"):
+            return "ambiguous", [], "its snapshot is missing"
+        since = datetime.fromisoformat(snap["since"])
+        if since < datetime.now(UTC) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS):
+            return "ambiguous", [], (f"its snapshot ({since:%Y-%m-%d}) is older than the "
+                                     f"{C.SCHWAB_ORDER_LOOKBACK_DAYS} days the broker lists")
+        orders = self._call(f"list orders (recovery of {record['client_key']})",
+                            self.broker.get_orders_since, since)
+        found = self._candidates(record, orders)
+        if not found:
+            return "absent", [], "no broker order entered since its snapshot matches it"
+        if len(found) > 1:
+            return "ambiguous", found, f"{len(found)} broker orders entered since its snapshot match it"
+        entered, at_snapshot = found[0].get("entered_time"), snap.get("broker_time")
+        if (entered is not None and at_snapshot and found[0].get("client_key") != record["client_key"]
+                and entered > datetime.fromisoformat(at_snapshot) + timedelta(seconds=C.ORDER_ADOPT_MAX_DELAY_S)):
+            return "ambiguous", found, (
+                f"the only match was entered at {entered:%H:%M:%S}, more than "
+                f"{C.ORDER_ADOPT_MAX_DELAY_S:g} s after the snapshot at {at_snapshot} (both the "
+                f"broker's clock): it may be someone else's")
+        return "adopt", found, "the only broker order entered since its snapshot that matches it"
+
+    def _settle_sending(self, record: dict, context: str) -> dict:
+        """Apply the snapshot rule to a SENDING row: adopt (-> SUBMITTED), absent (-> INTENDED) or
+        ambiguous (kill switch, ``AmbiguousOrderError``)."""
+        key = record["client_key"]
+        outcome, found, why = self._resolve_sending(record)
+        if outcome == "adopt":
+            order_id = str(found[0]["order_id"])
+            self._update(key, status=SUBMITTED, broker_order_id=order_id,
+                         submitted_at=record["submitted_at"] or state_db.utcnow(), error=None)
+            log.warning("order %s (%s) reached the broker before a crash or lost answer (id %s, %s): "
+                        "adopted, not resent", key, describe(record), order_id, why)
+            self.audit.log_event("order_reconciled", "adopted", {
+                "client_key": key, "order_id": order_id, "context": context, "rule": why})
+            return self._record(key)
+        if outcome == "absent":
+            self._update(key, status=INTENDED)
+            log.warning("order %s (%s) did not reach the broker (%s): it will be sent", key,
+                        describe(record), why)
+            self.audit.log_event("order_reconciled", "not_landed", {"client_key": key, "context": context})
+            return self._record(key)
+        self._halt_ambiguous(record, found, why, context)
+
+    def _halt_ambiguous(self, record: dict, found: list[dict], why: str, context: str):
+        key = record["client_key"]
+        ids = [str(o["order_id"]) for o in found]
+        snap = json.loads(record["snapshot"] or "{}")
+        reason = f"order {key} ({describe(record)}) is ambiguous at the broker: {why}"
+        self.halted = kill_switch.halt(reason, self.conn, by="trading_execution", audit=self.audit)
+        alerts.send_alert("manual_reconciliation", f"{reason}; candidates {', '.join(ids) or 'none'}. "
+                          f"Nothing was sent and the kill switch is set.", key=key)
+        self._update(key, error=f"ambiguous: {why}; candidates {', '.join(ids) or 'none'}"[:500])
+        self.audit.log_event("order_reconciled", "ambiguous", {
+            "client_key": key, "candidates": ids, "rule": why, "context": context,
+            "snapshot_since": snap.get("since"), "snapshot_broker_time": snap.get("broker_time")})
+        pick = f"--order-id {ids[0] if len(ids) == 1 else 'ID'}"
+        log.critical(
+            "ORDER AMBIGUOUS: %s may have reached the broker and %s. Nothing was sent and the kill "
+            "switch is set. Resolve it by hand:\n"
+            "  1. python trading_execution.py orders      # the broker's orders since %s, ours marked; "
+            "candidates: %s\n"
+            "  2. decide which one is ours (the broker's web site shows who entered each); cancel "
+            "at the broker any order you do not want\n"
+            "  3. python trading_execution.py resolve %s %s --reason \"...\"   (or --not-sent when "
+            "none is ours)\n"
+            "  4. python live_trading.py resume --reason \"resolved %s\"",
+            f"order {key} ({describe(record)})", why, snap.get("since"), ", ".join(ids) or "none",
+            key, pick, key)
+        raise AmbiguousOrderError(
+            f"order {key} ({describe(record)}) is ambiguous at the broker ({why}; candidates: "
+            f"{', '.join(ids) or 'none'}): nothing sent, kill switch set; see `python "
+            f"trading_execution.py orders`, then `python trading_execution.py resolve {key} ...` "
+            f"and `python live_trading.py resume`")
+
+    # -- recovery at cycle start
+    def reconcile(self) -> list[dict]:
+        """At the start of a cycle: bring every unfinished order of earlier runs up to date.
+        INTENDED rows are left alone (never sent; ``submit`` sends them if the cycle still wants
+        them); SENDING rows go through the snapshot rule; the rest are refreshed. Every ambiguous
+        row is handled (kill switch, CRITICAL) before ``AmbiguousOrderError`` is raised."""
+        done, ambiguous = [], []
+        for record in self.open_orders():
+            if record["status"] == INTENDED:
+                continue
+            if record["status"] == SENDING:
+                try:
+                    record = self._settle_sending(record, "reconcile")
+                except AmbiguousOrderError as exc:
+                    ambiguous.append(exc)
+                    continue
+                if record["status"] == INTENDED:
+                    continue
+            done.append(self.refresh(record["client_key"]))
+        if ambiguous:
+            raise ambiguous[0] if len(ambiguous) == 1 else AmbiguousOrderError(
+                f"{len(ambiguous)} orders are ambiguous at the broker: nothing sent, kill switch set; "
+                f"see the CRITICAL lines above and `python trading_execution.py orders`")
+        return done
+
+    # -- the operator's resolution of an ambiguous order
+    def broker_orders(self, hours: float | None = None) -> list[dict]:
+        """The broker's orders of the last ``hours`` (default the snapshot window) and every open
+        one, each with ``ours``: the client key of our row linked to it, or None."""
+        hours = C.ORDER_SNAPSHOT_LOOKBACK_S / 3600.0 if hours is None else float(hours)
+        listed = self._recent_and_open_orders(datetime.now(UTC) - timedelta(hours=hours))
+        linked = self.linked_keys()
+        return [dict(o, ours=linked.get(oid)) for oid, o in listed.items()]
+
+    def resolve(self, key: str, order_id: str | None, reason: str) -> dict:
+        """A person's decision on an ambiguous (or SENDING) row: ``order_id`` is ours (adopted), or
+        None: none of the broker's orders is ours and ours was never placed (the row is closed as
+        CANCELED, never sent again)."""
+        record = self._record(key)
+        if record is None:
+            raise UserFacingError(f"no order {key!r} in the state database: check the key with "
+                                  f"`python trading_execution.py orders`")
+        if record["status"] not in (INTENDED, SENDING):
+            raise UserFacingError(f"order {key} is {record['status']} (broker id "
+                                  f"{record['broker_order_id']}): nothing to resolve")
+        if order_id is None:
+            self._update(key, status=CANCELED, error=f"resolved by hand: not sent ({reason})"[:500])
+            self.audit.log_event("order_reconciled", "resolved_not_sent", {"client_key": key, "reason": reason,
+                                                                           "by": config.operator()})
+            log.warning("order %s resolved by hand: never placed, closed without sending (%s)", key, reason)
+            return self._record(key)
+        order_id = str(order_id)
+        other = self.linked_keys().get(order_id)
+        if other and other != key:
+            raise UserFacingError(f"broker order {order_id} is already linked to our order {other}: "
+                                  f"pick another id from `python trading_execution.py orders`")
+        found = self._call(f"order {order_id}", self.broker.get_order, order_id)
+        if (found["symbol"], found["side"], int(found["quantity"])) != (
+                record["symbol"], record["side"], int(record["quantity"])):
+            raise UserFacingError(f"broker order {order_id} is {found['side']} {found['quantity']} "
+                                  f"{found['symbol']}, not {describe(record)}: pick the matching id")
+        self._update(key, status=SUBMITTED, broker_order_id=order_id, error=None,
+                     submitted_at=record["submitted_at"] or state_db.utcnow())
+        self.audit.log_event("order_reconciled", "resolved_adopted", {
+            "client_key": key, "order_id": order_id, "reason": reason, "by": config.operator()})
+        log.warning("order %s resolved by hand: broker order %s is ours (%s)", key, order_id, reason)
+        return self.refresh(key)
