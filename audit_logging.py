@@ -65,6 +65,7 @@ from errors import install_excepthook, storage_error
 import constants as C
 import fileutil
 import logging_setup
+from failpoints import failpoint
 from audit_checkpoint import (GENESIS_HASH, RUNBOOK_AUDIT_SECTION, AuditChainError, AuditError,
                               AuditKeyMissingError, AuditTrailInvalidError, BadCheckpoint,
                               TrailCheckpoint, canonical_json, load_key)
@@ -305,6 +306,7 @@ class AuditLogger(TrailVerifier):
             with self._transaction() as fd:
                 last, alarm = self._prepare(key, fd)
                 record = self._write_line(key, fd, last, action, status, details)
+                failpoint("audit_after_line")
                 self.checkpoint.write(key, record["seq"], record["hash"], alarm)
         except OSError as exc:
             raise (storage_error(exc, self.path, "append to the audit trail") or exc) from None
@@ -316,6 +318,11 @@ class AuditLogger(TrailVerifier):
         self._ensure_trail_id(key)
         last, torn, torn_at = self._last_record(key, fd)
         kept, new_alarm = self.checkpoint.alarm(key, last, lambda seq: self._hash_at(key, seq))
+        if last is None and not self.checkpoint.path.exists():
+            # a new trail: anchor the checkpoint at seq 0 before its first line, so that a crash
+            # between that line and the checkpoint update reads as the usual "one record past the
+            # checkpoint", never as a deleted checkpoint
+            self.checkpoint.write(key, 0, GENESIS_HASH, None)
         if new_alarm and not kept:
             log.critical("Hash chain broken: %s", new_alarm)
         if torn:

@@ -216,7 +216,7 @@ class TrailVerifier:
                               f"python audit_logging.py reset-checkpoint", "checkpoint", count)
             if cp is None:
                 pass                                    # nothing complete yet: a torn first line
-            elif not files:
+            elif not files and cp.seq > 0:
                 return broken(f"Hash chain broken: the audit log {_display(self.path)} is missing "
                               f"(no audit file in {_display(self.directory)}) but the checkpoint "
                               f"recorded seq {cp.seq}: the log was deleted", records=0)

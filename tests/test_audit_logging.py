@@ -484,3 +484,25 @@ def test_checkpoint_some_records_behind_is_accepted():
     assert al.verify_chain() == (True, None)
     al.checkpoint.write(key, 3, "d" * 64, None)
     invalid(al, "record seq 3 does not have the hash the checkpoint recorded")
+
+
+@pytest.mark.parametrize("crash_after", [1, 2])
+def test_killed_between_a_line_and_its_checkpoint_update(trading_home, crash_after):
+    """A process killed after writing record N and before updating the checkpoint (found by the
+    random kill -9 trials for N = 1, a fresh trail's first record): the trail still verifies, the
+    cycle's guard lets trading go on, and the next append continues the chain."""
+    from conftest import run_entry
+    append = "from audit_logging import AuditLogger; AuditLogger().log_event('cycle_start', 'started', {})"
+    for _ in range(crash_after - 1):
+        assert run_entry(["-c", append], trading_home).returncode == 0
+    killed = run_entry(["-c", append], trading_home, {"TRADING_FAILPOINT": "audit_after_line"})
+    assert killed.returncode == 99, killed.stderr
+    lines = (trading_home / "logs" / "audit" / "audit_log.jsonl").read_text().splitlines()
+    assert len(lines) == crash_after                                   # the line was written
+    verify = run_entry(["audit_logging.py", "verify"], trading_home)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    guard = run_entry(["-c", "import audit_logging as a; print(a.require_valid_trail().records)"], trading_home)
+    assert guard.returncode == 0 and guard.stdout.strip() == str(crash_after), guard.stderr
+    assert run_entry(["-c", append], trading_home).returncode == 0
+    verify = run_entry(["audit_logging.py", "verify"], trading_home)
+    assert verify.returncode == 0 and f"{crash_after + 1} records" in verify.stdout, verify.stdout
