@@ -24,6 +24,7 @@ import report_tables as rt
 from backtest_metrics import monthly_returns
 from fileutil import atomic_write_text
 from fileutil import finite_json, json_default
+from portfolio import money
 
 log = logging.getLogger("backtest")
 
@@ -39,7 +40,7 @@ def fmt(value, kind: str) -> str:
     if kind == "int":
         return f"{int(value)}"
     if kind == "usd":
-        return f"${value:,.2f}"
+        return money(value)
     return f"{value:.3f}"
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 import config
 import constants as C
+from portfolio import money
 import golive
 import kill_switch
 import market_calendar
@@ -81,13 +82,13 @@ def cmd_status(as_json: bool, replay: bool) -> int:
     print(f"circuit breaker: {br['state']} ({br['failures']} consecutive failures)"
           + (f", last error: {br['last_error']}" if br["last_error"] else ""))
     risk = data["risk"]
-    print(f"risk:            peak ${risk['peak'] or 0:,.2f}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
+    print(f"risk:            peak {money(risk['peak'] or 0)}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
           f"halted: {'YES: ' + str(risk['halt_reason']) if risk['halted'] else 'no'}")
     last = data["last_cycle"]
     if last:
         print(f"last cycle:      {last['cycle_date']} ({last['mode']}{', replay' if last['replay'] else ''}) "
               f"finished {last['finished_at']}: {last['signals']} signals, {last['orders_sent']} orders sent, "
-              f"{last['orders_failed']} failed, equity ${last['equity']:,.2f}")
+              f"{last['orders_failed']} failed, equity {money(last['equity'])}")
     else:
         print("last cycle:      none yet")
     acct = data["account"]
@@ -95,7 +96,7 @@ def cmd_status(as_json: bool, replay: bool) -> int:
         print(f"account:         unavailable ({data['account_error']})")
         return EXIT_OK
     day = f"{acct['day_pnl']:+,.2f} since {acct['day_pnl_since']}" if acct["day_pnl"] is not None else "n/a (no earlier session recorded)"
-    print(f"equity:          ${acct['equity']:,.2f}   cash ${acct['cash']:,.2f}   positions ${acct['positions_value']:,.2f}")
+    print(f"equity:          {money(acct['equity'])}   cash {money(acct['cash'])}   positions {money(acct['positions_value'])}")
     print(f"P&L:             realised ${acct['realised_pnl']:+,.2f} ({acct['round_trips']} round trips), "
           f"unrealised ${acct['unrealised_pnl']:+,.2f}, day {day}")
     print(f"\npositions ({len(acct['positions'])}):")

@@ -67,7 +67,8 @@ def to_date(value) -> date | None:
 
 
 def money(x: float) -> str:
-    return f"${x:,.2f}"
+    """``$1,234.50`` / ``-$1,234.50`` (the sign before the dollar sign, as traders write it)."""
+    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
 
 
 def pct(x: float) -> str:

@@ -21,6 +21,7 @@ from collections import defaultdict
 from datetime import date
 
 import constants as C
+from portfolio import money
 
 E = html.escape
 BUY_SIDES = ("BUY", "BUY_TO_COVER")
@@ -49,7 +50,7 @@ def _d(value) -> date:
 def _money(x) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
+    return money(x)
 
 
 def _pct(x) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import config
 import constants as C
+from portfolio import money
 import golive
 import drift_monitor
 import pnl
@@ -47,9 +48,7 @@ NO_DATA = "no data yet"
 
 # ----------------------------------------------------------------------------- formatting
 def _money(x) -> str:
-    if x is None:
-        return "n/a"
-    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
+    return "n/a" if x is None else money(x)
 
 
 def _pct(x) -> str:

@@ -37,6 +37,7 @@ import pandas as pd
 import alerts
 import config
 import constants as C
+from portfolio import money
 import drift_monitor
 import golive
 import kill_switch
@@ -485,7 +486,7 @@ def _print_cycle(signals, orders, broker) -> None:
 def print_positions(broker) -> None:
     balance = broker.get_account_balance()
     positions = broker.get_positions()
-    print(f"\npositions ({len(positions)}), equity ${balance['equity']:,.2f}, cash ${balance['cash']:,.2f}:")
+    print(f"\npositions ({len(positions)}), equity {money(balance['equity'])}, cash {money(balance['cash'])}:")
     for sym, p in sorted(positions.items()):
         print(f"  {sym:6} {p['quantity']:+7d} @ {p.get('avg_price') or 0:10.2f}  value "
               f"${p.get('market_value') or 0:12,.2f}")
