@@ -1,7 +1,9 @@
 # Sourced by the run_*.sh entry points: work from any directory (cron), no activated venv needed.
 PROJECT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$PROJECT_DIR" || exit 2
-if [[ -x "$PROJECT_DIR/.venv/bin/python" ]]; then
+if [[ -n "${TRADING_PYTHON:-}" ]]; then     # another interpreter (the test suite on Python 3.11)
+  PY="$TRADING_PYTHON"
+elif [[ -x "$PROJECT_DIR/.venv/bin/python" ]]; then
   PY="$PROJECT_DIR/.venv/bin/python"
 else
   echo "ERROR: $PROJECT_DIR/.venv is missing: run 'make venv' (or 'make demo') in $PROJECT_DIR first" >&2

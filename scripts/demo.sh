@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export TRADING_HOME="${DEMO_HOME:-$PWD/.demo_home}" DATA_SOURCE=sample TRADING_MODE=paper
 export TRADING_CONFIG_DIR="$TRADING_HOME/keys" TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
-PY=.venv/bin/python
+PY=${TRADING_PYTHON:-.venv/bin/python}   # TRADING_PYTHON: the suite's interpreter (tests on 3.11)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { echo "DEMO FAILED at: $*" >&2; exit 1; }
 # every run starts clean and ends the same way; only a folder an earlier demo made is removed

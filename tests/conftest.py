@@ -14,6 +14,8 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["PYTHONHASHSEED"] = os.environ.get("PYTHONHASHSEED", "0")
+# shell entry points (run_*.sh, scripts/demo.sh) run on the interpreter running the suite (3.12 or 3.11)
+os.environ["TRADING_PYTHON"] = sys.executable
 
 
 @pytest.fixture(scope="session", autouse=True)
