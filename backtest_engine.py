@@ -96,6 +96,26 @@ class Market:
         return self.close.shape
 
 
+def _day_numbers(dates: pd.Series) -> tuple[np.ndarray, np.dtype] | None:
+    """Whole days since the epoch of a naive datetime64 column (what ``.dt.normalize()`` keeps),
+    and its dtype; None for anything else (time zones, strings), which takes the pandas path."""
+    if not (isinstance(dates.dtype, np.dtype) and dates.dtype.kind == "M"):
+        return None
+    unit = np.datetime_data(dates.dtype)[0]
+    ticks = int(np.timedelta64(1, "D") // np.timedelta64(1, unit))
+    return dates.to_numpy().view("i8") // ticks, dates.dtype
+
+
+def _runs_factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(values, sort=True)`` for a column stored in runs (price rows come symbol by
+    symbol): only the first value of each run is hashed, then the codes are repeated."""
+    if len(values) == 0:
+        return pd.factorize(values, sort=True)
+    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+    codes, uniques = pd.factorize(values[starts], sort=True)
+    return np.repeat(codes, np.diff(np.append(starts, len(values)))), uniques
+
+
 def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None,
                        start=None, end=None) -> Market:
     """Build the arrays from long frames.
@@ -104,7 +124,8 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     ``signals``: Date, Symbol, signal ("BUY"/"SELL"/"HOLD" as signals.py writes them), score and
     volatility_20 (or volatility);
     typically ``signals.score_predictions(model.predict(features))``. Rows outside the price
-    dates are ignored; a (day, symbol) without a signal row is HOLD."""
+    dates are ignored; a (day, symbol) without a signal row is HOLD. Dates count by the calendar
+    day (a time of day is dropped)."""
     p = prices
     pdates = pd.to_datetime(p["Date"])
     keep = np.ones(len(p), dtype=bool)
@@ -117,9 +138,25 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     if p.empty:
         raise BacktestError("no price rows in the backtest period: widen --start/--end or update the data "
                             "(./run_daily_data_update.sh)")
-    di, dates = pd.factorize(pdates.dt.normalize(), sort=True)
-    si, syms = pd.factorize(p["Symbol"].astype(str), sort=True)
-    dates, symbols = pd.DatetimeIndex(dates), [str(x) for x in syms]
+    sym_col = p["Symbol"] if pd.api.types.is_string_dtype(p["Symbol"].dtype) else p["Symbol"].astype(str)
+    si, syms = _runs_factorize(sym_col.to_numpy(dtype=object))
+    symbols = [str(x) for x in syms]
+    fast = _day_numbers(pdates)
+    if fast is not None:
+        # a day-number lookup table instead of hashing every timestamp: the sessions span a few
+        # thousand calendar days (the span is bounded; a wider one takes the pandas path)
+        days, dtype = fast
+        lo, hi = int(days.min()), int(days.max())
+        fast = hi - lo <= C.BACKTEST_MAX_DAY_SPAN
+    if fast:
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        present[days - lo] = True
+        lookup = np.cumsum(present) - 1
+        di = lookup[days - lo]
+        dates = pd.DatetimeIndex((np.flatnonzero(present) + lo).astype("datetime64[D]").astype(dtype))
+    else:
+        di, dates = pd.factorize(pdates.dt.normalize(), sort=True)
+        dates = pd.DatetimeIndex(dates)
     n, m = len(dates), len(symbols)
     open_ = np.full((n, m), np.nan)
     close = np.full((n, m), np.nan)
@@ -130,13 +167,21 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     vol = np.full((n, m), np.nan)
     if signals is not None and len(signals):
         s = signals
-        sdi = dates.get_indexer(pd.to_datetime(s["Date"]).dt.normalize())
+        sdates = pd.to_datetime(s["Date"])
+        sfast = _day_numbers(sdates) if fast else None
+        if sfast is not None and sfast[1] == dtype:
+            sdays = sfast[0] - lo
+            inside = (sdays >= 0) & (sdays <= hi - lo)
+            sdi = np.full(len(s), -1, dtype=np.intp)
+            sdi[inside] = np.where(present[sdays[inside]], lookup[sdays[inside]], -1)
+        else:
+            sdi = dates.get_indexer(sdates.dt.normalize())
         ssi = pd.Index(symbols).get_indexer(s["Symbol"].astype(str))
         ok = (sdi >= 0) & (ssi >= 0)
         sdi, ssi = sdi[ok], ssi[ok]
-        col = s["signal"]
-        codes = np.where(col.eq("BUY").to_numpy(bool), 1, np.where(col.eq("SELL").to_numpy(bool), -1, 0))
-        signal[sdi, ssi] = codes.astype(np.int8)[ok]
+        col = s["signal"].to_numpy(dtype=object)
+        codes = (col == "BUY").astype(np.int8) - (col == "SELL").astype(np.int8)
+        signal[sdi, ssi] = codes[ok]
         score[sdi, ssi] = s["score"].to_numpy(float)[ok]
         vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
         vol[sdi, ssi] = s[vcol].to_numpy(float)[ok]
