@@ -269,8 +269,8 @@ class LivePolicy:
 
     Only symbols that can change are passed (``prune=True``): held symbols with a BUY/SELL
     signal, and unheld BUY/SELL symbols in the order ``target_positions`` takes them (|score|
-    descending, then symbol), first as many as there could be free slots (``MAX_POSITIONS`` minus
-    the held positions without a signal). HOLD and missing signals
+    descending, then symbol), first as many as there are free slots (``MAX_POSITIONS`` minus
+    the held positions; ranked only when some are taken). HOLD and missing signals
     keep a position in ``target_positions``, so dropping them changes nothing. New positions are
     granted in that order; the symbols left out could not have received one when every slot is
     taken, when the gross exposure left is below each of their prices, or while trading is
@@ -289,6 +289,7 @@ class LivePolicy:
         self.rejection_samples: list[dict] = []
         self.widened = 0
         self._halted_on = None
+        self._index = None                   # (symbols, {symbol: column}) of the replay
         rate = float(self.costs.borrow_rate)
         self._quote = {"borrow_rate": rate, "hard_to_borrow": rate > C.MAX_BORROW_RATE, "shortable": True,
                        "ex_dividend_date": None}
@@ -313,26 +314,21 @@ class LivePolicy:
 
     def decide(self, day: date, symbols: list[str], pos: np.ndarray, cash: float, equity: float,
                price: np.ndarray, signal: np.ndarray, score: np.ndarray, vol: np.ndarray) -> list[dict]:
-        held = np.flatnonzero(pos != 0)
+        held_i = np.flatnonzero(pos)
         active = signal != 0
-        held_active = held[active[held]].tolist()
+        held_active = held_i[active[held_i]].tolist()
         unheld = np.flatnonzero(active & (pos == 0))
         if self.prune and len(unheld) and self._halted_on == day:
             unheld = unheld[:0]          # while halted a target only moves toward flat: nothing new opens
         if not held_active and len(unheld) == 0:
             return []
-        if len(unheld) > 1:
-            key = np.abs(score[unheld])
-            key[~np.isfinite(key)] = 0.0
-            unheld = unheld[np.lexsort((unheld, -key))]
-        unheld_l = unheld.tolist()
-        held = held.tolist()
-        short_mv = float(sum(-pos[i] * price[i] for i in held if pos[i] < 0))
+        held, pos_h, price_h = held_i.tolist(), pos[held_i].tolist(), price[held_i].tolist()
+        short_mv = float(sum(-q * p for q, p in zip(pos_h, price_h) if q < 0))
         prices: dict[str, float] = {}
         quotes: dict[str, dict] = {}
         sigs: list[dict] = []
         pf = rm.Portfolio(equity=equity, cash=cash, buying_power=paper_buying_power(cash, short_mv),
-                          positions={symbols[i]: int(pos[i]) for i in held}, prices=prices,
+                          positions={symbols[i]: int(q) for i, q in zip(held, pos_h)}, prices=prices,
                           last_close=prices, quotes=quotes, recalled=set(), as_of=day)
 
         def add(idx: list[int]) -> list[dict]:
@@ -348,29 +344,44 @@ class LivePolicy:
                              "volatility": vo})
             return sigs
 
-        for i in held:                       # every held position is priced, and quoted when short
-            prices[symbols[i]] = float(price[i])
-            if pos[i] < 0:
+        for i, q, p in zip(held, pos_h, price_h):     # every held position is priced, and quoted when short
+            prices[symbols[i]] = p
+            if q < 0:
                 quotes[symbols[i]] = self._quote
-        # at most MAX_POSITIONS minus the positions no signal touches can open: the first candidates
-        take = max(C.MAX_POSITIONS - (len(held) - len(held_active)), 0) if self.prune else len(unheld_l)
-        add(held_active + unheld_l[:take])
+        # at most MAX_POSITIONS minus the held positions can open before one of them closes (then
+        # the list is widened): the first candidates in the order target_positions takes them
+        take = max(C.MAX_POSITIONS - len(held), 0) if self.prune else len(unheld)
+        ranked: list = []                    # [unheld in that order, as a list], sorted on first use
+
+        def rank() -> list[int]:
+            nonlocal unheld
+            if not ranked:
+                if len(unheld) > 1:
+                    key = np.abs(score[unheld])
+                    key[~np.isfinite(key)] = 0.0
+                    unheld = unheld[np.lexsort((unheld, -key))]
+                ranked.append(unheld.tolist())
+            return ranked[0]
+
+        add(held_active + (rank()[:take] if take else []))
 
         def widen(targets: dict):
             nonlocal take
-            if not self.prune or take >= len(unheld_l) or self._complete(targets, prices, equity,
-                                                                         price[unheld[take:]]):
+            if not self.prune or take >= len(unheld) or self._complete(targets, prices, equity,
+                                                                       price[unheld[take:]]):
                 return None
             self.widened += 1
             take, before = max(take * 4, C.MAX_POSITIONS), take
-            return add(unheld_l[before:take])
+            return add(rank()[before:take])
 
         plan = plan_orders(self.risk, sigs, pf, widen=widen)
         for order, reason in plan.rejected:
             self.rejections += 1
             if len(self.rejection_samples) < 20:
                 self.rejection_samples.append({"date": day.isoformat(), "order": dict(order), "reason": reason})
-        index = {s: i for i, s in enumerate(symbols)}
+        if self._index is None or self._index[0] is not symbols:
+            self._index = (symbols, {s: i for i, s in enumerate(symbols)})     # once per replay
+        index = self._index[1]
         for order in plan.approved:
             if order["side"] in (SELL, BUY_TO_COVER) and not order.get("reason"):
                 order["reason"] = self._close_reason(day, order, signal[index[order["symbol"]]])

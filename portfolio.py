@@ -8,7 +8,7 @@ An order is ``{"symbol", "side", "quantity", "price"}`` (plus optional fields su
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from broker_base import BUY, BUY_TO_COVER, OPENING_SIDES
@@ -76,10 +76,12 @@ def pct(x: float) -> str:
 
 def price_of(portfolio: Portfolio, symbol: str) -> float | None:
     """The latest price, else the last close, else None."""
-    for source in (portfolio.prices, portfolio.last_close):
-        p = source.get(symbol)
-        if finite(p) and float(p) > 0:
-            return float(p)
+    p = portfolio.prices.get(symbol)
+    if finite(p) and float(p) > 0:
+        return float(p)
+    p = portfolio.last_close.get(symbol)
+    if finite(p) and float(p) > 0:
+        return float(p)
     return None
 
 
@@ -98,4 +100,7 @@ def apply_fill(portfolio: Portfolio, order: dict) -> Portfolio:
         bp = bp - value if side in OPENING_SIDES else bp + value
     prices = dict(portfolio.prices)
     prices.setdefault(symbol, price)
-    return replace(portfolio, positions=positions, cash=cash, buying_power=bp, prices=prices)
+    # the constructor, not dataclasses.replace: a batch check calls this once per order
+    return Portfolio(equity=portfolio.equity, cash=cash, buying_power=bp, positions=positions, prices=prices,
+                     last_close=portfolio.last_close, quotes=portfolio.quotes, recalled=portfolio.recalled,
+                     as_of=portfolio.as_of)
