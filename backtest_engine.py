@@ -520,13 +520,12 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
             for order in pending:
                 sym = order["symbol"]
                 i = sym_idx[sym]
-                ref = fill_px[d, i]
+                ref = float(fill_px[d, i])
                 side, qty = order["side"], int(order["quantity"])
-                if not np.isfinite(ref) or ref <= 0:
+                if not math.isfinite(ref) or ref <= 0:
                     cancelled.append({"date": iso[d], "decided": decided_on.isoformat(),
                                       **order, "reason": "no price on the fill day"})
                     continue
-                ref = float(ref)
                 if side == "BUY_TO_COVER":              # the broker charges the borrow up to the cover
                     fee = accrue(i, d, ref)
                     cash -= fee
@@ -554,20 +553,23 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                                **({"reason": order["reason"]} if order.get("reason") else {})})
             pending = []
             # 2. close: borrow fees accrue to today on every short, at today's close
-            shorts = np.flatnonzero(pos < 0)
-            for i in shorts:
-                px = close_ff[d, i]
-                fee = accrue(int(i), d, float(px))
-                cash -= fee
-                d_borrow[d] += fee
+            held = np.flatnonzero(pos)
+            held_pos = pos[held]
+            shorts = held[held_pos < 0]
+            if len(shorts):
+                fees = float(d_borrow[d])
+                for i, px in zip(shorts.tolist(), close_ff[d, shorts].tolist()):
+                    fee = accrue(i, d, px)
+                    cash -= fee
+                    fees += fee
+                d_borrow[d] = fees
             # 3. mark to market
-            held = pos != 0
-            values = pos[held] * close_ff[d, held]
+            values = held_pos * close_ff[d, held]
             lv = float(values[values > 0].sum())
             sv = float(-values[values < 0].sum())
             eq = cash + lv - sv
             equity[d], cash_arr[d], long_v[d], short_v[d] = eq, cash, lv, sv
-            npos[d] = int(held.sum())
+            npos[d] = len(held)
             # 4. the cycle after the close: halts, then tomorrow's orders
             policy.on_close(pydates[d], eq)
             if d < n - 1:
