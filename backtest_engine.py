@@ -151,17 +151,20 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     if fast:
         present = np.zeros(hi - lo + 1, dtype=bool)
         present[days - lo] = True
-        lookup = np.cumsum(present) - 1
+        lookup = np.where(present, np.cumsum(present) - 1, -1)       # calendar day -> session, or -1
         di = lookup[days - lo]
         dates = pd.DatetimeIndex((np.flatnonzero(present) + lo).astype("datetime64[D]").astype(dtype))
     else:
         di, dates = pd.factorize(pdates.dt.normalize(), sort=True)
         dates = pd.DatetimeIndex(dates)
     n, m = len(dates), len(symbols)
+    # every array is filled through its flat view with one flat index (several times faster
+    # than a two-axis scatter); cell [d, s] is element d * m + s
     open_ = np.full((n, m), np.nan)
     close = np.full((n, m), np.nan)
-    open_[di, si] = p["Open"].to_numpy(float)
-    close[di, si] = p["Close"].to_numpy(float)
+    cell = di * m + si
+    open_.reshape(-1)[cell] = p["Open"].to_numpy(float)
+    close.reshape(-1)[cell] = p["Close"].to_numpy(float)
     signal = np.zeros((n, m), dtype=np.int8)
     score = np.full((n, m), np.nan)
     vol = np.full((n, m), np.nan)
@@ -171,20 +174,21 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
         sfast = _day_numbers(sdates) if fast else None
         if sfast is not None and sfast[1] == dtype:
             sdays = sfast[0] - lo
-            inside = (sdays >= 0) & (sdays <= hi - lo)
-            sdi = np.full(len(s), -1, dtype=np.intp)
-            sdi[inside] = np.where(present[sdays[inside]], lookup[sdays[inside]], -1)
+            if sdays.min() >= 0 and sdays.max() <= hi - lo:
+                sdi = lookup[sdays]
+            else:
+                sdi = np.where((sdays >= 0) & (sdays <= hi - lo), lookup[np.clip(sdays, 0, hi - lo)], -1)
         else:
             sdi = dates.get_indexer(sdates.dt.normalize())
         ssi = pd.Index(symbols).get_indexer(s["Symbol"].astype(str))
         ok = (sdi >= 0) & (ssi >= 0)
-        sdi, ssi = sdi[ok], ssi[ok]
+        cell = sdi[ok] * m + ssi[ok]
         col = s["signal"].to_numpy(dtype=object)
         codes = (col == "BUY").astype(np.int8) - (col == "SELL").astype(np.int8)
-        signal[sdi, ssi] = codes[ok]
-        score[sdi, ssi] = s["score"].to_numpy(float)[ok]
+        signal.reshape(-1)[cell] = codes[ok]
+        score.reshape(-1)[cell] = s["score"].to_numpy(float)[ok]
         vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
-        vol[sdi, ssi] = s[vcol].to_numpy(float)[ok]
+        vol.reshape(-1)[cell] = s[vcol].to_numpy(float)[ok]
     signal[~np.isfinite(close)] = 0                 # no bar that day: the cycle has nothing to act on
     return Market(dates, symbols, open_, close, signal, score, vol)
 
