@@ -88,19 +88,24 @@ def price_of(portfolio: Portfolio, symbol: str) -> float | None:
 def apply_fill(portfolio: Portfolio, order: dict) -> Portfolio:
     """The portfolio as it would be after ``order`` fills at its price (an estimate for checking a
     batch of orders in sequence: cash and buying power move by the order value)."""
+    projected = Portfolio(equity=portfolio.equity, cash=portfolio.cash, buying_power=portfolio.buying_power,
+                          positions=dict(portfolio.positions), prices=dict(portfolio.prices),
+                          last_close=portfolio.last_close, quotes=portfolio.quotes, recalled=portfolio.recalled,
+                          as_of=portfolio.as_of)
+    fill_into(projected, order)
+    return projected
+
+
+def fill_into(projected: Portfolio, order: dict) -> None:
+    """``apply_fill`` in place, on a portfolio that is already a private copy (``apply_fill``'s
+    result): a batch check copies once, then moves the copy order by order."""
     qty, price = int(order["quantity"]), float(order["price"])
     side, symbol = order["side"], order["symbol"]
     delta = qty if side in (BUY, BUY_TO_COVER) else -qty
     value = qty * price
-    positions = dict(portfolio.positions)
-    positions[symbol] = int(positions.get(symbol, 0)) + delta
-    cash = portfolio.cash - value if side in (BUY, BUY_TO_COVER) else portfolio.cash + value
-    bp = portfolio.buying_power
+    projected.positions[symbol] = int(projected.positions.get(symbol, 0)) + delta
+    projected.cash = projected.cash - value if side in (BUY, BUY_TO_COVER) else projected.cash + value
+    bp = projected.buying_power
     if bp is not None:
-        bp = bp - value if side in OPENING_SIDES else bp + value
-    prices = dict(portfolio.prices)
-    prices.setdefault(symbol, price)
-    # the constructor, not dataclasses.replace: a batch check calls this once per order
-    return Portfolio(equity=portfolio.equity, cash=cash, buying_power=bp, positions=positions, prices=prices,
-                     last_close=portfolio.last_close, quotes=portfolio.quotes, recalled=portfolio.recalled,
-                     as_of=portfolio.as_of)
+        projected.buying_power = bp - value if side in OPENING_SIDES else bp + value
+    projected.prices.setdefault(symbol, price)

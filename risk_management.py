@@ -50,7 +50,7 @@ import state_db
 from audit_logging import AuditLogger
 from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT, SIDES
 from errors import install_excepthook
-from portfolio import EPS as _EPS, Portfolio, apply_fill, make_order, price_of
+from portfolio import EPS as _EPS, Portfolio, apply_fill, fill_into, make_order, price_of
 from portfolio import finite as _finite, money as _money, pct as _pct, to_date as _to_date
 from short_rules import ShortRules, short_entry_problem
 from signals import BUY as SIGNAL_BUY, HOLD as SIGNAL_HOLD, SELL as SIGNAL_SELL
@@ -457,7 +457,10 @@ class RiskManager(ShortRules):
             ok, reason = self.pre_trade_check(order, projected)
             results.append((order, ok, reason))
             if ok:
-                projected = apply_fill(projected, order)
+                if projected is portfolio:
+                    projected = apply_fill(portfolio, order)      # one copy for the batch ...
+                else:
+                    fill_into(projected, order)                   # ... then moved in place
         return results
 
     def _check(self, order: dict, pf: Portfolio) -> tuple[bool, str]:

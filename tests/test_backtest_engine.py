@@ -315,15 +315,23 @@ def test_pruned_risk_calls_equal_passing_every_symbol():
     """LivePolicy passes the RiskManager only the symbols that can change; the result must be
     the same as passing every signal (busy book, gross-exposure limit, a drawdown halt)."""
     symbols = tuple(f"X{i:02d}" for i in range(30))
-    for gain, seed in ((0.9, 1), (-2.0, 2)):               # a winning book, then a losing one that halts
+    widened = 0
+    # a winning book, a losing one that halts, and one that cannot short (hard to borrow): a SELL
+    # signal closes a long and frees a slot, so the pruned candidate list must be widened
+    for gain, borrow_rate in ((0.9, C.DEFAULT_BORROW_RATE), (-2.0, C.DEFAULT_BORROW_RATE),
+                              (0.9, C.MAX_BORROW_RATE * 1.5)):
         prices, sig = sample_market(symbols=symbols, start="2022-01-03", end="2022-12-30", gain=gain)
         market = E.market_from_frames(prices, sig)
-        fast = E.run_engine(market, E.LivePolicy(prune=True))
-        full = E.run_engine(market, E.LivePolicy(prune=False))
+        costs = E.Costs(borrow_rate=borrow_rate)
+        fast = E.run_engine(market, E.LivePolicy(costs=costs, prune=True), costs=costs)
+        full = E.run_engine(market, E.LivePolicy(costs=costs, prune=False), costs=costs)
         assert fast.trades == full.trades
         assert np.array_equal(fast.equity, full.equity)
-        assert fast.halts == full.halts
-    assert full.halts, "the losing book should have hit the drawdown halt"
+        assert fast.halts == full.halts and fast.rejections == full.rejections
+        if gain < 0:
+            assert full.halts, "the losing book should have hit the drawdown halt"
+        widened += fast.widened
+    assert widened > 0, "the hard-to-borrow book should have widened the candidate list"
 
 
 
