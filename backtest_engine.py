@@ -336,16 +336,15 @@ class LivePolicy:
                           last_close=prices, quotes=quotes, recalled=set(), as_of=day)
 
         def add(idx: list[int]) -> list[dict]:
-            """The signals of ``idx`` appended, with their prices and borrow quotes."""
-            ix = np.asarray(idx, dtype=np.intp)
-            for i, sg, sc, px, vo, ps in zip(idx, signal[ix].tolist(), score[ix].tolist(), price[ix].tolist(),
-                                             vol[ix].tolist(), pos[ix].tolist()):
-                name = symbols[i]
+            """The signals of ``idx`` appended, with their prices and borrow quotes (``item``: a
+            Python number, as ``tolist`` gives, without building arrays for a handful of symbols)."""
+            for i in idx:
+                name, px = symbols[i], price.item(i)
                 prices[name] = px
-                if sg < 0 or ps < 0:
+                if signal.item(i) < 0 or pos.item(i) < 0:
                     quotes[name] = self._quote
-                sigs.append({"symbol": name, "signal": "BUY" if sg > 0 else "SELL", "score": sc, "price": px,
-                             "volatility": vo})
+                sigs.append({"symbol": name, "signal": "BUY" if signal.item(i) > 0 else "SELL",
+                             "score": score.item(i), "price": px, "volatility": vol.item(i)})
             return sigs
 
         for i, q, p in zip(held, pos_h, price_h):     # every held position is priced, and quoted when short
@@ -521,10 +520,12 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
     with _Quiet():
         for d in range(n):
             # 1. yesterday's approved orders fill today (risk-reducing ones first, as ordered)
+            comm_d = slip_d = borrow_d = 0.0          # the day's totals, summed in fill order
+            fill_row = fill_px[d]
             for order in pending:
                 sym = order["symbol"]
                 i = sym_idx[sym]
-                ref = float(fill_px[d, i])
+                ref = fill_row.item(i)
                 side, qty = order["side"], int(order["quantity"])
                 if not math.isfinite(ref) or ref <= 0:
                     cancelled.append({"date": iso[d], "decided": decided_on.isoformat(),
@@ -533,28 +534,30 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                 if side == "BUY_TO_COVER":              # the broker charges the borrow up to the cover
                     fee = accrue(i, d, ref)
                     cash -= fee
-                    d_borrow[d] += fee
+                    borrow_d += fee
                 price = costs.fill_price(ref, side)
                 commission = costs.commission(qty)
                 signed = qty if side in BUY_SIDES else -qty
                 cash -= signed * price + commission
-                before = pos[i]
-                pos[i] = before + signed
+                after = pos.item(i) + signed
+                pos[i] = after
                 if side == "SELL_SHORT" and i not in accrued_to:
                     accrued_to[i] = pydates[d]
-                if pos[i] >= 0:
+                if after >= 0:
                     accrued_to.pop(i, None)
                 slip = (price - ref) * signed           # what the fill cost against the reference price
-                d_comm[d] += commission
-                d_slip[d] += slip
+                comm_d += commission
+                slip_d += slip
                 seq[0] += 1
-                trades.append({"seq": seq[0], "date": iso[d], "decided": decided_iso,
-                               "symbol": sym, "side": side, "quantity": qty,
-                               "decision_price": float(order.get("price", float("nan"))),
-                               "reference_price": ref, "fill_price": price, "notional": qty * price,
-                               "commission": commission, "slippage_cost": slip,
-                               "position_after": int(pos[i]),
-                               **({"reason": order["reason"]} if order.get("reason") else {})})
+                trade = {"seq": seq[0], "date": iso[d], "decided": decided_iso,
+                         "symbol": sym, "side": side, "quantity": qty,
+                         "decision_price": float(order.get("price", float("nan"))),
+                         "reference_price": ref, "fill_price": price, "notional": qty * price,
+                         "commission": commission, "slippage_cost": slip, "position_after": int(after)}
+                if order.get("reason"):
+                    trade["reason"] = order["reason"]
+                trades.append(trade)
+            d_comm[d], d_slip[d], d_borrow[d] = comm_d, slip_d, borrow_d
             pending = []
             # 2. close: borrow fees accrue to today on every short, at today's close
             held = np.flatnonzero(pos)
