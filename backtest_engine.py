@@ -96,6 +96,26 @@ class Market:
         return self.close.shape
 
 
+def _day_numbers(dates: pd.Series) -> tuple[np.ndarray, np.dtype] | None:
+    """Whole days since the epoch of a naive datetime64 column (what ``.dt.normalize()`` keeps),
+    and its dtype; None for anything else (time zones, strings), which takes the pandas path."""
+    if not (isinstance(dates.dtype, np.dtype) and dates.dtype.kind == "M"):
+        return None
+    unit = np.datetime_data(dates.dtype)[0]
+    ticks = int(np.timedelta64(1, "D") // np.timedelta64(1, unit))
+    return dates.to_numpy().view("i8") // ticks, dates.dtype
+
+
+def _runs_factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(values, sort=True)`` for a column stored in runs (price rows come symbol by
+    symbol): only the first value of each run is hashed, then the codes are repeated."""
+    if len(values) == 0:
+        return pd.factorize(values, sort=True)
+    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+    codes, uniques = pd.factorize(values[starts], sort=True)
+    return np.repeat(codes, np.diff(np.append(starts, len(values)))), uniques
+
+
 def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None,
                        start=None, end=None) -> Market:
     """Build the arrays from long frames.
@@ -104,7 +124,8 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     ``signals``: Date, Symbol, signal ("BUY"/"SELL"/"HOLD" as signals.py writes them), score and
     volatility_20 (or volatility);
     typically ``signals.score_predictions(model.predict(features))``. Rows outside the price
-    dates are ignored; a (day, symbol) without a signal row is HOLD."""
+    dates are ignored; a (day, symbol) without a signal row is HOLD. Dates count by the calendar
+    day (a time of day is dropped)."""
     p = prices
     pdates = pd.to_datetime(p["Date"])
     keep = np.ones(len(p), dtype=bool)
@@ -117,29 +138,57 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     if p.empty:
         raise BacktestError("no price rows in the backtest period: widen --start/--end or update the data "
                             "(./run_daily_data_update.sh)")
-    di, dates = pd.factorize(pdates.dt.normalize(), sort=True)
-    si, syms = pd.factorize(p["Symbol"].astype(str), sort=True)
-    dates, symbols = pd.DatetimeIndex(dates), [str(x) for x in syms]
+    sym_col = p["Symbol"] if pd.api.types.is_string_dtype(p["Symbol"].dtype) else p["Symbol"].astype(str)
+    si, syms = _runs_factorize(sym_col.to_numpy(dtype=object))
+    symbols = [str(x) for x in syms]
+    fast = _day_numbers(pdates)
+    if fast is not None:
+        # a day-number lookup table instead of hashing every timestamp: the sessions span a few
+        # thousand calendar days (the span is bounded; a wider one takes the pandas path)
+        days, dtype = fast
+        lo, hi = int(days.min()), int(days.max())
+        fast = hi - lo <= C.BACKTEST_MAX_DAY_SPAN
+    if fast:
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        present[days - lo] = True
+        lookup = np.where(present, np.cumsum(present) - 1, -1)       # calendar day -> session, or -1
+        di = lookup[days - lo]
+        dates = pd.DatetimeIndex((np.flatnonzero(present) + lo).astype("datetime64[D]").astype(dtype))
+    else:
+        di, dates = pd.factorize(pdates.dt.normalize(), sort=True)
+        dates = pd.DatetimeIndex(dates)
     n, m = len(dates), len(symbols)
+    # every array is filled through its flat view with one flat index (several times faster
+    # than a two-axis scatter); cell [d, s] is element d * m + s
     open_ = np.full((n, m), np.nan)
     close = np.full((n, m), np.nan)
-    open_[di, si] = p["Open"].to_numpy(float)
-    close[di, si] = p["Close"].to_numpy(float)
+    cell = di * m + si
+    open_.reshape(-1)[cell] = p["Open"].to_numpy(float)
+    close.reshape(-1)[cell] = p["Close"].to_numpy(float)
     signal = np.zeros((n, m), dtype=np.int8)
     score = np.full((n, m), np.nan)
     vol = np.full((n, m), np.nan)
     if signals is not None and len(signals):
         s = signals
-        sdi = dates.get_indexer(pd.to_datetime(s["Date"]).dt.normalize())
+        sdates = pd.to_datetime(s["Date"])
+        sfast = _day_numbers(sdates) if fast else None
+        if sfast is not None and sfast[1] == dtype:
+            sdays = sfast[0] - lo
+            if sdays.min() >= 0 and sdays.max() <= hi - lo:
+                sdi = lookup[sdays]
+            else:
+                sdi = np.where((sdays >= 0) & (sdays <= hi - lo), lookup[np.clip(sdays, 0, hi - lo)], -1)
+        else:
+            sdi = dates.get_indexer(sdates.dt.normalize())
         ssi = pd.Index(symbols).get_indexer(s["Symbol"].astype(str))
         ok = (sdi >= 0) & (ssi >= 0)
-        sdi, ssi = sdi[ok], ssi[ok]
-        col = s["signal"]
-        codes = np.where(col.eq("BUY").to_numpy(bool), 1, np.where(col.eq("SELL").to_numpy(bool), -1, 0))
-        signal[sdi, ssi] = codes.astype(np.int8)[ok]
-        score[sdi, ssi] = s["score"].to_numpy(float)[ok]
+        cell = sdi[ok] * m + ssi[ok]
+        col = s["signal"].to_numpy(dtype=object)
+        codes = (col == "BUY").astype(np.int8) - (col == "SELL").astype(np.int8)
+        signal.reshape(-1)[cell] = codes[ok]
+        score.reshape(-1)[cell] = s["score"].to_numpy(float)[ok]
         vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
-        vol[sdi, ssi] = s[vcol].to_numpy(float)[ok]
+        vol.reshape(-1)[cell] = s[vcol].to_numpy(float)[ok]
     signal[~np.isfinite(close)] = 0                 # no bar that day: the cycle has nothing to act on
     return Market(dates, symbols, open_, close, signal, score, vol)
 
@@ -224,8 +273,8 @@ class LivePolicy:
 
     Only symbols that can change are passed (``prune=True``): held symbols with a BUY/SELL
     signal, and unheld BUY/SELL symbols in the order ``target_positions`` takes them (|score|
-    descending, then symbol), first as many as there could be free slots (``MAX_POSITIONS`` minus
-    the held positions without a signal). HOLD and missing signals
+    descending, then symbol), first as many as there are free slots (``MAX_POSITIONS`` minus
+    the held positions; ranked only when some are taken). HOLD and missing signals
     keep a position in ``target_positions``, so dropping them changes nothing. New positions are
     granted in that order; the symbols left out could not have received one when every slot is
     taken, when the gross exposure left is below each of their prices, or while trading is
@@ -244,6 +293,7 @@ class LivePolicy:
         self.rejection_samples: list[dict] = []
         self.widened = 0
         self._halted_on = None
+        self._index = None                   # (symbols, {symbol: column}) of the replay
         rate = float(self.costs.borrow_rate)
         self._quote = {"borrow_rate": rate, "hard_to_borrow": rate > C.MAX_BORROW_RATE, "shortable": True,
                        "ex_dividend_date": None}
@@ -268,64 +318,73 @@ class LivePolicy:
 
     def decide(self, day: date, symbols: list[str], pos: np.ndarray, cash: float, equity: float,
                price: np.ndarray, signal: np.ndarray, score: np.ndarray, vol: np.ndarray) -> list[dict]:
-        held = np.flatnonzero(pos != 0)
+        held_i = np.flatnonzero(pos)
         active = signal != 0
-        held_active = held[active[held]].tolist()
+        held_active = held_i[active[held_i]].tolist()
         unheld = np.flatnonzero(active & (pos == 0))
         if self.prune and len(unheld) and self._halted_on == day:
             unheld = unheld[:0]          # while halted a target only moves toward flat: nothing new opens
         if not held_active and len(unheld) == 0:
             return []
-        if len(unheld) > 1:
-            key = np.abs(score[unheld])
-            key[~np.isfinite(key)] = 0.0
-            unheld = unheld[np.lexsort((unheld, -key))]
-        unheld_l = unheld.tolist()
-        held = held.tolist()
-        short_mv = float(sum(-pos[i] * price[i] for i in held if pos[i] < 0))
+        held, pos_h, price_h = held_i.tolist(), pos[held_i].tolist(), price[held_i].tolist()
+        short_mv = float(sum(-q * p for q, p in zip(pos_h, price_h) if q < 0))
         prices: dict[str, float] = {}
         quotes: dict[str, dict] = {}
         sigs: list[dict] = []
         pf = rm.Portfolio(equity=equity, cash=cash, buying_power=paper_buying_power(cash, short_mv),
-                          positions={symbols[i]: int(pos[i]) for i in held}, prices=prices,
+                          positions={symbols[i]: int(q) for i, q in zip(held, pos_h)}, prices=prices,
                           last_close=prices, quotes=quotes, recalled=set(), as_of=day)
 
         def add(idx: list[int]) -> list[dict]:
-            """The signals of ``idx`` appended, with their prices and borrow quotes."""
-            ix = np.asarray(idx, dtype=np.intp)
-            for i, sg, sc, px, vo, ps in zip(idx, signal[ix].tolist(), score[ix].tolist(), price[ix].tolist(),
-                                             vol[ix].tolist(), pos[ix].tolist()):
-                name = symbols[i]
+            """The signals of ``idx`` appended, with their prices and borrow quotes (``item``: a
+            Python number, as ``tolist`` gives, without building arrays for a handful of symbols)."""
+            for i in idx:
+                name, px = symbols[i], price.item(i)
                 prices[name] = px
-                if sg < 0 or ps < 0:
+                if signal.item(i) < 0 or pos.item(i) < 0:
                     quotes[name] = self._quote
-                sigs.append({"symbol": name, "signal": "BUY" if sg > 0 else "SELL", "score": sc, "price": px,
-                             "volatility": vo})
+                sigs.append({"symbol": name, "signal": "BUY" if signal.item(i) > 0 else "SELL",
+                             "score": score.item(i), "price": px, "volatility": vol.item(i)})
             return sigs
 
-        for i in held:                       # every held position is priced, and quoted when short
-            prices[symbols[i]] = float(price[i])
-            if pos[i] < 0:
+        for i, q, p in zip(held, pos_h, price_h):     # every held position is priced, and quoted when short
+            prices[symbols[i]] = p
+            if q < 0:
                 quotes[symbols[i]] = self._quote
-        # at most MAX_POSITIONS minus the positions no signal touches can open: the first candidates
-        take = max(C.MAX_POSITIONS - (len(held) - len(held_active)), 0) if self.prune else len(unheld_l)
-        add(held_active + unheld_l[:take])
+        # at most MAX_POSITIONS minus the held positions can open before one of them closes (then
+        # the list is widened): the first candidates in the order target_positions takes them
+        take = max(C.MAX_POSITIONS - len(held), 0) if self.prune else len(unheld)
+        ranked: list = []                    # [unheld in that order, as a list], sorted on first use
+
+        def rank() -> list[int]:
+            nonlocal unheld
+            if not ranked:
+                if len(unheld) > 1:
+                    key = np.abs(score[unheld])
+                    key[~np.isfinite(key)] = 0.0
+                    unheld = unheld[np.lexsort((unheld, -key))]
+                ranked.append(unheld.tolist())
+            return ranked[0]
+
+        add(held_active + (rank()[:take] if take else []))
 
         def widen(targets: dict):
             nonlocal take
-            if not self.prune or take >= len(unheld_l) or self._complete(targets, prices, equity,
-                                                                         price[unheld[take:]]):
+            if not self.prune or take >= len(unheld) or self._complete(targets, prices, equity,
+                                                                       price[unheld[take:]]):
                 return None
             self.widened += 1
             take, before = max(take * 4, C.MAX_POSITIONS), take
-            return add(unheld_l[before:take])
+            return add(rank()[before:take])
 
         plan = plan_orders(self.risk, sigs, pf, widen=widen)
         for order, reason in plan.rejected:
             self.rejections += 1
             if len(self.rejection_samples) < 20:
                 self.rejection_samples.append({"date": day.isoformat(), "order": dict(order), "reason": reason})
-        index = {s: i for i, s in enumerate(symbols)}
+        if self._index is None or self._index[0] is not symbols:
+            self._index = (symbols, {s: i for i, s in enumerate(symbols)})     # once per replay
+        index = self._index[1]
         for order in plan.approved:
             if order["side"] in (SELL, BUY_TO_COVER) and not order.get("reason"):
                 order["reason"] = self._close_reason(day, order, signal[index[order["symbol"]]])
@@ -461,57 +520,63 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
     with _Quiet():
         for d in range(n):
             # 1. yesterday's approved orders fill today (risk-reducing ones first, as ordered)
+            comm_d = slip_d = borrow_d = 0.0          # the day's totals, summed in fill order
+            fill_row = fill_px[d]
             for order in pending:
                 sym = order["symbol"]
                 i = sym_idx[sym]
-                ref = fill_px[d, i]
+                ref = fill_row.item(i)
                 side, qty = order["side"], int(order["quantity"])
-                if not np.isfinite(ref) or ref <= 0:
+                if not math.isfinite(ref) or ref <= 0:
                     cancelled.append({"date": iso[d], "decided": decided_on.isoformat(),
                                       **order, "reason": "no price on the fill day"})
                     continue
-                ref = float(ref)
                 if side == "BUY_TO_COVER":              # the broker charges the borrow up to the cover
                     fee = accrue(i, d, ref)
                     cash -= fee
-                    d_borrow[d] += fee
+                    borrow_d += fee
                 price = costs.fill_price(ref, side)
                 commission = costs.commission(qty)
                 signed = qty if side in BUY_SIDES else -qty
                 cash -= signed * price + commission
-                before = pos[i]
-                pos[i] = before + signed
+                after = pos.item(i) + signed
+                pos[i] = after
                 if side == "SELL_SHORT" and i not in accrued_to:
                     accrued_to[i] = pydates[d]
-                if pos[i] >= 0:
+                if after >= 0:
                     accrued_to.pop(i, None)
                 slip = (price - ref) * signed           # what the fill cost against the reference price
-                d_comm[d] += commission
-                d_slip[d] += slip
+                comm_d += commission
+                slip_d += slip
                 seq[0] += 1
-                trades.append({"seq": seq[0], "date": iso[d], "decided": decided_iso,
-                               "symbol": sym, "side": side, "quantity": qty,
-                               "decision_price": float(order.get("price", float("nan"))),
-                               "reference_price": ref, "fill_price": price, "notional": qty * price,
-                               "commission": commission, "slippage_cost": slip,
-                               "position_after": int(pos[i]),
-                               **({"reason": order["reason"]} if order.get("reason") else {})})
+                trade = {"seq": seq[0], "date": iso[d], "decided": decided_iso,
+                         "symbol": sym, "side": side, "quantity": qty,
+                         "decision_price": float(order.get("price", float("nan"))),
+                         "reference_price": ref, "fill_price": price, "notional": qty * price,
+                         "commission": commission, "slippage_cost": slip, "position_after": int(after)}
+                if order.get("reason"):
+                    trade["reason"] = order["reason"]
+                trades.append(trade)
+            d_comm[d], d_slip[d], d_borrow[d] = comm_d, slip_d, borrow_d
             pending = []
             # 2. close: borrow fees accrue to today on every short, at today's close
-            shorts = np.flatnonzero(pos < 0)
-            for i in shorts:
-                px = close_ff[d, i]
-                fee = accrue(int(i), d, float(px))
-                cash -= fee
-                d_borrow[d] += fee
+            held = np.flatnonzero(pos)
+            held_pos = pos[held]
+            shorts = held[held_pos < 0]
+            if len(shorts):
+                fees = float(d_borrow[d])
+                for i, px in zip(shorts.tolist(), close_ff[d, shorts].tolist()):
+                    fee = accrue(i, d, px)
+                    cash -= fee
+                    fees += fee
+                d_borrow[d] = fees
             # 3. mark to market
-            held = pos != 0
-            values = pos[held] * close_ff[d, held]
+            values = held_pos * close_ff[d, held]
             lv = float(values[values > 0].sum())
             sv = float(-values[values < 0].sum())
             eq = cash + lv - sv
             equity[d], cash_arr[d], long_v[d], short_v[d] = eq, cash, lv, sv
-            npos[d] = int(held.sum())
+            npos[d] = len(held)
             # 4. the cycle after the close: halts, then tomorrow's orders
             policy.on_close(pydates[d], eq)
             if d < n - 1:

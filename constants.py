@@ -172,6 +172,7 @@ SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (
 
 # ---------------------------------------------------------------------- backtest and go-live gate
 BACKTEST_FILL = "next_open"                # signals after day t's close fill at t+1's open
+BACKTEST_MAX_DAY_SPAN = 200_000            # backtest arrays index dates through a day lookup table up to this span (calendar days, ~550 years; wider takes the slower hashing path)
 TRADING_DAYS_PER_YEAR = 252                # annualisation (sessions per year)
 # Risk-free rate of every Sharpe-type figure (backtest Sharpe/Sortino, the walk-forward's Sharpe,
 # PSR/DSR): 3-month US Treasury bill, secondary market (FRED series DTB3), 4-5 % a year in 2024-2025

@@ -8,7 +8,7 @@ An order is ``{"symbol", "side", "quantity", "price"}`` (plus optional fields su
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from broker_base import BUY, BUY_TO_COVER, OPENING_SIDES
@@ -77,26 +77,36 @@ def pct(x: float) -> str:
 
 def price_of(portfolio: Portfolio, symbol: str) -> float | None:
     """The latest price, else the last close, else None."""
-    for source in (portfolio.prices, portfolio.last_close):
-        p = source.get(symbol)
-        if finite(p) and float(p) > 0:
-            return float(p)
+    p = portfolio.prices.get(symbol)
+    if finite(p) and float(p) > 0:
+        return float(p)
+    p = portfolio.last_close.get(symbol)
+    if finite(p) and float(p) > 0:
+        return float(p)
     return None
 
 
 def apply_fill(portfolio: Portfolio, order: dict) -> Portfolio:
     """The portfolio as it would be after ``order`` fills at its price (an estimate for checking a
     batch of orders in sequence: cash and buying power move by the order value)."""
+    projected = Portfolio(equity=portfolio.equity, cash=portfolio.cash, buying_power=portfolio.buying_power,
+                          positions=dict(portfolio.positions), prices=dict(portfolio.prices),
+                          last_close=portfolio.last_close, quotes=portfolio.quotes, recalled=portfolio.recalled,
+                          as_of=portfolio.as_of)
+    fill_into(projected, order)
+    return projected
+
+
+def fill_into(projected: Portfolio, order: dict) -> None:
+    """``apply_fill`` in place, on a portfolio that is already a private copy (``apply_fill``'s
+    result): a batch check copies once, then moves the copy order by order."""
     qty, price = int(order["quantity"]), float(order["price"])
     side, symbol = order["side"], order["symbol"]
     delta = qty if side in (BUY, BUY_TO_COVER) else -qty
     value = qty * price
-    positions = dict(portfolio.positions)
-    positions[symbol] = int(positions.get(symbol, 0)) + delta
-    cash = portfolio.cash - value if side in (BUY, BUY_TO_COVER) else portfolio.cash + value
-    bp = portfolio.buying_power
+    projected.positions[symbol] = int(projected.positions.get(symbol, 0)) + delta
+    projected.cash = projected.cash - value if side in (BUY, BUY_TO_COVER) else projected.cash + value
+    bp = projected.buying_power
     if bp is not None:
-        bp = bp - value if side in OPENING_SIDES else bp + value
-    prices = dict(portfolio.prices)
-    prices.setdefault(symbol, price)
-    return replace(portfolio, positions=positions, cash=cash, buying_power=bp, prices=prices)
+        projected.buying_power = bp - value if side in OPENING_SIDES else bp + value
+    projected.prices.setdefault(symbol, price)

@@ -50,7 +50,7 @@ import state_db
 from audit_logging import AuditLogger
 from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT, SIDES
 from errors import install_excepthook
-from portfolio import EPS as _EPS, Portfolio, apply_fill, make_order, price_of
+from portfolio import EPS as _EPS, Portfolio, apply_fill, fill_into, make_order, price_of
 from portfolio import finite as _finite, money as _money, pct as _pct, to_date as _to_date
 from short_rules import ShortRules, short_entry_problem
 from signals import BUY as SIGNAL_BUY, HOLD as SIGNAL_HOLD, SELL as SIGNAL_SELL
@@ -77,6 +77,8 @@ class NullAudit:
 
 def _whole_shares(q) -> int | None:
     """The quantity as an int when it is a positive whole number, else None."""
+    if type(q) is int:                            # the common case
+        return q if q > 0 else None
     if isinstance(q, bool) or q is None:
         return None
     if isinstance(q, numbers.Integral):
@@ -105,7 +107,7 @@ def size_position(equity: float, price: float, score: float, volatility: float) 
     ``MAX_ORDER_VALUE``. Returns 0 for a score below the threshold and for any bad input (NaN,
     infinite, zero or negative equity, price or volatility).
     """
-    if not all(_finite(x) for x in (equity, price, score, volatility)):
+    if not (_finite(equity) and _finite(price) and _finite(score) and _finite(volatility)):
         return 0
     equity, price, score, volatility = float(equity), float(price), float(score), float(volatility)
     if equity <= 0 or price <= 0 or volatility <= 0:
@@ -175,11 +177,13 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
     def gross(ts):
         return sum(abs(q) * (px.get(s) or price_of(portfolio, s) or 0.0) for s, q in ts.items())
     budget = C.MAX_GROSS_EXPOSURE * max(portfolio.equity, 0.0)
+    open_count = sum(1 for q in targets.values() if q != 0)     # kept up to date below
     for _, symbol, target in sorted(wanted, key=lambda w: (-w[0], w[1])):
-        open_count = sum(1 for q in targets.values() if q != 0)
+        was_open = targets.get(symbol, 0) != 0
         if open_count >= C.MAX_POSITIONS:
             log.info("No new position in %s: %d positions already (MAX_POSITIONS)", symbol, open_count)
             targets[symbol] = 0
+            open_count -= was_open
             continue
         price = px.get(symbol) or 0.0
         room = budget - gross(targets)
@@ -189,6 +193,7 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
                      symbol, abs(target), fitted)
             target = _sign(target) * fitted
         targets[symbol] = target
+        open_count += (target != 0) - was_open
     return targets
 
 
@@ -452,7 +457,10 @@ class RiskManager(ShortRules):
             ok, reason = self.pre_trade_check(order, projected)
             results.append((order, ok, reason))
             if ok:
-                projected = apply_fill(projected, order)
+                if projected is portfolio:
+                    projected = apply_fill(portfolio, order)      # one copy for the batch ...
+                else:
+                    fill_into(projected, order)                   # ... then moved in place
         return results
 
     def _check(self, order: dict, pf: Portfolio) -> tuple[bool, str]:
@@ -539,18 +547,22 @@ class RiskManager(ShortRules):
                            f"({_pct(position_value / equity)} of equity {_money(equity)}) exceeds "
                            f"MAX_POSITION_PCT {_pct(C.MAX_POSITION_PCT)} = {_money(limit)}")
 
-        open_positions = [s for s, q in pf.positions.items() if int(q) != 0]
-        if held == 0 and len(open_positions) >= C.MAX_POSITIONS:
-            return False, (f"{side} {qty} {symbol}: would open position {len(open_positions) + 1}; "
-                           f"MAX_POSITIONS is {C.MAX_POSITIONS}")
+        if held == 0:
+            open_count = sum(1 for q in pf.positions.values() if int(q) != 0)
+            if open_count >= C.MAX_POSITIONS:
+                return False, (f"{side} {qty} {symbol}: would open position {open_count + 1}; "
+                               f"MAX_POSITIONS is {C.MAX_POSITIONS}")
 
         gross = position_value
+        latest = pf.prices
         for s, q in pf.positions.items():
             if s == symbol or int(q) == 0:
                 continue
-            p = price_of(pf, s)
-            if p is None:
-                return False, f"{side} {qty} {symbol}: no price for held position {s}; cannot compute exposure"
+            p = latest.get(s)
+            if not (type(p) is float and 0.0 < p < math.inf):   # else what price_of finds (checked per order)
+                p = price_of(pf, s)
+                if p is None:
+                    return False, f"{side} {qty} {symbol}: no price for held position {s}; cannot compute exposure"
             gross += abs(int(q)) * p
         gross_limit = C.MAX_GROSS_EXPOSURE * equity
         if not _within(gross, gross_limit):

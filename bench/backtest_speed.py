@@ -17,6 +17,7 @@
 Environment: BENCH_SYMBOLS (500), BENCH_YEARS (10), BENCH_REPEAT (3), BENCH_SKIP_FULL=1 to run only
 part 1.
 """
+import hashlib
 import json
 import os
 import subprocess
@@ -65,10 +66,11 @@ def engine_bench() -> float:
     for _ in range(REPEAT):
         c0, t0 = time.process_time(), time.perf_counter()
         market = engine.market_from_frames(prices, signals)
-        t1 = time.perf_counter()
+        c1, t1 = time.process_time(), time.perf_counter()
         result = engine.run_engine(market)
-        t2 = time.perf_counter()
-        cpu = min(cpu, time.process_time() - c0)
+        c2, t2 = time.process_time(), time.perf_counter()
+        if c2 - c0 < cpu:
+            cpu, cpu_arrays, cpu_replay = c2 - c0, c1 - c0, c2 - c1
         if t2 - t0 < best:
             best, arrays, replay = t2 - t0, t1 - t0, t2 - t1
     bench = engine.buy_and_hold(market)
@@ -76,10 +78,14 @@ def engine_bench() -> float:
     analysis = metrics.analyse(result, market, bench)
     t4 = time.perf_counter()
     s = analysis["strategy"]
-    print(f"engine with the live rules: arrays {arrays:.2f} s + replay {replay:.2f} s = {best:.2f} s (best of "
-          f"{REPEAT}; CPU {cpu:.2f} s); metrics {t4 - t3:.2f} s  ({len(result.trades):,} fills, "
-          f"{s['trades']:,} round trips, {result.rejections:,} risk rejections, {len(result.halts)} halts, "
-          f"candidate list widened {result.widened} times; total return {s['total_return']:.1%})")
+    # what the replay decided, to compare across changes of the engine: the fills must not move
+    fills_sha = hashlib.sha256(json.dumps(result.trades, sort_keys=True, default=str).encode()).hexdigest()
+    print(f"engine with the live rules, best of {REPEAT}: wall {best:.2f} s (arrays {arrays:.2f} + replay "
+          f"{replay:.2f}); CPU {cpu:.2f} s (arrays {cpu_arrays:.2f} + replay {cpu_replay:.2f}); "
+          f"metrics {t4 - t3:.2f} s")
+    print(f"  {len(result.trades):,} fills (sha256 {fills_sha[:16]}), {s['trades']:,} round trips, final equity "
+          f"{result.equity[-1]:,.2f}, total return {s['total_return']:.1%}, {result.rejections:,} risk "
+          f"rejections, {len(result.halts)} halts, candidate list widened {result.widened} times")
     # the same fills without the rules: the live run's end-of-day positions as fixed targets
     held = np.zeros(market.shape, dtype=np.int64)
     index = {sym: i for i, sym in enumerate(market.symbols)}
@@ -94,7 +100,8 @@ def engine_bench() -> float:
         bare, bare_cpu = min(bare, time.perf_counter() - t0), min(bare_cpu, time.process_time() - c0)
     print(f"engine without the rules (same book, fixed targets): {bare:.2f} s (CPU {bare_cpu:.2f} s); "
           f"the rules cost {best - bare:.2f} s ({best / bare:.1f}x)")
-    print(f"target engine with the live rules <= 0.8 s -> {'PASS' if best <= 0.8 else 'MISS'} ({best:.2f} s)")
+    print(f"target engine with the live rules <= 0.8 s -> {'PASS' if best <= 0.8 else 'MISS'} ({best:.2f} s wall; "
+          f"CPU {cpu:.2f} s {'PASS' if cpu <= 0.8 else 'MISS'}: on a busy machine judge by CPU)")
     return best
 
 

@@ -67,6 +67,62 @@ def frictionless_equity(result, market):
     return cash + sum(q * last[s] for s, q in pos.items())
 
 
+# ----------------------------------------------------------------------------- the market arrays
+def reference_market(prices, signals, start=None, end=None):
+    """The arrays built the plain pandas way: pivot tables on the calendar day, reindexed."""
+    p = prices.assign(Date=pd.to_datetime(prices["Date"]), Symbol=prices["Symbol"].astype(str))
+    if start is not None:
+        p = p[p["Date"] >= pd.Timestamp(start)]
+    if end is not None:
+        p = p[p["Date"] <= pd.Timestamp(end)]
+    p = p.assign(Date=p["Date"].dt.normalize())
+    open_ = p.pivot(index="Date", columns="Symbol", values="Open").sort_index().sort_index(axis=1)
+    close = p.pivot(index="Date", columns="Symbol", values="Close").reindex_like(open_)
+    s = signals.assign(Date=pd.to_datetime(signals["Date"]).dt.normalize(), Symbol=signals["Symbol"].astype(str),
+                       code=signals["signal"].map({"BUY": 1, "SELL": -1, "HOLD": 0}))
+    vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
+
+    def grid(col):
+        return s.pivot(index="Date", columns="Symbol", values=col).reindex(index=open_.index, columns=open_.columns)
+    signal = grid("code").fillna(0).to_numpy().astype(np.int8)
+    signal[close.isna().to_numpy()] = 0
+    return (open_.index, list(open_.columns), open_.to_numpy(), close.to_numpy(), signal,
+            grid("score").to_numpy(), grid(vcol).to_numpy())
+
+
+@pytest.mark.parametrize("case", ["stored", "no_extra_rows", "shuffled", "string_dates", "period"])
+def test_market_arrays_equal_a_plain_pandas_pivot(case):
+    """market_from_frames (day lookup table, symbols hashed once per run of rows) builds the
+    same arrays as pivot tables: rows in any order, missing bars, signals for days and symbols
+    outside the prices, a time of day on the signal dates, ISO-string dates, a --start/--end."""
+    prices, sig = sample_market(symbols=("MMM", "AAA", "ZZZ", "BBB", "CCC"), end="2023-06-30")
+    prices = prices.drop(index=prices.index[7::13])                     # missing bars
+    extra = pd.DataFrame({"Date": [pd.Timestamp("2022-12-30"), pd.Timestamp("2023-03-01"), pd.Timestamp("2023-03-04")],
+                          "Symbol": ["AAA", "QQQ", "BBB"], "score": [1.0, 1.0, -1.0],
+                          "volatility_20": [0.02, 0.02, 0.02], "signal": ["BUY", "BUY", "SELL"]})
+    if case != "no_extra_rows":
+        sig = pd.concat([sig, extra], ignore_index=True)
+    sig["Date"] = sig["Date"] + pd.Timedelta(hours=16)                   # a time of day: the calendar day counts
+    start = end = None
+    if case == "shuffled":
+        prices = prices.sample(frac=1.0, random_state=3)
+        sig = sig.sample(frac=1.0, random_state=4)
+    if case == "string_dates":
+        prices = prices.assign(Date=prices["Date"].dt.strftime("%Y-%m-%d"))
+        sig = sig.rename(columns={"volatility_20": "volatility"})
+    if case == "period":
+        start, end = "2023-02-01", "2023-05-31"
+    market = E.market_from_frames(prices, sig, start=start, end=end)
+    dates, symbols, open_, close, signal, score, vol = reference_market(prices, sig, start, end)
+    assert market.dates.equals(dates) and market.dates.dtype == dates.dtype
+    assert market.symbols == symbols == sorted(symbols)
+    for ours, ref in ((market.open, open_), (market.close, close), (market.signal, signal),
+                      (market.score, score), (market.volatility, vol)):
+        assert ours.dtype == ref.dtype
+        np.testing.assert_array_equal(ours, ref)
+    assert np.isnan(market.close).any() and (market.signal != 0).sum() > 50
+
+
 # ----------------------------------------------------------------------------- hand-computed cases
 def test_flat_signals_give_zero_return_and_no_costs():
     prices, _ = sample_market(end="2023-04-28")
@@ -259,15 +315,23 @@ def test_pruned_risk_calls_equal_passing_every_symbol():
     """LivePolicy passes the RiskManager only the symbols that can change; the result must be
     the same as passing every signal (busy book, gross-exposure limit, a drawdown halt)."""
     symbols = tuple(f"X{i:02d}" for i in range(30))
-    for gain, seed in ((0.9, 1), (-2.0, 2)):               # a winning book, then a losing one that halts
+    widened = 0
+    # a winning book, a losing one that halts, and one that cannot short (hard to borrow): a SELL
+    # signal closes a long and frees a slot, so the pruned candidate list must be widened
+    for gain, borrow_rate in ((0.9, C.DEFAULT_BORROW_RATE), (-2.0, C.DEFAULT_BORROW_RATE),
+                              (0.9, C.MAX_BORROW_RATE * 1.5)):
         prices, sig = sample_market(symbols=symbols, start="2022-01-03", end="2022-12-30", gain=gain)
         market = E.market_from_frames(prices, sig)
-        fast = E.run_engine(market, E.LivePolicy(prune=True))
-        full = E.run_engine(market, E.LivePolicy(prune=False))
+        costs = E.Costs(borrow_rate=borrow_rate)
+        fast = E.run_engine(market, E.LivePolicy(costs=costs, prune=True), costs=costs)
+        full = E.run_engine(market, E.LivePolicy(costs=costs, prune=False), costs=costs)
         assert fast.trades == full.trades
         assert np.array_equal(fast.equity, full.equity)
-        assert fast.halts == full.halts
-    assert full.halts, "the losing book should have hit the drawdown halt"
+        assert fast.halts == full.halts and fast.rejections == full.rejections
+        if gain < 0:
+            assert full.halts, "the losing book should have hit the drawdown halt"
+        widened += fast.widened
+    assert widened > 0, "the hard-to-borrow book should have widened the candidate list"
 
 
 

@@ -379,6 +379,30 @@ def test_check_orders_applies_each_fill(rm):
     assert [ok for _, ok, _ in results] == [True, True], results
 
 
+def test_check_orders_equals_checking_one_by_one_on_fresh_copies(rm):
+    """check_orders copies the portfolio once and moves the copy in place; the result must be what
+    the plain sequence gives (pre_trade_check, then apply_fill making a new portfolio after each
+    approved order), and the caller's portfolio must be left as it was."""
+    pf = portfolio(equity=50_000.0, cash=20_000.0, buying_power=12_000.0,
+                   positions={"AAA": 40, "BBB": -30, "S0": 10, "S1": 5, "S2": -5, "S3": 8, "S4": 3, "S5": 2,
+                              "S6": 1, "S7": 1})
+    pf.prices["S8"] = 250.0
+    pf.last_close["S8"] = 240.0
+    before = (dict(pf.positions), dict(pf.prices), pf.cash, pf.buying_power)
+    orders = R.orders_for_targets({"AAA": -60, "BBB": 45, "CCC": 90, "DDD": -70, "S0": 0, "S8": 30, "EEE": 500}, pf)
+    orders.insert(3, order("S9", BUY, 0))                              # a bad one in the middle
+    results = rm.check_orders(orders, pf)
+    expected, projected = [], pf
+    for o in orders:
+        ok, reason = rm.pre_trade_check(o, projected)
+        expected.append((o, ok, reason))
+        if ok:
+            projected = R.apply_fill(projected, o)
+    assert results == expected
+    assert {ok for _, ok, _ in results} == {True, False}               # some pass, some are rejected
+    assert (dict(pf.positions), dict(pf.prices), pf.cash, pf.buying_power) == before
+
+
 def test_in_memory_connection_and_null_audit():
     rm = RiskManager(conn=state_db.connect(":memory:"), audit=R.NullAudit())
     halt_drawdown(rm)
