@@ -43,7 +43,7 @@ from backtest_engine import (FILL_MODES, BacktestError, Costs, LivePolicy, buy_a
                              run_engine)
 from backtest_metrics import CONVENTIONS, analyse
 from backtest_report import add_trade_tables, fmt, make_charts, write_reports
-from errors import install_excepthook
+from errors import command_failed, install_excepthook, squeeze
 from golive import Criteria, evaluate_criteria, record_run
 from logging_setup import setup_logging
 
@@ -65,11 +65,7 @@ def _load_model(path=None):
         raise
     except Exception as exc:
         raise BacktestError(f"the model at {model_path} cannot be loaded ({type(exc).__name__}: "
-                            f"{_one_line(exc)}): retrain with python train_model.py") from None
-
-
-def _one_line(exc) -> str:
-    return " ".join(str(exc).split())[:300]
+                            f"{squeeze(exc)}): retrain with python train_model.py") from None
 
 
 def _meta_date(meta: dict, *names):
@@ -140,7 +136,7 @@ def run_backtest(opts: Options) -> dict:
     try:
         features = data_collection.load_processed(opts.data_path)
     except data_collection.DataError as exc:
-        raise BacktestError(_one_line(exc)) from None
+        raise BacktestError(squeeze(exc)) from None
     warnings: list[str] = []
     symbols = _choose_symbols(opts.symbols, features, warnings)
     features = features[features["Symbol"].isin(symbols)]
@@ -265,7 +261,7 @@ def _choose_symbols(requested, features: pd.DataFrame, warnings: list | None = N
     try:
         universe = data_collection.load_universe()
     except data_collection.DataError as exc:
-        raise BacktestError(_one_line(exc)) from None
+        raise BacktestError(squeeze(exc)) from None
     chosen = [s for s in universe if s in present]
     missing = [s for s in universe if s not in present]
     if missing:
@@ -424,14 +420,8 @@ def main(argv=None) -> int:
     log.info("backtest started (home=%s, in_sample=%s, fill=%s)", config.home(), opts.in_sample, opts.fill)
     try:
         report = run_backtest(opts)
-    except BacktestError as exc:
-        log.error("backtest FAILED: %s", exc)
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except Exception as exc:
-        log.exception("backtest FAILED with an unexpected error")
-        print(f"ERROR: backtest failed ({type(exc).__name__}: {_one_line(exc)}); see logs/errors.log",
-              file=sys.stderr)
+        command_failed(log, "backtest", exc)
         return EXIT_ERROR
     print_summary(report)
     s = report["metrics"]["strategy"]

@@ -8,6 +8,7 @@ explicitly in ``main``; the project's virtual environment also installs it at in
 same way. Importing this module changes nothing.
 """
 import errno as _errno
+import logging
 import os as _os
 import sys
 
@@ -30,6 +31,24 @@ def is_user_facing(exc: BaseException) -> bool:
 def one_line(exc: BaseException) -> str:
     """``ERROR: <Class>: <message>``, the form every person-facing error is printed in."""
     return f"ERROR: {type(exc).__name__}: {exc}"
+
+
+def squeeze(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters (for a summary line)."""
+    return " ".join(str(exc).split())[:limit]
+
+
+def command_failed(log: logging.Logger, what: str, exc: Exception) -> None:
+    """An entry point's last word on an exception it caught: a person-facing one is logged and
+    printed as its own line; anything else is logged with its traceback (errors.log) and
+    printed as one line that points there."""
+    if is_user_facing(exc):
+        log.error("%s FAILED: %s", what, exc)
+        print(f"ERROR: {exc}", file=sys.stderr)
+    else:
+        log.exception("%s FAILED with an unexpected error", what)
+        print(f"ERROR: {what} failed ({type(exc).__name__}: {squeeze(exc)}); see logs/errors.log",
+              file=sys.stderr)
 
 
 def _hook(exc_type, exc, tb):

@@ -46,7 +46,7 @@ import pandas as pd
 
 import config
 import data_collection
-from errors import UserFacingError, install_excepthook
+from errors import UserFacingError, command_failed, install_excepthook
 import constants as C
 import model_management as mm
 import skill_stats
@@ -475,14 +475,8 @@ def main(argv=None) -> int:
                      symbols=args.symbols.split(",") if args.symbols else None, min_train=args.min_train,
                      retrain=args.retrain, record=not args.no_record,
                      progress=(not args.no_progress) and sys.stderr.isatty())
-    except UserFacingError as exc:
-        log.error("walk-forward FAILED: %s", exc)
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except Exception as exc:
-        log.exception("walk-forward FAILED with an unexpected error")
-        print(f"ERROR: walk-forward failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-              "see logs/errors.log", file=sys.stderr)
+        command_failed(log, "walk-forward", exc)
         return EXIT_ERROR
     print_summary(report)
     log.info("walk-forward %s: %s; report %s", "PASSED" if report["passed"] else "FAILED", report["title"],
