@@ -23,3 +23,10 @@ def chromium(args, tmp_path, timeout=90):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def rendered_dom(parser, url: str, tmp_path, flags=()):
+    """Feed the DOM Chromium rendered for ``url`` (after scripts ran) to ``parser`` (an
+    ``html.parser.HTMLParser`` that collects what the test checks) and return the parser."""
+    parser.feed(chromium([*flags, "--dump-dom", url], tmp_path))
+    return parser

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from browser import ARTIFACTS, chromium, needs_chromium
+from browser import ARTIFACTS, chromium, needs_chromium, rendered_dom
 
 import report_tables as rt
 
@@ -86,16 +86,10 @@ class _Dom(HTMLParser):
             self.tables[self._table][-1]["cells"][-1] += data
 
 
-def _dom(text):
-    d = _Dom()
-    d.feed(text)
-    return d
-
-
 @needs_chromium
 def test_rendered_report_figures_match_the_json(report, tmp_path):
     data, page = report
-    dom = _dom(chromium(["--dump-dom", page.as_uri()], tmp_path))
+    dom = rendered_dom(_Dom(), page.as_uri(), tmp_path)
     s = data["metrics"]["strategy"]
     # the summary at the top: shown text and value both from the JSON
     assert float(dom.ids["summary-return"]["data-value"]) == pytest.approx(s["total_return"])
@@ -152,8 +146,8 @@ def test_report_screenshots_full_width(report, tmp_path):
                      'style="width:1800px;height:900px;border:0" onload="document.body.setAttribute('
                      "'data-width', this.contentDocument.getElementById('summary').offsetWidth)\">"
                      "</iframe></body></html>")
-    dom = _dom(chromium(["--allow-file-access-from-files", "--window-size=1900,1000", "--dump-dom",
-                         probe.as_uri()], tmp_path))
+    dom = rendered_dom(_Dom(), probe.as_uri(), tmp_path,
+                       ["--allow-file-access-from-files", "--window-size=1900,1000"])
     assert int(dom.body["data-width"]) > 1500                             # not a 1100 px column
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for name, size in (("backtest_report_desktop.png", "1600,2400"), ("backtest_report_narrow.png", "600,2000")):

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from browser import ARTIFACTS, chromium, needs_chromium
+from browser import ARTIFACTS, chromium, needs_chromium, rendered_dom
 
 import config
 import constants as C
@@ -141,17 +141,11 @@ class _DomFigures(HTMLParser):
             self.ids["body"] = a
 
 
-def _dom(html_text):
-    p = _DomFigures()
-    p.feed(html_text)
-    return p
-
-
 @needs_chromium
 def test_rendered_page_in_chromium_matches_the_database(account, tmp_path):
     conn, b = account
     path = status_page.build_status_page(health=HEALTH)
-    dom = _dom(chromium(["--dump-dom", path.as_uri()], tmp_path))
+    dom = rendered_dom(_DomFigures(), path.as_uri(), tmp_path)
     curve, hist = _expected(conn)
     last = curve[-1]
     assert float(dom.ids["equity"]["data-value"]) == pytest.approx(last["equity"])
@@ -188,7 +182,7 @@ def test_phone_width_screenshot_and_no_sideways_scroll(account, tmp_path):
     probe = path.with_name("phone_probe.html")
     probe.write_text(PHONE_PROBE)
     flags = ["--allow-file-access-from-files", "--window-size=500,900"]
-    dom = _dom(chromium([*flags, "--dump-dom", probe.as_uri()], tmp_path))
+    dom = rendered_dom(_DomFigures(), probe.as_uri(), tmp_path, flags)
     assert int(dom.ids["body"]["data-scroll-width"]) <= 390
     shot = ARTIFACTS / "status_phone.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +206,7 @@ def test_chromium_reads_the_served_page(account, tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        dom = _dom(chromium(["--dump-dom", f"http://127.0.0.1:{server.server_address[1]}/"], tmp_path))
+        dom = rendered_dom(_DomFigures(), f"http://127.0.0.1:{server.server_address[1]}/", tmp_path)
     finally:
         server.shutdown()
         server.server_close()
