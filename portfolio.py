@@ -8,7 +8,7 @@ An order is ``{"symbol", "side", "quantity", "price"}`` (plus optional fields su
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from broker_base import BUY, BUY_TO_COVER, OPENING_SIDES
@@ -89,10 +89,7 @@ def price_of(portfolio: Portfolio, symbol: str) -> float | None:
 def apply_fill(portfolio: Portfolio, order: dict) -> Portfolio:
     """The portfolio as it would be after ``order`` fills at its price (an estimate for checking a
     batch of orders in sequence: cash and buying power move by the order value)."""
-    projected = Portfolio(equity=portfolio.equity, cash=portfolio.cash, buying_power=portfolio.buying_power,
-                          positions=dict(portfolio.positions), prices=dict(portfolio.prices),
-                          last_close=portfolio.last_close, quotes=portfolio.quotes, recalled=portfolio.recalled,
-                          as_of=portfolio.as_of)
+    projected = replace(portfolio, positions=dict(portfolio.positions), prices=dict(portfolio.prices))
     fill_into(projected, order)
     return projected
 
