@@ -3,21 +3,15 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test test-py311 test-py311-fast venv venv-dev bench health clean-demo gate-properties faults
+.PHONY: demo test test-py311 venv venv-dev venv311 bench health clean-demo gate-properties faults
 
-$(VENV)/bin/python:
-	@py=$$(scripts/find_python.sh) || exit 1; echo "creating $(VENV) with $$py ($$($$py --version))"; \
-	  "$$py" -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip
-	@# one-line errors for the runbook's `python -c` one-liners (errors.py says why)
-	@printf '%s\nimport importlib.util as u; u.find_spec("errors") and __import__("errors").install_excepthook()\n' "$(CURDIR)" \
-	  > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lstm_trader.pth"
-
-$(VENV)/.runtime-installed: requirements.txt | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -r requirements.txt
+# scripts/make_venv.sh builds both venvs (uv when on PATH, else pip) and adds errors.py's hook
+$(VENV)/.runtime-installed: requirements.txt
+	@bash scripts/make_venv.sh $(VENV) requirements.txt
 	@touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt
+	@bash scripts/make_venv.sh $(VENV) requirements-dev.txt
 	@touch $@ $(VENV)/.runtime-installed
 
 venv: $(VENV)/.runtime-installed
@@ -54,24 +48,11 @@ clean-demo:
 ## make test-py311: the suite again on Python 3.11 (a second venv, .venv311; pyenv or python3.11)
 VENV311 := .venv311
 $(VENV311)/.dev-installed: requirements.txt requirements-dev.txt
-	@py=$$(scripts/find_python.sh 3.11) || exit 1; echo "creating $(VENV311) with $$py ($$($$py --version))"; \
-	  "$$py" -m venv $(VENV311) && $(VENV311)/bin/python -m pip install --quiet --upgrade pip
-	@printf '%s\nimport importlib.util as u; u.find_spec("errors") and __import__("errors").install_excepthook()\n' "$(CURDIR)" \
-	  > "$$($(VENV311)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lstm_trader.pth"
-	$(VENV311)/bin/python -m pip install --quiet -r requirements-dev.txt
+	@bash scripts/make_venv.sh $(VENV311) requirements-dev.txt 3.11
 	@touch $@
+
+venv311: $(VENV311)/.dev-installed
 
 test-py311: $(VENV311)/.dev-installed
 	$(VENV311)/bin/python -m compileall -q *.py tests/*.py bench/*.py
 	$(VENV311)/bin/python -m pytest tests/ -q -rfE --durations=15 -n 2 --dist loadfile -p no:cacheprovider
-
-## make test-py311-fast: what CI runs on 3.11 after the full 3.12 suite (CI's time budget of ~15
-## minutes on 2 cores holds one full run): every module and test compiled by 3.11 (no 3.12-only
-## syntax), then the tests of the version-sensitive code (health check, alerts, scheduler, risk,
-## audit trail, kill switch, order execution); `make test-py311` runs everything on 3.11
-PY311_FAST := tests/test_health_check.py tests/test_alerts.py tests/test_scheduler.py \
-	tests/test_risk_management.py tests/test_audit_logging.py tests/test_kill_switch.py \
-	tests/test_trading_execution.py
-test-py311-fast: $(VENV311)/.dev-installed
-	$(VENV311)/bin/python -m compileall -q *.py tests/*.py bench/*.py
-	$(VENV311)/bin/python -m pytest $(PY311_FAST) -q -rfE -n 2 --dist loadfile -p no:cacheprovider

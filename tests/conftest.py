@@ -18,6 +18,18 @@ os.environ["PYTHONHASHSEED"] = os.environ.get("PYTHONHASHSEED", "0")
 os.environ["TRADING_PYTHON"] = sys.executable
 
 
+# the slowest files (about a minute or more each), started first so that xdist's workers finish
+# together instead of one running the last long file alone (see `make test`)
+SLOWEST_FIRST = ["test_demo.py", "test_runbook.py", "test_walk_forward.py", "test_live_crash_matrix.py",
+                 "test_live_trading.py", "test_train_model.py", "test_fake_schwab_server.py",
+                 "test_kill9_harness.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def yfinance_cache(tmp_path_factory):
     """yfinance keeps its time-zone cache in one SQLite file per process: give the test run
