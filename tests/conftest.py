@@ -1,5 +1,7 @@
 """Every test runs in its own TRADING_HOME and key directory: no test can touch a user's data,
 model, logs, credentials or state, and none reaches the network."""
+import fcntl
+import json
 import logging
 import os
 import subprocess
@@ -78,8 +80,22 @@ def run_entry(args, home, env_extra=None, timeout=180, input=None):
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """Sample data and a tiny trained model, built once per test run (in its own home)."""
-    home = tmp_path_factory.mktemp("trained")
+    """Sample data and a tiny trained model, built once per test run (in its own home) and shared
+    by xdist's workers: the first to need it builds it under a lock, the others read it. Tests
+    copy its files (``home``, ``fresh_home``); none writes into it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent                          # the run's folder, above every worker's own
+    home, done_file = base / "trained", base / "trained.json"
+    with open(base / "trained.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done_file.exists():
+            done_file.write_text(json.dumps(_train_home(home)))
+    return {**json.loads(done_file.read_text()), "home": home}
+
+
+def _train_home(home: Path) -> dict:
+    home.mkdir(exist_ok=True)
     done = run_entry(["data_collection.py", "--force"], home)
     assert done.returncode == 0, done.stderr
     done = run_entry(["train_model.py", "--profile", "tiny", "--force"], home, timeout=300)
@@ -94,7 +110,7 @@ def trained(tmp_path_factory):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     trade_day, last_day = out.stdout.split()
-    return {"home": home, "trade_day": trade_day, "last_day": last_day}
+    return {"trade_day": trade_day, "last_day": last_day}
 
 
 TRAINED_FILES = ["processed_stock_data.csv", "lstm_price_difference_model.h5",

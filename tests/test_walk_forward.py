@@ -93,6 +93,7 @@ def test_same_result_whatever_the_number_of_workers(small_features, ray_local):
 
 @pytest.mark.timeout(1800)
 def test_cli_reports_records_and_the_gate_query(home):
+    (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")   # a 3-symbol universe: a third of the training
     done = run_entry(["backtest.py", "--walk-forward", "--profile", "tiny", "--min-train", "1500", "--retrain",
                       "120", "--workers", "2"], home, timeout=1700)
     assert done.returncode in (0, 1), done.stderr[-2000:]
