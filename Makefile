@@ -23,7 +23,7 @@ demo: venv
 
 ## make test: set up with the dev requirements, then the test suite
 test: venv-dev
-	$(PY) -m pytest tests/ -q -rfE --durations=15 -n 2 --dist loadfile
+	$(PY) -m pytest tests/ -q -rfE --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
 
 ## make gate-properties: the walk-forward verdict's properties over 200 seeds (the suite runs 30)
 gate-properties: venv-dev
@@ -45,7 +45,8 @@ health: venv
 clean-demo:
 	rm -rf .demo_home
 
-## make test-py311: the suite again on Python 3.11 (a second venv, .venv311; pyenv or python3.11)
+## make test-py311: the whole suite again on Python 3.11 (a second venv, .venv311; pyenv or python3.11);
+## CI (.ci/run) runs it after `make test`
 VENV311 := .venv311
 $(VENV311)/.dev-installed: requirements.txt requirements-dev.txt
 	@bash scripts/make_venv.sh $(VENV311) requirements-dev.txt 3.11
@@ -55,4 +56,4 @@ venv311: $(VENV311)/.dev-installed
 
 test-py311: $(VENV311)/.dev-installed
 	$(VENV311)/bin/python -m compileall -q *.py tests/*.py bench/*.py
-	$(VENV311)/bin/python -m pytest tests/ -q -rfE --durations=15 -n 2 --dist loadfile -p no:cacheprovider
+	$(VENV311)/bin/python -m pytest tests/ -q -rfE --durations=15 -n 2 --dist loadfile --no-loadscope-reorder -p no:cacheprovider

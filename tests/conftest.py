@@ -21,7 +21,9 @@ os.environ["TRADING_PYTHON"] = sys.executable
 
 
 # the slowest files (about a minute or more each), started first so that xdist's workers finish
-# together instead of one running the last long file alone (see `make test`)
+# together instead of one running the last long file alone. `make test` passes xdist's
+# --no-loadscope-reorder: by default xdist starts the files with the most tests first, which put
+# the demo and the runbook (one long test each) at the very end
 SLOWEST_FIRST = ["test_demo.py", "test_runbook.py", "test_walk_forward.py", "test_live_crash_matrix.py",
                  "test_live_trading.py", "test_train_model.py", "test_fake_schwab_server.py",
                  "test_kill9_harness.py"]
