@@ -21,7 +21,7 @@ if [[ ! -x "$dir/bin/python" ]]; then
     "$PWD" > "$purelib/lstm_trader.pth"
 fi
 if [[ -n "$uv" ]]; then
-  "$uv" pip install --quiet --python "$dir/bin/python" -r "$req"
+  "$uv" pip install --quiet --compile-bytecode --python "$dir/bin/python" -r "$req"   # .pyc now, as pip does
 else
   "$dir/bin/python" -m pip install --quiet -r "$req"
 fi
