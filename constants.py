@@ -17,6 +17,7 @@ ENV_DATA_SOURCE = "DATA_SOURCE"            # "yfinance" (default), "sample" (off
 ENV_CREDENTIAL_KEY = "TRADING_CREDENTIAL_KEY"   # Fernet key injected by a secrets manager (optional)
 ENV_CREDENTIAL_KEY_NEW = "TRADING_CREDENTIAL_KEY_NEW"   # new Fernet key for rotate-key when keys come from the environment
 ENV_CONFIG_DIR = "TRADING_CONFIG_DIR"      # where keys live; default ~/.config/lstm-trader
+ENV_TRADING_NOW = "TRADING_NOW"            # pins clock.now() to an ISO time with offset (tests, paper drills; refused in live mode)
 ENV_TRAIN_PROFILE = "TRAIN_PROFILE"        # "tiny" selects the fast profile (same as --profile tiny)
 TRADING_MODES = ("paper", "live")          # the only accepted values of TRADING_MODE
 DEFAULT_TRADING_MODE = "paper"             # used when TRADING_MODE is unset

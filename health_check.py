@@ -14,12 +14,13 @@ import os
 import shutil
 import sqlite3
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pandas as pd
 
 import alerts
 from audit_logging import CYCLE_END, CYCLE_START, AuditLogger
+import clock
 import config
 import constants as C
 from credential_manager import CredentialManager
@@ -266,8 +267,8 @@ _CYCLE_END_WHY = {"completed": None, "market_closed": "it ran while the market w
 def check_last_cycle(now: datetime | None = None):
     """Did the last non-replay cycle run on the last session whose cycle window has passed,
     and if not, why (holiday, kill switch, the scheduler started later, nothing scheduled)."""
-    now = now or datetime.now(timezone.utc)
-    job = next(j for j in scheduler.JOBS if j.name == "trading_cycle")
+    now = now or clock.now()
+    job = next(j for j in scheduler.JOBS if j.name == scheduler.TRADING_CYCLE)
     past, _ = scheduler.slots(job, now)
     ended = [s for s in past if s.until <= now]
     today = now.astimezone(scheduler.NY).date()
@@ -297,9 +298,21 @@ def check_last_cycle(now: datetime | None = None):
                   f"python scheduler.py status; ./install_cron.sh")
 
 
+def missed_summary(decisions) -> str:
+    """Each job with missed windows once, the trading cycle first, then the schedule's order:
+    ``trading_cycle 5 sessions (last 2026-12-04), health_check 5, data_update 4``."""
+    counts = {d.job.name: (len(d.missed), max(s.session for s in d.missed)) for d in decisions if d.missed}
+    order = sorted(counts, key=lambda name: (name != scheduler.TRADING_CYCLE, [j.name for j in scheduler.JOBS].index(name)))
+    parts = []
+    for i, name in enumerate(order):
+        n, last = counts[name]
+        parts.append(f"{name} {n} session{'s' if n != 1 else ''} (last {last:%Y-%m-%d})" if i == 0 else f"{name} {n}")
+    return ", ".join(parts)
+
+
 def check_schedule(now: datetime | None = None):
     """The cron block is installed and the scheduler ran every job window that has passed."""
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     if not cron_install.installed():
         return WARN, "schedule not installed: nothing runs by itself; ./install_cron.sh"
     first = _scheduler_first_run()
@@ -317,12 +330,12 @@ def check_schedule(now: datetime | None = None):
     finally:
         if conn is not None:
             conn.close()
-    missed = [f"{d.job.name} {s.period}" for d in decisions for s in (d.missed or [])]
+    missed = missed_summary(decisions)
     last = (f"last job {latest['job']} {latest['period']} {latest['status']} at "
             f"{scheduler.ny(datetime.fromisoformat(latest['started_at']))}"
             if latest and latest["started_at"] else "no job run yet")
     if missed:
-        return WARN, (f"schedule installed but not running: missed {', '.join(missed[:5])}; {last}: "
+        return WARN, (f"schedule installed but not running: missed {missed}; {last}: "
                       f"check cron, then python scheduler.py status")
     return OK, f"schedule installed, running since {scheduler.ny(first)}; {last}"
 

@@ -18,6 +18,7 @@ from datetime import date
 
 import pandas as pd
 
+import clock
 import config
 import constants as C
 from portfolio import money
@@ -180,7 +181,7 @@ def _flatten_locked() -> int:
         sync_prices(executor.broker, features, as_of=features["Date"].max().date())
     except Exception as exc:
         log.warning("broker prices not refreshed from processed_stock_data.csv: %s", exc)
-    done = executor.flatten(date.today(), mode)
+    done = executor.flatten(clock.today(), mode)
     for o in done["orders"]:
         print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']}")
     print(f"flatten: cancelled {done['cancelled']} open orders, {len(done['orders'])} closing orders")

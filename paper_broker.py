@@ -11,6 +11,7 @@ import logging
 import math
 from datetime import date, datetime
 
+import clock
 import constants as C
 import state_db
 from broker_base import (BUY_SIDES, FINAL_STATUSES, OPEN_STATUSES, UTC, OrderNotFoundError,
@@ -22,7 +23,7 @@ log = logging.getLogger("broker")
 
 def _as_date(value) -> date:
     if value is None:
-        return date.today()
+        return clock.today()
     if isinstance(value, datetime):
         return value.date()
     if isinstance(value, date):
@@ -361,7 +362,7 @@ class PaperBroker:
         order_id = f"PAPER-{seq:06d}"
         price_row = self.conn.execute("SELECT as_of FROM paper_prices WHERE symbol = ?",
                                       (o["symbol"],)).fetchone()
-        trade_date = price_row["as_of"] if price_row else date.today().isoformat()
+        trade_date = price_row["as_of"] if price_row else clock.today().isoformat()
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         self.conn.execute(
             "INSERT INTO paper_orders(seq, order_id, client_key, symbol, side, quantity, order_type, "

@@ -31,6 +31,7 @@ import sqlite3
 from collections import deque
 from datetime import date
 
+import clock
 import config
 import constants as C
 import state_db
@@ -205,7 +206,7 @@ def status_dict(broker, conn: sqlite3.Connection, session_date=None) -> dict:
     """Everything ``status --json`` shows about the money: equity, cash, positions value,
     realised / unrealised / day P&L and each position with its price and unrealised P&L."""
     mode = broker_mode(broker)
-    session = str(session_date or date.today())[:10]
+    session = str(session_date or clock.today())[:10]
     balance = broker.get_account_balance()
     positions = broker.get_positions()
     closed, open_lots = match_fifo(fills(conn, mode))

@@ -39,9 +39,9 @@ import logging
 import math
 import numbers
 import sys
-from datetime import date
 
 import alerts
+import clock
 import config
 import constants as C
 import logging_setup
@@ -285,7 +285,7 @@ class RiskManager(ShortRules):
     def is_halted(self, as_of=None) -> tuple[bool, str]:
         """(True, reason) while opening trades are halted: a drawdown halt (until reset by a
         person) or a daily loss halt on ``as_of`` (default: today; the backtest passes its date)."""
-        as_of = _to_date(as_of) or date.today()
+        as_of = _to_date(as_of) or clock.today()
         dd = self._kv_get(KEY_DRAWDOWN_HALT)
         if dd:
             return True, (f"MAX DRAWDOWN REACHED on {dd['date']}: drawdown {_pct(dd['drawdown'])} from "
@@ -312,7 +312,7 @@ class RiskManager(ShortRules):
         if not _finite(equity):
             raise ValueError(f"equity must be a finite number, got {equity!r}")
         equity = float(equity)
-        as_of = _to_date(as_of) or date.today()
+        as_of = _to_date(as_of) or clock.today()
         day = as_of.isoformat()
         new_halts, events = [], []
         with self._kv_transaction():
@@ -398,7 +398,7 @@ class RiskManager(ShortRules):
                              "to re-base the peak anyway")
         last = self._kv_get(KEY_LAST)
         if equity is not None:
-            new_peak = {"equity": float(equity), "date": date.today().isoformat()}
+            new_peak = {"equity": float(equity), "date": clock.today().isoformat()}
         elif last:
             new_peak = {"equity": last["equity"], "date": last["date"]}
         else:
@@ -626,7 +626,7 @@ def _print_status(rm: RiskManager) -> None:
                                     f"{_money(dd_halt['peak'])}); reset: python risk_management.py "
                                     f"reset-drawdown --reason \"...\"" if dd_halt else "none"))
     daily = s["daily_halt"]
-    if daily and daily.get("date") == date.today().isoformat():
+    if daily and daily.get("date") == clock.today().isoformat():
         print(f"Daily loss halt:    SET for {daily['date']} (loss {_pct(daily['loss'])}); clears tomorrow")
     else:
         print("Daily loss halt:    none" + (f" (last one {daily['date']}, expired)" if daily else ""))

@@ -49,6 +49,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 import alerts
+import clock
 import config
 import constants as C
 import logging_setup
@@ -79,10 +80,11 @@ class Job:
     missed_alert: str = "scheduled_job_failed"   # ... when its window passes unrun
 
 
+TRADING_CYCLE = "trading_cycle"            # the job that trades: named first wherever jobs are listed
 JOBS: tuple[Job, ...] = (
     Job("health_check", ("./run_health_check.sh",), "open", -C.HEALTH_CHECK_BEFORE_OPEN_MIN,
         C.HEALTH_CHECK_CATCHUP_MIN, failed_alert="health_check_failed"),
-    Job("trading_cycle", ("python", "live_trading.py"), "open", C.CYCLE_AFTER_OPEN_MIN,
+    Job(TRADING_CYCLE, ("python", "live_trading.py"), "open", C.CYCLE_AFTER_OPEN_MIN,
         C.CYCLE_CATCHUP_MIN, failed_alert="cycle_failed", missed_alert="cycle_missed"),
     Job("data_update", ("./run_daily_data_update.sh",), "close", C.DATA_UPDATE_AFTER_CLOSE_MIN,
         C.AFTER_CLOSE_CATCHUP_MIN, failed_alert="data_update_failed",
@@ -132,7 +134,7 @@ def ny(dt: datetime) -> str:
 def parse_now(text: str | None) -> datetime:
     """``--now``: an ISO time with an offset (2026-11-27T09:40-05:00); default the clock."""
     if not text:
-        return datetime.now(timezone.utc)
+        return clock.now()
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -382,7 +384,7 @@ def run_due(now: datetime | None = None, jobs=JOBS) -> int:
     conn = state_db.connect()
     try:
         state_db.ensure_schema(conn, _SCHEMA)
-        now = now or datetime.now(timezone.utc)
+        now = now or clock.now()
         first_run = first_run_at(conn)
         if first_run is None:
             first_run = now
@@ -395,7 +397,7 @@ def run_due(now: datetime | None = None, jobs=JOBS) -> int:
                 _alert_missed(conn, d.job, d.missed, now)
         failures = 0
         for d in sorted((d for d in decisions if d.due), key=lambda d: d.slot.due_at):
-            current = now if fixed_now else datetime.now(timezone.utc)
+            current = now if fixed_now else clock.now()
             if current >= d.slot.until:                # an earlier job ran past this window
                 _alert_missed(conn, d.job, [d.slot], current)
                 continue
@@ -446,7 +448,7 @@ def last_runs() -> dict[str, dict]:
 
 
 def status_lines(now: datetime | None = None) -> list[str]:
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     conn = readonly_conn()
     try:
         runs = _runs(conn)
@@ -495,7 +497,7 @@ def main(argv=None) -> int:
         print("\n".join(status_lines(now)))
         return 0
     if args.dry_run:
-        now = now or datetime.now(timezone.utc)
+        now = now or clock.now()
         conn = readonly_conn()
         try:
             decisions = evaluate(now, conn, first_run_at(conn))

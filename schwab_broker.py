@@ -20,6 +20,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 import alerts
+import clock
 import constants as C
 import logging_setup
 from broker_base import (OPEN_STATUSES, UTC, AuthenticationError, BrokerError, OrderNotFoundError,
@@ -464,7 +465,7 @@ class SchwabAPI:
         wanted = list(dict.fromkeys(str(s).strip().upper() for s in symbols if str(s).strip()))
         fields = [self._client.Quote.Fields.QUOTE, self._client.Quote.Fields.FUNDAMENTAL,
                   self._client.Quote.Fields.REFERENCE]
-        today = date.today()
+        today = clock.today()
         out: dict[str, dict] = {}
         for start in range(0, len(wanted), C.SCHWAB_QUOTE_BATCH):
             batch = wanted[start:start + C.SCHWAB_QUOTE_BATCH]

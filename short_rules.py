@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import date, timedelta
 
+import clock
 import config
 import constants as C
 import state_db
@@ -150,7 +151,7 @@ class ShortRules:
         FORCED_BUYIN_LIMIT buy-ins within FORCED_BUYIN_LOOKBACK_DAYS put the symbol on the
         do-not-short list."""
         orders = []
-        as_of = to_date(portfolio.as_of) or date.today()
+        as_of = to_date(portfolio.as_of) or clock.today()
         for symbol in sorted(portfolio.positions):
             qty = int(portfolio.positions[symbol])
             if qty >= 0:

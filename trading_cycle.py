@@ -35,6 +35,7 @@ from datetime import datetime
 import pandas as pd
 
 import alerts
+import clock
 import config
 import constants as C
 from portfolio import money
@@ -234,7 +235,6 @@ def run_cycle(as_of=None, now=None) -> int:
 def _cycle(mode: str, as_of, now) -> int:
     """Steps 2-10 of the module docstring, one named step a line; returns the exit code."""
     conn, audit, replay = db(), audit_logger(), as_of is not None
-    now = now or datetime.now().astimezone()
     require_valid_trail(audit=audit)                 # never trade onto a trail verify calls damaged
     _record_interrupted_cycle(audit)
     _log_cycle_start(audit, mode, as_of)
@@ -243,7 +243,7 @@ def _cycle(mode: str, as_of, now) -> int:
     model = get_model()
     if mode == "live" and not _gate_allows(model, conn, audit):
         return EXIT_GATE
-    data_day = _data_day(as_of, now, audit)
+    data_day = _data_day(as_of, now or _cycle_clock(mode), audit)
     if data_day is None:
         return EXIT_OK                                       # the market is closed: nothing to do
     features, cycle_date = _fresh_features(data_day)
@@ -310,6 +310,15 @@ def _gate_allows(model, conn, audit) -> bool:
     if gate["override"]:
         log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])
     return True
+
+
+def _cycle_clock(mode: str):
+    """The cycle's "now": the machine's clock; a pinned TRADING_NOW only in paper mode."""
+    pinned = clock.pinned()
+    if mode == "live" and pinned is not None:
+        raise CycleError(f"TRADING_NOW={pinned.isoformat()} pins the clock: a live cycle trades only on "
+                         f"the machine's clock; unset TRADING_NOW (it is for tests and paper drills)")
+    return clock.now()
 
 
 def _data_day(as_of, now, audit):

@@ -6,7 +6,9 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -42,10 +44,24 @@ def yfinance_cache(tmp_path_factory):
     yf.set_tz_cache_location(str(tmp_path_factory.mktemp("yfinance-cache")))
 
 
+# The suite's fixed clock: a Tuesday, NYSE open (11:00 New York). Every test and every command it
+# runs reads "what day and time is it" from clock.now(), pinned here through TRADING_NOW, so the
+# suite gives the same result on a Saturday, a holiday or after the close (`make test-days`).
+# A test that needs another moment sets TRADING_NOW itself or passes `now` to the function.
+FIXED_NOW = datetime(2026, 11, 24, 11, 0, tzinfo=ZoneInfo("America/New_York"))
+
+
+@pytest.fixture
+def fixed_now() -> datetime:
+    """The suite's pinned "now" (TRADING_NOW), aware."""
+    return FIXED_NOW
+
+
 @pytest.fixture(autouse=True)
 def trading_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
+    monkeypatch.setenv("TRADING_NOW", FIXED_NOW.isoformat())
     monkeypatch.setenv("TRADING_HOME", str(home))
     monkeypatch.setenv("TRADING_CONFIG_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("DATA_SOURCE", "sample")
@@ -75,6 +91,7 @@ def run_entry(args, home, env_extra=None, timeout=180, input=None):
                TRADING_CONFIG_DIR=str(Path(home) / "keys"), TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("TRADING_MODE", None)
     env.pop("TRADING_FAILPOINT", None)
+    env.setdefault("TRADING_NOW", FIXED_NOW.isoformat())
     env.update(env_extra or {})
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, input=input)

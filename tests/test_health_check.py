@@ -22,10 +22,10 @@ def make_operational(home, hook_url):
     """What a set-up machine has: the schedule installed (in the test's crontab file), the
     scheduler started (its first-run record), an alert channel whose test passed."""
     assert run_entry(["cron_install.py"], home).returncode == 0
-    done = run_entry(["-c", "import scheduler, state_db; from datetime import datetime, timezone; "
+    done = run_entry(["-c", "import clock, scheduler, state_db; "
                             "c = state_db.connect(); state_db.ensure_schema(c, scheduler._SCHEMA); "
                             "state_db.kv_set(c, scheduler.FIRST_RUN_KEY, "
-                            "datetime.now(timezone.utc).isoformat(timespec='seconds')); c.commit()"], home)
+                            "clock.now().isoformat(timespec='seconds')); c.commit()"], home)
     assert done.returncode == 0, done.stderr
     assert run_entry(["alerts.py", "test"], home, {"TRADING_ALERT_URLS": hook_url}).returncode == 0
     return {"TRADING_ALERT_URLS": hook_url}
@@ -91,11 +91,11 @@ def test_json_has_every_check_and_the_exit_code(home):
     assert names["schedule"]["level"] == "WARN"
 
 
-def test_failing_channel_and_a_stopped_scheduler_are_warnings(home):
+def test_failing_channel_and_a_stopped_scheduler_are_warnings(home, fixed_now):
     env = {"TRADING_ALERT_URLS": f"json://127.0.0.1:{free_port()}/hook"}
     assert run_entry(["alerts.py", "test"], home, env).returncode == 1
     assert run_entry(["cron_install.py"], home).returncode == 0
-    long_ago = (datetime.now(timezone.utc) - timedelta(days=6)).isoformat(timespec="seconds")
+    long_ago = (fixed_now - timedelta(days=6)).isoformat(timespec="seconds")
     done = run_entry(["-c", "import scheduler, state_db; c = state_db.connect(); "
                             "state_db.ensure_schema(c, scheduler._SCHEMA); "
                             f"state_db.kv_set(c, scheduler.FIRST_RUN_KEY, {long_ago!r}); c.commit()"], home)
@@ -103,7 +103,12 @@ def test_failing_channel_and_a_stopped_scheduler_are_warnings(home):
     rc, lines, out = check(home, env)
     assert lines["alerts"].startswith("WARN") and "last test FAILED" in lines["alerts"], out
     assert lines["schedule"].startswith("WARN") and "not running: missed" in lines["schedule"], out
-    assert "trading_cycle" in lines["schedule"]
+    # each job once, with its count; the trading cycle first, with its last missed session
+    # (first run Wednesday 2026-11-18 11:00 New York, now Tuesday 11-24 11:00: the cycles of
+    # 11-19, 11-20, 11-23 were missed, today's is still in its catch-up window; the health checks
+    # before the open of those and of today)
+    assert "missed trading_cycle 3 sessions (last 2026-11-23), health_check 4, " in lines["schedule"], out
+    assert lines["schedule"].count("trading_cycle") == 1 and lines["schedule"].count("health_check") == 1
     assert lines["last cycle"].startswith("WARN") and "none on session" in lines["last cycle"], out
 
 
@@ -152,3 +157,24 @@ def test_a_failing_health_check_sends_its_alert(trading_home):
         assert "Health check reported problems" in hook.received[0]["title"]
         assert "First command: ./run_health_check.sh" in hook.received[0]["message"]
         assert "model:" in hook.received[0]["message"]
+
+
+def test_missed_jobs_are_named_once_trading_cycle_first():
+    """Five missed sessions of every job: the line names each job once with its count, the
+    trading cycle first (a list cut at five entries used to hide it behind housekeeping jobs)."""
+    from types import SimpleNamespace
+    import pandas as pd
+    import health_check
+    import scheduler
+
+    sessions = [pd.Timestamp(d) for d in ("2026-11-30", "2026-12-01", "2026-12-02", "2026-12-03", "2026-12-04")]
+    decisions = [SimpleNamespace(job=job, missed=[SimpleNamespace(session=s) for s in sessions])
+                 for job in scheduler.JOBS]
+    decisions.append(SimpleNamespace(job=scheduler.JOBS[-1], missed=None))
+    line = health_check.missed_summary(decisions)
+    assert line.startswith("trading_cycle 5 sessions (last 2026-12-04), health_check 5, data_update 5"), line
+    for job in scheduler.JOBS:
+        assert line.count(job.name) == 1, line
+    one = [SimpleNamespace(job=scheduler.JOBS[0], missed=[SimpleNamespace(session=sessions[0])])]
+    assert health_check.missed_summary(one) == "health_check 1 session (last 2026-11-30)"
+    assert health_check.missed_summary([]) == ""
