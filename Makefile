@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test test-py311 venv venv-dev venv311 bench health clean-demo gate-properties faults
+.PHONY: demo test test-py311 venv venv-dev venv311 bench health clean-demo gate-properties faults lint test-days test-days-short
 
 # scripts/make_venv.sh builds both venvs (uv when on PATH, else pip) and adds errors.py's hook
 $(VENV)/.runtime-installed: requirements.txt
@@ -24,6 +24,18 @@ demo: venv
 ## make test: set up with the dev requirements, then the test suite
 test: venv-dev
 	$(PY) -m pytest tests/ -q -rfE --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
+
+## make lint: ruff (ruff.toml) and mypy (mypy.ini: no attribute error in the project's modules)
+lint: venv-dev
+	@bash scripts/lint.sh
+
+## make test-days: the whole suite under libfaketime on a Saturday, a Sunday, a Monday before the
+## open, a weekday after the close and a market holiday (Debian's faketime); CI runs the short
+## version (the health-check and scheduler tests at the same five moments)
+test-days: venv-dev
+	@bash scripts/test_days.sh
+test-days-short: venv-dev
+	@bash scripts/test_days.sh tests/test_health_check.py tests/test_scheduler.py
 
 ## make gate-properties: the walk-forward verdict's properties over 200 seeds (the suite runs 30)
 gate-properties: venv-dev

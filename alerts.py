@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 
 import apprise
 
+import clock
 import config
 import constants as C
 import logging_setup
@@ -322,7 +323,7 @@ def send_alert(kind: str, message: str, severity: str | None = None, command: st
 def session_key(job: str, now: datetime | None = None) -> str:
     """The quiet-period key of a scheduled job's alert for today's New York session,
     ``job:YYYY-MM-DD``, the key the scheduler uses for the same job's failure: one alert, not two."""
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     return f"{job}:{now.astimezone(ZoneInfo('America/New_York')):%Y-%m-%d}"
 
 

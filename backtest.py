@@ -147,9 +147,14 @@ def run_backtest(opts: Options) -> dict:
         raise BacktestError("the model's metadata does not say where its training and validation data end, so "
                             "an out-of-sample period cannot be chosen: retrain with python train_model.py "
                             "(or run with --in-sample to backtest anyway)")
-    start = pd.Timestamp(opts.start) if opts.start else (oos_start if not opts.in_sample else all_dates.min())
+    if opts.start:
+        start = pd.Timestamp(opts.start)
+    elif opts.in_sample or oos_start is None:        # (None only with --in-sample: refused above)
+        start = all_dates.min()
+    else:
+        start = oos_start
     end = pd.Timestamp(opts.end) if opts.end else all_dates.max()
-    if not opts.in_sample and start < oos_start:
+    if not opts.in_sample and oos_start is not None and start < oos_start:
         ends = in_sample_end(metadata)
         raise BacktestError(f"--start {start.date()} is inside the model's training/validation data"
                             + (f" (it ends {ends.date()})" if ends is not None else "")
@@ -199,7 +204,7 @@ def run_backtest(opts: Options) -> dict:
         "start": str(period[0].date()), "end": str(period[-1].date()), "symbols": market.symbols,
         "initial_cash": opts.initial_cash, "fill": opts.fill, "in_sample": opts.in_sample,
         "out_of_sample_start": str(oos_start.date()) if oos_start is not None else None,
-        "model_in_sample_end": str(in_sample_end(metadata).date()) if in_sample_end(metadata) is not None else None,
+        "model_in_sample_end": str(model_end.date()) if (model_end := in_sample_end(metadata)) is not None else None,
         "costs": opts.costs.effective(), "criteria": asdict(opts.criteria),
         "signal_threshold": C.SIGNAL_THRESHOLD, "trading_days_per_year": C.TRADING_DAYS_PER_YEAR,
         "risk_free_rate": C.RISK_FREE_RATE, "policy": result.policy,

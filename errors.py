@@ -77,6 +77,9 @@ class StorageError(UserFacingError, OSError):
     """A file the system must write cannot be written: read-only file system, full disk or
     missing permission. The message names the path, the mount point and the fix. It is also an
     ``OSError``, so code that already handles ``OSError`` keeps doing so."""
+    kind: str | None = None        # "full", "readonly" or "denied" (set by storage_error)
+    path: str | None = None        # the file that could not be written
+    mount: str | None = None       # its mount point
 
 
 def _ancestor(p: str, found) -> str:

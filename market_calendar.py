@@ -3,6 +3,7 @@ included); nothing here is a hand-written list."""
 from datetime import datetime
 from functools import lru_cache
 
+import clock
 import exchange_calendars as xc
 import pandas as pd
 
@@ -50,7 +51,7 @@ def is_session(day) -> bool:
 
 def last_completed_session(now=None) -> pd.Timestamp:
     """The latest session whose close is at or before ``now`` (default: the current time)."""
-    ts = to_utc(now if now is not None else pd.Timestamp.now(tz="UTC"))
+    ts = to_utc(now if now is not None else clock.now())
     cal = calendar()
     local_day = ts.tz_convert(TIMEZONE).normalize().tz_localize(None)
     for session in reversed(cal.sessions_in_range(local_day - pd.Timedelta(days=15), local_day)):

@@ -396,41 +396,47 @@ def run_due(now: datetime | None = None, jobs=JOBS) -> int:
             if d.missed:
                 _alert_missed(conn, d.job, d.missed, now)
         failures = 0
-        for d in sorted((d for d in decisions if d.due), key=lambda d: d.slot.due_at):
+        due = sorted(((d.job, d.slot) for d in decisions if d.due and d.slot is not None),
+                     key=lambda pair: pair[1].due_at)
+        for job, slot in due:
             current = now if fixed_now else clock.now()
-            if current >= d.slot.until:                # an earlier job ran past this window
-                _alert_missed(conn, d.job, [d.slot], current)
+            if current >= slot.until:                  # an earlier job ran past this window
+                _alert_missed(conn, job, [slot], current)
                 continue
-            with state_db.transaction(conn):
-                claimed = conn.execute(
-                    "INSERT OR IGNORE INTO schedule_runs(job, period, due_at, started_at, status) "
-                    "VALUES (?, ?, ?, ?, 'running')",
-                    (d.job.name, d.slot.period, d.slot.due_at.isoformat(), state_db.utcnow())
-                ).rowcount
-            if not claimed:
-                continue
-            code, seconds, detail = run_command(d.job)
-            status = "ok" if code == 0 else "failed"
-            with state_db.transaction(conn):
-                conn.execute("UPDATE schedule_runs SET finished_at = ?, status = ?, exit_code = ?, "
-                             "duration_s = ?, detail = ? WHERE job = ? AND period = ?",
-                             (state_db.utcnow(), status, code, round(seconds, 3), detail,
-                              d.job.name, d.slot.period))
-            if code == 0:
-                log.info("%s for %s done in %.1f s", d.job.name, d.slot.period, seconds)
-                continue
-            failures += 1
-            log.error("%s for %s failed: exit %s after %.1f s %s", d.job.name, d.slot.period,
-                      code, seconds, detail)
-            alerts.send_alert(d.job.failed_alert,
-                              f"{d.job.name} for {d.slot.period} failed: `{' '.join(d.job.command)}` "
-                              f"exited {code} after {seconds:.0f} s{'; ' + detail if detail else ''}. "
-                              f"Its output is in logs/cron_trading.log.",
-                              key=f"{d.job.name}:{d.slot.period}")
+            failures += _run_slot(conn, job, slot)
         return 1 if failures else 0
     finally:
         conn.close()
         lock.release()
+
+
+def _run_slot(conn, job: Job, slot: Slot) -> int:
+    """Claim ``slot`` (at most once per period, across processes), run ``job``, record how it
+    ended and alert on failure; 1 when it failed, 0 when it succeeded or another run has it."""
+    with state_db.transaction(conn):
+        claimed = conn.execute(
+            "INSERT OR IGNORE INTO schedule_runs(job, period, due_at, started_at, status) "
+            "VALUES (?, ?, ?, ?, 'running')",
+            (job.name, slot.period, slot.due_at.isoformat(), state_db.utcnow())
+        ).rowcount
+    if not claimed:
+        return 0
+    code, seconds, detail = run_command(job)
+    status = "ok" if code == 0 else "failed"
+    with state_db.transaction(conn):
+        conn.execute("UPDATE schedule_runs SET finished_at = ?, status = ?, exit_code = ?, "
+                     "duration_s = ?, detail = ? WHERE job = ? AND period = ?",
+                     (state_db.utcnow(), status, code, round(seconds, 3), detail, job.name, slot.period))
+    if code == 0:
+        log.info("%s for %s done in %.1f s", job.name, slot.period, seconds)
+        return 0
+    log.error("%s for %s failed: exit %s after %.1f s %s", job.name, slot.period, code, seconds, detail)
+    alerts.send_alert(job.failed_alert,
+                      f"{job.name} for {slot.period} failed: `{' '.join(job.command)}` "
+                      f"exited {code} after {seconds:.0f} s{'; ' + detail if detail else ''}. "
+                      f"Its output is in logs/cron_trading.log.",
+                      key=f"{job.name}:{slot.period}")
+    return 1
 
 
 def last_runs() -> dict[str, dict]:

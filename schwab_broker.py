@@ -169,7 +169,7 @@ def check_token_age(creation_timestamp, now: float | None = None) -> float:
     """Age of a Schwab login token in days. Warns from ``TOKEN_WARN_AGE_DAYS``; raises
     ``TokenExpiredError`` from ``TOKEN_MAX_AGE_DAYS``; alerts within a day of the end."""
     age = token_age_of(creation_timestamp, now)
-    if age.state == TOKEN_MISSING:
+    if age.state == TOKEN_MISSING or age.expires is None:
         raise AuthenticationError(
             f"no Schwab login token is stored: log in once (interactive) with `{LOGIN_COMMAND}`")
     alert_if_expiring(age)

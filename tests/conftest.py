@@ -85,6 +85,17 @@ def universe_file(trading_home):
     return path
 
 
+def project_state() -> frozenset:
+    """What a user's own runs leave in the project folder (a default install's home): incident
+    files and everything under logs/, state/, data/, models/ (reports/ is left out: the browser
+    tests keep their screenshots there). A test asserts that this did not change, never that it
+    is empty, so the suite passes on a machine where the system has been used."""
+    paths = list(ROOT.glob("incident_*.log"))
+    for folder in ("logs", "state", "data", "models"):
+        paths += [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.name != ".gitkeep"]
+    return frozenset((str(p.relative_to(ROOT)), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+
+
 def run_entry(args, home, env_extra=None, timeout=180, input=None):
     """Run a project command as a user would, in ``home`` (a TRADING_HOME), paper mode."""
     env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",

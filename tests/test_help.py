@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import project_state
+
 ROOT = Path(__file__).resolve().parent.parent
 SHELL = sorted(p.name for p in ROOT.glob("run_*.sh")) + ["install_cron.sh", "send_alert.sh"]
 # a python CLI that a shell script above execs is covered by the script (same code, same argv)
@@ -36,6 +38,7 @@ def test_help_prints_usage_and_creates_nothing(tmp_path, command):
     env = dict(os.environ, TRADING_HOME=str(home), TRADING_CONFIG_DIR=str(tmp_path / "keys"),
                TRADING_CRONTAB_FILE=str(tmp_path / "crontab"), DATA_SOURCE="sample")
     env.pop("TRADING_MODE", None)
+    before = project_state()
     done = subprocess.run([*command, "--help"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -43,4 +46,4 @@ def test_help_prints_usage_and_creates_nothing(tmp_path, command):
     assert "Traceback" not in done.stdout + done.stderr
     assert list(home.iterdir()) == [], list(home.iterdir())          # no logs/, state/, incident file
     assert not (tmp_path / "keys").exists() and not (tmp_path / "crontab").exists()
-    assert not list(ROOT.glob("incident_*.log"))
+    assert project_state() == before                                  # nothing written in the project folder

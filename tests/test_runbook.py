@@ -15,7 +15,7 @@ import pytest
 
 import alerts
 from alert_servers import WebhookServer
-from conftest import ROOT, run_entry
+from conftest import ROOT, project_state, run_entry
 
 DOC = ROOT / "docs" / "RUNBOOK.md"
 MARKER = re.compile(r"#\s*(live-only|destructive|long)\b")
@@ -129,7 +129,7 @@ def test_every_runbook_command_runs_in_a_prepared_home(prepared, tmp_path):
                TRADING_CRONTAB_FILE=str(tmp_path / "crontab"),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("TRADING_MODE", None)
-    failures = []
+    failures, before = [], project_state()
     with WebhookServer() as hook:
         env["TRADING_ALERT_URLS"] = hook.url
         seen, timings = set(), []
@@ -160,4 +160,4 @@ def test_every_runbook_command_runs_in_a_prepared_home(prepared, tmp_path):
     assert list(Path(prepared).glob("incident_*.log"))                    # the capture wrote its file
     status = run_entry(["live_trading.py", "status"], prepared)
     assert "kill switch" in status.stdout.lower() and status.returncode == 0
-    assert not list(ROOT.glob("incident_*.log")) and not (ROOT / "logs" / "audit").exists()
+    assert project_state() == before                # nothing written in the project folder

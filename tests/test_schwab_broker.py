@@ -341,9 +341,9 @@ def test_positions_long_and_short(api, fake):
     assert query.url.params["fields"] == "positions"
 
 
-def test_quotes_with_borrow_and_dividend_fields(api, fake):
-    future = (date.today() + timedelta(days=2)).isoformat()
-    past = (date.today() - timedelta(days=80)).isoformat()
+def test_quotes_with_borrow_and_dividend_fields(api, fake, fixed_now):
+    future = (fixed_now.date() + timedelta(days=2)).isoformat()
+    past = (fixed_now.date() - timedelta(days=80)).isoformat()
     fake.quotes = {
         "AAPL": {"assetMainType": "EQUITY", "symbol": "AAPL",
                  "quote": {"lastPrice": 190.12, "bidPrice": 190.1, "askPrice": 190.15},

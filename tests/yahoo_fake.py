@@ -64,7 +64,7 @@ class FakeYahoo(BaseAdapter):
                 return self._response(request, 429, "Too Many Requests", "text/plain")
         if mode == "delisted":
             body = {"chart": {"result": None, "error": {
-                "code": "Not Found", "description": f"No data found, symbol may be delisted"}}}
+                "code": "Not Found", "description": "No data found, symbol may be delisted"}}}
             return self._response(request, 404, json.dumps(body))
         raw = sample_data.generate_prices([symbol], end=self.end)
         if "period1" in query:
