@@ -442,7 +442,7 @@ def test_existing_orders_table_gains_the_snapshot_column(trading_home):
     old.commit()
     old.close()
     ex = OrderExecutor(broker=PaperBroker(), conn=state_db.connect())
-    assert ex._record("k")["status"] == "FILLED" and "snapshot" in ex._record("k")
+    assert ex.book.get("k")["status"] == "FILLED" and "snapshot" in ex.book.get("k")
 
 
 def test_cli_lists_orders_ours_marked(api, fake, cm, monkeypatch, capsys):
