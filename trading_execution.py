@@ -48,7 +48,7 @@ import sqlite3
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import broker_gateway
 import constants as C
@@ -104,13 +104,19 @@ class HaltCheck:
         return None if self.ignore else kill_switch.get(self.conn)
 
 
-class _SendEnded(Exception):
-    """Ends the send loop early: with ``record`` (recovery found the order at the broker) or with
-    ``error`` (not sent: the snapshot or the recovery call failed)."""
+class _FoundAtBroker(Exception):
+    """Ends the send loop: recovery found the order at the broker (``record``, adopted)."""
 
-    def __init__(self, record: Record | None = None, error: Exception | None = None):
-        super().__init__(str(error) if error else "settled")
+    def __init__(self, record: Record):
+        super().__init__(record["client_key"])
         self.record = record
+
+
+class _NotSent(Exception):
+    """Ends the send loop: the snapshot or the recovery call before an attempt failed (``error``)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
         self.error = error
 
 
@@ -254,10 +260,10 @@ class OrderExecutor:
         try:
             return self._send(record, halt)
         except KillSwitchSet as exc:
-            self._on_halt(exc.switch, cycle_date, key)
+            self._on_halt(exc.switch or {}, cycle_date, key)
             raise
 
-    def _on_halt(self, switch: dict | None, cycle_date, key: str | None = None) -> None:
+    def _on_halt(self, switch: dict, cycle_date, key: str | None = None) -> None:
         self.halted = switch
         log.warning("kill switch is ON (%s): %s", kill_switch.describe(switch),
                     f"order {key} not sent" if key else "nothing more is sent")
@@ -277,17 +283,19 @@ class OrderExecutor:
                 f"place {key}", lambda n: self._send_attempt(spec, n, halt),
                 before_retry=lambda exc: self._before_resend(key, exc, halt),
                 ambiguous_note=" after looking for it at the broker")
-        except _SendEnded as ended:
-            return ended.record if ended.error is None else self._not_sent(key, ended.error)
+        except _FoundAtBroker as found:
+            return found.record
+        except _NotSent as stop:
+            self._not_sent(key, stop.error)
         except OrderRejectedError as exc:
             return self._rejected(key, exc)
         except CircuitOpenError as exc:      # refused before any request: certainly not sent
             self.book.update(key, status=INTENDED)
-            return self._not_sent(key, exc)
+            self._not_sent(key, exc)
         except TransientBrokerError as exc:  # the last attempt failed too
             if not exc.ambiguous:
                 self.book.update(key, status=INTENDED)
-            return self._not_sent(key, exc)
+            self._not_sent(key, exc)
         return self._submitted(key, order_id)
 
     def _send_attempt(self, spec: dict, n: int, halt: HaltCheck) -> str:
@@ -297,7 +305,7 @@ class OrderExecutor:
         try:
             self.book.mark_sending(key, self.recovery.snapshot(), lambda: halt.check(f"order {key}"))
         except (TransientBrokerError, CircuitOpenError) as exc:
-            raise _SendEnded(error=exc) from exc
+            raise _NotSent(exc) from exc
         failpoint("after_sending_mark")
         if n == 1:
             self.audit.log_event("order_submit", "attempt", dict(spec))
@@ -311,9 +319,9 @@ class OrderExecutor:
             try:
                 settled = self.recovery.settle_sending(self._get(key), "retry")
             except (TransientBrokerError, CircuitOpenError) as again:
-                raise _SendEnded(error=again) from again
+                raise _NotSent(again) from again
             if settled["status"] != INTENDED:
-                raise _SendEnded(record=settled)
+                raise _FoundAtBroker(settled)
         else:
             self.book.update(key, status=INTENDED)
         halt.check(f"order {key}")
@@ -336,7 +344,7 @@ class OrderExecutor:
         self.audit.log_event("order_submit", "rejected", {"client_key": key, "error": str(exc)})
         return self._get(key)
 
-    def _not_sent(self, key: str, exc: Exception):
+    def _not_sent(self, key: str, exc: Exception) -> NoReturn:
         """The order may not have gone (status INTENDED) or may have (SENDING: the next run
         decides by the snapshot rule); either way the caller hears the error."""
         self.book.update(key, error=str(exc)[:500])
