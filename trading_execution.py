@@ -8,7 +8,7 @@ circuit breaker and flatten.
   order book (``order_book.OrderBook``: the ``orders`` table and the client keys), the broker
   gateway (``broker_gateway.BrokerGateway``: the circuit breaker and the one retry rule),
   ``order_recovery.OrderRecovery`` and ``external_activity.ExternalActivity``; tests and callers
-  may pass ``broker``, ``conn``, ``audit``, ``breaker`` and ``sleep``.
+  may pass ``broker``, ``conn``, ``audit``, ``breaker``, ``sleep`` or a whole ``gateway``.
 * ``is_market_open(dt)``: the NYSE regular session from exchange-calendars (holidays, 13:00
   early closes). A naive ``dt`` is the machine's local time; an aware one is converted.
 * Exactly once (``order_recovery.py``): every intended order gets a deterministic
@@ -123,13 +123,13 @@ class _NotSent(Exception):
 class OrderExecutor:
     def __init__(self, broker: Broker | None = None, conn: sqlite3.Connection | None = None, audit=None,
                  sleep: Callable[[float], Any] = time.sleep, cancel_on_halt: bool | None = None,
-                 breaker: CircuitBreaker | None = None):
+                 breaker: CircuitBreaker | None = None, gateway: BrokerGateway | None = None):
         self._broker = broker
         self._conn = conn
         self._audit = audit
         self._breaker = breaker
         self._book: OrderBook | None = None
-        self._gateway: BrokerGateway | None = None
+        self._gateway = gateway
         self._recovery: OrderRecovery | None = None
         self._external: ExternalActivity | None = None
         self._schema_ready = False
