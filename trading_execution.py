@@ -305,7 +305,7 @@ class OrderExecutor:
         try:
             self.book.mark_sending(key, self.recovery.snapshot(), lambda: halt.check(f"order {key}"))
         except (TransientBrokerError, CircuitOpenError) as exc:
-            raise _NotSent(exc) from exc
+            raise _NotSent(exc) from None
         failpoint("after_sending_mark")
         if n == 1:
             self.audit.log_event("order_submit", "attempt", dict(spec))
@@ -319,7 +319,7 @@ class OrderExecutor:
             try:
                 settled = self.recovery.settle_sending(self._get(key), "retry")
             except (TransientBrokerError, CircuitOpenError) as again:
-                raise _NotSent(again) from again
+                raise _NotSent(again) from None
             if settled["status"] != INTENDED:
                 raise _FoundAtBroker(settled)
         else:
