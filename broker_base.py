@@ -26,8 +26,13 @@ Interface (both brokers)::
         dt twice gives the same window (the executor's snapshot rule depends on it)
     server_time: datetime | None      # the broker's own clock at its latest answer (Schwab: HTTP
                                       # Date header); recorded in snapshots, never compared with ours
+    fills_at_next_open: bool          # True when a market order waits for the next session's open
+                                      # (the paper broker's PAPER_FILL = "next_open"; Schwab: False)
     client_key in an order dict: the key it was placed with where the broker keeps one (paper),
                                  None where it cannot (Schwab takes no client order id)
+
+``Broker`` (at the end of this module) declares this interface for type checkers; code that uses a
+broker calls these names directly and never asks which broker it has.
 
 Errors (all derive from ``BrokerError``, itself a ``errors.UserFacingError``):
 ``TransientBrokerError`` (timeouts, network, HTTP 408/429/5xx: retry with backoff),
@@ -46,6 +51,7 @@ import math
 import re
 import uuid
 from datetime import date, datetime, timezone
+from typing import Any, Protocol
 
 import constants as C
 from errors import UserFacingError
@@ -245,3 +251,23 @@ def to_utc(dt) -> datetime:
     if isinstance(dt, date):
         return datetime(dt.year, dt.month, dt.day).astimezone(UTC)
     raise TypeError(f"expected a datetime, got {type(dt).__name__}")
+
+
+# =========================================================================== the interface
+class Broker(Protocol):
+    """What every broker offers (see the module docstring); ``SchwabAPI`` and ``PaperBroker``."""
+
+    name: str
+    simulated: bool
+    server_time: datetime | None
+    fills_at_next_open: bool
+
+    def get_account_balance(self) -> dict[str, Any]: ...
+    def get_positions(self) -> dict[str, dict[str, Any]]: ...
+    def get_quotes(self, symbols) -> dict[str, dict[str, Any]]: ...
+    def set_prices(self, prices, as_of=None, opens=None) -> None: ...
+    def place_order(self, order: dict) -> str: ...
+    def get_order(self, order_id: str) -> dict[str, Any]: ...
+    def cancel_order(self, order_id: str) -> Any: ...
+    def get_open_orders(self) -> list[dict[str, Any]]: ...
+    def get_orders_since(self, dt) -> list[dict[str, Any]]: ...

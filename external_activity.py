@@ -1,18 +1,20 @@
 """Broker activity that is not ours: orders someone else placed and position changes our
 fills do not explain. Reported, never adopted, cancelled or traded against.
 
-* ``external_activity(mode)`` (after ``reconcile``) lists the broker's orders of the snapshot
-  window and every open one that no row of ours is linked to (by broker id, or by client key
+* ``report(mode)`` (``OrderExecutor.external_activity``, after ``reconcile``) lists the broker's
+  orders of the snapshot window and every open one that no row of ours is linked to (by broker id, or by client key
   where the broker has one): ``EXTERNAL ORDER`` at WARNING and an ``external_order`` audit
   record each, when new or still open.
 * ``record_positions(cycle_date, mode)`` at the end of a cycle stores the broker's positions and
   what each unfinished order of ours had filled (table ``position_records``); the next
-  ``external_activity`` compares the broker's quantities with that baseline plus our fills since:
+  ``report`` compares the broker's quantities with that baseline plus our fills since:
   ``EXTERNAL POSITION CHANGE`` at WARNING and an ``external_position`` audit record each.
 
-``ExternalActivity`` is mixed into ``trading_execution.OrderExecutor``, which provides the order
-records (``conn``, ``open_orders``, ``linked_keys``), the audit trail, the broker calls through
-the circuit breaker (``_call``, ``_recent_and_open_orders``) and ``refresh``.
+``ExternalActivity`` receives its collaborators in its constructor: the order book
+(``order_book.OrderBook``, the ``orders`` table), the broker gateway
+(``broker_gateway.BrokerGateway``), the audit trail and ``refresh`` (the executor's: ask the
+broker for an order's state and store it). ``trading_execution.OrderExecutor`` builds one and
+delegates ``external_activity`` and ``record_positions`` to it.
 """
 from __future__ import annotations
 
@@ -20,9 +22,14 @@ import json
 import logging
 from datetime import datetime, timedelta, timezone
 
+import sqlite3
+from typing import Any, Callable
+
 import constants as C
 import state_db
-from broker_base import BUY_SIDES, FINAL_STATUSES, OPEN_STATUSES
+from broker_base import BUY_SIDES, OPEN_STATUSES
+from broker_gateway import BrokerGateway
+from order_book import OrderBook
 
 log = logging.getLogger("execution")
 
@@ -42,14 +49,26 @@ SCHEMA = [
 ]
 
 
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    state_db.ensure_schema(conn, SCHEMA)
+
+
 def _signed(side: str, quantity: int) -> int:
     return int(quantity) if side in BUY_SIDES else -int(quantity)
 
 
 class ExternalActivity:
-    """What is at the broker and not ours, mixed into ``OrderExecutor`` (see the module docstring)."""
+    """What is at the broker and not ours (see the module docstring)."""
 
-    def external_activity(self, mode: str) -> dict:
+    def __init__(self, book: OrderBook, gateway: BrokerGateway, audit, refresh: Callable[[str], Any]):
+        self.book = book
+        self.conn = book.conn
+        self.gateway = gateway
+        self.audit = audit
+        self.refresh = refresh
+        ensure_schema(self.conn)
+
+    def report(self, mode: str) -> dict:
         """Broker orders and position changes that are not ours. Call it after ``reconcile()``.
 
         Orders: those entered within ``ORDER_SNAPSHOT_LOOKBACK_S`` or still open that no row of ours
@@ -58,10 +77,10 @@ class ExternalActivity:
         our fills since. Each is logged at WARNING and audited; none is adopted, cancelled or traded
         against. Returns ``{"orders": [...], "positions": [{symbol, expected, actual, difference}],
         "baseline": recorded_at or None}``."""
-        listed = self._recent_and_open_orders(
+        listed = self.gateway.recent_and_open_orders(
             datetime.now(UTC) - timedelta(seconds=C.ORDER_SNAPSHOT_LOOKBACK_S))
-        linked = self.linked_keys()
-        our_keys = {r["client_key"] for r in self.conn.execute("SELECT client_key FROM orders")}
+        linked = self.book.linked_keys()
+        our_keys = self.book.client_keys()
         external = [o for oid, o in listed.items()
                     if oid not in linked and not (o.get("client_key") and o["client_key"] in our_keys)]
         reported = set(state_db.kv_get(self.conn, EXTERNAL_REPORTED_KEY, []))
@@ -97,7 +116,7 @@ class ExternalActivity:
         self._refresh_unfinished(mode)
         expected = {s: int(q) for s, q in json.loads(row["positions"]).items()}
         fills_then = json.loads(row["fills"])
-        for r in self.conn.execute("SELECT rowid, * FROM orders WHERE mode = ?", (mode,)):
+        for r in self.book.rows_of_mode(mode):
             if r["rowid"] > row["order_rowid"]:
                 delta = int(r["filled_quantity"])
             elif r["client_key"] in fills_then:
@@ -106,14 +125,14 @@ class ExternalActivity:
                 continue
             if delta:
                 expected[r["symbol"]] = expected.get(r["symbol"], 0) + _signed(r["side"], delta)
-        actual = {s: int(p["quantity"]) for s, p in self._call("positions", self.broker.get_positions).items()}
+        actual = {s: int(p["quantity"]) for s, p in self.gateway.positions().items()}
         diffs = [{"symbol": s, "expected": expected.get(s, 0), "actual": actual.get(s, 0),
                   "difference": actual.get(s, 0) - expected.get(s, 0)}
                  for s in sorted(set(expected) | set(actual)) if actual.get(s, 0) != expected.get(s, 0)]
         return diffs, dict(row)
 
     def _refresh_unfinished(self, mode: str) -> None:
-        for record in self.open_orders():
+        for record in self.book.open_orders():
             if record["mode"] == mode and record["broker_order_id"]:
                 self.refresh(record["client_key"])
 
@@ -121,14 +140,11 @@ class ExternalActivity:
         """At the end of a cycle: store the broker's positions and what each unfinished order of
         ours had filled, the baseline of the next ``external_activity``."""
         self._refresh_unfinished(mode)
-        positions = {s: int(p["quantity"]) for s, p in self._call("positions", self.broker.get_positions).items()
+        positions = {s: int(p["quantity"]) for s, p in self.gateway.positions().items()
                      if int(p["quantity"])}
-        marks = ",".join("?" * len(FINAL_STATUSES))
-        fills = {r["client_key"]: int(r["filled_quantity"]) for r in self.conn.execute(
-            f"SELECT client_key, filled_quantity FROM orders WHERE mode = ? AND status NOT IN ({marks})",
-            (mode, *FINAL_STATUSES))}
+        fills = self.book.unfinished_fills(mode)
         with state_db.transaction(self.conn):
-            top = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) AS n FROM orders").fetchone()["n"]
+            top = self.book.last_rowid()           # the same transaction: rows after it are new
             self.conn.execute(
                 "INSERT INTO position_records(mode, cycle_date, recorded_at, positions, fills, order_rowid)"
                 " VALUES(?,?,?,?,?,?) ON CONFLICT(mode) DO UPDATE SET cycle_date = excluded.cycle_date,"

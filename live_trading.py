@@ -185,7 +185,7 @@ def _flatten_locked() -> int:
     for o in done["orders"]:
         print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']}")
     print(f"flatten: cancelled {done['cancelled']} open orders, {len(done['orders'])} closing orders")
-    if getattr(executor.broker, "fills_at_next_open", False) and any(o["status"] == "SUBMITTED" for o in done["orders"]):
+    if executor.broker.fills_at_next_open and any(o["status"] == "SUBMITTED" for o in done["orders"]):
         print("paper: the closing orders fill at the next session's open (as a market order after the close would)")
     print_positions(executor.broker)
     return EXIT_OK

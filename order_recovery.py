@@ -21,10 +21,11 @@ an order whose fate is unknown, and a person's resolution of an ambiguous one.
 * ``broker_orders`` and ``resolve`` are the operator's tools when recovery halts for a person
   (``python trading_execution.py orders`` / ``resolve``, the command line of the executor).
 
-``OrderRecovery`` is mixed into ``trading_execution.OrderExecutor``, which provides the order
-records (``conn``, ``_record``, ``_update``, ``open_orders``, ``linked_keys``), the broker and
-audit trail (``broker``, ``audit``), the broker calls through the circuit breaker (``_call``,
-``_recent_and_open_orders``) and ``refresh``.
+``OrderRecovery`` receives its collaborators in its constructor: the order book
+(``order_book.OrderBook``, the ``orders`` table), the broker gateway
+(``broker_gateway.BrokerGateway``: every broker call through the breaker and the retry rule),
+the audit trail, and ``refresh`` (the executor's: ask the broker for an order's state and store
+it). ``trading_execution.OrderExecutor`` builds one and delegates to it.
 """
 from __future__ import annotations
 
@@ -32,18 +33,22 @@ import json
 import logging
 from datetime import datetime, timedelta, timezone
 
+from typing import Any, Callable, NoReturn
+
 import alerts
 import config
 import constants as C
 import kill_switch
 import state_db
 from broker_base import CANCELED
+from broker_gateway import BrokerGateway
 from errors import UserFacingError
+from order_book import INTENDED, SENDING, SUBMITTED, OrderBook, Record
 
 log = logging.getLogger("execution")
 
-INTENDED, SENDING, SUBMITTED = "INTENDED", "SENDING", "SUBMITTED"   # our row around the send
 UTC = timezone.utc
+__all__ = ["INTENDED", "SENDING", "SUBMITTED", "AmbiguousOrderError", "OrderRecovery", "describe"]
 
 
 def describe(record) -> str:
@@ -57,33 +62,27 @@ class AmbiguousOrderError(UserFacingError):
 
 
 class OrderRecovery:
-    """The snapshot rule and recovery, mixed into ``OrderExecutor`` (see the module docstring)."""
+    """The snapshot rule and recovery (see the module docstring). ``halted`` holds the kill
+    switch's value once recovery set it for an ambiguous order."""
+
+    def __init__(self, book: OrderBook, gateway: BrokerGateway, audit, refresh: Callable[[str], Any]):
+        self.book = book
+        self.gateway = gateway
+        self.audit = audit
+        self.refresh = refresh
+        self.halted: dict | None = None
 
     # -- the snapshot rule
-    def _snapshot(self) -> dict:
+    def snapshot(self) -> dict:
         """The broker's order ids entered since ``now - ORDER_SNAPSHOT_LOOKBACK_S`` (our clock
         only picks the window; recovery lists the same window again) and the broker's own clock
         at that answer, when it gave one."""
         since = datetime.now(UTC) - timedelta(seconds=C.ORDER_SNAPSHOT_LOOKBACK_S)
-        orders = self._call("list orders (snapshot)", self.broker.get_orders_since, since)
-        broker_time = getattr(self.broker, "server_time", None)
+        orders = self.gateway.orders_since(since, "list orders (snapshot)")
+        broker_time = self.gateway.broker.server_time
         return {"since": since.isoformat(), "order_ids": sorted(str(o["order_id"]) for o in orders),
                 "broker_time": broker_time.isoformat() if broker_time else None,
                 "taken_at": state_db.utcnow()}
-
-    def _mark_sending(self, key: str, snapshot: dict, ignore_halt: bool) -> None:
-        """INTENDED -> SENDING with the snapshot, in the transaction that reads the kill switch:
-        a halt committed before it stops the order; one committed after it comes too late for
-        this order only."""
-        with state_db.transaction(self.conn):
-            if not ignore_halt:
-                kill_switch.check(self.conn, f"order {key}")
-            cur = self.conn.execute(
-                "UPDATE orders SET status = ?, snapshot = ?, error = NULL, updated_at = ? "
-                "WHERE client_key = ? AND status IN (?, ?)",
-                (SENDING, json.dumps(snapshot), state_db.utcnow(), key, INTENDED, SENDING))
-            if cur.rowcount != 1:
-                raise RuntimeError(f"order {key} is no longer INTENDED: another process has it")
 
     def _candidates(self, record: dict, orders: list[dict]) -> list[dict]:
         """Broker orders that may be ``record``'s: absent from its snapshot, same symbol, side,
@@ -92,7 +91,7 @@ class OrderRecovery:
         snap = json.loads(record["snapshot"] or "{}")
         seen = set(snap.get("order_ids") or [])
         key = record["client_key"]
-        linked = self.linked_keys()
+        linked = self.book.linked_keys()
         want = (record["symbol"], record["side"], int(record["quantity"]), str(record["order_type"]).upper())
         out = []
         for o in orders:
@@ -118,8 +117,7 @@ class OrderRecovery:
         if since < datetime.now(UTC) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS):
             return "ambiguous", [], (f"its snapshot ({since:%Y-%m-%d}) is older than the "
                                      f"{C.SCHWAB_ORDER_LOOKBACK_DAYS} days the broker lists")
-        orders = self._call(f"list orders (recovery of {record['client_key']})",
-                            self.broker.get_orders_since, since)
+        orders = self.gateway.orders_since(since, f"list orders (recovery of {record['client_key']})")
         found = self._candidates(record, orders)
         if not found:
             return "absent", [], "no broker order entered since its snapshot matches it"
@@ -134,37 +132,42 @@ class OrderRecovery:
                 f"broker's clock): it may be someone else's")
         return "adopt", found, "the only broker order entered since its snapshot that matches it"
 
-    def _settle_sending(self, record: dict, context: str) -> dict:
+    def settle_sending(self, record: Record, context: str) -> Record:
         """Apply the snapshot rule to a SENDING row: adopt (-> SUBMITTED), absent (-> INTENDED) or
         ambiguous (kill switch, ``AmbiguousOrderError``)."""
         key = record["client_key"]
         outcome, found, why = self._resolve_sending(record)
         if outcome == "adopt":
             order_id = str(found[0]["order_id"])
-            self._update(key, status=SUBMITTED, broker_order_id=order_id,
-                         submitted_at=record["submitted_at"] or state_db.utcnow(), error=None)
+            self.book.update(key, status=SUBMITTED, broker_order_id=order_id,
+                             submitted_at=record["submitted_at"] or state_db.utcnow(), error=None)
             log.warning("order %s (%s) reached the broker before a crash or lost answer (id %s, %s): "
                         "adopted, not resent", key, describe(record), order_id, why)
             self.audit.log_event("order_reconciled", "adopted", {
                 "client_key": key, "order_id": order_id, "context": context, "rule": why})
-            return self._record(key)
+            return self._get(key)
         if outcome == "absent":
-            self._update(key, status=INTENDED)
+            self.book.update(key, status=INTENDED)
             log.warning("order %s (%s) did not reach the broker (%s): it will be sent", key,
                         describe(record), why)
             self.audit.log_event("order_reconciled", "not_landed", {"client_key": key, "context": context})
-            return self._record(key)
+            return self._get(key)
         self._halt_ambiguous(record, found, why, context)
 
-    def _halt_ambiguous(self, record: dict, found: list[dict], why: str, context: str):
+    def _get(self, key: str) -> Record:
+        record = self.book.get(key)
+        assert record is not None, f"order {key} vanished from the order book"
+        return record
+
+    def _halt_ambiguous(self, record: Record, found: list[dict], why: str, context: str) -> NoReturn:
         key = record["client_key"]
         ids = [str(o["order_id"]) for o in found]
         snap = json.loads(record["snapshot"] or "{}")
         reason = f"order {key} ({describe(record)}) is ambiguous at the broker: {why}"
-        self.halted = kill_switch.halt(reason, self.conn, by="trading_execution", audit=self.audit)
+        self.halted = kill_switch.halt(reason, self.book.conn, by="trading_execution", audit=self.audit)
         alerts.send_alert("manual_reconciliation", f"{reason}; candidates {', '.join(ids) or 'none'}. "
                           f"Nothing was sent and the kill switch is set.", key=key)
-        self._update(key, error=f"ambiguous: {why}; candidates {', '.join(ids) or 'none'}"[:500])
+        self.book.update(key, error=f"ambiguous: {why}; candidates {', '.join(ids) or 'none'}"[:500])
         self.audit.log_event("order_reconciled", "ambiguous", {
             "client_key": key, "candidates": ids, "rule": why, "context": context,
             "snapshot_since": snap.get("since"), "snapshot_broker_time": snap.get("broker_time")})
@@ -194,12 +197,12 @@ class OrderRecovery:
         them); SENDING rows go through the snapshot rule; the rest are refreshed. Every ambiguous
         row is handled (kill switch, CRITICAL) before ``AmbiguousOrderError`` is raised."""
         done, ambiguous = [], []
-        for record in self.open_orders():
+        for record in self.book.open_orders():
             if record["status"] == INTENDED:
                 continue
             if record["status"] == SENDING:
                 try:
-                    record = self._settle_sending(record, "reconcile")
+                    record = self.settle_sending(record, "reconcile")
                 except AmbiguousOrderError as exc:
                     ambiguous.append(exc)
                     continue
@@ -217,15 +220,15 @@ class OrderRecovery:
         """The broker's orders of the last ``hours`` (default the snapshot window) and every open
         one, each with ``ours``: the client key of our row linked to it, or None."""
         hours = C.ORDER_SNAPSHOT_LOOKBACK_S / 3600.0 if hours is None else float(hours)
-        listed = self._recent_and_open_orders(datetime.now(UTC) - timedelta(hours=hours))
-        linked = self.linked_keys()
+        listed = self.gateway.recent_and_open_orders(datetime.now(UTC) - timedelta(hours=hours))
+        linked = self.book.linked_keys()
         return [dict(o, ours=linked.get(oid)) for oid, o in listed.items()]
 
     def resolve(self, key: str, order_id: str | None, reason: str) -> dict:
         """A person's decision on an ambiguous (or SENDING) row: ``order_id`` is ours (adopted), or
         None: none of the broker's orders is ours and ours was never placed (the row is closed as
         CANCELED, never sent again)."""
-        record = self._record(key)
+        record = self.book.get(key)
         if record is None:
             raise UserFacingError(f"no order {key!r} in the state database: check the key with "
                                   f"`python trading_execution.py orders`")
@@ -233,23 +236,23 @@ class OrderRecovery:
             raise UserFacingError(f"order {key} is {record['status']} (broker id "
                                   f"{record['broker_order_id']}): nothing to resolve")
         if order_id is None:
-            self._update(key, status=CANCELED, error=f"resolved by hand: not sent ({reason})"[:500])
+            self.book.update(key, status=CANCELED, error=f"resolved by hand: not sent ({reason})"[:500])
             self.audit.log_event("order_reconciled", "resolved_not_sent", {"client_key": key, "reason": reason,
                                                                            "by": config.operator()})
             log.warning("order %s resolved by hand: never placed, closed without sending (%s)", key, reason)
-            return self._record(key)
+            return self._get(key)
         order_id = str(order_id)
-        other = self.linked_keys().get(order_id)
+        other = self.book.linked_keys().get(order_id)
         if other and other != key:
             raise UserFacingError(f"broker order {order_id} is already linked to our order {other}: "
                                   f"pick another id from `python trading_execution.py orders`")
-        found = self._call(f"order {order_id}", self.broker.get_order, order_id)
+        found = self.gateway.get_order(order_id, f"order {order_id}")
         if (found["symbol"], found["side"], int(found["quantity"])) != (
                 record["symbol"], record["side"], int(record["quantity"])):
             raise UserFacingError(f"broker order {order_id} is {found['side']} {found['quantity']} "
                                   f"{found['symbol']}, not {describe(record)}: pick the matching id")
-        self._update(key, status=SUBMITTED, broker_order_id=order_id, error=None,
-                     submitted_at=record["submitted_at"] or state_db.utcnow())
+        self.book.update(key, status=SUBMITTED, broker_order_id=order_id, error=None,
+                         submitted_at=record["submitted_at"] or state_db.utcnow())
         self.audit.log_event("order_reconciled", "resolved_adopted", {
             "client_key": key, "order_id": order_id, "reason": reason, "by": config.operator()})
         log.warning("order %s resolved by hand: broker order %s is ours (%s)", key, order_id, reason)

@@ -128,7 +128,7 @@ class PaperBroker:
         self.fill = fill
         if self.fill not in ("next_open", "close"):
             raise ValueError(f"paper fill mode {self.fill!r}: use 'next_open' or 'close'")
-        self.fills_at_next_open = self.fill == "next_open"   # read by OrderExecutor.wait_for_fills
+        self.fills_at_next_open = self.fill == "next_open"   # broker_base.Broker; read by OrderExecutor.wait_for_fills
         self.conn = conn if conn is not None else state_db.connect()
         self.server_time: datetime | None = None      # the broker's clock at its latest order list
         state_db.ensure_schema(self.conn, _PAPER_SCHEMA)

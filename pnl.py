@@ -5,7 +5,7 @@ Where the fills come from:
 
 * paper: the paper broker's ``paper_fills`` table (every fill with its price and commission) and
   the borrow fees in ``paper_ledger`` (``kind = 'borrow_fee'``);
-* live: the ``orders`` table of trading_execution.py (``mode = 'live'``): one fill per order at
+* live: the ``orders`` table (``order_book.OrderBook.live_fills``, ``mode = 'live'``): one fill per order at
   its ``avg_fill_price`` for its ``filled_quantity`` (Schwab's commissions and borrow fees are
   not in our records: they count as zero here and show in the broker's cash).
 
@@ -35,6 +35,7 @@ import clock
 import config
 import constants as C
 import state_db
+from order_book import OrderBook
 
 BUY_SIDES = ("BUY", "BUY_TO_COVER")
 
@@ -77,15 +78,7 @@ def fills(conn: sqlite3.Connection, mode: str | None = None) -> list[dict]:
         rows = conn.execute("SELECT order_id, symbol, side, quantity, price, commission, trade_date, "
                             "filled_at FROM paper_fills ORDER BY id").fetchall()
         return [dict(r) for r in rows]
-    if not _has_table(conn, "orders"):
-        return []
-    rows = conn.execute(
-        "SELECT COALESCE(broker_order_id, client_key) AS order_id, symbol, side, "
-        "filled_quantity AS quantity, avg_fill_price AS price, 0.0 AS commission, "
-        "cycle_date AS trade_date, COALESCE(submitted_at, updated_at) AS filled_at FROM orders "
-        "WHERE mode = 'live' AND filled_quantity > 0 AND avg_fill_price IS NOT NULL "
-        "ORDER BY COALESCE(submitted_at, created_at), client_key").fetchall()
-    return [dict(r) for r in rows]
+    return OrderBook(conn, create=False).live_fills()
 
 
 def borrow_fees(conn: sqlite3.Connection, mode: str | None = None) -> list[dict]:

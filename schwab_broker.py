@@ -252,6 +252,7 @@ class SchwabAPI:
 
     name = "schwab"          # a label for log lines; code that must tell brokers apart reads ``simulated``
     simulated = False        # real orders, real money
+    fills_at_next_open = False   # Schwab fills a market order in the session (broker_base.Broker)
 
     def __init__(self, credential_manager=None):
         self._cm = credential_manager if credential_manager is not None else CredentialManager()

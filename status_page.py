@@ -36,6 +36,7 @@ import golive
 import drift_monitor
 import pnl
 import state_db
+from order_book import OrderBook
 from fileutil import atomic_write_text
 from model_management import calculate_model_checksum
 from risk_management import RiskManager
@@ -159,8 +160,7 @@ def _latest_predictions(conn) -> list[dict]:
 
 
 def _recent_orders(conn, n: int) -> list[dict]:
-    rows = conn.execute("SELECT * FROM orders ORDER BY created_at DESC, client_key DESC LIMIT ?", (n,)).fetchall()
-    return [dict(r) for r in rows]
+    return OrderBook(conn, create=False).recent(n)
 
 
 def _breaker(conn) -> dict | None:

@@ -30,6 +30,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
@@ -52,7 +53,8 @@ from failpoints import failpoint
 from golive import gate_status
 from logging_setup import ensure_logging
 from model_management import load_model
-from order_planning import plan_orders
+from order_book import OrderBook
+from order_planning import Plan, plan_orders
 from order_recovery import AmbiguousOrderError
 from risk_management import Portfolio, RiskManager
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
@@ -261,8 +263,9 @@ def _cycle(mode: str, as_of, now) -> int:
     keys, failures = _send(executor, plan.approved, cycle_date, mode)
     final = _wait_for_fills(executor, keys)
     _alert_rejections(executor, cycle_date)
-    equity = _close_cycle(conn, audit, risk, executor, model, mode, replay, cycle_date, signals, plan,
-                          keys, failures)
+    run = CycleRun(mode=mode, replay=replay, cycle_date=cycle_date, signals=signals, plan=plan,
+                   keys=keys, failures=failures)
+    equity = _close_cycle(conn, audit, risk, executor, model, run)
     log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
              len(signals), len(plan.orders), len(plan.approved), len(keys), failures, equity)
     _print_cycle(signals, final, executor.broker)
@@ -275,7 +278,7 @@ def _record_interrupted_cycle(audit) -> None:
     found = interrupted_cycle(audit=audit)
     if found:
         details = dict(found["details"])
-        details["open_orders"] = OrderExecutor(conn=db(), audit=audit).open_orders()
+        details["open_orders"] = OrderBook(db()).open_orders()
         log.warning("the previous cycle (started %s) was interrupted; %d of its orders are not final",
                     details.get("started_at"), len(details["open_orders"]))
         audit.log_event(found["action"], found["status"], details)
@@ -456,26 +459,39 @@ def _wait_for_fills(executor, keys) -> list[dict]:
     return final
 
 
-def _close_cycle(conn, audit, risk, executor, model, mode, replay, cycle_date, signals, plan, keys, failures) -> float:
+@dataclass(frozen=True)
+class CycleRun:
+    """What one cycle did, as its close records it."""
+    mode: str
+    replay: bool
+    cycle_date: object
+    signals: list
+    plan: Plan
+    keys: list
+    failures: int
+
+
+def _close_cycle(conn, audit, risk, executor, model, run: CycleRun) -> float:
     """Record the equity after the fills, the cycle summary and (paper, no failure, no halt) the
     paper session for the go-live gate, the broker's positions (the next cycle's baseline for
     activity that is not ours) and the equity curve; audit the cycle's end. Returns the equity."""
     broker = executor.broker
     after = broker.get_account_balance()
     equity = float(after["equity"])
-    risk.update_equity(equity, as_of=cycle_date)
-    summary = {"cycle_date": str(cycle_date), "mode": mode, "replay": replay, "signals": len(signals),
-               "orders_wanted": len(plan.orders), "orders_approved": len(plan.approved), "orders_sent": len(keys),
-               "orders_failed": failures, "equity": equity, "model": model.checksum,
+    risk.update_equity(equity, as_of=run.cycle_date)
+    summary = {"cycle_date": str(run.cycle_date), "mode": run.mode, "replay": run.replay,
+               "signals": len(run.signals), "orders_wanted": len(run.plan.orders),
+               "orders_approved": len(run.plan.approved), "orders_sent": len(run.keys),
+               "orders_failed": run.failures, "equity": equity, "model": model.checksum,
                "halted": bool(executor.halted), "finished_at": state_db.utcnow()}
     with state_db.transaction(conn):
         state_db.kv_set(conn, LAST_CYCLE_KEY, summary)
-        if mode == "paper" and not failures and not executor.halted:
-            golive.record_paper_session(conn, cycle_date, model.checksum, replay, len(keys), equity)
-    executor.record_positions(cycle_date, mode)
-    pnl.record_equity(conn, cycle_date, broker)
+        if run.mode == "paper" and not run.failures and not executor.halted:
+            golive.record_paper_session(conn, run.cycle_date, model.checksum, run.replay, len(run.keys), equity)
+    executor.record_positions(run.cycle_date, run.mode)
+    pnl.record_equity(conn, run.cycle_date, broker)
     failpoint("before_cycle_end")
-    audit.log_event("cycle_end", "failed" if failures else "completed", summary)
+    audit.log_event("cycle_end", "failed" if run.failures else "completed", summary)
     return equity
 
 

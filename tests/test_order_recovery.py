@@ -16,11 +16,16 @@ import pytest
 import constants as C
 import kill_switch
 import state_db
+from broker_base import OrderStatusUnknownError
+from broker_gateway import BrokerGateway, CircuitBreaker
+from errors import UserFacingError
+from fake_broker import FakeBroker
 from kill_switch import KillSwitchSet
+from order_book import INTENDED, SENDING, SUBMITTED, OrderBook
 from paper_broker import PaperBroker
 from schwab_broker import SchwabAPI
 from schwab_fake import api, cm, fake  # noqa: F401  (fixtures)
-from order_recovery import AmbiguousOrderError
+from order_recovery import AmbiguousOrderError, OrderRecovery
 from trading_execution import OrderExecutor, client_key, flatten_key
 from audit_recorder import Recorder
 
@@ -442,7 +447,7 @@ def test_existing_orders_table_gains_the_snapshot_column(trading_home):
     old.commit()
     old.close()
     ex = OrderExecutor(broker=PaperBroker(), conn=state_db.connect())
-    assert ex._record("k")["status"] == "FILLED" and "snapshot" in ex._record("k")
+    assert ex.book.get("k")["status"] == "FILLED" and "snapshot" in ex.book.get("k")
 
 
 def test_cli_lists_orders_ours_marked(api, fake, cm, monkeypatch, capsys):
@@ -453,3 +458,100 @@ def test_cli_lists_orders_ours_marked(api, fake, cm, monkeypatch, capsys):
     assert trading_execution.main(["orders"]) == 0
     out = capsys.readouterr().out
     assert KEY in out and "NOT OURS" in out and "MSFT" in out
+
+
+# ------------------------------------------------------------------ OrderRecovery from its collaborators
+# In-process with a fake broker (tests/fake_broker.py): the book, the gateway and recovery are real.
+def recovery_parts(broker):
+    """(book, recovery, executor) sharing one connection, gateway and audit, as the executor builds them."""
+    conn = state_db.connect()
+    gateway = BrokerGateway(CircuitBreaker(conn), broker, sleep=lambda s: None)
+    ex = OrderExecutor(conn=conn, audit=Recorder(), gateway=gateway)
+    book = OrderBook(conn)
+    return book, OrderRecovery(book, gateway, ex.audit, ex.refresh), ex
+
+
+def sending_row(book, recovery, symbol="AAPL", qty=10):
+    """A row left SENDING by a crash, with the snapshot taken right before the request."""
+    key, _ = book.record_intent(buy(symbol, qty), DAY, "live")
+    book.mark_sending(key, recovery.snapshot())
+    return book.get(key)
+
+
+def test_recovery_adopts_the_one_order_that_landed():
+    broker = FakeBroker()
+    broker.add_order("AAPL", "BUY", 10)                      # before the snapshot: not ours
+    book, recovery, _ = recovery_parts(broker)
+    row_ = sending_row(book, recovery)
+    landed = broker.add_order("AAPL", "BUY", 10)             # the request arrived, the answer was lost
+    broker.add_order("AAPL", "BUY", 5)                       # another quantity: not a candidate
+    record = recovery.settle_sending(row_, "rerun")
+    assert record["status"] == SUBMITTED and record["broker_order_id"] == landed
+    assert recovery.audit.has("order_reconciled", "adopted") and broker.calls["place_order"] == 0
+
+
+def test_recovery_sends_again_what_did_not_land():
+    broker = FakeBroker()
+    book, recovery, ex = recovery_parts(broker)
+    row_ = sending_row(book, recovery)
+    assert recovery.settle_sending(row_, "reconcile")["status"] == INTENDED
+    assert recovery.audit.has("order_reconciled", "not_landed")
+    record = ex.submit(buy(), DAY, "live")                   # the rerun sends it, once
+    assert record["status"] == SUBMITTED and broker.calls["place_order"] == 1 and len(broker.orders) == 1
+
+
+def test_recovery_halts_for_a_person_when_two_orders_match():
+    broker = FakeBroker()
+    book, recovery, _ = recovery_parts(broker)
+    row_ = sending_row(book, recovery)
+    ids = [broker.add_order("AAPL", "BUY", 10), broker.add_order("AAPL", "BUY", 10)]
+    with pytest.raises(AmbiguousOrderError, match="2 broker orders entered since its snapshot match it"):
+        recovery.settle_sending(row_, "reconcile")
+    assert kill_switch.get() and recovery.halted == kill_switch.get()
+    assert book.get(row_["client_key"])["status"] == SENDING and ids[0] in book.get(row_["client_key"])["error"]
+    assert broker.calls["place_order"] == 0
+
+
+def test_send_loop_row_is_sending_at_the_request_and_an_ambiguous_failure_is_adopted():
+    broker = FakeBroker()
+    book, _, ex = recovery_parts(broker)
+    at_request = []
+
+    def lost_answer(order):              # the broker takes the order, the answer never comes
+        at_request.append(OrderBook(state_db.connect()).get(order["client_key"])["status"])
+        broker.add_order(order["symbol"], order["side"], order["quantity"])
+        return OrderStatusUnknownError("lost")
+    broker.fail("place_order", lost_answer)
+    record = ex.submit(buy(), DAY, "live")
+    assert at_request == [SENDING]
+    assert record["status"] == SUBMITTED and len(broker.orders) == 1 and broker.calls["place_order"] == 1
+    assert ex.audit.has("order_reconciled", "adopted")
+
+
+def test_reconcile_leaves_intended_settles_sending_refreshes_the_rest():
+    broker = FakeBroker()
+    book, recovery, ex = recovery_parts(broker)
+    intended, _ = book.record_intent(buy("MSFT"), DAY, "live")
+    sending = sending_row(book, recovery, "JPM")["client_key"]
+    submitted = ex.submit(buy("AAPL"), DAY, "live")
+    broker.fill(submitted["broker_order_id"], 101.0)
+    done = recovery.reconcile()
+    assert [r["client_key"] for r in done] == [submitted["client_key"]] and done[0]["status"] == "FILLED"
+    assert book.get(intended)["status"] == INTENDED and book.get(sending)["status"] == INTENDED
+
+
+def test_resolve_by_hand():
+    broker = FakeBroker()
+    book, recovery, _ = recovery_parts(broker)
+    row_ = sending_row(book, recovery)
+    wrong = broker.add_order("AAPL", "BUY", 3)
+    with pytest.raises(UserFacingError, match="pick the matching id"):
+        recovery.resolve(row_["client_key"], wrong, "ticket 1")
+    ours = broker.add_order("AAPL", "BUY", 10)
+    record = recovery.resolve(row_["client_key"], ours, "ticket 1")
+    assert record["status"] == SUBMITTED and record["broker_order_id"] == ours
+    assert recovery.audit.has("order_reconciled", "resolved_adopted")
+    with pytest.raises(UserFacingError, match="nothing to resolve"):
+        recovery.resolve(row_["client_key"], None, "again")
+    other = sending_row(book, recovery, "MSFT")
+    assert recovery.resolve(other["client_key"], None, "none is ours")["status"] == "CANCELED"

@@ -141,8 +141,8 @@ def test_live_fills_come_from_the_orders_table():
                                     ("k3", "BUY", 7, 1.0, "2025-03-04")]:
         ex.record_intent({"symbol": "ABC", "side": side, "quantity": qty, "client_key": key}, day, "live")
         if key != "k3":      # k3 was never filled
-            ex._update(key, status="FILLED", filled_quantity=qty, avg_fill_price=px, broker_order_id=key,
-                       submitted_at=f"{day}T15:00:00+00:00")
+            ex.book.update(key, status="FILLED", filled_quantity=qty, avg_fill_price=px, broker_order_id=key,
+                           submitted_at=f"{day}T15:00:00+00:00")
     ex.record_intent({"symbol": "ABC", "side": "BUY", "quantity": 3, "client_key": "p"}, "2025-03-03", "paper")
     h = pnl.history(conn, "live")
     assert [f["order_id"] for f in h["fills"]] == ["k1", "k2"]

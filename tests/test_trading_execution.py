@@ -103,9 +103,11 @@ def test_fill_partial_fill_and_cancel_on_timeout(executor, fake):
     assert ("order_fill", "filled") in [(a, s) for a, s, _ in executor.audit.events]
 
 
-def test_breaker_opens_after_five_failures_then_half_open_then_closed(executor, fake, caplog):
+def test_breaker_opens_after_five_failures_then_half_open_then_closed(api, fake, caplog):
     now = {"t": 1000.0}
-    executor._breaker = CircuitBreaker(executor.conn, clock=lambda: now["t"])
+    conn = state_db.connect()
+    executor = OrderExecutor(broker=api, conn=conn, audit=Recorder(), sleep=lambda s: None,
+                             breaker=CircuitBreaker(conn, clock=lambda: now["t"]))
     fake.hook = lambda r: httpx.Response(500, json={"message": "down"})
     with pytest.raises(TransientBrokerError):
         executor.submit(buy("AAPL"), "2025-10-06")           # 4 attempts: 4 failures

@@ -1,0 +1,243 @@
+"""The broker gateway: every call to the broker goes through here, so there is one retry rule and
+one circuit breaker.
+
+* The retry rule (``BrokerGateway.retrying``): a transient broker error (timeouts, 429, 5xx;
+  ``broker_base.TransientBrokerError``) is retried ``ORDER_RETRIES`` times, waiting
+  ``ORDER_BACKOFF_S`` and doubling each time; the last one, and every other error (a rejection,
+  an open breaker, a refused login), is raised at once. ``call`` uses it for calls that are safe
+  to repeat; the executor's exactly-once send loop uses it too, with a step of its own between
+  two attempts (the snapshot rule after an ambiguous failure, the kill switch).
+* ``CircuitBreaker``: shared by every process through the state database (table
+  ``circuit_breaker``). ``CIRCUIT_BREAKER_FAILURES`` consecutive failures open it ("Circuit
+  breaker OPEN"), nothing is sent while open, after ``CIRCUIT_BREAKER_RECOVERY_S`` one trial call
+  goes through ("Circuit breaker half-open"), and a success closes it ("Circuit breaker closed").
+  A rejection counts as an answer (a success for the breaker).
+* The broker is created on first use (``make_broker``), so building a gateway touches no network
+  or credentials.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from datetime import datetime
+from typing import Any, Callable, TypeVar
+
+import alerts
+import constants as C
+import state_db
+from broker_base import Broker, OrderRejectedError, TransientBrokerError
+from errors import UserFacingError
+
+log = logging.getLogger("execution")
+
+T = TypeVar("T")
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS circuit_breaker (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        failures INTEGER NOT NULL,
+        opened_at REAL,
+        trial_started_at REAL,
+        last_error TEXT,
+        updated_at TEXT NOT NULL
+    )""",
+]
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    state_db.ensure_schema(conn, SCHEMA)
+
+
+class CircuitOpenError(UserFacingError):
+    """The circuit breaker is open: nothing is sent to the broker until it recovers."""
+
+
+# ----------------------------------------------------------------------------- circuit breaker
+_CLOSED = {"state": "closed", "failures": 0, "opened_at": None, "trial_started_at": None, "last_error": None}
+
+
+class CircuitBreaker:
+    """closed -> (N consecutive failures) -> open -> (recovery timeout) -> half-open -> one trial
+    call -> closed on success, open again on failure. State lives in the state database, so
+    every process (overlapping cron runs, the CLI) sees the same breaker."""
+
+    def __init__(self, conn: sqlite3.Connection | None = None, name: str = "broker",
+                 failures: int | None = None, recovery_s: float | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.conn = conn or state_db.connect()
+        ensure_schema(self.conn)
+        self.name = name
+        self.threshold = C.CIRCUIT_BREAKER_FAILURES if failures is None else failures
+        self.recovery_s = C.CIRCUIT_BREAKER_RECOVERY_S if recovery_s is None else recovery_s
+        self.clock = clock
+
+    def _row(self) -> dict[str, Any]:
+        row = self.conn.execute("SELECT * FROM circuit_breaker WHERE name = ?", (self.name,)).fetchone()
+        return dict(_CLOSED) if row is None else dict(row)
+
+    def _save(self, row: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT INTO circuit_breaker(name, state, failures, opened_at, trial_started_at, last_error, updated_at)"
+            " VALUES(?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET state=excluded.state,"
+            " failures=excluded.failures, opened_at=excluded.opened_at,"
+            " trial_started_at=excluded.trial_started_at, last_error=excluded.last_error,"
+            " updated_at=excluded.updated_at",
+            (self.name, row["state"], row["failures"], row["opened_at"], row["trial_started_at"],
+             row["last_error"], state_db.utcnow()))
+
+    def status(self) -> dict[str, Any]:
+        return self._row()
+
+    def allow(self) -> bool:
+        """May a call go to the broker now? Moves open -> half-open after the timeout, and lets
+        exactly one process make the trial call."""
+        with state_db.transaction(self.conn):
+            row = self._row()
+            now = self.clock()
+            if row["state"] == "closed":
+                return True
+            if row["state"] == "open":
+                if now - (row["opened_at"] or 0) < self.recovery_s:
+                    return False
+                row.update(state="half_open", trial_started_at=now)
+                self._save(row)
+                log.warning("Circuit breaker half-open: %.0f s after opening, letting one trial call through",
+                            now - (row["opened_at"] or now))
+                return True
+            # half-open: a trial is under way; a stuck trial (crashed process) is retried
+            if now - (row["trial_started_at"] or 0) >= self.recovery_s:
+                row.update(trial_started_at=now)
+                self._save(row)
+                return True
+            return False
+
+    def record_success(self) -> None:
+        with state_db.transaction(self.conn):
+            row = self._row()
+            if row["state"] != "closed":
+                log.warning("Circuit breaker closed: trial call succeeded, trading resumes")
+            if row["state"] != "closed" or row["failures"]:
+                self._save(dict(_CLOSED))
+
+    def record_failure(self, error: str) -> None:
+        with state_db.transaction(self.conn):
+            row = self._row()
+            row["failures"] += 1
+            row["last_error"] = error[:500]
+            opened = row["state"] == "half_open" or (row["state"] == "closed" and row["failures"] >= self.threshold)
+            if opened:
+                row.update(state="open", opened_at=self.clock(), trial_started_at=None)
+                log.error("Circuit breaker OPEN after %d consecutive failures (last: %s); nothing is "
+                          "sent for %.0f s, then one trial call", row["failures"], error, self.recovery_s)
+            self._save(row)
+        if opened:
+            alerts.send_alert("circuit_breaker_open", f"{self.name} circuit breaker opened after "
+                              f"{row['failures']} consecutive failures (last: {error[:200]})", key=self.name)
+
+    def reset(self) -> None:
+        with state_db.transaction(self.conn):
+            self._save(dict(_CLOSED))
+        log.warning("Circuit breaker closed: reset by an operator")
+
+
+# ----------------------------------------------------------------------------- the gateway
+class BrokerGateway:
+    """The broker behind the circuit breaker and the retry rule (see the module docstring)."""
+
+    def __init__(self, breaker: CircuitBreaker, broker: Broker | None = None, *,
+                 make_broker: Callable[[], Broker] | None = None,
+                 sleep: Callable[[float], Any] = time.sleep,
+                 retries: int | None = None, backoff_s: float | None = None):
+        if broker is None and make_broker is None:
+            raise ValueError("BrokerGateway needs a broker or make_broker")
+        self.breaker = breaker
+        self._broker = broker
+        self._make_broker = make_broker
+        self.sleep = sleep
+        self.retries = C.ORDER_RETRIES if retries is None else retries
+        self.backoff_s = C.ORDER_BACKOFF_S if backoff_s is None else backoff_s
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            assert self._make_broker is not None
+            self._broker = self._make_broker()
+        return self._broker
+
+    # -- the one retry rule
+    def wait_s(self, n: int) -> float:
+        """The wait after the ``n``-th failed attempt: ``ORDER_BACKOFF_S`` doubled each time."""
+        return self.backoff_s * 2 ** (n - 1)
+
+    def retrying(self, what: str, attempt: Callable[[int], T], *,
+                 before_retry: Callable[[TransientBrokerError], None] | None = None,
+                 ambiguous_note: str = "") -> T:
+        """``attempt(n)`` for n = 1, 2, ... until it returns: a transient broker error is retried
+        ``retries`` times with the backoff of ``wait_s``; the last one, and every other error, is
+        raised. ``before_retry(error)`` runs after the wait, before the next attempt (it may end
+        the retrying by raising); ``ambiguous_note`` ends the warning line of an ambiguous error."""
+        attempts = self.retries + 1
+        for n in range(1, attempts + 1):
+            try:
+                return attempt(n)
+            except TransientBrokerError as exc:
+                if n >= attempts:
+                    raise
+                wait = self.wait_s(n)
+                note = ambiguous_note if exc.ambiguous else ""
+                log.warning("%s failed (%s); retry %d of %d in %.1f s%s", what, exc, n, attempts - 1, wait, note)
+                self.sleep(wait)
+                if before_retry is not None:
+                    before_retry(exc)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    # -- calls through the breaker
+    def call_once(self, what: str, func: Callable[..., T], *args) -> T:
+        """One attempt through the breaker (the caller does the retrying). ``CircuitOpenError``
+        when the breaker refuses it: then nothing was sent."""
+        if not self.breaker.allow():
+            st = self.breaker.status()
+            raise CircuitOpenError(f"Circuit breaker OPEN ({st['failures']} consecutive failures, last: "
+                                   f"{st['last_error']}): {what} not sent")
+        try:
+            result = func(*args)
+        except OrderRejectedError:
+            self.breaker.record_success()
+            raise
+        except TransientBrokerError as exc:
+            self.breaker.record_failure(f"{what}: {exc}")
+            raise
+        except Exception as exc:
+            self.breaker.record_failure(f"{what}: {type(exc).__name__}: {exc}")
+            raise
+        self.breaker.record_success()
+        return result
+
+    def call(self, what: str, func: Callable[..., T], *args) -> T:
+        """A broker call that is safe to repeat, through the breaker with the retry rule."""
+        return self.retrying(what, lambda n: self.call_once(what, func, *args))
+
+    # -- the broker's calls the order path makes
+    def get_order(self, order_id: str, what: str) -> dict:
+        return self.call(what, self.broker.get_order, order_id)
+
+    def cancel_order(self, order_id: str, what: str) -> None:
+        self.call(what, self.broker.cancel_order, order_id)
+
+    def positions(self) -> dict[str, dict]:
+        return self.call("positions", self.broker.get_positions)
+
+    def open_orders(self) -> list[dict]:
+        return self.call("list open orders", self.broker.get_open_orders)
+
+    def orders_since(self, since: datetime, what: str = "list orders") -> list[dict]:
+        return self.call(what, self.broker.get_orders_since, since)
+
+    def recent_and_open_orders(self, since: datetime) -> dict[str, dict]:
+        """{broker id: order} for the broker's orders entered since ``since`` and every open one."""
+        listed = {str(o["order_id"]): o for o in self.orders_since(since)}
+        for o in self.open_orders():
+            listed.setdefault(str(o["order_id"]), o)
+        return listed
