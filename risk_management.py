@@ -604,7 +604,7 @@ class RiskManager:
 
     def _price_sanity_problem(self, head: str, symbol: str, price: float, pf: Portfolio) -> str | None:
         last = pf.last_close.get(symbol)
-        if not _finite(last) or float(last) <= 0:
+        if last is None or not _finite(last) or float(last) <= 0:
             return f"{head}: no last close to check the price {_money(price)} against"
         limit = self.settings.price_sanity_pct
         deviation = abs(price - float(last)) / float(last)
