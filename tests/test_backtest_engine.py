@@ -246,6 +246,26 @@ def test_short_position_gains_when_price_falls_and_pays_borrow_fees():
     assert s["total_return"] > 0
 
 
+def test_tighter_limits_through_the_settings_change_the_replay():
+    """Other risk limits reach every rule of the replay through the settings object alone (no
+    global is touched): fewer, smaller positions; the constants' own run is unchanged after."""
+    symbols = tuple(f"T{i:02d}" for i in range(8))
+    prices, sig = sample_market(symbols=symbols, end="2023-03-31")
+    market = E.market_from_frames(prices, sig)
+    before = E.run_engine(market)
+    tight = LIVE.replace(max_positions=2, max_position_pct=0.03)
+    limited = E.run_engine(market, settings=tight)
+    assert before.n_positions.max() > 2 and limited.n_positions.max() <= 2
+    opening = [t for t in limited.trades if t["side"] in ("BUY", "SELL_SHORT")]
+    assert opening and all(t["quantity"] * t["decision_price"] <= 0.03 * INITIAL * 1.2 for t in opening)
+    assert limited.trades != before.trades and not np.array_equal(limited.equity, before.equity)
+    assert C.MAX_POSITIONS == LIVE.max_positions > 2                 # nothing global changed
+    again = E.run_engine(market)
+    assert again.trades == before.trades
+    # the policy's settings are the engine's when none are given
+    assert E.run_engine(market, E.LivePolicy(settings=tight)).trades == limited.trades
+
+
 def test_engine_ledger_matches_the_paper_broker():
     """Replay the engine's fills through the real PaperBroker: same cash, positions and equity."""
     prices, sig = sample_market(symbols=("AAA", "BBB", "CCC"), end="2023-05-31")
