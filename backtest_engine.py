@@ -472,7 +472,7 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
     borrow_events: list[dict] = []
     cancelled: list[dict] = []
     pending: list[dict] = []
-    decided_on, decided_iso = None, None
+    decided_iso: str | None = None          # the session yesterday's orders were decided on
 
     def accrue(i: int, day_i: int, price: float) -> float:
         start = accrued_to.get(i)
@@ -500,7 +500,7 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
                 ref = fill_row.item(i)
                 side, qty = order["side"], int(order["quantity"])
                 if not math.isfinite(ref) or ref <= 0:
-                    cancelled.append({"date": iso[d], "decided": decided_on.isoformat(),
+                    cancelled.append({"date": iso[d], "decided": decided_iso,
                                       **order, "reason": "no price on the fill day"})
                     continue
                 if side == "BUY_TO_COVER":              # the broker charges the borrow up to the cover
@@ -554,7 +554,7 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
             if d < n - 1:
                 pending = policy.decide(pydates[d], symbols, pos, cash, eq, close_ff[d],
                                         market.signal[d], market.score[d], market.volatility[d])
-                decided_on, decided_iso = pydates[d], iso[d]
+                decided_iso = iso[d]
             if progress is not None:
                 progress(d + 1, n)
 
