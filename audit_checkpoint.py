@@ -11,7 +11,7 @@ first append migrates it. A copy appended to while its original is still in use 
 of its own (a fork).
 
 This module also holds what the trail and its checkpoint share: the audit errors, the canonical
-JSON that is signed, and the MAC.
+JSON that is signed, the MAC and the key (``AuditKey``).
 """
 from __future__ import annotations
 
@@ -113,6 +113,35 @@ def load_key(key_path: Path) -> bytes:
         raise AuditKeyError(f"Audit key {key_path} is not 64 hex digits: the file is "
                             f"damaged. Restore it from your backup of {key_path.parent}")
     return bytes.fromhex(text)
+
+
+class AuditKey:
+    """The trail's HMAC key file at ``path``, read once. ``trail_dir`` and ``checkpoint`` (a
+    ``TrailCheckpoint``) only word the message when the key is missing."""
+
+    def __init__(self, path: Path, trail_dir: Path, checkpoint: "TrailCheckpoint"):
+        self.path = path
+        self.trail_dir = trail_dir
+        self.checkpoint = checkpoint
+        self.loaded: bytes | None = None
+
+    def load(self, create: bool) -> bytes:
+        """The key; ``create=False`` raises ``AuditKeyMissingError`` when the file is absent
+        (a reader never creates a key), ``create=True`` makes one (the first append)."""
+        if self.loaded is None:
+            if not create and not self.path.exists():
+                raise AuditKeyMissingError(self.missing_text())
+            self.loaded = load_key(self.path)
+        return self.loaded
+
+    def missing_text(self, records: int | None = None) -> str:
+        what = f"the {records} records of" if records else "the audit trail in"
+        return (f"Audit key missing: {self.path} does not exist, so {what} "
+                f"{display(self.trail_dir)} cannot be verified or extended. This is not evidence "
+                f"of tampering. Restore the key (and {self.checkpoint.path.name}) from the backup "
+                f"of {self.path.parent}; do not create a new key, or every record will fail "
+                f"verification. If TRADING_CONFIG_DIR is set differently for this user, use the "
+                f"same value as the cron jobs.")
 
 
 @dataclass

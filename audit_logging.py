@@ -32,8 +32,9 @@ Integrity
   ``audit_log.YYYYMMDD.jsonl`` (the UTC date of its last record; ``-2``, ``-3``... when taken) and
   the chain continues in a new live file. ``verify_chain`` walks every file in name order; a
   missing, truncated or reordered file is an error that names it.
-* Verifying (``verify``, ``verify_chain``) lives in ``audit_verify.py``, mixed into
-  ``AuditLogger``.
+* Verifying (``verify``, ``verify_chain``) is done by an ``audit_verify.TrailVerifier`` that
+  ``AuditLogger`` builds from the trail's files (``audit_verify.TrailFiles``), its key
+  (``audit_checkpoint.AuditKey``) and its checkpoint (``audit_checkpoint.TrailCheckpoint``).
 
 Command line::
 
@@ -52,7 +53,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import sys
 from collections import deque
 from contextlib import contextmanager
@@ -67,24 +67,23 @@ import fileutil
 import logging_setup
 from failpoints import failpoint
 from audit_checkpoint import (GENESIS_HASH, RUNBOOK_AUDIT_SECTION, AuditChainError, AuditError,
-                              AuditKeyMissingError, AuditTrailInvalidError, BadCheckpoint,
-                              TrailCheckpoint, canonical_json, load_key)
+                              AuditKey, AuditKeyMissingError, AuditTrailInvalidError, BadCheckpoint,
+                              TrailCheckpoint, canonical_json)
 from audit_checkpoint import display as _display
 from audit_checkpoint import mac as _mac, utc_timestamp as _utc_timestamp
-from audit_verify import TrailVerifier, VerifyReport
+from audit_verify import TrailFiles, TrailVerifier, VerifyReport, check_line, split_lines
 
 log = logging.getLogger("audit")
 
 
-_ROTATED = re.compile(r"^(?P<stem>.+)\.(?P<date>\d{8})(?:-(?P<n>\d+))?(?P<suffix>\.[^.]+)$")
-
-
 # --------------------------------------------------------------------------- the logger
-class AuditLogger(TrailVerifier):
-    """Append to and verify the hash-chained audit trail (verifying: ``audit_verify.py``).
+class AuditLogger:
+    """Append to and verify the hash-chained audit trail.
 
     ``path`` defaults to ``<TRADING_HOME>/logs/audit/audit_log.jsonl``; the key and checkpoint
-    default to ``config.config_dir()``. All paths are fixed when the object is created.
+    default to ``config.config_dir()``. All paths are fixed when the object is created. It holds
+    the trail's files (``trail``), key (``key``), checkpoint (``checkpoint``) and the
+    ``audit_verify.TrailVerifier`` built from them (``verifier``).
     """
 
     def __init__(self, path=None, *, key_path=None, checkpoint_path=None):
@@ -95,7 +94,19 @@ class AuditLogger(TrailVerifier):
         self.checkpoint = TrailCheckpoint(self.path,
                                           Path(checkpoint_path) if checkpoint_path else None)
         self.legacy_checkpoint_path = self.checkpoint.legacy_path
-        self._key: bytes | None = None
+        self.trail = TrailFiles(self.path)
+        self.key = AuditKey(self.key_path, self.directory, self.checkpoint)
+        self.verifier = TrailVerifier(self.trail, self.key, self.checkpoint)
+
+    # ----------------------------------------------------------------- verifying (TrailVerifier)
+    def verify_chain(self) -> tuple[bool, str | None]:
+        """``(True, None)`` when every file verifies and matches the checkpoint; otherwise
+        ``(False, message)`` naming the first bad record (file and line) and what is wrong."""
+        return self.verifier.verify_chain()
+
+    def verify(self, use_checkpoint: bool = True) -> VerifyReport:
+        """The whole trail's ``VerifyReport`` (``audit_verify.TrailVerifier.verify``)."""
+        return self.verifier.verify(use_checkpoint)
 
     # ----------------------------------------------------------------- checkpoint (audit_checkpoint)
     def trail_id(self) -> str | None:
@@ -130,34 +141,14 @@ class AuditLogger(TrailVerifier):
     # ----------------------------------------------------------------- files
     def files(self) -> list[Path]:
         """Every file of the trail in chain order: rotated files by name, then the live file."""
-        rotated = []
-        stem, suffix = self.path.stem, self.path.suffix
-        if self.directory.is_dir():
-            for entry in self.directory.iterdir():
-                m = _ROTATED.match(entry.name)
-                if m and m["stem"] == stem and m["suffix"] == suffix and entry.is_file():
-                    rotated.append(((m["date"], int(m["n"] or 1)), entry))
-        ordered = [p for _, p in sorted(rotated)]
-        if self.path.exists():
-            ordered.append(self.path)
-        return ordered
+        return self.trail.files()
 
     # ----------------------------------------------------------------- key
     def _load_key(self, create: bool) -> bytes:
-        if self._key is None:
-            if not create and not self.key_path.exists():
-                raise AuditKeyMissingError(self._key_missing_text())
-            self._key = load_key(self.key_path)
-        return self._key
+        return self.key.load(create)
 
     def _key_missing_text(self, records: int | None = None) -> str:
-        what = f"the {records} records of" if records else "the audit trail in"
-        return (f"Audit key missing: {self.key_path} does not exist, so {what} "
-                f"{_display(self.directory)} cannot be verified or extended. This is not evidence "
-                f"of tampering. Restore the key (and {self.checkpoint_path.name}) from the backup "
-                f"of {self.key_path.parent}; do not create a new key, or every record will fail "
-                f"verification. If TRADING_CONFIG_DIR is set differently for this user, use the "
-                f"same value as the cron jobs.")
+        return self.key.missing_text(records)
 
     def _trail_exists(self) -> bool:
         return any(p.stat().st_size > 0 for p in self.files()) or self.checkpoint_path.exists()
@@ -212,7 +203,7 @@ class AuditLogger(TrailVerifier):
                     break
         if line is None:
             return None, torn, torn_at
-        obj, problem = self._check_line(key, line)
+        obj, problem = check_line(key, line)
         if problem:
             raise AuditChainError(
                 f"Hash chain broken: the last record of {_display(path)} {problem}; refusing to "
@@ -223,8 +214,8 @@ class AuditLogger(TrailVerifier):
     def _hash_at(self, key: bytes, seq: int) -> str | None:
         """The hash of the authentic record ``seq``, searching the newest files first."""
         for path in reversed(self.files()):
-            for line in reversed(self._split(path.read_bytes())[0]):
-                obj, problem = self._check_line(key, line)
+            for line in reversed(split_lines(path.read_bytes())[0]):
+                obj, problem = check_line(key, line)
                 if problem is None and obj["seq"] == seq:
                     return obj["hash"]
                 if problem is None and obj["seq"] < seq:
@@ -252,7 +243,7 @@ class AuditLogger(TrailVerifier):
         return fd
 
     def _key_for_append(self) -> bytes:
-        if self._key is None and not self.key_path.exists() and self._trail_exists():
+        if self.key.loaded is None and not self.key_path.exists() and self._trail_exists():
             raise AuditKeyMissingError(self._key_missing_text())
         return self._load_key(create=True)
 
@@ -361,11 +352,7 @@ class AuditLogger(TrailVerifier):
             first = os.pread(fd, 1 << 16, 0).split(b"\n", 1)[0]
             first_seq = json.loads(first).get("seq") if first.strip() else None
             day = (when or datetime.strptime(last["timestamp"][:10], "%Y-%m-%d")).strftime("%Y%m%d")
-            target = self.directory / f"{self.path.stem}.{day}{self.path.suffix}"
-            n = 1
-            while target.exists():
-                n += 1
-                target = self.directory / f"{self.path.stem}.{day}-{n}{self.path.suffix}"
+            target = self.trail.rotation_target(day)
             os.rename(self.path, target)
             fileutil.fsync_dir(self.directory)
             new_fd = self._open_live()
@@ -413,7 +400,7 @@ class AuditLogger(TrailVerifier):
         """Complete records from the newest back (not verified; see ``verify``); a line that
         is not JSON is skipped."""
         for path in reversed(self.files()):
-            lines, _ = self._split(path.read_bytes())
+            lines, _ = split_lines(path.read_bytes())
             for line in reversed(lines):
                 try:
                     rec = json.loads(line)
@@ -426,7 +413,7 @@ class AuditLogger(TrailVerifier):
         """The last ``n`` complete records, oldest first (not verified; see ``verify``)."""
         out: deque = deque(maxlen=n)
         for path in reversed(self.files()):
-            lines, _ = self._split(path.read_bytes())
+            lines, _ = split_lines(path.read_bytes())
             chunk = []
             for line in lines[-n:]:
                 try:

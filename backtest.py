@@ -39,13 +39,14 @@ import data_collection
 import model_management
 import signals as sig
 import walk_forward
-from backtest_engine import (FILL_MODES, BacktestError, Costs, LivePolicy, buy_and_hold, market_from_frames,
+from backtest_engine import (FILL_MODES, BacktestError, LivePolicy, buy_and_hold, market_from_frames,
                              run_engine)
 from backtest_metrics import CONVENTIONS, analyse
 from backtest_report import add_trade_tables, fmt, make_charts, write_reports
 from errors import command_failed, install_excepthook, squeeze
 from golive import Criteria, evaluate_criteria, record_run
 from logging_setup import setup_logging
+from settings import TradingSettings
 
 log = logging.getLogger("backtest")
 
@@ -116,7 +117,7 @@ class Options:
     end: str | None = None
     symbols: list[str] | None = None
     initial_cash: float = C.INITIAL_PAPER_CASH
-    costs: Costs = field(default_factory=Costs)
+    settings: TradingSettings = field(default_factory=TradingSettings.from_constants)   # limits and costs
     criteria: Criteria = field(default_factory=Criteria)
     in_sample: bool = False
     fill: str = C.BACKTEST_FILL
@@ -184,18 +185,20 @@ def run_backtest(opts: Options) -> dict:
                           ["Date", "Symbol", "Open", "Close"]]
     market = market_from_frames(prices, scored)
     bar = _ProgressBar("backtest") if opts.progress else None
-    result = run_engine(market, LivePolicy(costs=opts.costs), costs=opts.costs,
+    result = run_engine(market, LivePolicy(settings=opts.settings), settings=opts.settings,
                         initial_cash=opts.initial_cash, fill=opts.fill,
                         progress=bar.update if bar else None)
     if bar:
         bar.close()
     t_engine = time.perf_counter()
-    benchmark = buy_and_hold(market, opts.initial_cash, opts.costs, opts.fill)
+    benchmark = buy_and_hold(market, opts.initial_cash, opts.settings, opts.fill)
     analysis = analyse(result, market, benchmark)
     criteria_rows = evaluate_criteria(analysis["strategy"], opts.criteria)
     passed = all(c["passed"] for c in criteria_rows)
+    live = TradingSettings.from_constants()
     gate_eligible = (not opts.in_sample and opts.criteria.not_looser_than_defaults()
-                     and opts.costs.not_below_defaults())
+                     and opts.settings.costs_not_below(live)
+                     and opts.settings.risk_limits() == live.risk_limits())
     equity = result.equity_series()
     dd = equity / equity.cummax() - 1.0
     title = ("IN-SAMPLE backtest" if opts.in_sample else "Out-of-sample backtest") + \
@@ -205,13 +208,12 @@ def run_backtest(opts: Options) -> dict:
         "initial_cash": opts.initial_cash, "fill": opts.fill, "in_sample": opts.in_sample,
         "out_of_sample_start": str(oos_start.date()) if oos_start is not None else None,
         "model_in_sample_end": str(model_end.date()) if (model_end := in_sample_end(metadata)) is not None else None,
-        "costs": opts.costs.effective(), "criteria": asdict(opts.criteria),
+        "costs": opts.settings.cost_model(), "criteria": asdict(opts.criteria),
         "signal_threshold": C.SIGNAL_THRESHOLD, "trading_days_per_year": C.TRADING_DAYS_PER_YEAR,
         "risk_free_rate": C.RISK_FREE_RATE, "policy": result.policy,
-        "risk_limits": {k: getattr(C, k) for k in ("MAX_POSITION_PCT", "MAX_GROSS_EXPOSURE", "MAX_POSITIONS",
-                                                   "MAX_ORDER_VALUE", "RISK_PER_TRADE", "MAX_DRAWDOWN",
-                                                   "DAILY_LOSS_LIMIT", "ALLOW_SHORTS", "MAX_SIZE_SCALE",
-                                                   "REBALANCE_BAND")},
+        "risk_limits": {k: opts.settings.risk_limits()[k] for k in (
+            "MAX_POSITION_PCT", "MAX_GROSS_EXPOSURE", "MAX_POSITIONS", "MAX_ORDER_VALUE", "RISK_PER_TRADE",
+            "MAX_DRAWDOWN", "DAILY_LOSS_LIMIT", "ALLOW_SHORTS", "MAX_SIZE_SCALE", "REBALANCE_BAND")},
         "model_path": str(Path(opts.model_path) if opts.model_path else config.path(C.MODEL_FILE)),
         "model_metadata": metadata, "gate_eligible": gate_eligible,
         "data_source": _data_source(), "data_source_label": config.data_source_banner(),
@@ -304,6 +306,14 @@ class _ProgressBar:
 
 
 # =========================================================================== CLI
+
+def _settings(args) -> TradingSettings:
+    """The live settings with the cost options given on the command line."""
+    given = {"slippage_bps": args.slippage, "commission_per_share": args.commission,
+             "min_commission": args.min_commission, "borrow_rate": args.borrow_rate}
+    return TradingSettings.from_constants().replace(
+        **{name: float(value) for name, value in given.items() if value is not None})
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -409,8 +419,7 @@ def main(argv=None) -> int:
         start=args.start, end=args.end,
         symbols=args.symbols.split(",") if args.symbols else None,
         initial_cash=args.initial_cash,
-        costs=Costs(slippage_bps=args.slippage, commission_per_share=args.commission,
-                    min_commission=args.min_commission, borrow_rate=args.borrow_rate),
+        settings=_settings(args),
         criteria=Criteria(args.min_total_return, args.min_sharpe, args.max_drawdown, args.min_trades),
         in_sample=args.in_sample, fill=args.fill, model_path=args.model, data_path=args.data,
         record=not args.no_record, progress=(not args.no_progress) and sys.stderr.isatty())

@@ -9,6 +9,10 @@ session's open (``constants.BACKTEST_FILL``) at the paper broker's ``slippage_pr
 ``commission_for`` and shorts accrue its ``borrow_fee`` (calendar days, ACT/360, before a cover and
 at each close). The signal of day t uses data up to day t's close only; its order fills on day t+1.
 ``buy_and_hold`` is the equal-weight benchmark of the same symbols.
+
+The risk limits and the cost model come from one ``settings.TradingSettings`` (default: built from
+``constants.py``): ``run_engine(market, settings=TradingSettings.from_constants().replace(...))``
+replays with other limits or costs without touching a global.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ import state_db
 from errors import UserFacingError
 from order_planning import plan_orders
 from broker_base import BUY_SIDES, BUY_TO_COVER, SELL, borrow_fee, commission_for, paper_buying_power, slippage_price
+from settings import TradingSettings, default_settings
+from short_rules import ShortRules, hard_to_borrow
 
 FILL_MODES = ("next_open", "next_close")
 
@@ -36,42 +42,20 @@ class BacktestError(UserFacingError):
 
 
 
-@dataclass
-class Costs:
-    """The paper broker's cost model with optional overrides (None = the broker's default)."""
-    slippage_bps: float | None = None          # broker_base.slippage_price (default PAPER_SLIPPAGE_BPS)
-    commission_per_share: float | None = None  # broker_base.commission_for (default PAPER_COMMISSION_PER_SHARE)
-    min_commission: float | None = None        # default PAPER_MIN_COMMISSION
-    borrow_rate: float = C.DEFAULT_BORROW_RATE  # annual borrow rate of every short (paper default)
+# =========================================================================== the cost model
+# broker_base's formulas with the settings' values: the paper broker's own fills.
 
-    @classmethod
-    def zero(cls) -> "Costs":
-        return cls(slippage_bps=0.0, commission_per_share=0.0, min_commission=0.0, borrow_rate=0.0)
+def fill_price(settings: TradingSettings, reference: float, side: str) -> float:
+    return slippage_price(reference, side, settings.slippage_bps)
 
-    def effective(self) -> dict:
-        return {"slippage_bps": C.PAPER_SLIPPAGE_BPS if self.slippage_bps is None else float(self.slippage_bps),
-                "commission_per_share": (C.PAPER_COMMISSION_PER_SHARE if self.commission_per_share is None
-                                         else float(self.commission_per_share)),
-                "min_commission": C.PAPER_MIN_COMMISSION if self.min_commission is None else float(self.min_commission),
-                "borrow_rate": float(self.borrow_rate),
-                "borrow_day_count": C.BORROW_DAY_COUNT}
 
-    def fill_price(self, reference: float, side: str) -> float:
-        return slippage_price(reference, side, self.slippage_bps)
+def commission(settings: TradingSettings, quantity: int) -> float:
+    return commission_for(quantity, settings.commission_per_share, settings.min_commission)
 
-    def commission(self, quantity: int) -> float:
-        return commission_for(quantity, self.commission_per_share, self.min_commission)
 
-    def borrow(self, quantity: int, price: float, days: int) -> float:
-        # the paper broker rounds each accrual to 6 decimals; so do we (same ledger)
-        return round(borrow_fee(quantity, price, self.borrow_rate, days), 6)
-
-    def not_below_defaults(self) -> bool:
-        eff = self.effective()
-        return (eff["slippage_bps"] >= C.PAPER_SLIPPAGE_BPS - 1e-12
-                and eff["commission_per_share"] >= C.PAPER_COMMISSION_PER_SHARE - 1e-12
-                and eff["min_commission"] >= C.PAPER_MIN_COMMISSION - 1e-12
-                and eff["borrow_rate"] >= C.DEFAULT_BORROW_RATE - 1e-12)
+def borrow(settings: TradingSettings, quantity: int, price: float, days: int) -> float:
+    # the paper broker rounds each accrual to 6 decimals; so do we (same ledger)
+    return round(borrow_fee(quantity, price, settings.borrow_rate, days, settings.borrow_day_count), 6)
 
 
 # =========================================================================== market arrays
@@ -218,16 +202,17 @@ class _Quiet:
 
 class ReplayRisk(rm.RiskManager):
     """The live ``RiskManager`` for a replay: its halt state in a plain dict instead of the state
-    DB (the do-not-short list and forced buy-ins in a private in-memory database), no audit, and
-    the reads a replay repeats kept in memory: the halt state is read once a day (only
-    ``update_equity`` and the resets write it), the do-not-short list once until it changes.
-    Every rule is the RiskManager's own."""
+    DB (the do-not-short list and forced buy-ins in a private in-memory database, the list read
+    again only after it changed), no audit, and the halt state read once a day (only
+    ``update_equity`` and the resets write it). Every rule is the RiskManager's own."""
 
-    def __init__(self):
-        super().__init__(conn=state_db.connect(":memory:"), audit=rm.NullAudit())
+    def __init__(self, settings: TradingSettings | None = None):
+        settings = settings or default_settings()
+        conn, audit = state_db.connect(":memory:"), rm.NullAudit()
+        super().__init__(conn=conn, audit=audit, settings=settings,
+                         shorts=ShortRules(conn, audit, settings, remember_list=True))
         self._state: dict = {}
         self._halt = None                     # (as_of, is_halted(as_of))
-        self._dns = None
 
     def _kv_get(self, key):
         return self._state.get(key)
@@ -247,19 +232,6 @@ class ReplayRisk(rm.RiskManager):
         if self._halt is None or self._halt[0] != as_of:
             self._halt = (as_of, super().is_halted(as_of))
         return self._halt[1]
-
-    def do_not_short(self):
-        if self._dns is None:
-            self._dns = super().do_not_short()
-        return self._dns
-
-    def add_do_not_short(self, *args, **kwargs):
-        self._dns = None
-        return super().add_do_not_short(*args, **kwargs)
-
-    def remove_do_not_short(self, *args, **kwargs):
-        self._dns = None
-        return super().remove_do_not_short(*args, **kwargs)
 
 
 class LivePolicy:
@@ -284,29 +256,28 @@ class LivePolicy:
 
     name = "live"
 
-    def __init__(self, risk=None, costs: Costs | None = None, prune: bool = True):
+    def __init__(self, risk=None, settings: TradingSettings | None = None, prune: bool = True):
         self.prune = prune
-        self.risk = risk if risk is not None else ReplayRisk()
-        self.costs = costs or Costs()
+        self.settings = settings or (risk.settings if risk is not None else default_settings())
+        self.risk = risk if risk is not None else ReplayRisk(self.settings)
         self.halts: list[dict] = []
         self.rejections = 0
         self.rejection_samples: list[dict] = []
         self.widened = 0
         self._halted_on = None
         self._index = None                   # (symbols, {symbol: column}) of the replay
-        rate = float(self.costs.borrow_rate)
-        self._quote = {"borrow_rate": rate, "hard_to_borrow": rate > C.MAX_BORROW_RATE, "shortable": True,
-                       "ex_dividend_date": None}
+        rate = float(self.settings.borrow_rate)
+        self._quote = {"borrow_rate": rate, "shortable": True, "ex_dividend_date": None,
+                       "hard_to_borrow": hard_to_borrow({"borrow_rate": rate}, self.settings) is not None}
 
-    @staticmethod
-    def _complete(targets: dict, prices: dict, equity: float, rest_prices: np.ndarray) -> bool:
+    def _complete(self, targets: dict, prices: dict, equity: float, rest_prices: np.ndarray) -> bool:
         """True when no candidate left out could have received a position: every slot is taken
         (MAX_POSITIONS), or the gross exposure left is below the price of each of them (the
         strongest-first loop in target_positions cuts a new position to room // price shares)."""
-        if sum(1 for q in targets.values() if q != 0) >= C.MAX_POSITIONS:
+        if sum(1 for q in targets.values() if q != 0) >= self.settings.max_positions:
             return True
         gross = sum(abs(q) * prices[s] for s, q in targets.items() if q)
-        room = C.MAX_GROSS_EXPOSURE * max(equity, 0.0) - gross
+        room = self.settings.max_gross_exposure * max(equity, 0.0) - gross
         return bool(len(rest_prices) == 0 or room < float(np.min(rest_prices)) * (1.0 - 1e-9))
 
     def on_close(self, day: date, equity: float) -> None:
@@ -331,7 +302,7 @@ class LivePolicy:
         prices: dict[str, float] = {}
         quotes: dict[str, dict] = {}
         sigs: list[dict] = []
-        pf = rm.Portfolio(equity=equity, cash=cash, buying_power=paper_buying_power(cash, short_mv),
+        pf = rm.Portfolio(equity=equity, cash=cash, buying_power=paper_buying_power(cash, short_mv, margin_req=self.settings.short_margin_req),
                           positions={symbols[i]: int(q) for i, q in zip(held, pos_h)}, prices=prices,
                           last_close=prices, quotes=quotes, recalled=set(), as_of=day)
 
@@ -353,7 +324,7 @@ class LivePolicy:
                 quotes[symbols[i]] = self._quote
         # at most MAX_POSITIONS minus the held positions can open before one of them closes (then
         # the list is widened): the first candidates in the order target_positions takes them
-        take = max(C.MAX_POSITIONS - len(held), 0) if self.prune else len(unheld)
+        take = max(self.settings.max_positions - len(held), 0) if self.prune else len(unheld)
         ranked: list = []                    # [unheld in that order, as a list], sorted on first use
 
         def rank() -> list[int]:
@@ -374,7 +345,7 @@ class LivePolicy:
                                                                        price[unheld[take:]]):
                 return None
             self.widened += 1
-            take, before = max(take * 4, C.MAX_POSITIONS), take
+            take, before = max(take * 4, self.settings.max_positions), take
             return add(rank()[before:take])
 
         plan = plan_orders(self.risk, sigs, pf, widen=widen)
@@ -464,18 +435,19 @@ class EngineResult:
         return pd.Series(self.equity, index=self.dates, name="equity")
 
 
-def run_engine(market: Market, policy=None, costs: Costs | None = None,
+def run_engine(market: Market, policy=None, settings: TradingSettings | None = None,
                initial_cash: float = C.INITIAL_PAPER_CASH, fill: str = C.BACKTEST_FILL,
                progress=None) -> EngineResult:
     """Replay ``market`` day by day. No information from the future: the decision after day t's
     close sees only row t of the arrays (and the book), and fills happen on day t+1
     (``fill='next_open'``: at its open; ``'next_close'``: at its close). The last day's signals
-    are not filled (there is no next session)."""
+    are not filled (there is no next session). ``settings``: the risk limits and costs (default:
+    the policy's, else ``constants.py``); ``policy`` defaults to a ``LivePolicy`` with them."""
     if fill not in FILL_MODES:
         raise BacktestError(f"fill mode {fill!r} is not supported: use one of {', '.join(FILL_MODES)} "
                             "(constants.BACKTEST_FILL or --fill)")
-    costs = costs or Costs()
-    policy = policy if policy is not None else LivePolicy(costs=costs)
+    settings = settings or getattr(policy, "settings", None) or default_settings()
+    policy = policy if policy is not None else LivePolicy(settings=settings)
     n, m = market.shape
     symbols = market.symbols
     fill_px = market.open if fill == "next_open" else market.close
@@ -500,7 +472,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
     borrow_events: list[dict] = []
     cancelled: list[dict] = []
     pending: list[dict] = []
-    decided_on, decided_iso = None, None
+    decided_iso: str | None = None          # the session yesterday's orders were decided on
 
     def accrue(i: int, day_i: int, price: float) -> float:
         start = accrued_to.get(i)
@@ -510,7 +482,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
         if days <= 0:
             return 0.0
         qty = int(-pos[i])
-        fee = costs.borrow(qty, price, days)
+        fee = borrow(settings, qty, price, days)
         accrued_to[i] = pydates[day_i]
         seq[0] += 1
         borrow_events.append({"seq": seq[0], "date": iso[day_i], "symbol": symbols[i],
@@ -528,17 +500,17 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                 ref = fill_row.item(i)
                 side, qty = order["side"], int(order["quantity"])
                 if not math.isfinite(ref) or ref <= 0:
-                    cancelled.append({"date": iso[d], "decided": decided_on.isoformat(),
+                    cancelled.append({"date": iso[d], "decided": decided_iso,
                                       **order, "reason": "no price on the fill day"})
                     continue
                 if side == "BUY_TO_COVER":              # the broker charges the borrow up to the cover
                     fee = accrue(i, d, ref)
                     cash -= fee
                     borrow_d += fee
-                price = costs.fill_price(ref, side)
-                commission = costs.commission(qty)
+                price = fill_price(settings, ref, side)
+                paid = commission(settings, qty)
                 signed = qty if side in BUY_SIDES else -qty
-                cash -= signed * price + commission
+                cash -= signed * price + paid
                 after = pos.item(i) + signed
                 pos[i] = after
                 if side == "SELL_SHORT" and i not in accrued_to:
@@ -546,14 +518,14 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                 if after >= 0:
                     accrued_to.pop(i, None)
                 slip = (price - ref) * signed           # what the fill cost against the reference price
-                comm_d += commission
+                comm_d += paid
                 slip_d += slip
                 seq[0] += 1
                 trade = {"seq": seq[0], "date": iso[d], "decided": decided_iso,
                          "symbol": sym, "side": side, "quantity": qty,
                          "decision_price": float(order.get("price", float("nan"))),
                          "reference_price": ref, "fill_price": price, "notional": qty * price,
-                         "commission": commission, "slippage_cost": slip, "position_after": int(after)}
+                         "commission": paid, "slippage_cost": slip, "position_after": int(after)}
                 if order.get("reason"):
                     trade["reason"] = order["reason"]
                 trades.append(trade)
@@ -582,7 +554,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
             if d < n - 1:
                 pending = policy.decide(pydates[d], symbols, pos, cash, eq, close_ff[d],
                                         market.signal[d], market.score[d], market.volatility[d])
-                decided_on, decided_iso = pydates[d], iso[d]
+                decided_iso = iso[d]
             if progress is not None:
                 progress(d + 1, n)
 
@@ -600,13 +572,13 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
 
 # =========================================================================== benchmark
 
-def buy_and_hold(market: Market, initial_cash: float = C.INITIAL_PAPER_CASH, costs: Costs | None = None,
-                 fill: str = C.BACKTEST_FILL) -> pd.Series:
+def buy_and_hold(market: Market, initial_cash: float = C.INITIAL_PAPER_CASH,
+                 settings: TradingSettings | None = None, fill: str = C.BACKTEST_FILL) -> pd.Series:
     """Equal-weight buy-and-hold of the same symbols: on the strategy's first fill day (day 2 of
     the period) the cash is split equally among the symbols with a price, bought in fractional
     shares at that day's fill price with the same slippage and commission, and held to the end
     (valued at the last known close; no rebalancing). Day 1 is cash, like the strategy's."""
-    costs = costs or Costs()
+    settings = settings or default_settings()
     n, m = market.shape
     eq = np.full(n, float(initial_cash))
     if n < 2:
@@ -619,12 +591,12 @@ def buy_and_hold(market: Market, initial_cash: float = C.INITIAL_PAPER_CASH, cos
     shares = np.zeros(m)
     cash = float(initial_cash)
     for i in ok:
-        price = costs.fill_price(float(fill_px[i]), "BUY")
+        price = fill_price(settings, float(fill_px[i]), "BUY")
         q = budget / price
-        commission = costs.commission(int(math.floor(q)))
-        q = (budget - commission) / price
+        fee = commission(settings, int(math.floor(q)))
+        q = (budget - fee) / price
         shares[i] = q
-        cash -= q * price + commission
+        cash -= q * price + fee
     close_ff = pd.DataFrame(market.close).ffill().to_numpy()
     eq[1:] = cash + np.nansum(close_ff[1:] * shares, axis=1)
     return pd.Series(eq, index=market.dates, name="benchmark")

@@ -43,7 +43,9 @@ its subclass ``TokenExpiredError`` (the 7-day Schwab login ran out: ``python tra
 Messages never contain keys or tokens.
 
 Cost model (the paper broker and the backtest both call these): ``slippage_price``,
-``commission_for``, ``borrow_fee`` and ``paper_buying_power``.
+``commission_for``, ``borrow_fee`` and ``paper_buying_power``. Their parameters come from a
+``settings.TradingSettings`` (the callers pass its values); left out, they default to
+``constants.py``.
 """
 from __future__ import annotations
 
@@ -141,25 +143,30 @@ def commission_for(quantity: int, per_share: float | None = None,
     return round(max(shares * per_share, minimum), 6)
 
 
-def borrow_fee(quantity: int, price: float, annual_rate: float, days: int) -> float:
+def borrow_fee(quantity: int, price: float, annual_rate: float, days: int,
+               day_count: int | None = None) -> float:
     """Borrow cost of a short position: ``|quantity| * price * annual_rate * days / 360``.
 
     Convention (US securities lending): the rate is an annual fraction, days are calendar days
-    (a short held over a weekend pays 3 days), the day count is ACT/360
-    (``constants.BORROW_DAY_COUNT``), valued at the given (latest) price."""
+    (a short held over a weekend pays 3 days), the day count is ACT/360 (``day_count``, default
+    ``constants.BORROW_DAY_COUNT``), valued at the given (latest) price."""
     if not days or days <= 0 or not annual_rate or annual_rate <= 0:
         return 0.0
-    return abs(int(quantity)) * float(price) * float(annual_rate) * int(days) / C.BORROW_DAY_COUNT
+    day_count = C.BORROW_DAY_COUNT if day_count is None else day_count
+    return abs(int(quantity)) * float(price) * float(annual_rate) * int(days) / day_count
 
 
-def paper_buying_power(cash: float, short_market_value: float, *, allow_negative: bool = False) -> float:
+def paper_buying_power(cash: float, short_market_value: float, *, allow_negative: bool = False,
+                       margin_req: float | None = None) -> float:
     """Buying power of a simulated margin account (the paper broker and the backtest):
     ``cash - PAPER_SHORT_MARGIN_REQ * short market value`` (Reg T 150 %), where
     ``short_market_value`` is the shorts' market value as a positive number.
 
     Reported as never below 0; ``allow_negative=True`` gives the signed figure (a negative one is a
-    margin deficit), which the paper broker's order checks use."""
-    power = float(cash) - C.PAPER_SHORT_MARGIN_REQ * float(short_market_value)
+    margin deficit), which the paper broker's order checks use. ``margin_req`` defaults to
+    ``constants.PAPER_SHORT_MARGIN_REQ``."""
+    margin_req = C.PAPER_SHORT_MARGIN_REQ if margin_req is None else float(margin_req)
+    power = float(cash) - margin_req * float(short_market_value)
     return power if allow_negative else max(power, 0.0)
 
 

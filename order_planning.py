@@ -11,7 +11,9 @@ both run, so that "the backtest runs the live rules" holds by construction:
 4. orders -- the forced buy-ins, then ``orders_for_targets`` (risk-reducing orders first);
 5. pre-trade checks -- ``RiskManager.check_orders``: each order approved or rejected with a reason.
 
-The rules themselves live in ``risk_management``; this module only fixes their order.
+The rules themselves live in ``risk_management``; this module only fixes their order. Every
+limit comes from the risk manager's ``settings`` (a ``settings.TradingSettings``): the live cycle
+and the backtest pass theirs to the risk manager, so one plan never mixes two sets of limits.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def _targets(risk, signals, portfolio, forced_symbols: set, hold: bool) -> dict[
 def plan_orders(risk, signals: list[dict], portfolio, *, hold: bool = False, widen=None) -> Plan:
     """Forced buy-ins, drift hold, targets, orders and pre-trade checks for one decision.
 
-    ``risk``: a ``risk_management.RiskManager``; ``signals``: ``{symbol, signal, score, price,
+    ``risk``: a ``risk_management.RiskManager`` (its ``settings`` are the limits); ``signals``: ``{symbol, signal, score, price,
     volatility}`` dicts; ``portfolio``: a ``risk_management.Portfolio``; ``hold``: the drift hold.
     ``widen`` is for a caller that passes a pruned candidate list (the backtest): called with the
     targets, it returns a longer signal list to compute the targets again with, or None when the

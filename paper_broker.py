@@ -3,7 +3,8 @@
 
 The backtest replays the same cost model (``slippage_price``, ``commission_for``, ``borrow_fee``,
 ``paper_buying_power``) without this class; ``get_broker()`` in ``trading_api`` returns it unless
-``TRADING_MODE=live``.
+``TRADING_MODE=live``. The cost model's values (and the borrow-rate limit of its HTB flag) come
+from the ``settings.TradingSettings`` it is given (default: ``constants.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import state_db
 from broker_base import (BUY_SIDES, FINAL_STATUSES, OPEN_STATUSES, UTC, OrderNotFoundError,
                          OrderRejectedError, borrow_fee, commission_for, num, paper_buying_power,
                          parse_date, parse_time, slippage_price, to_utc, validate_order)
+from settings import TradingSettings, default_settings
+from short_rules import hard_to_borrow
 
 log = logging.getLogger("broker")
 
@@ -124,7 +127,9 @@ class PaperBroker:
     name = "paper"           # a label for log lines; code that must tell brokers apart reads ``simulated``
     simulated = True         # no real orders: fills are computed here
 
-    def __init__(self, conn=None, prices: dict | None = None, as_of=None, fill: str = "close"):
+    def __init__(self, conn=None, prices: dict | None = None, as_of=None, fill: str = "close",
+                 settings: TradingSettings | None = None):
+        self.settings = settings or default_settings()
         self.fill = fill
         if self.fill not in ("next_open", "close"):
             raise ValueError(f"paper fill mode {self.fill!r}: use 'next_open' or 'close'")
@@ -141,6 +146,17 @@ class PaperBroker:
             self.set_prices(prices, as_of)
 
     # ------------------------------------------------------------------ simulation inputs
+    # ------------------------------------------------------------------ the cost model (settings)
+    def _slipped(self, reference: float, side: str) -> float:
+        return slippage_price(reference, side, self.settings.slippage_bps)
+
+    def _commission(self, quantity: int) -> float:
+        return commission_for(quantity, self.settings.commission_per_share, self.settings.min_commission)
+
+    def _buying_power(self, cash: float, short_mv: float, allow_negative: bool = False) -> float:
+        return paper_buying_power(cash, short_mv, allow_negative=allow_negative,
+                                  margin_req=self.settings.short_margin_req)
+
     def set_prices(self, prices: dict, as_of=None, opens: dict | None = None) -> None:
         """Reference prices (the closes of session ``as_of``, default today) and the opens of recent
         sessions (``{date: {SYM: open}}``). Fills market orders pending the next open whose open is
@@ -204,7 +220,7 @@ class PaperBroker:
             fill_day = later[0]
             reference = open_by_day[fill_day][o["symbol"]]
             try:
-                self._apply_fill(o, reference, slippage_price(reference, o["side"]), fill_day)
+                self._apply_fill(o, reference, self._slipped(reference, o["side"]), fill_day)
             except _Reject as exc:
                 self._set_rejected(o["order_id"], str(exc))
                 rejected.append((o["order_id"], str(exc)))
@@ -212,7 +228,7 @@ class PaperBroker:
 
     def set_borrow_rate(self, symbol: str, rate: float, hard_to_borrow: bool | None = None) -> None:
         """Annual borrow rate (fraction) for a symbol; ``hard_to_borrow`` defaults to
-        ``rate > MAX_BORROW_RATE``."""
+        ``short_rules.hard_to_borrow`` (a rate above ``MAX_BORROW_RATE``)."""
         rate = float(rate)
         if not math.isfinite(rate) or rate < 0:
             raise ValueError(f"invalid borrow rate {rate!r}")
@@ -266,7 +282,7 @@ class PaperBroker:
     def get_account_balance(self) -> dict:
         cash, long_mv, short_mv = self._valuation()
         return {"equity": round(cash + long_mv - short_mv, 6), "cash": round(cash, 6),
-                "buying_power": round(paper_buying_power(cash, short_mv), 6),
+                "buying_power": round(self._buying_power(cash, short_mv), 6),
                 "long_market_value": round(long_mv, 6), "short_market_value": round(short_mv, 6),
                 "account_type": "PAPER"}
 
@@ -283,7 +299,7 @@ class PaperBroker:
         row = self.conn.execute("SELECT rate, hard_to_borrow FROM paper_borrow_rates WHERE symbol = ?",
                                 (symbol,)).fetchone()
         if row is None:
-            return C.DEFAULT_BORROW_RATE, None
+            return self.settings.borrow_rate, None
         return float(row["rate"]), (None if row["hard_to_borrow"] is None else bool(row["hard_to_borrow"]))
 
     def _events(self, symbol: str) -> dict:
@@ -308,9 +324,10 @@ class PaperBroker:
             rate, htb = self._borrow(symbol)
             events = self._events(symbol)
             shortable = events["shortable"] if events["shortable"] is not None else not events["recalled"]
-            out[symbol] = {"last": price, "bid": slippage_price(price, "SELL"),
-                           "ask": slippage_price(price, "BUY"), "borrow_rate": rate,
-                           "hard_to_borrow": htb if htb is not None else rate > C.MAX_BORROW_RATE,
+            if htb is None:
+                htb = hard_to_borrow({"borrow_rate": rate}, self.settings) is not None
+            out[symbol] = {"last": price, "bid": self._slipped(price, "SELL"),
+                           "ask": self._slipped(price, "BUY"), "borrow_rate": rate, "hard_to_borrow": htb,
                            "shortable": shortable, "ex_dividend_date": events["ex_dividend_date"]}
         return out
 
@@ -385,7 +402,7 @@ class PaperBroker:
             raise _Reject(f"no reference price for {o['symbol']} (set_prices() has not given one)")
         reference = float(price_row["price"])
         day = day or date.fromisoformat(price_row["as_of"])
-        fill = slippage_price(reference, o["side"])
+        fill = self._slipped(reference, o["side"])
         if o["order_type"] == "LIMIT":
             limit = float(o["limit_price"])
             buying = o["side"] in BUY_SIDES
@@ -408,9 +425,9 @@ class PaperBroker:
         symbol, side, qty = o["symbol"], o["side"], int(o["quantity"])
         row = self.conn.execute("SELECT quantity FROM paper_positions WHERE symbol = ?", (symbol,)).fetchone()
         held = int(row["quantity"]) if row else 0
-        commission = commission_for(qty)
+        commission = self._commission(qty)
         cash, _, short_mv = self._valuation()
-        buying_power = paper_buying_power(cash, short_mv, allow_negative=True)
+        buying_power = self._buying_power(cash, short_mv, allow_negative=True)
         if side == "BUY":
             if held < 0:
                 raise _Reject(f"{symbol} is held short ({held}): use BUY_TO_COVER")
@@ -429,7 +446,7 @@ class PaperBroker:
                 raise _Reject(f"{symbol} shares were recalled by the lender: cannot short")
             if events["shortable"] is False:
                 raise _Reject(f"{symbol} is not shortable")
-            after = paper_buying_power(cash + qty * price - commission, short_mv + qty * reference,
+            after = self._buying_power(cash + qty * price - commission, short_mv + qty * reference,
                                        allow_negative=True)
             if after < -1e-9:
                 raise _Reject(f"insufficient margin to short {qty} {symbol}: buying power "
@@ -448,7 +465,7 @@ class PaperBroker:
         held = int(row["quantity"]) if row else 0
         avg = float(row["avg_price"]) if row else 0.0
         accrued_to = row["borrow_accrued_to"] if row else None
-        commission = commission_for(qty)
+        commission = self._commission(qty)
         notional = qty * fill
         if side in BUY_SIDES:
             cash_delta = -notional - commission
@@ -531,7 +548,8 @@ class PaperBroker:
         price_row = self.conn.execute("SELECT price FROM paper_prices WHERE symbol = ?", (symbol,)).fetchone()
         price = float(price_row["price"]) if price_row else float(row["avg_price"])
         rate, _ = self._borrow(symbol)
-        fee = round(borrow_fee(row["quantity"], price, rate, days), 6)
+        day_count = self.settings.borrow_day_count
+        fee = round(borrow_fee(row["quantity"], price, rate, days, day_count), 6)
         now = state_db.utcnow()
         self.conn.execute("UPDATE paper_account SET cash = cash - ?, last_borrow_accrual = ?, "
                           "updated_at = ? WHERE id = 1", (fee, day.isoformat(), now))
@@ -540,7 +558,7 @@ class PaperBroker:
         self.conn.execute(
             "INSERT INTO paper_ledger(at, trade_date, kind, symbol, amount, note) VALUES (?, ?, ?, ?, ?, ?)",
             (now, day.isoformat(), "borrow_fee", symbol, -fee,
-             f"{-row['quantity']} sh x {price:.4f} x {rate:.4%}/yr x {days} d / {C.BORROW_DAY_COUNT}"))
+             f"{-row['quantity']} sh x {price:.4f} x {rate:.4%}/yr x {days} d / {day_count}"))
         log.info("Paper borrow fee %s: %d sh x $%.2f at borrow rate %.2f%%/yr for %d days = $%.2f",
                  symbol, -row["quantity"], price, rate * 100, days, fee)
         return fee

@@ -17,12 +17,15 @@ Read top to bottom:
    ``python risk_management.py reset-drawdown --reason "..."`` (audited). Past ``DAILY_LOSS_LIMIT``
    of the day's starting equity it logs ``DAILY LOSS LIMIT REACHED`` and halts until the next day.
    A halt blocks opening orders, never reducing or closing ones.
-5. **Shorts** (written in ``short_rules.py``, mixed into RiskManager) --
+5. **Shorts** (``short_rules.ShortRules``, which the RiskManager holds as ``shorts``) --
    ``RiskManager.forced_buyins(portfolio)`` closes shorts the broker recalled (``BROKER RECALL``),
    that became hard to borrow (``HARD TO BORROW``, ``borrow rate``) or whose ex-dividend date is
    near, logging ``Forced buy-in triggered``. Repeated forced buy-ins put a symbol on the
    persistent do-not-short list.
 6. **CLI** -- ``python risk_management.py status | reset-drawdown | reset-daily-loss | do-not-short``.
+
+Every limit comes from the ``settings.TradingSettings`` the RiskManager is given (default: built
+from ``constants.py``); the sizing functions take one too.
 
 State lives in the state DB (``state/trading_state.db`` under TRADING_HOME, or any connection the
 caller passes, such as the backtest's ``state_db.connect(":memory:")``):
@@ -45,14 +48,14 @@ import clock
 import config
 import constants as C
 import logging_setup
-import short_rules
 import state_db
 from audit_logging import AuditLogger
 from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT, SIDES
 from errors import install_excepthook
 from portfolio import EPS as _EPS, Portfolio, apply_fill, fill_into, make_order, price_of
 from portfolio import finite as _finite, money as _money, pct as _pct, to_date as _to_date
-from short_rules import ShortRules, short_entry_problem
+from settings import TradingSettings, default_settings
+from short_rules import Audit, ShortRules, audit_event, short_entry_problem
 from signals import BUY as SIGNAL_BUY, HOLD as SIGNAL_HOLD, SELL as SIGNAL_SELL
 
 log = logging.getLogger("risk")
@@ -98,14 +101,16 @@ def _sign(x: int) -> int:
 
 # =========================================================================== sizing
 
-def size_position(equity: float, price: float, score: float, volatility: float) -> int:
+def size_position(equity: float, price: float, score: float, volatility: float,
+                  settings: TradingSettings | None = None) -> int:
     """Whole shares for one position.
 
     Risk ``RISK_PER_TRADE`` of equity per daily sigma (``volatility`` is the daily standard
     deviation of returns, a fraction such as 0.02), scaled by ``|score| / SIGNAL_THRESHOLD``
     capped at ``MAX_SIZE_SCALE``; the value is then capped by ``MAX_POSITION_PCT`` of equity and by
     ``MAX_ORDER_VALUE``. Returns 0 for a score below the threshold and for any bad input (NaN,
-    infinite, zero or negative equity, price or volatility).
+    infinite, zero or negative equity, price or volatility). Limits from ``settings`` (default:
+    ``constants.py``).
     """
     if not (_finite(equity) and _finite(price) and _finite(score) and _finite(volatility)):
         return 0
@@ -115,9 +120,10 @@ def size_position(equity: float, price: float, score: float, volatility: float) 
     scale = abs(score) / C.SIGNAL_THRESHOLD
     if scale < 1.0 - _EPS:
         return 0
-    scale = min(scale, C.MAX_SIZE_SCALE)
-    value = equity * C.RISK_PER_TRADE * scale / volatility
-    value = min(value, C.MAX_POSITION_PCT * equity, C.MAX_ORDER_VALUE)
+    limits = settings or default_settings()
+    scale = min(scale, limits.max_size_scale)
+    value = equity * limits.risk_per_trade * scale / volatility
+    value = min(value, limits.max_position_pct * equity, limits.max_order_value)
     return max(0, int(math.floor(value / price + _EPS)))
 
 
@@ -132,7 +138,8 @@ def _halt_clamp(current: int, target: int) -> int:
     return current
 
 
-def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) -> dict[str, int]:
+def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short,
+                   limits: TradingSettings) -> dict[str, int]:
     current = {s: int(q) for s, q in portfolio.positions.items() if int(q) != 0}
     targets = dict(current)                       # symbols without a signal keep their position
     wanted: list[tuple[float, str, int]] = []
@@ -149,11 +156,11 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
             price = price_of(portfolio, symbol)
         if price is not None:
             px[symbol] = float(price)
-        shares = size_position(portfolio.equity, price, sig.get("score"), sig.get("volatility"))
+        shares = size_position(portfolio.equity, price, sig.get("score"), sig.get("volatility"), limits)
         if action == SIGNAL_BUY:
             target = shares
         elif action == SIGNAL_SELL:
-            problem = short_entry_problem(symbol, portfolio, do_not_short)
+            problem = short_entry_problem(symbol, portfolio, do_not_short, limits)
             if problem:
                 log.info("No short target for %s: %s", symbol, problem)
                 target = 0
@@ -163,7 +170,7 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
             log.warning("Unknown signal %r for %s: keeping the current position", action, symbol)
             target = cur
         if cur != 0 and target != 0 and _sign(cur) == _sign(target) \
-                and abs(target - cur) < C.REBALANCE_BAND * abs(cur):
+                and abs(target - cur) < limits.rebalance_band * abs(cur):
             target = cur                          # a small resize is not worth the trade
         if halted:
             target = _halt_clamp(cur, target)
@@ -176,11 +183,11 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short) ->
     # New positions, strongest signals first, while slots and gross exposure remain.
     def gross(ts):
         return sum(abs(q) * (px.get(s) or price_of(portfolio, s) or 0.0) for s, q in ts.items())
-    budget = C.MAX_GROSS_EXPOSURE * max(portfolio.equity, 0.0)
+    budget = limits.max_gross_exposure * max(portfolio.equity, 0.0)
     open_count = sum(1 for q in targets.values() if q != 0)     # kept up to date below
     for _, symbol, target in sorted(wanted, key=lambda w: (-w[0], w[1])):
         was_open = targets.get(symbol, 0) != 0
-        if open_count >= C.MAX_POSITIONS:
+        if open_count >= limits.max_positions:
             log.info("No new position in %s: %d positions already (MAX_POSITIONS)", symbol, open_count)
             targets[symbol] = 0
             open_count -= was_open
@@ -225,46 +232,134 @@ def orders_for_targets(targets: dict[str, int], portfolio: Portfolio) -> list[di
     return reducing + opening
 
 
+# =========================================================================== pre-trade check steps
+# (the ones that need no limit; RiskManager._check runs them with the rest)
+
+def _parse_order(order) -> tuple[str, str, int] | str:
+    """``(symbol, side, whole quantity)`` of a well-formed order, else why it is not one."""
+    if not isinstance(order, dict):
+        return f"order must be a dict, got {type(order).__name__}"
+    symbol, side = order.get("symbol"), order.get("side")
+    if not isinstance(symbol, str) or not symbol.strip():
+        return f"order has no symbol: {order!r}"
+    if side not in SIDES:
+        return f"unknown side {side!r} for {symbol} (expected one of {', '.join(SIDES)})"
+    qty = _whole_shares(order.get("quantity"))
+    if qty is None:
+        return (f"quantity {order.get('quantity')!r} for {side} {symbol} is not a positive "
+                f"whole number of shares")
+    return symbol, side, qty
+
+
+def _check_reducing(symbol: str, side: str, qty: int, held: int) -> tuple[bool, str]:
+    """A SELL of a long or a BUY_TO_COVER of a short: it must not exceed the position."""
+    if side == SELL:
+        if held <= 0:
+            return False, (f"SELL {qty} {symbol}: no long position to sell (held {held}); "
+                           f"use SELL_SHORT to open a short")
+        if qty > held:
+            return False, (f"SELL {qty} {symbol} exceeds the long position of {held} shares "
+                           f"(a flip is SELL {held} then SELL_SHORT)")
+        return True, f"approved: SELL {qty} {symbol} reduces a long of {held}"
+    if held >= 0:
+        return False, f"BUY_TO_COVER {qty} {symbol}: no short position to cover (held {held})"
+    if qty > -held:
+        return False, (f"BUY_TO_COVER {qty} {symbol} exceeds the short position of {-held} "
+                       f"shares (a flip is BUY_TO_COVER {-held} then BUY)")
+    return True, f"approved: BUY_TO_COVER {qty} {symbol} reduces a short of {-held}"
+
+
+def _opening_problem(symbol: str, side: str, qty: int, held: int, price, pf: Portfolio) -> str | None:
+    """An opening order against the wrong side of a position, a bad price or no equity."""
+    if side == BUY and held < 0:
+        return f"BUY {qty} {symbol} while short {-held}: cover first with BUY_TO_COVER"
+    if side == SELL_SHORT and held > 0:
+        return f"SELL_SHORT {qty} {symbol} while long {held}: SELL the long first"
+    if not _finite(price) or float(price) <= 0:
+        return f"{side} {qty} {symbol}: price {price!r} is not a positive number"
+    if not _finite(pf.equity) or pf.equity <= 0:
+        return f"{side} {qty} {symbol}: account equity {pf.equity!r} is not positive"
+    return None
+
+
+def _funds_problem(symbol: str, qty: int, side: str, value: float, pf: Portfolio) -> str | None:
+    """The order's value against the buying power (or the cash when the broker gives none)."""
+    if pf.buying_power is not None and _finite(pf.buying_power):
+        available, what = float(pf.buying_power), "buying power"
+    else:
+        available, what = float(pf.cash), "cash"
+    if _within(value, available):
+        return None
+    if side == BUY:
+        return f"BUY {qty} {symbol}: order value {_money(value)} exceeds available {what} {_money(available)}"
+    return (f"SELL_SHORT {qty} {symbol}: order value {_money(value)} exceeds available "
+            f"{what} {_money(available)} (shorts need margin)")
+
+
 # =========================================================================== the risk manager
 
-class RiskManager(ShortRules):
+class RiskManager:
     """Pre-trade checks, sizing, halts and forced buy-ins.
 
     ``conn``: a state-DB connection (default: ``state_db.connect()`` under TRADING_HOME, opened on
     first use). ``audit``: anything with ``log_event(action, status, details)`` (default: an
     ``audit_logging.AuditLogger`` created on first use; the backtest passes ``NullAudit()``).
+    ``settings``: the limits (default: ``TradingSettings.from_constants()``). ``shorts``: the
+    ``short_rules.ShortRules`` to use (default: one on ``conn`` and ``audit`` with ``settings``,
+    made on first use).
     """
 
-    def __init__(self, conn=None, audit=None):
+    def __init__(self, conn=None, audit: Audit | None = None, settings: TradingSettings | None = None,
+                 shorts: ShortRules | None = None):
         self._conn = conn
         self._audit = audit
-        self._schema_ready = False
+        self.settings = settings or (shorts.settings if shorts is not None else default_settings())
+        self._shorts = shorts
 
     # ------------------------------------------------------------------ collaborators
     @property
     def conn(self):
         if self._conn is None:
             self._conn = state_db.connect()
-        if not self._schema_ready:
-            state_db.ensure_schema(self._conn, short_rules.SCHEMA)
-            self._schema_ready = True
         return self._conn
 
     @property
-    def audit(self):
+    def audit(self) -> Audit:
         if self._audit is None:
             self._audit = AuditLogger()
         return self._audit
 
+    @property
+    def shorts(self) -> ShortRules:
+        """The do-not-short list and forced buy-ins (``short_rules.ShortRules``)."""
+        if self._shorts is None:
+            self._shorts = ShortRules(self.conn, self.audit, self.settings)
+        return self._shorts
+
     def _audit_event(self, action: str, status: str, details: dict, required: bool = False) -> None:
-        """Audit an event. A failure is logged; with ``required`` it is raised (the caller's
-        transaction then rolls back, so nothing happens unrecorded)."""
-        try:
-            self.audit.log_event(action, status, details)
-        except Exception as exc:
-            log.error("Audit of %s/%s failed: %s: %s", action, status, type(exc).__name__, exc)
-            if required:
-                raise
+        """Audit an event (``short_rules.audit_event``: a failure is logged; with ``required`` it
+        is raised, so the caller's transaction rolls back and nothing happens unrecorded)."""
+        audit_event(self.audit, action, status, details, required)
+
+    # ------------------------------------------------------------------ short rules (ShortRules)
+    def do_not_short(self) -> dict[str, dict]:
+        """The do-not-short list: {symbol: {"reason", "source", "added_at"}}."""
+        return self.shorts.do_not_short()
+
+    def add_do_not_short(self, symbol: str, reason: str, source: str = "manual") -> bool:
+        """Put ``symbol`` on the do-not-short list (audited); False when it was already there."""
+        return self.shorts.add_do_not_short(symbol, reason, source)
+
+    def remove_do_not_short(self, symbol: str, reason: str = "") -> bool:
+        """Take ``symbol`` off the do-not-short list (audited); False when it was not there."""
+        return self.shorts.remove_do_not_short(symbol, reason)
+
+    def forced_buyins(self, portfolio: Portfolio) -> list[dict]:
+        """BUY_TO_COVER orders for every short that must close now (``ShortRules.forced_buyins``)."""
+        return self.shorts.forced_buyins(portfolio)
+
+    def recent_forced_buyins(self, limit: int = 20) -> list[dict]:
+        return self.shorts.recent_forced_buyins(limit)
 
     # ------------------------------------------------------------------ halt state
     # The halt state (kv keys KEY_*) is read and written only through these four methods: the
@@ -334,9 +429,10 @@ class RiskManager(ShortRules):
             daily_loss = (ds - equity) / ds if ds > 0 else 0.0
 
             dd_halt = self._kv_get(KEY_DRAWDOWN_HALT)
-            if dd_halt is None and drawdown >= C.MAX_DRAWDOWN - _EPS:
+            if dd_halt is None and drawdown >= self.settings.max_drawdown - _EPS:
                 dd_halt = {"date": day, "equity": equity, "peak": p, "peak_date": peak["date"],
-                           "drawdown": drawdown, "limit": C.MAX_DRAWDOWN, "set_at": state_db.utcnow()}
+                           "drawdown": drawdown, "limit": self.settings.max_drawdown,
+                           "set_at": state_db.utcnow()}
                 self._kv_set(KEY_DRAWDOWN_HALT, dd_halt)
                 new_halts.append("max_drawdown")
                 events.append(("max_drawdown", dd_halt))
@@ -345,9 +441,9 @@ class RiskManager(ShortRules):
                 self._kv_delete(KEY_DAILY_HALT)
                 log.info("Daily loss halt of %s cleared: new day %s", daily_halt.get("date"), day)
                 daily_halt = None
-            if daily_halt is None and daily_loss >= C.DAILY_LOSS_LIMIT - _EPS:
+            if daily_halt is None and daily_loss >= self.settings.daily_loss_limit - _EPS:
                 daily_halt = {"date": day, "equity": equity, "day_start": ds, "loss": daily_loss,
-                              "limit": C.DAILY_LOSS_LIMIT, "set_at": state_db.utcnow()}
+                              "limit": self.settings.daily_loss_limit, "set_at": state_db.utcnow()}
                 self._kv_set(KEY_DAILY_HALT, daily_halt)
                 new_halts.append("daily_loss")
                 events.append(("daily_loss", daily_halt))
@@ -464,95 +560,86 @@ class RiskManager(ShortRules):
         return results
 
     def _check(self, order: dict, pf: Portfolio) -> tuple[bool, str]:
-        if not isinstance(order, dict):
-            return False, f"order must be a dict, got {type(order).__name__}"
-        symbol, side = order.get("symbol"), order.get("side")
-        if not isinstance(symbol, str) or not symbol.strip():
-            return False, f"order has no symbol: {order!r}"
-        if side not in SIDES:
-            return False, f"unknown side {side!r} for {symbol} (expected one of {', '.join(SIDES)})"
-        qty = _whole_shares(order.get("quantity"))
-        if qty is None:
-            return False, (f"quantity {order.get('quantity')!r} for {side} {symbol} is not a positive "
-                           f"whole number of shares")
+        """The pre-trade check, one named step a line; the first problem found is the reason."""
+        parsed = _parse_order(order)
+        if isinstance(parsed, str):
+            return False, parsed
+        symbol, side, qty = parsed
         held = int(pf.positions.get(symbol, 0))
-
-        # -- risk-reducing orders: quantity sanity only
-        if side == SELL:
-            if held <= 0:
-                return False, (f"SELL {qty} {symbol}: no long position to sell (held {held}); "
-                               f"use SELL_SHORT to open a short")
-            if qty > held:
-                return False, (f"SELL {qty} {symbol} exceeds the long position of {held} shares "
-                               f"(a flip is SELL {held} then SELL_SHORT)")
-            return True, f"approved: SELL {qty} {symbol} reduces a long of {held}"
-        if side == BUY_TO_COVER:
-            if held >= 0:
-                return False, f"BUY_TO_COVER {qty} {symbol}: no short position to cover (held {held})"
-            if qty > -held:
-                return False, (f"BUY_TO_COVER {qty} {symbol} exceeds the short position of {-held} "
-                               f"shares (a flip is BUY_TO_COVER {-held} then BUY)")
-            return True, f"approved: BUY_TO_COVER {qty} {symbol} reduces a short of {-held}"
-
-        # -- opening orders: every limit
-        if side == BUY and held < 0:
-            return False, f"BUY {qty} {symbol} while short {-held}: cover first with BUY_TO_COVER"
-        if side == SELL_SHORT and held > 0:
-            return False, f"SELL_SHORT {qty} {symbol} while long {held}: SELL the long first"
-        price = order.get("price")
-        if not _finite(price) or float(price) <= 0:
-            return False, f"{side} {qty} {symbol}: price {price!r} is not a positive number"
-        price = float(price)
-        if not _finite(pf.equity) or pf.equity <= 0:
-            return False, f"{side} {qty} {symbol}: account equity {pf.equity!r} is not positive"
-        equity = float(pf.equity)
-
-        halted, why = self.is_halted(pf.as_of)
-        if halted:
-            return False, f"{side} {qty} {symbol} blocked, opening trades halted: {why}"
-
-        if side == SELL_SHORT:
-            problem = short_entry_problem(symbol, pf, self.do_not_short())
-            if problem:
-                return False, f"SELL_SHORT {qty} {symbol} rejected: {problem}"
-
-        last = pf.last_close.get(symbol)
-        if not _finite(last) or float(last) <= 0:
-            return False, f"{side} {qty} {symbol}: no last close to check the price {_money(price)} against"
-        deviation = abs(price - float(last)) / float(last)
-        if not _within(deviation, C.PRICE_SANITY_PCT):
-            return False, (f"{side} {qty} {symbol}: price {_money(price)} is {_pct(deviation)} from the "
-                           f"last close {_money(float(last))} (PRICE_SANITY_PCT limit {_pct(C.PRICE_SANITY_PCT)})")
-
+        if side in (SELL, BUY_TO_COVER):                  # risk-reducing: quantity sanity only
+            return _check_reducing(symbol, side, qty, held)
+        problem = _opening_problem(symbol, side, qty, held, order.get("price"), pf)
+        if problem:
+            return False, problem
+        head = f"{side} {qty} {symbol}"                    # how every later reason starts
+        price, equity = float(order["price"]), float(pf.equity)
         value = qty * price
-        if not _within(value, C.MAX_ORDER_VALUE):
-            return False, (f"{side} {qty} {symbol}: order value {_money(value)} exceeds MAX_ORDER_VALUE "
-                           f"{_money(C.MAX_ORDER_VALUE)}")
-
-        if pf.buying_power is not None and _finite(pf.buying_power):
-            available, what = float(pf.buying_power), "buying power"
-        else:
-            available, what = float(pf.cash), "cash"
-        if side == BUY and not _within(value, available):
-            return False, f"BUY {qty} {symbol}: order value {_money(value)} exceeds available {what} {_money(available)}"
-        if side == SELL_SHORT and not _within(value, available):
-            return False, (f"SELL_SHORT {qty} {symbol}: order value {_money(value)} exceeds available "
-                           f"{what} {_money(available)} (shorts need margin)")
-
         new_qty = held + (qty if side == BUY else -qty)
         position_value = abs(new_qty) * price
-        limit = C.MAX_POSITION_PCT * equity
+        problem = (self._halt_problem(head, pf)
+                   or self._short_problem(symbol, qty, side, pf)
+                   or self._price_sanity_problem(head, symbol, price, pf)
+                   or self._order_value_problem(head, value)
+                   or _funds_problem(symbol, qty, side, value, pf)
+                   or self._position_problem(head, position_value, equity)
+                   or self._position_count_problem(head, held, pf))
+        if problem:
+            return False, problem
+        gross, problem = self._gross_exposure(head, symbol, position_value, equity, pf)
+        if problem:
+            return False, problem
+        return True, (f"approved: {side} {qty} {symbol} @ {_money(price)} ({_money(value)}) within all "
+                      f"limits; position {_pct(position_value / equity)}, gross {_pct(gross / equity)} of equity")
+
+    # The steps of an opening order's check: each returns the rejection reason, or None.
+    def _halt_problem(self, head: str, pf: Portfolio) -> str | None:
+        halted, why = self.is_halted(pf.as_of)
+        return f"{head} blocked, opening trades halted: {why}" if halted else None
+
+    def _short_problem(self, symbol: str, qty: int, side: str, pf: Portfolio) -> str | None:
+        if side != SELL_SHORT:
+            return None
+        problem = short_entry_problem(symbol, pf, self.do_not_short(), self.settings)
+        return f"SELL_SHORT {qty} {symbol} rejected: {problem}" if problem else None
+
+    def _price_sanity_problem(self, head: str, symbol: str, price: float, pf: Portfolio) -> str | None:
+        last = pf.last_close.get(symbol)
+        if last is None or not _finite(last) or float(last) <= 0:
+            return f"{head}: no last close to check the price {_money(price)} against"
+        limit = self.settings.price_sanity_pct
+        deviation = abs(price - float(last)) / float(last)
+        if not _within(deviation, limit):
+            return (f"{head}: price {_money(price)} is {_pct(deviation)} from the "
+                    f"last close {_money(float(last))} (PRICE_SANITY_PCT limit {_pct(limit)})")
+        return None
+
+    def _order_value_problem(self, head: str, value: float) -> str | None:
+        limit = self.settings.max_order_value
+        if not _within(value, limit):
+            return f"{head}: order value {_money(value)} exceeds MAX_ORDER_VALUE {_money(limit)}"
+        return None
+
+    def _position_problem(self, head: str, position_value: float, equity: float) -> str | None:
+        pct_limit = self.settings.max_position_pct
+        limit = pct_limit * equity
         if not _within(position_value, limit):
-            return False, (f"{side} {qty} {symbol}: position after the order {_money(position_value)} "
-                           f"({_pct(position_value / equity)} of equity {_money(equity)}) exceeds "
-                           f"MAX_POSITION_PCT {_pct(C.MAX_POSITION_PCT)} = {_money(limit)}")
+            return (f"{head}: position after the order {_money(position_value)} "
+                    f"({_pct(position_value / equity)} of equity {_money(equity)}) exceeds "
+                    f"MAX_POSITION_PCT {_pct(pct_limit)} = {_money(limit)}")
+        return None
 
-        if held == 0:
-            open_count = sum(1 for q in pf.positions.values() if int(q) != 0)
-            if open_count >= C.MAX_POSITIONS:
-                return False, (f"{side} {qty} {symbol}: would open position {open_count + 1}; "
-                               f"MAX_POSITIONS is {C.MAX_POSITIONS}")
+    def _position_count_problem(self, head: str, held: int, pf: Portfolio) -> str | None:
+        if held != 0:
+            return None                                   # adds to an open position
+        open_count = sum(1 for q in pf.positions.values() if int(q) != 0)
+        limit = self.settings.max_positions
+        if open_count >= limit:
+            return f"{head}: would open position {open_count + 1}; MAX_POSITIONS is {limit}"
+        return None
 
+    def _gross_exposure(self, head: str, symbol: str, position_value: float, equity: float,
+                        pf: Portfolio) -> tuple[float, str | None]:
+        """The gross exposure after the order, and why it is too high (or None)."""
         gross = position_value
         latest = pf.prices
         for s, q in pf.positions.items():
@@ -562,16 +649,15 @@ class RiskManager(ShortRules):
             if not (type(p) is float and 0.0 < p < math.inf):   # else what price_of finds (checked per order)
                 p = price_of(pf, s)
                 if p is None:
-                    return False, f"{side} {qty} {symbol}: no price for held position {s}; cannot compute exposure"
+                    return gross, f"{head}: no price for held position {s}; cannot compute exposure"
             gross += abs(int(q)) * p
-        gross_limit = C.MAX_GROSS_EXPOSURE * equity
+        pct_limit = self.settings.max_gross_exposure
+        gross_limit = pct_limit * equity
         if not _within(gross, gross_limit):
-            return False, (f"{side} {qty} {symbol}: gross exposure after the order {_money(gross)} "
+            return gross, (f"{head}: gross exposure after the order {_money(gross)} "
                            f"({_pct(gross / equity)} of equity) exceeds MAX_GROSS_EXPOSURE "
-                           f"{_pct(C.MAX_GROSS_EXPOSURE)} = {_money(gross_limit)}")
-
-        return True, (f"approved: {side} {qty} {symbol} @ {_money(price)} ({_money(value)}) within all "
-                      f"limits; position {_pct(position_value / equity)}, gross {_pct(gross / equity)} of equity")
+                           f"{_pct(pct_limit)} = {_money(gross_limit)}")
+        return gross, None
 
     # ------------------------------------------------------------------ targets
     def target_positions(self, signals: list[dict], portfolio: Portfolio) -> dict[str, int]:
@@ -584,12 +670,14 @@ class RiskManager(ShortRules):
         halted, why = self.is_halted(portfolio.as_of)
         if halted:
             log.warning("Targets limited to reducing/closing: %s", why)
-        return _build_targets(signals, portfolio, halted, self.do_not_short())
+        return _build_targets(signals, portfolio, halted, self.do_not_short(), self.settings)
 
     def orders_for_targets(self, targets: dict[str, int], portfolio: Portfolio) -> list[dict]:
         return orders_for_targets(targets, portfolio)
 
-    size_position = staticmethod(size_position)
+    def size_position(self, equity: float, price: float, score: float, volatility: float) -> int:
+        """``size_position`` with this manager's limits."""
+        return size_position(equity, price, score, volatility, self.settings)
 
     # ------------------------------------------------------------------ status
     def status(self, as_of=None) -> dict:
@@ -616,11 +704,11 @@ def _print_status(rm: RiskManager) -> None:
     print(f"Equity peak:        {_money(peak['equity']) + ' on ' + peak['date'] if peak else 'none recorded'}")
     print(f"Last equity:        {_money(last['equity']) + ' on ' + last['date'] if last else 'none recorded'}")
     dd = s["drawdown"]
-    print(f"Current drawdown:   {_pct(dd) if dd is not None else 'n/a'} (limit {_pct(C.MAX_DRAWDOWN)}, MAX_DRAWDOWN)")
+    print(f"Current drawdown:   {_pct(dd) if dd is not None else 'n/a'} (limit {_pct(rm.settings.max_drawdown)}, MAX_DRAWDOWN)")
     ds = s["day_start"]
     if ds and last and ds["equity"] > 0 and ds["date"] == last["date"]:
         print(f"Day's loss:         {_pct((ds['equity'] - last['equity']) / ds['equity'])} of "
-              f"{_money(ds['equity'])} on {ds['date']} (limit {_pct(C.DAILY_LOSS_LIMIT)}, DAILY_LOSS_LIMIT)")
+              f"{_money(ds['equity'])} on {ds['date']} (limit {_pct(rm.settings.daily_loss_limit)}, DAILY_LOSS_LIMIT)")
     dd_halt = s["drawdown_halt"]
     print("Drawdown halt:      " + (f"SET on {dd_halt['date']} (drawdown {_pct(dd_halt['drawdown'])} from peak "
                                     f"{_money(dd_halt['peak'])}); reset: python risk_management.py "

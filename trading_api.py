@@ -35,6 +35,7 @@ from broker_base import BrokerError
 from credential_manager import CredentialManager
 from errors import install_excepthook
 from paper_broker import PaperBroker
+from settings import TradingSettings
 from schwab_broker import (LOGIN_COMMAND, SCHWAB_SERVICE, SCHWAB_TOKEN_SERVICE, SET_CREDENTIALS_COMMAND,
                            TOKEN_EXPIRED, TOKEN_MISSING, TOKEN_RENEW, SchwabAPI, import_schwab,
                            load_service, register_token_secrets, token_age_of)
@@ -46,11 +47,12 @@ log = logging.getLogger("broker")
 
 
 # =========================================================================== factory
-def get_broker(mode: str | None = None):
-    """``PaperBroker`` when TRADING_MODE is paper (the default), ``SchwabAPI`` when it is live."""
+def get_broker(mode: str | None = None, settings: TradingSettings | None = None):
+    """``PaperBroker`` when TRADING_MODE is paper (the default), ``SchwabAPI`` when it is live.
+    ``settings``: the paper broker's cost model (default: ``constants.py``)."""
     mode = (mode or config.trading_mode()).lower()
     if mode != "live":
-        return PaperBroker(fill=C.PAPER_FILL)
+        return PaperBroker(fill=C.PAPER_FILL, settings=settings)
     api = SchwabAPI()
     account = api.masked_account()
     log.warning("LIVE TRADING: orders go to Schwab account %s (TRADING_MODE=live)", account)

@@ -57,9 +57,11 @@ from order_book import OrderBook
 from order_planning import Plan, plan_orders
 from order_recovery import AmbiguousOrderError
 from risk_management import Portfolio, RiskManager
+from settings import TradingSettings
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
 from kill_switch import KillSwitchSet
 from trading_execution import OrderExecutor
+from trading_api import get_broker
 
 log = logging.getLogger("trading")
 
@@ -198,8 +200,9 @@ def build_portfolio(broker, symbols, closes: dict, as_of):
         recalled={s for s, p in positions.items() if p.get("recalled")}, as_of=as_of)
 
 
-def run_cycle(as_of=None, now=None) -> int:
-    """One trading cycle; returns the exit code."""
+def run_cycle(as_of=None, now=None, settings: TradingSettings | None = None) -> int:
+    """One trading cycle; returns the exit code. ``settings``: the risk limits and the paper
+    broker's costs (default: ``TradingSettings.from_constants()``)."""
     mode = config.trading_mode()
     replay = as_of is not None
     if replay and mode != "paper":
@@ -216,7 +219,7 @@ def run_cycle(as_of=None, now=None) -> int:
                 return EXIT_OK
             state_db.prepare_replay(as_of)
         try:
-            code = _cycle(mode, as_of, now)
+            code = _cycle(mode, as_of, now, settings or TradingSettings.from_constants())
         except Exception as exc:
             try:                       # the trail shows that the cycle ended, and why
                 audit_logger().log_event("cycle_end", "error", {"error": f"{type(exc).__name__}: {exc}"})
@@ -234,7 +237,7 @@ def run_cycle(as_of=None, now=None) -> int:
     return code
 
 
-def _cycle(mode: str, as_of, now) -> int:
+def _cycle(mode: str, as_of, now, settings: TradingSettings) -> int:
     """Steps 2-10 of the module docstring, one named step a line; returns the exit code."""
     conn, audit, replay = db(), audit_logger(), as_of is not None
     require_valid_trail(audit=audit)                 # never trade onto a trail verify calls damaged
@@ -251,11 +254,11 @@ def _cycle(mode: str, as_of, now) -> int:
     features, cycle_date = _fresh_features(data_day)
     signals = get_latest_signal(features=features)
     failpoint("after_signals")
-    executor = OrderExecutor(conn=conn, audit=audit)
+    executor = OrderExecutor(conn=conn, audit=audit, broker=get_broker(settings=settings))
     sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
     executor.reconcile()                                     # AmbiguousOrderError: a person decides
     executor.external_activity(mode)                         # WARNING + audit for what is not ours
-    risk = RiskManager(conn=conn, audit=audit)
+    risk = RiskManager(conn=conn, audit=audit, settings=settings)
     portfolio = _account(risk, executor.broker, signals, cycle_date)
     tradable = _stale_guard(features, cycle_date, signals, portfolio, audit)
     hold = _drift_hold(features, model, conn, data_day)

@@ -52,10 +52,11 @@ import model_management as mm
 import skill_stats
 import train_model
 import walk_forward_runs as runs
-from backtest_engine import Costs, LivePolicy, buy_and_hold, market_from_frames, run_engine
+from backtest_engine import LivePolicy, buy_and_hold, market_from_frames, run_engine
 from backtest_metrics import performance_metrics
 from backtest_report import make_charts, write_report_files
 from logging_setup import setup_logging
+from settings import TradingSettings
 from signals import build_signals
 
 log = logging.getLogger("walkforward")
@@ -243,10 +244,11 @@ def _period_stats(dates, equity: pd.Series, benchmark: pd.Series, preds: pd.Data
     return ev
 
 
-def evaluate(features: pd.DataFrame, fold_results: list[dict], costs: Costs | None = None,
+def evaluate(features: pd.DataFrame, fold_results: list[dict], settings: TradingSettings | None = None,
              initial_cash: float = C.INITIAL_PAPER_CASH, n_trials: int = 1) -> dict:
-    """Stitch the folds' predictions, replay them with the live rules, compute every statistic."""
-    costs = costs or Costs()
+    """Stitch the folds' predictions, replay them with the live rules (the limits and costs of
+    ``settings``, default ``constants.py``), compute every statistic."""
+    settings = settings or TradingSettings.from_constants()
     preds = pd.concat([r["predictions"] for r in fold_results], ignore_index=True)
     preds = preds.sort_values(["Date", "Symbol"], kind="mergesort").reset_index(drop=True)
     first, last = fold_results[0]["test_start"], fold_results[-1]["test_end"]
@@ -254,9 +256,9 @@ def evaluate(features: pd.DataFrame, fold_results: list[dict], costs: Costs | No
     prices = features.loc[(features["Date"] >= first) & (features["Date"] <= last),
                           ["Date", "Symbol", "Open", "Close"]]
     market = market_from_frames(prices, scored)
-    result = run_engine(market, LivePolicy(costs=costs), costs=costs, initial_cash=initial_cash)
+    result = run_engine(market, LivePolicy(settings=settings), settings=settings, initial_cash=initial_cash)
     equity = result.equity_series()
-    bench = buy_and_hold(market, initial_cash, costs)
+    bench = buy_and_hold(market, initial_cash, settings)
     overall = _period_stats(market.dates, equity, bench, preds, n_trials)
     overall["trades_filled"] = len(result.trades)
     overall["halts"] = result.halts
@@ -364,11 +366,11 @@ def write_reports(report: dict, charts: dict | None = None, reports_dir=None) ->
 
 def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None = None, data_path=None,
         symbols=None, min_train: int = C.WALK_FORWARD_MIN_TRAIN_SESSIONS,
-        retrain: int = C.WALK_FORWARD_RETRAIN_SESSIONS, costs: Costs | None = None, record: bool = True,
+        retrain: int = C.WALK_FORWARD_RETRAIN_SESSIONS, settings: TradingSettings | None = None, record: bool = True,
         progress: bool = False, reports_dir=None, charts: bool = True) -> dict:
     """The whole walk-forward; returns the report (also written to disk and recorded)."""
     t0 = time.perf_counter()
-    costs = costs or Costs()
+    settings = settings or TradingSettings.from_constants()
     prof = profile_params(profile)
     path = Path(data_path) if data_path else config.path(C.PROCESSED_DATA_FILE)
     try:
@@ -391,9 +393,10 @@ def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None 
              "seed %d", len(wanted), len(folds), min_train, retrain, profile, seed)
     fold_results, n_workers = run_folds(features, folds, prof, seed, workers, progress)
     t_folds = time.perf_counter()
-    ev = evaluate(features, fold_results, costs, n_trials=n_trials)
+    ev = evaluate(features, fold_results, settings, n_trials=n_trials)
+    live = TradingSettings.from_constants()
     gate_eligible = (sorted(universe) == wanted and min_train <= C.WALK_FORWARD_MIN_TRAIN_SESSIONS
-                     and costs.not_below_defaults())
+                     and settings.costs_not_below(live) and settings.risk_limits() == live.risk_limits())
     report = {
         "title": f"Walk-forward {ev['start']} .. {ev['end']} ({len(folds)} folds)",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -401,7 +404,7 @@ def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None 
         "start": ev["start"], "end": ev["end"], "workers": n_workers,
         "inputs": {"data_path": str(path), "data_sha256": data_sha, "universe": wanted, "profile": profile,
                    "model_config": model_config, "config_fingerprint": fingerprint, "seed": seed,
-                   "costs": costs.effective(), "min_train_sessions": min_train, "retrain_sessions": retrain,
+                   "costs": settings.cost_model(), "min_train_sessions": min_train, "retrain_sessions": retrain,
                    "initial_cash": C.INITIAL_PAPER_CASH},
         "overall": ev["overall"], "folds": ev["folds"],
         "nonsensical_prediction_days": ev["nonsensical_prediction_days"],

@@ -15,8 +15,10 @@ import risk_management as rm
 import sample_data
 import state_db
 import trading_api
+from settings import TradingSettings
 
 INITIAL = 100_000.0
+LIVE = TradingSettings.from_constants()      # the limits and costs of constants.py
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -127,7 +129,7 @@ def test_market_arrays_equal_a_plain_pandas_pivot(case):
 def test_flat_signals_give_zero_return_and_no_costs():
     prices, _ = sample_market(end="2023-04-28")
     market = E.market_from_frames(prices, None)
-    result = E.run_engine(market, costs=E.Costs(slippage_bps=10, commission_per_share=0.01, min_commission=1))
+    result = E.run_engine(market, settings=LIVE.replace(slippage_bps=10, commission_per_share=0.01, min_commission=1))
     assert result.trades == [] and result.borrow_events == []
     assert np.all(result.equity == INITIAL)
     analysis = M.analyse(result, market, E.buy_and_hold(market))
@@ -142,14 +144,14 @@ def test_always_long_one_symbol_with_zero_costs_equals_buy_and_hold_from_first_f
     open_[1] = 100.0                                      # 100 000 USD buys exactly 1000 shares
     market = make_market(open_, close, signal=np.ones(60))
     targets = np.full((60, 1), 1000)
-    result = E.run_engine(market, E.FixedTargetPolicy(targets), costs=E.Costs.zero())
+    result = E.run_engine(market, E.FixedTargetPolicy(targets), settings=LIVE.with_zero_costs())
     assert [(t["date"], t["side"], t["quantity"]) for t in result.trades] == \
         [(str(market.dates[1].date()), "BUY", 1000)]
     assert result.trades[0]["fill_price"] == 100.0
     np.testing.assert_allclose(result.equity[1:], 1000 * close[1:], rtol=0, atol=1e-8)
     metrics = M.performance_metrics(result.equity_series())
     assert metrics["total_return"] == pytest.approx(close[-1] / open_[1] - 1, abs=1e-12)
-    bench = E.buy_and_hold(market, costs=E.Costs.zero())          # one symbol: the same thing
+    bench = E.buy_and_hold(market, settings=LIVE.with_zero_costs())          # one symbol: the same thing
     np.testing.assert_allclose(bench.to_numpy(), result.equity, rtol=1e-12)
 
 
@@ -157,7 +159,7 @@ def test_always_long_with_the_live_risk_rules_holds_one_position_like_buy_and_ho
     n = 40
     open_, close = random_walk(n, step=0.002, seed=2)     # drifts less than the 10 % rebalance band
     market = make_market(open_, close, signal=np.ones(n))
-    result = E.run_engine(market, costs=E.Costs.zero())
+    result = E.run_engine(market, settings=LIVE.with_zero_costs())
     shares = math.floor(C.MAX_POSITION_PCT * INITIAL / close[0] + 1e-9)   # capped by MAX_POSITION_PCT
     assert [(t["side"], t["quantity"]) for t in result.trades] == [("BUY", shares)]
     assert result.trades[0]["date"] == str(market.dates[1].date())        # decided day 0, filled day 1
@@ -177,9 +179,9 @@ def test_costs_reduce_return_by_exactly_what_the_trade_list_says():
     targets[10:20, 0] = -200                               # a flip: SELL 300 then SELL_SHORT 200
     targets[5:25, 1] = -400
     targets[12:25, 1] = -150
-    costs = E.Costs(slippage_bps=10, commission_per_share=0.01, min_commission=1.0, borrow_rate=0.03)
-    costly = E.run_engine(market, E.FixedTargetPolicy(targets), costs=costs)
-    free = E.run_engine(market, E.FixedTargetPolicy(targets), costs=E.Costs.zero())
+    costs = LIVE.replace(slippage_bps=10, commission_per_share=0.01, min_commission=1.0, borrow_rate=0.03)
+    costly = E.run_engine(market, E.FixedTargetPolicy(targets), settings=costs)
+    free = E.run_engine(market, E.FixedTargetPolicy(targets), settings=LIVE.with_zero_costs())
     assert [(t["date"], t["side"], t["quantity"]) for t in costly.trades] == \
         [(t["date"], t["side"], t["quantity"]) for t in free.trades]
     paid = (sum(t["commission"] for t in costly.trades) + sum(t["slippage_cost"] for t in costly.trades)
@@ -205,8 +207,8 @@ def test_costs_reduce_return_by_exactly_what_the_trade_list_says():
 def test_costs_identity_with_the_live_risk_rules():
     prices, sig = sample_market()
     market = E.market_from_frames(prices, sig)
-    costs = E.Costs(slippage_bps=8, commission_per_share=0.005, min_commission=1.0, borrow_rate=0.04)
-    result = E.run_engine(market, costs=costs)
+    costs = LIVE.replace(slippage_bps=8, commission_per_share=0.005, min_commission=1.0, borrow_rate=0.04)
+    result = E.run_engine(market, settings=costs)
     assert len(result.trades) > 50 and any(t["side"] == "SELL_SHORT" for t in result.trades)
     paid = (sum(t["commission"] + t["slippage_cost"] for t in result.trades)
             + sum(b["fee"] for b in result.borrow_events))
@@ -226,7 +228,7 @@ def test_short_position_gains_when_price_falls_and_pays_borrow_fees():
     open_ = np.concatenate([[100.0], close[:-1]])
     market = make_market(open_, close, signal=-np.ones(n))
     rate = 0.05
-    result = E.run_engine(market, costs=E.Costs(slippage_bps=0, commission_per_share=0, min_commission=0,
+    result = E.run_engine(market, settings=LIVE.replace(slippage_bps=0, commission_per_share=0, min_commission=0,
                                                      borrow_rate=rate))
     shares = math.floor(C.MAX_POSITION_PCT * INITIAL / close[0] + 1e-9)
     assert [(t["side"], t["quantity"]) for t in result.trades] == [("SELL_SHORT", shares)]
@@ -242,6 +244,26 @@ def test_short_position_gains_when_price_falls_and_pays_borrow_fees():
     s = M.analyse(result, market, E.buy_and_hold(market))["strategy"]
     assert s["borrow_fees_paid"] == pytest.approx(sum(fees), abs=1e-9) and s["borrow_fees_paid"] > 0
     assert s["total_return"] > 0
+
+
+def test_tighter_limits_through_the_settings_change_the_replay():
+    """Other risk limits reach every rule of the replay through the settings object alone (no
+    global is touched): fewer, smaller positions; the constants' own run is unchanged after."""
+    symbols = tuple(f"T{i:02d}" for i in range(8))
+    prices, sig = sample_market(symbols=symbols, end="2023-03-31")
+    market = E.market_from_frames(prices, sig)
+    before = E.run_engine(market)
+    tight = LIVE.replace(max_positions=2, max_position_pct=0.03)
+    limited = E.run_engine(market, settings=tight)
+    assert before.n_positions.max() > 2 and limited.n_positions.max() <= 2
+    opening = [t for t in limited.trades if t["side"] in ("BUY", "SELL_SHORT")]
+    assert opening and all(t["quantity"] * t["decision_price"] <= 0.03 * INITIAL * 1.2 for t in opening)
+    assert limited.trades != before.trades and not np.array_equal(limited.equity, before.equity)
+    assert C.MAX_POSITIONS == LIVE.max_positions > 2                 # nothing global changed
+    again = E.run_engine(market)
+    assert again.trades == before.trades
+    # the policy's settings are the engine's when none are given
+    assert E.run_engine(market, E.LivePolicy(settings=tight)).trades == limited.trades
 
 
 def test_engine_ledger_matches_the_paper_broker():
@@ -278,7 +300,7 @@ def test_next_close_fill_mode_fills_at_the_next_close():
     market = make_market(open_, close)
     targets = np.zeros((10, 1), int)
     targets[3:] = 50
-    result = E.run_engine(market, E.FixedTargetPolicy(targets), costs=E.Costs.zero(), fill="next_close")
+    result = E.run_engine(market, E.FixedTargetPolicy(targets), settings=LIVE.with_zero_costs(), fill="next_close")
     (t,) = result.trades
     assert t["decided"] == str(market.dates[3].date()) and t["date"] == str(market.dates[4].date())
     assert t["reference_price"] == close[4]
@@ -322,9 +344,9 @@ def test_pruned_risk_calls_equal_passing_every_symbol():
                               (0.9, C.MAX_BORROW_RATE * 1.5)):
         prices, sig = sample_market(symbols=symbols, start="2022-01-03", end="2022-12-30", gain=gain)
         market = E.market_from_frames(prices, sig)
-        costs = E.Costs(borrow_rate=borrow_rate)
-        fast = E.run_engine(market, E.LivePolicy(costs=costs, prune=True), costs=costs)
-        full = E.run_engine(market, E.LivePolicy(costs=costs, prune=False), costs=costs)
+        costs = LIVE.replace(borrow_rate=borrow_rate)
+        fast = E.run_engine(market, E.LivePolicy(settings=costs, prune=True), settings=costs)
+        full = E.run_engine(market, E.LivePolicy(settings=costs, prune=False), settings=costs)
         assert fast.trades == full.trades
         assert np.array_equal(fast.equity, full.equity)
         assert fast.halts == full.halts and fast.rejections == full.rejections
@@ -384,9 +406,9 @@ def test_fills_equal_a_plain_replay_of_the_live_rules(gain, borrow_rate):
     symbols = tuple(f"R{i:02d}" for i in range(24))
     prices, sig = sample_market(symbols=symbols, start="2022-01-03", end="2022-12-30", gain=gain)
     market = E.market_from_frames(prices, sig)
-    costs = E.Costs(borrow_rate=borrow_rate)
-    ours = E.run_engine(market, E.LivePolicy(costs=costs), costs=costs)
-    ref = E.run_engine(market, ReferencePolicy(borrow_rate), costs=costs)
+    costs = LIVE.replace(borrow_rate=borrow_rate)
+    ours = E.run_engine(market, E.LivePolicy(settings=costs), settings=costs)
+    ref = E.run_engine(market, ReferencePolicy(borrow_rate), settings=costs)
     assert len(ref.trades) > 50
     assert [{k: v for k, v in t.items() if k != "reason"} for t in ours.trades] == ref.trades
     # the engine records why each reducing fill was sent (the report's "why closed"); opening ones have none

@@ -7,8 +7,10 @@ import constants as C
 import state_db
 from broker_base import OrderNotFoundError, OrderRejectedError
 from paper_broker import PaperBroker
+from settings import TradingSettings
 
 MON = date(2025, 3, 3)
+LIVE = TradingSettings.from_constants()       # the cost model of constants.py
 
 
 def order(side, qty, symbol="AAPL", order_type="MARKET", limit=None, key=None):
@@ -16,9 +18,15 @@ def order(side, qty, symbol="AAPL", order_type="MARKET", limit=None, key=None):
             "limit_price": limit, "client_key": key or f"{symbol}-{side}-{qty}-{order_type}-{limit}"}
 
 
+def make_broker(**costs):
+    """The test account; ``costs`` change the cost model (TradingSettings fields)."""
+    return PaperBroker(prices={"AAPL": 100.0, "MSFT": 50.0, "PENNY": 0.5}, as_of=MON,
+                       settings=LIVE.replace(**costs))
+
+
 @pytest.fixture
 def broker():
-    return PaperBroker(prices={"AAPL": 100.0, "MSFT": 50.0, "PENNY": 0.5}, as_of=MON)
+    return make_broker()
 
 
 # ------------------------------------------------------------------ fills
@@ -28,10 +36,8 @@ def test_starting_account(broker):
     assert broker.get_positions() == {}
 
 
-def test_market_buy_and_sell_with_slippage_and_commission(broker, monkeypatch):
-    monkeypatch.setattr(C, "PAPER_SLIPPAGE_BPS", 10.0)
-    monkeypatch.setattr(C, "PAPER_COMMISSION_PER_SHARE", 0.01)
-    monkeypatch.setattr(C, "PAPER_MIN_COMMISSION", 1.0)
+def test_market_buy_and_sell_with_slippage_and_commission():
+    broker = make_broker(slippage_bps=10.0, commission_per_share=0.01, min_commission=1.0)
     buy_id = broker.place_order(order("BUY", 100))
     got = broker.get_order(buy_id)
     assert got["status"] == "FILLED" and got["filled_quantity"] == 100 and got["remaining_quantity"] == 0
@@ -87,8 +93,8 @@ def test_cancel_working_order(broker):
 
 
 # ------------------------------------------------------------------ shorts
-def test_short_cover_and_borrow_fees(broker, monkeypatch):
-    monkeypatch.setattr(C, "PAPER_SLIPPAGE_BPS", 0.0)
+def test_short_cover_and_borrow_fees():
+    broker = make_broker(slippage_bps=0.0)
     broker.set_borrow_rate("MSFT", 0.036)
     broker.place_order(order("SELL_SHORT", 100, "MSFT"))
     assert broker.get_positions()["MSFT"]["quantity"] == -100
@@ -237,9 +243,8 @@ def test_penny_stock_and_invalid_price():
 
 
 # ------------------------------------------------------------------ next-open fills (PAPER_FILL)
-def test_market_order_pends_until_the_next_open_then_fills_there(monkeypatch):
-    monkeypatch.setattr(C, "PAPER_SLIPPAGE_BPS", 10.0)
-    b = PaperBroker(prices={"AAPL": 100.0}, as_of=MON, fill="next_open")
+def test_market_order_pends_until_the_next_open_then_fills_there():
+    b = PaperBroker(prices={"AAPL": 100.0}, as_of=MON, fill="next_open", settings=LIVE.replace(slippage_bps=10.0))
     oid = b.place_order(order("BUY", 10))
     got = b.get_order(oid)
     assert got["status"] == "WORKING" and got["pending_next_open"] and got["filled_quantity"] == 0
@@ -258,16 +263,14 @@ def test_market_order_pends_until_the_next_open_then_fills_there(monkeypatch):
     assert b.get_order(oid2)["status"] == "EXPIRED" and b.get_positions()["AAPL"]["quantity"] == 10
 
 
-def test_paper_fills_equal_the_backtest_engines_for_the_same_decisions(monkeypatch):
+def test_paper_fills_equal_the_backtest_engines_for_the_same_decisions():
     """The engine decides from day t's close and fills at t+1's open; the paper broker given the
     same orders after each close and each session's prices fills them at the same prices with the
     same commissions and ends with the same cash and positions."""
     import numpy as np
     import backtest_engine as E
     from test_backtest_engine import make_market, random_walk
-    monkeypatch.setattr(C, "PAPER_SLIPPAGE_BPS", 7.0)
-    monkeypatch.setattr(C, "PAPER_COMMISSION_PER_SHARE", 0.01)
-    monkeypatch.setattr(C, "PAPER_MIN_COMMISSION", 1.0)
+    costs = LIVE.replace(slippage_bps=7.0, commission_per_share=0.01, min_commission=1.0)
     n = 30
     o1, c1 = random_walk(n, seed=11)
     o2, c2 = random_walk(n, start=50.0, seed=12)
@@ -276,9 +279,9 @@ def test_paper_fills_equal_the_backtest_engines_for_the_same_decisions(monkeypat
     targets[2:12, 0] = 300
     targets[12:20, 0] = 100
     targets[4:25, 1] = 200
-    result = E.run_engine(market, E.FixedTargetPolicy(targets), costs=E.Costs())
+    result = E.run_engine(market, E.FixedTargetPolicy(targets), settings=costs)
     assert len(result.trades) >= 4
-    b = PaperBroker(fill="next_open")
+    b = PaperBroker(fill="next_open", settings=costs)
     by_decided = {}
     for t in result.trades:
         by_decided.setdefault(t["decided"], []).append(t)

@@ -10,6 +10,7 @@ import pnl
 import state_db
 from broker_base import slippage_price
 from paper_broker import PaperBroker
+from settings import TradingSettings
 
 D1, D2, D3 = date(2025, 3, 3), date(2025, 3, 4), date(2025, 3, 5)
 
@@ -107,11 +108,10 @@ def test_equity_curve_one_row_per_session_upserted(three_sessions):
     assert json.loads(json.dumps(pnl.history(conn, "paper")))["round_trip_count"] == 3
 
 
-def test_commissions_are_in_cost_and_the_identity_still_holds(monkeypatch):
-    monkeypatch.setattr(C, "PAPER_COMMISSION_PER_SHARE", 0.01)
-    monkeypatch.setattr(C, "PAPER_MIN_COMMISSION", 1.0)
+def test_commissions_are_in_cost_and_the_identity_still_holds():
     conn = state_db.connect()
-    b = PaperBroker(conn=conn, prices={"AAPL": 100.0}, as_of=D1)
+    costs = TradingSettings.from_constants().replace(commission_per_share=0.01, min_commission=1.0)
+    b = PaperBroker(conn=conn, prices={"AAPL": 100.0}, as_of=D1, settings=costs)
     b.place_order(order("BUY", 300, "AAPL", "a"))            # commission 3.00
     b.set_prices({"AAPL": 101.0}, as_of=D2)
     b.place_order(order("SELL", 50, "AAPL", "b"))            # commission 1.00 (minimum)

@@ -16,12 +16,14 @@ import risk_management as R
 import state_db
 from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT
 from risk_management import Portfolio, RiskManager
+from settings import TradingSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
     else sys.executable
 TODAY = date(2025, 3, 10)
 GOOD_QUOTE = {"borrow_rate": 0.01, "hard_to_borrow": False, "shortable": True, "ex_dividend_date": None}
+LIVE = TradingSettings.from_constants()       # the limits of constants.py
 
 
 class RecordingAudit:
@@ -50,6 +52,11 @@ def audit():
 @pytest.fixture
 def rm(audit):
     return RiskManager(audit=audit)
+
+
+def limited(audit, **limits):
+    """A risk manager with other limits (TradingSettings fields), passed, not patched."""
+    return RiskManager(audit=audit, settings=LIVE.replace(**limits))
 
 
 def portfolio(**kw):
@@ -173,8 +180,8 @@ def test_max_position_pct(rm):
     assert not rm.pre_trade_check(order("AAA", SELL_SHORT, 41, 100.0), pf)[0]
 
 
-def test_max_gross_exposure(rm, monkeypatch):
-    monkeypatch.setattr(C, "MAX_GROSS_EXPOSURE", 0.30)
+def test_max_gross_exposure(audit):
+    rm = limited(audit, max_gross_exposure=0.30)
     pf = portfolio(positions={"AAA": 100, "BBB": -100, "CCC": 50})   # $25,000 gross
     assert rm.pre_trade_check(order("DDD", BUY, 50, 100.0), pf)[0]  # exactly $30,000
     ok, reason = rm.pre_trade_check(order("DDD", BUY, 51, 100.0), pf)
@@ -209,9 +216,9 @@ def test_price_sanity(rm):
     assert not ok and "no last close" in reason
 
 
-def test_reducing_orders_pass_every_limit(rm, monkeypatch):
+def test_reducing_orders_pass_every_limit(audit):
+    rm = limited(audit, max_order_value=1.0)
     halt_drawdown(rm)
-    monkeypatch.setattr(C, "MAX_ORDER_VALUE", 1.0)
     pf = portfolio(positions={"AAA": 5000, "BBB": -5000}, buying_power=0.0, cash=0.0)
     pf.last_close.clear()
     pf.quotes["BBB"]["borrow_rate"] = 0.9
@@ -284,8 +291,8 @@ def test_short_do_not_short_list_and_recall(rm, audit):
     assert not ok and "BROKER RECALL" in reason
 
 
-def test_short_allow_shorts_false(rm, monkeypatch):
-    monkeypatch.setattr(C, "ALLOW_SHORTS", False)
+def test_short_allow_shorts_false(audit):
+    rm = limited(audit, allow_shorts=False)
     ok, reason = rm.pre_trade_check(order("AAA", SELL_SHORT, 10), portfolio())
     assert not ok and "ALLOW_SHORTS" in reason
     sig = [{"symbol": "AAA", "signal": "SELL", "score": -1.0, "price": 100.0, "volatility": 0.02}]
@@ -606,8 +613,8 @@ def test_buyins_outside_lookback_do_not_count(rm):
     assert len(rm.recent_forced_buyins()) == 2
 
 
-def test_target_new_positions_cut_by_gross_exposure(rm, monkeypatch):
-    monkeypatch.setattr(C, "MAX_GROSS_EXPOSURE", 0.15)
+def test_target_new_positions_cut_by_gross_exposure(audit):
+    rm = limited(audit, max_gross_exposure=0.15)
     targets = rm.target_positions([sig("AAA", "BUY", 0.9), sig("BBB", "BUY", 1.2, price=50.0)], portfolio())
     assert targets["BBB"] == 200                 # strongest first: $10,000
     assert targets["AAA"] == 50                  # the $5,000 left of the $15,000 budget
