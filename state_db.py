@@ -96,6 +96,20 @@ def ensure_schema(conn: sqlite3.Connection, statements) -> None:
         conn.execute(statement)
 
 
+@contextmanager
+def opened(conn: sqlite3.Connection | None = None, schema=(), path=None):
+    """``with opened(conn, schema) as c:`` the caller's connection ``conn`` as it is, else a new
+    one (``connect(path)``) that is closed when the block ends; ``schema`` (CREATE statements)
+    ensured either way. The one rule for "use the caller's connection or open and close one"."""
+    c = conn if conn is not None else connect(path)
+    try:
+        ensure_schema(c, schema)
+        yield c
+    finally:
+        if conn is None:
+            c.close()
+
+
 def _database_file(conn: sqlite3.Connection) -> str | None:
     try:
         row = conn.execute("PRAGMA database_list").fetchone()
