@@ -362,7 +362,7 @@ class RiskManager(ShortRules):
                     alerts.send_alert("max_drawdown", f"drawdown {_pct(details['drawdown'])} from peak "
                                       f"{_money(details['peak'])} (limit {_pct(details['limit'])}), "
                                       f"equity {_money(equity)} on {day}: opening trades halted "
-                                      f"until reset", key=day)
+                                      f"until reset", key=day, replay=state_db.is_replay(self.conn))
             else:
                 log.critical("DAILY LOSS LIMIT REACHED: loss %s from the day's start %s (limit %s); "
                              "equity %s. Opening trades halted for %s", _pct(details["loss"]),

@@ -29,7 +29,7 @@ import fcntl
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 
 import pandas as pd
@@ -56,6 +56,7 @@ from order_recovery import AmbiguousOrderError
 from risk_management import Portfolio, RiskManager
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
 from kill_switch import KillSwitchSet
+from trading_api import get_broker
 from trading_execution import OrderExecutor
 
 log = logging.getLogger("trading")
@@ -63,15 +64,8 @@ log = logging.getLogger("trading")
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
 LAST_CYCLE_KEY = "last_cycle"
 
-_MODEL = None
-
-
 class CycleError(UserFacingError):
     """A step of the cycle failed; the message names what and the fix."""
-
-
-def db():
-    return golive.connect()
 
 
 def audit_logger():
@@ -80,12 +74,9 @@ def audit_logger():
 
 # ----------------------------------------------------------------------------- signals
 def get_model():
-    """The verified model, loaded once per process (the checksum is checked on load)."""
-    global _MODEL
-    path = config.path(C.MODEL_FILE)
-    if _MODEL is None or _MODEL.path != path:
-        _MODEL = load_model(path)
-    return _MODEL
+    """The installed model, verified (its checksum is checked on load). The caller owns what it
+    loaded: a cycle loads it once and hands it to each step (``get_latest_signal(model=...)``)."""
+    return load_model(config.path(C.MODEL_FILE))
 
 
 def load_features(as_of=None) -> pd.DataFrame:
@@ -95,7 +86,8 @@ def load_features(as_of=None) -> pd.DataFrame:
     return features
 
 
-def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: bool = True) -> list[dict]:
+def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: bool = True, model=None,
+                      conn=None) -> list[dict]:
     """Signals for every selected symbol from the latest data (up to ``as_of``).
 
     Each item: symbol, date (of the data used), close, predicted_diff (next-day price difference
@@ -103,9 +95,10 @@ def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: 
     volatility), signal (BUY if score >= SIGNAL_THRESHOLD, SELL if <= -SIGNAL_THRESHOLD, else
     HOLD), volatility. Logs one ``Prediction:`` line per symbol; stores every prediction for the
     drift monitor. Nonsensical output (NaN, all equal, absurd) raises
-    ``signals.NonsensicalPredictionError``."""
+    ``signals.NonsensicalPredictionError``. ``model``: the loaded model (default: the installed
+    one, loaded now); ``conn``: the state database the predictions go to (default: the real one)."""
     ensure_logging("trading")
-    model = get_model()
+    model = model if model is not None else get_model()
     features = load_features(as_of) if features is None else features
     universe = load_universe()
     missing = sorted(set(universe) - set(features["Symbol"]))
@@ -123,7 +116,7 @@ def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: 
     log.info("signal summary: %d BUY, %d SELL, %d HOLD (threshold |score| >= %.2f)",
              counts.get(BUY, 0), counts.get(SELL, 0), counts.get(HOLD, 0), C.SIGNAL_THRESHOLD)
     if record:
-        drift_monitor.record_predictions(scored, model.checksum)
+        drift_monitor.record_predictions(scored, model.checksum, conn)
     return [{"symbol": r.Symbol, "date": str(pd.Timestamp(r.Date).date()), "close": float(r.Close),
              "predicted_diff": float(r.predicted_diff), "score": float(r.score), "signal": r.signal,
              "volatility": float(r.volatility_20), "price": float(r.Close)}
@@ -206,24 +199,25 @@ def run_cycle(as_of=None, now=None) -> int:
             log.warning("another run holds the cycle lock (%s: %s): exiting without trading",
                         lock_path(), lock_holder())
             return EXIT_OK
+        path = None                                 # the real state database
         if replay:
             # the operator's kill switch lives in the real database; the replay then runs in its
             # own throwaway account (state_db.prepare_replay), never the real paper account
-            if _kill_switch_stops(db(), audit_logger()):
-                return EXIT_OK
-            state_db.prepare_replay(as_of)
+            with closing(state_db.connect()) as real:
+                if _kill_switch_stops(real, audit_logger()):
+                    return EXIT_OK
+            path = state_db.prepare_replay(as_of)
         try:
-            code = _cycle(mode, as_of, now)
+            with closing(state_db.connect(path)) as conn:
+                code = _cycle(conn, mode, as_of, now)
         except Exception as exc:
             try:                       # the trail shows that the cycle ended, and why
                 audit_logger().log_event("cycle_end", "error", {"error": f"{type(exc).__name__}: {exc}"})
             except Exception as audit_exc:
                 log.error("audit of the failed cycle failed too: %s", audit_exc)
             alerts.send_alert("cycle_failed", f"{mode} cycle failed: {type(exc).__name__}: {exc}",
-                              key=alerts.session_key("trading_cycle"))
+                              key=alerts.session_key("trading_cycle"), replay=replay)
             raise
-        finally:
-            config.set_replay(False)
     if code == EXIT_FAIL and not replay:          # a replay is a drill: no alert
         alerts.send_alert("cycle_failed", f"{mode} cycle finished with orders that were not sent "
                           f"(see the order lines in logs/trading_YYYYMMDD.log)",
@@ -231,12 +225,13 @@ def run_cycle(as_of=None, now=None) -> int:
     return code
 
 
-def _cycle(mode: str, as_of, now) -> int:
-    """Steps 2-10 of the module docstring, one named step a line; returns the exit code."""
-    conn, audit, replay = db(), audit_logger(), as_of is not None
+def _cycle(conn, mode: str, as_of, now) -> int:
+    """Steps 2-10 of the module docstring, one named step a line, on the state database ``conn``
+    (a replay's throwaway one for ``--as-of``); returns the exit code."""
+    audit, replay = audit_logger(), as_of is not None
     now = now or datetime.now().astimezone()
     require_valid_trail(audit=audit)                 # never trade onto a trail verify calls damaged
-    _record_interrupted_cycle(audit)
+    _record_interrupted_cycle(audit, conn)
     _log_cycle_start(audit, mode, as_of)
     if _kill_switch_stops(conn, audit):
         return EXIT_OK
@@ -247,9 +242,9 @@ def _cycle(mode: str, as_of, now) -> int:
     if data_day is None:
         return EXIT_OK                                       # the market is closed: nothing to do
     features, cycle_date = _fresh_features(data_day)
-    signals = get_latest_signal(features=features)
+    signals = get_latest_signal(features=features, model=model, conn=conn)
     failpoint("after_signals")
-    executor = OrderExecutor(conn=conn, audit=audit)
+    executor = OrderExecutor(conn=conn, audit=audit, broker=get_broker(mode, conn=conn))
     sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
     executor.reconcile()                                     # AmbiguousOrderError: a person decides
     executor.external_activity(mode)                         # WARNING + audit for what is not ours
@@ -269,13 +264,13 @@ def _cycle(mode: str, as_of, now) -> int:
     return EXIT_FAIL if failures else EXIT_OK
 
 
-def _record_interrupted_cycle(audit) -> None:
+def _record_interrupted_cycle(audit, conn) -> None:
     """The previous cycle started and never ended (killed, power cut): say so in the trail,
     with the orders it left at the broker's stage, before this cycle starts."""
     found = interrupted_cycle(audit=audit)
     if found:
         details = dict(found["details"])
-        details["open_orders"] = OrderExecutor(conn=db(), audit=audit).open_orders()
+        details["open_orders"] = OrderExecutor(conn=conn, audit=audit).open_orders()
         log.warning("the previous cycle (started %s) was interrupted; %d of its orders are not final",
                     details.get("started_at"), len(details["open_orders"]))
         audit.log_event(found["action"], found["status"], details)
@@ -435,7 +430,7 @@ def _alert_rejections(executor, cycle_date) -> None:
         alerts.send_alert("order_rejections", f"{len(rejected)} orders of the {cycle_date} cycle "
                           f"rejected by the broker (threshold {C.ALERT_ORDER_REJECTIONS}): "
                           + "; ".join(f"{r['client_key']}: {(r['error'] or '')[:80]}" for r in rejected[:5]),
-                          key=str(cycle_date))
+                          key=str(cycle_date), replay=state_db.is_replay(executor.conn))
 
 
 def _wait_for_fills(executor, keys) -> list[dict]:
@@ -489,4 +484,4 @@ def print_positions(broker) -> None:
     print(f"\npositions ({len(positions)}), equity {money(balance['equity'])}, cash {money(balance['cash'])}:")
     for sym, p in sorted(positions.items()):
         print(f"  {sym:6} {p['quantity']:+7d} @ {p.get('avg_price') or 0:10.2f}  value "
-              f"${p.get('market_value') or 0:12,.2f}")
+              f"{money(p.get('market_value') or 0):>13}")
