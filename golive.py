@@ -33,7 +33,7 @@ import data_collection
 import model_management
 import state_db
 import walk_forward_runs
-from fileutil import json_default
+from fileutil import file_sha256, json_default
 
 GATE_OVERRIDE_KEY = "golive_override"
 
@@ -181,7 +181,7 @@ def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe,
         return out
     path = Path(data_path) if data_path else config.path(C.PROCESSED_DATA_FILE)
     try:
-        sha = walk_forward_runs.file_sha256(path)
+        sha = file_sha256(path)
     except OSError:
         sha = None
     out.update(config_fingerprint=fingerprint, universe=symbols, data_sha256=sha, data_path=str(path))

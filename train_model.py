@@ -393,13 +393,9 @@ def train(data_path=None, *, profile: str = "default", epochs=None, units=None, 
 
 
 def skill_vs_constant(y_true, y_pred, constant: float) -> float | None:
-    """1 - MSE(model) / MSE(the constant forecast): positive when the model beats always
-    predicting ``constant`` (here the training period's mean target)."""
-    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
-    if not len(y_true):
-        return None
-    base = float(np.mean((y_true - constant) ** 2))
-    return None if base <= 0 else 1.0 - float(np.mean((y_true - y_pred) ** 2)) / base
+    """Skill against always predicting ``constant`` (here the training period's mean target):
+    ``model_management.skill``."""
+    return mm.skill(y_true, y_pred, constant)
 
 
 def _fmt_skill(x) -> str:

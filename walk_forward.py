@@ -55,6 +55,7 @@ import walk_forward_runs as runs
 from backtest_engine import Costs, LivePolicy, buy_and_hold, market_from_frames, run_engine
 from backtest_metrics import performance_metrics
 from backtest_report import make_charts, write_report_files
+from fileutil import file_sha256
 from logging_setup import setup_logging
 from signals import build_signals
 
@@ -385,7 +386,7 @@ def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None 
     folds = plan_folds(features["Date"], min_train, retrain)
     model_config = runs.model_configuration(prof)
     fingerprint = runs.config_fingerprint(model_config)
-    data_sha = runs.file_sha256(path)
+    data_sha = file_sha256(path)
     n_trials = runs.count_trials(wanted, fingerprint) if record else 1
     log.info("walk-forward started: %d symbols, %d folds (min train %d, retrain every %d sessions), profile %s, "
              "seed %d", len(wanted), len(folds), min_train, retrain, profile, seed)

@@ -98,14 +98,6 @@ def config_fingerprint(model_config: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def universe_key(symbols) -> str:
     return json.dumps(sorted(str(s) for s in symbols))
 

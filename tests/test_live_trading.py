@@ -250,13 +250,14 @@ def _record_walk_forward(home, passed=True, eligible=True, universe=None, config
     """One walk_forward_runs row; by default a passing one for the installed model's configuration
     on the whole universe and the production data file (as ./run_backtest.sh --walk-forward records)."""
     import data_collection
+    import fileutil
     import model_management
     import walk_forward_runs
     meta = model_management.read_metadata(home / C.MODEL_FILE)
     cfg = walk_forward_runs.model_configuration_from_metadata(meta)
     path = data_path or (home / C.PROCESSED_DATA_FILE)
     report = {"inputs": {"config_fingerprint": config_fingerprint or walk_forward_runs.config_fingerprint(cfg),
-                         "data_sha256": data_sha256 or walk_forward_runs.file_sha256(home / C.PROCESSED_DATA_FILE),
+                         "data_sha256": data_sha256 or fileutil.file_sha256(home / C.PROCESSED_DATA_FILE),
                          "data_path": str(path),
                          "universe": sorted(universe if universe is not None else data_collection.load_universe()),
                          "costs": {}, "model_config": cfg, "seed": 42},

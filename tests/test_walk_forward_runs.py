@@ -7,6 +7,7 @@ import constants as C
 import golive
 import state_db
 import walk_forward_runs as runs
+from fileutil import file_sha256
 
 META = {"window": C.TINY_WINDOW, "sha256": "ab" * 32, "feature_columns": list(C.FEATURE_COLUMNS),
         "architecture": {"lstm_units": C.TINY_UNITS, "dense_units": C.TINY_DENSE_UNITS, "lstm_layers": 1},
@@ -78,7 +79,7 @@ def recorded(trading_home):
     data = trading_home / C.PROCESSED_DATA_FILE
     data.write_text("Date,Symbol\n2025-01-02,AAA\n")
     cfg = runs.model_configuration_from_metadata(META)
-    report = {"inputs": {"config_fingerprint": runs.config_fingerprint(cfg), "data_sha256": runs.file_sha256(data),
+    report = {"inputs": {"config_fingerprint": runs.config_fingerprint(cfg), "data_sha256": file_sha256(data),
                          "data_path": str(data), "universe": UNIVERSE, "costs": {}, "model_config": cfg,
                          "seed": 42},
               "start": "2023-01-03", "end": "2025-10-31", "workers": 1, "passed": True, "gate_eligible": True,
