@@ -16,18 +16,14 @@ import state_db
 from broker_base import (BUY_SIDES, FINAL_STATUSES, OPEN_STATUSES, UTC, OrderNotFoundError,
                          OrderRejectedError, borrow_fee, commission_for, num, paper_buying_power,
                          parse_date, parse_time, slippage_price, to_utc, validate_order)
+from portfolio import to_date
 
 log = logging.getLogger("broker")
 
 
 def _as_date(value) -> date:
-    if value is None:
-        return date.today()
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value)[:10])
+    """``portfolio.to_date``; None: today."""
+    return to_date(value) or date.today()
 
 
 _PAPER_SCHEMA = [

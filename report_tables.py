@@ -18,10 +18,9 @@ from __future__ import annotations
 import html
 import math
 from collections import defaultdict
-from datetime import date
 
 import constants as C
-from portfolio import money
+from portfolio import money, to_date
 
 E = html.escape
 BUY_SIDES = ("BUY", "BUY_TO_COVER")
@@ -43,10 +42,6 @@ dl.params dd{margin:0} img{max-width:100%}
 
 
 # ----------------------------------------------------------------------------- formatting
-def _d(value) -> date:
-    return date.fromisoformat(str(value)[:10])
-
-
 def _money(x) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
@@ -133,7 +128,7 @@ def enrich_round_trips(trips: list[dict], trades: list[dict] | None = None,
             "side": trip["direction"],
             "quantity": max(positions) if positions else None,
             "entry_price": avg(opening), "exit_price": None if trip.get("open") else avg(closing),
-            "duration_days": (_d(exit_) - _d(entry)).days if exit_ else None,
+            "duration_days": (to_date(exit_) - to_date(entry)).days if exit_ else None,
             "why_closed": why_closed(trip, closing, by_day.get((sym, exit_), []), halt_dates)})
         out.append(row)
     return out
