@@ -26,7 +26,9 @@ import risk_management as rm
 import state_db
 from errors import UserFacingError
 from order_planning import plan_orders
-from broker_base import BUY_SIDES, BUY_TO_COVER, SELL, borrow_fee, commission_for, paper_buying_power, slippage_price
+from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, SELL, SELL_SHORT, borrow_fee, commission_for,
+                         paper_buying_power, slippage_price)
+from signals import BUY as BUY_SIGNAL, SELL as SELL_SIGNAL
 
 FILL_MODES = ("next_open", "next_close")
 
@@ -184,7 +186,7 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
         ok = (sdi >= 0) & (ssi >= 0)
         cell = sdi[ok] * m + ssi[ok]
         col = s["signal"].to_numpy(dtype=object)
-        codes = (col == "BUY").astype(np.int8) - (col == "SELL").astype(np.int8)
+        codes = (col == BUY_SIGNAL).astype(np.int8) - (col == SELL_SIGNAL).astype(np.int8)
         signal.reshape(-1)[cell] = codes[ok]
         score.reshape(-1)[cell] = s["score"].to_numpy(float)[ok]
         vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
@@ -343,7 +345,7 @@ class LivePolicy:
                 prices[name] = px
                 if signal.item(i) < 0 or pos.item(i) < 0:
                     quotes[name] = self._quote
-                sigs.append({"symbol": name, "signal": "BUY" if signal.item(i) > 0 else "SELL",
+                sigs.append({"symbol": name, "signal": BUY_SIGNAL if signal.item(i) > 0 else SELL_SIGNAL,
                              "score": score.item(i), "price": px, "volatility": vol.item(i)})
             return sigs
 
@@ -531,7 +533,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                     cancelled.append({"date": iso[d], "decided": decided_on.isoformat(),
                                       **order, "reason": "no price on the fill day"})
                     continue
-                if side == "BUY_TO_COVER":              # the broker charges the borrow up to the cover
+                if side == BUY_TO_COVER:                # the broker charges the borrow up to the cover
                     fee = accrue(i, d, ref)
                     cash -= fee
                     borrow_d += fee
@@ -541,7 +543,7 @@ def run_engine(market: Market, policy=None, costs: Costs | None = None,
                 cash -= signed * price + commission
                 after = pos.item(i) + signed
                 pos[i] = after
-                if side == "SELL_SHORT" and i not in accrued_to:
+                if side == SELL_SHORT and i not in accrued_to:
                     accrued_to[i] = pydates[d]
                 if after >= 0:
                     accrued_to.pop(i, None)
@@ -619,7 +621,7 @@ def buy_and_hold(market: Market, initial_cash: float = C.INITIAL_PAPER_CASH, cos
     shares = np.zeros(m)
     cash = float(initial_cash)
     for i in ok:
-        price = costs.fill_price(float(fill_px[i]), "BUY")
+        price = costs.fill_price(float(fill_px[i]), BUY)
         q = budget / price
         commission = costs.commission(int(math.floor(q)))
         q = (budget - commission) / price

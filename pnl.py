@@ -34,8 +34,8 @@ from datetime import date
 import config
 import constants as C
 import state_db
+from broker_base import BUY_SIDES
 
-BUY_SIDES = ("BUY", "BUY_TO_COVER")
 
 _SCHEMA = ["""CREATE TABLE IF NOT EXISTS equity_curve (
     mode TEXT NOT NULL,

@@ -44,7 +44,7 @@ import kill_switch
 import market_calendar
 import pnl
 import state_db
-from audit_logging import AuditLogger, interrupted_cycle, require_valid_trail
+from audit_logging import CYCLE_END, CYCLE_START, AuditLogger, interrupted_cycle, require_valid_trail
 from data_collection import load_processed, load_universe, stale_symbols
 from errors import UserFacingError, storage_error
 from failpoints import failpoint
@@ -212,7 +212,7 @@ def run_cycle(as_of=None, now=None) -> int:
                 code = _cycle(conn, mode, as_of, now)
         except Exception as exc:
             try:                       # the trail shows that the cycle ended, and why
-                audit_logger().log_event("cycle_end", "error", {"error": f"{type(exc).__name__}: {exc}"})
+                audit_logger().log_event(CYCLE_END, "error", {"error": f"{type(exc).__name__}: {exc}"})
             except Exception as audit_exc:
                 log.error("audit of the failed cycle failed too: %s", audit_exc)
             alerts.send_alert("cycle_failed", f"{mode} cycle failed: {type(exc).__name__}: {exc}",
@@ -278,7 +278,7 @@ def _record_interrupted_cycle(audit, conn) -> None:
 
 def _log_cycle_start(audit, mode: str, as_of) -> None:
     log.info("cycle start: mode=%s%s home=%s", mode, f" as-of {as_of}" if as_of is not None else "", config.home())
-    audit.log_event("cycle_start", "started", {"mode": mode, "as_of": str(as_of) if as_of is not None else None})
+    audit.log_event(CYCLE_START, "started", {"mode": mode, "as_of": str(as_of) if as_of is not None else None})
 
 
 def _kill_switch_stops(conn, audit) -> bool:
@@ -286,7 +286,7 @@ def _kill_switch_stops(conn, audit) -> bool:
     if switch:
         log.warning("Kill switch is ON (set by %s at %s: %s): no trading. Clear it with "
                     "`python live_trading.py resume`.", switch["by"], switch["at"], switch["reason"])
-        audit.log_event("cycle_end", "kill_switch", switch)
+        audit.log_event(CYCLE_END, "kill_switch", switch)
     return bool(switch)
 
 
@@ -298,7 +298,7 @@ def _gate_allows(model, conn, audit) -> bool:
         log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
                      "; ".join(why))
         audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
-        audit.log_event("cycle_end", "gate_refused", {"reasons": why})
+        audit.log_event(CYCLE_END, "gate_refused", {"reasons": why})
         alerts.send_alert("live_gate_refused", "live cycle refused: " + "; ".join(why),
                           key=model.checksum[:12])
         return False
@@ -315,7 +315,7 @@ def _data_day(as_of, now, audit):
         return pd.Timestamp(as_of)
     if not market_calendar.is_open(now):
         log.info("Market closed at %s (NYSE regular session): nothing to do", now)
-        audit.log_event("cycle_end", "market_closed", {"at": str(now)})
+        audit.log_event(CYCLE_END, "market_closed", {"at": str(now)})
         return None
     return market_calendar.last_completed_session(now)
 
@@ -461,7 +461,7 @@ def _close_cycle(conn, audit, risk, executor, model, mode, replay, cycle_date, s
     executor.record_positions(cycle_date, mode)
     pnl.record_equity(conn, cycle_date, broker)
     failpoint("before_cycle_end")
-    audit.log_event("cycle_end", "failed" if failures else "completed", summary)
+    audit.log_event(CYCLE_END, "failed" if failures else "completed", summary)
     return equity
 
 
