@@ -295,21 +295,18 @@ class LivePolicy:
         self.rejection_samples: list[dict] = []
         self.widened = 0
         self._halted_on = None
-        self._index = None                   # (symbols, {symbol: column}) of the replay
+        self._index = None                   # (symbols, {symbol: column}, symbols as an array) of the replay
         rate = float(self.costs.borrow_rate)
         self._quote = {"borrow_rate": rate, "hard_to_borrow": rate > C.MAX_BORROW_RATE, "shortable": True,
                        "ex_dividend_date": None}
 
     @staticmethod
     def _complete(targets: dict, prices: dict, equity: float, rest_prices: np.ndarray) -> bool:
-        """True when no candidate left out could have received a position: every slot is taken
-        (MAX_POSITIONS), or the gross exposure left is below the price of each of them (the
-        strongest-first loop in target_positions cuts a new position to room // price shares)."""
-        if sum(1 for q in targets.values() if q != 0) >= C.MAX_POSITIONS:
-            return True
-        gross = sum(abs(q) * prices[s] for s, q in targets.items() if q)
-        room = C.MAX_GROSS_EXPOSURE * max(equity, 0.0) - gross
-        return bool(len(rest_prices) == 0 or room < float(np.min(rest_prices)) * (1.0 - 1e-9))
+        """True when no candidate left out could have received a position
+        (``risk_management.room_for_new_positions``): no slot is free, or the gross exposure left
+        is below the price of each of them (a new position is cut to room // price shares)."""
+        slots, room = rm.room_for_new_positions(targets, prices.get, equity)
+        return bool(slots <= 0 or len(rest_prices) == 0 or room < float(np.min(rest_prices)) * (1.0 - 1e-9))
 
     def on_close(self, day: date, equity: float) -> None:
         out = self.risk.update_equity(equity, day)
@@ -353,18 +350,18 @@ class LivePolicy:
             prices[symbols[i]] = p
             if q < 0:
                 quotes[symbols[i]] = self._quote
-        # at most MAX_POSITIONS minus the held positions can open before one of them closes (then
-        # the list is widened): the first candidates in the order target_positions takes them
-        take = max(C.MAX_POSITIONS - len(held), 0) if self.prune else len(unheld)
+        # only the free slots can open before a held position closes (then the list is widened):
+        # the first candidates in the order target_positions grants them (new_position_order)
+        if self._index is None or self._index[0] is not symbols:
+            self._index = (symbols, {s: i for i, s in enumerate(symbols)}, np.asarray(symbols, dtype=str))
+        take = max(rm.room_for_new_positions(pf.positions, prices.get, equity)[0], 0) if self.prune else len(unheld)
         ranked: list = []                    # [unheld in that order, as a list], sorted on first use
 
         def rank() -> list[int]:
             nonlocal unheld
             if not ranked:
                 if len(unheld) > 1:
-                    key = np.abs(score[unheld])
-                    key[~np.isfinite(key)] = 0.0
-                    unheld = unheld[np.lexsort((unheld, -key))]
+                    unheld = unheld[rm.new_position_order(score[unheld], self._index[2][unheld])]
                 ranked.append(unheld.tolist())
             return ranked[0]
 
@@ -384,8 +381,6 @@ class LivePolicy:
             self.rejections += 1
             if len(self.rejection_samples) < 20:
                 self.rejection_samples.append({"date": day.isoformat(), "order": dict(order), "reason": reason})
-        if self._index is None or self._index[0] is not symbols:
-            self._index = (symbols, {s: i for i, s in enumerate(symbols)})     # once per replay
         index = self._index[1]
         for order in plan.approved:
             if order["side"] in (SELL, BUY_TO_COVER) and not order.get("reason"):
