@@ -7,7 +7,9 @@ Paths are relative to ``TRADING_HOME`` (see ``config.path``).
 
 Grouped by topic, in the order data flows: environment, files, logging, data, model, signals,
 drift, risk, execution, costs, Schwab, backtest and go-live gate, audit trail, credentials.
-Every constant here is read by the code.
+Every constant here is read by the code. The last section names each one either a strategy tunable
+(``STRATEGY_TUNABLES``: it changes what the strategy trades or what it costs, so changing it makes
+earlier walk-forward evidence stale) or an operational one (``OPERATIONAL_TUNABLES``).
 """
 
 # ----------------------------------------------------------- environment (read through config.py)
