@@ -269,7 +269,7 @@ def _recently_sent(conn, kind: str, key: str, quiet_min: float) -> bool:
 
 
 def send_alert(kind: str, message: str, severity: str | None = None, command: str | None = None,
-               key: str = "", quiet_minutes: float | None = None) -> bool:
+               key: str = "", quiet_minutes: float | None = None, replay: bool = False) -> bool:
     """Send one alert through every configured channel. Never raises.
 
     ``kind`` is a key of ``ALERT_KINDS`` (it gives the title, the severity and the first command;
@@ -277,13 +277,15 @@ def send_alert(kind: str, message: str, severity: str | None = None, command: st
     period (a session date, a symbol): the same kind + key is not sent again within
     ``quiet_minutes`` (default ``ALERT_QUIET_PERIOD_MIN``). Returns True when every channel
     accepted it or it was a suppressed repeat, False when a channel failed or none is configured.
+    ``replay``: the alert comes from an ``--as-of`` replay (a drill in a throwaway account): it
+    is logged, not sent (callers holding the replay's connection pass ``state_db.is_replay(conn)``).
     """
     try:
         title, body, severity = format_alert(kind, message, severity, command)
     except AlertConfigError as exc:
         log.warning("Alert not sent: %s", exc)
         return False
-    if config.replay():            # an --as-of replay is a drill in a throwaway account
+    if replay:                     # an --as-of replay is a drill in a throwaway account
         log.info("Replay: alert %s not sent (%s)", kind, message)
         return True
     quiet = C.ALERT_QUIET_PERIOD_MIN if quiet_minutes is None else quiet_minutes

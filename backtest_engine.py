@@ -30,9 +30,11 @@ import risk_management as rm
 import state_db
 from errors import UserFacingError
 from order_planning import plan_orders
-from broker_base import BUY_SIDES, BUY_TO_COVER, SELL, borrow_fee, commission_for, paper_buying_power, slippage_price
+from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, SELL, SELL_SHORT, borrow_fee, commission_for,
+                         paper_buying_power, slippage_price)
 from settings import TradingSettings, default_settings
 from short_rules import ShortRules, hard_to_borrow
+from signals import BUY as BUY_SIGNAL, SELL as SELL_SIGNAL
 
 FILL_MODES = ("next_open", "next_close")
 
@@ -168,7 +170,7 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
         ok = (sdi >= 0) & (ssi >= 0)
         cell = sdi[ok] * m + ssi[ok]
         col = s["signal"].to_numpy(dtype=object)
-        codes = (col == "BUY").astype(np.int8) - (col == "SELL").astype(np.int8)
+        codes = (col == BUY_SIGNAL).astype(np.int8) - (col == SELL_SIGNAL).astype(np.int8)
         signal.reshape(-1)[cell] = codes[ok]
         score.reshape(-1)[cell] = s["score"].to_numpy(float)[ok]
         vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
@@ -265,20 +267,17 @@ class LivePolicy:
         self.rejection_samples: list[dict] = []
         self.widened = 0
         self._halted_on = None
-        self._index = None                   # (symbols, {symbol: column}) of the replay
+        self._index = None                   # (symbols, {symbol: column}, symbols as an array) of the replay
         rate = float(self.settings.borrow_rate)
         self._quote = {"borrow_rate": rate, "shortable": True, "ex_dividend_date": None,
                        "hard_to_borrow": hard_to_borrow({"borrow_rate": rate}, self.settings) is not None}
 
     def _complete(self, targets: dict, prices: dict, equity: float, rest_prices: np.ndarray) -> bool:
-        """True when no candidate left out could have received a position: every slot is taken
-        (MAX_POSITIONS), or the gross exposure left is below the price of each of them (the
-        strongest-first loop in target_positions cuts a new position to room // price shares)."""
-        if sum(1 for q in targets.values() if q != 0) >= self.settings.max_positions:
-            return True
-        gross = sum(abs(q) * prices[s] for s, q in targets.items() if q)
-        room = self.settings.max_gross_exposure * max(equity, 0.0) - gross
-        return bool(len(rest_prices) == 0 or room < float(np.min(rest_prices)) * (1.0 - 1e-9))
+        """True when no candidate left out could have received a position
+        (``risk_management.room_for_new_positions``): no slot is free, or the gross exposure left
+        is below the price of each of them (a new position is cut to room // price shares)."""
+        slots, room = rm.room_for_new_positions(targets, prices.get, equity, self.settings)
+        return bool(slots <= 0 or len(rest_prices) == 0 or room < float(np.min(rest_prices)) * (1.0 - 1e-9))
 
     def on_close(self, day: date, equity: float) -> None:
         out = self.risk.update_equity(equity, day)
@@ -314,7 +313,7 @@ class LivePolicy:
                 prices[name] = px
                 if signal.item(i) < 0 or pos.item(i) < 0:
                     quotes[name] = self._quote
-                sigs.append({"symbol": name, "signal": "BUY" if signal.item(i) > 0 else "SELL",
+                sigs.append({"symbol": name, "signal": BUY_SIGNAL if signal.item(i) > 0 else SELL_SIGNAL,
                              "score": score.item(i), "price": px, "volatility": vol.item(i)})
             return sigs
 
@@ -322,18 +321,19 @@ class LivePolicy:
             prices[symbols[i]] = p
             if q < 0:
                 quotes[symbols[i]] = self._quote
-        # at most MAX_POSITIONS minus the held positions can open before one of them closes (then
-        # the list is widened): the first candidates in the order target_positions takes them
-        take = max(self.settings.max_positions - len(held), 0) if self.prune else len(unheld)
+        # only the free slots can open before a held position closes (then the list is widened):
+        # the first candidates in the order target_positions grants them (new_position_order)
+        if self._index is None or self._index[0] is not symbols:
+            self._index = (symbols, {s: i for i, s in enumerate(symbols)}, np.asarray(symbols, dtype=str))
+        take = (max(rm.room_for_new_positions(pf.positions, prices.get, equity, self.settings)[0], 0)
+                if self.prune else len(unheld))
         ranked: list = []                    # [unheld in that order, as a list], sorted on first use
 
         def rank() -> list[int]:
             nonlocal unheld
             if not ranked:
                 if len(unheld) > 1:
-                    key = np.abs(score[unheld])
-                    key[~np.isfinite(key)] = 0.0
-                    unheld = unheld[np.lexsort((unheld, -key))]
+                    unheld = unheld[rm.new_position_order(score[unheld], self._index[2][unheld])]
                 ranked.append(unheld.tolist())
             return ranked[0]
 
@@ -353,8 +353,6 @@ class LivePolicy:
             self.rejections += 1
             if len(self.rejection_samples) < 20:
                 self.rejection_samples.append({"date": day.isoformat(), "order": dict(order), "reason": reason})
-        if self._index is None or self._index[0] is not symbols:
-            self._index = (symbols, {s: i for i, s in enumerate(symbols)})     # once per replay
         index = self._index[1]
         for order in plan.approved:
             if order["side"] in (SELL, BUY_TO_COVER) and not order.get("reason"):
@@ -503,7 +501,7 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
                     cancelled.append({"date": iso[d], "decided": decided_iso,
                                       **order, "reason": "no price on the fill day"})
                     continue
-                if side == "BUY_TO_COVER":              # the broker charges the borrow up to the cover
+                if side == BUY_TO_COVER:                # the broker charges the borrow up to the cover
                     fee = accrue(i, d, ref)
                     cash -= fee
                     borrow_d += fee
@@ -513,7 +511,7 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
                 cash -= signed * price + paid
                 after = pos.item(i) + signed
                 pos[i] = after
-                if side == "SELL_SHORT" and i not in accrued_to:
+                if side == SELL_SHORT and i not in accrued_to:
                     accrued_to[i] = pydates[d]
                 if after >= 0:
                     accrued_to.pop(i, None)
@@ -591,7 +589,7 @@ def buy_and_hold(market: Market, initial_cash: float = C.INITIAL_PAPER_CASH,
     shares = np.zeros(m)
     cash = float(initial_cash)
     for i in ok:
-        price = fill_price(settings, float(fill_px[i]), "BUY")
+        price = fill_price(settings, float(fill_px[i]), BUY)
         q = budget / price
         fee = commission(settings, int(math.floor(q)))
         q = (budget - fee) / price

@@ -11,6 +11,7 @@ import pandas as pd
 
 import constants as C
 from backtest_engine import BUY_SIDES, EngineResult, Market
+from skill_stats import sharpe_ratio
 
 
 def daily_returns(equity: pd.Series) -> pd.Series:
@@ -43,11 +44,8 @@ def performance_metrics(equity: pd.Series, risk_free: float = C.RISK_FREE_RATE,
     cagr = float((1.0 + total_compound) ** (periods / n) - 1.0) if cum[-1] > 0 else -1.0
     rf = risk_free / periods
     adj = r - rf
-    std = float(np.std(adj, ddof=1)) if n >= 2 else float("nan")
-    if n >= 2 and np.max(adj) == np.min(adj):
-        std = 0.0
+    sharpe = sharpe_ratio(r, risk_free, periods)
     with np.errstate(divide="ignore", invalid="ignore"):
-        sharpe = float(np.mean(adj) / std * math.sqrt(periods)) if n >= 2 else float("nan")
         vol = float(np.std(r, ddof=1) * math.sqrt(periods)) if n >= 2 else float("nan")
         downside = math.sqrt(float(np.mean(np.minimum(adj, 0.0) ** 2))) * math.sqrt(periods)
         sortino = float(np.mean(adj) * periods / downside) if n >= 2 else float("nan")
@@ -58,7 +56,7 @@ def performance_metrics(equity: pd.Series, risk_free: float = C.RISK_FREE_RATE,
     calmar = float(cagr / abs(max_dd)) if max_dd < 0 else float("nan")
     dur = drawdown_duration(pd.Series(eq.to_numpy(float), index=eq.index))
     return {**out, "total_return": total, "cagr": cagr, "annual_volatility": _clean(vol),
-            "sharpe": _clean(sharpe), "sortino": _clean(sortino), "max_drawdown": max_dd,
+            "sharpe": sharpe, "sortino": _clean(sortino), "max_drawdown": max_dd,
             "calmar": _clean(calmar), **dur}
 
 

@@ -134,7 +134,8 @@ class CircuitBreaker:
             self._save(row)
         if opened:
             alerts.send_alert("circuit_breaker_open", f"{self.name} circuit breaker opened after "
-                              f"{row['failures']} consecutive failures (last: {error[:200]})", key=self.name)
+                              f"{row['failures']} consecutive failures (last: {error[:200]})", key=self.name,
+                              replay=state_db.is_replay(self.conn))
 
     def reset(self) -> None:
         with state_db.transaction(self.conn):

@@ -29,22 +29,12 @@ def path(relative: str) -> Path:
     return home() / relative
 
 
-_REPLAY = {"on": False}
-
-
-def set_replay(on: bool) -> None:
-    """Route this process's state database to the throwaway replay file (``--as-of`` replays),
-    so a replay never touches the real paper account, orders, risk peak or last-cycle record."""
-    _REPLAY["on"] = bool(on)
-
-
-def replay() -> bool:
-    return _REPLAY["on"]
-
-
-def state_db_file() -> Path:
-    """The state database of this process: the real one, or the replay one after set_replay(True)."""
-    return path(C.REPLAY_STATE_DB_FILE if _REPLAY["on"] else C.STATE_DB_FILE)
+def state_db_file(replay: bool = False) -> Path:
+    """The state database: the real one, or with ``replay`` the throwaway one of ``--as-of``
+    replays (``state_db.prepare_replay``), so a replay never touches the real paper account,
+    orders, risk peak or last-cycle record. Replay is a value the caller passes, never a
+    process-wide setting."""
+    return path(C.REPLAY_STATE_DB_FILE if replay else C.STATE_DB_FILE)
 
 
 def ensure_parent(p: Path) -> Path:

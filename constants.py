@@ -7,7 +7,9 @@ Paths are relative to ``TRADING_HOME`` (see ``config.path``).
 
 Grouped by topic, in the order data flows: environment, files, logging, data, model, signals,
 drift, risk, execution, costs, Schwab, backtest and go-live gate, audit trail, credentials.
-Every constant here is read by the code.
+Every constant here is read by the code. The last section names each one either a strategy tunable
+(``STRATEGY_TUNABLES``: it changes what the strategy trades or what it costs, so changing it makes
+earlier walk-forward evidence stale) or an operational one (``OPERATIONAL_TUNABLES``).
 """
 
 # ----------------------------------------------------------- environment (read through config.py)
@@ -248,3 +250,77 @@ WALK_FORWARD_RETRAIN_SESSIONS = 63         # retrain every this many sessions; a
 SKILL_ALPHA = 0.05                         # one-sided significance level of the Diebold-Mariano skill tests
 SKILL_MIN_DSR = 0.95                       # deflated Sharpe ratio of strategy-minus-benchmark returns needed to pass
 SKILL_HAC_LAG = None                       # Newey-West lag (sessions); None: floor(4 * (n / 100) ** (2 / 9))
+
+# ====================================== which tunables are the strategy (walk_forward_runs.py reads this)
+# Every constant above is named in exactly one of the two groups below (tests/test_walk_forward_runs.py
+# checks it), so a new tunable cannot be added without deciding which it is.
+# STRATEGY_TUNABLES change what the strategy trades or what it costs: the walk-forward's configuration
+# fingerprint (walk_forward_runs.model_configuration) is computed from their names and values, so changing
+# any of them makes earlier walk-forward evidence stale for the go-live gate (run ./run_backtest.sh
+# --walk-forward again).
+STRATEGY_TUNABLES = (
+    # data validation: which bars and symbols are usable (price sanity)
+    "STALE_AFTER_SESSIONS", "MAX_MISSING_SESSIONS_FRACTION", "MAX_DAILY_MOVE", "MAX_PRICE", "MIN_HISTORY_ROWS",
+    # features
+    "FEATURE_VOL_WINDOW", "FEATURE_RSI_WINDOW", "FEATURE_COLUMNS",
+    # model: architecture, targets, training (the tiny profile too)
+    "WINDOW_LENGTH", "LSTM_LAYERS", "LSTM_UNITS", "DENSE_UNITS", "TARGET_VOL_FLOOR", "TARGET_CLIP",
+    "FEATURE_CLIP", "TRAIN_EPOCHS", "TRAIN_BATCH_SIZE", "TRAIN_LEARNING_RATE", "TRAIN_PATIENCE",
+    "VALIDATION_FRACTION", "TEST_FRACTION", "MIN_SYMBOL_ROWS",
+    "TINY_WINDOW", "TINY_UNITS", "TINY_DENSE_UNITS", "TINY_EPOCHS", "TINY_PATIENCE",
+    # signals and the sanity of predictions and data age
+    "SIGNAL_THRESHOLD", "MAX_ABS_SCORE", "MAX_PRED_MOVE", "DATA_MAX_AGE_SESSIONS",
+    # risk: limits, sizing, halts
+    "MAX_POSITION_PCT", "MAX_GROSS_EXPOSURE", "MAX_POSITIONS", "MAX_ORDER_VALUE", "PRICE_SANITY_PCT",
+    "RISK_PER_TRADE", "MAX_SIZE_SCALE", "REBALANCE_BAND", "MAX_DRAWDOWN", "DAILY_LOSS_LIMIT",
+    # risk: shorts (borrow, ex-dividend, forced buy-ins)
+    "ALLOW_SHORTS", "MAX_BORROW_RATE", "REQUIRE_BORROW_DATA", "EX_DIVIDEND_WINDOW_DAYS",
+    "FORCED_BUYIN_LIMIT", "FORCED_BUYIN_LOOKBACK_DAYS", "SCHWAB_HTB_RATE_DIVISOR",
+    # the cost model, the paper account and fills
+    "INITIAL_PAPER_CASH", "PAPER_FILL", "PAPER_SLIPPAGE_BPS", "PAPER_COMMISSION_PER_SHARE",
+    "PAPER_MIN_COMMISSION", "DEFAULT_BORROW_RATE", "BORROW_DAY_COUNT", "PAPER_SHORT_MARGIN_REQ", "BACKTEST_FILL",
+)
+# OPERATIONAL_TUNABLES do not change what the strategy trades or what it costs: the environment, files,
+# logging, downloads, the sample generator (the data's hash is recorded apart), the training seed (evidence is
+# of a configuration, whatever the seed), model housekeeping, drift monitoring (it stops trading, never
+# changes a trade), order mechanics and retries, Schwab plumbing, the statistics and thresholds that judge
+# the evidence, the audit trail, credentials, reports, the schedule, alerts and log retention.
+OPERATIONAL_TUNABLES = (
+    "ENV_TRADING_MODE", "ENV_TRADING_HOME", "ENV_DATA_SOURCE", "ENV_CREDENTIAL_KEY", "ENV_CREDENTIAL_KEY_NEW",
+    "ENV_CONFIG_DIR", "ENV_TRADING_NOW", "ENV_TRAIN_PROFILE", "TRADING_MODES", "DEFAULT_TRADING_MODE", "DATA_SOURCES",
+    "DEFAULT_DATA_SOURCE", "APP_NAME",
+    "UNIVERSE_FILE", "PROCESSED_DATA_FILE", "RAW_PRICES_FILE", "MODEL_FILE", "MODEL_METADATA_FILE",
+    "MODEL_BACKUP_DIR", "MODEL_QUARANTINE_DIR", "STATE_DB_FILE", "LOG_DIR", "AUDIT_LOG_FILE", "REPORTS_DIR",
+    "LOCK_DIR",
+    "LOG_FORMAT", "LOG_DATE_FORMAT", "ERRORS_LOG_NAME",
+    "HISTORY_START", "DOWNLOAD_DEADLINE_S", "DOWNLOAD_TIMEOUT_S", "DOWNLOAD_RETRIES", "DOWNLOAD_BACKOFF_S",
+    "INCREMENTAL_OVERLAP_DAYS", "FRESH_FILE_HOURS", "PRICE_COLUMNS", "RAW_COLUMNS",
+    "SAMPLE_START", "SAMPLE_END", "SAMPLE_SEED", "SAMPLE_LABEL", "SAMPLE_AR_COEF",
+    "TRAIN_SEED", "PROMOTION_TOLERANCE", "INFERENCE_PARITY_TOL", "MODEL_BACKUPS_KEEP",
+    "DRIFT_MIN_SAMPLES", "DRIFT_LOOKBACK_DAYS", "DRIFT_LOW", "DRIFT_MEDIUM", "DRIFT_HIGH", "DRIFT_CRITICAL",
+    "DRIFT_ALERT_LOG_DAYS",
+    "ORDER_RETRIES", "ORDER_BACKOFF_S", "ORDER_FILL_TIMEOUT_S", "FLATTEN_LOCK_WAIT_S", "ORDER_POLL_INTERVAL_S",
+    "ORDER_SNAPSHOT_LOOKBACK_S", "ORDER_ADOPT_MAX_DELAY_S", "HALT_CANCELS_UNFILLED", "MAX_ORDERS_PER_MINUTE",
+    "CIRCUIT_BREAKER_FAILURES", "CIRCUIT_BREAKER_RECOVERY_S", "PAPER_OPENS_SESSIONS",
+    "BROKER_HTTP_TIMEOUT_S", "TOKEN_WARN_AGE_DAYS", "TOKEN_MAX_AGE_DAYS", "SCHWAB_CALLBACK_URL",
+    "SCHWAB_ORDER_LOOKBACK_DAYS", "SCHWAB_ORDER_QUERY_AHEAD_S", "SCHWAB_QUOTE_BATCH",
+    "BACKTEST_MAX_DAY_SPAN", "TRADING_DAYS_PER_YEAR", "RISK_FREE_RATE", "GOLIVE_MIN_TOTAL_RETURN",
+    "GOLIVE_MIN_SHARPE", "GOLIVE_MAX_DRAWDOWN", "GOLIVE_MIN_TRADES", "GOLIVE_MIN_PAPER_SESSIONS",
+    "GOLIVE_WALK_FORWARD_MAX_AGE_DAYS", "WALK_FORWARD_MIN_TRAIN_SESSIONS", "WALK_FORWARD_RETRAIN_SESSIONS",
+    "SKILL_ALPHA", "SKILL_MIN_DSR", "SKILL_HAC_LAG",
+    "AUDIT_KEY_FILE", "AUDIT_CHECKPOINT_FILE", "AUDIT_LOCK_FILE", "AUDIT_TRAIL_ID_FILE", "AUDIT_TRAIL_ID_BYTES",
+    "AUDIT_CHECKPOINT_FSYNC",
+    "CREDENTIAL_KEY_FILE", "CREDENTIAL_NEXT_KEY_FILE", "CREDENTIAL_FILE_TEMPLATE",
+    "REPLAY_STATE_DB_FILE", "STATUS_PAGE_FILE", "STATUS_RECENT_ORDERS", "STATUS_RECENT_AUDIT",
+    "STATUS_RECENT_TRIPS", "STATUS_SERVE_HOST", "STATUS_SERVE_PORT", "REPORT_SHORT_PERIOD_SESSIONS",
+    "REPORT_MIN_TRADES_NOTE", "REPORT_MAX_TRIPS_SHOWN",
+    "SCHEDULER_LOCK_FILE", "SCHEDULE_INTERVAL_MIN", "HEALTH_CHECK_BEFORE_OPEN_MIN", "CYCLE_AFTER_OPEN_MIN",
+    "DATA_UPDATE_AFTER_CLOSE_MIN", "AUDIT_ROTATE_AFTER_CLOSE_MIN", "LOG_RETENTION_AFTER_CLOSE_MIN",
+    "RETRAIN_AFTER_CLOSE_MIN", "WALK_FORWARD_AFTER_CLOSE_MIN", "HEALTH_CHECK_CATCHUP_MIN", "CYCLE_CATCHUP_MIN",
+    "AFTER_CLOSE_CATCHUP_MIN", "WEEKLY_CATCHUP_MIN", "SCHEDULE_MISSED_LOOKBACK_DAYS", "JOB_TIMEOUT_MIN",
+    "LONG_JOB_TIMEOUT_MIN", "ENV_CRONTAB_FILE", "CRON_MARKER",
+    "LOG_RETENTION_DAYS", "LOG_ROTATE_AGE_DAYS", "LOG_ROTATE_MAX_BYTES",
+    "ENV_ALERT_URLS", "ALERT_CREDENTIAL_SERVICE", "ALERT_QUIET_PERIOD_MIN", "ALERT_ORDER_REJECTIONS",
+    "ALERT_TOKEN_EXPIRY_HOURS",
+    "ENV_CSV_DIR", "CSV_DIR",
+)

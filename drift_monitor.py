@@ -52,28 +52,21 @@ _SCHEMA = ["""CREATE TABLE IF NOT EXISTS predictions (
 )"""]
 
 
-def _conn(conn):
-    conn = conn or state_db.connect()
-    state_db.ensure_schema(conn, _SCHEMA)
-    return conn
-
-
 def record_predictions(scored: pd.DataFrame, checksum: str, conn=None) -> int:
     """Store one row per (date, symbol, model); a rerun of the same day replaces its rows."""
-    conn = _conn(conn)
     now = state_db.utcnow()
     rows = [(str(pd.Timestamp(r.Date).date()), r.Symbol, checksum, float(r.Close), float(r.volatility_20),
              float(r.predicted_diff), float(r.score), str(r.signal), now)
             for r in scored.itertuples(index=False)]
-    with state_db.transaction(conn):
-        conn.executemany("INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?)", rows)
+    with state_db.opened(conn, _SCHEMA) as c, state_db.transaction(c):
+        c.executemany("INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?)", rows)
     return len(rows)
 
 
 def realised(features: pd.DataFrame, checksum: str, conn=None, as_of=None) -> pd.DataFrame:
     """Stored predictions of this model joined with the next session's close."""
-    conn = _conn(conn)
-    preds = pd.read_sql_query("SELECT * FROM predictions WHERE model_checksum = ?", conn, params=(checksum,))
+    with state_db.opened(conn, _SCHEMA) as c:
+        preds = pd.read_sql_query("SELECT * FROM predictions WHERE model_checksum = ?", c, params=(checksum,))
     if preds.empty:
         return preds
     prices = features[["Date", "Symbol", "Close"]].sort_values(["Symbol", "Date"]).copy()
@@ -141,7 +134,7 @@ def evaluate(features: pd.DataFrame, model, conn=None, as_of=None) -> dict | Non
                               f"DRIFT ALERT {result['severity']}: model {model.checksum[:12]} degraded "
                               f"{100 * degradation:.0f}% over {len(recent)} outcomes (directional_accuracy "
                               f"{accuracy:.3f} vs {acc_train:.3f}): {ACTIONS[result['severity']]}",
-                              key=model.checksum[:12])
+                              key=model.checksum[:12], replay=state_db.is_replay(conn))
     return result
 
 

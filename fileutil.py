@@ -10,6 +10,7 @@ group or other access (as ssh demands of private keys).
 A read-only file system, a full disk or a missing permission raises ``errors.StorageError``
 (one line naming the file, the disk and the fix; also an ``OSError``), and the old file stays.
 """
+import hashlib
 import math
 import os
 import stat
@@ -94,6 +95,16 @@ def create_exclusive(path, data: bytes, mode: int = 0o600) -> bool:
         os.unlink(tmp)
     fsync_dir(path.parent)
     return created
+
+
+def file_sha256(path) -> str:
+    """THE file digest: SHA-256 (hex) of the file's bytes, read in 1 MiB blocks (the model's
+    checksum, the data file's hash of a walk-forward or a training run). OSError when unreadable."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_dir(directory) -> None:

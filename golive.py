@@ -33,7 +33,7 @@ import data_collection
 import model_management
 import state_db
 import walk_forward_runs
-from fileutil import json_default
+from fileutil import file_sha256, json_default
 
 GATE_OVERRIDE_KEY = "golive_override"
 
@@ -69,11 +69,10 @@ def ensure_schema(conn) -> None:
     state_db.ensure_schema(conn, _SCHEMA)
 
 
-def connect(conn=None):
-    """``conn`` (schema ensured), else a new connection to the state database."""
-    c = conn if conn is not None else state_db.connect()
-    ensure_schema(c)
-    return c
+def _opened(conn=None):
+    """``with _opened(conn) as c:`` the caller's connection, else a new one closed at the end;
+    the gate's tables ensured (``state_db.opened``)."""
+    return state_db.opened(conn, _SCHEMA)
 
 
 # =========================================================================== criteria
@@ -112,21 +111,16 @@ def evaluate_criteria(metrics: dict, criteria: Criteria | None = None) -> list[d
 
 def record_run(summary: dict, report_path, conn=None) -> int:
     """Insert one row in ``backtest_runs``; returns its id."""
-    c = connect(conn)
-    try:
-        with state_db.transaction(c):
-            cur = c.execute(
-                "INSERT INTO backtest_runs(created_at, model_checksum, in_sample, passed, gate_eligible, "
-                "start_date, end_date, report_path, parameters, metrics) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (state_db.utcnow(), summary.get("model_checksum"), int(bool(summary["in_sample"])),
-                 int(bool(summary["passed"])), int(bool(summary["gate_eligible"])), summary.get("start"),
-                 summary.get("end"), str(report_path) if report_path else None,
-                 json.dumps(summary.get("parameters", {}), default=str),
-                 json.dumps(summary.get("metrics", {}), default=json_default)))
-            return int(cur.lastrowid)
-    finally:
-        if conn is None:
-            c.close()
+    with _opened(conn) as c, state_db.transaction(c):
+        cur = c.execute(
+            "INSERT INTO backtest_runs(created_at, model_checksum, in_sample, passed, gate_eligible, "
+            "start_date, end_date, report_path, parameters, metrics) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (state_db.utcnow(), summary.get("model_checksum"), int(bool(summary["in_sample"])),
+             int(bool(summary["passed"])), int(bool(summary["gate_eligible"])), summary.get("start"),
+             summary.get("end"), str(report_path) if report_path else None,
+             json.dumps(summary.get("parameters", {}), default=str),
+             json.dumps(summary.get("metrics", {}), default=json_default)))
+        return int(cur.lastrowid)
 
 
 def passing_backtest_for(checksum: str, conn=None) -> dict | None:
@@ -137,13 +131,9 @@ def passing_backtest_for(checksum: str, conn=None) -> dict | None:
     Returns the row as a dict (``metrics`` and ``parameters`` parsed)."""
     if not checksum:
         return None
-    c = connect(conn)
-    try:
+    with _opened(conn) as c:
         row = c.execute("SELECT * FROM backtest_runs WHERE model_checksum = ? AND in_sample = 0 AND "
                         "passed = 1 AND gate_eligible = 1 ORDER BY id DESC LIMIT 1", (checksum,)).fetchone()
-    finally:
-        if conn is None:
-            c.close()
     out = state_db.row_dict(row, ("metrics", "parameters"), ("in_sample", "passed", "gate_eligible"))
     if out is not None:
         out["report"] = out.get("report_path")
@@ -161,9 +151,9 @@ def record_paper_session(conn, session_date, checksum: str, replay: bool, orders
 
 def paper_session_count(checksum: str, conn=None) -> int:
     """Distinct paper-trading session dates of the model, replays not counted."""
-    c = connect(conn)
-    row = c.execute("SELECT COUNT(DISTINCT session_date) AS n FROM paper_sessions "
-                    "WHERE model_checksum = ? AND replay = 0", (checksum,)).fetchone()
+    with _opened(conn) as c:
+        row = c.execute("SELECT COUNT(DISTINCT session_date) AS n FROM paper_sessions "
+                        "WHERE model_checksum = ? AND replay = 0", (checksum,)).fetchone()
     return int(row["n"])
 
 
@@ -191,7 +181,7 @@ def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe,
         return out
     path = Path(data_path) if data_path else config.path(C.PROCESSED_DATA_FILE)
     try:
-        sha = walk_forward_runs.file_sha256(path)
+        sha = file_sha256(path)
     except OSError:
         sha = None
     out.update(config_fingerprint=fingerprint, universe=symbols, data_sha256=sha, data_path=str(path))
@@ -205,7 +195,11 @@ def set_override(checksum: str, reason: str, by: str, audit, conn=None, no_backt
     the paper sessions only; the measured evidence (a passing backtest and a passing walk-forward)
     must be on record unless ``no_backtest`` says explicitly that it is waived too (both: the
     flag means "without the measured evidence", for drills and emergencies)."""
-    c = connect(conn)
+    with _opened(conn) as c:
+        return _set_override(c, checksum, reason, by, audit, no_backtest, metadata)
+
+
+def _set_override(c, checksum: str, reason: str, by: str, audit, no_backtest: bool, metadata: dict | None) -> dict:
     if not no_backtest:
         missing = []
         if not passing_backtest_for(checksum, c):
@@ -278,16 +272,16 @@ def gate_status(checksum: str, conn=None, metadata: dict | None = None, universe
     walk-forward only when given with ``--no-backtest``. ``metadata`` is the model's (default:
     the installed model's), ``universe`` the symbols (default: selected_stocks.txt),
     ``data_path`` the production data (default: processed_stock_data.csv)."""
-    c = connect(conn)
-    backtest = passing_backtest_for(checksum, c)
-    sessions = paper_session_count(checksum, c)
-    wf = _walk_forward_evidence(checksum, c, metadata, universe, data_path)
-    override = state_db.kv_get(c, GATE_OVERRIDE_KEY)
+    with _opened(conn) as c:
+        backtest = passing_backtest_for(checksum, c)
+        sessions = paper_session_count(checksum, c)
+        wf = _walk_forward_evidence(checksum, c, metadata, universe, data_path)
+        override = state_db.kv_get(c, GATE_OVERRIDE_KEY)
     override = override if override and override.get("model_checksum") == checksum else None
     conditions = _conditions(backtest, sessions, wf)
     evidence = bool(backtest) and bool(wf["run"])
     ok = all(x["passed"] for x in conditions)
-    by_override = bool(override) and (evidence or bool(override.get("no_backtest")))
+    by_override = override is not None and (evidence or bool(override.get("no_backtest")))
     return {"model_checksum": checksum, "backtest": backtest, "walk_forward": wf["run"],
             "walk_forward_latest": wf["latest"], "config_fingerprint": wf["config_fingerprint"],
             "universe": wf["universe"], "data_sha256": wf["data_sha256"], "paper_sessions": sessions,

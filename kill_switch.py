@@ -94,7 +94,8 @@ def halt(reason: str, conn=None, by: str | None = None, audit=None) -> dict:
         log.warning("Kill switch SET by %s: %s. No order is sent until `python live_trading.py "
                      "resume`.", entry["by"], reason)
         _audit(audit, "kill_switch", "set", entry)
-        alerts.send_alert("kill_switch_set", f"set by {entry['by']}: {reason}", key=entry["at"])
+        alerts.send_alert("kill_switch_set", f"set by {entry['by']}: {reason}", key=entry["at"],
+                          replay=state_db.is_replay(conn))
     return value
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from contextlib import closing
 from datetime import date
 
 import pandas as pd
@@ -33,7 +34,7 @@ from logging_setup import setup_logging
 from risk_management import RiskManager
 from trading_api import get_broker
 from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCLE_KEY,
-                           audit_logger, cycle_lock, db, get_latest_signal, get_model, load_features,
+                           audit_logger, cycle_lock, get_latest_signal, get_model, load_features,
                            lock_holder, print_positions, run_cycle, sync_prices)
 from trading_execution import CircuitBreaker, OrderExecutor
 
@@ -52,7 +53,12 @@ def _json(obj) -> None:
 
 # ----------------------------------------------------------------------------- status and history
 def _status_data(replay: bool) -> dict:
-    conn = db()
+    """The status of the real account, or with ``replay`` of the throwaway ``--as-of`` replay one."""
+    with closing(state_db.connect(state_db.db_path(replay))) as conn:
+        return _status_of(conn, replay)
+
+
+def _status_of(conn, replay: bool) -> dict:
     rs = RiskManager(conn=conn).status()
     data = {"mode": config.trading_mode(), "home": str(config.home()), "replay_account": replay,
             "kill_switch": kill_switch.get(conn), "circuit_breaker": CircuitBreaker(conn).status(),
@@ -60,7 +66,7 @@ def _status_data(replay: bool) -> dict:
                      "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
             "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY), "data_source_label": config.data_source_banner()}
     try:
-        data["account"] = pnl.status_dict(get_broker(), conn)
+        data["account"] = pnl.status_dict(get_broker(conn=conn), conn)
     except Exception as exc:
         data["account"] = None
         data["account_error"] = f"{type(exc).__name__}: {exc}"
@@ -68,8 +74,6 @@ def _status_data(replay: bool) -> dict:
 
 
 def cmd_status(as_json: bool, replay: bool) -> int:
-    if replay:
-        config.set_replay(True)
     data = _status_data(replay)
     if as_json:
         _json(data)
@@ -96,10 +100,10 @@ def cmd_status(as_json: bool, replay: bool) -> int:
     if acct is None:
         print(f"account:         unavailable ({data['account_error']})")
         return EXIT_OK
-    day = f"{acct['day_pnl']:+,.2f} since {acct['day_pnl_since']}" if acct["day_pnl"] is not None else "n/a (no earlier session recorded)"
+    day = f"{money(acct['day_pnl'], signed=True)} since {acct['day_pnl_since']}" if acct["day_pnl"] is not None else "n/a (no earlier session recorded)"
     print(f"equity:          {money(acct['equity'])}   cash {money(acct['cash'])}   positions {money(acct['positions_value'])}")
-    print(f"P&L:             realised ${acct['realised_pnl']:+,.2f} ({acct['round_trips']} round trips), "
-          f"unrealised ${acct['unrealised_pnl']:+,.2f}, day {day}")
+    print(f"P&L:             realised {money(acct['realised_pnl'], signed=True)} ({acct['round_trips']} round "
+          f"trips), unrealised {money(acct['unrealised_pnl'], signed=True)}, day {day}")
     print(f"\npositions ({len(acct['positions'])}):")
     if acct["positions"]:
         print(f"  {'symbol':6} {'qty':>7} {'avg cost':>10} {'price':>10} {'value':>13} {'unrealised':>12}")
@@ -110,13 +114,12 @@ def cmd_status(as_json: bool, replay: bool) -> int:
 
 
 def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:
-    if replay:
-        config.set_replay(True)
-    data = pnl.history(db(), mode=config.trading_mode(), limit=limit)
+    with closing(state_db.connect(state_db.db_path(replay))) as conn:
+        data = pnl.history(conn, mode=config.trading_mode(), limit=limit)
     if as_json:
         _json(data)
         return EXIT_OK
-    print(f"round trips ({data['round_trip_count']}; realised ${data['realised_pnl']:+,.2f}"
+    print(f"round trips ({data['round_trip_count']}; realised {money(data['realised_pnl'], signed=True)}"
           + (f", win rate {100 * data['win_rate']:.0f}%" if data["win_rate"] is not None else "") + "):")
     for t in data["round_trips"]:
         print(f"  {t['symbol']:6} {t['side']:5} {t['quantity']:6d}  {t['entry_date'][:10]} @ {t['entry_price']:9.2f}"
@@ -193,7 +196,6 @@ def _flatten_locked() -> int:
 
 # ----------------------------------------------------------------------------- gate, signals, serve
 def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: bool) -> int:
-    conn = db()
     model = get_model()
     if no_backtest and not override:
         print("--no-backtest only goes with --override --reason \"...\"", file=sys.stderr)
@@ -202,11 +204,11 @@ def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: boo
         if not reason:
             print("--override needs --reason \"...\"", file=sys.stderr)
             return EXIT_CONFIG
-        value = golive.set_override(model.checksum, reason, config.operator(), audit_logger(), conn,
+        value = golive.set_override(model.checksum, reason, config.operator(), audit_logger(),
                                     no_backtest=no_backtest, metadata=model.metadata)
         log.warning("go-live gate OVERRIDDEN for model %s by %s%s: %s", model.checksum[:12], value["by"],
                     " (without a passing backtest and walk-forward)" if no_backtest else "", reason)
-    st = golive.gate_status(model.checksum, conn, metadata=model.metadata)
+    st = golive.gate_status(model.checksum, metadata=model.metadata)
     if as_json:
         _json(st)
         return EXIT_OK if st["passed"] else EXIT_FAIL
@@ -245,7 +247,6 @@ def cmd_signals(as_of, as_json: bool) -> int:
 def rebuild_status_page() -> None:
     """Rebuild reports/status.html; a failure is logged, never fatal (the page is a view)."""
     try:
-        config.set_replay(False)
         status_page.build_status_page()
     except Exception as exc:
         log.warning("status page not rebuilt: %s: %s", type(exc).__name__, exc)

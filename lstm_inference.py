@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import glob
 import json
 import os
@@ -40,29 +41,22 @@ class InferenceError(UserFacingError):
 
 
 # ----------------------------------------------------------------------------- BLAS threads
-_BLAS = None
-
-
+@functools.lru_cache(maxsize=1)
 def _openblas():
-    """NumPy's bundled OpenBLAS (get/set_num_threads), or None when it cannot be found."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = False
-        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-        for path in glob.glob(os.path.join(libs, "*openblas*.so*")):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for get, set_ in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                              ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-                              ("openblas_get_num_threads", "openblas_set_num_threads")):
-                if hasattr(lib, get) and hasattr(lib, set_):
-                    _BLAS = (getattr(lib, get), getattr(lib, set_))
-                    break
-            if _BLAS:
-                break
-    return _BLAS or None
+    """NumPy's bundled OpenBLAS (get/set_num_threads), or None when it cannot be found (looked up
+    once per process)."""
+    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in glob.glob(os.path.join(libs, "*openblas*.so*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, set_ in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                          ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                          ("openblas_get_num_threads", "openblas_set_num_threads")):
+            if hasattr(lib, get) and hasattr(lib, set_):
+                return getattr(lib, get), getattr(lib, set_)
+    return None
 
 
 @contextlib.contextmanager

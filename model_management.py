@@ -10,8 +10,9 @@
   with the scaler parameters stored in the metadata: training and inference cannot disagree.
 * ``target_scale``: THE scale of the target (Close * max(volatility_20, TARGET_VOL_FLOOR)), used
   by the targets, by ``predict`` and by the drift monitor's outcomes.
-* ``directional_accuracy`` / ``mse_ratio`` / ``compute_metrics``: THE model metrics, used by
-  training (test and validation figures) and by the drift monitor (live figures).
+* ``directional_accuracy`` / ``skill`` / ``compute_metrics``: THE model metrics, used by
+  training (test and validation figures), by the drift monitor (live figures) and by the
+  walk-forward's statistics (``skill_stats``: the skill of the Diebold-Mariano tests).
 * Versions: ``python model_management.py list | verify | restore [VERSION] | prune --keep N``.
 
 This module never imports TensorFlow: the network is evaluated with NumPy (``lstm_inference``).
@@ -19,9 +20,9 @@ This module never imports TensorFlow: the network is evaluated with NumPy (``lst
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -35,7 +36,7 @@ import pandas as pd
 import config
 from errors import UserFacingError, install_excepthook
 import constants as C
-from fileutil import atomic_write_text, atomic_write_with, fsync_dir
+from fileutil import atomic_write_text, atomic_write_with, file_sha256, fsync_dir
 from lstm_inference import InferenceError, load_network
 from logging_setup import setup_logging
 
@@ -94,11 +95,7 @@ def calculate_model_checksum(path) -> str:
     p = _resolve_existing(path)
     if not p.is_file():
         raise ModelNotFoundError(f"model file {p} not found: {FIX}")
-    digest = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(p)
 
 
 def read_metadata(model_file=None) -> dict:
@@ -276,13 +273,23 @@ def directional_accuracy(y_true, y_pred) -> float | None:
     return float(np.mean(np.sign(y_pred[moved]) == np.sign(y_true[moved])))
 
 
-def mse_ratio(y_true, y_pred) -> float | None:
-    """MSE(y_pred) / MSE(predicting no change) = 1 - skill (None when nothing moved)."""
-    y_true = np.asarray(y_true, np.float64)
-    mse0 = float(np.mean(y_true ** 2)) if len(y_true) else 0.0
-    if mse0 <= 0:
+def skill_from_mse(mse, mse_baseline) -> float | None:
+    """THE forecast skill: 1 - MSE(forecast) / MSE(baseline); positive when the forecast beats the
+    baseline, 0 when it is as good. None when undefined (no samples, or a baseline without error)."""
+    if mse is None or mse_baseline is None or not math.isfinite(mse) or not mse_baseline > 0:
         return None
-    return float(np.mean((y_true - np.asarray(y_pred, np.float64)) ** 2)) / mse0
+    return 1.0 - float(mse) / float(mse_baseline)
+
+
+def skill(y_true, y_pred, baseline=0.0) -> float | None:
+    """``skill_from_mse`` of ``y_pred`` against the ``baseline`` forecast (a scalar or an array;
+    0.0: predicting no change, the training mean: the constant forecast)."""
+    y_true = np.asarray(y_true, np.float64)
+    if not len(y_true):
+        return None
+    y_pred = np.asarray(y_pred, np.float64)
+    base = np.broadcast_to(np.asarray(baseline, np.float64), y_true.shape)
+    return skill_from_mse(float(np.mean((y_true - y_pred) ** 2)), float(np.mean((y_true - base) ** 2)))
 
 
 def compute_metrics(y_true, y_pred, baseline_direction: float = 1.0) -> dict:
@@ -294,11 +301,10 @@ def compute_metrics(y_true, y_pred, baseline_direction: float = 1.0) -> dict:
     n = int(len(y_true))
     if n == 0:
         return {"n": 0, "MSE": None, "directional_accuracy": None, "skill": None, "baseline": {}}
-    ratio = mse_ratio(y_true, y_pred)
     return {
         "n": n, "MSE": float(np.mean((y_true - y_pred) ** 2)),
         "directional_accuracy": directional_accuracy(y_true, y_pred),
-        "skill": None if ratio is None else 1.0 - ratio,
+        "skill": skill(y_true, y_pred),
         "baseline": {"name": "no change", "MSE": float(np.mean(y_true ** 2)),
                      "directional_accuracy": directional_accuracy(y_true, baseline_direction),
                      "skill": 0.0},

@@ -166,7 +166,8 @@ class OrderRecovery:
         reason = f"order {key} ({describe(record)}) is ambiguous at the broker: {why}"
         self.halted = kill_switch.halt(reason, self.book.conn, by="trading_execution", audit=self.audit)
         alerts.send_alert("manual_reconciliation", f"{reason}; candidates {', '.join(ids) or 'none'}. "
-                          f"Nothing was sent and the kill switch is set.", key=key)
+                          f"Nothing was sent and the kill switch is set.", key=key,
+                          replay=state_db.is_replay(self.book.conn))
         self.book.update(key, error=f"ambiguous: {why}; candidates {', '.join(ids) or 'none'}"[:500])
         self.audit.log_event("order_reconciled", "ambiguous", {
             "client_key": key, "candidates": ids, "rule": why, "context": context,

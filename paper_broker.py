@@ -15,9 +15,11 @@ from datetime import date, datetime
 import clock
 import constants as C
 import state_db
-from broker_base import (BUY_SIDES, FINAL_STATUSES, OPEN_STATUSES, UTC, OrderNotFoundError,
+from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, FINAL_STATUSES, OPEN_STATUSES, OPENING_SIDES, SELL,
+                         SELL_SHORT, UTC, OrderNotFoundError,
                          OrderRejectedError, borrow_fee, commission_for, num, paper_buying_power,
                          parse_date, parse_time, slippage_price, to_utc, validate_order)
+from portfolio import money, to_date
 from settings import TradingSettings, default_settings
 from short_rules import hard_to_borrow
 
@@ -25,13 +27,8 @@ log = logging.getLogger("broker")
 
 
 def _as_date(value) -> date:
-    if value is None:
-        return clock.today()
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value)[:10])
+    """``portfolio.to_date``; None: today (``clock.today()``)."""
+    return to_date(value) or clock.today()
 
 
 _PAPER_SCHEMA = [
@@ -326,8 +323,8 @@ class PaperBroker:
             shortable = events["shortable"] if events["shortable"] is not None else not events["recalled"]
             if htb is None:
                 htb = hard_to_borrow({"borrow_rate": rate}, self.settings) is not None
-            out[symbol] = {"last": price, "bid": self._slipped(price, "SELL"),
-                           "ask": self._slipped(price, "BUY"), "borrow_rate": rate, "hard_to_borrow": htb,
+            out[symbol] = {"last": price, "bid": self._slipped(price, SELL),
+                           "ask": self._slipped(price, BUY), "borrow_rate": rate, "hard_to_borrow": htb,
                            "shortable": shortable, "ex_dividend_date": events["ex_dividend_date"]}
         return out
 
@@ -428,17 +425,17 @@ class PaperBroker:
         commission = self._commission(qty)
         cash, _, short_mv = self._valuation()
         buying_power = self._buying_power(cash, short_mv, allow_negative=True)
-        if side == "BUY":
+        if side == BUY:
             if held < 0:
                 raise _Reject(f"{symbol} is held short ({held}): use BUY_TO_COVER")
             cost = qty * price + commission
             if cost > buying_power + 1e-9:
-                raise _Reject(f"insufficient cash: the buy needs ${cost:,.2f}, buying power is "
-                              f"${max(buying_power, 0):,.2f}")
-        elif side == "SELL":
+                raise _Reject(f"insufficient cash: the buy needs {money(cost)}, buying power is "
+                              f"{money(max(buying_power, 0))}")
+        elif side == SELL:
             if held <= 0 or qty > held:
                 raise _Reject(f"selling {qty} {symbol} but {max(held, 0)} are held (use SELL_SHORT to short)")
-        elif side == "SELL_SHORT":
+        elif side == SELL_SHORT:
             if held > 0:
                 raise _Reject(f"{symbol} is held long ({held}): SELL it before shorting")
             events = self._events(symbol)
@@ -450,8 +447,8 @@ class PaperBroker:
                                        allow_negative=True)
             if after < -1e-9:
                 raise _Reject(f"insufficient margin to short {qty} {symbol}: buying power "
-                              f"${max(buying_power, 0):,.2f}")
-        elif side == "BUY_TO_COVER":
+                              f"{money(max(buying_power, 0))}")
+        elif side == BUY_TO_COVER:
             if held >= 0 or qty > -held:
                 raise _Reject(f"covering {qty} {symbol} but the short position is {max(-held, 0)}")
 
@@ -459,7 +456,7 @@ class PaperBroker:
         self._check_rules(o, fill, reference)
         symbol, side, qty = o["symbol"], o["side"], int(o["quantity"])
         now = state_db.utcnow()
-        if side == "BUY_TO_COVER":
+        if side == BUY_TO_COVER:
             self._accrue_position(symbol, day)       # borrow owed up to the cover
         row = self.conn.execute("SELECT * FROM paper_positions WHERE symbol = ?", (symbol,)).fetchone()
         held = int(row["quantity"]) if row else 0
@@ -473,11 +470,11 @@ class PaperBroker:
         else:
             cash_delta = notional - commission
             new_qty = held - qty
-        if side in ("BUY", "SELL_SHORT"):               # opening or extending: new average price
+        if side in OPENING_SIDES:                       # opening or extending: new average price
             new_avg = (abs(held) * avg + qty * fill) / abs(new_qty)
         else:
             new_avg = avg
-        if side == "SELL_SHORT" and accrued_to is None:
+        if side == SELL_SHORT and accrued_to is None:
             accrued_to = day.isoformat()
         if new_qty == 0:
             self.conn.execute("DELETE FROM paper_positions WHERE symbol = ?", (symbol,))

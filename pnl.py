@@ -35,9 +35,9 @@ import clock
 import config
 import constants as C
 import state_db
+from broker_base import BUY_SIDES
 from order_book import OrderBook
 
-BUY_SIDES = ("BUY", "BUY_TO_COVER")
 
 _SCHEMA = ["""CREATE TABLE IF NOT EXISTS equity_curve (
     mode TEXT NOT NULL,

@@ -66,9 +66,11 @@ def to_date(value) -> date | None:
     return date.fromisoformat(str(value)[:10])
 
 
-def money(x: float) -> str:
-    """``$1,234.50`` / ``-$1,234.50`` (the sign before the dollar sign, as traders write it)."""
-    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
+def money(x: float, signed: bool = False) -> str:
+    """``$1,234.50`` / ``-$1,234.50`` (the sign before the dollar sign, as traders write it);
+    ``signed`` (a P&L): ``+$1,234.50`` for a gain. The one money format of every output."""
+    text = f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
+    return f"+{text}" if signed and x >= 0 else text
 
 
 def pct(x: float) -> str:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import html
 import math
 from collections import defaultdict
-from datetime import date
 
 import constants as C
-from portfolio import money
+from broker_base import BUY, BUY_SIDES, OPENING_SIDES, SELL_SHORT
+from portfolio import money, to_date
 
 E = html.escape
-BUY_SIDES = ("BUY", "BUY_TO_COVER")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 # Full-width layout for the report page (the lead swaps it for the old max-width:1100px body).
@@ -43,10 +42,6 @@ dl.params dd{margin:0} img{max-width:100%}
 
 
 # ----------------------------------------------------------------------------- formatting
-def _d(value) -> date:
-    return date.fromisoformat(str(value)[:10])
-
-
 def _money(x) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
@@ -81,7 +76,7 @@ def why_closed(trip: dict, closing: list[dict], same_day: list[dict], halt_dates
     last = closing[-1]
     if last.get("reason"):
         return str(last["reason"])
-    opposite = "SELL_SHORT" if trip["direction"] == "long" else "BUY"
+    opposite = SELL_SHORT if trip["direction"] == "long" else BUY
     if any(t["side"] == opposite and t["symbol"] == trip["symbol"] for t in same_day):
         return "signal reversed"
     if str(last.get("decided"))[:10] in halt_dates:
@@ -124,8 +119,8 @@ def enrich_round_trips(trips: list[dict], trades: list[dict] | None = None,
         k = taken[sym]
         taken[sym] += 1
         seg = segments[sym][k] if k < len(segments.get(sym, [])) else []
-        opening = [t for t in seg if t["side"] in ("BUY", "SELL_SHORT")]
-        closing = [t for t in seg if t["side"] in ("SELL", "BUY_TO_COVER")]
+        opening = [t for t in seg if t["side"] in OPENING_SIDES]
+        closing = [t for t in seg if t["side"] not in OPENING_SIDES]
         entry, exit_ = str(trip["entry_date"])[:10], str(trip.get("exit_date") or "")[:10]
         positions = [abs(int(t.get("position_after", 0))) for t in seg]
         row = dict(trip)
@@ -133,7 +128,7 @@ def enrich_round_trips(trips: list[dict], trades: list[dict] | None = None,
             "side": trip["direction"],
             "quantity": max(positions) if positions else None,
             "entry_price": avg(opening), "exit_price": None if trip.get("open") else avg(closing),
-            "duration_days": (_d(exit_) - _d(entry)).days if exit_ else None,
+            "duration_days": (to_date(exit_) - to_date(entry)).days if exit_ else None,
             "why_closed": why_closed(trip, closing, by_day.get((sym, exit_), []), halt_dates)})
         out.append(row)
     return out

@@ -43,6 +43,8 @@ import math
 import numbers
 import sys
 
+import numpy as np
+
 import alerts
 import clock
 import config
@@ -138,11 +140,32 @@ def _halt_clamp(current: int, target: int) -> int:
     return current
 
 
+def new_position_order(scores, symbols) -> np.ndarray:
+    """THE order in which candidates get a new position (``_build_targets``, and the backtest's
+    candidate pruning): strongest |score| first (a score that is not a finite number counts as
+    0), ties by symbol. Returns the candidates' indices in that order."""
+    strength = np.abs(np.asarray(scores, dtype=np.float64))
+    strength[~np.isfinite(strength)] = 0.0
+    return np.lexsort((np.asarray(symbols, dtype=str), -strength))
+
+
+def room_for_new_positions(targets: dict[str, int], price, equity: float,
+                           limits: TradingSettings) -> tuple[int, float]:
+    """What is left for new positions after ``targets``: (free slots under ``max_positions``,
+    gross exposure left under ``max_gross_exposure`` of equity, in USD). ``price(symbol)``: the
+    price a target is valued at. A new position is granted only into a free slot, cut to the room
+    left (``_build_targets``); the backtest's pruning stops widening its candidates when none is
+    left."""
+    slots = limits.max_positions - sum(1 for q in targets.values() if q != 0)
+    gross = sum(abs(q) * (price(s) or 0.0) for s, q in targets.items() if q)
+    return slots, limits.max_gross_exposure * max(equity, 0.0) - gross
+
+
 def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short,
                    limits: TradingSettings) -> dict[str, int]:
     current = {s: int(q) for s, q in portfolio.positions.items() if int(q) != 0}
     targets = dict(current)                       # symbols without a signal keep their position
-    wanted: list[tuple[float, str, int]] = []
+    wanted: list[tuple[float | None, str, int]] = []
     px: dict[str, float] = {}                     # the price each target is valued at
     for sig in signals:
         symbol = sig["symbol"]
@@ -176,31 +199,30 @@ def _build_targets(signals, portfolio: Portfolio, halted: bool, do_not_short,
             target = _halt_clamp(cur, target)
         if cur == 0 and target != 0:
             score = sig.get("score")
-            wanted.append((abs(float(score)) if _finite(score) else 0.0, symbol, target))
+            wanted.append((float(score) if _finite(score) else None, symbol, target))
         else:
             targets[symbol] = target
 
-    # New positions, strongest signals first, while slots and gross exposure remain.
-    def gross(ts):
-        return sum(abs(q) * (px.get(s) or price_of(portfolio, s) or 0.0) for s, q in ts.items())
-    budget = limits.max_gross_exposure * max(portfolio.equity, 0.0)
-    open_count = sum(1 for q in targets.values() if q != 0)     # kept up to date below
-    for _, symbol, target in sorted(wanted, key=lambda w: (-w[0], w[1])):
-        was_open = targets.get(symbol, 0) != 0
-        if open_count >= limits.max_positions:
-            log.info("No new position in %s: %d positions already (MAX_POSITIONS)", symbol, open_count)
-            targets[symbol] = 0
-            open_count -= was_open
+    # New positions, strongest signals first (new_position_order), while slots and gross
+    # exposure remain (room_for_new_positions).
+    def valued_at(s):
+        return px.get(s) or price_of(portfolio, s)
+    order = new_position_order([w[0] for w in wanted], [w[1] for w in wanted]) if wanted else []
+    for k in order:
+        _, symbol, target = wanted[k]
+        targets[symbol] = 0                       # not open yet: the room is what the others leave
+        slots, room = room_for_new_positions(targets, valued_at, portfolio.equity, limits)
+        if slots <= 0:
+            log.info("No new position in %s: %d positions already (MAX_POSITIONS)", symbol,
+                     limits.max_positions - slots)
             continue
         price = px.get(symbol) or 0.0
-        room = budget - gross(targets)
         if price > 0 and abs(target) * price > room:
             fitted = int(max(room, 0.0) // price)
             log.info("New position in %s cut from %d to %d shares by MAX_GROSS_EXPOSURE",
                      symbol, abs(target), fitted)
             target = _sign(target) * fitted
         targets[symbol] = target
-        open_count += (target != 0) - was_open
     return targets
 
 
@@ -458,7 +480,7 @@ class RiskManager:
                     alerts.send_alert("max_drawdown", f"drawdown {_pct(details['drawdown'])} from peak "
                                       f"{_money(details['peak'])} (limit {_pct(details['limit'])}), "
                                       f"equity {_money(equity)} on {day}: opening trades halted "
-                                      f"until reset", key=day)
+                                      f"until reset", key=day, replay=state_db.is_replay(self.conn))
             else:
                 log.critical("DAILY LOSS LIMIT REACHED: loss %s from the day's start %s (limit %s); "
                              "equity %s. Opening trades halted for %s", _pct(details["loss"]),

@@ -23,7 +23,8 @@ import alerts
 import clock
 import constants as C
 import logging_setup
-from broker_base import (OPEN_STATUSES, UTC, AuthenticationError, BrokerError, OrderNotFoundError,
+from broker_base import (BUY, BUY_TO_COVER, LIMIT, MARKET, OPEN_STATUSES, SELL, SELL_SHORT, UTC,
+                         AuthenticationError, BrokerError, OrderNotFoundError,
                          OrderRejectedError, OrderStatusUnknownError, TokenExpiredError,
                          TransientBrokerError, num, parse_date, parse_time, to_utc, validate_order)
 from credential_manager import CredentialManager
@@ -504,12 +505,12 @@ class SchwabAPI:
     def _order_spec(self, o: dict):
         eq = self._schwab.orders.equities
         builders = {
-            ("BUY", "MARKET"): eq.equity_buy_market, ("BUY", "LIMIT"): eq.equity_buy_limit,
-            ("SELL", "MARKET"): eq.equity_sell_market, ("SELL", "LIMIT"): eq.equity_sell_limit,
-            ("SELL_SHORT", "MARKET"): eq.equity_sell_short_market,
-            ("SELL_SHORT", "LIMIT"): eq.equity_sell_short_limit,
-            ("BUY_TO_COVER", "MARKET"): eq.equity_buy_to_cover_market,
-            ("BUY_TO_COVER", "LIMIT"): eq.equity_buy_to_cover_limit,
+            (BUY, MARKET): eq.equity_buy_market, (BUY, LIMIT): eq.equity_buy_limit,
+            (SELL, MARKET): eq.equity_sell_market, (SELL, LIMIT): eq.equity_sell_limit,
+            (SELL_SHORT, MARKET): eq.equity_sell_short_market,
+            (SELL_SHORT, LIMIT): eq.equity_sell_short_limit,
+            (BUY_TO_COVER, MARKET): eq.equity_buy_to_cover_market,
+            (BUY_TO_COVER, LIMIT): eq.equity_buy_to_cover_limit,
         }
         builder = builders[(o["side"], o["order_type"])]
         if o["order_type"] == "LIMIT":

@@ -56,6 +56,7 @@ import numpy as np
 from scipy import stats
 
 import constants as C
+from model_management import skill_from_mse
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -116,7 +117,7 @@ def diebold_mariano(y_true, forecast, baseline, dates=None, lag: int | None = No
     mse, mse_b = float(loss_f.mean()) if len(y) else float("nan"), float(loss_b.mean()) if len(y) else float("nan")
     out = {"n": int(n), "lag": None, "statistic": None, "p_value": 1.0,
            "mean_loss_differential": float(d.mean()) if n else None, "mse": mse, "mse_baseline": mse_b,
-           "skill": (1.0 - mse / mse_b) if n and mse_b > 0 else None}
+           "skill": skill_from_mse(mse, mse_b) if n else None}
     if n < 3:
         return out
     lag = newey_west_lag(n) if lag is None else int(lag)
@@ -149,9 +150,12 @@ def returns_from_equity(equity) -> np.ndarray:
 
 def sharpe_ratio(returns, risk_free: float = C.RISK_FREE_RATE,
                  periods: int = C.TRADING_DAYS_PER_YEAR) -> float | None:
-    """Annualised Sharpe of daily simple returns with the annual risk-free rate ``risk_free``."""
+    """THE Sharpe ratio (the backtest's, the walk-forward's, the go-live gate's): annualised, of
+    daily simple returns, with the annual risk-free rate ``risk_free``: mean(r - rf) / std(r - rf,
+    ddof 1) * sqrt(periods), rf = risk_free / periods. None with fewer than two returns or no
+    variation."""
     r = np.asarray(returns, np.float64) - risk_free / periods
-    if len(r) < 2:
+    if len(r) < 2 or not np.all(np.isfinite(r)) or np.max(r) == np.min(r):
         return None
     sd = float(np.std(r, ddof=1))
     if not sd > 0:

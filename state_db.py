@@ -23,8 +23,9 @@ CREATE TABLE IF NOT EXISTS kv (
 )"""
 
 
-def db_path():
-    target = config.state_db_file()
+def db_path(replay: bool = False):
+    """The state database's path (``replay``: the throwaway replay database), its folder created."""
+    target = config.state_db_file(replay)
     try:
         return config.ensure_parent(target)
     except OSError as exc:
@@ -50,13 +51,13 @@ def connect_readonly(path=None) -> sqlite3.Connection | None:
 REPLAY_AS_OF_KEY = "replay_as_of"
 
 
-def prepare_replay(as_of) -> None:
-    """Switch this process to the throwaway replay database for a replay of session ``as_of``.
-    The replay account carries over between replays that move forward in time; a replay of an
-    earlier session than the last one starts a fresh account (the file is deleted)."""
-    config.set_replay(True)
+def prepare_replay(as_of) -> Path:
+    """The throwaway replay database for a replay of session ``as_of``, ready; returns its path
+    (the replay's caller connects to it: ``connect(prepare_replay(as_of))``). The replay account
+    carries over between replays that move forward in time; a replay of an earlier session than
+    the last one starts a fresh account (the file is deleted)."""
     day = str(as_of)[:10]
-    path = db_path()
+    path = db_path(replay=True)
     if path.exists():
         conn = connect(path)
         last = kv_get(conn, REPLAY_AS_OF_KEY)
@@ -68,6 +69,17 @@ def prepare_replay(as_of) -> None:
     with transaction(conn):
         kv_set(conn, REPLAY_AS_OF_KEY, day)
     conn.close()
+    return path
+
+
+def is_replay(conn: sqlite3.Connection | None) -> bool:
+    """Is ``conn`` a connection to the replay database? What a replay runs on is the value that
+    says it is a replay: a component given the replay's connection knows it (its alerts are
+    drills and are not sent)."""
+    if conn is None:
+        return False
+    name = _database_file(conn)
+    return bool(name) and Path(name).resolve() == config.state_db_file(replay=True).resolve()
 
 
 def connect(path=None) -> sqlite3.Connection:
@@ -94,6 +106,20 @@ def connect(path=None) -> sqlite3.Connection:
 def ensure_schema(conn: sqlite3.Connection, statements) -> None:
     for statement in statements:
         conn.execute(statement)
+
+
+@contextmanager
+def opened(conn: sqlite3.Connection | None = None, schema=(), path=None):
+    """``with opened(conn, schema) as c:`` the caller's connection ``conn`` as it is, else a new
+    one (``connect(path)``) that is closed when the block ends; ``schema`` (CREATE statements)
+    ensured either way. The one rule for "use the caller's connection or open and close one"."""
+    c = conn if conn is not None else connect(path)
+    try:
+        ensure_schema(c, schema)
+        yield c
+    finally:
+        if conn is None:
+            c.close()
 
 
 def _database_file(conn: sqlite3.Connection) -> str | None:

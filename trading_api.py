@@ -47,12 +47,14 @@ log = logging.getLogger("broker")
 
 
 # =========================================================================== factory
-def get_broker(mode: str | None = None, settings: TradingSettings | None = None):
+def get_broker(mode: str | None = None, settings: TradingSettings | None = None, conn=None):
     """``PaperBroker`` when TRADING_MODE is paper (the default), ``SchwabAPI`` when it is live.
-    ``settings``: the paper broker's cost model (default: ``constants.py``)."""
+    ``settings``: the paper broker's cost model (default: ``constants.py``); ``conn``: the state
+    database the paper account lives in (default: the real one; an ``--as-of`` replay passes its
+    throwaway database)."""
     mode = (mode or config.trading_mode()).lower()
     if mode != "live":
-        return PaperBroker(fill=C.PAPER_FILL, settings=settings)
+        return PaperBroker(conn=conn, fill=C.PAPER_FILL, settings=settings)
     api = SchwabAPI()
     account = api.masked_account()
     log.warning("LIVE TRADING: orders go to Schwab account %s (TRADING_MODE=live)", account)

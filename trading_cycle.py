@@ -29,7 +29,7 @@ import fcntl
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,7 +46,7 @@ import kill_switch
 import market_calendar
 import pnl
 import state_db
-from audit_logging import AuditLogger, interrupted_cycle, require_valid_trail
+from audit_logging import CYCLE_END, CYCLE_START, AuditLogger, interrupted_cycle, require_valid_trail
 from data_collection import load_processed, load_universe, stale_symbols
 from errors import UserFacingError, storage_error
 from failpoints import failpoint
@@ -60,23 +60,16 @@ from risk_management import Portfolio, RiskManager
 from settings import TradingSettings
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
 from kill_switch import KillSwitchSet
-from trading_execution import OrderExecutor
 from trading_api import get_broker
+from trading_execution import OrderExecutor
 
 log = logging.getLogger("trading")
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
 LAST_CYCLE_KEY = "last_cycle"
 
-_MODEL = None
-
-
 class CycleError(UserFacingError):
     """A step of the cycle failed; the message names what and the fix."""
-
-
-def db():
-    return golive.connect()
 
 
 def audit_logger():
@@ -85,12 +78,9 @@ def audit_logger():
 
 # ----------------------------------------------------------------------------- signals
 def get_model():
-    """The verified model, loaded once per process (the checksum is checked on load)."""
-    global _MODEL
-    path = config.path(C.MODEL_FILE)
-    if _MODEL is None or _MODEL.path != path:
-        _MODEL = load_model(path)
-    return _MODEL
+    """The installed model, verified (its checksum is checked on load). The caller owns what it
+    loaded: a cycle loads it once and hands it to each step (``get_latest_signal(model=...)``)."""
+    return load_model(config.path(C.MODEL_FILE))
 
 
 def load_features(as_of=None) -> pd.DataFrame:
@@ -100,7 +90,8 @@ def load_features(as_of=None) -> pd.DataFrame:
     return features
 
 
-def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: bool = True) -> list[dict]:
+def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: bool = True, model=None,
+                      conn=None) -> list[dict]:
     """Signals for every selected symbol from the latest data (up to ``as_of``).
 
     Each item: symbol, date (of the data used), close, predicted_diff (next-day price difference
@@ -108,9 +99,10 @@ def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: 
     volatility), signal (BUY if score >= SIGNAL_THRESHOLD, SELL if <= -SIGNAL_THRESHOLD, else
     HOLD), volatility. Logs one ``Prediction:`` line per symbol; stores every prediction for the
     drift monitor. Nonsensical output (NaN, all equal, absurd) raises
-    ``signals.NonsensicalPredictionError``."""
+    ``signals.NonsensicalPredictionError``. ``model``: the loaded model (default: the installed
+    one, loaded now); ``conn``: the state database the predictions go to (default: the real one)."""
     ensure_logging("trading")
-    model = get_model()
+    model = model if model is not None else get_model()
     features = load_features(as_of) if features is None else features
     universe = load_universe()
     missing = sorted(set(universe) - set(features["Symbol"]))
@@ -128,7 +120,7 @@ def get_latest_signal(as_of=None, features: pd.DataFrame | None = None, record: 
     log.info("signal summary: %d BUY, %d SELL, %d HOLD (threshold |score| >= %.2f)",
              counts.get(BUY, 0), counts.get(SELL, 0), counts.get(HOLD, 0), C.SIGNAL_THRESHOLD)
     if record:
-        drift_monitor.record_predictions(scored, model.checksum)
+        drift_monitor.record_predictions(scored, model.checksum, conn)
     return [{"symbol": r.Symbol, "date": str(pd.Timestamp(r.Date).date()), "close": float(r.Close),
              "predicted_diff": float(r.predicted_diff), "score": float(r.score), "signal": r.signal,
              "volatility": float(r.volatility_20), "price": float(r.Close)}
@@ -212,24 +204,25 @@ def run_cycle(as_of=None, now=None, settings: TradingSettings | None = None) -> 
             log.warning("another run holds the cycle lock (%s: %s): exiting without trading",
                         lock_path(), lock_holder())
             return EXIT_OK
+        path = None                                 # the real state database
         if replay:
             # the operator's kill switch lives in the real database; the replay then runs in its
             # own throwaway account (state_db.prepare_replay), never the real paper account
-            if _kill_switch_stops(db(), audit_logger()):
-                return EXIT_OK
-            state_db.prepare_replay(as_of)
+            with closing(state_db.connect()) as real:
+                if _kill_switch_stops(real, audit_logger()):
+                    return EXIT_OK
+            path = state_db.prepare_replay(as_of)
         try:
-            code = _cycle(mode, as_of, now, settings or TradingSettings.from_constants())
+            with closing(state_db.connect(path)) as conn:
+                code = _cycle(conn, mode, as_of, now, settings or TradingSettings.from_constants())
         except Exception as exc:
             try:                       # the trail shows that the cycle ended, and why
-                audit_logger().log_event("cycle_end", "error", {"error": f"{type(exc).__name__}: {exc}"})
+                audit_logger().log_event(CYCLE_END, "error", {"error": f"{type(exc).__name__}: {exc}"})
             except Exception as audit_exc:
                 log.error("audit of the failed cycle failed too: %s", audit_exc)
             alerts.send_alert("cycle_failed", f"{mode} cycle failed: {type(exc).__name__}: {exc}",
-                              key=alerts.session_key("trading_cycle"))
+                              key=alerts.session_key("trading_cycle"), replay=replay)
             raise
-        finally:
-            config.set_replay(False)
     if code == EXIT_FAIL and not replay:          # a replay is a drill: no alert
         alerts.send_alert("cycle_failed", f"{mode} cycle finished with orders that were not sent "
                           f"(see the order lines in logs/trading_YYYYMMDD.log)",
@@ -237,11 +230,12 @@ def run_cycle(as_of=None, now=None, settings: TradingSettings | None = None) -> 
     return code
 
 
-def _cycle(mode: str, as_of, now, settings: TradingSettings) -> int:
-    """Steps 2-10 of the module docstring, one named step a line; returns the exit code."""
-    conn, audit, replay = db(), audit_logger(), as_of is not None
+def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
+    """Steps 2-10 of the module docstring, one named step a line, on the state database ``conn``
+    (a replay's throwaway one for ``--as-of``); returns the exit code."""
+    audit, replay = audit_logger(), as_of is not None
     require_valid_trail(audit=audit)                 # never trade onto a trail verify calls damaged
-    _record_interrupted_cycle(audit)
+    _record_interrupted_cycle(audit, conn)
     _log_cycle_start(audit, mode, as_of)
     if _kill_switch_stops(conn, audit):
         return EXIT_OK
@@ -252,9 +246,9 @@ def _cycle(mode: str, as_of, now, settings: TradingSettings) -> int:
     if data_day is None:
         return EXIT_OK                                       # the market is closed: nothing to do
     features, cycle_date = _fresh_features(data_day)
-    signals = get_latest_signal(features=features)
+    signals = get_latest_signal(features=features, model=model, conn=conn)
     failpoint("after_signals")
-    executor = OrderExecutor(conn=conn, audit=audit, broker=get_broker(settings=settings))
+    executor = OrderExecutor(conn=conn, audit=audit, broker=get_broker(mode, settings=settings, conn=conn))
     sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
     executor.reconcile()                                     # AmbiguousOrderError: a person decides
     executor.external_activity(mode)                         # WARNING + audit for what is not ours
@@ -275,13 +269,13 @@ def _cycle(mode: str, as_of, now, settings: TradingSettings) -> int:
     return EXIT_FAIL if failures else EXIT_OK
 
 
-def _record_interrupted_cycle(audit) -> None:
+def _record_interrupted_cycle(audit, conn) -> None:
     """The previous cycle started and never ended (killed, power cut): say so in the trail,
     with the orders it left at the broker's stage, before this cycle starts."""
     found = interrupted_cycle(audit=audit)
     if found:
         details = dict(found["details"])
-        details["open_orders"] = OrderBook(db()).open_orders()
+        details["open_orders"] = OrderBook(conn).open_orders()
         log.warning("the previous cycle (started %s) was interrupted; %d of its orders are not final",
                     details.get("started_at"), len(details["open_orders"]))
         audit.log_event(found["action"], found["status"], details)
@@ -289,7 +283,7 @@ def _record_interrupted_cycle(audit) -> None:
 
 def _log_cycle_start(audit, mode: str, as_of) -> None:
     log.info("cycle start: mode=%s%s home=%s", mode, f" as-of {as_of}" if as_of is not None else "", config.home())
-    audit.log_event("cycle_start", "started", {"mode": mode, "as_of": str(as_of) if as_of is not None else None})
+    audit.log_event(CYCLE_START, "started", {"mode": mode, "as_of": str(as_of) if as_of is not None else None})
 
 
 def _kill_switch_stops(conn, audit) -> bool:
@@ -297,7 +291,7 @@ def _kill_switch_stops(conn, audit) -> bool:
     if switch:
         log.warning("Kill switch is ON (set by %s at %s: %s): no trading. Clear it with "
                     "`python live_trading.py resume`.", switch["by"], switch["at"], switch["reason"])
-        audit.log_event("cycle_end", "kill_switch", switch)
+        audit.log_event(CYCLE_END, "kill_switch", switch)
     return bool(switch)
 
 
@@ -309,7 +303,7 @@ def _gate_allows(model, conn, audit) -> bool:
         log.critical("LIVE TRADING REFUSED by the go-live gate: %s. See `python live_trading.py gate`.",
                      "; ".join(why))
         audit.log_event("golive_gate", "refused", {"model_checksum": model.checksum, "reasons": why})
-        audit.log_event("cycle_end", "gate_refused", {"reasons": why})
+        audit.log_event(CYCLE_END, "gate_refused", {"reasons": why})
         alerts.send_alert("live_gate_refused", "live cycle refused: " + "; ".join(why),
                           key=model.checksum[:12])
         return False
@@ -335,7 +329,7 @@ def _data_day(as_of, now, audit):
         return pd.Timestamp(as_of)
     if not market_calendar.is_open(now):
         log.info("Market closed at %s (NYSE regular session): nothing to do", now)
-        audit.log_event("cycle_end", "market_closed", {"at": str(now)})
+        audit.log_event(CYCLE_END, "market_closed", {"at": str(now)})
         return None
     return market_calendar.last_completed_session(now)
 
@@ -450,7 +444,7 @@ def _alert_rejections(executor, cycle_date) -> None:
         alerts.send_alert("order_rejections", f"{len(rejected)} orders of the {cycle_date} cycle "
                           f"rejected by the broker (threshold {C.ALERT_ORDER_REJECTIONS}): "
                           + "; ".join(f"{r['client_key']}: {(r['error'] or '')[:80]}" for r in rejected[:5]),
-                          key=str(cycle_date))
+                          key=str(cycle_date), replay=state_db.is_replay(executor.conn))
 
 
 def _wait_for_fills(executor, keys) -> list[dict]:
@@ -494,7 +488,7 @@ def _close_cycle(conn, audit, risk, executor, model, run: CycleRun) -> float:
     executor.record_positions(run.cycle_date, run.mode)
     pnl.record_equity(conn, run.cycle_date, broker)
     failpoint("before_cycle_end")
-    audit.log_event("cycle_end", "failed" if run.failures else "completed", summary)
+    audit.log_event(CYCLE_END, "failed" if run.failures else "completed", summary)
     return equity
 
 
@@ -517,4 +511,4 @@ def print_positions(broker) -> None:
     print(f"\npositions ({len(positions)}), equity {money(balance['equity'])}, cash {money(balance['cash'])}:")
     for sym, p in sorted(positions.items()):
         print(f"  {sym:6} {p['quantity']:+7d} @ {p.get('avg_price') or 0:10.2f}  value "
-              f"${p.get('market_value') or 0:12,.2f}")
+              f"{money(p.get('market_value') or 0):>13}")

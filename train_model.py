@@ -18,414 +18,27 @@ validation skill (one ERROR line ``model NOT PROMOTED: ...``; the current model 
 
 Profiles: ``--profile tiny`` (or ``TRAIN_PROFILE=tiny``): window 10, 8 units, a few epochs, for
 ``make demo`` and tests (well under a minute on 2 cores).
+
+This file is the command line; the training routine itself (shared with the walk-forward) is
+``model_training.py``.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
-import platform
 import sys
-import tempfile
-import time
-import warnings
-from datetime import datetime, timezone
-from pathlib import Path
-
-import h5py
-import numpy as np
-import pandas as pd
 
 import config
-from data_collection import DataError, load_processed
-from errors import UserFacingError, install_excepthook
 import constants as C
-from logging_setup import setup_logging
-from lstm_inference import load_network
 import model_management as mm
+from data_collection import DataError
+from errors import UserFacingError, install_excepthook
+from logging_setup import setup_logging
+from model_training import PROFILES, TrainConfig, TrainingError, fmt_skill, train
 
 log = logging.getLogger("train")
 EXIT_NO_SKILL = 3      # the new model has no validation skill: not promoted, the current one kept
-
-
-class TrainingError(UserFacingError):
-    """Training cannot proceed; the message names the problem and the fix."""
-
-
-PROFILES = {
-    "default": {"window": C.WINDOW_LENGTH, "units": C.LSTM_UNITS, "dense_units": C.DENSE_UNITS,
-                "layers": C.LSTM_LAYERS, "epochs": C.TRAIN_EPOCHS, "patience": C.TRAIN_PATIENCE},
-    "tiny": {"window": C.TINY_WINDOW, "units": C.TINY_UNITS, "dense_units": C.TINY_DENSE_UNITS,
-             "layers": 1, "epochs": C.TINY_EPOCHS, "patience": C.TINY_PATIENCE},
-}
-
-
-# ----------------------------------------------------------------------------- data
-def load_features(path=None):
-    """The processed CSV, checked (missing/empty/NaN -> DataError from data_collection)."""
-    return load_processed(path)
-
-
-def drop_short_symbols(features, window: int):
-    """Skip (and name) symbols with too few rows to train on."""
-    need = max(C.MIN_SYMBOL_ROWS, window + 2)
-    counts = features.groupby("Symbol").size()
-    short = counts[counts < need]
-    for sym, n in short.items():
-        log.warning("skipping %s: only %d feature rows (need %d, MIN_SYMBOL_ROWS)", sym, n, need)
-    kept = features[~features["Symbol"].isin(short.index)]
-    if kept.empty:
-        raise TrainingError(f"no symbol has at least {need} feature rows (too little history for the "
-                            f"window of {window}): run ./run_daily_data_update.sh --force or use a "
-                            "smaller --window")
-    return kept, sorted(short.index.astype(str))
-
-
-def split_dates(dates, validation_fraction=C.VALIDATION_FRACTION, test_fraction=C.TEST_FRACTION):
-    """(validation_start, test_start) by session dates, shared by all symbols."""
-    sessions = np.sort(np.unique(np.asarray(dates, dtype="datetime64[ns]")))
-    n = len(sessions)
-    n_test = max(int(round(n * test_fraction)), 1)
-    n_val = max(int(round(n * validation_fraction)), 1)
-    if n - n_test - n_val < 2:
-        raise TrainingError(f"only {n} sessions: too little history to split into train, validation "
-                            "and test periods")
-    return sessions[n - n_test - n_val], sessions[n - n_test]
-
-
-def build_dataset(features, window: int, feature_columns, shuffle_targets: bool = False,
-                  seed: int = C.TRAIN_SEED, validation_fraction: float = C.VALIDATION_FRACTION,
-                  test_fraction: float = C.TEST_FRACTION) -> dict:
-    """Windows, targets, masks and the scaler (fitted on the training period only).
-
-    A sample is the window ending at row t with target y[t] (uses Close[t+1]). It belongs to
-    train when Date[t+1] < validation_start (so no validation price leaks into training), to
-    validation when t >= validation_start and Date[t+1] < test_start, to test when t >= test_start."""
-    df = mm.sort_features(features)
-    y = mm.compute_targets(df)
-    nxt = df.groupby("Symbol", sort=False)["Date"].shift(-1).to_numpy()
-    dates = df["Date"].to_numpy()
-    val_start, test_start = split_dates(dates, validation_fraction, test_fraction)
-    has_y = np.isfinite(y)
-    train_rows = has_y & (nxt < val_start)
-    val_rows = has_y & (dates >= val_start) & (nxt < test_start)
-    test_rows = has_y & (dates >= test_start)
-    fit_rows = train_rows                              # the scaler sees the training period only
-    y_fit = y[fit_rows]
-    if shuffle_targets:                                # control experiment: break the x -> y link
-        rng = np.random.default_rng(seed)
-        y = y.copy()
-        for mask in (train_rows, val_rows):            # the test period keeps the true outcomes
-            y[mask] = rng.permutation(y[mask])
-        y_fit = y[fit_rows]
-    scaler = mm.fit_scaler(df, feature_columns, fit_rows, y_fit)
-    X, rows = mm.make_windows(df, window, feature_columns, scaler)
-    # map window ends back to df rows (make_windows keeps the same sort order)
-    ends = mm.window_ends(df["Symbol"].to_numpy(), window)
-    out = {"df": df, "scaler": scaler, "X": X, "rows": rows, "y": y[ends],
-           "validation_start": val_start, "test_start": test_start}
-    for name, mask in (("train", train_rows), ("validation", val_rows), ("test", test_rows)):
-        out[f"{name}_mask"] = mask[ends]
-    if (out["train_mask"].sum() < 10 or out["validation_mask"].sum() < 1
-            or (test_fraction > 0 and out["test_mask"].sum() < 1)):
-        raise TrainingError(f"too little history for a window of {window}: "
-                            f"{int(out['train_mask'].sum())} training, {int(out['validation_mask'].sum())} "
-                            f"validation and {int(out['test_mask'].sum())} test samples")
-    return out
-
-
-# ----------------------------------------------------------------------------- model
-def _keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF C++ chatter (E0000 attribute notes) stays out of cron mail
-    import tensorflow as tf   # late: importing TensorFlow takes seconds; only training needs it
-    import keras
-    return tf, keras
-
-
-def build_network(window: int, n_features: int, units: int, dense_units: int, layers: int,
-                  learning_rate: float):
-    _, keras = _keras()
-    stack = [keras.Input((window, n_features), name="features")]
-    for i in range(layers):
-        stack.append(keras.layers.LSTM(units, return_sequences=i < layers - 1, name=f"lstm_{i + 1}"))
-    if dense_units:
-        stack.append(keras.layers.Dense(dense_units, activation="relu", name="dense_1"))
-    stack.append(keras.layers.Dense(1, name="predicted_z"))
-    model = keras.Sequential(stack, name="lstm_price_difference")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
-    return model
-
-
-def fit_network(ds: dict, prof: dict, seed: int = C.TRAIN_SEED, verbose=0):
-    """THE fit: a fresh network of profile ``prof`` trained on ``ds``'s training samples with
-    early stopping on its validation samples, seeded and deterministic. Returns (network,
-    history). ``train`` and the walk-forward (walk_forward.py) both call it."""
-    tf, keras = _keras()
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-    tr, va = ds["train_mask"], ds["validation_mask"]
-    z = mm.scale_target(ds["y"], ds["scaler"])
-    X = ds["X"]
-    net = build_network(prof["window"], X.shape[2], prof["units"], prof["dense_units"],
-                        prof["layers"], C.TRAIN_LEARNING_RATE)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=prof["patience"],
-                                            restore_best_weights=True)
-    history = net.fit(X[tr], z[tr], validation_data=(X[va], z[va]), epochs=prof["epochs"],
-                      batch_size=C.TRAIN_BATCH_SIZE, shuffle=True, verbose=verbose,
-                      callbacks=[stopper, _epoch_logger(keras, prof["epochs"])])
-    return net, history
-
-
-def _epoch_logger(keras, epochs: int):
-    class EpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            log.info("epoch %d/%d loss=%.5f val_loss=%.5f", epoch + 1, epochs,
-                     logs.get("loss", float("nan")), logs.get("val_loss", float("nan")))
-    return EpochLogger()
-
-
-def _save_h5(model, directory: Path) -> Path:
-    """model.save to a temp file in ``directory`` whose name ends with .h5 (Keras picks the format
-    from the suffix); the caller renames it into place."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(C.MODEL_FILE).stem}.", suffix=".tmp.h5", dir=directory)
-    os.close(fd)
-    os.unlink(tmp)                                     # h5py wants to create it
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)                       # the "HDF5 is legacy" notice
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.save(tmp)
-    finally:
-        absl.setLevel(level)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    return Path(tmp)
-
-
-def _versions() -> dict:
-    tf, keras = _keras()
-    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-            "tensorflow": tf.__version__, "keras": keras.__version__, "h5py": h5py.__version__}
-
-
-def _file_sha256(path) -> str | None:
-    try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError:
-        return None
-
-
-# ----------------------------------------------------------------------------- comparison
-def evaluate_current(features, ds: dict, path: Path, period: str = "validation") -> tuple[float | None, str]:
-    """MSE of the current model on the new ``period`` (``validation``: model selection never
-    looks at the test period), or (None, why not)."""
-    if not path.is_file():
-        return None, "no current model"
-    try:
-        current = mm.load_model(path)
-    except mm.ModelError as exc:
-        return None, f"the current model cannot be used ({exc})"
-    missing = [c for c in current.feature_columns if c not in features.columns]
-    if missing:
-        return None, f"the current model needs features {missing} that the data lacks"
-    test_rows = ds["rows"][ds[f"{period}_mask"]]
-    test_y = ds["y"][ds[f"{period}_mask"]]
-    try:
-        pred = current.predict(features[features["Symbol"].isin(test_rows["Symbol"].unique())])
-    except mm.ModelError as exc:
-        return None, f"the current model cannot predict on the new data ({exc})"
-    key = test_rows[["Symbol", "Date"]].assign(y=test_y)
-    merged = key.merge(pred, on=["Symbol", "Date"], how="inner")
-    if len(merged) < 0.9 * len(key):
-        return None, (f"the current model (window {current.window}) covers only {len(merged)} of "
-                      f"{len(key)} {period} samples")
-    y_old = merged["predicted_diff"].to_numpy() / (merged["Close"].to_numpy() *
-                                                   np.maximum(merged["volatility_20"].to_numpy(),
-                                                              C.TARGET_VOL_FLOOR))
-    return float(np.mean((merged["y"].to_numpy() - y_old) ** 2)), f"current model {current.version}"
-
-
-# ----------------------------------------------------------------------------- training
-def train(data_path=None, *, profile: str = "default", epochs=None, units=None, window=None,
-          layers=None, dense_units=None, seed: int = C.TRAIN_SEED, force: bool = False,
-          shuffle_targets: bool = False, model_file=None, verbose=None) -> dict:
-    """Train, evaluate and (maybe) promote. Returns a summary dict (``promoted``, ``reason``,
-    ``metrics``, ``metadata``). Raises DataError / TrainingError on bad input."""
-    started = time.monotonic()
-    prof = dict(PROFILES[profile])
-    for key, value in (("epochs", epochs), ("units", units), ("window", window), ("layers", layers),
-                       ("dense_units", dense_units)):
-        if value is not None:
-            prof[key] = int(value)
-    if prof["window"] < 1 or prof["units"] < 1 or prof["epochs"] < 1 or prof["layers"] < 1:
-        raise TrainingError("--window, --units, --epochs and --layers must be at least 1")
-    target = mm.model_path(model_file)
-    data_file = Path(data_path) if data_path else config.path(C.PROCESSED_DATA_FILE)
-    features = load_features(data_file)
-    features, skipped = drop_short_symbols(features, prof["window"])
-    feature_columns = list(C.FEATURE_COLUMNS)
-    ds = build_dataset(features, prof["window"], feature_columns, shuffle_targets, seed)
-    tr, va, te = ds["train_mask"], ds["validation_mask"], ds["test_mask"]
-    log.info("data %s: %d symbols, %s .. %s; train %d, validation %d (from %s), test %d (from %s) "
-             "samples; window %d%s", data_file.name, features["Symbol"].nunique(),
-             features["Date"].min().date(), features["Date"].max().date(), tr.sum(), va.sum(),
-             str(ds["validation_start"])[:10], te.sum(), str(ds["test_start"])[:10], prof["window"],
-             "; SHUFFLED TARGETS (control run)" if shuffle_targets else "")
-
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 0
-    net, history = fit_network(ds, prof, seed, verbose)
-    scaler = ds["scaler"]
-    X = ds["X"]
-    val_losses = history.history.get("val_loss", [])
-    best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else 0
-
-    keras_z = net.predict(X[va | te], batch_size=4096, verbose=0)[:, 0]
-    pred_y = np.full(len(X), np.nan)
-    pred_y[va | te] = mm.unscale_target(keras_z, scaler)
-    train_y = ds["y"][tr]
-    direction = 1.0 if np.mean(train_y > 0) >= np.mean(train_y < 0) else -1.0
-    metrics = {"space": mm.METRIC_SPACE,
-               "validation": mm.compute_metrics(ds["y"][va], pred_y[va], direction),
-               "test": mm.compute_metrics(ds["y"][te], pred_y[te], direction)}
-    train_mean = float(np.mean(train_y)) if len(train_y) else 0.0
-    for name, mask in (("validation", va), ("test", te)):
-        metrics[name]["skill_vs_training_mean"] = skill_vs_constant(ds["y"][mask], pred_y[mask], train_mean)
-        log.info("%s; skill vs the training mean %s", mm.format_metrics(f"{name} metrics", metrics[name]),
-                 _fmt_skill(metrics[name]["skill_vs_training_mean"]))
-    metrics["training_mean"] = train_mean
-    skill = metrics["test"]["skill"]
-    if skill is not None and skill <= 0:
-        log.warning("the model does not beat predicting no change on the test period (skill %.4f)", skill)
-    no_skill = validation_skill_problem(metrics["validation"])
-
-    tmp = _save_h5(net, target.parent)
-    try:
-        # the file live trading will read must give the predictions we just evaluated
-        fast_z = load_network(tmp).predict(X[va | te])[:, 0]
-        gap = float(np.max(np.abs(fast_z - keras_z))) if len(fast_z) else 0.0
-        if not gap <= C.INFERENCE_PARITY_TOL:
-            raise TrainingError(f"the NumPy inference path differs from Keras by {gap:.2e} "
-                                f"(tolerance {C.INFERENCE_PARITY_TOL}): model not saved; report this")
-        checksum = mm.calculate_model_checksum(tmp)
-        params = int(net.count_params())
-        metadata = {
-            "format_version": mm.METADATA_FORMAT,
-            "model_file": C.MODEL_FILE,
-            "sha256": checksum,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seed": seed,
-            "profile": profile,
-            "shuffled_targets": bool(shuffle_targets),
-            "feature_columns": feature_columns,
-            "window": prof["window"],
-            "target": {"definition": mm.TARGET_DEFINITION, "output": "predicted_diff = "
-                       "(z * target_std + target_mean) * Close * max(volatility_20, vol_floor), USD"},
-            "scaler": scaler,
-            "architecture": {"type": "Sequential", "lstm_layers": prof["layers"],
-                             "lstm_units": prof["units"], "dense_units": prof["dense_units"],
-                             "layers": [l.__class__.__name__ for l in net.layers], "params": params,
-                             "input_shape": [prof["window"], len(feature_columns)]},
-            "training": {"epochs_max": prof["epochs"], "epochs_run": len(val_losses),
-                         "best_epoch": best_epoch, "patience": prof["patience"],
-                         "batch_size": C.TRAIN_BATCH_SIZE, "learning_rate": C.TRAIN_LEARNING_RATE,
-                         "loss": [float(v) for v in history.history.get("loss", [])],
-                         "val_loss": [float(v) for v in val_losses],
-                         "seconds": round(time.monotonic() - started, 1), "parity_max_abs": gap},
-            "data": {"path": str(data_file), "sha256": _file_sha256(data_file),
-                     "symbols": sorted(features["Symbol"].astype(str).unique()),
-                     "skipped_symbols": skipped, "rows": int(len(features)),
-                     "first_date": str(features["Date"].min().date()),
-                     "last_date": str(features["Date"].max().date())},
-            "splits": {"method": "chronological by session date, shared by all symbols",
-                       "validation_fraction": C.VALIDATION_FRACTION, "test_fraction": C.TEST_FRACTION,
-                       "train_start": str(ds["rows"]["Date"][tr].min().date()),
-                       "train_end": str(ds["rows"]["Date"][tr].max().date()),
-                       "validation_start": str(ds["validation_start"])[:10],
-                       "validation_end": str(ds["rows"]["Date"][va].max().date()),
-                       "test_start": str(ds["test_start"])[:10],
-                       "test_end": str(ds["rows"]["Date"][te].max().date()),
-                       "n_train": int(tr.sum()), "n_validation": int(va.sum()), "n_test": int(te.sum())},
-            "metrics": metrics,
-            "versions": _versions(),
-        }
-
-        old_mse, about = evaluate_current(features, ds, target, "validation")
-        new_mse = metrics["validation"]["MSE"]
-        if force:
-            promote, reason = True, "--force" + (f" (without validation skill: {no_skill})" if no_skill else "")
-            _audit_forced(checksum, metrics, no_skill, about)
-        elif shuffle_targets:
-            promote, reason = False, "not promoted: a shuffled-targets control run (use --force to install it)"
-        elif no_skill:
-            kept = "no model is installed" if about == "no current model" else f"kept the {about}"
-            promote, reason = False, f"not promoted: {no_skill}; {kept} (use --force to install it anyway, audited)"
-        elif old_mse is None:
-            promote, reason = True, f"promoted: {about}"
-        elif new_mse <= old_mse * (1 + C.PROMOTION_TOLERANCE):
-            promote, reason = True, (f"promoted: validation MSE {new_mse:.5f} <= {old_mse:.5f} of the "
-                                     f"{about} on the same validation period")
-        else:
-            promote, reason = False, (f"kept the {about}: its validation MSE {old_mse:.5f} beats the new "
-                                      f"model's {new_mse:.5f} on the same validation period (use --force "
-                                      "to replace it anyway)")
-        metadata["promotion"] = {"promoted": promote, "reason": reason, "previous_validation_MSE": old_mse,
-                                 "selected_on": "validation", "no_validation_skill": no_skill}
-        if promote:
-            mm.install_model(tmp, metadata, target, reason="replaced by a newly trained model")
-            log.info("saved %s (SHA-256 %s, %d parameters); %s", target, checksum, params, reason)
-        else:
-            log.warning("%s", reason)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return {"promoted": promote, "reason": reason, "metrics": metrics, "metadata": metadata,
-            "path": str(target), "previous_validation_MSE": old_mse, "no_validation_skill": no_skill}
-
-
-def skill_vs_constant(y_true, y_pred, constant: float) -> float | None:
-    """1 - MSE(model) / MSE(the constant forecast): positive when the model beats always
-    predicting ``constant`` (here the training period's mean target)."""
-    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
-    if not len(y_true):
-        return None
-    base = float(np.mean((y_true - constant) ** 2))
-    return None if base <= 0 else 1.0 - float(np.mean((y_true - y_pred) ** 2)) / base
-
-
-def _fmt_skill(x) -> str:
-    return "n/a" if x is None else f"{x:+.4f}"
-
-
-def validation_skill_problem(m: dict) -> str | None:
-    """Why a model's validation metrics forbid promotion (skill not positive against predicting no
-    change and against the training-mean constant), or None."""
-    bad = []
-    if m.get("skill") is None or not m["skill"] > 0:
-        bad.append(f"against no change {_fmt_skill(m.get('skill'))}")
-    if m.get("skill_vs_training_mean") is None or not m["skill_vs_training_mean"] > 0:
-        bad.append(f"against the training mean {_fmt_skill(m.get('skill_vs_training_mean'))}")
-    return ("validation skill is not positive " + " and ".join(bad)) if bad else None
-
-
-def _audit_forced(checksum: str, metrics: dict, no_skill: str | None, about: str) -> None:
-    """--force installs whatever was trained: one audit record says who forced what, and why it
-    would not have been promoted."""
-    import audit_logging   # late: the audit trail is only written for a forced promotion
-    v = metrics["validation"]
-    audit_logging.AuditLogger().log_event("model_promotion", "forced", {
-        "model_checksum": checksum, "no_validation_skill": no_skill, "replaces": about,
-        "validation_skill": v.get("skill"), "validation_skill_vs_training_mean": v.get("skill_vs_training_mean"),
-        "by": os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"})
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -452,9 +65,9 @@ def main(argv=None) -> int:
     setup_logging("trading")
     log.info("training started (profile=%s, home=%s)", args.profile, config.home())
     try:
-        result = train(args.data, profile=args.profile, epochs=args.epochs, units=args.units,
-                       window=args.window, layers=args.layers, seed=args.seed, force=args.force,
-                       shuffle_targets=args.shuffle_targets)
+        result = train(TrainConfig(args.data, profile=args.profile, epochs=args.epochs, units=args.units,
+                                   window=args.window, layers=args.layers, seed=args.seed, force=args.force,
+                                   shuffle_targets=args.shuffle_targets))
     except (DataError, TrainingError, mm.ModelError, UserFacingError) as exc:
         log.error("training FAILED: %s", exc)
         return 1
@@ -465,7 +78,7 @@ def main(argv=None) -> int:
     t = result["metrics"]["test"]
     print(f"{'promoted' if result['promoted'] else 'not promoted'}: validation MSE={v['MSE']:.4f} "
           f"(no change {v['baseline']['MSE']:.4f}) skill={v['skill']:+.4f} skill_vs_mean="
-          f"{_fmt_skill(v.get('skill_vs_training_mean'))}; test skill={t['skill']:+.4f} "
+          f"{fmt_skill(v.get('skill_vs_training_mean'))}; test skill={t['skill']:+.4f} "
           f"directional_accuracy={t['directional_accuracy']:.4f} -- {result['reason']}")
     if result["no_validation_skill"] and not result["promoted"]:
         log.error("model NOT PROMOTED: %s; the current model is kept (python train_model.py --force installs "

@@ -8,9 +8,9 @@ What it does, in order:
    at least ``WALK_FORWARD_MIN_TRAIN_SESSIONS``; a retrain every
    ``WALK_FORWARD_RETRAIN_SESSIONS`` (a quarter). Fold k trains on every session before its
    first test session and predicts only its own test sessions (up to the next retrain).
-2. Each fold is a Ray task running the production training code: ``train_model.build_dataset``
+2. Each fold is a Ray task running the production training code: ``model_training.build_dataset``
    (scaler fitted on the fold's training period, its last ``VALIDATION_FRACTION`` kept for early
-   stopping) and ``train_model.fit_network``, then ``model_management.make_windows`` for the
+   stopping) and ``model_training.fit_network``, then ``model_management.make_windows`` for the
    fold's test sessions. By default Ray starts in-process with the machine's cores (nothing to
    set up); ``RAY_ADDRESS`` runs the folds on an existing cluster; ``--workers N`` caps the
    parallelism. Every fold runs in a Ray worker with one TensorFlow thread and the same seed,
@@ -49,12 +49,13 @@ import data_collection
 from errors import UserFacingError, command_failed, install_excepthook
 import constants as C
 import model_management as mm
+import model_training
 import skill_stats
-import train_model
 import walk_forward_runs as runs
 from backtest_engine import LivePolicy, buy_and_hold, market_from_frames, run_engine
 from backtest_metrics import performance_metrics
 from backtest_report import make_charts, write_report_files
+from fileutil import file_sha256
 from logging_setup import setup_logging
 from settings import TradingSettings
 from signals import build_signals
@@ -69,10 +70,10 @@ class WalkForwardError(UserFacingError):
 # =========================================================================== configuration
 
 def profile_params(profile: str = "default") -> dict:
-    if profile not in train_model.PROFILES:
+    if profile not in model_training.PROFILES:
         raise WalkForwardError(f"unknown training profile {profile!r}: use one of "
-                               f"{', '.join(sorted(train_model.PROFILES))}")
-    return dict(train_model.PROFILES[profile])
+                               f"{', '.join(sorted(model_training.PROFILES))}")
+    return dict(model_training.PROFILES[profile])
 
 
 # =========================================================================== folds
@@ -99,7 +100,7 @@ def plan_folds(sessions, min_train: int = C.WALK_FORWARD_MIN_TRAIN_SESSIONS,
 def _single_thread_tf():
     """One TensorFlow thread per fold: the same arithmetic in every worker (determinism) and no
     oversubscription when folds run side by side."""
-    tf, _ = train_model._keras()
+    tf, _ = model_training.import_keras()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -117,10 +118,10 @@ def train_fold(features: pd.DataFrame, fold: dict, prof: dict, seed: int) -> dic
     window = int(prof["window"])
     columns = list(C.FEATURE_COLUMNS)
     train_part = features[features["Date"] <= fold["train_end"]]
-    train_part, skipped = train_model.drop_short_symbols(train_part, window)
-    ds = train_model.build_dataset(train_part, window, columns, seed=seed,
+    train_part, skipped = model_training.drop_short_symbols(train_part, window)
+    ds = model_training.build_dataset(train_part, window, columns, seed=seed,
                                    validation_fraction=C.VALIDATION_FRACTION, test_fraction=0.0)
-    net, history = train_model.fit_network(ds, prof, seed, verbose=0)
+    net, history = model_training.fit_network(ds, prof, seed, verbose=0)
     train_y = ds["y"][ds["train_mask"]]
     train_mean = float(np.mean(train_y))
     known = set(train_part["Symbol"].unique())
@@ -387,7 +388,7 @@ def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None 
     folds = plan_folds(features["Date"], min_train, retrain)
     model_config = runs.model_configuration(prof)
     fingerprint = runs.config_fingerprint(model_config)
-    data_sha = runs.file_sha256(path)
+    data_sha = file_sha256(path)
     n_trials = runs.count_trials(wanted, fingerprint) if record else 1
     log.info("walk-forward started: %d symbols, %d folds (min train %d, retrain every %d sessions), profile %s, "
              "seed %d", len(wanted), len(folds), min_train, retrain, profile, seed)
@@ -445,7 +446,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="run_backtest.sh --walk-forward",
         description="Walk-forward evaluation with retraining (folds on Ray; RAY_ADDRESS for a cluster). "
                     "Exit 0: the evidence passes; 1: it does not; 2: error.")
-    p.add_argument("--profile", choices=sorted(train_model.PROFILES),
+    p.add_argument("--profile", choices=sorted(model_training.PROFILES),
                    default=os.environ.get(C.ENV_TRAIN_PROFILE, "").strip().lower() or "default",
                    help="training profile of every fold (default: TRAIN_PROFILE or 'default')")
     p.add_argument("--workers", type=int, default=None, help="folds run at once (default: every local core, "

@@ -3,8 +3,9 @@
 A walk-forward run (``walk_forward.py``) is recorded as one row of ``walk_forward_runs`` in the
 state database, tied to its inputs: the data file's SHA-256 and path, the universe, the period,
 the costs, the model configuration and its fingerprint (``config_fingerprint`` of
-``model_configuration``: the architecture, the training settings and the trading rules, not the
-seed nor the data), the seed and the verdict. ``gate_walk_forward`` says which run counts for the
+``model_configuration``: the architecture, the training settings and every tunable that changes
+what the strategy trades or what it costs, ``constants.STRATEGY_TUNABLES``; not the seed nor the
+data), the seed and the verdict. ``gate_walk_forward`` says which run counts for the
 go-live gate (``golive.py``); ``count_trials`` counts the configurations tried on a universe (the
 deflated Sharpe ratio's number of trials).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,10 +25,6 @@ import pandas as pd
 
 import constants as C
 import state_db
-
-RULE_CONSTANTS = ("SIGNAL_THRESHOLD", "MAX_POSITION_PCT", "MAX_GROSS_EXPOSURE", "MAX_POSITIONS",
-                  "MAX_ORDER_VALUE", "RISK_PER_TRADE", "MAX_DRAWDOWN", "DAILY_LOSS_LIMIT", "ALLOW_SHORTS",
-                  "MAX_SIZE_SCALE", "REBALANCE_BAND", "BACKTEST_FILL")
 
 RUNS_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS walk_forward_runs (
@@ -53,8 +51,21 @@ RUNS_SCHEMA = [
 
 # =========================================================================== configuration
 
-def model_configuration(prof: dict) -> dict:
-    """Everything that defines the model and the trading rules (not the seed, not the data)."""
+def strategy_tunables(overrides: Mapping | None = None) -> dict:
+    """{name: value} of every tunable in ``constants.STRATEGY_TUNABLES`` (the one declared group of
+    what changes what the strategy trades or what it costs), from constants.py, with ``overrides``
+    (name -> value; each name must be in the group) in their place."""
+    values = {name: getattr(C, name) for name in C.STRATEGY_TUNABLES}
+    unknown = sorted(set(overrides or {}) - set(values))
+    if unknown:
+        raise KeyError(f"not strategy tunables (constants.STRATEGY_TUNABLES): {', '.join(unknown)}")
+    values.update(overrides or {})
+    return values
+
+
+def model_configuration(prof: dict, tunables: Mapping | None = None) -> dict:
+    """Everything that defines the model and the trading rules (not the seed, not the data): the
+    profile ``prof`` and ``strategy_tunables(tunables)``."""
     return {"window": int(prof["window"]), "lstm_units": int(prof["units"]),
             "dense_units": int(prof["dense_units"]), "lstm_layers": int(prof["layers"]),
             "epochs_max": int(prof["epochs"]), "patience": int(prof["patience"]),
@@ -62,17 +73,19 @@ def model_configuration(prof: dict) -> dict:
             "feature_columns": list(C.FEATURE_COLUMNS), "target_clip": C.TARGET_CLIP,
             "feature_clip": C.FEATURE_CLIP, "vol_floor": C.TARGET_VOL_FLOOR,
             "validation_fraction": C.VALIDATION_FRACTION,
-            "rules": {k: getattr(C, k) for k in RULE_CONSTANTS}}
+            "tunables": strategy_tunables(tunables)}
 
 
-def model_configuration_from_metadata(metadata: dict) -> dict:
+def model_configuration_from_metadata(metadata: dict, tunables: Mapping | None = None) -> dict:
     """The configuration of an installed model (its metadata as train_model.py writes it), in
-    the form ``model_configuration`` gives: for the gate, with ``config_fingerprint``."""
+    the form ``model_configuration`` gives: for the gate, with ``config_fingerprint``. The
+    strategy tunables are today's (``strategy_tunables(tunables)``): when one changed since a
+    walk-forward ran, its fingerprint differs and the run no longer counts."""
     arch, training = metadata.get("architecture", {}), metadata.get("training", {})
     prof = {"window": metadata["window"], "units": arch.get("lstm_units"), "dense_units": arch.get("dense_units"),
             "layers": arch.get("lstm_layers"), "epochs": training.get("epochs_max"),
             "patience": training.get("patience")}
-    out = model_configuration(prof)
+    out = model_configuration(prof, tunables)
     out["batch_size"] = training.get("batch_size", out["batch_size"])
     out["learning_rate"] = training.get("learning_rate", out["learning_rate"])
     out["feature_columns"] = list(metadata.get("feature_columns", out["feature_columns"]))
@@ -85,45 +98,32 @@ def config_fingerprint(model_config: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def universe_key(symbols) -> str:
     return json.dumps(sorted(str(s) for s in symbols))
 
 
 # =========================================================================== state database
 
-def connect(conn=None):
-    c = conn if conn is not None else state_db.connect()
-    state_db.ensure_schema(c, RUNS_SCHEMA)
-    return c
+def _opened(conn=None):
+    """``with _opened(conn) as c:`` the caller's connection, else a new one closed at the end
+    (``state_db.opened``); the table ensured."""
+    return state_db.opened(conn, RUNS_SCHEMA)
 
 
 def record_run(report: dict, conn=None) -> int:
     """One row in ``walk_forward_runs``; returns its id."""
-    c = connect(conn)
     inputs = report["inputs"]
-    try:
-        with state_db.transaction(c):
-            cur = c.execute(
-                "INSERT INTO walk_forward_runs(created_at, config_fingerprint, data_sha256, data_path, universe, "
-                "start_date, end_date, costs, model_config, seed, workers, passed, gate_eligible, report_path, "
-                "summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (state_db.utcnow(), inputs["config_fingerprint"], inputs["data_sha256"], inputs["data_path"],
-                 universe_key(inputs["universe"]), report["start"], report["end"], json.dumps(inputs["costs"]),
-                 json.dumps(inputs["model_config"], default=str), int(inputs["seed"]), int(report["workers"]),
-                 int(bool(report["passed"])), int(bool(report["gate_eligible"])), report.get("report_json"),
-                 json.dumps(jsonable(summary(report)), allow_nan=False)))
-            return int(cur.lastrowid)
-    finally:
-        if conn is None:
-            c.close()
+    with _opened(conn) as c, state_db.transaction(c):
+        cur = c.execute(
+            "INSERT INTO walk_forward_runs(created_at, config_fingerprint, data_sha256, data_path, universe, "
+            "start_date, end_date, costs, model_config, seed, workers, passed, gate_eligible, report_path, "
+            "summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (state_db.utcnow(), inputs["config_fingerprint"], inputs["data_sha256"], inputs["data_path"],
+             universe_key(inputs["universe"]), report["start"], report["end"], json.dumps(inputs["costs"]),
+             json.dumps(inputs["model_config"], default=str), int(inputs["seed"]), int(report["workers"]),
+             int(bool(report["passed"])), int(bool(report["gate_eligible"])), report.get("report_json"),
+             json.dumps(jsonable(summary(report)), allow_nan=False)))
+        return int(cur.lastrowid)
 
 
 def summary(report: dict) -> dict:
@@ -137,14 +137,10 @@ def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe
     broker's: ``gate_eligible``), or None. The row as a dict, JSON fields parsed."""
     if not config_fingerprint or not data_sha256:
         return None
-    c = connect(conn)
-    try:
+    with _opened(conn) as c:
         row = c.execute("SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND data_sha256 = ? AND "
                         "universe = ? AND passed = 1 AND gate_eligible = 1 ORDER BY id DESC LIMIT 1",
                         (config_fingerprint, data_sha256, universe_key(universe))).fetchone()
-    finally:
-        if conn is None:
-            c.close()
     return state_db.row_dict(row, ("universe", "costs", "model_config", "summary"),
                              ("passed", "gate_eligible"))
 
@@ -164,14 +160,10 @@ def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256:
     own data hash stays recorded for the audit."""
     if not config_fingerprint:
         return None, None
-    c = connect(conn)
-    try:
+    with _opened(conn) as c:
         rows = [dict(r) for r in c.execute(
             "SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND universe = ? ORDER BY id DESC",
             (config_fingerprint, universe_key(universe))).fetchall()]
-    finally:
-        if conn is None:
-            c.close()
     now = now or datetime.now(timezone.utc)
     production = str(Path(data_path).resolve()) if data_path else None
     passing = None
@@ -196,13 +188,9 @@ def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256:
 
 def count_trials(universe, fingerprint: str, conn=None) -> int:
     """Distinct configurations recorded for this universe, this one included."""
-    c = connect(conn)
-    try:
+    with _opened(conn) as c:
         rows = c.execute("SELECT DISTINCT config_fingerprint FROM walk_forward_runs WHERE universe = ?",
                          (universe_key(universe),)).fetchall()
-    finally:
-        if conn is None:
-            c.close()
     return len({r[0] for r in rows} | {fingerprint})
 
 

@@ -28,7 +28,6 @@ def _one(hook, kind):
 def test_max_drawdown_in_a_real_cycle_alerts_and_a_down_channel_does_not_break_it(home, trained, monkeypatch):
     import live_trading
     import market_calendar
-    import trading_cycle
     from risk_management import RiskManager
 
     day = trained["trade_day"]
@@ -40,7 +39,6 @@ def test_max_drawdown_in_a_real_cycle_alerts_and_a_down_channel_does_not_break_i
     dead = f"json://127.0.0.1:{free_port()}/hook"
     with WebhookServer() as hook:
         monkeypatch.setenv("TRADING_ALERT_URLS", f"{dead} {hook.url}")
-        trading_cycle._MODEL = None
         assert live_trading.run_cycle(now=now) == 0          # the dead channel broke nothing
         payload = _one(hook, "max_drawdown")
     assert "opening trades halted" in payload["message"]
@@ -116,12 +114,14 @@ def test_audit_verify_failure_alerts(trading_home):
 
 
 def test_replays_send_no_alert(trading_home, monkeypatch):
-    import config
+    import kill_switch
+    import state_db
     with WebhookServer() as hook:
         monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
-        config.set_replay(True)
-        try:
-            assert alerts.send_alert("cycle_failed", "in a replay") is True
-        finally:
-            config.set_replay(False)
+        assert alerts.send_alert("cycle_failed", "in a replay", replay=True) is True
+        # a component given the replay's database knows it is a replay (no process-wide flag)
+        conn = state_db.connect(state_db.prepare_replay("2024-03-04"))
+        assert state_db.is_replay(conn) and not state_db.is_replay(state_db.connect())
+        kill_switch.halt("drill", conn, by="test")
+        conn.close()
         assert hook.received == []

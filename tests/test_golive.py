@@ -34,3 +34,34 @@ def test_passing_backtest_for_counts_only_out_of_sample_eligible_passes():
     assert found["report"] == "/r.json"
 
 
+
+
+def test_the_gate_closes_every_connection_it_opens(monkeypatch):
+    """paper_session_count, gate_status and the rest open a connection only when the caller
+    passes none, and close it (state_db.opened)."""
+    import sqlite3
+
+    import pytest
+
+    opened = []
+    real_connect = state_db.connect
+
+    def recording_connect(path=None):
+        conn = real_connect(path)
+        opened.append(conn)
+        return conn
+    monkeypatch.setattr(state_db, "connect", recording_connect)
+    meta = {"window": 10, "sha256": "ab" * 32, "architecture": {"lstm_units": 8, "dense_units": 8, "lstm_layers": 1},
+            "training": {"epochs_max": 3, "patience": 1}}
+    assert G.paper_session_count("ab" * 32) == 0
+    G.record_run({"model_checksum": "x", "in_sample": False, "passed": True, "gate_eligible": True}, None)
+    assert G.passing_backtest_for("x")["model_checksum"] == "x"
+    status = G.gate_status("ab" * 32, metadata=meta, universe=["AAA"], data_path="/nonexistent.csv")
+    assert status["passed"] is False and len(opened) >= 4
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
+    conn = real_connect()
+    assert G.paper_session_count("ab" * 32, conn) == 0
+    conn.execute("SELECT 1")                      # the caller's connection stays open
+    conn.close()

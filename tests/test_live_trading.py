@@ -250,13 +250,14 @@ def _record_walk_forward(home, passed=True, eligible=True, universe=None, config
     """One walk_forward_runs row; by default a passing one for the installed model's configuration
     on the whole universe and the production data file (as ./run_backtest.sh --walk-forward records)."""
     import data_collection
+    import fileutil
     import model_management
     import walk_forward_runs
     meta = model_management.read_metadata(home / C.MODEL_FILE)
     cfg = walk_forward_runs.model_configuration_from_metadata(meta)
     path = data_path or (home / C.PROCESSED_DATA_FILE)
     report = {"inputs": {"config_fingerprint": config_fingerprint or walk_forward_runs.config_fingerprint(cfg),
-                         "data_sha256": data_sha256 or walk_forward_runs.file_sha256(home / C.PROCESSED_DATA_FILE),
+                         "data_sha256": data_sha256 or fileutil.file_sha256(home / C.PROCESSED_DATA_FILE),
                          "data_path": str(path),
                          "universe": sorted(universe if universe is not None else data_collection.load_universe()),
                          "costs": {}, "model_config": cfg, "seed": 42},
@@ -270,19 +271,23 @@ def _record_walk_forward(home, passed=True, eligible=True, universe=None, config
               "folds": []}
     run_id = walk_forward_runs.record_run(report)
     if created_at:
-        import live_trading
-        conn = live_trading.db()
+        import state_db
+        conn = state_db.connect()
         conn.execute("UPDATE walk_forward_runs SET created_at = ? WHERE id = ?", (created_at, run_id))
         conn.commit()
+        conn.close()
     return run_id
 
 
 def _record_paper_sessions(home, checksum, n, replay=0):
-    import live_trading
-    conn = live_trading.db()
+    import golive
+    import state_db
+    conn = state_db.connect()
+    golive.ensure_schema(conn)
     for day in pd.bdate_range("2025-11-03", periods=n):
         conn.execute("INSERT OR IGNORE INTO paper_sessions VALUES (?,?,?,?,?,?)",
                      (str(day.date()), checksum, replay, 1, 100000.0, "2025-11-03T00:00:00+00:00"))
+    conn.close()
 
 
 def test_gate_opens_only_when_both_conditions_hold(home, trained):
@@ -497,8 +502,6 @@ def test_live_cycle_through_schwab_py(home, trained, fake, cm, monkeypatch):
     monkeypatch.setenv("TRADING_MODE", "live")
     now = datetime.combine(market_calendar.next_session(day).date(),
                            datetime.min.time()).replace(hour=10, tzinfo=ZoneInfo("America/New_York"))
-    import trading_cycle
-    trading_cycle._MODEL = None
     assert live_trading.run_cycle(now=now) == 0
     bodies = fake.posted_orders()
     assert bodies, "the trade day has BUY/SELL signals"

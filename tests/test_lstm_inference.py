@@ -10,7 +10,7 @@ import pytest
 import constants as C
 import lstm_inference
 import model_management as mm
-import train_model
+import model_training
 
 try:
     from test_train_model import shared_trained_home
@@ -31,7 +31,7 @@ def _keras():
 def test_parity_with_keras(tmp_path, window, units, layers, dense):
     keras = _keras()
     keras.utils.set_random_seed(window * 100 + units)
-    net = train_model.build_network(window, 8, units, dense, layers, 1e-2)
+    net = model_training.build_network(window, 8, units, dense, layers, 1e-2)
     rng = np.random.default_rng(window)
     X = rng.normal(0, 1.5, (300, window, 8)).astype(np.float32)
     y = (X[:, -1, 0] * 0.3 + rng.normal(0, 1, 300)).astype(np.float32)

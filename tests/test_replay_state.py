@@ -14,10 +14,9 @@ def order(side, qty, symbol, key):
             "client_key": key}
 
 
-@pytest.fixture(autouse=True)
-def real_db_afterwards():
-    yield
-    config.set_replay(False)
+def replay_broker(session, **kw) -> PaperBroker:
+    """A paper broker on the replay database of ``session`` (the value a replay passes down)."""
+    return PaperBroker(conn=state_db.connect(state_db.prepare_replay(session)), **kw)
 
 
 def test_replay_account_is_separate_from_the_real_one():
@@ -25,13 +24,12 @@ def test_replay_account_is_separate_from_the_real_one():
     real.place_order(order("BUY", 10, "AAPL", "real"))
     real_cash = real.get_account_balance()["cash"]
 
-    state_db.prepare_replay("2024-03-04")
-    assert config.state_db_file() == config.path(C.REPLAY_STATE_DB_FILE)
-    replay = PaperBroker(prices={"AAPL": 50.0}, as_of=date(2024, 3, 4))
+    assert state_db.prepare_replay("2024-03-04") == config.path(C.REPLAY_STATE_DB_FILE)
+    assert config.state_db_file() == config.path(C.STATE_DB_FILE)     # nothing process-wide changed
+    replay = replay_broker("2024-03-04", prices={"AAPL": 50.0}, as_of=date(2024, 3, 4))
     assert replay.get_positions() == {} and replay.get_account_balance()["cash"] == C.INITIAL_PAPER_CASH
     replay.place_order(order("SELL_SHORT", 30, "AAPL", "replay"))
 
-    config.set_replay(False)
     again = PaperBroker()
     assert again.get_positions()["AAPL"]["quantity"] == 10
     assert again.get_account_balance()["cash"] == pytest.approx(real_cash)
@@ -40,12 +38,11 @@ def test_replay_account_is_separate_from_the_real_one():
 
 
 def test_replay_continues_forward_and_starts_fresh_when_going_back():
-    state_db.prepare_replay("2024-03-04")
-    PaperBroker(prices={"AAPL": 50.0}, as_of=date(2024, 3, 4)).place_order(order("BUY", 5, "AAPL", "a"))
-    state_db.prepare_replay("2024-03-05")                       # forward: the same replay account
-    assert PaperBroker().get_positions()["AAPL"]["quantity"] == 5
-    state_db.prepare_replay("2024-01-02")                       # back in time: a fresh account
-    assert PaperBroker().get_positions() == {}
+    replay_broker("2024-03-04", prices={"AAPL": 50.0}, as_of=date(2024, 3, 4)).place_order(
+        order("BUY", 5, "AAPL", "a"))
+    assert replay_broker("2024-03-05").get_positions()["AAPL"]["quantity"] == 5   # forward: the same account
+    assert replay_broker("2024-01-02").get_positions() == {}    # back in time: a fresh account
+    assert PaperBroker().get_positions() == {}                  # the real account never saw them
 
 
 def test_readonly_connection_never_creates_the_database():

@@ -15,6 +15,7 @@ import constants as C
 import data_collection
 import model_management as mm
 import sample_data
+import model_training
 import train_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,8 +48,8 @@ def train_in(home: Path, features=None, **kwargs):
     features.to_csv(home / C.PROCESSED_DATA_FILE, index=False, date_format="%Y-%m-%d")
     kwargs.setdefault("profile", "tiny")
     kwargs.setdefault("verbose", 0)
-    return _with_home(home, lambda: train_model.train(home / C.PROCESSED_DATA_FILE,
-                                                       model_file=home / C.MODEL_FILE, **kwargs))
+    return _with_home(home, lambda: model_training.train(model_training.TrainConfig(
+        home / C.PROCESSED_DATA_FILE, model_file=home / C.MODEL_FILE, **kwargs)))
 
 
 def shared_trained_home(tmp_path_factory) -> Path:
@@ -115,16 +116,16 @@ def test_sample_model_is_promoted_on_validation_skill(shared):
 
 
 def test_validation_skill_rule():
-    rule = train_model.validation_skill_problem
+    rule = model_training.validation_skill_problem
     assert rule({"skill": 0.01, "skill_vs_training_mean": 0.02}) is None
     assert "against no change -0.0010" in rule({"skill": -0.001, "skill_vs_training_mean": 0.02})
     why = rule({"skill": 0.01, "skill_vs_training_mean": 0.0})
     assert "against the training mean +0.0000" in why and "no change" not in why
     assert rule({"skill": None, "skill_vs_training_mean": None}).count("n/a") == 2
     y = np.array([1.0, -1.0, 2.0, 0.0])
-    assert train_model.skill_vs_constant(y, y, 0.5) == 1.0                   # perfect forecast
-    assert train_model.skill_vs_constant(y, np.full(4, 0.5), 0.5) == 0.0      # the constant itself
-    assert train_model.skill_vs_constant(y, np.full(4, 3.0), 0.5) < 0
+    assert model_training.skill_vs_constant(y, y, 0.5) == 1.0                   # perfect forecast
+    assert model_training.skill_vs_constant(y, np.full(4, 0.5), 0.5) == 0.0      # the constant itself
+    assert model_training.skill_vs_constant(y, np.full(4, 3.0), 0.5) < 0
 
 
 def test_fast_path_reproduces_saved_test_metrics(shared):
@@ -170,7 +171,7 @@ def test_worse_model_not_promoted_without_force(shared, trading_home):
     assert result["previous_validation_MSE"] is not None           # selection on validation, never test
     assert result["previous_validation_MSE"] < result["metrics"]["validation"]["MSE"]
     assert mm.calculate_model_checksum(trading_home / C.MODEL_FILE) == before
-    assert train_model.PROFILES["tiny"]["window"] == C.TINY_WINDOW
+    assert model_training.PROFILES["tiny"]["window"] == C.TINY_WINDOW
 
 
 def test_determinism_same_seed_same_predictions(shared, tmp_path):
@@ -203,7 +204,7 @@ def test_test_period_never_touches_scaler_or_model(shared, tmp_path):
 
 def test_split_masks_are_chronological_and_scaler_ignores_later_periods():
     feats = sample_features(SYMBOLS[:4])
-    ds = train_model.build_dataset(feats, 10, list(C.FEATURE_COLUMNS))
+    ds = model_training.build_dataset(feats, 10, list(C.FEATURE_COLUMNS))
     rows = ds["rows"]
     df = ds["df"]
     nxt = df.groupby("Symbol")["Date"].shift(-1)
@@ -220,7 +221,7 @@ def test_split_masks_are_chronological_and_scaler_ignores_later_periods():
     changed = feats.copy()
     changed.loc[later, list(C.FEATURE_COLUMNS)] *= 3.0
     changed.loc[later, "Close"] *= 2.0
-    assert train_model.build_dataset(changed, 10, list(C.FEATURE_COLUMNS))["scaler"] == ds["scaler"]
+    assert model_training.build_dataset(changed, 10, list(C.FEATURE_COLUMNS))["scaler"] == ds["scaler"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -229,17 +230,17 @@ def test_short_symbol_is_skipped_and_named(caplog):
     tiny = feats[feats["Symbol"] == "GOOGL"].head(C.MIN_SYMBOL_ROWS - 1)
     feats = pd.concat([feats[feats["Symbol"] != "GOOGL"], tiny])
     with caplog.at_level("WARNING", logger="train"):
-        kept, skipped = train_model.drop_short_symbols(feats, 10)
+        kept, skipped = model_training.drop_short_symbols(feats, 10)
     assert skipped == ["GOOGL"] and "GOOGL" not in set(kept["Symbol"])
     assert "GOOGL" in caplog.text and "skipping" in caplog.text
-    with pytest.raises(train_model.TrainingError, match="too little history"):
-        train_model.drop_short_symbols(tiny, 10)
+    with pytest.raises(model_training.TrainingError, match="too little history"):
+        model_training.drop_short_symbols(tiny, 10)
 
 
 def test_window_longer_than_history_is_a_clear_error():
     feats = sample_features(SYMBOLS[:1]).head(200)
-    with pytest.raises(train_model.TrainingError, match="too little history|sessions"):
-        train_model.build_dataset(feats, 150, list(C.FEATURE_COLUMNS))
+    with pytest.raises(model_training.TrainingError, match="too little history|sessions"):
+        model_training.build_dataset(feats, 150, list(C.FEATURE_COLUMNS))
 
 
 def _run_cli(home, *args, timeout=180):

@@ -8,6 +8,7 @@ import pytest
 
 import constants as C
 import data_collection as dc
+import fileutil
 import sample_data
 import walk_forward as wf
 import walk_forward_runs as runs
@@ -107,7 +108,7 @@ def test_cli_reports_records_and_the_gate_query(home):
     assert report["passed"] == (done.returncode == 0) == all(c["passed"] for c in o["conditions"])
     assert len(report["folds"]) == 2 and report["start"] == report["folds"][0]["test_start"]
     inputs = report["inputs"]
-    assert inputs["data_sha256"] == runs.file_sha256(home / "processed_stock_data.csv")
+    assert inputs["data_sha256"] == fileutil.file_sha256(home / "processed_stock_data.csv")
     assert inputs["universe"] == sorted(dc.load_universe())
     import state_db
     conn = state_db.connect()                     # this test's TRADING_HOME is ``home``
