@@ -21,6 +21,9 @@ ENV_CREDENTIAL_KEY_NEW = "TRADING_CREDENTIAL_KEY_NEW"   # new Fernet key for rot
 ENV_CONFIG_DIR = "TRADING_CONFIG_DIR"      # where keys live; default ~/.config/lstm-trader
 ENV_TRADING_NOW = "TRADING_NOW"            # pins clock.now() to an ISO time with offset (tests, paper drills; refused in live mode)
 ENV_TRAIN_PROFILE = "TRAIN_PROFILE"        # "tiny" selects the fast profile (same as --profile tiny)
+ENV_CRONTAB_FILE = "TRADING_CRONTAB_FILE"  # install_cron.sh edits this file instead of the user's crontab (tests)
+ENV_ALERT_URLS = "TRADING_ALERT_URLS"      # space-separated apprise URLs, used instead of the stored ones
+ENV_CSV_DIR = "TRADING_CSV_DIR"            # folder of <SYMBOL>.csv files for DATA_SOURCE=csv
 TRADING_MODES = ("paper", "live")          # the only accepted values of TRADING_MODE
 DEFAULT_TRADING_MODE = "paper"             # used when TRADING_MODE is unset
 DATA_SOURCES = ("yfinance", "sample", "csv")   # the only accepted values of DATA_SOURCE
@@ -36,6 +39,7 @@ MODEL_METADATA_FILE = "lstm_price_difference_model.json"   # metadata beside the
 MODEL_BACKUP_DIR = "models/backups"                    # replaced models and their metadata
 MODEL_QUARANTINE_DIR = "models/quarantine"  # current models that failed verification when replaced
 STATE_DB_FILE = "state/trading_state.db"               # SQLite: orders, positions, breaker, ...
+REPLAY_STATE_DB_FILE = "state/replay_state.db"   # throwaway state (paper account, orders, ...) of --as-of replays
 LOG_DIR = "logs"                                       # all logs
 AUDIT_LOG_FILE = "logs/audit/audit_log.jsonl"          # hash-chained audit trail
 REPORTS_DIR = "reports"                                # backtest reports
@@ -48,6 +52,7 @@ ERRORS_LOG_NAME = "errors.log"             # every ERROR/CRITICAL of every compo
 
 # --------------------------------------------- data: download and validation (data_collection.py)
 HISTORY_START = "2018-01-01"               # first date fetched on a fresh download (YYYY-MM-DD)
+CSV_DIR = "data/csv"                       # default of TRADING_CSV_DIR, under TRADING_HOME
 DOWNLOAD_DEADLINE_S = 120.0                # overall deadline for one batched download (seconds)
 DOWNLOAD_TIMEOUT_S = 10.0                  # per-request timeout passed to yfinance (seconds)
 DOWNLOAD_RETRIES = 3                       # extra attempts for rate-limited symbols (count)
@@ -77,7 +82,7 @@ SAMPLE_SEED = 20260131                     # seed of the deterministic generator
 SAMPLE_LABEL = "SYNTHETIC sample prices, not market data"   # shown wherever DATA_SOURCE=sample prices appear
 SAMPLE_AR_COEF = 0.3                       # the documented predictable component: AR(1) coefficient of daily returns
 
-# ---------------- model: architecture, targets and training (train_model.py, model_management.py)
+# ------------- model: architecture, targets and training (model_training.py, model_management.py)
 WINDOW_LENGTH = 20                         # sessions of features fed to the LSTM (sessions)
 LSTM_LAYERS = 1                            # stacked LSTM layers (count)
 LSTM_UNITS = 32                            # LSTM layer width (units)
@@ -131,7 +136,7 @@ REBALANCE_BAND = 0.10                      # same-side target within this of the
 MAX_DRAWDOWN = 0.15                        # halt opening positions past this drop from peak (fraction)
 DAILY_LOSS_LIMIT = 0.05                    # halt for the day past this loss since the day's start (fraction)
 
-# -------------------------------------------------------------- risk: shorts (risk_management.py)
+# ------------------------------------------------------------------- risk: shorts (short_rules.py)
 ALLOW_SHORTS = True                        # whether SELL signals open short positions
 MAX_BORROW_RATE = 0.20                     # no new short above this annual borrow rate (fraction, 20 %)
 REQUIRE_BORROW_DATA = True                 # a new short needs a known borrow rate or shortable/HTB flag (bool)
@@ -139,7 +144,7 @@ EX_DIVIDEND_WINDOW_DAYS = 3                # no short / close short within this 
 FORCED_BUYIN_LIMIT = 2                     # forced buy-ins before a symbol goes on the do-not-short list
 FORCED_BUYIN_LOOKBACK_DAYS = 90            # window counted for FORCED_BUYIN_LIMIT (days)
 
-# ----------------------------- execution: orders, retries, circuit breaker (trading_execution.py)
+# ----------- execution: orders, retries, circuit breaker (trading_execution.py, broker_gateway.py)
 ORDER_RETRIES = 3                          # extra attempts for transient broker errors (count)
 ORDER_BACKOFF_S = 1.0                      # first retry backoff, doubling (seconds)
 ORDER_FILL_TIMEOUT_S = 120.0               # unfilled orders are cancelled after (seconds)
@@ -202,8 +207,7 @@ CREDENTIAL_KEY_FILE = "credentials.key"    # Fernet key of the credential files,
 CREDENTIAL_NEXT_KEY_FILE = "credentials.key.next"   # new key while `credential_manager.py rotate-key` runs
 CREDENTIAL_FILE_TEMPLATE = ".{service}_config.enc"     # encrypted credentials under TRADING_HOME (mode 0600)
 
-# --- operator's view (issue 13) ---
-REPLAY_STATE_DB_FILE = "state/replay_state.db"   # throwaway state (paper account, orders, ...) of --as-of replays
+# --------------- operator's view: the status page and reports (status_page.py, backtest_report.py)
 STATUS_PAGE_FILE = "reports/status.html"   # the operator's status page (rebuilt by cycles and health checks)
 STATUS_RECENT_ORDERS = 20                  # orders shown on the status page (count)
 STATUS_RECENT_AUDIT = 15                   # audit records shown on the status page (count)
@@ -214,7 +218,7 @@ REPORT_SHORT_PERIOD_SESSIONS = 252         # a backtest verdict on one period sh
 REPORT_MIN_TRADES_NOTE = 30                # ... or on fewer round trips than this (count)
 REPORT_MAX_TRIPS_SHOWN = 500               # round trips listed in the backtest report's table (count; the JSON has all)
 
-# --- schedule and alerts (issue 12) ---
+# -------------------------------------------------------- schedule (scheduler.py, cron_install.py)
 SCHEDULER_LOCK_FILE = "state/locks/scheduler.lock"   # flock: one scheduler run (one job) at a time
 SCHEDULE_INTERVAL_MIN = 5                  # cron starts ./run_scheduled.sh this often (minutes)
 HEALTH_CHECK_BEFORE_OPEN_MIN = 60          # health check due this long before the open (minutes)
@@ -231,20 +235,20 @@ WEEKLY_CATCHUP_MIN = 360                   # weekly retrain / walk-forward still
 SCHEDULE_MISSED_LOOKBACK_DAYS = 7          # windows this recent that passed unrun raise a "missed" alert (days)
 JOB_TIMEOUT_MIN = 60                       # a job running longer is killed and counts as failed (minutes)
 LONG_JOB_TIMEOUT_MIN = 360                 # the same for retrain and walk-forward (minutes)
-ENV_CRONTAB_FILE = "TRADING_CRONTAB_FILE"  # install_cron.sh edits this file instead of the user's crontab (tests)
 CRON_MARKER = "lstm-trader schedule"       # text of the BEGIN/END comments around the project's crontab block
+
+# --------------------------------------------------- log rotation and retention (log_retention.py)
 LOG_RETENTION_DAYS = 60                    # daily logs and rotated errors/cron logs older than this are deleted (days)
 LOG_ROTATE_AGE_DAYS = 7                    # errors.log / cron_trading.log rotated when their first line is older (days)
 LOG_ROTATE_MAX_BYTES = 10_000_000          # ... or when larger than this (bytes)
-ENV_ALERT_URLS = "TRADING_ALERT_URLS"      # space-separated apprise URLs, used instead of the stored ones
+
+# ------------------------------------------------------------------------------ alerts (alerts.py)
 ALERT_CREDENTIAL_SERVICE = "alerts"        # credential service holding the stored apprise URLs
 ALERT_QUIET_PERIOD_MIN = 240               # the same alert (kind + key) is not repeated within (minutes)
 ALERT_ORDER_REJECTIONS = 3                 # order rejections in one cycle that raise an alert (count)
 ALERT_TOKEN_EXPIRY_HOURS = 24              # alert when the Schwab token expires within (hours)
 
-# --- evidence: walk-forward and skill (issue 11) ---
-ENV_CSV_DIR = "TRADING_CSV_DIR"            # folder of <SYMBOL>.csv files for DATA_SOURCE=csv
-CSV_DIR = "data/csv"                       # default of TRADING_CSV_DIR, under TRADING_HOME
+# ------------------------------ evidence: walk-forward and skill (walk_forward.py, skill_stats.py)
 WALK_FORWARD_MIN_TRAIN_SESSIONS = 504      # first fold trains on at least this much history (sessions; 2 years)
 WALK_FORWARD_RETRAIN_SESSIONS = 63         # retrain every this many sessions; a fold predicts that many (sessions; a quarter)
 SKILL_ALPHA = 0.05                         # one-sided significance level of the Diebold-Mariano skill tests
