@@ -472,7 +472,7 @@ def interrupted_cycle(audit: AuditLogger | None = None, exclude_seq: int | None 
     ``cycle_start`` means the cycle it opened never wrote its ``cycle_end``. Returns what the
     cycle should append (add the broker findings to ``details`` first)::
 
-        {"action": "cycle_interrupted", "status": "warning",
+        {"action": CYCLE_INTERRUPTED, "status": "warning",
          "details": {"interrupted_cycle_seq": 812, "started_at": "...", "mode": "paper",
                      "as_of": None, "last_record": {"seq": 815, "action": "order_submit", ...},
                      "records_after_start": 3, "order_records": [{"seq": 814, ...}, ...]}}

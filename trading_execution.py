@@ -59,8 +59,8 @@ import market_calendar
 import order_book
 import state_db
 from audit_logging import AuditLogger
-from broker_base import (MARKET, NEW, PARTIALLY_FILLED, REJECTED, WORKING, Broker, BrokerError,
-                         OrderRejectedError, TransientBrokerError)
+from broker_base import (BUY_TO_COVER, MARKET, NEW, PARTIALLY_FILLED, REJECTED, WORKING, Broker, BrokerError,
+                         OrderRejectedError, SELL, TransientBrokerError)
 from broker_gateway import BrokerGateway, CircuitBreaker, CircuitOpenError
 from errors import UserFacingError, install_excepthook
 from external_activity import ExternalActivity
@@ -503,7 +503,7 @@ class OrderExecutor:
             qty = int(position["quantity"])
             if qty == 0:
                 continue
-            side = "SELL" if qty > 0 else "BUY_TO_COVER"
+            side = SELL if qty > 0 else BUY_TO_COVER
             key = self._flatten_key(day, symbol, side)
             existing = self.book.get(key)
             if existing and existing["status"] == INTENDED and existing["quantity"] != abs(qty):

@@ -70,8 +70,7 @@ def test_side_and_order_type_names_are_not_written_as_bare_strings():
     found = [f"{p.name}:{n}" for p in MODULES if p.name not in homes
              for n, line in enumerate(p.read_text().splitlines(), 1)
              if bare.search(line.split("#")[0]) and '"""' not in line and "``" not in line]
-    # trading_execution.py (flatten) is restructured by the order-path work; it keeps one until then
-    assert set(f.split(":")[0] for f in found) <= {"trading_execution.py"}, found
+    assert not found, found
 
 
 def test_one_file_digest(tmp_path):
