@@ -16,23 +16,8 @@ import pytest
 import constants as C
 import model_management as mm
 
-try:
-    from test_train_model import copy_home, shared_trained_home
-except ImportError:                                    # importlib import mode
-    from tests.test_train_model import copy_home, shared_trained_home
-
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def shared_home(tmp_path_factory):
-    return shared_trained_home(tmp_path_factory)
-
-
-@pytest.fixture
-def home(shared_home, trading_home):
-    """The test's TRADING_HOME holding a copy of the shared trained model."""
-    return copy_home(shared_home, trading_home)
+# ``home`` (conftest): the test's TRADING_HOME with a copy of the session's trained model and data
 
 
 def _variant(home: Path, name: str, created_at: str, delta: float = 0.01) -> tuple[Path, dict]:
