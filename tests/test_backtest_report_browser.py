@@ -24,7 +24,8 @@ FOLDS = [{"fold": 1, "train_start": "2019-01-02", "train_end": "2022-12-30", "te
 @pytest.fixture(scope="module")
 def report(trained, tmp_path_factory):
     """Sample data (SYNTHETIC) and the session's tiny model (conftest's ``trained``), a walk-forward
-    report beside it, one backtest of a three-symbol universe over the whole history (--in-sample: the tiny model trades too rarely out of sample to close trips)."""
+    report beside it, one backtest of a three-symbol universe over the whole history (--in-sample:
+    the tiny model trades too rarely out of sample to close trips)."""
     home = tmp_path_factory.mktemp("report_home")
     (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")
     for name in TRAINED_FILES:                            # the session's sample data and tiny model
