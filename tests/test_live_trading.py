@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 
 import constants as C
-from conftest import run_entry
+from conftest import run_command, run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -246,9 +245,7 @@ def test_operator_commands_behave(home, trained, cli):
     assert json.loads(after.stdout) == json.loads(before.stdout) and len(json.loads(after.stdout)) == 10
     bad = cli("--as-of", "1700-01-01", "signals")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--as-of" in bad.stderr
-    piped = subprocess.run(f"{PY} live_trading.py history | head -1", shell=True, cwd=ROOT, capture_output=True,
-                           text=True, env=dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",
-                                               TRADING_CONFIG_DIR=str(home / "keys")))
+    piped = run_command(["bash", "-c", f"{PY} live_trading.py history | head -1"], home)
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
 
 
