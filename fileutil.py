@@ -12,14 +12,12 @@ A read-only file system, a full disk or a missing permission raises ``errors.Sto
 """
 import hashlib
 import math
+import numbers
 import os
 import stat
 import tempfile
 from datetime import date, datetime
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 from errors import storage_error
 
@@ -148,12 +146,15 @@ def private_file_problem(path, *, fd: int | None = None, follow_symlinks: bool =
 
 # ----------------------------------------------------------------------------- JSON for report files
 def json_default(obj):
-    """``json.dumps(default=...)`` for NumPy numbers, dates and paths (NaN/inf become None)."""
-    if isinstance(obj, (np.integer,)):
+    """``json.dumps(default=...)`` for NumPy numbers, dates and paths (NaN/inf become None).
+    NumPy's integers and floats register as ``numbers.Integral``/``numbers.Real`` and a pandas
+    Timestamp is a ``datetime``: no import of either here (every entry point imports this module)."""
+    if isinstance(obj, numbers.Integral):
         return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, (pd.Timestamp, datetime, date)):
+    if isinstance(obj, numbers.Real):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, (datetime, date)):
         return obj.isoformat()
     if isinstance(obj, Path):
         return str(obj)

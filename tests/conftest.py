@@ -96,22 +96,42 @@ def project_state() -> frozenset:
     return frozenset((str(p.relative_to(ROOT)), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
 
 
-def run_entry(args, home, env_extra=None, timeout=180, input=None):
-    """Run a project command as a user would, in ``home`` (a TRADING_HOME), paper mode."""
-    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",
-               TRADING_CONFIG_DIR=str(Path(home) / "keys"), TF_CPP_MIN_LOG_LEVEL="3")
+def entry_env(home=None, env_extra=None) -> dict:
+    """The environment of a project command run as a user would: the test process's own (which
+    ``trading_home`` points at the test's home), with ``home`` (when given) as TRADING_HOME, its
+    keys in ``home/keys`` and DATA_SOURCE=sample; paper mode, no failpoint, TensorFlow quiet.
+    ``env_extra`` wins; a value of None removes that variable. The one place the tests build a
+    subprocess environment."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if home is not None:
+        env.update(TRADING_HOME=str(home), DATA_SOURCE="sample", TRADING_CONFIG_DIR=str(Path(home) / "keys"))
     env.pop("TRADING_MODE", None)
     env.pop("TRADING_FAILPOINT", None)
-    env.setdefault("TRADING_NOW", FIXED_NOW.isoformat())
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout, input=input)
+    env.setdefault("TRADING_NOW", FIXED_NOW.isoformat())      # the suite's clock, session fixtures too
+    for name, value in (env_extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = str(value)
+    return env
+
+
+def run_command(cmd, home=None, env_extra=None, timeout=180, input=None, cwd=ROOT):
+    """Run ``cmd`` (a shell script such as ``["./send_alert.sh", "x"]``, or any program) with
+    ``entry_env(home, env_extra)``, from the project folder unless ``cwd`` says otherwise."""
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=entry_env(home, env_extra), capture_output=True,
+                          text=True, timeout=timeout, input=input)
+
+
+def run_entry(args, home=None, env_extra=None, timeout=180, input=None, cwd=ROOT):
+    """Run a project command as a user would (``python *args``), in ``home`` (a TRADING_HOME), paper mode."""
+    return run_command([sys.executable, *args], home, env_extra, timeout, input, cwd)
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """Sample data and a tiny trained model, built once per test run (in its own home) and shared
-    by xdist's workers: the first to need it builds it under a lock, the others read it. Tests
+    """Sample data (the 10-symbol universe) and a tiny trained model, built once per test run (in
+    its own home) and shared by xdist's workers and every test file that needs a trained model: the first to need it builds it under a lock, the others read it. Tests
     copy its files (``home``, ``fresh_home``); none writes into it."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -128,16 +148,16 @@ def _train_home(home: Path) -> dict:
     home.mkdir(exist_ok=True)
     done = run_entry(["data_collection.py", "--force"], home)
     assert done.returncode == 0, done.stderr
-    done = run_entry(["train_model.py", "--profile", "tiny", "--force"], home, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # without --force, as in a fresh install: promoted on its validation skill (no current model);
+    # tests/test_train_model.py checks that promotion on this very model
+    done = run_entry(["train_model.py", "--profile", "tiny"], home, timeout=300)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
     # a session whose signals include trades
-    env = dict(os.environ, TRADING_HOME=str(home))
     code = ("import model_management as m, data_collection as d, signals as s;"
             "p=s.score_predictions(m.load_model().predict(d.load_processed()));"
             "n=p[p.signal!='HOLD'].groupby('Date').size(); n=n[n>=2];"
             "print(str(n.index[-1].date()), str(p.Date.max().date()))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = run_entry(["-c", code], home, timeout=120)
     assert out.returncode == 0, out.stderr
     trade_day, last_day = out.stdout.split()
     return {"trade_day": trade_day, "last_day": last_day}

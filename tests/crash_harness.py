@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import constants as C
-from conftest import TRAINED_FILES, run_entry
+from conftest import TRAINED_FILES, entry_env, run_entry
 from fake_schwab_server import FakeSchwabServer
 from schwab_env import cycle_code, live_cycle_setup, run_live, start_live
 
@@ -177,10 +177,7 @@ class Timed:
 
 
 def start_paper_replay(home, day) -> subprocess.Popen:
-    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",
-               TRADING_CONFIG_DIR=str(Path(home) / "keys"), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    for name in ("TRADING_MODE", "TRADING_FAILPOINT", "FAKE_SCHWAB_URL"):
-        env.pop(name, None)
+    env = entry_env(home, {"PYTHONUNBUFFERED": "1", "FAKE_SCHWAB_URL": None})
     return subprocess.Popen([sys.executable, "live_trading.py", "--as-of", str(day)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

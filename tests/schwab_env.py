@@ -16,7 +16,6 @@ Credentials live in ``home`` and the key in ``home/keys`` (the layout conftest.r
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from datetime import datetime
@@ -25,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from conftest import entry_env
 from fake_schwab_server import FakeSchwabServer, store_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,16 +71,8 @@ def schwab_home(trading_home):
 
 
 def live_env(home, server: FakeSchwabServer | None, env_extra: dict | None = None) -> dict:
-    env = dict(os.environ, TRADING_HOME=str(home), TRADING_CONFIG_DIR=str(keys_dir(home)),
-               DATA_SOURCE="sample", TRADING_MODE="live", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONUNBUFFERED="1")
-    env.pop("TRADING_FAILPOINT", None)
-    env.pop("TRADING_CREDENTIAL_KEY", None)
-    env.pop("FAKE_SCHWAB_URL", None)
-    if server is not None:
-        env["FAKE_SCHWAB_URL"] = server.url
-    env.update(env_extra or {})
-    return env
+    return entry_env(home, {"TRADING_MODE": "live", "PYTHONUNBUFFERED": "1", "TRADING_CREDENTIAL_KEY": None,
+                            "FAKE_SCHWAB_URL": server.url if server is not None else None, **(env_extra or {})})
 
 
 def run_live(home, args, server: FakeSchwabServer | None, env_extra: dict | None = None,

@@ -7,7 +7,7 @@ import pytest
 
 import alerts
 import config
-from conftest import ROOT, run_entry
+from conftest import run_command, run_entry
 from alert_servers import SMTPServer, WebhookServer, free_port
 
 
@@ -120,19 +120,15 @@ def test_stored_channels_encrypted_listed_masked_removed(trading_home):
 
 
 def test_send_alert_sh_as_the_runbook_uses_it(trading_home):
-    import os
-    import subprocess
     with SMTPServer() as smtp:
-        env = dict(os.environ, TRADING_ALERT_URLS=smtp.url)
-        done = subprocess.run(["./send_alert.sh", "CRITICAL: Check trading system immediately"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        done = run_command(["./send_alert.sh", "CRITICAL: Check trading system immediately"],
+                           env_extra={"TRADING_ALERT_URLS": smtp.url}, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         subject, body, _ = smtp.messages[0]
         assert "What happened: CRITICAL: Check trading system immediately" in body
         assert "Severity: same day" in body and "First command: " in body
-    down = subprocess.run(["./send_alert.sh", "--severity", "immediate", "x"], cwd=ROOT,
-                          env=dict(env, TRADING_ALERT_URLS=f"json://127.0.0.1:{free_port()}/x"),
-                          capture_output=True, text=True, timeout=120)
+    down = run_command(["./send_alert.sh", "--severity", "immediate", "x"],
+                       env_extra={"TRADING_ALERT_URLS": f"json://127.0.0.1:{free_port()}/x"}, timeout=120)
     assert down.returncode == 1 and "Traceback" not in down.stderr
 
 

@@ -1,9 +1,7 @@
 """The backtest CLI end to end (exit codes, reports, the recorded run) and the model pipeline's
 lack of look-ahead."""
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,47 +17,43 @@ import model_management
 import sample_data
 import signals
 import state_db
+from conftest import TRAINED_FILES, run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- the CLI end to end
 def _run(args, home, timeout=120):
-    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample", TF_CPP_MIN_LOG_LEVEL="3",
-               TRADING_CONFIG_DIR=str(Path(home) / "keys"))
-    return subprocess.run([sys.executable, str(ROOT / "backtest.py"), "--no-progress", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return run_entry([str(ROOT / "backtest.py"), "--no-progress", *args], home, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Sample data for four symbols and a tiny model (2 epochs), built once for the module."""
+def bt_home(trained, tmp_path_factory):
+    """A copy of the session's sample data and tiny model (conftest's ``trained``) with a
+    four-symbol universe, for the module: its backtests write reports and records here."""
     home = tmp_path_factory.mktemp("bt_home")
     (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\nPG\n")
-    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample", TF_CPP_MIN_LOG_LEVEL="3",
-               TRADING_CONFIG_DIR=str(home / "keys"))
-    for cmd in (["data_collection.py", "--force"], ["train_model.py", "--profile", "tiny", "--epochs", "2"]):
-        done = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    for name in TRAINED_FILES:
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(trained["home"] / name, home / name)
     return home
 
 
 LOOSE = ["--min-sharpe", "-100", "--min-total-return", "-1", "--max-drawdown", "1", "--min-trades", "0"]
 
 
-def test_cli_exit_0_when_criteria_pass_and_writes_reports(trained):
+def test_cli_exit_0_when_criteria_pass_and_writes_reports(bt_home):
     done = _run(LOOSE + ["--symbols", "aapl,MSFT,JPM", "--initial-cash", "50000", "--slippage", "7",
-                         "--commission", "0.001"], trained)
+                         "--commission", "0.001"], bt_home)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("total_return", "sharpe", "max_drawdown", "trades"):
         assert any(line.strip().startswith(name) and line.rstrip().endswith("PASS")
                    for line in done.stdout.splitlines()), name
     assert "Verdict: PASS" in done.stdout and "does not count for going live" in done.stdout
-    reports = trained / "reports"
+    reports = bt_home / "reports"
     latest = json.loads((reports / "latest_backtest.json").read_text())
     assert latest["title"].startswith("Out-of-sample") and latest["in_sample"] is False
-    meta = json.loads((trained / "lstm_price_difference_model.json").read_text())
+    meta = json.loads((bt_home / "lstm_price_difference_model.json").read_text())
     assert latest["start"] >= meta["splits"]["test_start"]          # only after train + validation
     assert latest["model_checksum"] and latest["passed"] is True and latest["gate_eligible"] is False
     for key in ("parameters", "metrics", "daily", "trades", "criteria", "conventions"):
@@ -89,24 +83,24 @@ def test_cli_exit_0_when_criteria_pass_and_writes_reports(trained):
     assert "src=\"http" not in page and "<script" not in page
     assert page == (reports / stamped[-1].name.replace(".json", ".html")).read_text()
     # recorded in the state DB, but a run with looser criteria never opens the gate
-    conn = state_db.connect(trained / C.STATE_DB_FILE)
+    conn = state_db.connect(bt_home / C.STATE_DB_FILE)
     row = conn.execute("SELECT * FROM backtest_runs ORDER BY id DESC LIMIT 1").fetchone()
     assert row["model_checksum"] == latest["model_checksum"] and row["passed"] == 1 and row["gate_eligible"] == 0
     assert G.passing_backtest_for(latest["model_checksum"], conn) is None
 
 
-def test_cli_exit_1_when_criteria_fail(trained):
-    done = _run(["--min-trades", "1000000"], trained)       # stricter than constants.py: still eligible
+def test_cli_exit_1_when_criteria_fail(bt_home):
+    done = _run(["--min-trades", "1000000"], bt_home)       # stricter than constants.py: still eligible
     assert done.returncode == 1, done.stdout + done.stderr
     trades_line = next(line for line in done.stdout.splitlines() if line.strip().startswith("trades"))
     assert trades_line.rstrip().endswith("FAIL") and "Verdict: FAIL" in done.stdout
-    conn = state_db.connect(trained / C.STATE_DB_FILE)
+    conn = state_db.connect(bt_home / C.STATE_DB_FILE)
     row = conn.execute("SELECT * FROM backtest_runs ORDER BY id DESC LIMIT 1").fetchone()
     assert (row["in_sample"], row["passed"], row["gate_eligible"]) == (0, 0, 1)
     assert json.loads(row["metrics"])["strategy"]["trades"] < 1000000
 
 
-def test_cli_exit_2_without_model_or_data(tmp_path, trained):
+def test_cli_exit_2_without_model_or_data(tmp_path, bt_home):
     home = tmp_path / "empty"
     home.mkdir()
     done = _run([], home)
@@ -114,30 +108,30 @@ def test_cli_exit_2_without_model_or_data(tmp_path, trained):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR:") and "train_model.py" in lines[0]
     for name in (C.MODEL_FILE, C.MODEL_METADATA_FILE):          # a model, but no data
-        (home / name).write_bytes((trained / name).read_bytes())
+        (home / name).write_bytes((bt_home / name).read_bytes())
     done = _run([], home)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "run_daily_data_update.sh" in lines[0]
 
 
-def test_cli_in_sample_needs_the_flag_and_says_so(trained, monkeypatch, capsys):
-    monkeypatch.setenv("TRADING_HOME", str(trained))
+def test_cli_in_sample_needs_the_flag_and_says_so(bt_home, monkeypatch, capsys):
+    monkeypatch.setenv("TRADING_HOME", str(bt_home))
     assert bt.main(["--no-progress", "--start", "2020-01-02"]) == 2
     assert "--in-sample" in capsys.readouterr().err
     code = bt.main(["--no-progress", "--in-sample", "--start", "2024-01-02", "--end", "2024-06-28", *LOOSE])
     assert code == 0
-    latest = json.loads((trained / "reports" / "latest_backtest.json").read_text())
+    latest = json.loads((bt_home / "reports" / "latest_backtest.json").read_text())
     assert latest["title"].startswith("IN-SAMPLE") and latest["in_sample"] is True
     assert (latest["start"], latest["end"]) == ("2024-01-02", "2024-06-28")
-    assert "IN-SAMPLE" in (trained / "reports" / "latest_backtest.html").read_text()
+    assert "IN-SAMPLE" in (bt_home / "reports" / "latest_backtest.html").read_text()
     out = capsys.readouterr().out
     assert "IN-SAMPLE" in out
 
 
-def test_model_pipeline_has_no_look_ahead(trained, monkeypatch):
+def test_model_pipeline_has_no_look_ahead(bt_home, monkeypatch):
     """build_features -> model.predict -> score_predictions -> engine: prices changed after day t
     change no signal, fill or equity up to day t."""
-    monkeypatch.setenv("TRADING_HOME", str(trained))
+    monkeypatch.setenv("TRADING_HOME", str(bt_home))
     model = model_management.load_model()
     raw = sample_data.generate_prices(["AAPL", "MSFT", "JPM", "PG"], start="2024-06-03", end="2025-03-31")
     cut = pd.Timestamp("2024-12-02")

@@ -3,9 +3,7 @@ on the sample data, its rendered page's key figures (total return, Sharpe, round
 worst trade, a round-trip row, the yearly totals, the walk-forward folds) checked against the JSON
 report, and screenshots saved to ``$TEST_ARTIFACTS_DIR`` or ``reports/screenshots/``."""
 import json
-import os
-import subprocess
-import sys
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from browser import ARTIFACTS, chromium, needs_chromium, rendered_dom
 
 import report_tables as rt
+from conftest import TRAINED_FILES, run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOSE = ["--min-sharpe", "-100", "--min-total-return", "-1", "--max-drawdown", "1", "--min-trades", "0"]
@@ -23,22 +22,21 @@ FOLDS = [{"fold": 1, "train_start": "2019-01-02", "train_end": "2022-12-30", "te
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """Sample data (SYNTHETIC), a tiny model, a walk-forward report beside it, one backtest over the
-    whole history (--in-sample: the tiny model trades too rarely out of sample to close trips)."""
+def report(trained, tmp_path_factory):
+    """Sample data (SYNTHETIC) and the session's tiny model (conftest's ``trained``), a walk-forward
+    report beside it, one backtest of a three-symbol universe over the whole history (--in-sample:
+    the tiny model trades too rarely out of sample to close trips)."""
     home = tmp_path_factory.mktemp("report_home")
     (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")
-    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample", TF_CPP_MIN_LOG_LEVEL="3",
-               TRADING_CONFIG_DIR=str(home / "keys"))
+    for name in TRAINED_FILES:                            # the session's sample data and tiny model
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(trained["home"] / name, home / name)
     (home / "reports").mkdir()
     (home / "reports" / "latest_walkforward.json").write_text(json.dumps(
         {"title": "Walk-forward 2023-01-03 .. 2024-12-31 (2 folds)", "created_at": "2025-01-01T00:00:00+00:00",
          "passed": False, "folds": FOLDS}))
-    for cmd in (["data_collection.py", "--force"], ["train_model.py", "--profile", "tiny", "--epochs", "2"],
-                ["backtest.py", "--no-progress", "--no-record", "--in-sample", *LOOSE]):
-        done = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    done = run_entry(["backtest.py", "--no-progress", "--no-record", "--in-sample", *LOOSE], home, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "SYNTHETIC sample prices, not market data" in done.stdout            # the console summary
     reports = home / "reports"
     return json.loads((reports / "latest_backtest.json").read_text()), reports / "latest_backtest.html"

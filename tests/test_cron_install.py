@@ -2,13 +2,12 @@
 the project's block between markers is installed, replaced, printed and removed idempotently,
 and every other line stays as it was."""
 import os
-import subprocess
 from zoneinfo import ZoneInfo
 
 import pytest
 
 import cron_install
-from conftest import ROOT
+from conftest import ROOT, run_command
 
 OTHER = ("MAILTO=me@example.com\n# my backups\n0 3 * * * /usr/local/bin/backup --all\n"
          "@reboot echo hi\n")
@@ -23,10 +22,8 @@ def tab(tmp_path, monkeypatch):
 
 
 def install(*args, tz="UTC"):
-    env = dict(os.environ, TZ=tz)
-    assert env.get("TRADING_CRONTAB_FILE"), "tests must never touch the real crontab"
-    return subprocess.run(["./install_cron.sh", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    assert os.environ.get("TRADING_CRONTAB_FILE"), "tests must never touch the real crontab"
+    return run_command(["./install_cron.sh", *args], env_extra={"TZ": tz}, timeout=120)
 
 
 def test_install_is_idempotent_and_leaves_other_lines(tab, trading_home):

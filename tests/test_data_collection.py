@@ -2,7 +2,6 @@
 and never-worse writes, the universe file, the shell entry point."""
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import constants as C
 import data_collection as dc
 import sample_data
 from yahoo_fake import FakeYahoo, session_for
+from conftest import run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 END = "2025-10-31"
@@ -299,24 +299,20 @@ def test_trading_mode_is_validated(monkeypatch):
 
 
 def test_shell_script_from_another_directory(trading_home, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    env["PATH"] = "/usr/bin:/bin"
-    done = subprocess.run([str(ROOT / "run_daily_data_update.sh"), "--force"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    plain = {"VIRTUAL_ENV": None, "PATH": "/usr/bin:/bin"}          # no venv activated
+    done = run_command([ROOT / "run_daily_data_update.sh", "--force"], env_extra=plain, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (trading_home / C.PROCESSED_DATA_FILE).exists()
     logs = list((trading_home / "logs").glob("data_update_*.log"))
     assert logs and "wrote processed_stock_data.csv" in logs[0].read_text()
     # a broken universe: non-zero exit with the reason, in the log and errors.log
     (trading_home / "selected_stocks.txt").write_text("AAPL\n???\n")
-    done = subprocess.run([str(ROOT / "run_daily_data_update.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_command([ROOT / "run_daily_data_update.sh"], env_extra=plain, cwd=tmp_path, timeout=120)
     assert done.returncode == 1
     assert "line 2" in (trading_home / "logs" / "errors.log").read_text()
 
 
 def test_bad_trading_mode_stops_the_script(trading_home, tmp_path):
-    env = dict(os.environ, TRADING_MODE="sometimes")
-    done = subprocess.run([str(ROOT / "run_daily_data_update.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = run_command([ROOT / "run_daily_data_update.sh"], env_extra={"TRADING_MODE": "sometimes"}, cwd=tmp_path,
+                       timeout=60)
     assert done.returncode == 2 and "TRADING_MODE" in done.stderr

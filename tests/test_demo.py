@@ -2,12 +2,12 @@
 sample prices as synthetic wherever they show, and the exports it prints at the end make
 ``python audit_logging.py verify`` and ``./run_health_check.sh`` work when pasted into a shell.
 About two minutes (data, a tiny model, a backtest, ten replayed cycles)."""
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import entry_env, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL = "SYNTHETIC sample prices, not market data"
@@ -20,10 +20,9 @@ def test_demo_starts_clean_labels_synthetic_prices_and_prints_working_exports(tm
     home.mkdir()
     (home / ".made_by_make_demo").write_text("")                            # an earlier demo's folder
     (home / "STALE_FROM_AN_EARLIER_RUN").write_text("x")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TRADING_HOME", "TRADING_CONFIG_DIR", "DATA_SOURCE", "TRADING_MODE", "VIRTUAL_ENV")}
-    done = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env={**env, "DEMO_HOME": str(home)},
-                          capture_output=True, text=True, timeout=900)
+    unset = {name: None for name in ("TRADING_HOME", "TRADING_CONFIG_DIR", "DATA_SOURCE", "VIRTUAL_ENV")}
+    env = entry_env(env_extra=unset)                          # a user's shell: none of the demo's variables
+    done = run_command(["bash", "scripts/demo.sh"], env_extra={**unset, "DEMO_HOME": home}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert not (home / "STALE_FROM_AN_EARLIER_RUN").exists()                  # started clean
@@ -61,7 +60,6 @@ def test_demo_refuses_to_wipe_a_folder_it_did_not_make(tmp_path):
     home = tmp_path / "precious"
     home.mkdir()
     (home / "keep.txt").write_text("mine")
-    done = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env={**os.environ, "DEMO_HOME": str(home)},
-                          capture_output=True, text=True, timeout=60)
+    done = run_command(["bash", "scripts/demo.sh"], env_extra={"DEMO_HOME": home}, timeout=60)
     assert done.returncode == 1 and "was not made by make demo" in done.stderr
     assert (home / "keep.txt").read_text() == "mine"

@@ -1,11 +1,10 @@
 """Every entry point refuses a TRADING_MODE or DATA_SOURCE it does not know, at startup, with
 one line naming the variable: no silent default."""
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [
@@ -22,8 +21,7 @@ COMMANDS = [
 @pytest.mark.parametrize("variable, value", [("TRADING_MODE", "liev"), ("DATA_SOURCE", "yahoo")])
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(Path(x).name for x in c))
 def test_bad_environment_is_a_startup_error(trading_home, command, variable, value):
-    env = dict(os.environ, **{variable: value})
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = run_command(command, env_extra={variable: value}, timeout=120)
     assert done.returncode != 0
     out = done.stdout + done.stderr
     assert variable in out and value in out, out[-1000:]

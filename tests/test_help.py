@@ -1,13 +1,10 @@
 """`--help` of every entry point prints its usage and does nothing else: run in an empty home,
 each exits 0 with usage text and creates nothing (no logs/, no state/, no incident file)."""
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import project_state
+from conftest import project_state, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SHELL = sorted(p.name for p in ROOT.glob("run_*.sh")) + ["install_cron.sh", "send_alert.sh"]
@@ -35,12 +32,9 @@ def test_the_lists_cover_the_entry_points():
 def test_help_prints_usage_and_creates_nothing(tmp_path, command):
     home = tmp_path / "empty_home"
     home.mkdir()
-    env = dict(os.environ, TRADING_HOME=str(home), TRADING_CONFIG_DIR=str(tmp_path / "keys"),
-               TRADING_CRONTAB_FILE=str(tmp_path / "crontab"), DATA_SOURCE="sample")
-    env.pop("TRADING_MODE", None)
     before = project_state()
-    done = subprocess.run([*command, "--help"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = run_command([*command, "--help"], home, {"TRADING_CONFIG_DIR": tmp_path / "keys",
+                                                    "TRADING_CRONTAB_FILE": tmp_path / "crontab"}, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "usage:" in done.stdout.lower(), done.stdout
     assert "Traceback" not in done.stdout + done.stderr

@@ -4,15 +4,15 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 import constants as C
-from conftest import run_entry
+from conftest import run_command, run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -20,6 +20,28 @@ PY = sys.executable
 
 def run(args, home, env_extra=None, timeout=180, input=None):
     return run_entry(args, home, env_extra, timeout, input)
+
+
+@pytest.fixture
+def cli(capsys, home, monkeypatch):
+    """``python live_trading.py ARGS`` for the operator commands (gate, status, halt, resume,
+    flatten --confirm, signals): its ``main`` in this process, in the test's TRADING_HOME, with
+    the exit code and output a finished process gives. Each process start costs about 1.5 s of
+    CPU; the cycles, the locks, the crashes, stdin, ``--replay`` and a startup error run as
+    processes (``run``)."""
+    import live_trading
+    monkeypatch.setenv("TRADING_CONFIG_DIR", str(home / "keys"))      # the keys run_entry's processes use
+
+    def call(*args):
+        assert "--replay" not in args        # it would point this process's state database at the replay file
+        capsys.readouterr()
+        try:
+            code = live_trading.main(list(args))
+        except SystemExit as exc:            # argparse: --help is 0, a usage error 2
+            code = exc.code
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+    return call
 
 
 def db(home, replay=False):
@@ -122,15 +144,15 @@ def test_second_cycle_exits_cleanly_while_one_runs(home, trained, monkeypatch):
         "SELECT name FROM sqlite_master WHERE name='paper_orders'").fetchone()
 
 
-def test_kill_switch_blocks_every_run_until_resumed(home, trained):
-    assert run(["live_trading.py", "halt", "--reason", "drawdown investigation"], home).returncode == 0
+def test_kill_switch_blocks_every_run_until_resumed(home, trained, cli):
+    assert cli("halt", "--reason", "drawdown investigation").returncode == 0
     blocked = run(["live_trading.py", "--as-of", trained["trade_day"]], home)
     assert blocked.returncode == 0 and "Kill switch is ON" in blocked.stderr
     assert not db(home).execute("SELECT name FROM sqlite_master WHERE name='paper_orders'").fetchone()
-    status = run(["live_trading.py", "status"], home)
+    status = cli("status")
     assert status.returncode == 0, status.stderr[-2000:]
     assert "kill switch:     ON: drawdown investigation" in status.stdout
-    assert run(["live_trading.py", "resume", "--reason", "fixed"], home).returncode == 0
+    assert cli("resume", "--reason", "fixed").returncode == 0
     ok = run(["live_trading.py", "--as-of", trained["trade_day"]], home)
     assert ok.returncode == 0 and assert_consistent(home)
     actions = [(r["action"], r["status"]) for r in audit_records(home)]
@@ -163,7 +185,7 @@ def _next_session_prices(home):
         closes, as_of=nxt, opens={nxt: {s: p * 1.01 for s, p in closes.items()}})
 
 
-def test_flatten_closes_everything_after_confirmation(home, trained):
+def test_flatten_closes_everything_after_confirmation(home, trained, cli):
     import market_calendar
     assert run(["live_trading.py", "--as-of", trained["trade_day"]], home).returncode == 0
     nxt = str(market_calendar.next_session(trained["trade_day"]).date())
@@ -175,7 +197,7 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
     assert db(home).execute("SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == 2
     refused = run(["live_trading.py", "flatten"], home, input="")
     assert refused.returncode == 2 and "confirmation" in refused.stderr
-    done = run(["live_trading.py", "flatten", "--confirm", "FLATTEN"], home)
+    done = cli("flatten", "--confirm", "FLATTEN")
     assert done.returncode == 0, done.stderr[-2000:]
     # paper: the closing orders are accepted and fill at the next session's open
     assert "next session's open" in done.stdout
@@ -187,10 +209,10 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
     assert db(home, replay=True).execute(
         "SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == replay_open
     assert ("flatten", "done") in [(r["action"], r["status"]) for r in audit_records(home)]
-    status = run(["live_trading.py", "status"], home)
+    status = cli("status")
     assert status.returncode == 0, status.stderr[-2000:]
     assert "kill switch:     ON: flatten" in status.stdout and "positions (0)" in status.stdout
-    again = run(["live_trading.py", "flatten", "--confirm", "FLATTEN"], home)    # a rerun closes nothing twice
+    again = cli("flatten", "--confirm", "FLATTEN")    # a rerun closes nothing twice
     assert again.returncode == 0
     sells = db(home).execute("SELECT COUNT(*) FROM paper_orders WHERE side = 'SELL'").fetchone()[0]
     assert sells == 2
@@ -198,43 +220,41 @@ def test_flatten_closes_everything_after_confirmation(home, trained):
     assert "last cycle:      " + nxt in replay_status.stdout
 
 
-def test_flatten_waits_for_the_cycle_lock_and_names_the_holder(home, trained):
+def test_flatten_waits_for_the_cycle_lock_and_names_the_holder(home, trained, cli):
     import live_trading
     with live_trading.cycle_lock(what="cycle") as held:
         assert held
         done = run(["live_trading.py", "flatten", "--confirm", "FLATTEN", "--wait", "1"], home)
     assert done.returncode == 1 and "cycle lock is still held" in done.stderr and f"pid {os.getpid()}" in done.stderr
     # the kill switch went on first: nothing trades until a person resumes
-    assert "kill switch:     ON" in run(["live_trading.py", "status"], home).stdout
+    assert "kill switch:     ON" in cli("status").stdout
 
 
-def test_operator_commands_behave(home, trained):
-    nothing = run(["live_trading.py", "resume", "--reason", "no halt"], home)
+def test_operator_commands_behave(home, trained, cli):
+    nothing = cli("resume", "--reason", "no halt")
     assert nothing.returncode == 0 and "nothing to resume" in nothing.stdout
-    assert run(["live_trading.py", "resume"], home).returncode == 2                 # --reason required
-    helped = run(["live_trading.py", "status", "--help"], home)
+    assert cli("resume").returncode == 2                 # --reason required
+    helped = cli("status", "--help")
     assert helped.returncode == 0 and "exit codes" in helped.stdout
-    as_json = run(["live_trading.py", "status", "--json"], home)
+    as_json = cli("status", "--json")
     data = json.loads(as_json.stdout)
     assert data["mode"] == "paper" and data["account"]["equity"] == pytest.approx(C.INITIAL_PAPER_CASH)
     assert as_json.stderr == ""                                                     # results once, on stdout
-    after = run(["live_trading.py", "signals", "--as-of", trained["trade_day"], "--json"], home)
-    before = run(["live_trading.py", "--as-of", trained["trade_day"], "--json", "signals"], home)
+    after = cli("signals", "--as-of", trained["trade_day"], "--json")
+    before = cli("--as-of", trained["trade_day"], "--json", "signals")
     assert json.loads(after.stdout) == json.loads(before.stdout) and len(json.loads(after.stdout)) == 10
-    bad = run(["live_trading.py", "--as-of", "1700-01-01", "signals"], home)
+    bad = cli("--as-of", "1700-01-01", "signals")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--as-of" in bad.stderr
-    piped = subprocess.run(f"{PY} live_trading.py history | head -1", shell=True, cwd=ROOT, capture_output=True,
-                           text=True, env=dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",
-                                               TRADING_CONFIG_DIR=str(home / "keys")))
+    piped = run_command(["bash", "-c", f"{PY} live_trading.py history | head -1"], home)
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
 
 
-def test_live_mode_refused_by_gate_without_backtest_and_paper_sessions(home, trained):
+def test_live_mode_refused_by_gate_without_backtest_and_paper_sessions(home, trained, cli):
     done = run(["live_trading.py"], home, {"TRADING_MODE": "live"})
     assert done.returncode == 3, done.stderr[-2000:]
     assert "LIVE TRADING REFUSED" in done.stderr and "no passing out-of-sample backtest" in done.stderr
     assert "golive_gate" in [r["action"] for r in audit_records(home)]
-    gate = run(["live_trading.py", "gate"], home)
+    gate = cli("gate")
     assert gate.returncode == 1 and "REFUSED" in gate.stdout and "0 of 5" in gate.stdout
 
 
@@ -290,21 +310,21 @@ def _record_paper_sessions(home, checksum, n, replay=0):
     conn.close()
 
 
-def test_gate_opens_only_when_both_conditions_hold(home, trained):
+def test_gate_opens_only_when_both_conditions_hold(home, trained, cli):
     import model_management
     checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
     _record_passing_backtest(home, checksum, eligible=False)          # loosened criteria: no
     _record_passing_backtest(home, checksum, in_sample=True)          # in-sample: no
     _record_paper_sessions(home, checksum, 9, replay=1)               # replays: no
     _record_paper_sessions(home, "other-model", 9)                   # another model: no
-    assert run(["live_trading.py", "gate"], home).returncode == 1
+    assert cli("gate").returncode == 1
     _record_passing_backtest(home, checksum)
     _record_walk_forward(home)
     _record_paper_sessions(home, checksum, 4)
-    gate = run(["live_trading.py", "gate"], home)
+    gate = cli("gate")
     assert gate.returncode == 1 and "4 of 5" in gate.stdout and "PASS (" in gate.stdout
     _record_paper_sessions(home, checksum, 5)
-    gate = run(["live_trading.py", "gate"], home)
+    gate = cli("gate")
     assert gate.returncode == 0 and "ALLOWED" in gate.stdout
     live = run(["live_trading.py"], home, {"TRADING_MODE": "live"})
     assert live.returncode != 3 and "LIVE TRADING REFUSED" not in live.stderr
@@ -324,29 +344,29 @@ def _open_but_for_walk_forward(home):
     _record_paper_sessions(home, checksum, C.GOLIVE_MIN_PAPER_SESSIONS)
 
 
-def test_gate_closed_without_a_walk_forward(home, trained):
+def test_gate_closed_without_a_walk_forward(home, trained, cli):
     _open_but_for_walk_forward(home)
     st = _gate(home)
     assert not st["passed"] and st["backtest"] and st["walk_forward"] is None
     assert [c["name"] for c in st["conditions"] if not c["passed"]] == ["walk_forward"]
-    gate = run(["live_trading.py", "gate"], home)
+    gate = cli("gate")
     assert gate.returncode == 1 and "REFUSED" in gate.stdout and "walk-forward" in gate.stdout
     assert "./run_backtest.sh --walk-forward" in gate.stdout and "no walk-forward of this model" in gate.stdout
-    as_json = json.loads(run(["live_trading.py", "gate", "--json"], home).stdout)
+    as_json = json.loads(cli("gate", "--json").stdout)
     wf = next(c for c in as_json["conditions"] if c["name"] == "walk_forward")
     assert wf["passed"] is False and wf["fix"] == "./run_backtest.sh --walk-forward" and wf["threshold"]
 
 
-def test_gate_closed_with_a_failing_walk_forward(home, trained):
+def test_gate_closed_with_a_failing_walk_forward(home, trained, cli):
     _open_but_for_walk_forward(home)
     _record_walk_forward(home, passed=False)
     st = _gate(home)
     assert not st["passed"] and st["walk_forward"] is None and st["walk_forward_latest"]["passed"] is False
-    gate = run(["live_trading.py", "gate"], home)
+    gate = cli("gate")
     assert gate.returncode == 1 and "FAILED its statistics" in gate.stdout
 
 
-def test_gate_closed_with_a_walk_forward_of_another_config_universe_or_subset(home, trained):
+def test_gate_closed_with_a_walk_forward_of_another_config_universe_or_subset(home, trained, cli):
     import data_collection
     _open_but_for_walk_forward(home)
     universe = sorted(data_collection.load_universe())
@@ -358,7 +378,7 @@ def test_gate_closed_with_a_walk_forward_of_another_config_universe_or_subset(ho
     _record_walk_forward(home)                                                 # the matching pass
     st = _gate(home)
     assert st["passed"] and st["walk_forward"]["id"] == 5
-    gate = run(["live_trading.py", "gate"], home)
+    gate = cli("gate")
     assert gate.returncode == 0 and "ALLOWED" in gate.stdout and "walk-forward:   PASS (run 5" in gate.stdout
 
 
@@ -380,32 +400,32 @@ def test_gate_walk_forward_ties_to_the_production_data(home, trained):
     assert _gate(home)["passed"]
 
 
-def test_gate_override_is_explicit_and_audited(home, trained):
+def test_gate_override_is_explicit_and_audited(home, trained, cli):
     """An override waives the paper sessions only; without a passing backtest on record it
     needs the explicit --no-backtest. Both print ALLOWED and are audited."""
     import model_management
-    assert run(["live_trading.py", "gate", "--override"], home).returncode == 2     # needs a reason
-    refused = run(["live_trading.py", "gate", "--override", "--reason", "operator insists"], home)
+    assert cli("gate", "--override").returncode == 2     # needs a reason
+    refused = cli("gate", "--override", "--reason", "operator insists")
     assert refused.returncode == 1 and "--no-backtest" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr            # one line, no traceback
-    assert "ALLOWED" not in run(["live_trading.py", "gate"], home).stdout
+    assert "ALLOWED" not in cli("gate").stdout
     checksum = model_management.calculate_model_checksum(home / C.MODEL_FILE)
     _record_passing_backtest(home, checksum)                          # 0 of 5 paper sessions
-    refused = run(["live_trading.py", "gate", "--override", "--reason", "operator insists"], home)
+    refused = cli("gate", "--override", "--reason", "operator insists")
     assert refused.returncode == 1 and "walk-forward" in refused.stderr          # the evidence is still needed
     assert "out-of-sample backtest" not in refused.stderr
     _record_walk_forward(home)
-    done = run(["live_trading.py", "gate", "--override", "--reason", "operator insists"], home)
+    done = cli("gate", "--override", "--reason", "operator insists")
     assert done.returncode == 0 and "ALLOWED" in done.stdout and "operator insists" in done.stdout
     assert ("golive_gate", "override") in [(r["action"], r["status"]) for r in audit_records(home)]
 
 
-def test_gate_override_without_backtest_needs_the_explicit_flag(home, trained):
-    done = run(["live_trading.py", "gate", "--override", "--no-backtest", "--reason", "drill"], home)
+def test_gate_override_without_backtest_needs_the_explicit_flag(home, trained, cli):
+    done = cli("gate", "--override", "--no-backtest", "--reason", "drill")
     assert done.returncode == 0 and "ALLOWED" in done.stdout and "backtest waived" in done.stdout
     records = [r for r in audit_records(home) if (r["action"], r["status"]) == ("golive_gate", "override")]
     assert records and records[-1]["details"]["no_backtest"] is True
-    assert run(["live_trading.py", "gate", "--no-backtest"], home).returncode == 2
+    assert cli("gate", "--no-backtest").returncode == 2
 
 
 def test_replay_refused_in_live_mode(home, trained):

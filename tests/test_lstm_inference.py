@@ -12,11 +12,6 @@ import lstm_inference
 import model_management as mm
 import model_training
 
-try:
-    from test_train_model import shared_trained_home
-except ImportError:
-    from tests.test_train_model import shared_trained_home
-
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,9 +45,9 @@ def test_parity_with_keras(tmp_path, window, units, layers, dense):
     np.testing.assert_allclose(got, reloaded.predict(X, verbose=0), atol=1e-5, rtol=0)
 
 
-def test_parity_on_the_trained_model(tmp_path_factory):
+def test_parity_on_the_trained_model(trained):
     keras = _keras()
-    home = shared_trained_home(tmp_path_factory)
+    home = trained["home"]
     model = mm.load_model(home / C.MODEL_FILE)
     feats = pd.read_csv(home / C.PROCESSED_DATA_FILE, parse_dates=["Date"])
     X, _ = mm.make_windows(feats, model.window, model.feature_columns, model.scaler)
@@ -73,8 +68,8 @@ def test_unsupported_models_are_refused(tmp_path):
         lstm_inference.load_network(tmp_path / "junk.h5")
 
 
-def test_windows_of_wrong_shape_are_refused(tmp_path_factory):
-    home = shared_trained_home(tmp_path_factory)
+def test_windows_of_wrong_shape_are_refused(trained):
+    home = trained["home"]
     net = lstm_inference.load_network(home / C.MODEL_FILE)
     with pytest.raises(lstm_inference.InferenceError):
         net.predict(np.zeros((2, net.window, net.n_features + 1)))

@@ -2,7 +2,6 @@
 prune, and the CLI."""
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,24 +14,10 @@ import pytest
 
 import constants as C
 import model_management as mm
-
-try:
-    from test_train_model import copy_home, shared_trained_home
-except ImportError:                                    # importlib import mode
-    from tests.test_train_model import copy_home, shared_trained_home
+from conftest import entry_env, run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def shared_home(tmp_path_factory):
-    return shared_trained_home(tmp_path_factory)
-
-
-@pytest.fixture
-def home(shared_home, trading_home):
-    """The test's TRADING_HOME holding a copy of the shared trained model."""
-    return copy_home(shared_home, trading_home)
+# ``home`` (conftest): the test's TRADING_HOME with a copy of the session's trained model and data
 
 
 def _variant(home: Path, name: str, created_at: str, delta: float = 0.01) -> tuple[Path, dict]:
@@ -58,7 +43,7 @@ def test_checksum_is_sha256_and_one_liner_works(home):
     code = ("from model_management import calculate_model_checksum; "
             "print(calculate_model_checksum('lstm_price_difference_model.h5'))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=home, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                          env=entry_env(env_extra={"PYTHONPATH": ROOT}), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected
 
@@ -77,7 +62,7 @@ def test_fast_path_never_imports_tensorflow(home):
             "bad = [k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras')]; "
             "assert not bad, bad; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=home, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+                          env=entry_env(env_extra={"PYTHONPATH": ROOT}), timeout=60)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
@@ -247,9 +232,7 @@ def test_install_refuses_candidate_with_wrong_checksum(home):
 
 
 def test_cli_verify_subprocess_exit_codes(home):
-    env = dict(os.environ, TRADING_HOME=str(home))
-    run = lambda: subprocess.run([sys.executable, str(ROOT / "model_management.py"), "verify"],
-                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    run = lambda: run_entry([ROOT / "model_management.py", "verify"], env_extra={"TRADING_HOME": home}, timeout=60)
     ok = run()
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
     (home / C.MODEL_METADATA_FILE).unlink()

@@ -4,7 +4,6 @@ short rules and every forced buy-in path with the exact words people grep for.""
 import json
 import logging
 import os
-import subprocess
 import sys
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ import risk_management as R
 import state_db
 from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT
 from risk_management import Portfolio, RiskManager
+from conftest import run_command
 from settings import TradingSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -462,9 +462,7 @@ def test_reset_drawdown_api_is_audited_and_rebases_peak(rm, audit):
 
 
 def _cli(home, *args):
-    env = dict(os.environ, TRADING_HOME=str(home))
-    return subprocess.run([PYTHON, "risk_management.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return run_command([PYTHON, "risk_management.py", *args], env_extra={"TRADING_HOME": home}, timeout=60)
 
 
 def test_reset_drawdown_cli(trading_home):

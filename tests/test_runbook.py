@@ -15,7 +15,7 @@ import pytest
 
 import alerts
 from alert_servers import WebhookServer
-from conftest import ROOT, project_state, run_entry
+from conftest import ROOT, entry_env, project_state, run_entry
 
 DOC = ROOT / "docs" / "RUNBOOK.md"
 MARKER = re.compile(r"#\s*(live-only|destructive|long)\b")
@@ -124,11 +124,8 @@ def _missing_files(cmd: str, env: dict) -> list[str]:
 
 def test_every_runbook_command_runs_in_a_prepared_home(prepared, tmp_path):
     run, _ = _split()
-    env = dict(os.environ, TRADING_HOME=str(prepared), TRADING_CONFIG_DIR=str(Path(prepared) / "keys"),
-               DATA_SOURCE="sample", TRAIN_PROFILE="tiny", TF_CPP_MIN_LOG_LEVEL="3",
-               TRADING_CRONTAB_FILE=str(tmp_path / "crontab"),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("TRADING_MODE", None)
+    env = entry_env(prepared, {"TRAIN_PROFILE": "tiny", "TRADING_CRONTAB_FILE": tmp_path / "crontab",
+                               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     failures, before = [], project_state()
     with WebhookServer() as hook:
         env["TRADING_ALERT_URLS"] = hook.url

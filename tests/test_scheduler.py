@@ -1,7 +1,6 @@
 """The schedule follows the NYSE day in New York time whatever the machine's time zone: the
 dry run says what is due and why; real runs happen at most once per session, catch up within a
 window, never overlap, and a failed or missed job raises an alert (sent to a local webhook)."""
-import os
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import config
 import scheduler
 from alert_servers import WebhookServer
-from conftest import ROOT, run_entry
+from conftest import ROOT, entry_env, run_entry
 from scheduler import Job
 
 
@@ -160,7 +159,7 @@ def test_jobs_run_one_after_another_and_never_two_schedulers_at_once(trading_hom
             "from test_scheduler import _marker_job;"
             f"sys.exit(scheduler.run_due(datetime.fromisoformat('2026-11-24T09:40-05:00'),"
             f"(_marker_job('trading_cycle', {str(slow)!r}, sleep=8),)))")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=entry_env())
     try:
         deadline = time.time() + 60
         while not slow.exists() and time.time() < deadline:

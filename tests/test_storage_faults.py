@@ -19,6 +19,7 @@ import pytest
 
 import state_db
 from errors import StorageError, storage_error
+from conftest import entry_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -41,11 +42,7 @@ needs_namespace = pytest.mark.skipif(_PROBLEM is not None, reason=str(_PROBLEM))
 
 
 def _env(home: Path) -> dict:
-    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample",
-               TRADING_CONFIG_DIR=str(home / "keys"), TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("TRADING_MODE", None)
-    env.pop("TRADING_FAILPOINT", None)
-    return env
+    return entry_env(home)
 
 
 def _run(args, home):

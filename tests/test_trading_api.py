@@ -2,10 +2,7 @@
 ``from trading_api import SchwabAPI`` one-liner, against the fake Schwab of ``schwab_fake``."""
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import time
 from urllib.parse import parse_qs
 
@@ -16,6 +13,7 @@ from trading_api import SchwabAPI
 # test_live_trading imports cm, fake and store from here.
 from schwab_fake import (ACCESS, ACCOUNT_NUMBER, APP_KEY, APP_SECRET, REFRESH, api, cm,  # noqa: F401
                          fake, store)
+from conftest import run_entry
 
 
 # ------------------------------------------------------------------ factory and CLI
@@ -88,11 +86,8 @@ def test_cli_paper_balance(capsys):
 
 
 def test_runbook_one_liner_fails_with_one_clear_line(trading_home, tmp_path):
-    env = dict(os.environ, TRADING_HOME=str(trading_home), TRADING_CONFIG_DIR=str(tmp_path / "keys"))
-    proc = subprocess.run(
-        [sys.executable, "-c",
-         "from trading_api import SchwabAPI; api = SchwabAPI(); print(api.get_account_balance())"],
-        cwd=T.config.PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
+    proc = run_entry(["-c", "from trading_api import SchwabAPI; api = SchwabAPI(); print(api.get_account_balance())"],
+                     env_extra={"TRADING_HOME": trading_home, "TRADING_CONFIG_DIR": tmp_path / "keys"}, timeout=60)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr                     # one line, no traceback

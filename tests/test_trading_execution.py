@@ -18,6 +18,7 @@ from broker_base import TransientBrokerError
 from schwab_fake import api, cm, fake  # noqa: F401  (fixtures)
 from trading_execution import CircuitBreaker, CircuitOpenError, OrderExecutor, client_key
 from audit_recorder import Recorder
+from conftest import run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,9 +141,7 @@ def test_failed_trial_reopens(trading_home):
 
 
 def _in_process(code, home):
-    env = dict(os.environ, TRADING_HOME=str(home))
-    done = subprocess.run([sys.executable, "-c", "import trading_execution as t; " + code], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=60)
+    done = run_entry(["-c", "import trading_execution as t; " + code], env_extra={"TRADING_HOME": home}, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -3,8 +3,7 @@ determinism, chronology, promotion, CLI exit codes."""
 import json
 import os
 import shutil
-import subprocess
-import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import model_management as mm
 import sample_data
 import model_training
 import train_model
+from conftest import run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META", "JPM", "JNJ", "V", "PG"]
@@ -52,17 +52,6 @@ def train_in(home: Path, features=None, **kwargs):
         home / C.PROCESSED_DATA_FILE, model_file=home / C.MODEL_FILE, **kwargs)))
 
 
-def shared_trained_home(tmp_path_factory) -> Path:
-    """One tiny model trained on the 10-symbol sample, shared by every test module of the
-    session (cached on disk under the session's base temp dir)."""
-    home = tmp_path_factory.getbasetemp() / "shared_tiny_model"
-    done = home / "result.json"
-    if not done.exists():
-        result = train_in(home)
-        done.write_text(json.dumps({k: result[k] for k in ("promoted", "reason", "metrics")}))
-    return home
-
-
 def copy_home(src: Path, dst: Path) -> Path:
     for name in (C.PROCESSED_DATA_FILE, C.MODEL_FILE, C.MODEL_METADATA_FILE):
         shutil.copy2(src / name, dst / name)
@@ -70,10 +59,15 @@ def copy_home(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    home = shared_trained_home(tmp_path_factory)
-    return {"home": home, "result": json.loads((home / "result.json").read_text()),
-            "metadata": json.loads((home / C.MODEL_METADATA_FILE).read_text())}
+def shared(trained):
+    """The session's tiny model (conftest's ``trained``: ``train_model.py --profile tiny`` on the
+    10-symbol sample in a fresh home), its metadata and what training returned (from the metadata)."""
+    home = trained["home"]
+    metadata = json.loads((home / C.MODEL_METADATA_FILE).read_text())
+    promotion = metadata["promotion"]
+    return {"home": home, "metadata": metadata,
+            "result": {"promoted": promotion["promoted"], "reason": promotion["reason"],
+                       "metrics": metadata["metrics"]}}
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -243,39 +237,42 @@ def test_window_longer_than_history_is_a_clear_error():
         model_training.build_dataset(feats, 150, list(C.FEATURE_COLUMNS))
 
 
-def _run_cli(home, *args, timeout=180):
-    env = dict(os.environ, TRADING_HOME=str(home), DATA_SOURCE="sample", PYTHONHASHSEED="0",
-               TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, str(ROOT / "train_model.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _run_cli(capsys, *args):
+    """``python train_model.py *args`` in this process (its ``main``, in the test's TRADING_HOME):
+    TensorFlow is loaded here already, a new process would spend seconds importing it again.
+    tests/test_help.py and the missing-CSV test below run the script as a process."""
+    capsys.readouterr()
+    code = train_model.main(list(args))
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
 
 def test_cli_missing_csv_exits_1_with_one_error_line(trading_home):
-    proc = _run_cli(trading_home, "--profile", "tiny")
+    proc = run_entry(["train_model.py", "--profile", "tiny"], trading_home)      # a real process
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "not found" in errors[0] and "run_daily_data_update.sh" in errors[0]
 
 
-def test_cli_empty_and_nan_csv_exit_1(trading_home):
+def test_cli_empty_and_nan_csv_exit_1(trading_home, capsys):
     csv = trading_home / C.PROCESSED_DATA_FILE
     csv.write_text("")
-    proc = _run_cli(trading_home, "--profile", "tiny")
+    proc = _run_cli(capsys, "--profile", "tiny")
     assert proc.returncode == 1 and "empty" in proc.stderr
     feats = sample_features(SYMBOLS[:2])
     feats.loc[5, "rsi_14"] = np.nan
     feats.to_csv(csv, index=False)
-    proc = _run_cli(trading_home, "--profile", "tiny")
+    proc = _run_cli(capsys, "--profile", "tiny")
     assert proc.returncode == 1
     assert "missing values" in proc.stderr and "ERROR" in proc.stderr
 
 
-def test_cli_tiny_force_replaces_and_backs_up(shared, trading_home):
-    """`python train_model.py --profile tiny --force` as cron would run it: exit 0, one log line
+def test_cli_tiny_force_replaces_and_backs_up(shared, trading_home, capsys):
+    """`python train_model.py --profile tiny --force` (its main, as cron runs it): exit 0, one log line
     per epoch, metrics logged with the grepped words, the replaced model in models/backups/."""
     copy_home(shared["home"], trading_home)
     old = mm.calculate_model_checksum(trading_home / C.MODEL_FILE)
-    proc = _run_cli(trading_home, "--profile", "tiny", "--force", "--seed", "3")
+    proc = _run_cli(capsys, "--profile", "tiny", "--force", "--seed", "3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "epoch 1/" in proc.stderr
     assert "directional_accuracy" in proc.stderr and "MSE" in proc.stderr
@@ -288,7 +285,7 @@ def test_cli_tiny_force_replaces_and_backs_up(shared, trading_home):
     assert logs and "directional_accuracy" in logs[0].read_text()
 
 
-def test_no_validation_skill_is_not_promoted_exit_3_and_force_is_audited(trading_home):
+def test_no_validation_skill_is_not_promoted_exit_3_and_force_is_audited(trading_home, capsys):
     """Sample prices with no predictable component (phi = 0): the model has no validation skill,
     so it is not installed (exit 3, one ERROR line); --force installs it with an audit record."""
     import market_calendar
@@ -297,12 +294,12 @@ def test_no_validation_skill_is_not_promoted_exit_3_and_force_is_audited(trading
                        ignore_index=True)
     data_collection.build_features(prices).to_csv(trading_home / C.PROCESSED_DATA_FILE, index=False,
                                                   date_format="%Y-%m-%d")
-    proc = _run_cli(trading_home, "--profile", "tiny", timeout=300)
+    proc = _run_cli(capsys, "--profile", "tiny")
     assert proc.returncode == train_model.EXIT_NO_SKILL == 3, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "model NOT PROMOTED: validation skill is not positive" in errors[0]
     assert not (trading_home / C.MODEL_FILE).exists()
-    forced = _run_cli(trading_home, "--profile", "tiny", "--force", timeout=300)
+    forced = _run_cli(capsys, "--profile", "tiny", "--force")
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert (trading_home / C.MODEL_FILE).exists()
     records = [json.loads(line) for line in (trading_home / C.AUDIT_LOG_FILE).read_text().splitlines() if line.strip()]

@@ -1,6 +1,7 @@
 """walk_forward.py: fold plan, no look-ahead, determinism across worker counts (Ray), the CLI's
 reports, exit codes and the recorded run the gate reads."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -93,10 +94,16 @@ def test_same_result_whatever_the_number_of_workers(small_features, ray_local):
 
 
 @pytest.mark.timeout(1800)
-def test_cli_reports_records_and_the_gate_query(home):
+def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
+    """``backtest.py --walk-forward`` through its ``main`` in this process, on the module's Ray
+    (a process of its own would import TensorFlow and start Ray once more; the demo runs
+    ``./run_backtest.sh --walk-forward`` as a process, and the next test the CLI's error exit)."""
+    import backtest
     (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")   # a 3-symbol universe: a third of the training
-    done = run_entry(["backtest.py", "--walk-forward", "--profile", "tiny", "--min-train", "1500", "--retrain",
-                      "120", "--workers", "2"], home, timeout=1700)
+    code = backtest.main(["--walk-forward", "--profile", "tiny", "--min-train", "1500", "--retrain", "120",
+                          "--workers", "2"])
+    out = capsys.readouterr()
+    done = SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
     assert done.returncode in (0, 1), done.stderr[-2000:]
     assert "Verdict:" in done.stdout and "fold" in done.stdout
     report = json.loads((home / "reports" / "latest_walkforward.json").read_text())
