@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: demo test test-py311 venv venv-dev venv311 bench health clean-demo gate-properties faults lint test-days test-days-short
+.PHONY: demo test test-py311 venv venv-dev venv311 bench health clean-demo gate-properties faults lint test-days test-days-short bench-suite
 
 # scripts/make_venv.sh builds both venvs (uv when on PATH, else pip) and adds errors.py's hook
 $(VENV)/.runtime-installed: requirements.txt
@@ -47,9 +47,12 @@ FAULT_TESTS := tests/test_live_crash_matrix.py tests/test_kill9_harness.py tests
 faults: venv-dev
 	FAULTS=full KILL9_TRIALS=$${KILL9_TRIALS:-30} $(PY) -m pytest $(FAULT_TESTS) -q -s -rfE --durations=10 --timeout 10800
 
-## make bench: every benchmark under bench/ (prints its figures)
+## make bench: every benchmark under bench/ (prints its figures), except the whole suite's timing
+## (bench/test_suite.py: make bench-suite)
 bench: venv-dev
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(filter-out bench/test_suite.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
+bench-suite: venv-dev
+	$(PY) bench/test_suite.py
 
 health: venv
 	./run_health_check.sh
