@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,8 +40,8 @@ import data_collection
 import model_management
 import signals as sig
 import walk_forward
-from backtest_engine import (FILL_MODES, BacktestError, LivePolicy, buy_and_hold, market_from_frames,
-                             run_engine)
+from backtest_engine import (FILL_MODES, BacktestError, EngineResult, LivePolicy, Market, buy_and_hold,
+                             market_from_frames, run_engine)
 from backtest_metrics import CONVENTIONS, analyse
 from backtest_report import add_trade_tables, fmt, make_charts, write_reports
 from errors import command_failed, install_excepthook, squeeze
@@ -131,6 +132,55 @@ class Options:
 def run_backtest(opts: Options) -> dict:
     """The whole backtest for the CLI; returns the report dict (also written to disk)."""
     t0 = time.perf_counter()
+    inputs = _load_inputs(opts)
+    period = _choose_period(opts, inputs)
+    t_load = time.perf_counter()
+    scored, nonsense = _score_period(inputs, period)
+    t_pred = time.perf_counter()
+    market, result = _replay(opts, inputs.features, scored, period)
+    t_engine = time.perf_counter()
+    verdict = _judge(opts, market, result)
+    report = _report(opts, inputs, period, nonsense, market, result, verdict,
+                     timings={"load": round(t_load - t0, 3), "inference": round(t_pred - t_load, 3),
+                              "engine": round(t_engine - t_pred, 3)})
+    _write_and_record(report, opts, result, verdict.benchmark)
+    report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+@dataclass
+class _Inputs:
+    """What the backtest reads: the model (its checksum and training metadata), its processed
+    features for the chosen symbols, and the warnings collected for the report."""
+    model: Any
+    checksum: str | None
+    metadata: dict
+    features: pd.DataFrame
+    warnings: list[str]
+
+
+@dataclass
+class _Period:
+    """The sessions replayed, and the first out-of-sample session of the model (None when its
+    metadata names no split)."""
+    sessions: pd.DatetimeIndex
+    oos_start: pd.Timestamp | None
+
+
+@dataclass
+class _Verdict:
+    """The equal-weight benchmark, the metrics of both, the go-live criteria rows, whether they
+    all pass, and whether the run may count for going live."""
+    benchmark: pd.Series
+    analysis: dict
+    criteria_rows: list[dict]
+    passed: bool
+    gate_eligible: bool
+
+
+def _load_inputs(opts: Options) -> _Inputs:
+    """Load the model and the processed features, and keep the rows of the symbols to test
+    (``--symbols``, else the universe); a missing model or data file is a ``BacktestError``."""
     model = _load_model(opts.model_path)
     checksum = getattr(model, "checksum", None)
     metadata = dict(getattr(model, "metadata", None) or {})
@@ -140,10 +190,16 @@ def run_backtest(opts: Options) -> dict:
         raise BacktestError(squeeze(exc)) from None
     warnings: list[str] = []
     symbols = _choose_symbols(opts.symbols, features, warnings)
-    features = features[features["Symbol"].isin(symbols)]
+    return _Inputs(model, checksum, metadata, features[features["Symbol"].isin(symbols)], warnings)
 
-    all_dates = pd.DatetimeIndex(np.unique(features["Date"].to_numpy()))
-    oos_start = out_of_sample_start(metadata, all_dates)
+
+def _choose_period(opts: Options, inputs: _Inputs) -> _Period:
+    """The sessions from ``--start`` (default: the model's first out-of-sample session, or the
+    first session with ``--in-sample``) to ``--end`` (default: the last). Refuses a start inside
+    the model's training/validation data without ``--in-sample``, metadata that names no split,
+    and a period of fewer than 2 sessions."""
+    all_dates = pd.DatetimeIndex(np.unique(inputs.features["Date"].to_numpy()))
+    oos_start = out_of_sample_start(inputs.metadata, all_dates)
     if oos_start is None and not opts.in_sample:
         raise BacktestError("the model's metadata does not say where its training and validation data end, so "
                             "an out-of-sample period cannot be chosen: retrain with python train_model.py "
@@ -156,7 +212,7 @@ def run_backtest(opts: Options) -> dict:
         start = oos_start
     end = pd.Timestamp(opts.end) if opts.end else all_dates.max()
     if not opts.in_sample and oos_start is not None and start < oos_start:
-        ends = in_sample_end(metadata)
+        ends = in_sample_end(inputs.metadata)
         raise BacktestError(f"--start {start.date()} is inside the model's training/validation data"
                             + (f" (it ends {ends.date()})" if ends is not None else "")
                             + f"; out-of-sample data starts {oos_start.date()}: use a later --start, or add "
@@ -169,19 +225,32 @@ def run_backtest(opts: Options) -> dict:
                  f"{oos_start.date()}" if oos_start is not None else "the data is too short")
         raise BacktestError(f"fewer than 2 sessions to backtest ({where}): update the data with "
                             "./run_daily_data_update.sh, or use --in-sample")
-    t_load = time.perf_counter()
+    return _Period(period, oos_start)
 
-    in_period = features[features["Date"] <= period[-1]]
-    scored, nonsense = sig.build_signals(model, in_period)
-    scored = scored[(scored["Date"] >= period[0]) & (scored["Date"] <= period[-1])]
-    nonsense = [b for b in nonsense if period[0] <= pd.Timestamp(b["date"]) <= period[-1]]
+
+def _score_period(inputs: _Inputs, period: _Period) -> tuple[pd.DataFrame, list[dict]]:
+    """The model's signals for the period, as the live cycle scores them (from data up to the
+    period's last session only), and the period's days with nonsensical predictions (logged and
+    added to the warnings: the live cycle would have stopped, so no orders on those days)."""
+    first, last = period.sessions[0], period.sessions[-1]
+    features = inputs.features
+    scored, nonsense = sig.build_signals(inputs.model, features[features["Date"] <= last])
+    scored = scored[(scored["Date"] >= first) & (scored["Date"] <= last)]
+    nonsense = [b for b in nonsense if first <= pd.Timestamp(b["date"]) <= last]
     if nonsense:
         text = (f"{len(nonsense)} sessions with nonsensical predictions (the live cycle would stop): no orders "
                 f"on those days; first {nonsense[0]['date']}: {nonsense[0]['reason']}")
         log.warning("%s", text)
-        warnings.append(text)
-    t_pred = time.perf_counter()
-    prices = features.loc[(features["Date"] >= period[0]) & (features["Date"] <= period[-1]),
+        inputs.warnings.append(text)
+    return scored, nonsense
+
+
+def _replay(opts: Options, features: pd.DataFrame, scored: pd.DataFrame,
+            period: _Period) -> tuple[Market, EngineResult]:
+    """The period's prices and signals as the engine's arrays, replayed with the live rules
+    (``LivePolicy``) and the options' settings, cash and fill mode; a progress bar if asked."""
+    first, last = period.sessions[0], period.sessions[-1]
+    prices = features.loc[(features["Date"] >= first) & (features["Date"] <= last),
                           ["Date", "Symbol", "Open", "Close"]]
     market = market_from_frames(prices, scored)
     bar = _ProgressBar("backtest") if opts.progress else None
@@ -190,21 +259,55 @@ def run_backtest(opts: Options) -> dict:
                         progress=bar.update if bar else None)
     if bar:
         bar.close()
-    t_engine = time.perf_counter()
+    return market, result
+
+
+def _judge(opts: Options, market: Market, result: EngineResult) -> _Verdict:
+    """The benchmark, the metrics and the go-live criteria. The run counts for going live only
+    out of sample, with criteria, costs and risk limits no looser than ``constants.py``'s."""
     benchmark = buy_and_hold(market, opts.initial_cash, opts.settings, opts.fill)
     analysis = analyse(result, market, benchmark)
     criteria_rows = evaluate_criteria(analysis["strategy"], opts.criteria)
-    passed = all(c["passed"] for c in criteria_rows)
     live = TradingSettings.from_constants()
     gate_eligible = (not opts.in_sample and opts.criteria.not_looser_than_defaults()
                      and opts.settings.costs_not_below(live)
                      and opts.settings.risk_limits() == live.risk_limits())
-    equity = result.equity_series()
-    dd = equity / equity.cummax() - 1.0
+    return _Verdict(benchmark, analysis, criteria_rows, all(c["passed"] for c in criteria_rows), gate_eligible)
+
+
+def _report(opts: Options, inputs: _Inputs, period: _Period, nonsense: list[dict], market: Market,
+            result: EngineResult, verdict: _Verdict, timings: dict) -> dict:
+    """The report dict: title, verdict, parameters, metrics, warnings, halts, the daily series,
+    every fill and round trip, and the timings so far."""
+    first, last = period.sessions[0], period.sessions[-1]
     title = ("IN-SAMPLE backtest" if opts.in_sample else "Out-of-sample backtest") + \
-        f" {period[0].date()} .. {period[-1].date()}"
-    parameters = {
-        "start": str(period[0].date()), "end": str(period[-1].date()), "symbols": market.symbols,
+        f" {first.date()} .. {last.date()}"
+    parameters = _parameters(opts, inputs.metadata, period, market, result, verdict.gate_eligible)
+    analysis = verdict.analysis
+    return {
+        "title": title, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_checksum": inputs.checksum, "in_sample": opts.in_sample, "passed": verdict.passed,
+        "gate_eligible": verdict.gate_eligible, "start": parameters["start"], "end": parameters["end"],
+        "parameters": parameters, "criteria": verdict.criteria_rows,
+        "metrics": {"strategy": analysis["strategy"], "benchmark": analysis["benchmark"]},
+        "conventions": CONVENTIONS, "warnings": inputs.warnings, "halts": result.halts,
+        "nonsensical_prediction_days": nonsense,
+        "rejection_samples": result.rejection_samples, "cancelled_orders": result.cancelled,
+        "final_positions": result.final_positions,
+        "daily": _daily_rows(result, verdict.benchmark),
+        "trades": result.trades, "round_trips": analysis["round_trips"],
+        "timings_s": timings,
+    }
+
+
+def _parameters(opts: Options, metadata: dict, period: _Period, market: Market, result: EngineResult,
+                gate_eligible: bool) -> dict:
+    """What the run was made with: period, symbols, cash, fill, costs, criteria, risk limits,
+    model and data source (the report's "parameters")."""
+    oos_start = period.oos_start
+    return {
+        "start": str(period.sessions[0].date()), "end": str(period.sessions[-1].date()),
+        "symbols": market.symbols,
         "initial_cash": opts.initial_cash, "fill": opts.fill, "in_sample": opts.in_sample,
         "out_of_sample_start": str(oos_start.date()) if oos_start is not None else None,
         "model_in_sample_end": str(model_end.date()) if (model_end := in_sample_end(metadata)) is not None else None,
@@ -218,35 +321,32 @@ def run_backtest(opts: Options) -> dict:
         "model_metadata": metadata, "gate_eligible": gate_eligible,
         "data_source": _data_source(), "data_source_label": config.data_source_banner(),
     }
-    report = {
-        "title": title, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model_checksum": checksum, "in_sample": opts.in_sample, "passed": passed,
-        "gate_eligible": gate_eligible, "start": parameters["start"], "end": parameters["end"],
-        "parameters": parameters, "criteria": criteria_rows,
-        "metrics": {"strategy": analysis["strategy"], "benchmark": analysis["benchmark"]},
-        "conventions": CONVENTIONS, "warnings": warnings, "halts": result.halts,
-        "nonsensical_prediction_days": nonsense,
-        "rejection_samples": result.rejection_samples, "cancelled_orders": result.cancelled,
-        "final_positions": result.final_positions,
-        "daily": [{"date": str(d.date()), "equity": float(e), "benchmark": float(b), "drawdown": float(x),
-                   "cash": float(c), "long_value": float(lv), "short_value": float(sv),
-                   "positions": int(k), "commission": float(cm), "slippage": float(sl), "borrow": float(bo)}
-                  for d, e, b, x, c, lv, sv, k, cm, sl, bo in zip(
-                      result.dates, result.equity, benchmark.to_numpy(), dd.to_numpy(), result.cash,
-                      result.long_value, result.short_value, result.n_positions, result.daily_commission,
-                      result.daily_slippage, result.daily_borrow)],
-        "trades": result.trades, "round_trips": analysis["round_trips"],
-        "timings_s": {"load": round(t_load - t0, 3), "inference": round(t_pred - t_load, 3),
-                      "engine": round(t_engine - t_pred, 3)},
-    }
+
+
+def _daily_rows(result: EngineResult, benchmark: pd.Series) -> list[dict]:
+    """One row a session: equity, benchmark, drawdown, cash, long and short value, positions and
+    the day's commission, slippage and borrow fees."""
+    equity = result.equity_series()
+    dd = equity / equity.cummax() - 1.0
+    return [{"date": str(d.date()), "equity": float(e), "benchmark": float(b), "drawdown": float(x),
+             "cash": float(c), "long_value": float(lv), "short_value": float(sv),
+             "positions": int(k), "commission": float(cm), "slippage": float(sl), "borrow": float(bo)}
+            for d, e, b, x, c, lv, sv, k, cm, sl, bo in zip(
+                result.dates, result.equity, benchmark.to_numpy(), dd.to_numpy(), result.cash,
+                result.long_value, result.short_value, result.n_positions, result.daily_commission,
+                result.daily_slippage, result.daily_borrow)]
+
+
+def _write_and_record(report: dict, opts: Options, result: EngineResult, benchmark: pd.Series) -> None:
+    """Add the trade tables, write ``reports/backtest_<timestamp>.json``/``.html`` and the
+    ``latest_backtest.*`` copies (their paths go into the report), then record the run in the
+    state database unless ``--no-record`` (its id goes into the report as ``run_id``)."""
     add_trade_tables(report, opts.reports_dir)
-    charts = make_charts(equity, benchmark)
+    charts = make_charts(result.equity_series(), benchmark)
     json_path, html_path = write_reports(report, charts, opts.reports_dir)
     report["report_json"], report["report_html"] = str(json_path), str(html_path)
     if opts.record:
         report["run_id"] = record_run({**report, "metrics": report["metrics"]}, json_path)
-    report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
-    return report
 
 
 def _data_source() -> str | None:

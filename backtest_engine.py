@@ -441,129 +441,181 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
     (``fill='next_open'``: at its open; ``'next_close'``: at its close). The last day's signals
     are not filled (there is no next session). ``settings``: the risk limits and costs (default:
     the policy's, else ``constants.py``); ``policy`` defaults to a ``LivePolicy`` with them."""
+    _check_fill_mode(fill)
+    settings = settings or getattr(policy, "settings", None) or default_settings()
+    policy = policy if policy is not None else LivePolicy(settings=settings)
+    r = _start_replay(market, settings, initial_cash, fill)
+    n = len(r.pydates)
+    pending: list[dict] = []
+    decided_iso: str | None = None          # the session the pending orders were decided on
+    with _Quiet():
+        for d in range(n):
+            _fill_orders(r, d, pending, decided_iso)      # yesterday's approved orders fill today
+            pending = []
+            eq = _close_the_day(r, d)                     # borrow fees to today's close, mark to market
+            policy.on_close(r.pydates[d], eq)             # the cycle after the close: halts, then
+            if d < n - 1:                                 # tomorrow's orders (none after the last day)
+                pending = policy.decide(r.pydates[d], r.symbols, r.pos, r.cash, eq, r.close_ff[d],
+                                        market.signal[d], market.score[d], market.volatility[d])
+                decided_iso = r.iso[d]
+            if progress is not None:
+                progress(d + 1, n)
+    return _result(r, market, policy, initial_cash, fill)
+
+
+@dataclass(slots=True)
+class _Replay:
+    """The replay's state passed between the steps of a day: the inputs as the loop reads them,
+    the book (cash, signed shares, the date each short's borrow is paid up to), what was recorded
+    (fills, borrow accruals, cancelled orders; one counter ``seq`` orders fills and accruals) and
+    the daily series that become the ``EngineResult``. Slots: the per-fill steps read it often."""
+    settings: TradingSettings
+    symbols: list[str]
+    sym_idx: dict[str, int]                 # symbol -> column
+    pydates: list[date]
+    iso: list[str]                          # the sessions as YYYY-MM-DD
+    fill_px: np.ndarray                     # [day, symbol] the price an order fills at (open or close)
+    close_ff: np.ndarray                    # [day, symbol] the last known close (marks to market)
+    cash: float
+    pos: np.ndarray                         # signed shares (whole numbers, stored as float)
+    accrued_to: dict[int, date]             # short symbol index -> date its borrow is paid up to
+    equity: np.ndarray
+    cash_arr: np.ndarray
+    long_v: np.ndarray
+    short_v: np.ndarray
+    npos: np.ndarray
+    d_comm: np.ndarray
+    d_slip: np.ndarray
+    d_borrow: np.ndarray
+    trades: list[dict]
+    borrow_events: list[dict]
+    cancelled: list[dict]
+    seq: int = 0
+
+
+def _check_fill_mode(fill: str) -> None:
+    """Refuse a fill mode the engine does not know, naming the ones it does."""
     if fill not in FILL_MODES:
         raise BacktestError(f"fill mode {fill!r} is not supported: use one of {', '.join(FILL_MODES)} "
                             "(constants.BACKTEST_FILL or --fill)")
-    settings = settings or getattr(policy, "settings", None) or default_settings()
-    policy = policy if policy is not None else LivePolicy(settings=settings)
+
+
+def _start_replay(market: Market, settings: TradingSettings, initial_cash: float, fill: str) -> _Replay:
+    """The state before the first session: all cash, no positions, empty records and series."""
     n, m = market.shape
-    symbols = market.symbols
-    fill_px = market.open if fill == "next_open" else market.close
-    close_ff = pd.DataFrame(market.close).ffill().to_numpy()      # mark to market at the last known close
     pydates = [d.date() for d in market.dates]
-    iso = [d.isoformat() for d in pydates]
-    sym_idx = {s: i for i, s in enumerate(symbols)}
-    seq = [0]                               # one counter orders fills and borrow accruals
+    return _Replay(
+        settings=settings, symbols=market.symbols, sym_idx={s: i for i, s in enumerate(market.symbols)},
+        pydates=pydates, iso=[d.isoformat() for d in pydates],
+        fill_px=market.open if fill == "next_open" else market.close,
+        close_ff=pd.DataFrame(market.close).ffill().to_numpy(),      # mark to market at the last known close
+        cash=float(initial_cash), pos=np.zeros(m), accrued_to={},
+        equity=np.zeros(n), cash_arr=np.zeros(n), long_v=np.zeros(n), short_v=np.zeros(n),
+        npos=np.zeros(n, dtype=int), d_comm=np.zeros(n), d_slip=np.zeros(n), d_borrow=np.zeros(n),
+        trades=[], borrow_events=[], cancelled=[])
 
-    pos = np.zeros(m)                       # signed shares (whole numbers, stored as float)
-    accrued_to: dict[int, date] = {}        # short symbol index -> date its borrow is paid up to
-    cash = float(initial_cash)
-    equity = np.zeros(n)
-    cash_arr = np.zeros(n)
-    long_v = np.zeros(n)
-    short_v = np.zeros(n)
-    npos = np.zeros(n, dtype=int)
-    d_comm = np.zeros(n)
-    d_slip = np.zeros(n)
-    d_borrow = np.zeros(n)
-    trades: list[dict] = []
-    borrow_events: list[dict] = []
-    cancelled: list[dict] = []
-    pending: list[dict] = []
-    decided_iso: str | None = None          # the session yesterday's orders were decided on
 
-    def accrue(i: int, day_i: int, price: float) -> float:
-        start = accrued_to.get(i)
-        if start is None:
-            return 0.0
-        days = (pydates[day_i] - start).days
-        if days <= 0:
-            return 0.0
-        qty = int(-pos[i])
-        fee = borrow(settings, qty, price, days)
-        accrued_to[i] = pydates[day_i]
-        seq[0] += 1
-        borrow_events.append({"seq": seq[0], "date": iso[day_i], "symbol": symbols[i],
-                              "quantity": qty, "price": price, "days": days, "fee": fee})
-        return fee
+def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None) -> None:
+    """Step 1 of day ``d``: fill the orders decided on session ``decided_iso`` in the order given
+    (risk-reducing ones first) at today's fill price with the paper broker's slippage and
+    commission; a cover first pays the borrow up to today. An order without a price today is
+    cancelled. Records each fill and the day's commission, slippage and borrow totals (summed in
+    fill order)."""
+    comm_d = slip_d = borrow_d = 0.0
+    fill_row = r.fill_px[d]
+    pos, accrued_to, settings, iso_d, cash = r.pos, r.accrued_to, r.settings, r.iso[d], r.cash
+    for order in orders:
+        sym = order["symbol"]
+        i = r.sym_idx[sym]
+        ref = fill_row.item(i)
+        side, qty = order["side"], int(order["quantity"])
+        if not math.isfinite(ref) or ref <= 0:
+            r.cancelled.append({"date": iso_d, "decided": decided_iso,
+                                **order, "reason": "no price on the fill day"})
+            continue
+        if side == BUY_TO_COVER:                # the broker charges the borrow up to the cover
+            fee = _accrue_borrow(r, i, d, ref)
+            cash -= fee
+            borrow_d += fee
+        price = fill_price(settings, ref, side)
+        paid = commission(settings, qty)
+        signed = qty if side in BUY_SIDES else -qty
+        cash -= signed * price + paid
+        after = pos.item(i) + signed
+        pos[i] = after
+        if side == SELL_SHORT and i not in accrued_to:
+            accrued_to[i] = r.pydates[d]
+        if after >= 0:
+            accrued_to.pop(i, None)
+        slip = (price - ref) * signed           # what the fill cost against the reference price
+        comm_d += paid
+        slip_d += slip
+        r.seq += 1
+        trade = {"seq": r.seq, "date": iso_d, "decided": decided_iso,
+                 "symbol": sym, "side": side, "quantity": qty,
+                 "decision_price": float(order.get("price", float("nan"))),
+                 "reference_price": ref, "fill_price": price, "notional": qty * price,
+                 "commission": paid, "slippage_cost": slip, "position_after": int(after)}
+        if order.get("reason"):
+            trade["reason"] = order["reason"]
+        r.trades.append(trade)
+    r.cash = cash
+    r.d_comm[d], r.d_slip[d], r.d_borrow[d] = comm_d, slip_d, borrow_d
 
-    with _Quiet():
-        for d in range(n):
-            # 1. yesterday's approved orders fill today (risk-reducing ones first, as ordered)
-            comm_d = slip_d = borrow_d = 0.0          # the day's totals, summed in fill order
-            fill_row = fill_px[d]
-            for order in pending:
-                sym = order["symbol"]
-                i = sym_idx[sym]
-                ref = fill_row.item(i)
-                side, qty = order["side"], int(order["quantity"])
-                if not math.isfinite(ref) or ref <= 0:
-                    cancelled.append({"date": iso[d], "decided": decided_iso,
-                                      **order, "reason": "no price on the fill day"})
-                    continue
-                if side == BUY_TO_COVER:                # the broker charges the borrow up to the cover
-                    fee = accrue(i, d, ref)
-                    cash -= fee
-                    borrow_d += fee
-                price = fill_price(settings, ref, side)
-                paid = commission(settings, qty)
-                signed = qty if side in BUY_SIDES else -qty
-                cash -= signed * price + paid
-                after = pos.item(i) + signed
-                pos[i] = after
-                if side == SELL_SHORT and i not in accrued_to:
-                    accrued_to[i] = pydates[d]
-                if after >= 0:
-                    accrued_to.pop(i, None)
-                slip = (price - ref) * signed           # what the fill cost against the reference price
-                comm_d += paid
-                slip_d += slip
-                seq[0] += 1
-                trade = {"seq": seq[0], "date": iso[d], "decided": decided_iso,
-                         "symbol": sym, "side": side, "quantity": qty,
-                         "decision_price": float(order.get("price", float("nan"))),
-                         "reference_price": ref, "fill_price": price, "notional": qty * price,
-                         "commission": paid, "slippage_cost": slip, "position_after": int(after)}
-                if order.get("reason"):
-                    trade["reason"] = order["reason"]
-                trades.append(trade)
-            d_comm[d], d_slip[d], d_borrow[d] = comm_d, slip_d, borrow_d
-            pending = []
-            # 2. close: borrow fees accrue to today on every short, at today's close
-            held = np.flatnonzero(pos)
-            held_pos = pos[held]
-            shorts = held[held_pos < 0]
-            if len(shorts):
-                fees = float(d_borrow[d])
-                for i, px in zip(shorts.tolist(), close_ff[d, shorts].tolist()):
-                    fee = accrue(i, d, px)
-                    cash -= fee
-                    fees += fee
-                d_borrow[d] = fees
-            # 3. mark to market
-            values = held_pos * close_ff[d, held]
-            lv = float(values[values > 0].sum())
-            sv = float(-values[values < 0].sum())
-            eq = cash + lv - sv
-            equity[d], cash_arr[d], long_v[d], short_v[d] = eq, cash, lv, sv
-            npos[d] = len(held)
-            # 4. the cycle after the close: halts, then tomorrow's orders
-            policy.on_close(pydates[d], eq)
-            if d < n - 1:
-                pending = policy.decide(pydates[d], symbols, pos, cash, eq, close_ff[d],
-                                        market.signal[d], market.score[d], market.volatility[d])
-                decided_iso = iso[d]
-            if progress is not None:
-                progress(d + 1, n)
 
+def _accrue_borrow(r: _Replay, i: int, d: int, price: float) -> float:
+    """The borrow fee of short ``i`` from the date it is paid up to until day ``d`` at ``price``
+    (0 when it is not short or already paid up); records the accrual and moves the paid-up date.
+    The caller takes the fee from the cash."""
+    accrued_to, today = r.accrued_to, r.pydates[d]
+    start = accrued_to.get(i)
+    if start is None:
+        return 0.0
+    days = (today - start).days
+    if days <= 0:
+        return 0.0
+    qty = int(-r.pos[i])
+    fee = borrow(r.settings, qty, price, days)
+    accrued_to[i] = today
+    r.seq += 1
+    r.borrow_events.append({"seq": r.seq, "date": r.iso[d], "symbol": r.symbols[i],
+                            "quantity": qty, "price": price, "days": days, "fee": fee})
+    return fee
+
+
+def _close_the_day(r: _Replay, d: int) -> float:
+    """Steps 2 and 3 of day ``d``, after the close: every short accrues its borrow to today at
+    today's close, then the book is marked to market at the last known closes. Records the day's
+    equity, cash, long and short value and position count; returns the equity."""
+    held = np.flatnonzero(r.pos)
+    held_pos = r.pos[held]
+    shorts = held[held_pos < 0]
+    if len(shorts):
+        fees, cash = float(r.d_borrow[d]), r.cash
+        for i, px in zip(shorts.tolist(), r.close_ff[d, shorts].tolist()):
+            fee = _accrue_borrow(r, i, d, px)
+            cash -= fee
+            fees += fee
+        r.d_borrow[d], r.cash = fees, cash
+    values = held_pos * r.close_ff[d, held]
+    lv = float(values[values > 0].sum())
+    sv = float(-values[values < 0].sum())
+    eq = r.cash + lv - sv
+    r.equity[d], r.cash_arr[d], r.long_v[d], r.short_v[d] = eq, r.cash, lv, sv
+    r.npos[d] = len(held)
+    return eq
+
+
+def _result(r: _Replay, market: Market, policy, initial_cash: float, fill: str) -> EngineResult:
+    """The ``EngineResult`` of a finished replay, with the policy's halts, rejections and widenings."""
     return EngineResult(
-        dates=market.dates, symbols=list(symbols), initial_cash=float(initial_cash), equity=equity,
-        cash=cash_arr, long_value=long_v, short_value=short_v, n_positions=npos, trades=trades,
-        borrow_events=borrow_events, daily_commission=d_comm, daily_slippage=d_slip,
-        daily_borrow=d_borrow,
-        final_positions={symbols[i]: int(pos[i]) for i in np.flatnonzero(pos != 0)},
+        dates=market.dates, symbols=list(r.symbols), initial_cash=float(initial_cash), equity=r.equity,
+        cash=r.cash_arr, long_value=r.long_v, short_value=r.short_v, n_positions=r.npos, trades=r.trades,
+        borrow_events=r.borrow_events, daily_commission=r.d_comm, daily_slippage=r.d_slip,
+        daily_borrow=r.d_borrow,
+        final_positions={r.symbols[i]: int(r.pos[i]) for i in np.flatnonzero(r.pos != 0)},
         halts=list(getattr(policy, "halts", [])), rejections=int(getattr(policy, "rejections", 0)),
-        rejection_samples=list(getattr(policy, "rejection_samples", [])), cancelled=cancelled,
+        rejection_samples=list(getattr(policy, "rejection_samples", [])), cancelled=r.cancelled,
         fill=fill, policy=getattr(policy, "name", type(policy).__name__),
         widened=int(getattr(policy, "widened", 0)))
 
