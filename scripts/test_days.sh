@@ -21,11 +21,15 @@ MOMENTS=(
 )
 files=("$@")
 [[ ${#files[@]} -eq 0 ]] && files=(tests/)
+# Left out: it measures a real timeout (a download thread joined with a 1 s deadline), and under
+# libfaketime's interposed timed waits the join does not time out. It fails under faketime at the
+# machine's own current time too (2026-12-05), and passes without it: LD_PRELOAD, not the date.
+skip=(--deselect tests/test_data_collection.py::test_download_that_never_answers_hits_the_deadline)
 failed=()
 for at in "${MOMENTS[@]}"; do
   echo "== $(faketime "$at" date '+%a %Y-%m-%d %H:%M %Z'): ${files[*]}"
-  if ! faketime "$at" "$PY" -m pytest "${files[@]}" -q -rfE -n 2 --dist loadfile --no-loadscope-reorder \
-       -p no:cacheprovider; then
+  if ! faketime "$at" "$PY" -m pytest "${files[@]}" "${skip[@]}" -q -rfE -n 2 --dist loadfile \
+       --no-loadscope-reorder -p no:cacheprovider; then
     failed+=("$at")
   fi
 done
