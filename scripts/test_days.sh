@@ -24,7 +24,11 @@ files=("$@")
 # Left out: it measures a real timeout (a download thread joined with a 1 s deadline), and under
 # libfaketime's interposed timed waits the join does not time out. It fails under faketime at the
 # machine's own current time too (2026-12-05), and passes without it: LD_PRELOAD, not the date.
-skip=(--deselect tests/test_data_collection.py::test_download_that_never_answers_hits_the_deadline)
+# Also left out: a file's age (a data file written a second earlier is "fresh"). The kernel stamps
+# the file with the real time while libfaketime moves only the process's clock, so at a moment
+# ahead of the real one (Monday 2026-12-07 seen from 2026-12-05) the new file looks 40 h old.
+skip=(--deselect tests/test_data_collection.py::test_download_that_never_answers_hits_the_deadline
+      --deselect tests/test_data_collection.py::test_fresh_file_is_skipped_unless_forced)
 failed=()
 for at in "${MOMENTS[@]}"; do
   echo "== $(faketime "$at" date '+%a %Y-%m-%d %H:%M %Z'): ${files[*]}"
