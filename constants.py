@@ -147,6 +147,7 @@ FORCED_BUYIN_LOOKBACK_DAYS = 90            # window counted for FORCED_BUYIN_LIM
 # ----------- execution: orders, retries, circuit breaker (trading_execution.py, broker_gateway.py)
 ORDER_RETRIES = 3                          # extra attempts for transient broker errors (count)
 ORDER_BACKOFF_S = 1.0                      # first retry backoff, doubling (seconds)
+BROKER_RETRY_DEADLINE_S = 60.0             # no retry of a broker call starts later than this after its first attempt (seconds)
 ORDER_FILL_TIMEOUT_S = 120.0               # unfilled orders are cancelled after (seconds)
 FLATTEN_LOCK_WAIT_S = 120.0                # flatten waits this long for a running cycle to finish (seconds)
 ORDER_POLL_INTERVAL_S = 2.0                # fill polling interval (seconds)
@@ -230,6 +231,8 @@ RETRAIN_AFTER_CLOSE_MIN = 60               # weekly retrain: after the week's la
 WALK_FORWARD_AFTER_CLOSE_MIN = 75          # weekly walk-forward: after the week's last close (minutes)
 HEALTH_CHECK_CATCHUP_MIN = 120             # a missed health check still runs within (minutes after due)
 CYCLE_CATCHUP_MIN = 120                    # a missed trading cycle still runs within (minutes after due)
+CYCLE_RERUNS = 3                           # a failed trading cycle is run again at most this often per session, within its window (count)
+CYCLE_RERUN_SPACING_MIN = 10               # ... each rerun this long after the failed run ended (minutes)
 AFTER_CLOSE_CATCHUP_MIN = 360              # data update, rotation, retention still run within (minutes after due)
 WEEKLY_CATCHUP_MIN = 360                   # weekly retrain / walk-forward still run within (minutes after due)
 SCHEDULE_MISSED_LOOKBACK_DAYS = 7          # windows this recent that passed unrun raise a "missed" alert (days)
@@ -303,7 +306,7 @@ OPERATIONAL_TUNABLES = (
     "TRAIN_SEED", "PROMOTION_TOLERANCE", "INFERENCE_PARITY_TOL", "MODEL_BACKUPS_KEEP",
     "DRIFT_MIN_SAMPLES", "DRIFT_LOOKBACK_DAYS", "DRIFT_LOW", "DRIFT_MEDIUM", "DRIFT_HIGH", "DRIFT_CRITICAL",
     "DRIFT_ALERT_LOG_DAYS",
-    "ORDER_RETRIES", "ORDER_BACKOFF_S", "ORDER_FILL_TIMEOUT_S", "FLATTEN_LOCK_WAIT_S", "ORDER_POLL_INTERVAL_S",
+    "ORDER_RETRIES", "ORDER_BACKOFF_S", "BROKER_RETRY_DEADLINE_S", "ORDER_FILL_TIMEOUT_S", "FLATTEN_LOCK_WAIT_S", "ORDER_POLL_INTERVAL_S",
     "ORDER_SNAPSHOT_LOOKBACK_S", "ORDER_ADOPT_MAX_DELAY_S", "HALT_CANCELS_UNFILLED", "MAX_ORDERS_PER_MINUTE",
     "CIRCUIT_BREAKER_FAILURES", "CIRCUIT_BREAKER_RECOVERY_S", "PAPER_OPENS_SESSIONS",
     "BROKER_HTTP_TIMEOUT_S", "TOKEN_WARN_AGE_DAYS", "TOKEN_MAX_AGE_DAYS", "SCHWAB_CALLBACK_URL",
@@ -321,6 +324,7 @@ OPERATIONAL_TUNABLES = (
     "SCHEDULER_LOCK_FILE", "SCHEDULE_INTERVAL_MIN", "HEALTH_CHECK_BEFORE_OPEN_MIN", "CYCLE_AFTER_OPEN_MIN",
     "DATA_UPDATE_AFTER_CLOSE_MIN", "AUDIT_ROTATE_AFTER_CLOSE_MIN", "LOG_RETENTION_AFTER_CLOSE_MIN",
     "RETRAIN_AFTER_CLOSE_MIN", "WALK_FORWARD_AFTER_CLOSE_MIN", "HEALTH_CHECK_CATCHUP_MIN", "CYCLE_CATCHUP_MIN",
+    "CYCLE_RERUNS", "CYCLE_RERUN_SPACING_MIN",
     "AFTER_CLOSE_CATCHUP_MIN", "WEEKLY_CATCHUP_MIN", "SCHEDULE_MISSED_LOOKBACK_DAYS", "JOB_TIMEOUT_MIN",
     "LONG_JOB_TIMEOUT_MIN", "ENV_CRONTAB_FILE", "CRON_MARKER",
     "LOG_RETENTION_DAYS", "LOG_ROTATE_AGE_DAYS", "LOG_ROTATE_MAX_BYTES",

@@ -38,6 +38,7 @@ import schwab_broker
 import state_db
 import status_page
 from risk_management import RiskManager
+from broker_gateway import describe_breaker
 from trading_execution import CircuitBreaker
 from errors import install_excepthook, mount_point
 
@@ -153,7 +154,7 @@ def check_breaker():
         return OK, "circuit breaker closed (no state yet)"
     st = CircuitBreaker().status()
     if st["state"] != "closed":
-        return WARN, (f"Circuit breaker {st['state']} after {st['failures']} failures (last: {st['last_error']}); "
+        return WARN, (f"Circuit breaker {describe_breaker(st)}; "
                       f"it retries after {C.CIRCUIT_BREAKER_RECOVERY_S:.0f} s")
     return OK, "circuit breaker closed"
 

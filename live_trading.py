@@ -36,6 +36,7 @@ from trading_api import get_broker
 from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCLE_KEY,
                            audit_logger, cycle_lock, get_latest_signal, get_model, load_features,
                            lock_holder, print_positions, run_cycle, sync_prices)
+from broker_gateway import describe_breaker
 from trading_execution import CircuitBreaker, OrderExecutor
 
 log = logging.getLogger("trading")
@@ -84,8 +85,7 @@ def cmd_status(as_json: bool, replay: bool) -> int:
     print(f"mode:            {data['mode']}{'  (replay account)' if replay else ''}   (home {data['home']})")
     print(f"kill switch:     {'ON: ' + switch['reason'] + ' (by ' + switch['by'] + ' at ' + switch['at'] + ')' if switch else 'off'}")
     br = data["circuit_breaker"]
-    print(f"circuit breaker: {br['state']} ({br['failures']} consecutive failures)"
-          + (f", last error: {br['last_error']}" if br["last_error"] else ""))
+    print(f"circuit breaker: {describe_breaker(br)}")
     risk = data["risk"]
     print(f"risk:            peak {money(risk['peak'] or 0)}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
           f"halted: {'YES: ' + str(risk['halt_reason']) if risk['halted'] else 'no'}")
@@ -190,7 +190,7 @@ def _flatten_locked() -> int:
     print(f"flatten: cancelled {done['cancelled']} open orders, {len(done['orders'])} closing orders")
     if executor.broker.fills_at_next_open and any(o["status"] == "SUBMITTED" for o in done["orders"]):
         print("paper: the closing orders fill at the next session's open (as a market order after the close would)")
-    print_positions(executor.broker)
+    print_positions(executor.gateway)
     return EXIT_OK
 
 

@@ -29,6 +29,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import broker_gateway
 import config
 import constants as C
 from portfolio import money
@@ -164,8 +165,7 @@ def _recent_orders(conn, n: int) -> list[dict]:
 
 
 def _breaker(conn) -> dict | None:
-    row = conn.execute("SELECT * FROM circuit_breaker WHERE name = 'broker'").fetchone()
-    return dict(row) if row else None
+    return broker_gateway.read_breaker(conn)
 
 
 def _risk(conn) -> dict:
@@ -389,9 +389,10 @@ def _render_state(data) -> str:
         parts.append(f'<li id="kill-switch" data-state="{"on" if ks else "off"}">kill switch: '
                      f'<span class="badge {"ON" if ks else "off"}">{E(ks_text)}</span></li>')
         br = data.get("breaker") or {"state": "closed", "failures": 0, "last_error": None}
+        detail = broker_gateway.describe_breaker({**br, "last_error": str(br["last_error"])[:120]
+                                                  if br.get("last_error") else None})
         parts.append(f'<li id="breaker" data-state="{E(br["state"])}">circuit breaker: <span class="badge '
-                     f'{E(br["state"])}">{E(br["state"])}</span> ({br["failures"]} consecutive failures'
-                     f'{", last: " + E(str(br["last_error"])[:120]) if br.get("last_error") else ""})</li>')
+                     f'{E(br["state"])}">{E(br["state"])}</span> {E(detail[len(br["state"]) + 1:])}</li>')
         rs = data.get("risk")
         if rs:
             parts.append(f'<li id="risk" data-drawdown="{_num_attr(rs.get("drawdown"))}" '

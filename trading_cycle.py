@@ -248,12 +248,13 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
     features, cycle_date = _fresh_features(data_day)
     signals = get_latest_signal(features=features, model=model, conn=conn)
     failpoint("after_signals")
-    executor = OrderExecutor(conn=conn, audit=audit, broker=get_broker(mode, settings=settings, conn=conn))
+    executor = OrderExecutor(conn=conn, audit=audit,       # the broker made on first use, retried
+                             make_broker=lambda: get_broker(mode, settings=settings, conn=conn))
     sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
     executor.reconcile()                                     # AmbiguousOrderError: a person decides
     executor.external_activity(mode)                         # WARNING + audit for what is not ours
     risk = RiskManager(conn=conn, audit=audit, settings=settings)
-    portfolio = _account(risk, executor.broker, signals, cycle_date)
+    portfolio = _account(risk, executor.gateway, signals, cycle_date)     # reads retried
     tradable = _stale_guard(features, cycle_date, signals, portfolio, audit)
     hold = _drift_hold(features, model, conn, data_day)
     plan = _plan(risk, tradable, portfolio, hold, audit)
@@ -265,7 +266,7 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
     equity = _close_cycle(conn, audit, risk, executor, model, run)
     log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
              len(signals), len(plan.orders), len(plan.approved), len(keys), failures, equity)
-    _print_cycle(signals, final, executor.broker)
+    _print_cycle(signals, final, executor.gateway)
     return EXIT_FAIL if failures else EXIT_OK
 
 
@@ -472,7 +473,7 @@ def _close_cycle(conn, audit, risk, executor, model, run: CycleRun) -> float:
     """Record the equity after the fills, the cycle summary and (paper, no failure, no halt) the
     paper session for the go-live gate, the broker's positions (the next cycle's baseline for
     activity that is not ours) and the equity curve; audit the cycle's end. Returns the equity."""
-    broker = executor.broker
+    broker = executor.gateway                 # the broker's reads through the retry rule
     after = broker.get_account_balance()
     equity = float(after["equity"])
     risk.update_equity(equity, as_of=run.cycle_date)

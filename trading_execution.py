@@ -8,7 +8,8 @@ circuit breaker and flatten.
   order book (``order_book.OrderBook``: the ``orders`` table and the client keys), the broker
   gateway (``broker_gateway.BrokerGateway``: the circuit breaker and the one retry rule),
   ``order_recovery.OrderRecovery`` and ``external_activity.ExternalActivity``; tests and callers
-  may pass ``broker``, ``conn``, ``audit``, ``breaker``, ``sleep`` or a whole ``gateway``.
+  may pass ``broker`` (or ``make_broker``, called on first use), ``conn``, ``audit``, ``breaker``,
+  ``sleep`` or a whole ``gateway``.
 * ``is_market_open(dt)``: the NYSE regular session from exchange-calendars (holidays, 13:00
   early closes). A naive ``dt`` is the machine's local time; an aware one is converted.
 * Exactly once (``order_recovery.py``): every intended order gets a deterministic
@@ -123,8 +124,10 @@ class _NotSent(Exception):
 class OrderExecutor:
     def __init__(self, broker: Broker | None = None, conn: sqlite3.Connection | None = None, audit=None,
                  sleep: Callable[[float], Any] = time.sleep, cancel_on_halt: bool | None = None,
-                 breaker: CircuitBreaker | None = None, gateway: BrokerGateway | None = None):
+                 breaker: CircuitBreaker | None = None, gateway: BrokerGateway | None = None,
+                 make_broker: Callable[[], Broker] = get_broker):
         self._broker = broker
+        self._make_broker = make_broker
         self._conn = conn
         self._audit = audit
         self._breaker = breaker
@@ -163,7 +166,7 @@ class OrderExecutor:
     def gateway(self) -> BrokerGateway:
         if self._gateway is None:
             self._gateway = BrokerGateway(self._breaker or CircuitBreaker(self.conn), self._broker,
-                                          make_broker=get_broker, sleep=self.sleep)
+                                          make_broker=self._make_broker, sleep=self.sleep)
         return self._gateway
 
     @property
@@ -309,7 +312,7 @@ class OrderExecutor:
         failpoint("after_sending_mark")
         if n == 1:
             self.audit.log_event("order_submit", "attempt", dict(spec))
-        return str(self.gateway.call_once(f"place {key}", self.broker.place_order, spec))
+        return self.gateway.place_order(spec, f"place {key}")
 
     def _before_resend(self, key: str, exc: TransientBrokerError, halt: HaltCheck) -> None:
         """Between two attempts: after an ambiguous failure (it may have arrived) the snapshot
