@@ -89,6 +89,8 @@ ALERT_KINDS: dict[str, AlertKind] = {
                                     "python scheduler.py status"),
     "cycle_failed": AlertKind("Trading cycle failed", SAME_DAY,
                               "tail -30 logs/errors.log"),
+    "cycle_gave_up": AlertKind("Trading cycle failed and the scheduler stopped rerunning it", SAME_DAY,
+                               "python scheduler.py status"),
     "cycle_missed": AlertKind("Trading cycle did not run", SAME_DAY,
                               "python scheduler.py status"),
     "live_gate_refused": AlertKind("Live trading refused by the go-live gate", SAME_DAY,

@@ -19,8 +19,14 @@ walk_forward    week's last close + 75 min      ./run_backtest.sh --walk-forward
 
 (offsets and catch-up windows: constants.py, "schedule and alerts"). A job whose time has come
 runs if its catch-up window has not passed (downtime); after that it is recorded as missed and
-an alert is sent, as for a job that fails (non-zero exit or timeout). Runs are recorded in the
-SQLite table ``schedule_runs`` (one row per job and session or week: the at-most-once rule).
+an alert is sent, as for a job that fails (non-zero exit or timeout). A failed trading cycle is
+run again (``CYCLE_RERUNS`` times at most, each ``CYCLE_RERUN_SPACING_MIN`` after the failed run
+ended, only while its window is open, never after exit 2 or 3: a configuration error or the
+go-live gate, which a rerun cannot fix); when the scheduler gives up it sends the
+``cycle_gave_up`` alert. A rerun is an ordinary cycle: the exactly-once order machinery
+(``order_recovery.py``) finds the orders of the failed run and sends none twice. Runs are
+recorded in the SQLite table ``schedule_runs`` (one row per job and session or week: the
+at-most-once rule; ``attempts`` counts the reruns, ``gave_up_at`` says no rerun follows).
 One scheduler run at a time holds ``state/locks/scheduler.lock``, so two jobs never overlap;
 a run that finds the lock taken does nothing.
 
@@ -78,6 +84,10 @@ class Job:
     timeout_min: float = C.JOB_TIMEOUT_MIN
     failed_alert: str = "scheduled_job_failed"   # alerts.ALERT_KINDS key when it fails
     missed_alert: str = "scheduled_job_failed"   # ... when its window passes unrun
+    reruns: int = 0             # a failed run is run again at most this often, within its window
+    rerun_spacing_min: float = 0.0   # ... each this long after the failed run ended
+    final_codes: tuple[int, ...] = ()   # exit codes a rerun cannot fix: never rerun
+    gave_up_alert: str = ""     # alerts.ALERT_KINDS key when a rerun job fails for good (default failed_alert)
 
 
 TRADING_CYCLE = "trading_cycle"            # the job that trades: named first wherever jobs are listed
@@ -85,7 +95,10 @@ JOBS: tuple[Job, ...] = (
     Job("health_check", ("./run_health_check.sh",), "open", -C.HEALTH_CHECK_BEFORE_OPEN_MIN,
         C.HEALTH_CHECK_CATCHUP_MIN, failed_alert="health_check_failed"),
     Job(TRADING_CYCLE, ("python", "live_trading.py"), "open", C.CYCLE_AFTER_OPEN_MIN,
-        C.CYCLE_CATCHUP_MIN, failed_alert="cycle_failed", missed_alert="cycle_missed"),
+        C.CYCLE_CATCHUP_MIN, failed_alert="cycle_failed", missed_alert="cycle_missed",
+        reruns=C.CYCLE_RERUNS, rerun_spacing_min=C.CYCLE_RERUN_SPACING_MIN,
+        final_codes=(2, 3),                 # live_trading.py: configuration error, go-live gate refused
+        gave_up_alert="cycle_gave_up"),
     Job("data_update", ("./run_daily_data_update.sh",), "close", C.DATA_UPDATE_AFTER_CLOSE_MIN,
         C.AFTER_CLOSE_CATCHUP_MIN, failed_alert="data_update_failed",
         missed_alert="data_update_missed"),
@@ -111,8 +124,29 @@ CREATE TABLE IF NOT EXISTS schedule_runs (
     exit_code INTEGER,
     duration_s REAL,
     detail TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,   -- runs of this period: 1 + reruns
+    gave_up_at TEXT,               -- UTC ISO: a failed run that is not run again (alerted)
     PRIMARY KEY (job, period)
 )"""]
+# columns newer than the table: (name, declaration, statement run once when it is added)
+_ADDED_COLUMNS = [
+    ("attempts", "INTEGER NOT NULL DEFAULT 1", None),
+    # failures recorded before reruns existed were final: they are not run again nor alerted again
+    ("gave_up_at", "TEXT", "UPDATE schedule_runs SET gave_up_at = COALESCE(finished_at, due_at) "
+                           "WHERE status = 'failed'"),
+]
+
+
+def ensure_schema(conn) -> None:
+    """The table, and the columns newer than an existing database (one transaction)."""
+    state_db.ensure_schema(conn, _SCHEMA)
+    with state_db.transaction(conn):
+        have = {r[1] for r in conn.execute("PRAGMA table_info(schedule_runs)")}
+        for column, decl, then in _ADDED_COLUMNS:
+            if column not in have:
+                conn.execute(f"ALTER TABLE schedule_runs ADD COLUMN {column} {decl}")
+                if then:
+                    conn.execute(then)
 
 
 # --------------------------------------------------------------------------- time and slots
@@ -188,6 +222,7 @@ class Decision:
     why: str
     slot: Slot | None = None                 # the slot to run when due
     missed: list | None = None               # slots whose window passed unrun (alert)
+    attempt: int = 1                         # the run of the slot this is (2: its first rerun)
 
 
 def _runs(conn) -> dict:
@@ -198,6 +233,19 @@ def _runs(conn) -> dict:
     except sqlite3.Error:
         return {}
     return {(r["job"], r["period"]): dict(r) for r in rows}
+
+
+def rerun_at(job: Job, slot: Slot, row: dict) -> datetime | None:
+    """When the failed run ``row`` of ``slot`` is run again: ``rerun_spacing_min`` after it
+    ended, if ``job`` has reruns left, its exit code is not one of ``final_codes`` and one
+    scheduler interval is left before the window ends; None: it is not run again."""
+    if (row.get("status") != "failed" or row.get("gave_up_at") or not row.get("finished_at")
+            or (row.get("attempts") or 1) > job.reruns or row.get("exit_code") in job.final_codes):
+        return None
+    at = datetime.fromisoformat(row["finished_at"]) + timedelta(minutes=job.rerun_spacing_min)
+    if at + timedelta(minutes=C.SCHEDULE_INTERVAL_MIN) > slot.until:
+        return None
+    return at
 
 
 def _window(slot: Slot) -> str:
@@ -227,8 +275,20 @@ def evaluate(now: datetime, conn=None, first_run: datetime | None = None,
                 decisions.append(Decision(job, True, _window(current), current, missed))
                 continue
             when = done["finished_at"] or done["started_at"] or done["due_at"]
-            why = (f"already ran for {current.period}: {done['status']} (exit "
-                   f"{done['exit_code']}) at {ny(datetime.fromisoformat(when))}; {nxt}")
+            again = rerun_at(job, current, done)
+            attempt = (done.get("attempts") or 1) + 1
+            rerun = (f"rerun {attempt - 1} of {job.reruns} after exit {done['exit_code']} at "
+                     f"{ny(datetime.fromisoformat(when))}")
+            if again is not None and now >= again:
+                decisions.append(Decision(job, True, f"{rerun}; {_window(current)}", current, missed,
+                                          attempt))
+                continue
+            if again is not None:
+                why = f"{rerun}: due {ny(again)}; {_window(current)}"
+            else:
+                why = (f"already ran for {current.period}: {done['status']} (exit "
+                       f"{done['exit_code']}) at {ny(datetime.fromisoformat(when))}"
+                       f"{', run ' + str(attempt - 1) + ' times' if attempt > 2 else ''}; {nxt}")
         elif current is not None and (job.name, current.period) not in runs:
             before = " (before the scheduler's first run)" if current.due_at < first_run else ""
             why = f"missed {current.period}: window ended {ny(current.until)}{before}; {nxt}"
@@ -383,7 +443,7 @@ def run_due(now: datetime | None = None, jobs=JOBS) -> int:
         return 0
     conn = state_db.connect()
     try:
-        state_db.ensure_schema(conn, _SCHEMA)
+        ensure_schema(conn)
         now = now or clock.now()
         first_run = first_run_at(conn)
         if first_run is None:
@@ -391,52 +451,122 @@ def run_due(now: datetime | None = None, jobs=JOBS) -> int:
             with state_db.transaction(conn):
                 state_db.kv_set(conn, FIRST_RUN_KEY, now.isoformat(timespec="seconds"))
         _mark_interrupted(conn)
+        _give_up_passed(conn, jobs, now)
         decisions = evaluate(now, conn, first_run, jobs)
         for d in decisions:
             if d.missed:
                 _alert_missed(conn, d.job, d.missed, now)
         failures = 0
-        due = sorted(((d.job, d.slot) for d in decisions if d.due and d.slot is not None),
-                     key=lambda pair: pair[1].due_at)
-        for job, slot in due:
+        due = sorted(((d.job, d.slot, d.attempt) for d in decisions if d.due and d.slot is not None),
+                     key=lambda due: due[1].due_at)
+        for job, slot, attempt in due:
             current = now if fixed_now else clock.now()
             if current >= slot.until:                  # an earlier job ran past this window
-                _alert_missed(conn, job, [slot], current)
+                if attempt > 1:
+                    _give_up(conn, job, slot.period, f"its window ended {ny(slot.until)} before the rerun")
+                else:
+                    _alert_missed(conn, job, [slot], current)
                 continue
-            failures += _run_slot(conn, job, slot)
+            failures += _run_slot(conn, job, slot, attempt, current)
         return 1 if failures else 0
     finally:
         conn.close()
         lock.release()
 
 
-def _run_slot(conn, job: Job, slot: Slot) -> int:
-    """Claim ``slot`` (at most once per period, across processes), run ``job``, record how it
-    ended and alert on failure; 1 when it failed, 0 when it succeeded or another run has it."""
+def _run_slot(conn, job: Job, slot: Slot, attempt: int = 1, now: datetime | None = None) -> int:
+    """Claim ``slot`` (at most once per period, across processes; a rerun claims the failed row
+    of the run before it), run ``job``, record how it ended and, when it is not run again, alert
+    on failure; 1 when it failed, 0 when it succeeded or another run has it. ``now``: the
+    scheduler's clock at the start (the times recorded are on it; default ``clock.now()``)."""
+    now = now or clock.now()
+    started_at = now.astimezone(timezone.utc).isoformat(timespec="seconds")
     with state_db.transaction(conn):
-        claimed = conn.execute(
-            "INSERT OR IGNORE INTO schedule_runs(job, period, due_at, started_at, status) "
-            "VALUES (?, ?, ?, ?, 'running')",
-            (job.name, slot.period, slot.due_at.isoformat(), state_db.utcnow())
-        ).rowcount
+        if attempt == 1:
+            claimed = conn.execute(
+                "INSERT OR IGNORE INTO schedule_runs(job, period, due_at, started_at, status) "
+                "VALUES (?, ?, ?, ?, 'running')",
+                (job.name, slot.period, slot.due_at.isoformat(), started_at)
+            ).rowcount
+        else:
+            claimed = conn.execute(
+                "UPDATE schedule_runs SET status = 'running', attempts = ?, started_at = ?, finished_at = NULL,"
+                " exit_code = NULL, duration_s = NULL, detail = NULL WHERE job = ? AND period = ? AND"
+                " status = 'failed' AND attempts = ? AND gave_up_at IS NULL",
+                (attempt, started_at, job.name, slot.period, attempt - 1)).rowcount
     if not claimed:
         return 0
+    if attempt > 1:
+        log.warning("%s for %s: rerun %d of %d after the failed run", job.name, slot.period, attempt - 1,
+                    job.reruns)
     code, seconds, detail = run_command(job)
     status = "ok" if code == 0 else "failed"
     with state_db.transaction(conn):
         conn.execute("UPDATE schedule_runs SET finished_at = ?, status = ?, exit_code = ?, "
                      "duration_s = ?, detail = ? WHERE job = ? AND period = ?",
-                     (state_db.utcnow(), status, code, round(seconds, 3), detail, job.name, slot.period))
+                     ((now + timedelta(seconds=seconds)).astimezone(timezone.utc).isoformat(timespec="seconds"),
+                      status, code, round(seconds, 3), detail, job.name, slot.period))
     if code == 0:
         log.info("%s for %s done in %.1f s", job.name, slot.period, seconds)
         return 0
     log.error("%s for %s failed: exit %s after %.1f s %s", job.name, slot.period, code, seconds, detail)
+    row = dict(conn.execute("SELECT * FROM schedule_runs WHERE job = ? AND period = ?",
+                            (job.name, slot.period)).fetchone())
+    again = rerun_at(job, slot, row)
+    if again is not None:
+        log.warning("%s for %s will be run again at %s or the next scheduler run after (rerun %d of %d; "
+                    "window until %s)", job.name, slot.period, ny(again), attempt, job.reruns, ny(slot.until))
+        return 1
+    if job.reruns:
+        why = (f"exit {code} is not one a rerun can fix" if code in job.final_codes else
+               f"no rerun left ({job.reruns})" if attempt > job.reruns else
+               f"no time for a rerun before its window ends {ny(slot.until)}")
+        _give_up(conn, job, slot.period, why)
+        return 1
+    _mark_given_up(conn, job.name, slot.period)
     alerts.send_alert(job.failed_alert,
                       f"{job.name} for {slot.period} failed: `{' '.join(job.command)}` "
                       f"exited {code} after {seconds:.0f} s{'; ' + detail if detail else ''}. "
                       f"Its output is in logs/cron_trading.log.",
                       key=f"{job.name}:{slot.period}")
     return 1
+
+
+def _mark_given_up(conn, job: str, period: str) -> bool:
+    """Record that the failed run of ``job`` for ``period`` is not run again; False when it
+    already was."""
+    with state_db.transaction(conn):
+        return conn.execute("UPDATE schedule_runs SET gave_up_at = ? WHERE job = ? AND period = ? AND "
+                            "status = 'failed' AND gave_up_at IS NULL",
+                            (state_db.utcnow(), job, period)).rowcount > 0
+
+
+def _give_up(conn, job: Job, period: str, why: str) -> None:
+    """A job with reruns failed for good this period: recorded once, alerted once."""
+    if not _mark_given_up(conn, job.name, period):
+        return
+    row = conn.execute("SELECT * FROM schedule_runs WHERE job = ? AND period = ?", (job.name, period)).fetchone()
+    runs, code = row["attempts"], row["exit_code"]
+    log.error("%s for %s: giving up after %d run%s (last exit %s): %s", job.name, period, runs,
+              "s" if runs != 1 else "", code, why)
+    alerts.send_alert(job.gave_up_alert or job.failed_alert,
+                      f"{job.name} for {period} failed {runs} time{'s' if runs != 1 else ''} "
+                      f"(last: `{' '.join(job.command)}` exited {code}) and is not run again: {why}. "
+                      f"Its output is in logs/cron_trading.log.", key=f"{job.name}:{period}")
+
+
+def _give_up_passed(conn, jobs, now: datetime) -> None:
+    """Failed runs waiting for a rerun whose window ended meanwhile (the scheduler did not run in
+    time): given up, alerted."""
+    for job in jobs:
+        if not job.reruns:
+            continue
+        rows = conn.execute("SELECT period, due_at FROM schedule_runs WHERE job = ? AND status = 'failed' "
+                            "AND gave_up_at IS NULL", (job.name,)).fetchall()
+        for row in rows:
+            until = datetime.fromisoformat(row["due_at"]) + timedelta(minutes=job.catchup_min)
+            if now >= until:
+                _give_up(conn, job, row["period"], f"its window ended {ny(until)} before the rerun")
 
 
 def last_runs() -> dict[str, dict]:
@@ -475,8 +605,11 @@ def status_lines(now: datetime | None = None) -> list[str]:
         finished = ny(datetime.fromisoformat(r["finished_at"])) if r["finished_at"] else "-"
         seconds = f"{r['duration_s']:.1f}" if r["duration_s"] is not None else "-"
         exit_code = "-" if r["exit_code"] is None else str(r["exit_code"])
+        n_runs = r.get("attempts") or 1
+        note = "  ".join(x for x in (r["detail"], f"{n_runs} runs" if n_runs > 1 else "",
+                                     "gave up" if r.get("gave_up_at") and r["status"] == "failed" else "") if x)
         lines.append(f"{job.name:<15}{r['period']:<12}{r['status']:<12}{exit_code:>5}"
-                     f"{seconds:>9}  {finished}{'  ' + r['detail'] if r['detail'] else ''}")
+                     f"{seconds:>9}  {finished}{'  ' + note if note else ''}")
     return lines
 
 

@@ -117,6 +117,13 @@ class FakeSchwabServer:
                       ``release_post`` is set (or ``hold_timeout_s``): the test kills the client.
     post_delay_s      seconds to wait (after storing) before answering any POST.
     The three fault flags take True (the next POST) or a count of POSTs; they are consumed.
+    HTTP errors by kind of request (``KINDS``; the n-th counts every request of that kind,
+    retries included; the answer is sent before the request touches any state):
+    ``fail_nth(kind, n, status=500)``     the n-th request of ``kind`` answers ``status``, once
+    ``fail_alternate(kinds, status=500)`` every request of those kinds whose previous one of its
+                      kind was answered normally answers ``status``: each call fails once, its retry works
+    ``fail_always(kind, status)``         every request of ``kind`` answers ``status``
+    ``injected``      [(kind, n, status)] of every error answered so far; ``kind_counts`` per kind.
     ``meta[order_id]["stored_at"]`` is ``time.time()`` (our clock, unskewed) when an order was stored.
     """
 
@@ -143,6 +150,12 @@ class FakeSchwabServer:
         self.access_tokens = {ACCESS}
         self.refresh_token = REFRESH
         self.token_refreshes = 0
+        self.kind_counts: Counter = Counter()     # requests per kind (KINDS), injected errors included
+        self.injected: list[tuple[str, int, int]] = []
+        self._fail_nth: dict[tuple[str, int], int] = {}
+        self._fail_alternate: dict[str, int] = {}
+        self._fail_always: dict[str, int] = {}
+        self._failed_last: dict[str, bool] = {}
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -220,6 +233,48 @@ class FakeSchwabServer:
             if order["status"] in OPEN:
                 order.update(status="CANCELED", remainingQuantity=0, cancelable=False, editable=False,
                              closeTime=self.now().strftime(_TIME_FORMAT))
+
+    def fail_nth(self, kind: str, n: int, status: int = 500) -> None:
+        """The ``n``-th request of ``kind`` (counted from the server's start) answers ``status``."""
+        assert kind in KINDS, kind
+        with self.lock:
+            self._fail_nth[(kind, int(n))] = int(status)
+
+    def fail_alternate(self, kinds=None, status: int = 500) -> None:
+        """Each call of these kinds (default: every kind but the token endpoint) fails once:
+        a request answers ``status`` unless the previous one of its kind did."""
+        with self.lock:
+            for kind in (kinds or [k for k in KINDS if k != "token"]):
+                assert kind in KINDS, kind
+                self._fail_alternate[kind] = int(status)
+
+    def fail_always(self, kind: str, status: int) -> None:
+        assert kind in KINDS, kind
+        with self.lock:
+            self._fail_always[kind] = int(status)
+
+    def clear_failures(self) -> None:
+        with self.lock:
+            self._fail_nth.clear()
+            self._fail_alternate.clear()
+            self._fail_always.clear()
+
+    def _injected_status(self, kind: str | None) -> int | None:
+        """Count this request of ``kind``; the status to answer instead, or None."""
+        if kind is None:
+            return None
+        with self.lock:
+            self.kind_counts[kind] += 1
+            n = self.kind_counts[kind]
+            status = self._fail_nth.pop((kind, n), None)
+            if status is None:
+                status = self._fail_always.get(kind)
+            if status is None and kind in self._fail_alternate and not self._failed_last.get(kind):
+                status = self._fail_alternate[kind]
+            self._failed_last[kind] = status is not None
+            if status is not None:
+                self.injected.append((kind, n, status))
+            return status
 
     # ------------------------------------------------------------------ introspection
     def all_orders(self, source: str | None = None) -> list[dict]:
@@ -407,6 +462,31 @@ class FakeSchwabServer:
         return 200, out[:limit]
 
 
+KINDS = ("token", "account_numbers", "account", "account_positions", "quotes", "orders_list",
+         "order_post", "order_get", "order_delete")
+
+
+def request_kind(method: str, path: str, query: dict) -> str | None:
+    """The kind of a request (``KINDS``) for the HTTP error knobs; None: not one of ours."""
+    if path == "/v1/oauth/token":
+        return "token"
+    if path == "/trader/v1/accounts/accountNumbers":
+        return "account_numbers"
+    if path == "/marketdata/v1/quotes":
+        return "quotes"
+    if path == "/trader/v1/orders":
+        return "orders_list"
+    match = re.fullmatch(r"/trader/v1/accounts(?:/([^/]+))?(/orders(?:/(\d+))?)?", path)
+    if not match:
+        return None
+    _, orders_part, order_id = match.groups()
+    if orders_part is None:
+        return "account_positions" if "positions" in ",".join(query.get("fields", [])) else "account"
+    if order_id is None:
+        return "order_post" if method == "POST" else "orders_list"
+    return {"GET": "order_get", "DELETE": "order_delete"}.get(method)
+
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeSchwabServer
     protocol_version = "HTTP/1.1"
@@ -455,6 +535,9 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.lock:
             fake.requests.append({"method": method, "path": path, "query": query,
                                   "at": fake.now().isoformat()})
+        status = fake._injected_status(request_kind(method, path, query))
+        if status is not None:
+            return self._send(status, {"message": f"injected HTTP {status}"})
         try:
             if path == "/v1/oauth/token" and method == "POST":
                 return self._token(body)

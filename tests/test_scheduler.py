@@ -9,7 +9,9 @@ from datetime import datetime
 
 import pytest
 
+import alerts
 import config
+import constants as C
 import scheduler
 from alert_servers import WebhookServer
 from conftest import ROOT, entry_env, run_entry
@@ -209,3 +211,107 @@ def test_real_after_close_jobs_run_from_the_cli(trading_home):
     assert ("trading_cycle", "2026-11-24") not in rows                     # not its time
     again = run_entry(["scheduler.py", "--dry-run", "--now", "2026-11-24T16:57-05:00"], trading_home)
     assert "not due data_update    already ran for 2026-11-24: ok" in again.stdout, again.stdout
+
+
+# --------------------------------------------------------------------------- reruns of a failed cycle
+def _flaky_job(marker, fail_first, reruns=3, spacing=10, code=1, catchup=120):
+    """A trading-cycle-like job that exits ``code`` on its first ``fail_first`` runs, then 0."""
+    script = (f"import sys; p = {str(marker)!r}; open(p, 'a').write('run\\n'); "
+              f"n = open(p).read().count('run'); sys.exit({code} if n <= {fail_first} else 0)")
+    return Job("trading_cycle", ("python", "-c", script), "open", 5, catchup, failed_alert="cycle_failed",
+               missed_alert="cycle_missed", reruns=reruns, rerun_spacing_min=spacing, final_codes=(2, 3),
+               gave_up_alert="cycle_gave_up")
+
+
+def test_a_failed_cycle_is_rerun_in_its_window_after_the_spacing(trading_home, monkeypatch):
+    marker = trading_home / "runs.txt"
+    jobs = (_flaky_job(marker, fail_first=2),)
+    with WebhookServer() as hook:
+        monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
+        assert scheduler.run_due(_ny("2026-11-23T09:40-05:00"), jobs) == 1          # run 1 fails
+        row = _rows()[("trading_cycle", "2026-11-23")]
+        assert row["status"] == "failed" and row["attempts"] == 1 and row["gave_up_at"] is None
+        dry = scheduler.evaluate(_ny("2026-11-23T09:45-05:00"), scheduler.readonly_conn(), jobs=jobs)[0]
+        assert not dry.due and "rerun 1 of 3 after exit 1" in dry.why and "due 2026-11-23 09:50" in dry.why
+        assert scheduler.run_due(_ny("2026-11-23T09:45-05:00"), jobs) == 0          # spacing: not yet
+        assert marker.read_text().count("run") == 1
+        assert scheduler.run_due(_ny("2026-11-23T09:51-05:00"), jobs) == 1          # rerun 1 fails
+        assert scheduler.run_due(_ny("2026-11-23T10:02-05:00"), jobs) == 0          # rerun 2 works
+        assert scheduler.run_due(_ny("2026-11-23T10:20-05:00"), jobs) == 0          # done: no more
+        assert marker.read_text().count("run") == 3
+        row = _rows()[("trading_cycle", "2026-11-23")]
+        assert row["status"] == "ok" and row["attempts"] == 3 and row["gave_up_at"] is None
+        assert not [a for a in hook.received if "stopped rerunning" in a["title"]]   # never gave up
+    status = run_entry(["scheduler.py", "status", "--now", "2026-11-23T10:20-05:00"], trading_home)
+    assert "3 runs" in status.stdout, status.stdout
+
+
+def test_reruns_are_bounded_and_the_give_up_is_alerted_once(trading_home, monkeypatch):
+    marker = trading_home / "runs.txt"
+    jobs = (_flaky_job(marker, fail_first=99, reruns=2),)
+    with WebhookServer() as hook:
+        monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
+        for at in ("09:40", "09:51", "10:02", "10:13", "10:24"):
+            scheduler.run_due(_ny(f"2026-11-23T{at}-05:00"), jobs)
+        assert marker.read_text().count("run") == 3                                # 1 + 2 reruns
+        row = _rows()[("trading_cycle", "2026-11-23")]
+        assert row["status"] == "failed" and row["attempts"] == 3 and row["gave_up_at"]
+        gave_up = [a for a in hook.received if "stopped rerunning" in a["title"]]
+        assert len(gave_up) == 1 and "failed 3 times" in gave_up[0]["message"]
+        assert "no rerun left (2)" in gave_up[0]["message"]
+
+
+@pytest.mark.parametrize("code", [2, 3])
+def test_a_failure_a_rerun_cannot_fix_is_not_rerun(trading_home, monkeypatch, code):
+    marker = trading_home / "runs.txt"
+    jobs = (_flaky_job(marker, fail_first=1, code=code),)
+    with WebhookServer() as hook:
+        monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
+        assert scheduler.run_due(_ny("2026-11-23T09:40-05:00"), jobs) == 1
+        assert scheduler.run_due(_ny("2026-11-23T10:00-05:00"), jobs) == 0
+        assert marker.read_text().count("run") == 1
+        assert [a for a in hook.received if "stopped rerunning" in a["title"]]
+        assert f"exit {code} is not one a rerun can fix" in hook.received[-1]["message"]
+
+
+def test_no_rerun_after_the_window_and_a_pending_one_is_given_up(trading_home, monkeypatch):
+    marker = trading_home / "runs.txt"
+    jobs = (_flaky_job(marker, fail_first=99),)
+    with WebhookServer() as hook:
+        monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
+        # too late for a rerun: the window (until 11:35) leaves no spacing + one interval
+        assert scheduler.run_due(_ny("2026-11-23T11:25-05:00"), jobs) == 1
+        assert _rows()[("trading_cycle", "2026-11-23")]["gave_up_at"]
+        assert "no time for a rerun" in hook.received[-1]["message"]
+        # the next day: the run fails, the scheduler is down until the window ended: given up then
+        assert scheduler.run_due(_ny("2026-11-24T09:40-05:00"), jobs) == 1
+        assert scheduler.run_due(_ny("2026-11-24T12:00-05:00"), jobs) == 0
+        assert marker.read_text().count("run") == 2
+        assert _rows()[("trading_cycle", "2026-11-24")]["gave_up_at"]
+        assert "window ended" in hook.received[-1]["message"]
+        assert len([a for a in hook.received if "stopped rerunning" in a["title"]]) == 2
+
+
+def test_failures_recorded_before_reruns_existed_are_not_rerun(trading_home):
+    """An older database: its schedule_runs has no attempts/gave_up_at; a failed row is final."""
+    import state_db
+    conn = state_db.connect()
+    conn.execute("""CREATE TABLE schedule_runs (job TEXT NOT NULL, period TEXT NOT NULL, due_at TEXT NOT NULL,
+        started_at TEXT, finished_at TEXT, status TEXT NOT NULL, exit_code INTEGER, duration_s REAL,
+        detail TEXT, PRIMARY KEY (job, period))""")
+    conn.execute("INSERT INTO schedule_runs VALUES ('trading_cycle', '2026-11-23', '2026-11-23T14:35:00+00:00', "
+                 "'2026-11-23T14:40:00+00:00', '2026-11-23T14:41:00+00:00', 'failed', 1, 60, '')")
+    conn.commit()
+    conn.close()
+    marker = trading_home / "runs.txt"
+    assert scheduler.run_due(_ny("2026-11-23T10:00-05:00"), (_flaky_job(marker, fail_first=0),)) == 0
+    assert not marker.exists()
+    row = _rows()[("trading_cycle", "2026-11-23")]
+    assert row["attempts"] == 1 and row["gave_up_at"] == "2026-11-23T14:41:00+00:00"
+
+
+def test_the_trading_cycle_job_reruns_by_the_constants():
+    job = next(j for j in scheduler.JOBS if j.name == scheduler.TRADING_CYCLE)
+    assert job.reruns == C.CYCLE_RERUNS >= 1 and job.rerun_spacing_min == C.CYCLE_RERUN_SPACING_MIN
+    assert job.final_codes == (2, 3) and job.gave_up_alert in alerts.ALERT_KINDS
+    assert all(j.reruns == 0 for j in scheduler.JOBS if j is not job)
