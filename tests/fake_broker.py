@@ -74,6 +74,7 @@ class FakeBroker:
                 for s, q in self.positions.items() if q}
 
     def get_quotes(self, symbols) -> dict:
+        self._maybe_fail("get_quotes")
         return {s: {"last": 100.0} for s in symbols}
 
     def set_prices(self, prices, as_of=None, opens=None) -> None:

@@ -163,3 +163,95 @@ def test_send_loop_retries_by_the_gateways_rule():
     broker.fail("place_order", TransientBrokerError("busy"))
     record = ex.submit({"symbol": "AAPL", "side": "BUY", "quantity": 1, "price": 1.0}, "2025-10-06")
     assert record["status"] == "SUBMITTED" and broker.calls["place_order"] == 5 and len(broker.orders) == 1
+
+
+# ------------------------------------------------------------------ every call of the cycle, per kind
+def test_retrying_stops_at_the_deadline(caplog):
+    t = {"now": 0.0}
+    gw = BrokerGateway(CircuitBreaker(state_db.connect()), FakeBroker(), retries=5, backoff_s=10.0,
+                       deadline_s=25.0, clock=lambda: t["now"], sleep=lambda s: t.__setitem__("now", t["now"] + s))
+    attempt, seen = flaky([TransientBrokerError(f"e{i}") for i in range(9)])
+    with caplog.at_level(logging.WARNING, logger="execution"), pytest.raises(TransientBrokerError, match="e1"):
+        gw.retrying("quotes", attempt)
+    assert seen == [1, 2] and t["now"] == 10.0          # waits 10, then 20 more would end at 30 > 25
+    assert "no retry: the next would start more than 25 s after the first attempt" in caplog.text
+
+
+def test_creating_the_broker_is_retried():
+    made, waits = [], []
+    broker = FakeBroker()
+
+    def make():
+        made.append(1)
+        if len(made) == 1:
+            raise TransientBrokerError("account lookup: HTTP 500")
+        return broker
+    gw = BrokerGateway(CircuitBreaker(state_db.connect()), make_broker=make, sleep=waits.append)
+    assert gw.broker is broker and made == [1, 1] and waits == [1.0]
+
+
+def test_account_reads_under_the_brokers_names_are_retried():
+    broker = FakeBroker()
+    gw, waits = gateway(broker)
+    broker.fail("get_account_balance", TransientBrokerError("500"))
+    broker.fail("get_quotes", TransientBrokerError("500"))
+    broker.fail("get_positions", TransientBrokerError("500"))
+    assert gw.get_account_balance() == broker.get_account_balance()
+    assert gw.get_quotes(["AAPL"]) == broker.get_quotes(["AAPL"]) and gw.get_positions() == {}
+    assert gw.simulated == broker.simulated and len(waits) == 3
+
+
+def test_failures_are_counted_per_kind_so_successful_reads_do_not_hide_failing_submits():
+    from broker_gateway import READ, SUBMIT
+    broker = FakeBroker()
+    gw, _ = gateway(broker, retries=0, failures=3)
+    broker.fail("place_order", *[TransientBrokerError("HTTP 429")] * 3)
+    for _ in range(3):
+        assert gw.open_orders() == []                            # a read between: it works
+        with pytest.raises(TransientBrokerError):
+            gw.place_order({"symbol": "A", "side": "BUY", "quantity": 1}, "place k")
+    st = gw.breaker.status()
+    assert st["state"] == "open" and st["kind_failures"] == {SUBMIT: 3} and st["failures"] == 3
+    with pytest.raises(CircuitOpenError):
+        gw.open_orders()                                         # open: nothing of any kind is sent
+    # a read failing between successful submits does not open it either
+    gw.breaker.reset()
+    broker.fail("get_open_orders", *[TransientBrokerError("500")] * 2)
+    for _ in range(2):
+        with pytest.raises(TransientBrokerError):
+            gw.open_orders()
+        gw.place_order({"symbol": "A", "side": "BUY", "quantity": 1, "client_key": f"k{_}"}, "place")
+    assert gw.breaker.status()["state"] == "closed" and gw.breaker.status()["kind_failures"] == {READ: 2}
+
+
+def test_a_kind_still_at_the_threshold_reopens_the_breaker_at_its_next_failure():
+    from broker_gateway import SUBMIT
+    broker, clock = FakeBroker(), Clock()
+    gw, _ = gateway(broker, retries=0, failures=2, recovery_s=60, clock=clock)
+    broker.fail("place_order", *[TransientBrokerError("HTTP 429")] * 3)
+    for _ in range(2):
+        with pytest.raises(TransientBrokerError):
+            gw.place_order({"symbol": "A", "side": "BUY", "quantity": 1}, "place")
+    clock.t += 61
+    assert gw.open_orders() == []                                # the half-open trial: a read works
+    assert gw.breaker.status()["state"] == "closed"
+    with pytest.raises(TransientBrokerError):
+        gw.place_order({"symbol": "A", "side": "BUY", "quantity": 1}, "place")
+    assert gw.breaker.status()["state"] == "open"                # one POST, not two more
+    assert gw.breaker.status()["kind_failures"] == {SUBMIT: 3}
+
+
+def test_read_breaker_for_the_status_views(tmp_path):
+    import sqlite3
+
+    from broker_gateway import describe_breaker, read_breaker
+    empty = sqlite3.connect(tmp_path / "empty.db")
+    assert read_breaker(empty) is None                           # no table yet: nothing counted
+    conn = state_db.connect()
+    br = CircuitBreaker(conn, failures=2)
+    assert read_breaker(conn) is None
+    br.record_failure("place k: HTTP 429", "submit")
+    br.record_failure("place k: HTTP 429", "submit")
+    st = read_breaker(conn)
+    assert st["state"] == "open" and st["failures"] == 2 and st["kind_failures"] == {"submit": 2}
+    assert describe_breaker(st) == "open (2 consecutive failures of order submissions, last: place k: HTTP 429)"

@@ -88,7 +88,7 @@ def test_one_http_500_at_every_broker_call_of_the_cycle(live, reference):
 def _nth_cases():
     if FULL:
         return [(k, n) for k in sorted(CYCLE_KINDS) for n in range(1, 9)]
-    return [("account_numbers", 1), ("order_post", 2)]
+    return [("account_numbers", 1)]          # the account lookup of get_broker (the audit's case)
 
 
 @pytest.mark.parametrize("kind,n", _nth_cases(), ids=[f"{k}-{n}" for k, n in _nth_cases()])
@@ -150,3 +150,40 @@ def test_429_on_every_order_post_opens_the_breaker_and_nothing_more_is_posted(sc
     assert level == health_check.WARN and "open (5 consecutive failures of order submissions" in line
     assert status_page.gather()["breaker"]["state"] == "open"
     assert live_trading._status_data(False)["circuit_breaker"]["kind_failures"] == {SUBMIT: 5}
+
+
+# ------------------------------------------------------------------ the scheduler's rerun
+def test_a_scheduler_rerun_of_a_failed_live_cycle_sends_no_order_twice(live, reference, monkeypatch):
+    """The scheduler runs the live cycle (schwab-py against the fake); it dies after its orders
+    filled (failpoint ``after_fills``, exit 99); the scheduler's rerun in the same window is an
+    ordinary cycle: it finds those orders and sends none again."""
+    import scheduler
+    from crash_harness import env_context
+    from schwab_env import cycle_code
+    home, setup = live
+    server = live_server(setup)
+    mp = env_context(home)
+    try:
+        for name, value in {"TRADING_MODE": "live", "FAKE_SCHWAB_URL": server.url, "PYTHONUNBUFFERED": "1",
+                            "TRADING_FAILPOINT": "after_fills"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("TRADING_CREDENTIAL_KEY", raising=False)
+        monkeypatch.delenv("TRADING_ALERT_URLS", raising=False)
+        job = scheduler.Job("trading_cycle", ("python", "tests/schwab_shim.py", "-c", cycle_code(setup["now"])),
+                            "open", 5, 120, failed_alert="cycle_failed", missed_alert="cycle_missed",
+                            reruns=2, rerun_spacing_min=10, final_codes=(2, 3), gave_up_alert="cycle_gave_up")
+        now = setup["now"]
+        assert scheduler.run_due(now, (job,)) == 1                       # died after its orders
+        assert len(server.posted_orders()) == reference["orders"]
+        monkeypatch.delenv("TRADING_FAILPOINT")
+        assert scheduler.run_due(now + scheduler.timedelta(minutes=3), (job,)) == 0   # spacing
+        assert scheduler.run_due(now + scheduler.timedelta(minutes=15), (job,)) == 0  # the rerun
+        conn = state_db.connect()
+        row = dict(conn.execute("SELECT * FROM schedule_runs WHERE job = 'trading_cycle'").fetchone())
+        conn.close()
+        assert row["status"] == "ok" and row["attempts"] == 2
+        assert len(server.posted_orders()) == reference["orders"]
+        assert_live_exactly_once(home, server, reference)
+    finally:
+        server.stop()
+        mp.undo()
