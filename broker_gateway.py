@@ -91,8 +91,9 @@ _CLOSED = {"state": "closed", "failures": 0, "opened_at": None, "trial_started_a
 def _decode(row) -> dict[str, Any]:
     out = dict(_CLOSED)
     out.update(dict(row))
+    raw = out.get("kind_failures")
     try:
-        kinds = json.loads(out.get("kind_failures") or "{}")
+        kinds = json.loads(raw) if isinstance(raw, str) else raw or {}
     except ValueError:
         kinds = {}
     out["kind_failures"] = {k: int(v) for k, v in kinds.items()} if isinstance(kinds, dict) else {}
@@ -120,7 +121,7 @@ def read_breaker(conn: sqlite3.Connection, name: str = "broker") -> dict[str, An
 def describe_breaker(status: dict[str, Any]) -> str:
     """``open (5 consecutive failures of order submissions, last: ...)`` for one-line views."""
     kinds = {k: n for k, n in (status.get("kind_failures") or {}).items() if n}
-    worst = max(kinds, key=kinds.get) if kinds else None
+    worst = max(kinds, key=lambda k: kinds[k]) if kinds else None
     text = f"{status['state']} ({status['failures']} consecutive failures"
     if worst is not None:
         text += f" of {KINDS.get(worst, worst)}"
