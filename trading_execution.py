@@ -647,11 +647,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("orders", help="the broker's recent and open orders; ours marked with our key")
     p.add_argument("--hours", type=float, default=None,
                    help=f"how far back (default {C.ORDER_SNAPSHOT_LOOKBACK_S / 3600:g} h)")
-    p = sub.add_parser("resolve", help="decide an ambiguous order: which broker order is ours, or none")
+    p = sub.add_parser("resolve", help="decide an ambiguous (SENDING) or UNKNOWN_AT_BROKER order: which "
+                                       "broker order is ours, or none")
     p.add_argument("client_key")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--order-id", help="the broker order that is ours")
-    which.add_argument("--not-sent", action="store_true", help="none of them is ours: close it unsent")
+    which.add_argument("--not-sent", action="store_true",
+                       help="none of them is ours (or it is not at the broker): close our row, never resent")
     p.add_argument("--reason", required=True)
     args = parser.parse_args(argv)
     logging_setup.setup_logging("trading")
@@ -661,8 +663,9 @@ def main(argv=None) -> int:
             _print_orders(executor, executor.broker_orders(args.hours))
             return 0
         record = executor.resolve(args.client_key, None if args.not_sent else args.order_id, args.reason)
-        print(f"order {record['client_key']}: {record['status']} (broker id {record['broker_order_id']}). "
-              f"Now clear the kill switch: python live_trading.py resume --reason \"...\"")
+        print(f"order {record['client_key']}: {record['status']} (broker id {record['broker_order_id']})."
+              + (" Now clear the kill switch: python live_trading.py resume --reason \"...\""
+                 if kill_switch.get(executor.conn) else ""))
         return 0
     except (BrokerError, UserFacingError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

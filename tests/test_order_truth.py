@@ -72,6 +72,24 @@ def test_flatten_without_fills_is_not_flat_and_keeps_its_closing_orders_working(
     assert final["flat"] is True and final["open_positions"] == {} and len(posts(fake)) == 2
 
 
+def test_flatten_command_exits_1_naming_what_is_still_open_at_schwab(api, fake, monkeypatch, capsys):
+    """``python live_trading.py flatten --confirm FLATTEN`` (its main, live mode, schwab-py against
+    the fake): nothing fills within the wait -> exit 1, the open position and the working closing
+    order on stderr; the order is still working at Schwab."""
+    import constants
+    import live_trading
+    monkeypatch.setenv("TRADING_MODE", "live")
+    monkeypatch.setattr(constants, "ORDER_FILL_TIMEOUT_S", 0.0)      # the wait: no need for 120 s here
+    fake.positions = [position("AAPL", 10)]
+    assert live_trading.main(["flatten", "--confirm", "FLATTEN"]) == 1
+    err = capsys.readouterr().err
+    closing = next(iter(fake.orders))
+    assert "flatten NOT FLAT: positions still open: AAPL +10" in err and f"broker id {closing}" in err
+    assert fake.orders[closing]["status"] == "WORKING" and deletes(fake) == []
+    trail = [(r["action"], r["status"]) for r in AuditLogger().tail(10)]
+    assert ("flatten", "not_flat") in trail and ("flatten", "done") not in trail
+
+
 # ------------------------------------------------------------------ 4. messages that are true
 class WriteLock:
     """Another process holds the state database's write lock for ``seconds`` (a real SQLite lock)."""
