@@ -38,7 +38,7 @@ from typing import Any, Callable, TypeVar
 import alerts
 import constants as C
 import state_db
-from broker_base import Broker, OrderRejectedError, TransientBrokerError
+from broker_base import Broker, OrderNotFoundError, OrderRejectedError, TransientBrokerError
 from errors import UserFacingError
 
 log = logging.getLogger("execution")
@@ -300,7 +300,7 @@ class BrokerGateway:
                                    f"{st['last_error']}): {what} not sent")
         try:
             result = func(*args)
-        except OrderRejectedError:
+        except (OrderRejectedError, OrderNotFoundError):     # an answer, not a failure of the broker
             self.breaker.record_success(kind)
             raise
         except TransientBrokerError as exc:
@@ -317,10 +317,16 @@ class BrokerGateway:
         return self.retrying(what, lambda n: self.call_once(what, func, *args, kind=kind))
 
     # -- the broker's calls the order path makes
-    def place_order(self, spec: dict, what: str) -> str:
+    def place_order(self, spec: dict, what: str, accepted: dict[str, str] | None = None) -> str:
         """ONE attempt to place an order (an order is never simply resent: the executor's send
-        loop decides between attempts)."""
-        return str(self.call_once(what, self.broker.place_order, spec, kind=SUBMIT))
+        loop decides between attempts). The broker's id goes into ``accepted["id"]`` the moment
+        the broker answers, so a failure after that (our bookkeeping) is known to be after acceptance."""
+        def attempt(order: dict) -> str:
+            order_id = str(self.broker.place_order(order))
+            if accepted is not None:
+                accepted["id"] = order_id
+            return order_id
+        return str(self.call_once(what, attempt, spec, kind=SUBMIT))
 
     def get_order(self, order_id: str, what: str) -> dict:
         return self.call(what, self.broker.get_order, order_id)

@@ -37,7 +37,7 @@ from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCL
                            audit_logger, cycle_lock, get_latest_signal, get_model, load_features,
                            lock_holder, print_positions, run_cycle, sync_prices)
 from broker_gateway import describe_breaker
-from trading_execution import CircuitBreaker, OrderExecutor
+from trading_execution import CircuitBreaker, OrderExecutor, flatten_not_flat_line
 
 log = logging.getLogger("trading")
 
@@ -45,7 +45,9 @@ EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success, or nothing to do (kill switch on, market closed, another run holds the lock)
   {EXIT_FAIL}  failure (the reason is on stderr and in logs/trading_YYYYMMDD.log)
   {EXIT_CONFIG}  configuration error or a mistyped command
-  {EXIT_GATE}  live trading refused by the go-live gate (python live_trading.py gate)"""
+  {EXIT_GATE}  live trading refused by the go-live gate (python live_trading.py gate)
+  flatten: {EXIT_OK} only when the broker reports no open position afterwards; {EXIT_FAIL} when positions
+     remain open (listed on stderr with the closing orders still working at the broker, never cancelled)"""
 
 
 def _json(obj) -> None:
@@ -191,6 +193,9 @@ def _flatten_locked() -> int:
     if executor.broker.fills_at_next_open and any(o["status"] == "SUBMITTED" for o in done["orders"]):
         print("paper: the closing orders fill at the next session's open (as a market order after the close would)")
     print_positions(executor.gateway)
+    if not done["flat"]:          # exit 1: the broker still reports open positions
+        print(flatten_not_flat_line(done, executor.broker.fills_at_next_open), file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_OK
 
 

@@ -10,6 +10,9 @@ idempotency key:
 * A row's life around the send: ``INTENDED`` (written before anything is sent), ``SENDING`` (with
   the snapshot of the broker's recent orders, in the transaction that reads the kill switch),
   ``SUBMITTED`` (with the broker's id), then the broker's statuses (``broker_base``).
+* ``UNKNOWN_AT_BROKER``: the broker answered "no such order" (HTTP 404) for the id we hold. Not
+  final (a person decides with ``python trading_execution.py resolve``); the order path neither
+  polls nor cancels it (``NOT_POLLED``), so every other order is still managed.
 
 Every write is one transaction (``state_db.transaction``). The book never talks to the broker.
 """
@@ -26,7 +29,9 @@ from broker_base import FINAL_STATUSES, MARKET
 log = logging.getLogger("execution")
 
 INTENDED, SENDING, SUBMITTED = "INTENDED", "SENDING", "SUBMITTED"   # our row around the send
+UNKNOWN_AT_BROKER = "UNKNOWN_AT_BROKER"   # the broker does not know our id (404): a person resolves it
 TERMINAL = FINAL_STATUSES          # an order record in one of these states is done
+NOT_POLLED = TERMINAL | {UNKNOWN_AT_BROKER}   # the order path neither asks the broker about these nor cancels them
 FLATTEN_PREFIX = "flatten-"
 
 SCHEMA = [

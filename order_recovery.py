@@ -12,12 +12,18 @@ an order whose fate is unknown, and a person's resolution of an ambiguous one.
     - ``SENDING``: the broker's orders since the SAME ``since`` are listed; candidates are the
       orders absent from the snapshot with the same symbol, side, quantity and order type that no
       other row of ours is linked to (a broker that carries client keys, the paper broker, also
-      rules out orders with another key and picks the one with ours). Exactly one: adopted
-      (audited) - unless it was entered more than ``ORDER_ADOPT_MAX_DELAY_S`` after the snapshot
-      by the broker's own clock, which only a person can judge. None: it did not land; back to
-      ``INTENDED`` and sent again with a fresh snapshot. More than one (or the late one):
-      nothing is sent, the kill switch is set, CRITICAL with the commands to resolve it by hand
-      (``AmbiguousOrderError``).
+      rules out orders with another key and picks the one with ours). A candidate is adopted
+      (audited) only with certainty: it carries our client key (paper), or its id is the one the
+      broker's own answer gave us (recorded in the audit trail as ``accepted_not_recorded`` when
+      the state database could not take it: ``OrderNotRecordedError``). None: it did not land;
+      back to ``INTENDED`` and sent again with a fresh snapshot. Any other candidate could be ours
+      or an identical order a person entered meanwhile (Schwab carries no client id), so it is
+      never adopted silently: nothing is sent, the kill switch is set, CRITICAL with the commands
+      to resolve it by hand (``AmbiguousOrderError``); so our fill timeout never cancels an order
+      we are not sure we sent.
+* A row whose broker id the broker does not know (HTTP 404) becomes ``UNKNOWN_AT_BROKER``
+  (``mark_unknown``): one ERROR line naming ``resolve``, never polled or cancelled again; every
+  other order is still managed.
 * ``broker_orders`` and ``resolve`` are the operator's tools when recovery halts for a person
   (``python trading_execution.py orders`` / ``resolve``, the command line of the executor).
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from datetime import datetime, timedelta, timezone
 
 from typing import Any, Callable, NoReturn
@@ -42,13 +49,16 @@ import kill_switch
 import state_db
 from broker_base import CANCELED
 from broker_gateway import BrokerGateway
-from errors import UserFacingError
-from order_book import INTENDED, SENDING, SUBMITTED, OrderBook, Record
+from errors import StorageError, UserFacingError
+from order_book import INTENDED, SENDING, SUBMITTED, UNKNOWN_AT_BROKER, OrderBook, Record
 
 log = logging.getLogger("execution")
 
 UTC = timezone.utc
-__all__ = ["INTENDED", "SENDING", "SUBMITTED", "AmbiguousOrderError", "OrderRecovery", "describe"]
+__all__ = ["INTENDED", "SENDING", "SUBMITTED", "UNKNOWN_AT_BROKER", "AmbiguousOrderError", "OrderNotRecordedError",
+           "OrderRecovery", "describe", "ACCEPTED_NOT_RECORDED"]
+
+ACCEPTED_NOT_RECORDED = "accepted_not_recorded"   # audit status: the broker's answer named the id, the database did not take it
 
 
 def describe(record) -> str:
@@ -56,9 +66,41 @@ def describe(record) -> str:
     return f"{record['side']} {record['quantity']} {record['symbol']} {record['order_type']}"
 
 
+def unknown_line(record) -> str:
+    """The one line about a row the broker does not know (``UNKNOWN_AT_BROKER``), with the fix."""
+    key = record["client_key"]
+    return (f"order {key} ({describe(record)}) is UNKNOWN_AT_BROKER: the broker answered \"no such "
+            f"order\" for its id {record['broker_order_id']}; check `python trading_execution.py orders` "
+            f"and Schwab's order status page, then `python trading_execution.py resolve {key} --order-id "
+            f"ID --reason \"...\"` (the broker knows it as ID) or `--not-sent --reason \"...\"` (it is "
+            f"not at the broker: our row is closed)")
+
+
 class AmbiguousOrderError(UserFacingError):
     """Recovery cannot tell which broker order is ours: nothing was sent, the kill switch is set,
     a person decides (``python trading_execution.py orders``, then ``resolve``)."""
+
+
+class OrderNotRecordedError(UserFacingError):
+    """The broker accepted the order (its answer named the id) and writing that down failed
+    (say, the state database was locked). It was SENT: the message says so and that nobody may
+    enter it again by hand; the next run adopts it by the id the audit trail holds."""
+
+    def __init__(self, record: Record, order_id: str, cause: Exception, *, recorded: bool = False,
+                 adoptable: bool = True):
+        self.client_key, self.order_id = record["client_key"], str(order_id)
+        what = f"order {record['client_key']} ({describe(record)}) sent and accepted by the broker as {order_id}"
+        cause_text = f"{type(cause).__name__}: {cause}"
+        if recorded:
+            text = f"{what} and recorded; its audit record failed ({cause_text}); do NOT re-enter it by hand"
+        elif adoptable:
+            text = (f"{what}; not yet recorded ({cause_text}): the next run adopts it; do NOT re-enter "
+                    f"it by hand")
+        else:
+            text = (f"{what}; not yet recorded ({cause_text}): the next run finds it and asks you to confirm "
+                    f"it (`python trading_execution.py resolve {record['client_key']} --order-id {order_id}`); "
+                    f"do NOT re-enter it by hand")
+        super().__init__(text)
 
 
 class OrderRecovery:
@@ -121,16 +163,46 @@ class OrderRecovery:
         found = self._candidates(record, orders)
         if not found:
             return "absent", [], "no broker order entered since its snapshot matches it"
+        answered = self._answered_id(record)
+        if answered is not None and answered in {str(o["order_id"]) for o in found}:
+            return "adopt", [o for o in found if str(o["order_id"]) == answered], (
+                "the broker's own answer named this id (audit record accepted_not_recorded)")
         if len(found) > 1:
             return "ambiguous", found, f"{len(found)} broker orders entered since its snapshot match it"
+        if found[0].get("client_key") == record["client_key"]:
+            return "adopt", found, "the only broker order entered since its snapshot with our client key"
         entered, at_snapshot = found[0].get("entered_time"), snap.get("broker_time")
-        if (entered is not None and at_snapshot and found[0].get("client_key") != record["client_key"]
+        if (entered is not None and at_snapshot
                 and entered > datetime.fromisoformat(at_snapshot) + timedelta(seconds=C.ORDER_ADOPT_MAX_DELAY_S)):
             return "ambiguous", found, (
                 f"the only match was entered at {entered:%H:%M:%S}, more than "
                 f"{C.ORDER_ADOPT_MAX_DELAY_S:g} s after the snapshot at {at_snapshot} (both the "
                 f"broker's clock): it may be someone else's")
-        return "adopt", found, "the only broker order entered since its snapshot that matches it"
+        when = f" at {entered:%H:%M:%S} (broker's clock)" if entered is not None else ""
+        return "ambiguous", found, (
+            f"the only match, broker order {found[0]['order_id']}, was entered{when} while our request "
+            f"could have landed: it could be ours or the same order entered by a person, and the broker "
+            f"carries no client id, so it is not adopted without a person")
+
+    def _answered_id(self, record: Record) -> str | None:
+        """The broker id the broker's own answer gave for this row after its snapshot, when the
+        database could not take it (the audit trail's ``accepted_not_recorded``), or None."""
+        records = getattr(self.audit, "records_backwards", None)
+        snap = json.loads(record["snapshot"] or "{}")
+        if records is None or not snap.get("taken_at"):
+            return None
+        taken = datetime.fromisoformat(snap["taken_at"])
+        for rec in records():
+            try:
+                if datetime.fromisoformat(str(rec.get("timestamp"))) < taken:
+                    return None
+            except ValueError:
+                continue
+            details = rec.get("details") or {}
+            if (rec.get("action"), rec.get("status")) == ("order_submit", ACCEPTED_NOT_RECORDED) \
+                    and details.get("client_key") == record["client_key"] and details.get("order_id"):
+                return str(details["order_id"])
+        return None
 
     def settle_sending(self, record: Record, context: str) -> Record:
         """Apply the snapshot rule to a SENDING row: adopt (-> SUBMITTED), absent (-> INTENDED) or
@@ -139,8 +211,11 @@ class OrderRecovery:
         outcome, found, why = self._resolve_sending(record)
         if outcome == "adopt":
             order_id = str(found[0]["order_id"])
-            self.book.update(key, status=SUBMITTED, broker_order_id=order_id,
-                             submitted_at=record["submitted_at"] or state_db.utcnow(), error=None)
+            try:
+                self.book.update(key, status=SUBMITTED, broker_order_id=order_id,
+                                 submitted_at=record["submitted_at"] or state_db.utcnow(), error=None)
+            except (sqlite3.Error, StorageError) as exc:     # it is at the broker: never say "not sent"
+                raise OrderNotRecordedError(record, order_id, exc) from None
             log.warning("order %s (%s) reached the broker before a crash or lost answer (id %s, %s): "
                         "adopted, not resent", key, describe(record), order_id, why)
             self.audit.log_event("order_reconciled", "adopted", {
@@ -201,6 +276,9 @@ class OrderRecovery:
         for record in self.book.open_orders():
             if record["status"] == INTENDED:
                 continue
+            if record["status"] == UNKNOWN_AT_BROKER:
+                log.error("%s", unknown_line(record))
+                continue
             if record["status"] == SENDING:
                 try:
                     record = self.settle_sending(record, "reconcile")
@@ -215,6 +293,22 @@ class OrderRecovery:
                 f"{len(ambiguous)} orders are ambiguous at the broker: nothing sent, kill switch set; "
                 f"see the CRITICAL lines above and `python trading_execution.py orders`")
         return done
+
+    # -- an order of ours the broker does not know (HTTP 404)
+    def mark_unknown(self, record: Record, error: Exception) -> Record:
+        """The broker answered "no such order" for our row's id: the row becomes
+        ``UNKNOWN_AT_BROKER`` (audited, one ERROR line naming ``resolve``, an alert); the order path
+        no longer polls or cancels it, so every other order is still managed."""
+        key, previous = record["client_key"], record["status"]
+        self.book.update(key, status=UNKNOWN_AT_BROKER, error=f"unknown at the broker: {error}"[:500])
+        record = self._get(key)
+        line = unknown_line(record)
+        log.error("%s", line)
+        self.audit.log_event("order_reconciled", "unknown_at_broker", {
+            "client_key": key, "order_id": record["broker_order_id"], "error": str(error),
+            "previous_status": previous})
+        alerts.send_alert("order_unknown_at_broker", line, key=key, replay=state_db.is_replay(self.book.conn))
+        return record
 
     # -- the operator's resolution of an ambiguous order
     def broker_orders(self, hours: float | None = None) -> list[dict]:
@@ -233,14 +327,18 @@ class OrderRecovery:
         if record is None:
             raise UserFacingError(f"no order {key!r} in the state database: check the key with "
                                   f"`python trading_execution.py orders`")
-        if record["status"] not in (INTENDED, SENDING):
+        if record["status"] not in (INTENDED, SENDING, UNKNOWN_AT_BROKER):
             raise UserFacingError(f"order {key} is {record['status']} (broker id "
                                   f"{record['broker_order_id']}): nothing to resolve")
+        was = record["status"]
         if order_id is None:
-            self.book.update(key, status=CANCELED, error=f"resolved by hand: not sent ({reason})"[:500])
-            self.audit.log_event("order_reconciled", "resolved_not_sent", {"client_key": key, "reason": reason,
-                                                                           "by": config.operator()})
-            log.warning("order %s resolved by hand: never placed, closed without sending (%s)", key, reason)
+            note = "not at the broker" if was == UNKNOWN_AT_BROKER else "not sent"
+            self.book.update(key, status=CANCELED, error=f"resolved by hand: {note} ({reason})"[:500])
+            self.audit.log_event("order_reconciled", "resolved_not_sent", {
+                "client_key": key, "reason": reason, "by": config.operator(), "was": was,
+                "order_id": record["broker_order_id"]})
+            log.warning("order %s resolved by hand: %s, closed without sending (%s)", key,
+                        "unknown at the broker" if was == UNKNOWN_AT_BROKER else "never placed", reason)
             return self._get(key)
         order_id = str(order_id)
         other = self.book.linked_keys().get(order_id)
@@ -255,6 +353,7 @@ class OrderRecovery:
         self.book.update(key, status=SUBMITTED, broker_order_id=order_id, error=None,
                          submitted_at=record["submitted_at"] or state_db.utcnow())
         self.audit.log_event("order_reconciled", "resolved_adopted", {
-            "client_key": key, "order_id": order_id, "reason": reason, "by": config.operator()})
+            "client_key": key, "order_id": order_id, "reason": reason, "by": config.operator(), "was": was,
+            "previous_order_id": record["broker_order_id"]})
         log.warning("order %s resolved by hand: broker order %s is ours (%s)", key, order_id, reason)
         return self.refresh(key)

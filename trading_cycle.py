@@ -55,7 +55,7 @@ from logging_setup import ensure_logging
 from model_management import load_model
 from order_book import OrderBook
 from order_planning import Plan, plan_orders
-from order_recovery import AmbiguousOrderError
+from order_recovery import AmbiguousOrderError, OrderNotRecordedError
 from risk_management import Portfolio, RiskManager
 from settings import TradingSettings
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
@@ -224,8 +224,8 @@ def run_cycle(as_of=None, now=None, settings: TradingSettings | None = None) -> 
                               key=alerts.session_key("trading_cycle"), replay=replay)
             raise
     if code == EXIT_FAIL and not replay:          # a replay is a drill: no alert
-        alerts.send_alert("cycle_failed", f"{mode} cycle finished with orders that were not sent "
-                          f"(see the order lines in logs/trading_YYYYMMDD.log)",
+        alerts.send_alert("cycle_failed", f"{mode} cycle finished with failed orders (each order line in "
+                          f"logs/trading_YYYYMMDD.log says whether it was sent)",
                           key=alerts.session_key("trading_cycle"))
     return code
 
@@ -430,6 +430,8 @@ def _send(executor, approved, cycle_date, mode) -> tuple[list[str], int]:
         except AmbiguousOrderError:         # the executor set the kill switch and said what to do
             failures += 1
             break
+        except OrderNotRecordedError:       # SENT: the executor logged "sent and accepted ... do NOT re-enter"
+            failures += 1
         except Exception as exc:
             failures += 1
             log.error("order %s %d %s not sent: %s", order["side"], order["quantity"], order["symbol"], exc)

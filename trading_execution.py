@@ -24,9 +24,17 @@ circuit breaker and flatten.
 * Retries with exponential backoff for transient errors only (timeouts, 429, 5xx), by the
   gateway's one retry rule, the send loop included. After an ambiguous one (the request may have
   arrived) the snapshot rule decides before any resend. Rejections are never retried.
-* Unfilled orders are cancelled after ``ORDER_FILL_TIMEOUT_S``; partial fills are tracked.
+* Unfilled orders are cancelled after ``ORDER_FILL_TIMEOUT_S``; partial fills are tracked. Only
+  our own orders are ever cancelled by that timeout: rows linked by our POST's answer or adopted
+  with certainty; an order of ours the broker does not know (404) becomes ``UNKNOWN_AT_BROKER``
+  for a person (``resolve``) and the others are still managed.
+* After the broker accepted an order, no message says it was not sent: a failing write after its
+  answer raises ``OrderNotRecordedError`` ("sent and accepted by the broker as ID; not yet
+  recorded: the next run adopts it; do NOT re-enter it by hand"), the id kept in the audit trail.
 * ``flatten(session_date, mode)``: cancels open orders and closes every position through
-  ``submit`` with keys ``flatten-YYYY-MM-DD-SYMBOL-SIDE``, so a rerun never closes twice.
+  ``submit`` with keys ``flatten-YYYY-MM-DD-SYMBOL-SIDE``, so a rerun never closes twice. Its
+  closing orders are never cancelled at the timeout; the result says whether the broker reports
+  the account flat (``flat``), which positions are still open and which closing orders still work.
 * ``external_activity(mode)`` and ``record_positions`` (``external_activity.py``): broker orders
   and position changes that are not ours, reported, never traded against.
 * ``CircuitBreaker`` (``broker_gateway.py``, importable from here): shared by every process
@@ -40,6 +48,7 @@ Command line (the operator's tools when recovery halts for a person)::
     python trading_execution.py orders [--hours H]     # the broker's recent orders, ours marked
     python trading_execution.py resolve KEY --order-id ID --reason "..."   # this one is ours
     python trading_execution.py resolve KEY --not-sent --reason "..."      # none of them is ours
+    (KEY is SENDING and ambiguous, or UNKNOWN_AT_BROKER: the broker does not know its id)
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, NoReturn
 
+import alerts
 import broker_gateway
 import constants as C
 import external_activity
@@ -61,22 +71,22 @@ import order_book
 import state_db
 from audit_logging import AuditLogger
 from broker_base import (BUY_TO_COVER, MARKET, NEW, PARTIALLY_FILLED, REJECTED, WORKING, Broker, BrokerError,
-                         OrderRejectedError, SELL, TransientBrokerError)
+                         OrderNotFoundError, OrderRejectedError, SELL, TransientBrokerError)
 from broker_gateway import BrokerGateway, CircuitBreaker, CircuitOpenError
-from errors import UserFacingError, install_excepthook
+from errors import StorageError, UserFacingError, install_excepthook
 from external_activity import ExternalActivity
 from failpoints import failpoint
 from kill_switch import KillSwitchSet
-from order_book import (FLATTEN_PREFIX, INTENDED, SENDING, SUBMITTED, TERMINAL, OrderBook, Record,
-                        client_key, flatten_key)
-from order_recovery import OrderRecovery, describe
+from order_book import (FLATTEN_PREFIX, INTENDED, NOT_POLLED, SENDING, SUBMITTED, TERMINAL, UNKNOWN_AT_BROKER,
+                        OrderBook, Record, client_key, flatten_key)
+from order_recovery import ACCEPTED_NOT_RECORDED, OrderNotRecordedError, OrderRecovery, describe, unknown_line
 from trading_api import get_broker
 
 log = logging.getLogger("execution")
 
 # names other modules and the runbook import from here
 __all__ = ["OrderExecutor", "HaltCheck", "CircuitBreaker", "CircuitOpenError", "client_key", "flatten_key",
-           "FLATTEN_PREFIX", "TERMINAL", "ensure_schema", "main"]
+           "FLATTEN_PREFIX", "TERMINAL", "ensure_schema", "flatten_not_flat_line", "main"]
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -312,7 +322,13 @@ class OrderExecutor:
         failpoint("after_sending_mark")
         if n == 1:
             self.audit.log_event("order_submit", "attempt", dict(spec))
-        return self.gateway.place_order(spec, f"place {key}")
+        placed: dict[str, str] = {}
+        try:
+            return self.gateway.place_order(spec, f"place {key}", placed)
+        except Exception as exc:
+            if "id" in placed:   # the broker accepted it; what failed is our bookkeeping after its answer
+                raise self._accepted_not_recorded(key, placed["id"], exc) from None
+            raise
 
     def _before_resend(self, key: str, exc: TransientBrokerError, halt: HaltCheck) -> None:
         """Between two attempts: after an ambiguous failure (it may have arrived) the snapshot
@@ -331,15 +347,40 @@ class OrderExecutor:
 
     def _submitted(self, key: str, order_id: str) -> Record:
         failpoint("after_place_order")
-        self.book.update(key, status=SUBMITTED, broker_order_id=order_id, submitted_at=state_db.utcnow(),
-                         error=None)
+        try:
+            self.book.update(key, status=SUBMITTED, broker_order_id=order_id, submitted_at=state_db.utcnow(),
+                             error=None)
+        except (sqlite3.Error, StorageError) as exc:
+            raise self._accepted_not_recorded(key, order_id, exc) from None
         record = self._get(key)
         log.info("order %s submitted: %s %d %s (%s) -> broker id %s", key, record["side"],
                  record["quantity"], record["symbol"], record["order_type"], order_id)
-        self.audit.log_event("order_submit", "submitted", {"client_key": key, "order_id": order_id,
-                                                            "symbol": record["symbol"], "side": record["side"],
-                                                            "quantity": record["quantity"]})
+        try:
+            self.audit.log_event("order_submit", "submitted", {"client_key": key, "order_id": order_id,
+                                                                "symbol": record["symbol"], "side": record["side"],
+                                                                "quantity": record["quantity"]})
+        except Exception as exc:
+            error = OrderNotRecordedError(record, order_id, exc, recorded=True)
+            log.error("%s", error)
+            raise error from None
         return record
+
+    def _accepted_not_recorded(self, key: str, order_id: str, cause: Exception) -> OrderNotRecordedError:
+        """The broker accepted ``key`` as ``order_id`` and the state database did not take it. The
+        id goes to the audit trail (a file, not the database), from which the next run adopts it
+        with certainty; the message, the log line and the alert say it was sent."""
+        record = self._get(key)
+        try:
+            self.audit.log_event("order_submit", ACCEPTED_NOT_RECORDED, {
+                "client_key": key, "order_id": order_id, "symbol": record["symbol"], "side": record["side"],
+                "quantity": record["quantity"], "error": f"{type(cause).__name__}: {cause}"})
+            error = OrderNotRecordedError(record, order_id, cause)
+        except Exception as audit_exc:
+            error = OrderNotRecordedError(record, order_id, cause, adoptable=False)
+            log.error("audit record of order %s (broker id %s) failed too: %s", key, order_id, audit_exc)
+        log.error("%s", error)
+        alerts.send_alert("order_not_recorded", str(error), key=key, replay=state_db.is_replay(self.conn))
+        return error
 
     def _rejected(self, key: str, exc: OrderRejectedError) -> Record:
         self.book.update(key, status=REJECTED, error=str(exc)[:500])
@@ -362,9 +403,12 @@ class OrderExecutor:
     def refresh(self, key: str) -> Record | None:
         """Ask the broker for an order's state and store it."""
         record = self.book.get(key)
-        if not record or not record["broker_order_id"] or record["status"] in TERMINAL:
+        if not record or not record["broker_order_id"] or record["status"] in NOT_POLLED:
             return record
-        state = self.gateway.get_order(record["broker_order_id"], f"status of {key}")
+        try:
+            state = self.gateway.get_order(record["broker_order_id"], f"status of {key}")
+        except OrderNotFoundError as exc:      # an answer: the broker does not know this id
+            return self.recovery.mark_unknown(record, exc)
         status = state["status"]
         filled = int(state.get("filled_quantity") or 0)
         if status in (NEW, WORKING):        # the broker has it, still open
@@ -387,18 +431,21 @@ class OrderExecutor:
         return record["status"]
 
     def wait_for_fills(self, keys, timeout_s: float | None = None, poll_s: float | None = None,
-                       *, ignore_halt: bool = False) -> list[Record | None]:
+                       *, ignore_halt: bool = False, cancel_at_timeout: bool = True) -> list[Record | None]:
         """Poll until every order is terminal or the timeout passes; then cancel what is left
-        (a partial fill keeps its filled part). The kill switch is read between polls: once it is
-        on, the unfilled ones are cancelled at once (unless ``cancel_on_halt`` is off) and
-        ``self.halted`` holds its value. ``ignore_halt`` is for ``flatten`` only."""
+        (a partial fill keeps its filled part; ``cancel_at_timeout=False``, flatten's, leaves it
+        working). Only our own orders are polled or cancelled: rows linked by our POST's answer
+        or adopted with certainty (``order_recovery``); an ``UNKNOWN_AT_BROKER`` row is skipped.
+        The kill switch is read between polls: once it is on, the unfilled ones are cancelled at
+        once (unless ``cancel_on_halt`` is off) and ``self.halted`` holds its value.
+        ``ignore_halt`` is for ``flatten`` only."""
         halt = HaltCheck(self.conn, ignore=ignore_halt)
         timeout_s = C.ORDER_FILL_TIMEOUT_S if timeout_s is None else timeout_s
         poll_s = C.ORDER_POLL_INTERVAL_S if poll_s is None else poll_s
         deadline = time.monotonic() + timeout_s
         pending = [k for k in keys if (self.book.get(k) or {}).get("broker_order_id")]
         while pending:
-            pending = [k for k in pending if self._status(k) not in TERMINAL]
+            pending = [k for k in pending if self._status(k) not in NOT_POLLED]
             pending = [k for k in pending if not self._accepted_for_next_open(k)]
             failpoint("after_fill_poll")
             if not pending:
@@ -413,6 +460,10 @@ class OrderExecutor:
                     self._cancel_keys(pending, "kill_switch")
                 return [self.book.get(k) for k in keys]
             if time.monotonic() >= deadline:
+                if not cancel_at_timeout:
+                    log.warning("%d orders not filled within %.0f s: left working at the broker",
+                                len(pending), timeout_s)
+                    break
                 log.warning("%d orders not filled within %.0f s: cancelling the rest", len(pending), timeout_s)
                 self._cancel_keys(pending, "timeout")
                 break
@@ -436,7 +487,7 @@ class OrderExecutor:
         """Cancel our orders ``keys`` at the broker (a partial fill keeps its filled part); audited."""
         for key in keys:
             record = self.book.get(key)
-            if not record or not record["broker_order_id"] or record["status"] in TERMINAL:
+            if not record or not record["broker_order_id"] or record["status"] in NOT_POLLED:
                 continue
             log.warning("order %s cancelled (%s): %d of %d filled", key, why, record["filled_quantity"],
                         record["quantity"])
@@ -455,7 +506,7 @@ class OrderExecutor:
     def cancel_unfilled(self, cycle_date, why: str = "kill_switch") -> list[str]:
         """Cancel the unfilled orders of one cycle (not ``flatten``'s). Returns their keys."""
         keys = [r["client_key"] for r in self.book.for_cycle(cycle_date)
-                if r["broker_order_id"] and r["status"] not in TERMINAL
+                if r["broker_order_id"] and r["status"] not in NOT_POLLED
                 and not r["client_key"].startswith(FLATTEN_PREFIX)]
         self._cancel_keys(keys, why)
         return keys
@@ -497,31 +548,76 @@ class OrderExecutor:
         The caller sets the kill switch first and holds the cycle lock; these orders are sent under
         the switch (``ignore_halt``). Keys are ``flatten-YYYY-MM-DD-SYMBOL-SIDE``: a rerun the same
         session finds its earlier closing orders (still working: kept and waited for; filled: the
-        position is gone) and never closes twice. Returns ``{"cancelled", "orders"}``."""
+        position is gone) and never closes twice. Closing orders unfilled after the wait are LEFT
+        WORKING (never cancelled: they are what closes the positions). A symbol whose closing order
+        fails is reported and the others are still closed.
+
+        Returns ``{"cancelled", "orders", "open_positions", "working", "failed", "flat"}``:
+        ``open_positions`` the broker's non-zero positions after the wait ({symbol: quantity}),
+        ``working`` the closing orders still open at the broker, ``failed`` [(symbol, error)],
+        ``flat`` True only when the broker reports no open position."""
         day = str(session_date)[:10]
         self.audit.log_event("flatten", "started", {"session_date": day, "mode": mode})
         cancelled = self.cancel_all_open(keep=self.book.flatten_broker_ids(day))
-        keys = []
+        keys, failed = [], []
         for symbol, position in sorted(self.gateway.positions().items()):
             qty = int(position["quantity"])
             if qty == 0:
                 continue
             side = SELL if qty > 0 else BUY_TO_COVER
-            key = self._flatten_key(day, symbol, side)
-            existing = self.book.get(key)
-            if existing and existing["status"] == INTENDED and existing["quantity"] != abs(qty):
-                self.book.update(key, quantity=abs(qty))         # never sent: close what is held now
-            order = {"symbol": symbol, "side": side, "quantity": abs(qty), "order_type": MARKET,
-                     "price": position.get("avg_price"), "reason": "flatten", "client_key": key}
-            record = self.submit(order, day, mode, ignore_halt=True)
+            try:
+                record = self._close(day, mode, symbol, side, qty, position)
+            except (BrokerError, UserFacingError) as exc:
+                log.error("flatten: closing order for %s %+d failed: %s", symbol, qty, exc)
+                failed.append((symbol, str(exc)))
+                continue
             if record.get("broker_order_id"):
-                keys.append(key)
-        final = (self.wait_for_fills(keys, timeout_s, ignore_halt=True) if wait and keys
-                 else [self.book.get(k) for k in keys])
-        self.audit.log_event("flatten", "done", {"session_date": day, "cancelled_orders": cancelled,
-                                                 "close_orders": keys})
+                keys.append(record["client_key"])
+        final = (self.wait_for_fills(keys, timeout_s, ignore_halt=True, cancel_at_timeout=False)
+                 if wait and keys else [self.book.get(k) for k in keys])
+        final = [r for r in final if r is not None]
+        open_positions = {sym: int(p["quantity"]) for sym, p in sorted(self.gateway.positions().items())
+                          if int(p["quantity"]) != 0}
+        working = [r for r in final if r["status"] not in NOT_POLLED]
+        done = {"cancelled": cancelled, "orders": final, "open_positions": open_positions, "working": working,
+                "failed": failed, "flat": not open_positions}
+        self.audit.log_event("flatten", "done" if done["flat"] else "not_flat", {
+            "session_date": day, "cancelled_orders": cancelled, "close_orders": keys,
+            "open_positions": open_positions, "working": [r["client_key"] for r in working],
+            "failed": [sym for sym, _ in failed]})
         log.warning("flatten %s: cancelled %d open orders, %d closing orders", day, cancelled, len(keys))
-        return {"cancelled": cancelled, "orders": final}
+        if not done["flat"]:
+            log.error("%s", flatten_not_flat_line(done, self.broker.fills_at_next_open))
+        return done
+
+    def _close(self, day: str, mode: str, symbol: str, side: str, qty: int, position: dict) -> Record:
+        """Submit (or find again) this session's closing order for one position."""
+        key = self._flatten_key(day, symbol, side)
+        existing = self.book.get(key)
+        if existing and existing["status"] == INTENDED and existing["quantity"] != abs(qty):
+            self.book.update(key, quantity=abs(qty))         # never sent: close what is held now
+        order = {"symbol": symbol, "side": side, "quantity": abs(qty), "order_type": MARKET,
+                 "price": position.get("avg_price"), "reason": "flatten", "client_key": key}
+        return self.submit(order, day, mode, ignore_halt=True)
+
+
+def flatten_not_flat_line(done: dict, fills_at_next_open: bool = False) -> str:
+    """The one line ``flatten`` says when the account is not flat: the positions still open, the
+    closing orders still working at the broker (kept, not cancelled), the symbols that failed,
+    and what to do."""
+    held = ", ".join(f"{sym} {qty:+d}" for sym, qty in done["open_positions"].items())
+    working = ", ".join(f"{r['client_key']} ({r['side']} {r['quantity'] - int(r['filled_quantity'] or 0)} "
+                        f"{r['symbol']}, broker id {r['broker_order_id']}, {r['status']})" for r in done["working"])
+    failed = ", ".join(f"{sym}: {err}" for sym, err in done["failed"])
+    line = f"flatten NOT FLAT: positions still open: {held}"
+    line += f"; closing orders still working at the broker (kept, NOT cancelled): {working}" if working else \
+        "; no closing order is working for them"
+    if failed:
+        line += f"; closing orders that failed: {failed}"
+    if fills_at_next_open and working:
+        line += "; paper: they fill at the next session's open"
+    return line + ("; check `python live_trading.py status` and the broker; run `python live_trading.py flatten` "
+                   "again to close what is left (working orders are kept, never sent twice)")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -536,6 +632,9 @@ def _print_orders(executor: OrderExecutor, orders: list[dict]) -> None:
     for r in pending:
         print(f"our order {r['client_key']} is {r['status']} ({describe(r)})"
               + (f": {r['error']}" if r["error"] else ""))
+    for r in executor.open_orders():
+        if r["status"] == UNKNOWN_AT_BROKER:
+            print(unknown_line(r))
 
 
 def main(argv=None) -> int:
@@ -547,11 +646,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("orders", help="the broker's recent and open orders; ours marked with our key")
     p.add_argument("--hours", type=float, default=None,
                    help=f"how far back (default {C.ORDER_SNAPSHOT_LOOKBACK_S / 3600:g} h)")
-    p = sub.add_parser("resolve", help="decide an ambiguous order: which broker order is ours, or none")
+    p = sub.add_parser("resolve", help="decide an ambiguous (SENDING) or UNKNOWN_AT_BROKER order: which "
+                                       "broker order is ours, or none")
     p.add_argument("client_key")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--order-id", help="the broker order that is ours")
-    which.add_argument("--not-sent", action="store_true", help="none of them is ours: close it unsent")
+    which.add_argument("--not-sent", action="store_true",
+                       help="none of them is ours (or it is not at the broker): close our row, never resent")
     p.add_argument("--reason", required=True)
     args = parser.parse_args(argv)
     logging_setup.setup_logging("trading")
@@ -561,8 +662,9 @@ def main(argv=None) -> int:
             _print_orders(executor, executor.broker_orders(args.hours))
             return 0
         record = executor.resolve(args.client_key, None if args.not_sent else args.order_id, args.reason)
-        print(f"order {record['client_key']}: {record['status']} (broker id {record['broker_order_id']}). "
-              f"Now clear the kill switch: python live_trading.py resume --reason \"...\"")
+        print(f"order {record['client_key']}: {record['status']} (broker id {record['broker_order_id']})."
+              + (" Now clear the kill switch: python live_trading.py resume --reason \"...\""
+                 if kill_switch.get(executor.conn) else ""))
         return 0
     except (BrokerError, UserFacingError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

@@ -125,6 +125,35 @@ def assert_live_exactly_once(home, server: FakeSchwabServer, reference: dict | N
     verify_audit(home)
 
 
+def resolve_as_a_person(home, server: FakeSchwabServer, key: str, order_id,
+                        reason: str = "test: the API order is ours") -> None:
+    """docs/RUNBOOK.md "Order recovery halted for a person", steps 3 and 4: ``resolve KEY
+    --order-id ID`` (audited), then ``resume``."""
+    resolved = run_live(home, ["trading_execution.py", "resolve", key, "--order-id", str(order_id),
+                               "--reason", reason], server)
+    assert resolved.returncode == 0, resolved.stdout + resolved.stderr
+    resumed = run_live(home, ["live_trading.py", "resume", "--reason", f"resolved {key}"], server)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def settle_lost_answer(home, setup, server: FakeSchwabServer, done):
+    """A live run that found a lone candidate for an order whose answer was lost (Schwab carries
+    no client id, so it could be ours or a person's twin) stops for a person: exit 1, ``ORDER
+    AMBIGUOUS``, kill switch set, nothing more sent. The test knows which posted order is ours
+    (the API posted it, no row links it): it resolves as a person would, resumes and reruns.
+    Returns the last run (``done`` itself when nothing stopped)."""
+    if done.returncode == 0 or "ORDER AMBIGUOUS" not in done.stderr:
+        return done
+    assert done.returncode == 1 and "could be ours or the same order entered by a person" in done.stderr
+    assert kill_switch_value(home) is not None
+    pending = [r for r in our_rows(home) if r["status"] == "SENDING"]
+    linked = {str(r["broker_order_id"]) for r in our_rows(home) if r["broker_order_id"]}
+    unlinked = [str(o["orderId"]) for o in server.posted_orders() if str(o["orderId"]) not in linked]
+    assert len(pending) == 1 and len(unlinked) == 1, (pending, unlinked)
+    resolve_as_a_person(home, server, pending[0]["client_key"], unlinked[0])
+    return run_cycle_live(home, setup, server)
+
+
 class Timed:
     """A started process whose stderr is read by a thread; ``saw(text)`` waits for a line."""
 

@@ -18,7 +18,7 @@ import pytest
 
 from crash_harness import (Timed, assert_live_exactly_once, fresh_home, live_reference, live_server,
                            live_setup, our_rows, paper_positions, paper_reference, run_cycle_live,
-                           start_cycle_live, start_paper_replay)
+                           settle_lost_answer, start_cycle_live, start_paper_replay)
 from test_live_trading import assert_consistent
 
 TRIALS = int(os.environ.get("KILL9_TRIALS", "2"))
@@ -77,7 +77,7 @@ def test_schwab_random_kill9(trained, tmp_path, live_ref):
         try:
             killed += _kill_at(Timed(start_cycle_live(home, setup, server)), delay)
             server.release_post.set()
-            rerun = run_cycle_live(home, setup, server)
+            rerun = settle_lost_answer(home, setup, server, run_cycle_live(home, setup, server))
             assert rerun.returncode == 0, f"trial {n} (kill at +{delay:.2f} s): {rerun.stderr[-3000:]}"
             assert_live_exactly_once(home, server, live_ref)
             assert all(r["status"] == "FILLED" for r in our_rows(home))

@@ -198,9 +198,12 @@ def test_flatten_closes_everything_after_confirmation(home, trained, cli):
     refused = run(["live_trading.py", "flatten"], home, input="")
     assert refused.returncode == 2 and "confirmation" in refused.stderr
     done = cli("flatten", "--confirm", "FLATTEN")
-    assert done.returncode == 0, done.stderr[-2000:]
-    # paper: the closing orders are accepted and fill at the next session's open
+    # paper: the closing orders are accepted and fill at the next session's open; until then the
+    # account is NOT flat: exit 1, the positions and the working closing orders named
+    assert done.returncode == 1, done.stdout + done.stderr[-2000:]
     assert "next session's open" in done.stdout
+    assert "flatten NOT FLAT: positions still open" in done.stderr and "kept, NOT cancelled" in done.stderr
+    assert ("flatten", "not_flat") in [(r["action"], r["status"]) for r in audit_records(home)]
     assert db(home).execute("SELECT COUNT(*) FROM paper_orders WHERE side = 'SELL' AND status = 'WORKING'"
                             ).fetchone()[0] == 2
     _next_session_prices(home)
@@ -208,12 +211,12 @@ def test_flatten_closes_everything_after_confirmation(home, trained, cli):
     # the replay account is a different account: flatten never touches it
     assert db(home, replay=True).execute(
         "SELECT COUNT(*) FROM paper_positions WHERE quantity != 0").fetchone()[0] == replay_open
-    assert ("flatten", "done") in [(r["action"], r["status"]) for r in audit_records(home)]
     status = cli("status")
     assert status.returncode == 0, status.stderr[-2000:]
     assert "kill switch:     ON: flatten" in status.stdout and "positions (0)" in status.stdout
-    again = cli("flatten", "--confirm", "FLATTEN")    # a rerun closes nothing twice
-    assert again.returncode == 0
+    again = cli("flatten", "--confirm", "FLATTEN")    # a rerun closes nothing twice; now flat: exit 0
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert ("flatten", "done") in [(r["action"], r["status"]) for r in audit_records(home)]
     sells = db(home).execute("SELECT COUNT(*) FROM paper_orders WHERE side = 'SELL'").fetchone()[0]
     assert sells == 2
     replay_status = run(["live_trading.py", "status", "--replay"], home)

@@ -104,18 +104,31 @@ def test_crash_then_rerun_sends_exactly_once(api, fake, cm, skew, kind):
         new_process(api).submit(buy(), DAY, "live")
     assert row(KEY)["status"] == ("INTENDED" if kind == "intent" else "SENDING")
     rerun = new_process(SchwabAPI(cm))
-    record = rerun.submit(buy(), DAY, "live")
+    if kind == "accepted":
+        # Schwab carries no client id: the lone new match could be ours or a person's twin; a
+        # person decides (resolve), nothing is sent again, nothing is adopted silently
+        with pytest.raises(AmbiguousOrderError, match="could be ours or the same order entered by a person"):
+            rerun.submit(buy(), DAY, "live")
+        assert len(posts(fake)) == 1 and kill_switch.get() and row(KEY)["broker_order_id"] is None
+        assert rerun.audit.has("order_reconciled", "ambiguous") and not rerun.audit.has("order_reconciled", "adopted")
+        ours = matching(fake)[0]
+        rerun.resolve(KEY, str(ours), "test: the API order is ours")
+        kill_switch.clear("resolved", audit=Recorder())
+    record = new_process(SchwabAPI(cm)).submit(buy(), DAY, "live") if kind == "accepted" else \
+        rerun.submit(buy(), DAY, "live")
     ids = matching(fake)
     assert len(ids) == 1, f"{len(ids)} orders at Schwab"                       # 0 duplicates
     assert record["status"] == "SUBMITTED" and record["broker_order_id"] == str(ids[0])
     assert fake.orders[ids[0]]["status"] == "WORKING"                          # lost order still working
     assert len(posts(fake)) == (1 if kind == "accepted" else 1 + (kind == "request"))
-    assert rerun.audit.has("order_reconciled", "adopted") == (kind == "accepted")
+    assert rerun.audit.has("order_reconciled", "resolved_adopted") == (kind == "accepted")
     assert kill_switch.get() is None
 
 
 @pytest.mark.parametrize("skew", SKEWS)
-def test_timeout_in_flight_is_adopted_not_resent(api, fake, skew):
+def test_timeout_in_flight_goes_to_a_person_never_resent(api, fake, skew):
+    """Schwab stored it, we never heard: the lone match is ours or a person's twin (Schwab carries
+    no client id), so nothing is resent and nothing adopted silently: a person resolves it."""
     fake.clock_skew_s = skew
 
     def hook(request):
@@ -126,10 +139,12 @@ def test_timeout_in_flight_is_adopted_not_resent(api, fake, skew):
         return None
     fake.hook = hook
     ex = new_process(api)
-    record = ex.submit(buy(), DAY, "live")
+    with pytest.raises(AmbiguousOrderError, match="could be ours or the same order entered by a person") as raised:
+        ex.submit(buy(), DAY, "live")
+    assert f"broker order {matching(fake)[0]}" in str(raised.value) and "resolve" in str(raised.value)
     assert len(matching(fake)) == 1 and len(posts(fake)) == 1
-    assert record["status"] == "SUBMITTED" and record["broker_order_id"] == str(matching(fake)[0])
-    assert ex.audit.has("order_reconciled", "adopted")
+    assert row(KEY)["status"] == "SENDING" and row(KEY)["broker_order_id"] is None and kill_switch.get()
+    assert not ex.audit.has("order_reconciled", "adopted")
 
 
 @pytest.mark.parametrize("skew", SKEWS)
@@ -224,9 +239,15 @@ def test_same_order_placed_by_hand_earlier_is_in_the_snapshot_never_a_candidate(
     crash_on(fake, kind)
     with pytest.raises(Crash):
         new_process(api).submit(buy(), DAY, "live")
+    if kind == "accepted":    # ours is the only candidate (the manual one is in the snapshot): a person confirms it
+        with pytest.raises(AmbiguousOrderError, match=r"candidates: \d+\)") as raised:
+            new_process(SchwabAPI(cm)).submit(buy(), DAY, "live")
+        assert str(manual) not in str(raised.value).split("candidates:")[1]
+        assert len(matching(fake)) == 2 and len(posts(fake)) == 1 and row(KEY)["broker_order_id"] is None
+        return
     record = new_process(SchwabAPI(cm)).submit(buy(), DAY, "live")
     assert len(matching(fake)) == 2 and record["broker_order_id"] != str(manual)
-    assert len(posts(fake)) == (1 if kind == "accepted" else 2) and kill_switch.get() is None
+    assert len(posts(fake)) == 2 and kill_switch.get() is None
 
 
 def test_lone_match_entered_long_after_the_snapshot_is_left_to_a_person(api, fake, cm):
@@ -267,10 +288,10 @@ def test_reconcile_settles_sending_rows_at_cycle_start(api, fake, cm):
     crash_on(fake, "request")
     with pytest.raises(Crash):
         new_process(SchwabAPI(cm)).submit(buy("MSFT", 5), DAY, "live")
-    done = new_process(SchwabAPI(cm)).reconcile()
-    assert [r["client_key"] for r in done] == [KEY]
-    assert row(KEY)["status"] == "SUBMITTED" and row(KEY)["broker_order_id"] == str(matching(fake)[0])
-    msft = row(client_key(DAY, "MSFT", "BUY"))
+    with pytest.raises(AmbiguousOrderError, match=KEY):      # AAPL's lone match: a person decides
+        new_process(SchwabAPI(cm)).reconcile()
+    assert row(KEY)["status"] == "SENDING" and row(KEY)["broker_order_id"] is None
+    msft = row(client_key(DAY, "MSFT", "BUY"))                 # every row was handled before the raise
     assert msft["status"] == "INTENDED" and msft["broker_order_id"] is None      # sent when wanted
     assert len(posts(fake)) == 2
 
@@ -478,12 +499,12 @@ def sending_row(book, recovery, symbol="AAPL", qty=10):
     return book.get(key)
 
 
-def test_recovery_adopts_the_one_order_that_landed():
-    broker = FakeBroker()
+def test_recovery_adopts_the_one_order_that_landed_with_our_client_key():
+    broker = FakeBroker(keeps_client_key=True)
     broker.add_order("AAPL", "BUY", 10)                      # before the snapshot: not ours
     book, recovery, _ = recovery_parts(broker)
     row_ = sending_row(book, recovery)
-    landed = broker.add_order("AAPL", "BUY", 10)             # the request arrived, the answer was lost
+    landed = broker.add_order("AAPL", "BUY", 10, client_key=row_["client_key"])   # arrived, answer lost
     broker.add_order("AAPL", "BUY", 5)                       # another quantity: not a candidate
     record = recovery.settle_sending(row_, "rerun")
     assert record["status"] == SUBMITTED and record["broker_order_id"] == landed
@@ -513,13 +534,13 @@ def test_recovery_halts_for_a_person_when_two_orders_match():
 
 
 def test_send_loop_row_is_sending_at_the_request_and_an_ambiguous_failure_is_adopted():
-    broker = FakeBroker()
+    broker = FakeBroker(keeps_client_key=True)
     book, _, ex = recovery_parts(broker)
     at_request = []
 
     def lost_answer(order):              # the broker takes the order, the answer never comes
         at_request.append(OrderBook(state_db.connect()).get(order["client_key"])["status"])
-        broker.add_order(order["symbol"], order["side"], order["quantity"])
+        broker.add_order(order["symbol"], order["side"], order["quantity"], client_key=order["client_key"])
         return OrderStatusUnknownError("lost")
     broker.fail("place_order", lost_answer)
     record = ex.submit(buy(), DAY, "live")

@@ -16,6 +16,7 @@ import constants as C
 import state_db
 from broker_base import TransientBrokerError
 from schwab_fake import api, cm, fake  # noqa: F401  (fixtures)
+from order_recovery import AmbiguousOrderError
 from trading_execution import CircuitBreaker, CircuitOpenError, OrderExecutor, client_key
 from audit_recorder import Recorder
 from conftest import run_entry
@@ -67,9 +68,14 @@ def test_timeout_after_schwab_took_the_order_is_not_resent(executor, fake):
             raise httpx.ReadTimeout("read timed out", request=request)  # ... but we never heard
         return None
     fake.hook = hook
-    record = executor.submit(buy(), "2025-10-06")
+    # the lone match could be ours or a person's twin (Schwab carries no client id): a person decides
+    with pytest.raises(AmbiguousOrderError, match="could be ours"):
+        executor.submit(buy(), "2025-10-06")
     assert len(fake.orders) == 1 and len(posts(fake)) == 1
+    record = executor.resolve("2025-10-06:AAPL:BUY", str(next(iter(fake.orders))), "test: ours")
     assert record["broker_order_id"] == str(next(iter(fake.orders)))
+    assert executor.submit(buy(), "2025-10-06")["broker_order_id"] == record["broker_order_id"]
+    assert len(posts(fake)) == 1
 
 
 def test_rejection_is_not_retried(executor, fake):
