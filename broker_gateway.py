@@ -58,7 +58,8 @@ SCHEMA = [
         opened_at REAL,
         trial_started_at REAL,
         last_error TEXT,
-        updated_at TEXT NOT NULL
+        updated_at TEXT NOT NULL,
+        kind_failures TEXT
     )""",
 ]
 # columns newer than the table: (name, declaration)
