@@ -46,6 +46,8 @@ def _translated(exc: BaseException, path):
 # constraint, a syntax error) is raised unchanged.
 class _FaultTranslatingCursor(sqlite3.Cursor):
     def _fault(self, exc: sqlite3.Error) -> BaseException:
+        if getattr(self.connection, "read_only", False) and "readonly database" in str(exc):
+            return exc              # a write on a read-only connection (connect_readonly): the caller's case
         return _translated(exc, getattr(self.connection, "database_file", None))
 
     def execute(self, sql, parameters=(), /):
@@ -98,6 +100,7 @@ class FaultTranslatingConnection(sqlite3.Connection):
     def __init__(self, database, *args, **kwargs):
         super().__init__(database, *args, **kwargs)
         name = str(database)
+        self.read_only = name.startswith("file:") and "mode=ro" in name
         if name.startswith("file:"):                      # a URI: file:<path>?mode=ro
             name = name[len("file:"):].split("?", 1)[0]
         self.database_file = name
