@@ -34,7 +34,6 @@ import sqlite3
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
 import apprise
@@ -139,28 +138,15 @@ def _channel(url: str):
 
 
 def mask(url: str) -> str:
-    """The URL with its secrets hidden (apprise's privacy form), for lists and logs."""
-    plugin = _channel(url)
-    if plugin is not None:
-        try:
-            return plugin.url(privacy=True)
-        except Exception:
-            pass
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or '?'}/..." if parts.scheme else "<unreadable URL>"
+    """The URL with its secrets hidden, for lists and logs (``logging_setup.redact_url``: the one
+    rule; scheme and host name kept, credentials, path and query values ``***``)."""
+    return logging_setup.redact_url(url)
 
 
 def _register_secrets(url: str) -> None:
-    """Keep every secret-looking part of a channel URL out of the logs (apprise logs too)."""
-    logging_setup.register_secret(url)
-    parts = urlsplit(url)
-    logging_setup.register_secret(parts.password)
-    for name, value in parse_qsl(parts.query):
-        if any(w in name.lower() for w in ("pass", "token", "key", "secret", "apikey")):
-            logging_setup.register_secret(value)
-    for segment in (parts.netloc.rsplit("@", 1)[-1].split(":")[0], *parts.path.split("/")):
-        if len(segment) >= 16 and "." not in segment:    # webhook tokens, not host names
-            logging_setup.register_secret(segment)
+    """Keep every secret-looking part of a channel URL out of the logs (apprise logs too),
+    whatever its length (``logging_setup.register_url_secrets``)."""
+    logging_setup.register_url_secrets(url)
 
 
 def stored_urls(manager: CredentialManager | None = None) -> list[str]:

@@ -10,6 +10,7 @@ same way. Importing this module changes nothing.
 import errno as _errno
 import logging
 import os as _os
+import sqlite3
 import sys
 
 
@@ -38,10 +39,11 @@ def squeeze(exc: BaseException, limit: int = 300) -> str:
     return " ".join(str(exc).split())[:limit]
 
 
-def command_failed(log: logging.Logger, what: str, exc: Exception) -> None:
+def command_failed(log: logging.Logger, what: str, exc: BaseException) -> None:
     """An entry point's last word on an exception it caught: a person-facing one is logged and
     printed as its own line; anything else is logged with its traceback (errors.log) and
     printed as one line that points there."""
+    exc = as_user_facing(exc)
     if is_user_facing(exc):
         log.error("%s FAILED: %s", what, exc)
         print(f"ERROR: {exc}", file=sys.stderr)
@@ -52,7 +54,8 @@ def command_failed(log: logging.Logger, what: str, exc: Exception) -> None:
 
 
 def _hook(exc_type, exc, tb):
-    if getattr(exc_type, "user_facing", False):
+    exc = as_user_facing(exc)
+    if is_user_facing(exc):
         print(one_line(exc), file=sys.stderr)
         return
     sys.__excepthook__(exc_type, exc, tb)
@@ -65,21 +68,36 @@ def install_excepthook() -> None:
 
 # --------------------------------------------------------------------------- storage faults
 # A read-only TRADING_HOME or a full disk shows up as an OSError (errno EROFS, ENOSPC, EACCES,
-# EDQUOT) from the file system, or as a sqlite3.OperationalError whose text says so. Every
-# layer that writes (logging_setup, state_db, fileutil, audit_logging) turns one into a
-# StorageError: one line naming the path, the disk and the fix.
+# EDQUOT) from the file system, or as a sqlite3 error whose text says so; a database held by
+# another process or damaged shows up as a sqlite3 error only ("database is locked", "file is
+# not a database", "database disk image is malformed"). Every layer that writes (logging_setup,
+# state_db, fileutil, audit_logging) turns one into a StorageError: one line naming the path,
+# the disk and the fix. ``storage_error`` is the one translation; ``as_user_facing`` applies it
+# to whatever reaches an entry point's last word (``command_failed``, the excepthook).
 _ENOSPC_TEXT = ("database or disk is full", "no space left on device", "disk quota exceeded")
 _READONLY_TEXT = ("attempt to write a readonly database", "read-only file system",
                   "readonly database")
+_LOCKED_TEXT = ("database is locked", "database table is locked", "database schema is locked")
+_CORRUPT_TEXT = ("file is not a database", "database disk image is malformed",
+                 "malformed database schema", "file is encrypted or is not a database")
+_KIND_ERRNO = {"full": _errno.ENOSPC, "readonly": _errno.EROFS, "denied": _errno.EACCES,
+               "locked": _errno.EBUSY, "corrupt": _errno.EIO, "unopenable": _errno.ENOENT,
+               "notdir": _errno.ENOTDIR}
 
 
 class StorageError(UserFacingError, OSError):
     """A file the system must write cannot be written: read-only file system, full disk or
-    missing permission. The message names the path, the mount point and the fix. It is also an
-    ``OSError``, so code that already handles ``OSError`` keeps doing so."""
-    kind: str | None = None        # "full", "readonly" or "denied" (set by storage_error)
+    missing permission; or the state database is locked by another process or damaged. The
+    message names the path, the mount point and the fix. It is also an ``OSError``, so code
+    that already handles ``OSError`` keeps doing so."""
+    kind: str | None = None        # "full", "readonly", "denied", "locked", "corrupt", ... (storage_error)
     path: str | None = None        # the file that could not be written
     mount: str | None = None       # its mount point
+
+
+class DatabaseStorageError(StorageError, sqlite3.OperationalError):
+    """A StorageError raised by SQLite: also a ``sqlite3.OperationalError``, so code that already
+    handles ``sqlite3.Error`` (a best-effort read, say) keeps doing so."""
 
 
 def _ancestor(p: str, found) -> str:
@@ -132,9 +150,23 @@ def _free_text(mount: str) -> str:
         return "free space unknown"
 
 
+def _not_a_folder(path) -> str | None:
+    """The nearest existing ancestor of ``path`` when it is a file (so ``path`` cannot exist)."""
+    existing = _existing(path)
+    if existing != _os.path.abspath(str(path)) and not _os.path.isdir(existing):
+        return existing
+    return None
+
+
+def _is_sqlite(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error)
+
+
 def storage_fault_kind(exc: BaseException, path=None) -> str | None:
-    """``"full"``, ``"readonly"`` or ``"denied"`` when ``exc`` says the storage refused a write
-    (an OSError by errno, a sqlite3 error by its text), else None."""
+    """What refused the write, when ``exc`` is a storage fault (an OSError by errno, a sqlite3
+    error by its text): ``"full"``, ``"readonly"``, ``"denied"``, ``"locked"`` (another process
+    holds the database), ``"corrupt"`` (not a valid database), ``"notdir"`` (a file where a
+    folder must be) or ``"unopenable"``; else None."""
     if isinstance(exc, StorageError):
         return getattr(exc, "kind", None)
     code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
@@ -145,14 +177,23 @@ def storage_fault_kind(exc: BaseException, path=None) -> str | None:
         return "readonly" if code == _errno.EROFS or path is None or _read_only(path) else "denied"
     if code in (_errno.EACCES, _errno.EPERM):
         return "readonly" if path is not None and _read_only(path) else "denied"
-    if type(exc).__name__ == "OperationalError" and path is not None and (
+    if code == _errno.ENOTDIR:
+        return "notdir"
+    if _is_sqlite(exc) and any(t in text for t in _LOCKED_TEXT):
+        return "locked"
+    if _is_sqlite(exc) and any(t in text for t in _CORRUPT_TEXT):
+        return "corrupt"
+    if _is_sqlite(exc) and path is not None and (
             "unable to open database" in text or "disk i/o error" in text):
         if _read_only(path):
             return "readonly"
         if "disk i/o error" in text:
             return "full" if _free_bytes(path) < 1024 ** 2 else None
+        if _not_a_folder(path):
+            return "notdir"
         if not _os.access(_os.path.dirname(_os.path.abspath(str(path))) or ".", _os.W_OK):
             return "denied"
+        return "unopenable"
     return None
 
 
@@ -164,28 +205,61 @@ def _free_bytes(path) -> int:
         return 1 << 62
 
 
+def _fault_text(kind: str, path, what: str, mount: str) -> str:
+    folder = _os.path.dirname(_os.path.abspath(str(path)))
+    if kind == "full":
+        return (f"cannot {what} {path}: the disk is full ({mount}: {_free_text(mount)}). "
+                f"Fix: free space on {mount}, then rerun")
+    if kind == "readonly":
+        return (f"cannot {what} {path}: the file system {mount} is mounted read-only. Fix: "
+                f"remount {mount} read-write (or set TRADING_HOME to a writable folder), then rerun")
+    if kind == "locked":
+        return (f"cannot use {path}: the database is locked by another process (still busy "
+                f"after waiting for it). Fix: let the other command (a trading cycle, the "
+                f"scheduler, a sqlite3 shell: fuser -v {path}) finish or stop it, then rerun")
+    if kind == "corrupt":
+        return (f"cannot use {path}: it is not a valid SQLite database (damaged or "
+                f"overwritten). Fix: stop the scheduler, move it aside "
+                f"(mv {path} {path}.damaged) and restore it from backup (docs/RUNBOOK.md, "
+                f"'State database locked or damaged'), then rerun")
+    if kind == "notdir":
+        blocker = _not_a_folder(path) or folder
+        return (f"cannot {what} {path}: {blocker} is a file, not a folder. Fix: move that file "
+                f"away (or set TRADING_HOME to a folder), then rerun")
+    if kind == "unopenable":
+        return (f"cannot {what} {path}: SQLite cannot open it. Fix: make {folder} a folder this "
+                f"user can write (or set TRADING_HOME to one), then rerun")
+    return (f"cannot {what} {path}: permission denied. Fix: make {folder} writable for this "
+            f"user (uid {_os.geteuid()}), then rerun")
+
+
 def storage_error(exc: BaseException, path, what: str = "write") -> StorageError | None:
     """The StorageError for ``exc`` raised while trying to ``what`` ``path``, or None when
-    ``exc`` is not a storage fault (then re-raise it unchanged)."""
+    ``exc`` is not a storage fault (then re-raise it unchanged). A sqlite3 error becomes a
+    ``DatabaseStorageError`` (also a ``sqlite3.OperationalError``)."""
     if isinstance(exc, StorageError):
         return exc
     kind = storage_fault_kind(exc, path)
     if kind is None:
         return None
     mount = mount_point(path)
-    if kind == "full":
-        text = (f"cannot {what} {path}: the disk is full ({mount}: {_free_text(mount)}). "
-                f"Fix: free space on {mount}, then rerun")
-    elif kind == "readonly":
-        text = (f"cannot {what} {path}: the file system {mount} is mounted read-only. Fix: "
-                f"remount {mount} read-write (or set TRADING_HOME to a writable folder), then rerun")
-    else:
-        text = (f"cannot {what} {path}: permission denied. Fix: make {_os.path.dirname(str(path))} "
-                f"writable for this user (uid {_os.geteuid()}), then rerun")
-    err = StorageError(text)
+    err = (DatabaseStorageError if _is_sqlite(exc) else StorageError)(_fault_text(kind, path, what, mount))
     err.kind = kind
     err.path = str(path)
     err.mount = mount
-    err.errno = getattr(exc, "errno", None) or {"full": _errno.ENOSPC, "readonly": _errno.EROFS,
-                                                "denied": _errno.EACCES}[kind]
+    err.errno = getattr(exc, "errno", None) or _KIND_ERRNO[kind]
     return err
+
+
+def as_user_facing(exc: BaseException) -> BaseException:
+    """``exc``, or the StorageError it stands for when it is a storage fault that no layer
+    translated (an OSError from a library writing a file, say): the path is the error's own
+    file name, else ``$TRADING_HOME`` (else the current folder), the likeliest place."""
+    if is_user_facing(exc) or not isinstance(exc, (OSError, sqlite3.Error)):
+        return exc
+    path = (getattr(exc, "filename", None) or _os.environ.get("TRADING_HOME", "").strip()
+            or _os.getcwd())
+    kind = storage_fault_kind(exc, path)
+    if kind is None or kind == "unopenable":
+        return exc
+    return storage_error(exc, path) or exc

@@ -10,6 +10,7 @@ group or other access (as ssh demands of private keys).
 A read-only file system, a full disk or a missing permission raises ``errors.StorageError``
 (one line naming the file, the disk and the fix; also an ``OSError``), and the old file stays.
 """
+import glob
 import hashlib
 import math
 import numbers
@@ -60,6 +61,58 @@ def atomic_write_with(target, writer, mode: int = 0o644) -> Path:
         raise
     fsync_dir(target.parent)
     return target
+
+
+def write_temp_bytes(directory, data: bytes, prefix: str, suffix: str = ".tmp") -> Path:
+    """A new temp file in ``directory`` holding ``data``, fsynced (0600, named
+    ``<prefix><pid>.<random><suffix>`` so ``remove_stale_temps`` can tell a dead writer's file);
+    the caller renames it into place or removes it. On any failure nothing is left behind and a
+    storage fault is a StorageError naming the file."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=suffix, dir=directory)
+    except OSError as exc:
+        raise (storage_error(exc, directory / f"{prefix}{suffix}") or exc) from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]    # a short write: the next one says why (ENOSPC)
+        os.fsync(fd)
+    except BaseException as exc:
+        os.close(fd)
+        os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise (storage_error(exc, tmp) or exc) from None
+        raise
+    os.close(fd)
+    return Path(tmp)
+
+
+def remove_stale_temps(directory, prefix: str, suffix: str = ".tmp") -> list[Path]:
+    """Remove the ``write_temp_bytes`` files in ``directory`` whose writer process is gone (a
+    crash, a kill -9 left them); a live process's file is left alone. Returns those removed."""
+    removed = []
+    for path in Path(directory).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        pid = path.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def create_exclusive(path, data: bytes, mode: int = 0o600) -> bool:

@@ -29,7 +29,7 @@ import market_calendar
 import pnl
 import state_db
 import status_page
-from errors import install_excepthook, is_user_facing, one_line
+from errors import StorageError, install_excepthook, is_user_facing, one_line
 from logging_setup import setup_logging
 from risk_management import RiskManager
 from trading_api import get_broker
@@ -73,6 +73,7 @@ def _status_of(conn, replay: bool) -> dict:
     except Exception as exc:
         data["account"] = None
         data["account_error"] = f"{type(exc).__name__}: {exc}"
+        data["storage_fault"] = isinstance(exc, StorageError)     # status then exits 1
     return data
 
 
@@ -101,7 +102,7 @@ def cmd_status(as_json: bool, replay: bool) -> int:
     acct = data["account"]
     if acct is None:
         print(f"account:         unavailable ({data['account_error']})")
-        return EXIT_OK
+        return EXIT_FAIL if data.get("storage_fault") else EXIT_OK
     day = f"{money(acct['day_pnl'], signed=True)} since {acct['day_pnl_since']}" if acct["day_pnl"] is not None else "n/a (no earlier session recorded)"
     print(f"equity:          {money(acct['equity'])}   cash {money(acct['cash'])}   positions {money(acct['positions_value'])}")
     print(f"P&L:             realised {money(acct['realised_pnl'], signed=True)} ({acct['round_trips']} round "

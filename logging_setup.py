@@ -10,6 +10,14 @@ A redaction step runs on every formatted line (exception text included): values 
 password; the audit trail masks the same fields) are replaced by ``***``. Secrets never reach a
 log file.
 
+URLs that carry credentials (alert channels: ``mailto://user:password@host``,
+``tgram://BOTTOKEN/CHATID``, ``discord://ID/TOKEN``, ``json://host/path?token=...``) follow ONE
+rule: ``redact_url`` is how such a URL is shown (scheme and host name kept, everything else
+``***``), and ``register_url_secrets`` registers every part of it that may be a secret, whatever
+its length, so that the part is redacted wherever it appears later (a library's own log line,
+an exception text). A part shorter than 8 characters is redacted only where it stands alone
+(not inside a longer word), so a 3-character chat id does not eat every word that contains it.
+
 When the log files cannot be written (read-only ``TRADING_HOME``, full disk, no permission)
 logging does not stop the command: it goes on to stderr only, after one WARNING line that says
 the logs are not being written, where, and the fix. The command itself (``halt``, say) still
@@ -20,6 +28,7 @@ import math
 import re
 import sys
 from datetime import datetime
+from urllib.parse import unquote
 
 import config
 import constants as C
@@ -55,12 +64,118 @@ def register_secret(value) -> None:
         _SECRETS.add(text)
 
 
+# --------------------------------------------------------------------------- URLs with secrets
+_URL_SCHEMES: set[str] = set()             # schemes of registered URLs: every such URL is shown redacted
+_TOKENS: set[str] = set()                  # short URL parts: redacted where they stand alone
+_token_pattern: re.Pattern | None = None
+_SUBSTRING_MIN = 8                         # a URL part this long is redacted anywhere (characters)
+_URL = re.compile(r"(?i)(?<![A-Za-z0-9+.-])([a-z][a-z0-9+.-]{0,31})://[^\s'\"<>]+")
+_USERINFO = re.compile(r"(?i)(?<![A-Za-z0-9+.-])([a-z][a-z0-9+.-]{0,31}://)([^/\s@'\"<>?#]+)@")
+_SECRET_QUERY = re.compile(r"(?i)pass|pwd|token|key|secret|auth|sig|cred|session|code|user|hook|id$")
+
+
+def _split_url(url: str):
+    """(scheme, userinfo or None, hostport, path, query, fragment) of ``url``, without
+    validation (a Telegram bot token ``123:ABC`` where a host should be is no port)."""
+    scheme, _, rest = url.partition("://")
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    return scheme, (userinfo if at else None), hostport, slash + path, query, fragment
+
+
+def _is_host_name(hostport: str) -> bool:
+    """Is this the host[:port] of a server (a name with a dot, an IP address, localhost), not a
+    token standing where a host would be (``tgram://BOTTOKEN``, ``discord://WEBHOOK_ID``)?"""
+    if hostport.startswith("["):                    # [IPv6]:port
+        return True
+    host, _, port = hostport.partition(":")
+    return (not port or port.isdigit()) and ("." in host or host.lower() == "localhost")
+
+
+def url_secret_parts(url: str) -> list[str]:
+    """Every part of ``url`` that may be a secret, whatever its length: the user and password,
+    the host when it is a token (``tgram://BOTTOKEN/...``) and each of its ``:`` pieces, every
+    path segment, the values of query fields named like secrets (or headers, ``+Name=``) and
+    the fragment. Each also in its %-decoded form."""
+    _, userinfo, hostport, path, query, fragment = _split_url(url)
+    parts = []
+    if userinfo is not None:
+        user, _, password = userinfo.partition(":")
+        parts += [user, password]
+    if not _is_host_name(hostport):
+        parts += [hostport, *hostport.split(":")]
+    parts += path.split("/")
+    for field in query.split("&"):
+        name, _, value = field.partition("=")
+        if name[:1] in "+-:" or _SECRET_QUERY.search(name):
+            parts.append(value)
+    parts.append(fragment)
+    out = []
+    for part in parts:
+        for form in (part, unquote(part)):
+            if form and form not in out:
+                out.append(form)
+    return out
+
+
+def redact_url(url: str) -> str:
+    """THE way a URL that may hold secrets is shown (alert channels in lists and logs): scheme,
+    host name and port kept; user, password, a token in the host's place, the path, every query
+    value and the fragment shown as ``***``: ``json://***:***@127.0.0.1:8080/***?token=***``."""
+    url = str(url).strip()
+    if "://" not in url:
+        return "<unreadable URL>"
+    scheme, userinfo, hostport, path, query, fragment = _split_url(url)
+    out = f"{scheme}://"
+    if userinfo is not None:
+        out += "***:***@" if ":" in userinfo else "***@"
+    out += hostport if _is_host_name(hostport) else ("***" if hostport else "")
+    if path.strip("/"):
+        out += "/***"
+    if query:
+        out += "?" + "&".join(f"{field.split('=', 1)[0]}=***" for field in query.split("&") if field)
+    if fragment:
+        out += "#***"
+    return out
+
+
+def register_url_secrets(url) -> None:
+    """Never print ``url`` or any part of it that may be a secret (``url_secret_parts``) in a
+    log line from now on; URLs of its scheme are shown as ``redact_url`` shows them."""
+    global _token_pattern
+    if not url:
+        return
+    url = str(url).strip()
+    register_secret(url)
+    if "://" in url:
+        _URL_SCHEMES.add(url.split("://", 1)[0].lower())
+    for part in url_secret_parts(url):
+        if len(part) >= _SUBSTRING_MIN:
+            _SECRETS.add(part)
+        _TOKENS.add(part)
+    alternatives = "|".join(re.escape(t) for t in sorted(_TOKENS, key=len, reverse=True))
+    _token_pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+
+
+def _redact_urls(text: str) -> str:
+    text = _USERINFO.sub(lambda m: m.group(1) + ("***:***@" if ":" in m.group(2) else "***@"), text)
+    if _URL_SCHEMES:
+        text = _URL.sub(lambda m: redact_url(m.group(0)) if m.group(1).lower() in _URL_SCHEMES
+                        else m.group(0), text)
+    return text
+
+
 def redact(text: str) -> str:
+    text = _redact_urls(text)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + "***", text)
     for secret in sorted(_SECRETS, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "***")
+    if _token_pattern is not None:
+        text = _token_pattern.sub("***", text)
     return text
 
 
@@ -90,8 +205,16 @@ def json_safe(value, key: str | None = None):
 
 
 class RedactingFormatter(logging.Formatter):
+    """Every line's message, exception text and stack redacted (``redact``); the time, level and
+    component are left as they are (a short redacted token must not eat the time)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        shown = logging.makeLogRecord(record.__dict__)
+        shown.msg, shown.args = redact(record.getMessage()), None
+        exc_text = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else "")
+        shown.exc_info, shown.exc_text = None, (redact(exc_text) or None)
+        shown.stack_info = redact(record.stack_info) if record.stack_info else None
+        return super().format(shown)
 
 
 _warned_unwritable = False

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 import config
-from errors import UserFacingError, install_excepthook
+from errors import UserFacingError, install_excepthook, storage_error
 import constants as C
 from fileutil import atomic_write_text, atomic_write_with, file_sha256, fsync_dir
 from lstm_inference import InferenceError, load_network
@@ -403,15 +403,20 @@ def version_name(metadata: dict, checksum: str) -> str:
 
 def _copy_pair_into(directory: Path, model_file: Path, meta_file: Path | None) -> Path:
     """Copy a model (and its metadata) into ``directory`` atomically (a temp dir renamed)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    except OSError as exc:
+        raise (storage_error(exc, directory, "copy the model into") or exc) from None
     try:
         shutil.copy2(model_file, tmp / C.MODEL_FILE)
         if meta_file is not None and meta_file.is_file():
             shutil.copy2(meta_file, tmp / C.MODEL_METADATA_FILE)
         os.replace(tmp, directory)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise (storage_error(exc, directory, "copy the model into") or exc) from None
         raise
     fsync_dir(directory.parent)
     return directory
@@ -523,15 +528,20 @@ def restore(version: str | None = None, path=None) -> dict:
         chosen = valid[0]
     source = Path(chosen["path"])
     metadata = read_metadata(source / C.MODEL_FILE)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".h5", dir=p.parent)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".h5", dir=p.parent)
+    except OSError as exc:
+        raise (storage_error(exc, p, "restore the model as") or exc) from None
     os.close(fd)
     try:
         shutil.copy2(source / C.MODEL_FILE, tmp)
         install_model(tmp, metadata, p, reason=f"before restoring {chosen['version']}")
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise (storage_error(exc, p, "restore the model as") or exc) from None
         raise
     log.info("restored model %s (SHA-256 %s) as %s", chosen["version"], chosen["checksum"], p)
     return chosen

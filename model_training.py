@@ -17,11 +17,11 @@ needs it.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,6 +37,7 @@ import constants as C
 import model_management as mm
 from data_collection import load_processed
 from errors import UserFacingError
+import fileutil
 from fileutil import file_sha256
 from lstm_inference import load_network
 
@@ -177,25 +178,38 @@ def _epoch_logger(keras, epochs: int):
     return EpochLogger()
 
 
-def save_h5(model, directory: Path) -> Path:
-    """model.save to a temp file in ``directory`` whose name ends with .h5 (Keras picks the format
-    from the suffix); the caller renames it into place."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(C.MODEL_FILE).stem}.", suffix=".tmp.h5", dir=directory)
-    os.close(fd)
-    os.unlink(tmp)                                     # h5py wants to create it
+MODEL_TEMP_PREFIX = f".{Path(C.MODEL_FILE).stem}."     # temp model files: <prefix><pid>.<random>.tmp.h5
+MODEL_TEMP_SUFFIX = ".tmp.h5"
+
+
+def h5_bytes(model) -> bytes:
+    """The model as the bytes of a Keras HDF5 file (what ``model.save('x.h5')`` writes), built in
+    memory: HDF5 writing straight to a file that fills the disk crashes the process
+    (segmentation fault) and leaves a half-written file; written from memory, a full disk is
+    an ordinary OSError."""
+    from keras.src.legacy.saving import legacy_h5_format   # late: part of Keras (TensorFlow)
+    buf = io.BytesIO()
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)                       # the "HDF5 is legacy" notice
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.save(tmp)
+            with h5py.File(buf, "w") as fh:
+                legacy_h5_format.save_model_to_hdf5(model, fh)
     finally:
         absl.setLevel(level)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    return Path(tmp)
+    return buf.getvalue()
+
+
+def save_h5(model, directory: Path) -> Path:
+    """The model in a new temp file in ``directory`` whose name ends with .h5; the caller renames
+    it into place (or removes it). A full or read-only disk raises ``errors.StorageError``
+    naming the file and the fix, and leaves no temp file; temp files of a training that crashed
+    earlier are removed first."""
+    data = h5_bytes(model)
+    fileutil.remove_stale_temps(directory, MODEL_TEMP_PREFIX, MODEL_TEMP_SUFFIX)
+    return fileutil.write_temp_bytes(directory, data, MODEL_TEMP_PREFIX, MODEL_TEMP_SUFFIX)
 
 
 def versions() -> dict:

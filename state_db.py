@@ -37,13 +37,104 @@ def _translated(exc: BaseException, path):
     return storage_error(exc, path or config.path(C.STATE_DB_FILE)) or exc
 
 
+# --------------------------------------------------------------------------- storage faults
+# Every connection this module opens is a ``FaultTranslatingConnection``: a storage fault met by
+# any statement on it, wherever the caller is (a module's ensure_schema, a read, a COMMIT), is
+# raised as ``errors.DatabaseStorageError`` (a StorageError that is also a
+# sqlite3.OperationalError) naming the database file and the fix: a full disk, a read-only file
+# system, a database locked by another process or one that is damaged. Anything else (a
+# constraint, a syntax error) is raised unchanged.
+class _FaultTranslatingCursor(sqlite3.Cursor):
+    def _fault(self, exc: sqlite3.Error) -> BaseException:
+        if getattr(self.connection, "read_only", False) and "readonly database" in str(exc):
+            return exc              # a write on a read-only connection (connect_readonly): the caller's case
+        return _translated(exc, getattr(self.connection, "database_file", None))
+
+    def execute(self, sql, parameters=(), /):
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from None
+
+    def executemany(self, sql, seq_of_parameters, /):
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from None
+
+    def executescript(self, sql_script, /):
+        try:
+            return super().executescript(sql_script)
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from None
+
+    def fetchone(self):
+        try:
+            return super().fetchone()
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from None
+
+    def fetchmany(self, size=None):
+        try:
+            return super().fetchmany(self.arraysize if size is None else size)
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from None
+
+    def fetchall(self):
+        try:
+            return super().fetchall()
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from None
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except sqlite3.Error as exc:
+            raise self._fault(exc) from None
+
+
+class FaultTranslatingConnection(sqlite3.Connection):
+    """A sqlite3 connection whose storage faults are one-line errors naming its file (pass it as
+    ``sqlite3.connect(..., factory=FaultTranslatingConnection)``)."""
+
+    def __init__(self, database, *args, **kwargs):
+        super().__init__(database, *args, **kwargs)
+        name = str(database)
+        self.read_only = name.startswith("file:") and "mode=ro" in name
+        if name.startswith("file:"):                      # a URI: file:<path>?mode=ro
+            name = name[len("file:"):].split("?", 1)[0]
+        self.database_file = name
+
+    def cursor(self, factory=_FaultTranslatingCursor):
+        return super().cursor(factory)
+
+    def execute(self, sql, parameters=(), /):
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql, seq_of_parameters, /):
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql_script, /):
+        return self.cursor().executescript(sql_script)
+
+    def commit(self):
+        try:
+            super().commit()
+        except sqlite3.Error as exc:
+            raise _translated(exc, self.database_file) from None
+
+
 def connect_readonly(path=None) -> sqlite3.Connection | None:
     """A read-only connection to an existing database (default: the real state DB, never the
     replay one); None when the file does not exist yet. Creates nothing, writes nothing."""
     path = path or config.path(C.STATE_DB_FILE)
     if not path.exists():
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
+                               factory=FaultTranslatingConnection)
+    except sqlite3.Error as exc:
+        raise (storage_error(exc, path, "read") or exc) from None
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -89,7 +180,7 @@ def connect(path=None) -> sqlite3.Connection:
     target = str(path or db_path())
     conn = None
     try:
-        conn = sqlite3.connect(target, timeout=30.0, isolation_level=None)
+        conn = sqlite3.connect(target, timeout=30.0, isolation_level=None, factory=FaultTranslatingConnection)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

@@ -33,7 +33,7 @@ import config
 import constants as C
 import model_management as mm
 from data_collection import DataError
-from errors import UserFacingError, install_excepthook
+from errors import UserFacingError, as_user_facing, install_excepthook, is_user_facing
 from logging_setup import setup_logging
 from model_training import PROFILES, TrainConfig, TrainingError, fmt_skill, train
 
@@ -72,7 +72,10 @@ def main(argv=None) -> int:
         log.error("training FAILED: %s", exc)
         return 1
     except Exception as exc:
-        log.exception("training FAILED with an unexpected error: %s", exc)
+        if is_user_facing(as_user_facing(exc)):           # a full disk met by a library
+            log.error("training FAILED: %s", as_user_facing(exc))
+        else:
+            log.exception("training FAILED with an unexpected error: %s", exc)
         return 1
     v = result["metrics"]["validation"]
     t = result["metrics"]["test"]

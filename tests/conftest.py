@@ -44,6 +44,17 @@ def yfinance_cache(tmp_path_factory):
     yf.set_tz_cache_location(str(tmp_path_factory.mktemp("yfinance-cache")))
 
 
+@pytest.fixture(autouse=True)
+def redaction_registry(monkeypatch):
+    """What a test registers for log redaction (logging_setup: secrets, alert-URL parts of any
+    length) is forgotten after it: a short token registered by one test must not redact another
+    test's log lines."""
+    import logging_setup
+    for name in ("_SECRETS", "_TOKENS", "_URL_SCHEMES"):
+        monkeypatch.setattr(logging_setup, name, set(getattr(logging_setup, name)))
+    monkeypatch.setattr(logging_setup, "_token_pattern", logging_setup._token_pattern)
+
+
 # The suite's fixed clock: a Tuesday, NYSE open (11:00 New York). Every test and every command it
 # runs reads "what day and time is it" from clock.now(), pinned here through TRADING_NOW, so the
 # suite gives the same result on a Saturday, a holiday or after the close (`make test-days`).

@@ -46,7 +46,7 @@ def test_channel_down_is_logged_never_raises_and_test_exits_1(trading_home):
         listed = run_entry(["alerts.py", "list"], trading_home, env)
         assert "last test: FAILED" in listed.stdout
     text = _logs(trading_home)
-    assert "WARNING [alerts] Alert channel json://ops:****@127.0.0.1" in text
+    assert "WARNING [alerts] Alert channel json://***:***@127.0.0.1" in text
     assert "hunter2secret" not in text and "hunter2secret" not in listed.stdout
 
 
@@ -102,7 +102,7 @@ def test_stored_channels_encrypted_listed_masked_removed(trading_home):
         assert stored.exists() and (stored.stat().st_mode & 0o077) == 0
         assert b"s3cretpassword" not in stored.read_bytes() and b"127.0.0.1" not in stored.read_bytes()
         listed = run_entry(["alerts.py", "list"], trading_home)
-        assert "1. json://bot:****@127.0.0.1" in listed.stdout
+        assert "1. json://***:***@127.0.0.1" in listed.stdout
         assert "s3cretpassword" not in listed.stdout + added.stdout
         tested = run_entry(["alerts.py", "test"], trading_home)
         assert tested.returncode == 0 and len(hook.received) == 1
