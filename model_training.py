@@ -111,7 +111,11 @@ def build_dataset(features, window: int, feature_columns, shuffle_targets: bool 
 
     A sample is the window ending at row t with target y[t] (uses Close[t+1]). It belongs to
     train when Date[t+1] < validation_start (so no validation price leaks into training), to
-    validation when t >= validation_start and Date[t+1] < test_start, to test when t >= test_start."""
+    validation when t >= validation_start and Date[t+1] < test_start, to test when t >= test_start.
+    ``seed`` and the fractions default to TRAIN_SEED, VALIDATION_FRACTION and TEST_FRACTION."""
+    seed = C.TRAIN_SEED if seed is None else seed
+    validation_fraction = C.VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+    test_fraction = C.TEST_FRACTION if test_fraction is None else test_fraction
     df = mm.sort_features(features)
     y = mm.compute_targets(df)
     nxt = df.groupby("Symbol", sort=False)["Date"].shift(-1).to_numpy()
@@ -124,7 +128,7 @@ def build_dataset(features, window: int, feature_columns, shuffle_targets: bool 
     fit_rows = train_rows                              # the scaler sees the training period only
     y_fit = y[fit_rows]
     if shuffle_targets:                                # control experiment: break the x -> y link
-        rng = np.random.default_rng(C.TRAIN_SEED if seed is None else seed)
+        rng = np.random.default_rng(seed)
         y = y.copy()
         for mask in (train_rows, val_rows):            # the test period keeps the true outcomes
             y[mask] = rng.permutation(y[mask])

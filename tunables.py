@@ -138,6 +138,8 @@ def _show(value) -> str:
         return f'"{value}"'
     if value is None:
         return "None"
+    if isinstance(value, float) and value.is_integer():
+        return repr(value).removesuffix(".0")        # TRADING_SET_X=15 reads 15, as written
     return repr(value)
 
 

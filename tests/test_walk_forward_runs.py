@@ -18,7 +18,8 @@ UNIVERSE = ["AAA", "BBB"]
 
 def _constant_names() -> set[str]:
     return {n for n in vars(C) if n.isupper() and not n.startswith("_")} - {"STRATEGY_TUNABLES",
-                                                                            "OPERATIONAL_TUNABLES"}
+                                                                            "OPERATIONAL_TUNABLES",
+                                                                            "TUNABLE_SPECS"}
 
 
 def _changed(value):
