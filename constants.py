@@ -339,7 +339,7 @@ OPERATIONAL_TUNABLES = (
 # number is an interval, "[0, 1]" or "(0, inf)": a square bracket includes the bound, a round one
 # excludes it. The values above (constants.py), settings.toml and TRADING_SET_<NAME> are all checked
 # against it at every start (tunables.apply, called by logging_setup.setup_logging).
-TUNABLE_SPECS = {
+TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
     "environment": {
         "ENV_TRADING_MODE": ("fixed", "environment variable name", None),
         "ENV_TRADING_HOME": ("fixed", "environment variable name", None),

@@ -34,6 +34,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import config
 import constants as C
@@ -64,7 +65,7 @@ class Spec:
     group: str
     kind: str
     unit: str
-    allowed: object = None          # an interval text for numbers, the values for a choice
+    allowed: Any = None             # an interval text for numbers, the values for a choice
 
     def bounds(self) -> tuple[float, bool, float, bool] | None:
         """(low, low included, high, high included) of a number, else None."""
