@@ -334,8 +334,10 @@ OPERATIONAL_TUNABLES = (
 # ====================================== what each tunable may be (tunables.py checks it at every start)
 # Every constant above is declared here once, in the table (topic) of settings.toml it is set in:
 # NAME: (kind, unit, allowed). kind is "int", "float" (an int is accepted), "bool", "choice" (allowed:
-# the values), "date" (YYYY-MM-DD), "path" (relative to TRADING_HOME), "str", "int_or_none", or
-# "fixed" (the program's structure: not settable from settings.toml or the environment). allowed of a
+# the values), "date" (YYYY-MM-DD), "str", "int_or_none", or "fixed": the program's structure, not
+# settable from settings.toml or the environment (environment variable names, column names, and every
+# file and folder: state, locks, logs and the audit trail move together with TRADING_HOME, never one
+# by one, so a setting cannot point a run at an empty state database or another lock). allowed of a
 # number is an interval, "[0, 1]" or "(0, inf)": a square bracket includes the bound, a round one
 # excludes it. The values above (constants.py), settings.toml and TRADING_SET_<NAME> are all checked
 # against it at every start (tunables.apply, called by logging_setup.setup_logging).
@@ -356,23 +358,23 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "TRADING_MODES": ("fixed", "accepted TRADING_MODE values", None),
         "DEFAULT_TRADING_MODE": ("fixed", "TRADING_MODE when unset (always paper)", None),
         "DATA_SOURCES": ("fixed", "accepted DATA_SOURCE values", None),
-        "DEFAULT_DATA_SOURCE": ("choice", "DATA_SOURCE when unset", ("yfinance", "sample", "csv")),
+        "DEFAULT_DATA_SOURCE": ("fixed", "DATA_SOURCE when unset (set DATA_SOURCE instead)", None),
         "APP_NAME": ("fixed", "key directory name", None),
     },
     "files": {
-        "UNIVERSE_FILE": ("path", "file under TRADING_HOME", None),
-        "PROCESSED_DATA_FILE": ("path", "file under TRADING_HOME", None),
-        "RAW_PRICES_FILE": ("path", "file under TRADING_HOME", None),
-        "MODEL_FILE": ("path", "file under TRADING_HOME", None),
-        "MODEL_METADATA_FILE": ("path", "file under TRADING_HOME", None),
-        "MODEL_BACKUP_DIR": ("path", "folder under TRADING_HOME", None),
-        "MODEL_QUARANTINE_DIR": ("path", "folder under TRADING_HOME", None),
-        "STATE_DB_FILE": ("path", "file under TRADING_HOME", None),
-        "REPLAY_STATE_DB_FILE": ("path", "file under TRADING_HOME", None),
+        "UNIVERSE_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "PROCESSED_DATA_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "RAW_PRICES_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "MODEL_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "MODEL_METADATA_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "MODEL_BACKUP_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "MODEL_QUARANTINE_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "STATE_DB_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "REPLAY_STATE_DB_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "LOG_DIR": ("fixed", "folder under TRADING_HOME (logs/: people grep it)", None),
         "AUDIT_LOG_FILE": ("fixed", "file under TRADING_HOME (the audit trail)", None),
-        "REPORTS_DIR": ("path", "folder under TRADING_HOME", None),
-        "LOCK_DIR": ("path", "folder under TRADING_HOME", None),
+        "REPORTS_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "LOCK_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
         "SETTINGS_FILE": ("fixed", "file under TRADING_HOME", None),
     },
     "logging": {
@@ -382,7 +384,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
     },
     "data": {
         "HISTORY_START": ("date", "YYYY-MM-DD", None),
-        "CSV_DIR": ("path", "folder under TRADING_HOME", None),
+        "CSV_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
         "DOWNLOAD_DEADLINE_S": ("float", "seconds", "(0, 3600]"),
         "DOWNLOAD_TIMEOUT_S": ("float", "seconds", "(0, 600]"),
         "DOWNLOAD_RETRIES": ("int", "count", "[0, 20]"),
@@ -531,7 +533,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "CREDENTIAL_FILE_TEMPLATE": ("fixed", "file name under TRADING_HOME", None),
     },
     "reports": {
-        "STATUS_PAGE_FILE": ("path", "file under TRADING_HOME", None),
+        "STATUS_PAGE_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "STATUS_RECENT_ORDERS": ("int", "count", "[0, 10000]"),
         "STATUS_RECENT_AUDIT": ("int", "count", "[0, 10000]"),
         "STATUS_RECENT_TRIPS": ("int", "count", "[0, 10000]"),
@@ -542,7 +544,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "REPORT_MAX_TRIPS_SHOWN": ("int", "count", "[0, 1000000]"),
     },
     "schedule": {
-        "SCHEDULER_LOCK_FILE": ("path", "file under TRADING_HOME", None),
+        "SCHEDULER_LOCK_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "SCHEDULE_INTERVAL_MIN": ("int", "minutes", "[1, 60]"),
         "HEALTH_CHECK_BEFORE_OPEN_MIN": ("int", "minutes", "[0, 570]"),
         "CYCLE_AFTER_OPEN_MIN": ("int", "minutes", "[0, 390]"),

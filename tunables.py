@@ -33,7 +33,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import config
@@ -46,7 +46,7 @@ SECRET_ENVIRONMENT = (C.ENV_CREDENTIAL_KEY, C.ENV_CREDENTIAL_KEY_NEW, C.ENV_ALER
 SHOWN_ENVIRONMENT = (C.ENV_TRADING_MODE, C.ENV_TRADING_HOME, C.ENV_DATA_SOURCE, C.ENV_CONFIG_DIR,
                      C.ENV_CSV_DIR, C.ENV_TRADING_NOW, C.ENV_TRAIN_PROFILE, C.ENV_CRONTAB_FILE,
                      C.ENV_ALERT_URLS, C.ENV_CREDENTIAL_KEY, C.ENV_CREDENTIAL_KEY_NEW)
-_KINDS = ("int", "float", "bool", "choice", "date", "path", "str", "int_or_none", "fixed")
+_KINDS = ("int", "float", "bool", "choice", "date", "str", "int_or_none", "fixed")
 _INTERVAL = re.compile(r"^\s*([\[(])\s*(-?inf|[-+0-9.e]+)\s*,\s*(inf|[-+0-9.e]+)\s*([\])])\s*$")
 # the values of constants.py as imported, before anything was applied (the type of a fixed one)
 _DECLARED = {name: getattr(C, name) for group in C.TUNABLE_SPECS.values() for name in group}
@@ -97,8 +97,6 @@ class Spec:
             return "one of " + ", ".join(f'"{v}"' for v in (self.allowed or ()))
         if self.kind == "date":
             return 'a date "YYYY-MM-DD"'
-        if self.kind == "path":
-            return f"a relative path, no '..' ({self.unit})"
         if self.kind == "str":
             return f"text ({self.unit})"
         return f"fixed by the program ({self.unit}): not a setting"
@@ -207,10 +205,6 @@ def check(spec: Spec, value, where: str):
             ok = False
         if not ok:
             raise _problem(spec, value, where, "is not a date")
-    elif kind == "path":
-        p = PurePosixPath(value)
-        if not value.strip() or p.is_absolute() or ".." in p.parts or "\n" in value:
-            raise _problem(spec, value, where, "is not a relative path under TRADING_HOME")
     elif kind == "str":
         if not value.strip() or "\n" in value:
             raise _problem(spec, value, where, "is empty or has a line break")

@@ -106,7 +106,7 @@ def test_no_module_reads_a_settable_tunable_at_import():
     ("ALLOW_SHORTS", "yes", ["ALLOW_SHORTS", "not true/false"]),
     ("PAPER_FILL", "open", ["PAPER_FILL", '"next_open", "close"']),
     ("HISTORY_START", "2018-13-01", ["HISTORY_START", "not a date"]),
-    ("MODEL_FILE", "../elsewhere.h5", ["MODEL_FILE", "relative path"]),
+    ("MODEL_FILE", 5, ["MODEL_FILE", "not text", 'put back MODEL_FILE = "lstm_price_difference_model.h5"']),
     ("FEATURE_COLUMNS", ["a"], ["FEATURE_COLUMNS", "put back"]),
 ])
 def test_a_bad_value_edited_into_constants_py_is_one_line(monkeypatch, name, value, words):
@@ -135,8 +135,9 @@ def test_environment_values_are_parsed_by_kind_and_checked():
         tunables.load(environ={"TRADING_SET_MAX_DRAWDOWN": "15"})
     with pytest.raises(tunables.SettingsError, match="did you mean TRADING_SET_MAX_DRAWDOWN"):
         tunables.load(environ={"TRADING_SET_MAX_DRAWDAWN": "0.1"})
-    with pytest.raises(tunables.SettingsError, match="cannot be set"):
-        tunables.load(environ={"TRADING_SET_LOG_FORMAT": "%(message)s"})
+    for fixed in ("LOG_FORMAT", "STATE_DB_FILE", "LOCK_DIR", "DEFAULT_DATA_SOURCE", "STATUS_SERVE_HOST"):
+        with pytest.raises(tunables.SettingsError, match="cannot be set"):
+            tunables.load(environ={f"TRADING_SET_{fixed}": "x"})
 
 
 def test_file_sources_layout_and_precedence(trading_home):
