@@ -42,7 +42,7 @@ import signals as sig
 import walk_forward
 from backtest_engine import (FILL_MODES, BacktestError, EngineResult, LivePolicy, Market, buy_and_hold,
                              market_from_frames, run_engine)
-from backtest_metrics import CONVENTIONS, analyse
+from backtest_metrics import analyse, conventions
 from backtest_report import add_trade_tables, fmt, make_charts, write_reports
 from errors import command_failed, install_excepthook, squeeze
 from golive import Criteria, evaluate_criteria, record_run
@@ -117,11 +117,11 @@ class Options:
     start: str | None = None
     end: str | None = None
     symbols: list[str] | None = None
-    initial_cash: float = C.INITIAL_PAPER_CASH
+    initial_cash: float = field(default_factory=lambda: C.INITIAL_PAPER_CASH)
     settings: TradingSettings = field(default_factory=TradingSettings.from_constants)   # limits and costs
     criteria: Criteria = field(default_factory=Criteria)
     in_sample: bool = False
-    fill: str = C.BACKTEST_FILL
+    fill: str = field(default_factory=lambda: C.BACKTEST_FILL)
     model_path: str | None = None
     data_path: str | None = None
     reports_dir: str | None = None
@@ -290,7 +290,7 @@ def _report(opts: Options, inputs: _Inputs, period: _Period, nonsense: list[dict
         "gate_eligible": verdict.gate_eligible, "start": parameters["start"], "end": parameters["end"],
         "parameters": parameters, "criteria": verdict.criteria_rows,
         "metrics": {"strategy": analysis["strategy"], "benchmark": analysis["benchmark"]},
-        "conventions": CONVENTIONS, "warnings": inputs.warnings, "halts": result.halts,
+        "conventions": conventions(), "warnings": inputs.warnings, "halts": result.halts,
         "nonsensical_prediction_days": nonsense,
         "rejection_samples": result.rejection_samples, "cancelled_orders": result.cancelled,
         "final_positions": result.final_positions,
@@ -415,6 +415,19 @@ def _settings(args) -> TradingSettings:
         **{name: float(value) for name, value in given.items() if value is not None})
 
 
+# options whose default is a tunable: filled in after start-up applied the settings (settings.toml)
+_OPTION_DEFAULTS = {"initial_cash": "INITIAL_PAPER_CASH", "fill": "BACKTEST_FILL",
+                    "min_total_return": "GOLIVE_MIN_TOTAL_RETURN", "min_sharpe": "GOLIVE_MIN_SHARPE",
+                    "max_drawdown": "GOLIVE_MAX_DRAWDOWN", "min_trades": "GOLIVE_MIN_TRADES"}
+
+
+def _fill_defaults(args) -> None:
+    """Options not given take the effective tunable (constants.py, settings.toml, environment)."""
+    for attr, name in _OPTION_DEFAULTS.items():
+        if getattr(args, attr) is None:
+            setattr(args, attr, getattr(C, name))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_backtest.sh",
@@ -424,7 +437,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "training and validation data")
     p.add_argument("--end", help="last session (YYYY-MM-DD); default: the last in the data")
     p.add_argument("--symbols", help="comma-separated symbols; default: selected_stocks.txt")
-    p.add_argument("--initial-cash", type=float, default=C.INITIAL_PAPER_CASH,
+    p.add_argument("--initial-cash", type=float, default=None,
                    help=f"starting cash in USD (default {C.INITIAL_PAPER_CASH:,.0f})")
     p.add_argument("--commission", type=float, default=None,
                    help=f"commission in USD per share (default PAPER_COMMISSION_PER_SHARE={C.PAPER_COMMISSION_PER_SHARE})")
@@ -432,20 +445,20 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"minimum commission per order in USD (default {C.PAPER_MIN_COMMISSION})")
     p.add_argument("--slippage", type=float, default=None,
                    help=f"slippage in basis points (default PAPER_SLIPPAGE_BPS={C.PAPER_SLIPPAGE_BPS})")
-    p.add_argument("--borrow-rate", type=float, default=C.DEFAULT_BORROW_RATE,
+    p.add_argument("--borrow-rate", type=float, default=None,
                    help=f"annual borrow rate of shorts, fraction (default DEFAULT_BORROW_RATE={C.DEFAULT_BORROW_RATE})")
-    p.add_argument("--fill", choices=FILL_MODES, default=C.BACKTEST_FILL,
+    p.add_argument("--fill", choices=FILL_MODES, default=None,
                    help=f"when signals after day t's close fill (default BACKTEST_FILL={C.BACKTEST_FILL})")
     p.add_argument("--in-sample", action="store_true",
                    help="allow a period inside the model's training/validation data (report titled IN-SAMPLE; "
                         "never counts for going live)")
-    p.add_argument("--min-total-return", type=float, default=C.GOLIVE_MIN_TOTAL_RETURN,
+    p.add_argument("--min-total-return", type=float, default=None,
                    help=f"go-live: total return must exceed (default {C.GOLIVE_MIN_TOTAL_RETURN})")
-    p.add_argument("--min-sharpe", type=float, default=C.GOLIVE_MIN_SHARPE,
+    p.add_argument("--min-sharpe", type=float, default=None,
                    help=f"go-live: Sharpe at least (default {C.GOLIVE_MIN_SHARPE})")
-    p.add_argument("--max-drawdown", type=float, default=C.GOLIVE_MAX_DRAWDOWN,
+    p.add_argument("--max-drawdown", type=float, default=None,
                    help=f"go-live: |max drawdown| at most (default {C.GOLIVE_MAX_DRAWDOWN})")
-    p.add_argument("--min-trades", type=int, default=C.GOLIVE_MIN_TRADES,
+    p.add_argument("--min-trades", type=int, default=None,
                    help=f"go-live: round-trip trades at least (default {C.GOLIVE_MIN_TRADES})")
     p.add_argument("--model", help="model file (default: lstm_price_difference_model.h5 under TRADING_HOME)")
     p.add_argument("--data", help="processed data file (default: processed_stock_data.csv under TRADING_HOME)")
@@ -512,6 +525,7 @@ def main(argv=None) -> int:
         print(f"ERROR: cannot write logs under {config.path(C.LOG_DIR)} ({exc}): check TRADING_HOME and "
               "permissions", file=sys.stderr)
         return EXIT_ERROR
+    _fill_defaults(args)
     if args.initial_cash <= 0:
         print("ERROR: --initial-cash must be positive", file=sys.stderr)
         return EXIT_ERROR

@@ -434,13 +434,16 @@ class EngineResult:
 
 
 def run_engine(market: Market, policy=None, settings: TradingSettings | None = None,
-               initial_cash: float = C.INITIAL_PAPER_CASH, fill: str = C.BACKTEST_FILL,
+               initial_cash: float | None = None, fill: str | None = None,
                progress=None) -> EngineResult:
     """Replay ``market`` day by day. No information from the future: the decision after day t's
     close sees only row t of the arrays (and the book), and fills happen on day t+1
     (``fill='next_open'``: at its open; ``'next_close'``: at its close). The last day's signals
     are not filled (there is no next session). ``settings``: the risk limits and costs (default:
-    the policy's, else ``constants.py``); ``policy`` defaults to a ``LivePolicy`` with them."""
+    the policy's, else ``constants.py``); ``policy`` defaults to a ``LivePolicy`` with them.
+    ``initial_cash`` and ``fill`` default to INITIAL_PAPER_CASH and BACKTEST_FILL."""
+    initial_cash = C.INITIAL_PAPER_CASH if initial_cash is None else initial_cash
+    fill = C.BACKTEST_FILL if fill is None else fill
     _check_fill_mode(fill)
     settings = settings or getattr(policy, "settings", None) or default_settings()
     policy = policy if policy is not None else LivePolicy(settings=settings)
@@ -622,13 +625,15 @@ def _result(r: _Replay, market: Market, policy, initial_cash: float, fill: str) 
 
 # =========================================================================== benchmark
 
-def buy_and_hold(market: Market, initial_cash: float = C.INITIAL_PAPER_CASH,
-                 settings: TradingSettings | None = None, fill: str = C.BACKTEST_FILL) -> pd.Series:
+def buy_and_hold(market: Market, initial_cash: float | None = None,
+                 settings: TradingSettings | None = None, fill: str | None = None) -> pd.Series:
     """Equal-weight buy-and-hold of the same symbols: on the strategy's first fill day (day 2 of
     the period) the cash is split equally among the symbols with a price, bought in fractional
     shares at that day's fill price with the same slippage and commission, and held to the end
     (valued at the last known close; no rebalancing). Day 1 is cash, like the strategy's."""
     settings = settings or default_settings()
+    initial_cash = C.INITIAL_PAPER_CASH if initial_cash is None else initial_cash
+    fill = C.BACKTEST_FILL if fill is None else fill
     n, m = market.shape
     eq = np.full(n, float(initial_cash))
     if n < 2:

@@ -1,5 +1,5 @@
 """Performance of a backtest: return and risk metrics of an equity curve, drawdowns, round trips,
-trade statistics and monthly returns (the empyrical library's conventions; ``CONVENTIONS`` says
+trade statistics and monthly returns (the empyrical library's conventions; ``conventions()`` says
 them in words for the report). ``analyse`` gives the strategy's and the benchmark's figures.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ def daily_returns(equity: pd.Series) -> pd.Series:
     return equity.pct_change().iloc[1:]
 
 
-def performance_metrics(equity: pd.Series, risk_free: float = C.RISK_FREE_RATE,
-                        periods: int = C.TRADING_DAYS_PER_YEAR) -> dict:
+def performance_metrics(equity: pd.Series, risk_free: float | None = None,
+                        periods: int | None = None) -> dict:
     """Return and risk metrics of an equity curve (one value per session close).
 
     Conventions (the same as empyrical): daily simple returns r_t = E_t / E_{t-1} - 1;
@@ -30,7 +30,10 @@ def performance_metrics(equity: pd.Series, risk_free: float = C.RISK_FREE_RATE,
     std(r - rf, ddof=1) * sqrt(periods); sortino = mean(r - rf) * periods /
     (sqrt(mean(min(r - rf, 0) ** 2)) * sqrt(periods)); max_drawdown = min(E_t / max_{s<=t} E_s - 1)
     (a negative fraction, the starting equity counts as a peak); calmar = cagr / |max_drawdown|.
-    Undefined values (no variation, no drawdown) are None."""
+    Undefined values (no variation, no drawdown) are None. ``risk_free`` and ``periods``
+    default to RISK_FREE_RATE and TRADING_DAYS_PER_YEAR."""
+    risk_free = C.RISK_FREE_RATE if risk_free is None else risk_free
+    periods = C.TRADING_DAYS_PER_YEAR if periods is None else periods
     eq = equity.astype(float)
     r = daily_returns(eq).to_numpy(float)
     n = len(r)
@@ -202,19 +205,22 @@ def monthly_returns(equity: pd.Series) -> pd.Series:
     return out
 
 
-CONVENTIONS = (
-    f"Daily simple returns of the equity at each close; {C.TRADING_DAYS_PER_YEAR} sessions a year; "
-    f"risk-free rate {C.RISK_FREE_RATE:.2%} a year ({C.RISK_FREE_RATE:.2%}/{C.TRADING_DAYS_PER_YEAR} a day). "
-    "CAGR = (1 + total return)^(252/N) - 1 with N daily returns; annualised volatility = daily "
-    "std (ddof 1) x sqrt(252); Sharpe = mean(r - rf) / std(r - rf) x sqrt(252); Sortino = "
-    "mean(r - rf) x 252 / (sqrt(mean(min(r - rf, 0)^2)) x sqrt(252)); max drawdown = deepest fall "
-    "from a running peak of the equity (the start counts as a peak); Calmar = CAGR / |max drawdown|; "
-    "drawdown duration = longest stretch below a previous peak, peak to recovery (or to the end). "
-    "Trades are round trips (flat -> position -> flat; a position open at the end is valued at the "
-    "last close); win rate, profit factor (gross wins / gross losses) and average trade are over "
-    "round trips, net of commission, slippage and borrow fees. Exposure = mean gross position "
-    "value / equity; time in market = share of sessions with a position; turnover = traded value "
-    "/ mean equity per year. These are the empyrical library's conventions (tests compare them).")
+def conventions() -> str:
+    """The conventions of every figure, as the report states them (with the effective
+    TRADING_DAYS_PER_YEAR and RISK_FREE_RATE)."""
+    return (
+        f"Daily simple returns of the equity at each close; {C.TRADING_DAYS_PER_YEAR} sessions a year; "
+        f"risk-free rate {C.RISK_FREE_RATE:.2%} a year ({C.RISK_FREE_RATE:.2%}/{C.TRADING_DAYS_PER_YEAR} a day). "
+        "CAGR = (1 + total return)^(252/N) - 1 with N daily returns; annualised volatility = daily "
+        "std (ddof 1) x sqrt(252); Sharpe = mean(r - rf) / std(r - rf) x sqrt(252); Sortino = "
+        "mean(r - rf) x 252 / (sqrt(mean(min(r - rf, 0)^2)) x sqrt(252)); max drawdown = deepest fall "
+        "from a running peak of the equity (the start counts as a peak); Calmar = CAGR / |max drawdown|; "
+        "drawdown duration = longest stretch below a previous peak, peak to recovery (or to the end). "
+        "Trades are round trips (flat -> position -> flat; a position open at the end is valued at the "
+        "last close); win rate, profit factor (gross wins / gross losses) and average trade are over "
+        "round trips, net of commission, slippage and borrow fees. Exposure = mean gross position "
+        "value / equity; time in market = share of sessions with a position; turnover = traded value "
+        "/ mean equity per year. These are the empyrical library's conventions (tests compare them).")
 
 
 def analyse(result: EngineResult, market: Market, benchmark: pd.Series) -> dict:

@@ -30,6 +30,7 @@ from crontab import CronItem, CronTab
 import config
 import constants as C
 import market_calendar
+import tunables
 from errors import UserFacingError, install_excepthook
 
 BEGIN = f"# BEGIN {C.CRON_MARKER} (managed by ./install_cron.sh; edit there, not here)"
@@ -176,6 +177,7 @@ def main(argv=None) -> int:
     group.add_argument("--remove", action="store_true", help="remove the block")
     args = parser.parse_args(argv)
     config.trading_mode(), config.data_source()
+    tunables.apply()              # the schedule's times are tunables (settings.toml)
     if args.print:
         print("\n".join(block()))
         return 0

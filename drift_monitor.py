@@ -32,8 +32,7 @@ import state_db
 
 log = logging.getLogger("drift")
 
-SEVERITIES = [("CRITICAL", C.DRIFT_CRITICAL), ("HIGH", C.DRIFT_HIGH), ("MEDIUM", C.DRIFT_MEDIUM),
-              ("LOW", C.DRIFT_LOW)]
+SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW")   # worst first; each from DRIFT_<name> in constants.py
 ACTIONS = {"LOW": "monitor closely", "MEDIUM": "schedule retraining within 1 week (python train_model.py)",
            "HIGH": "retrain within 24 hours (python train_model.py, then ./run_backtest.sh)",
            "CRITICAL": "trading stops opening positions: retrain now (python train_model.py), backtest, then resume"}
@@ -87,8 +86,8 @@ def _or_nan(value: float | None) -> float:
 
 
 def severity_for(degradation: float) -> str | None:
-    for name, threshold in SEVERITIES:
-        if degradation >= threshold:
+    for name in SEVERITIES:
+        if degradation >= getattr(C, f"DRIFT_{name}"):
             return name
     return None
 

@@ -22,7 +22,7 @@ state lives in the state database (``state_db``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -79,10 +79,10 @@ def _opened(conn=None):
 
 @dataclass
 class Criteria:
-    min_total_return: float = C.GOLIVE_MIN_TOTAL_RETURN   # total return must exceed
-    min_sharpe: float = C.GOLIVE_MIN_SHARPE               # Sharpe must be at least
-    max_drawdown: float = C.GOLIVE_MAX_DRAWDOWN           # |max drawdown| must be at most
-    min_trades: int = C.GOLIVE_MIN_TRADES                 # closed round trips, at least
+    min_total_return: float = field(default_factory=lambda: C.GOLIVE_MIN_TOTAL_RETURN)   # total return must exceed
+    min_sharpe: float = field(default_factory=lambda: C.GOLIVE_MIN_SHARPE)               # Sharpe must be at least
+    max_drawdown: float = field(default_factory=lambda: C.GOLIVE_MAX_DRAWDOWN)           # |max drawdown| must be at most
+    min_trades: int = field(default_factory=lambda: C.GOLIVE_MIN_TRADES)                 # closed round trips, at least
 
     def not_looser_than_defaults(self) -> bool:
         return (self.min_total_return >= C.GOLIVE_MIN_TOTAL_RETURN and self.min_sharpe >= C.GOLIVE_MIN_SHARPE

@@ -37,6 +37,7 @@ import scheduler
 import schwab_broker
 import state_db
 import status_page
+import tunables
 from risk_management import RiskManager
 from broker_gateway import describe_breaker
 from trading_execution import CircuitBreaker
@@ -394,8 +395,10 @@ def run(as_json: bool = False) -> int:
     try:
         config.trading_mode()
         config.data_source()
+        tunables.apply()                       # constants.py, settings.toml, TRADING_SET_*: checked
     except config.ConfigError as exc:          # nothing else is meaningful with a bad setting
-        checks = [{"name": "mode", "level": FAIL, "detail": str(exc)}]
+        checks = [{"name": "settings" if isinstance(exc, tunables.SettingsError) else "mode", "level": FAIL,
+                   "detail": str(exc)}]
     else:
         checks = results()
     worst = max({OK: 0, WARN: 1, FAIL: 2}[c["level"]] for c in checks)

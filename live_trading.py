@@ -29,6 +29,7 @@ import market_calendar
 import pnl
 import state_db
 import status_page
+import tunables
 from errors import StorageError, install_excepthook, is_user_facing, one_line
 from logging_setup import setup_logging
 from risk_management import RiskManager
@@ -239,6 +240,17 @@ def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: boo
     return EXIT_OK if st["passed"] else EXIT_FAIL
 
 
+def cmd_config(as_json: bool) -> int:
+    """The effective settings and where each came from (default, file, environment); secrets
+    (credential keys, alert URLs) are never shown. Start-up has already checked them."""
+    effective = tunables.load()
+    if as_json:
+        print(json.dumps(tunables.as_json(effective), indent=2))
+    else:
+        print("\n".join(tunables.describe(effective)))
+    return EXIT_OK
+
+
 def cmd_signals(as_of, as_json: bool) -> int:
     signals = get_latest_signal(as_of=as_of, record=False)
     if as_json:
@@ -266,7 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--as-of", default=argparse.SUPPRESS,
                         help="replay a paper cycle / signals as of this past session (YYYY-MM-DD)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output (status, history, gate, signals)")
+                        help="machine-readable output (status, history, gate, signals, config)")
     common.add_argument("--replay", action="store_true", default=argparse.SUPPRESS,
                         help="status/history of the throwaway replay account instead of the real one")
     parser = argparse.ArgumentParser(
@@ -289,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm", help="type FLATTEN here to skip the prompt")
     p.add_argument("--keep-trading", action="store_true",
                    help="do not set the kill switch (cycles may open positions again)")
-    p.add_argument("--wait", type=float, default=C.FLATTEN_LOCK_WAIT_S,
+    p.add_argument("--wait", type=float, default=None,
                    help=f"seconds to wait for a running cycle (default {C.FLATTEN_LOCK_WAIT_S:.0f})")
     p = add("gate", "the go-live conditions for the current model")
     p.add_argument("--override", action="store_true",
@@ -297,8 +309,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-backtest", action="store_true", help="with --override: waive the backtest too")
     p.add_argument("--reason")
     add("signals", "print the latest signals (nothing is traded)")
+    add("config", "print the effective settings and where each came from (constants.py, settings.toml, "
+                  "environment); secrets never shown")
     p = add("serve", "serve reports/status.html read-only on 127.0.0.1")
-    p.add_argument("--port", type=int, default=C.STATUS_SERVE_PORT)
+    p.add_argument("--port", type=int, default=None, help="TCP port (default STATUS_SERVE_PORT)")
     return parser
 
 
@@ -350,11 +364,14 @@ def main(argv=None) -> int:
         if command == "resume":
             return cmd_resume(args.reason)
         if command == "flatten":
-            return cmd_flatten(args.confirm, args.keep_trading, args.wait)
+            return cmd_flatten(args.confirm, args.keep_trading,
+                               C.FLATTEN_LOCK_WAIT_S if args.wait is None else args.wait)
         if command == "gate":
             return cmd_gate(args.override, args.reason, args.no_backtest, as_json)
         if command == "signals":
             return cmd_signals(as_of, as_json)
+        if command == "config":
+            return cmd_config(as_json)
         if command == "serve":
             rebuild_status_page()
             status_page.serve(args.port)

@@ -54,9 +54,12 @@ def _rotated_name(path: Path, today: date) -> Path:
     return target
 
 
-def rotate_logs(now: datetime | None = None, age_days: float = C.LOG_ROTATE_AGE_DAYS,
-                max_bytes: int = C.LOG_ROTATE_MAX_BYTES, dry_run: bool = False) -> list[Path]:
-    """Rotate errors.log and cron_trading.log when old or large; returns the new file names."""
+def rotate_logs(now: datetime | None = None, age_days: float | None = None,
+                max_bytes: int | None = None, dry_run: bool = False) -> list[Path]:
+    """Rotate errors.log and cron_trading.log when old (``age_days``, default LOG_ROTATE_AGE_DAYS)
+    or large (``max_bytes``, default LOG_ROTATE_MAX_BYTES); returns the new file names."""
+    age_days = C.LOG_ROTATE_AGE_DAYS if age_days is None else age_days
+    max_bytes = C.LOG_ROTATE_MAX_BYTES if max_bytes is None else max_bytes
     now = now or datetime.now()
     logs = config.path(C.LOG_DIR)
     done = []
@@ -78,11 +81,12 @@ def rotate_logs(now: datetime | None = None, age_days: float = C.LOG_ROTATE_AGE_
     return done
 
 
-def prune_logs(days: float = C.LOG_RETENTION_DAYS, today: date | None = None,
+def prune_logs(days: float | None = None, today: date | None = None,
                dry_run: bool = False) -> list[Path]:
     """Delete ``logs/<name>_YYYYMMDD.log`` files dated more than ``days`` ago; returns them.
     Only the top of ``logs/`` is read: the audit trail below it is never pruned."""
     today = today or datetime.now().date()
+    days = C.LOG_RETENTION_DAYS if days is None else days         # the effective setting
     cutoff = today - timedelta(days=days)
     logs = config.path(C.LOG_DIR)
     if not logs.is_dir():
@@ -113,22 +117,23 @@ def main(argv=None) -> int:
         prog="log_retention.py",
         description="Rotate errors.log and cron_trading.log, delete daily logs older than the "
                     "retention period. The audit trail is never pruned.")
-    parser.add_argument("--days", type=float, default=C.LOG_RETENTION_DAYS,
+    parser.add_argument("--days", type=float, default=None,
                         help=f"keep this many days of logs (default {C.LOG_RETENTION_DAYS}, "
-                             f"constants.LOG_RETENTION_DAYS)")
+                             f"LOG_RETENTION_DAYS in constants.py or settings.toml)")
     parser.add_argument("--dry-run", action="store_true", help="print what would change")
     args = parser.parse_args(argv)
-    if args.days < 1:
+    if args.days is not None and args.days < 1:
         parser.error(f"--days {args.days:g} would delete today's logs: give 1 or more")
     logging_setup.setup_logging("scheduler", console=False)
+    days = C.LOG_RETENTION_DAYS if args.days is None else args.days     # after the settings apply
     rotated = rotate_logs(dry_run=args.dry_run)
-    pruned = prune_logs(args.days, dry_run=args.dry_run)
+    pruned = prune_logs(days, dry_run=args.dry_run)
     verb = "would " if args.dry_run else ""
     for path in rotated:
         print(f"{verb}rotate -> {path.name}")
     for path in pruned:
         print(f"{verb}delete {path.name}")
-    print(f"{len(rotated)} rotated, {len(pruned)} deleted (keeping {args.days:g} days)")
+    print(f"{len(rotated)} rotated, {len(pruned)} deleted (keeping {days:g} days)")
     return 0
 
 

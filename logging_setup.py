@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 import config
 import constants as C
+import tunables
 from errors import storage_error
 
 SECRET_FIELD_NAMES = ("access_token", "refresh_token", "id_token", "app_secret", "client_secret",
@@ -267,10 +268,13 @@ def setup_logging(kind: str = "trading", level: int = logging.INFO, console: boo
     """Configure the root logger for one entry point. Safe to call again (for another
     ``TRADING_HOME`` or kind): the handlers it added before are replaced, not duplicated.
     Every entry point calls it first, so a bad ``TRADING_MODE`` or ``DATA_SOURCE`` stops each
-    of them at startup (``config.ConfigError``) instead of falling back to a default."""
+    of them at startup (``config.ConfigError``) instead of falling back to a default. It also
+    applies the effective tunables (``tunables.apply``: constants.py, settings.toml,
+    TRADING_SET_<NAME>, every value checked), so a bad setting stops each of them here too."""
     global _warned_unwritable
     config.trading_mode()
     config.data_source()
+    tunables.apply()
     _warned_unwritable = False               # one warning per setup, should the logs fail
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -547,8 +547,10 @@ def restore(version: str | None = None, path=None) -> dict:
     return chosen
 
 
-def prune(keep: int = C.MODEL_BACKUPS_KEEP) -> list[str]:
-    """Delete all but the ``keep`` newest backups; returns the removed versions."""
+def prune(keep: int | None = None) -> list[str]:
+    """Delete all but the ``keep`` newest backups (default MODEL_BACKUPS_KEEP); returns the
+    removed versions."""
+    keep = C.MODEL_BACKUPS_KEEP if keep is None else keep
     if keep < 0:
         raise ValueError("--keep must be 0 or more")
     removed = []
@@ -573,7 +575,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("restore", help="put a backup back (default: the previous good one)")
     r.add_argument("version", nargs="?", help="a version from `list`")
     pr = sub.add_parser("prune", help="delete old backups")
-    pr.add_argument("--keep", type=int, default=C.MODEL_BACKUPS_KEEP, help="backups to keep")
+    pr.add_argument("--keep", type=int, default=None, help="backups to keep (default MODEL_BACKUPS_KEEP)")
     args = parser.parse_args(argv)
     setup_logging("trading")
     try:

@@ -24,7 +24,8 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,12 +49,29 @@ class TrainingError(UserFacingError):
     """Training cannot proceed; the message names the problem and the fix."""
 
 
-PROFILES = {
-    "default": {"window": C.WINDOW_LENGTH, "units": C.LSTM_UNITS, "dense_units": C.DENSE_UNITS,
-                "layers": C.LSTM_LAYERS, "epochs": C.TRAIN_EPOCHS, "patience": C.TRAIN_PATIENCE},
-    "tiny": {"window": C.TINY_WINDOW, "units": C.TINY_UNITS, "dense_units": C.TINY_DENSE_UNITS,
-             "layers": 1, "epochs": C.TINY_EPOCHS, "patience": C.TINY_PATIENCE},
-}
+class _Profiles(Mapping):
+    """The training profiles by name, read from constants.py at each use (so the effective
+    settings, settings.toml included, are what a profile holds): ``PROFILES["tiny"]``."""
+
+    def _all(self) -> dict:
+        return {
+            "default": {"window": C.WINDOW_LENGTH, "units": C.LSTM_UNITS, "dense_units": C.DENSE_UNITS,
+                        "layers": C.LSTM_LAYERS, "epochs": C.TRAIN_EPOCHS, "patience": C.TRAIN_PATIENCE},
+            "tiny": {"window": C.TINY_WINDOW, "units": C.TINY_UNITS, "dense_units": C.TINY_DENSE_UNITS,
+                     "layers": 1, "epochs": C.TINY_EPOCHS, "patience": C.TINY_PATIENCE},
+        }
+
+    def __getitem__(self, name: str) -> dict:
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(("default", "tiny"))
+
+    def __len__(self) -> int:
+        return 2
+
+
+PROFILES = _Profiles()
 
 
 # ----------------------------------------------------------------------------- data
@@ -72,8 +90,11 @@ def drop_short_symbols(features, window: int):
     return kept, sorted(short.index.astype(str))
 
 
-def split_dates(dates, validation_fraction=C.VALIDATION_FRACTION, test_fraction=C.TEST_FRACTION):
-    """(validation_start, test_start) by session dates, shared by all symbols."""
+def split_dates(dates, validation_fraction=None, test_fraction=None):
+    """(validation_start, test_start) by session dates, shared by all symbols (fractions default
+    to VALIDATION_FRACTION and TEST_FRACTION)."""
+    validation_fraction = C.VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+    test_fraction = C.TEST_FRACTION if test_fraction is None else test_fraction
     sessions = np.sort(np.unique(np.asarray(dates, dtype="datetime64[ns]")))
     n = len(sessions)
     n_test = max(int(round(n * test_fraction)), 1)
@@ -85,13 +106,17 @@ def split_dates(dates, validation_fraction=C.VALIDATION_FRACTION, test_fraction=
 
 
 def build_dataset(features, window: int, feature_columns, shuffle_targets: bool = False,
-                  seed: int = C.TRAIN_SEED, validation_fraction: float = C.VALIDATION_FRACTION,
-                  test_fraction: float = C.TEST_FRACTION) -> dict:
+                  seed: int | None = None, validation_fraction: float | None = None,
+                  test_fraction: float | None = None) -> dict:
     """Windows, targets, masks and the scaler (fitted on the training period only).
 
     A sample is the window ending at row t with target y[t] (uses Close[t+1]). It belongs to
     train when Date[t+1] < validation_start (so no validation price leaks into training), to
-    validation when t >= validation_start and Date[t+1] < test_start, to test when t >= test_start."""
+    validation when t >= validation_start and Date[t+1] < test_start, to test when t >= test_start.
+    ``seed`` and the fractions default to TRAIN_SEED, VALIDATION_FRACTION and TEST_FRACTION."""
+    seed = C.TRAIN_SEED if seed is None else seed
+    validation_fraction = C.VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+    test_fraction = C.TEST_FRACTION if test_fraction is None else test_fraction
     df = mm.sort_features(features)
     y = mm.compute_targets(df)
     nxt = df.groupby("Symbol", sort=False)["Date"].shift(-1).to_numpy()
@@ -149,11 +174,12 @@ def build_network(window: int, n_features: int, units: int, dense_units: int, la
     return model
 
 
-def fit_network(ds: dict, prof: dict, seed: int = C.TRAIN_SEED, verbose=0):
+def fit_network(ds: dict, prof: dict, seed: int | None = None, verbose=0):
     """THE fit: a fresh network of profile ``prof`` trained on ``ds``'s training samples with
     early stopping on its validation samples, seeded and deterministic. Returns (network,
     history). ``train`` and the walk-forward (walk_forward.py) both call it."""
     tf, keras = import_keras()
+    seed = C.TRAIN_SEED if seed is None else seed
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     tr, va = ds["train_mask"], ds["validation_mask"]
@@ -264,7 +290,7 @@ class TrainConfig:
     window: int | None = None
     layers: int | None = None
     dense_units: int | None = None
-    seed: int = C.TRAIN_SEED
+    seed: int = field(default_factory=lambda: C.TRAIN_SEED)
     force: bool = False
     shuffle_targets: bool = False
     model_file: str | Path | None = None

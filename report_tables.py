@@ -143,8 +143,10 @@ def round_trip_rows(trips: list[dict]) -> list[dict]:
              "why_closed": t.get("why_closed", ""), "open": bool(t.get("open"))} for t in trips]
 
 
-def round_trip_table(trips: list[dict], limit: int = C.REPORT_MAX_TRIPS_SHOWN) -> str:
-    """HTML table of round trips (``enrich_round_trips`` output), newest last, at most ``limit``."""
+def round_trip_table(trips: list[dict], limit: int | None = None) -> str:
+    """HTML table of round trips (``enrich_round_trips`` output), newest last, at most ``limit``
+    (default REPORT_MAX_TRIPS_SHOWN)."""
+    limit = C.REPORT_MAX_TRIPS_SHOWN if limit is None else limit
     rows = round_trip_rows(trips)
     shown = rows[-limit:]
     if not shown:

@@ -37,8 +37,10 @@ def _symbol_rng(symbol: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(symbol.encode("utf-8"))])
 
 
-def simulate_symbol(symbol: str, dates: pd.DatetimeIndex, seed: int = C.SAMPLE_SEED,
-                    phi: float = C.SAMPLE_AR_COEF) -> pd.DataFrame:
+def simulate_symbol(symbol: str, dates: pd.DatetimeIndex, seed: int | None = None,
+                    phi: float | None = None) -> pd.DataFrame:
+    seed = C.SAMPLE_SEED if seed is None else seed
+    phi = C.SAMPLE_AR_COEF if phi is None else phi
     rng = _symbol_rng(symbol, seed)
     n = len(dates)
     start_price = float(np.exp(rng.uniform(np.log(20), np.log(900))))
@@ -82,7 +84,11 @@ def _generate(symbols: tuple, start: str, end: str, seed: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def generate_prices(symbols, start: str = C.SAMPLE_START, end: str = C.SAMPLE_END,
-                    seed: int = C.SAMPLE_SEED) -> pd.DataFrame:
-    """Long-format OHLCV (Date, Symbol, Open, High, Low, Close, Volume) for ``symbols``."""
+def generate_prices(symbols, start: str | None = None, end: str | None = None,
+                    seed: int | None = None) -> pd.DataFrame:
+    """Long-format OHLCV (Date, Symbol, Open, High, Low, Close, Volume) for ``symbols`` (period and
+    seed default to SAMPLE_START, SAMPLE_END and SAMPLE_SEED)."""
+    start = C.SAMPLE_START if start is None else start
+    end = C.SAMPLE_END if end is None else end
+    seed = C.SAMPLE_SEED if seed is None else seed
     return _generate(tuple(symbols), str(start), str(end), int(seed)).copy()

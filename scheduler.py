@@ -47,7 +47,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -61,6 +62,7 @@ import constants as C
 import logging_setup
 import market_calendar
 import state_db
+import tunables
 from errors import UserFacingError, install_excepthook
 
 log = logging.getLogger("scheduler")
@@ -81,7 +83,7 @@ class Job:
     offset_min: float           # minutes after the anchor (negative: before)
     catchup_min: float          # the job may still start this long after it was due
     weekly: bool = False        # only after the last session of an ISO week, once per week
-    timeout_min: float = C.JOB_TIMEOUT_MIN
+    timeout_min: float = field(default_factory=lambda: C.JOB_TIMEOUT_MIN)
     failed_alert: str = "scheduled_job_failed"   # alerts.ALERT_KINDS key when it fails
     missed_alert: str = "scheduled_job_failed"   # ... when its window passes unrun
     reruns: int = 0             # a failed run is run again at most this often, within its window
@@ -91,27 +93,48 @@ class Job:
 
 
 TRADING_CYCLE = "trading_cycle"            # the job that trades: named first wherever jobs are listed
-JOBS: tuple[Job, ...] = (
-    Job("health_check", ("./run_health_check.sh",), "open", -C.HEALTH_CHECK_BEFORE_OPEN_MIN,
-        C.HEALTH_CHECK_CATCHUP_MIN, failed_alert="health_check_failed"),
-    Job(TRADING_CYCLE, ("python", "live_trading.py"), "open", C.CYCLE_AFTER_OPEN_MIN,
-        C.CYCLE_CATCHUP_MIN, failed_alert="cycle_failed", missed_alert="cycle_missed",
-        reruns=C.CYCLE_RERUNS, rerun_spacing_min=C.CYCLE_RERUN_SPACING_MIN,
-        final_codes=(2, 3),                 # live_trading.py: configuration error, go-live gate refused
-        gave_up_alert="cycle_gave_up"),
-    Job("data_update", ("./run_daily_data_update.sh",), "close", C.DATA_UPDATE_AFTER_CLOSE_MIN,
-        C.AFTER_CLOSE_CATCHUP_MIN, failed_alert="data_update_failed",
-        missed_alert="data_update_missed"),
-    Job("audit_rotate", ("python", "audit_logging.py", "rotate"), "close",
-        C.AUDIT_ROTATE_AFTER_CLOSE_MIN, C.AFTER_CLOSE_CATCHUP_MIN),
-    Job("log_retention", ("python", "log_retention.py"), "close",
-        C.LOG_RETENTION_AFTER_CLOSE_MIN, C.AFTER_CLOSE_CATCHUP_MIN),
-    Job("retrain", ("python", "train_model.py"), "close", C.RETRAIN_AFTER_CLOSE_MIN,
-        C.WEEKLY_CATCHUP_MIN, weekly=True, timeout_min=C.LONG_JOB_TIMEOUT_MIN),
-    Job("walk_forward", ("./run_backtest.sh", "--walk-forward"), "close",
-        C.WALK_FORWARD_AFTER_CLOSE_MIN, C.WEEKLY_CATCHUP_MIN, weekly=True,
-        timeout_min=C.LONG_JOB_TIMEOUT_MIN),
-)
+
+
+def _jobs() -> tuple[Job, ...]:
+    """The schedule from the effective tunables (read at each use, so settings.toml applies)."""
+    return (
+        Job("health_check", ("./run_health_check.sh",), "open", -C.HEALTH_CHECK_BEFORE_OPEN_MIN,
+            C.HEALTH_CHECK_CATCHUP_MIN, failed_alert="health_check_failed"),
+        Job(TRADING_CYCLE, ("python", "live_trading.py"), "open", C.CYCLE_AFTER_OPEN_MIN,
+            C.CYCLE_CATCHUP_MIN, failed_alert="cycle_failed", missed_alert="cycle_missed",
+            reruns=C.CYCLE_RERUNS, rerun_spacing_min=C.CYCLE_RERUN_SPACING_MIN,
+            final_codes=(2, 3),                 # live_trading.py: configuration error, go-live gate refused
+            gave_up_alert="cycle_gave_up"),
+        Job("data_update", ("./run_daily_data_update.sh",), "close", C.DATA_UPDATE_AFTER_CLOSE_MIN,
+            C.AFTER_CLOSE_CATCHUP_MIN, failed_alert="data_update_failed",
+            missed_alert="data_update_missed"),
+        Job("audit_rotate", ("python", "audit_logging.py", "rotate"), "close",
+            C.AUDIT_ROTATE_AFTER_CLOSE_MIN, C.AFTER_CLOSE_CATCHUP_MIN),
+        Job("log_retention", ("python", "log_retention.py"), "close",
+            C.LOG_RETENTION_AFTER_CLOSE_MIN, C.AFTER_CLOSE_CATCHUP_MIN),
+        Job("retrain", ("python", "train_model.py"), "close", C.RETRAIN_AFTER_CLOSE_MIN,
+            C.WEEKLY_CATCHUP_MIN, weekly=True, timeout_min=C.LONG_JOB_TIMEOUT_MIN),
+        Job("walk_forward", ("./run_backtest.sh", "--walk-forward"), "close",
+            C.WALK_FORWARD_AFTER_CLOSE_MIN, C.WEEKLY_CATCHUP_MIN, weekly=True,
+            timeout_min=C.LONG_JOB_TIMEOUT_MIN),
+    )
+
+
+class _Schedule(Sequence):
+    """``JOBS``: every job of the schedule, built from constants.py at each use."""
+
+    def __getitem__(self, index):
+        return _jobs()[index]
+
+    def __iter__(self):
+        return iter(_jobs())
+
+    def __len__(self) -> int:
+        return len(_jobs())
+
+
+JOBS: Sequence[Job] = _Schedule()
+
 
 _SCHEMA = ["""
 CREATE TABLE IF NOT EXISTS schedule_runs (
@@ -196,9 +219,11 @@ def _slot(job: Job, session: pd.Timestamp) -> Slot | None:
                 due_at, due_at + timedelta(minutes=job.catchup_min), anchor_at)
 
 
-def slots(job: Job, now: datetime, lookback_days: float = C.SCHEDULE_MISSED_LOOKBACK_DAYS):
-    """(past, upcoming): the job's slots due from ``lookback_days`` before ``now`` up to ``now``,
-    oldest first, and the next one after ``now`` (or None)."""
+def slots(job: Job, now: datetime, lookback_days: float | None = None):
+    """(past, upcoming): the job's slots due from ``lookback_days`` (default
+    SCHEDULE_MISSED_LOOKBACK_DAYS) before ``now`` up to ``now``, oldest first, and the next one
+    after ``now`` (or None)."""
+    lookback_days = C.SCHEDULE_MISSED_LOOKBACK_DAYS if lookback_days is None else lookback_days
     day = pd.Timestamp(now.astimezone(NY).date())
     start = day - pd.Timedelta(days=lookback_days + 2)
     past, upcoming = [], None
@@ -631,6 +656,7 @@ def main(argv=None) -> int:
                         help="pretend it is this moment (with an offset: 2026-11-27T09:40-05:00)")
     args = parser.parse_args(argv)
     config.trading_mode(), config.data_source()      # a bad TRADING_MODE stops us here, loudly
+    tunables.apply()                                 # ... and a bad setting (settings.toml)
     now = parse_now(args.now) if args.now else None
     if args.command == "status":
         print("\n".join(status_lines(now)))

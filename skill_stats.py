@@ -148,12 +148,14 @@ def returns_from_equity(equity) -> np.ndarray:
     return e[1:] / e[:-1] - 1.0
 
 
-def sharpe_ratio(returns, risk_free: float = C.RISK_FREE_RATE,
-                 periods: int = C.TRADING_DAYS_PER_YEAR) -> float | None:
+def sharpe_ratio(returns, risk_free: float | None = None,
+                 periods: int | None = None) -> float | None:
     """THE Sharpe ratio (the backtest's, the walk-forward's, the go-live gate's): annualised, of
     daily simple returns, with the annual risk-free rate ``risk_free``: mean(r - rf) / std(r - rf,
     ddof 1) * sqrt(periods), rf = risk_free / periods. None with fewer than two returns or no
-    variation."""
+    variation. ``risk_free`` and ``periods`` default to RISK_FREE_RATE and TRADING_DAYS_PER_YEAR."""
+    risk_free = C.RISK_FREE_RATE if risk_free is None else risk_free
+    periods = C.TRADING_DAYS_PER_YEAR if periods is None else periods
     r = np.asarray(returns, np.float64) - risk_free / periods
     if len(r) < 2 or not np.all(np.isfinite(r)) or np.max(r) == np.min(r):
         return None
@@ -204,14 +206,18 @@ def deflated_sharpe_ratio(returns, n_trials: int = 1, sr_variance: float | None 
 # =========================================================================== the verdict
 
 def evaluate_evidence(y_true, forecast, train_mean, dates, strategy_equity, benchmark_equity,
-                      n_trials: int = 1, alpha: float = C.SKILL_ALPHA, min_dsr: float = C.SKILL_MIN_DSR,
-                      risk_free: float = C.RISK_FREE_RATE) -> dict:
+                      n_trials: int = 1, alpha: float | None = None, min_dsr: float | None = None,
+                      risk_free: float | None = None) -> dict:
     """Every statistic of the verdict and the verdict itself (see the module docstring).
 
     ``y_true``/``forecast``/``dates``: one entry per (symbol, session) predicted out of sample, in
     target units; ``train_mean``: the constant baseline (a number, or one per entry when each
     walk-forward fold has its own training mean); the equity curves: one value per session
-    close of the evaluated period (strategy and equal-weight buy-and-hold)."""
+    close of the evaluated period (strategy and equal-weight buy-and-hold). ``alpha``,
+    ``min_dsr`` and ``risk_free`` default to SKILL_ALPHA, SKILL_MIN_DSR and RISK_FREE_RATE."""
+    alpha = C.SKILL_ALPHA if alpha is None else alpha
+    min_dsr = C.SKILL_MIN_DSR if min_dsr is None else min_dsr
+    risk_free = C.RISK_FREE_RATE if risk_free is None else risk_free
     dm0 = diebold_mariano(y_true, forecast, 0.0, dates)
     dmc = diebold_mariano(y_true, forecast, np.asarray(train_mean, np.float64), dates)
     rs, rb = returns_from_equity(strategy_equity), returns_from_equity(benchmark_equity)

@@ -535,13 +535,15 @@ class _Handler(BaseHTTPRequestHandler):
         log.info("serve %s %s", self.address_string(), fmt % args)
 
 
-def make_server(port: int = C.STATUS_SERVE_PORT, page: Path | None = None) -> ThreadingHTTPServer:
-    """An HTTP server on 127.0.0.1 serving only the status page (port 0: any free port)."""
+def make_server(port: int | None = None, page: Path | None = None) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1 serving only the status page (port 0: any free port; None:
+    STATUS_SERVE_PORT)."""
+    port = C.STATUS_SERVE_PORT if port is None else port
     handler = type("StatusHandler", (_Handler,), {"page": Path(page) if page else page_path()})
     return ThreadingHTTPServer((C.STATUS_SERVE_HOST, port), handler)
 
 
-def serve(port: int = C.STATUS_SERVE_PORT) -> None:
+def serve(port: int | None = None) -> None:
     """Serve ``reports/status.html`` read-only on 127.0.0.1 until interrupted (builds it first
     when it does not exist yet)."""
     if not page_path().exists():

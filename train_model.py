@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--units", type=int, help="LSTM units")
     parser.add_argument("--layers", type=int, help="stacked LSTM layers")
     parser.add_argument("--window", type=int, help="sessions per input window")
-    parser.add_argument("--seed", type=int, default=C.TRAIN_SEED, help="random seed")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default TRAIN_SEED)")
     parser.add_argument("--data", help="processed CSV (default: processed_stock_data.csv in TRADING_HOME)")
     parser.add_argument("--profile", choices=sorted(PROFILES),
                         default=os.environ.get(C.ENV_TRAIN_PROFILE, "").strip().lower() or "default",
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     log.info("training started (profile=%s, home=%s)", args.profile, config.home())
     try:
         result = train(TrainConfig(args.data, profile=args.profile, epochs=args.epochs, units=args.units,
-                                   window=args.window, layers=args.layers, seed=args.seed, force=args.force,
+                                   window=args.window, layers=args.layers, seed=C.TRAIN_SEED if args.seed is None else args.seed, force=args.force,
                                    shuffle_targets=args.shuffle_targets))
     except (DataError, TrainingError, mm.ModelError, UserFacingError) as exc:
         log.error("training FAILED: %s", exc)

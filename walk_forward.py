@@ -51,6 +51,7 @@ import constants as C
 import model_management as mm
 import model_training
 import skill_stats
+import tunables
 import walk_forward_runs as runs
 from backtest_engine import LivePolicy, buy_and_hold, market_from_frames, run_engine
 from backtest_metrics import performance_metrics
@@ -78,9 +79,11 @@ def profile_params(profile: str = "default") -> dict:
 
 # =========================================================================== folds
 
-def plan_folds(sessions, min_train: int = C.WALK_FORWARD_MIN_TRAIN_SESSIONS,
-               retrain: int = C.WALK_FORWARD_RETRAIN_SESSIONS) -> list[dict]:
-    """Fold k: train on sessions[:start_k], predict sessions[start_k:start_k + retrain]."""
+def plan_folds(sessions, min_train: int | None = None, retrain: int | None = None) -> list[dict]:
+    """Fold k: train on sessions[:start_k], predict sessions[start_k:start_k + retrain]
+    (defaults: WALK_FORWARD_MIN_TRAIN_SESSIONS and WALK_FORWARD_RETRAIN_SESSIONS)."""
+    min_train = C.WALK_FORWARD_MIN_TRAIN_SESSIONS if min_train is None else min_train
+    retrain = C.WALK_FORWARD_RETRAIN_SESSIONS if retrain is None else retrain
     sessions = pd.DatetimeIndex(sorted(pd.unique(pd.DatetimeIndex(sessions))))
     if min_train < 2 or retrain < 1:
         raise WalkForwardError("--min-train must be at least 2 sessions and --retrain at least 1")
@@ -108,12 +111,16 @@ def _single_thread_tf():
         pass
 
 
-def train_fold(features: pd.DataFrame, fold: dict, prof: dict, seed: int) -> dict:
+def train_fold(features: pd.DataFrame, fold: dict, prof: dict, seed: int, settings_overrides=None) -> dict:
     """Train on the fold's training sessions with the production code; predict its test sessions.
+    ``settings_overrides``: the driver's ``tunables.applied_overrides()``, applied first (a Ray
+    worker is a process of its own: settings.toml and TRADING_SET_* must reach it too).
 
     Returns {fold fields, predictions: DataFrame(Date, Symbol, Close, volatility_20, predicted_diff,
     y_pred, y_true, train_mean), train_mean, epochs_run, seconds, ...}."""
     t0 = time.perf_counter()
+    if settings_overrides is not None:
+        tunables.apply_values(settings_overrides)
     _single_thread_tf()
     window = int(prof["window"])
     columns = list(C.FEATURE_COLUMNS)
@@ -198,6 +205,7 @@ def run_folds(features: pd.DataFrame, folds: list[dict], prof: dict, seed: int, 
     ray, n_workers = _ray_init(workers)
     task = ray.remote(num_cpus=1, max_retries=1)(train_fold)
     data_ref = ray.put(features)
+    overrides = tunables.applied_overrides()
     bar = FoldProgress(len(folds), progress)
     # the longest folds (largest training windows) first: the last one no longer sets the wall time alone
     pending, results = {}, {}
@@ -206,7 +214,7 @@ def run_folds(features: pd.DataFrame, folds: list[dict], prof: dict, seed: int, 
         while queue or pending:
             while queue and len(pending) < n_workers:
                 fold = queue.pop(0)
-                pending[task.remote(data_ref, fold, prof, seed)] = fold["fold"]
+                pending[task.remote(data_ref, fold, prof, seed, overrides)] = fold["fold"]
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 k = pending.pop(ref)
@@ -246,9 +254,10 @@ def _period_stats(dates, equity: pd.Series, benchmark: pd.Series, preds: pd.Data
 
 
 def evaluate(features: pd.DataFrame, fold_results: list[dict], settings: TradingSettings | None = None,
-             initial_cash: float = C.INITIAL_PAPER_CASH, n_trials: int = 1) -> dict:
+             initial_cash: float | None = None, n_trials: int = 1) -> dict:
     """Stitch the folds' predictions, replay them with the live rules (the limits and costs of
     ``settings``, default ``constants.py``), compute every statistic."""
+    initial_cash = C.INITIAL_PAPER_CASH if initial_cash is None else initial_cash
     settings = settings or TradingSettings.from_constants()
     preds = pd.concat([r["predictions"] for r in fold_results], ignore_index=True)
     preds = preds.sort_values(["Date", "Symbol"], kind="mergesort").reset_index(drop=True)
@@ -365,11 +374,16 @@ def write_reports(report: dict, charts: dict | None = None, reports_dir=None) ->
 
 # =========================================================================== the whole run
 
-def run(profile: str = "default", seed: int = C.TRAIN_SEED, workers: int | None = None, data_path=None,
-        symbols=None, min_train: int = C.WALK_FORWARD_MIN_TRAIN_SESSIONS,
-        retrain: int = C.WALK_FORWARD_RETRAIN_SESSIONS, settings: TradingSettings | None = None, record: bool = True,
+def run(profile: str = "default", seed: int | None = None, workers: int | None = None, data_path=None,
+        symbols=None, min_train: int | None = None,
+        retrain: int | None = None, settings: TradingSettings | None = None, record: bool = True,
         progress: bool = False, reports_dir=None, charts: bool = True) -> dict:
-    """The whole walk-forward; returns the report (also written to disk and recorded)."""
+    """The whole walk-forward; returns the report (also written to disk and recorded). ``seed``,
+    ``min_train`` and ``retrain`` default to TRAIN_SEED, WALK_FORWARD_MIN_TRAIN_SESSIONS and
+    WALK_FORWARD_RETRAIN_SESSIONS (the effective settings)."""
+    seed = C.TRAIN_SEED if seed is None else seed
+    min_train = C.WALK_FORWARD_MIN_TRAIN_SESSIONS if min_train is None else min_train
+    retrain = C.WALK_FORWARD_RETRAIN_SESSIONS if retrain is None else retrain
     t0 = time.perf_counter()
     settings = settings or TradingSettings.from_constants()
     prof = profile_params(profile)
@@ -451,13 +465,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="training profile of every fold (default: TRAIN_PROFILE or 'default')")
     p.add_argument("--workers", type=int, default=None, help="folds run at once (default: every local core, "
                                                              "or the cluster's CPUs with RAY_ADDRESS)")
-    p.add_argument("--seed", type=int, default=C.TRAIN_SEED, help=f"training seed (default {C.TRAIN_SEED})")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default TRAIN_SEED)")
     p.add_argument("--data", help="processed data file (default: processed_stock_data.csv under TRADING_HOME)")
     p.add_argument("--symbols", help="comma-separated subset (does not count for the gate)")
-    p.add_argument("--min-train", type=int, default=C.WALK_FORWARD_MIN_TRAIN_SESSIONS,
-                   help=f"sessions of the first training window (default {C.WALK_FORWARD_MIN_TRAIN_SESSIONS})")
-    p.add_argument("--retrain", type=int, default=C.WALK_FORWARD_RETRAIN_SESSIONS,
-                   help=f"sessions between retrains (default {C.WALK_FORWARD_RETRAIN_SESSIONS})")
+    p.add_argument("--min-train", type=int, default=None,
+                   help="sessions of the first training window (default WALK_FORWARD_MIN_TRAIN_SESSIONS)")
+    p.add_argument("--retrain", type=int, default=None,
+                   help="sessions between retrains (default WALK_FORWARD_RETRAIN_SESSIONS)")
     p.add_argument("--no-record", action="store_true", help="do not record the run in the state database")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     return p

@@ -146,7 +146,7 @@ def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe
 
 
 def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256: str | None,
-                      max_age_days: int = C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS, now: datetime | None = None,
+                      max_age_days: int | None = None, now: datetime | None = None,
                       conn=None) -> tuple[dict | None, dict | None]:
     """(the run that counts for the go-live gate or None, the newest run of this configuration on
     this universe whatever its result or None).
@@ -157,7 +157,9 @@ def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256:
     this universe, and was run on the production data: either on the very same bytes
     (``data_sha256`` equal to the file's hash now) or on the production file (``data_path``) no
     more than ``max_age_days`` calendar days ago (the scheduler reruns it weekly). The run's
-    own data hash stays recorded for the audit."""
+    own data hash stays recorded for the audit. ``max_age_days`` defaults to
+    GOLIVE_WALK_FORWARD_MAX_AGE_DAYS."""
+    max_age_days = C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS if max_age_days is None else max_age_days
     if not config_fingerprint:
         return None, None
     with _opened(conn) as c:

@@ -18,7 +18,8 @@ UNIVERSE = ["AAA", "BBB"]
 
 def _constant_names() -> set[str]:
     return {n for n in vars(C) if n.isupper() and not n.startswith("_")} - {"STRATEGY_TUNABLES",
-                                                                            "OPERATIONAL_TUNABLES"}
+                                                                            "OPERATIONAL_TUNABLES",
+                                                                            "TUNABLE_SPECS"}
 
 
 def _changed(value):
@@ -118,3 +119,22 @@ def test_changing_an_operational_tunable_keeps_the_evidence(recorded, monkeypatc
     conn, data = recorded
     monkeypatch.setattr(C, name, _changed(getattr(C, name)))
     assert _counts(conn, data)
+
+
+def test_a_strategy_setting_in_settings_toml_makes_the_evidence_stale(recorded, trading_home):
+    """The fingerprint is of the effective values: settings.toml's (applied at start) included."""
+    import tunables
+    conn, data = recorded
+    settings = trading_home / "settings.toml"
+    try:
+        settings.write_text("[risk]\nMAX_POSITIONS = 3\n")
+        tunables.apply(environ={})
+        assert C.MAX_POSITIONS == 3
+        assert not _counts(conn, data), "MAX_POSITIONS changed in settings.toml and the old walk-forward still counts"
+        settings.write_text("[alerts]\nALERT_QUIET_PERIOD_MIN = 30\n")
+        tunables.apply(environ={})
+        assert _counts(conn, data), "an operational setting must keep the evidence"
+    finally:
+        settings.unlink(missing_ok=True)
+        tunables.apply(environ={})
+    assert _counts(conn, data) and C.ALERT_QUIET_PERIOD_MIN == 240
