@@ -36,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, NoReturn
 
 import alerts
+import clock_sanity
 import config
 import constants as C
 import kill_switch
@@ -56,6 +57,13 @@ def describe(record) -> str:
     return f"{record['side']} {record['quantity']} {record['symbol']} {record['order_type']}"
 
 
+def sent_at(snapshot: dict) -> datetime | None:
+    """When an order was sent, as its snapshot recorded it: the later of the broker's clock at the
+    snapshot and ours (``taken_at``), or None when neither is there."""
+    times = [datetime.fromisoformat(t) for t in (snapshot.get("broker_time"), snapshot.get("taken_at")) if t]
+    return max(times) if times else None
+
+
 class AmbiguousOrderError(UserFacingError):
     """Recovery cannot tell which broker order is ours: nothing was sent, the kill switch is set,
     a person decides (``python trading_execution.py orders``, then ``resolve``)."""
@@ -74,10 +82,10 @@ class OrderRecovery:
 
     # -- the snapshot rule
     def snapshot(self) -> dict:
-        """The broker's order ids entered since ``now - ORDER_SNAPSHOT_LOOKBACK_S`` (our clock
-        only picks the window; recovery lists the same window again) and the broker's own clock
-        at that answer, when it gave one."""
-        since = datetime.now(UTC) - timedelta(seconds=C.ORDER_SNAPSHOT_LOOKBACK_S)
+        """The broker's order ids entered since ``ORDER_SNAPSHOT_LOOKBACK_S`` before the earlier of
+        our clock and the broker's (``clock_sanity.window_start``; recovery lists the same window
+        again) and the broker's own clock at that answer, when it gave one."""
+        since = clock_sanity.window_start(self.gateway.broker.server_time, C.ORDER_SNAPSHOT_LOOKBACK_S)
         orders = self.gateway.orders_since(since, "list orders (snapshot)")
         broker_time = self.gateway.broker.server_time
         return {"since": since.isoformat(), "order_ids": sorted(str(o["order_id"]) for o in orders),
@@ -114,10 +122,13 @@ class OrderRecovery:
         if not snap.get("since"):
             return "ambiguous", [], "its snapshot is missing"
         since = datetime.fromisoformat(snap["since"])
-        if since < datetime.now(UTC) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS):
+        broker = self.gateway.broker
+        if since < clock_sanity.latest(broker.server_time) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS):
             return "ambiguous", [], (f"its snapshot ({since:%Y-%m-%d}) is older than the "
                                      f"{C.SCHWAB_ORDER_LOOKBACK_DAYS} days the broker lists")
-        orders = self.gateway.orders_since(since, f"list orders (recovery of {record['client_key']})")
+        # the window reaches past the recorded send time as well as both clocks (clock_sanity)
+        orders = self.gateway.call(f"list orders (recovery of {record['client_key']})",
+                                   broker.get_orders_since, since, sent_at(snap))
         found = self._candidates(record, orders)
         if not found:
             return "absent", [], "no broker order entered since its snapshot matches it"
@@ -221,7 +232,8 @@ class OrderRecovery:
         """The broker's orders of the last ``hours`` (default the snapshot window) and every open
         one, each with ``ours``: the client key of our row linked to it, or None."""
         hours = C.ORDER_SNAPSHOT_LOOKBACK_S / 3600.0 if hours is None else float(hours)
-        listed = self.gateway.recent_and_open_orders(datetime.now(UTC) - timedelta(hours=hours))
+        listed = self.gateway.recent_and_open_orders(
+            clock_sanity.window_start(self.gateway.broker.server_time, hours * 3600.0))
         linked = self.book.linked_keys()
         return [dict(o, ours=linked.get(oid)) for oid, o in listed.items()]
 
