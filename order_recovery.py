@@ -85,9 +85,12 @@ class OrderRecovery:
         """The broker's order ids entered since ``ORDER_SNAPSHOT_LOOKBACK_S`` before the earlier of
         our clock and the broker's (``clock_sanity.window_start``; recovery lists the same window
         again) and the broker's own clock at that answer, when it gave one."""
-        since = clock_sanity.window_start(self.gateway.broker.server_time, C.ORDER_SNAPSHOT_LOOKBACK_S)
+        broker = self.gateway.broker
+        if broker.server_time is None:              # learn the broker's clock before the window
+            self.gateway.call("broker clock", broker.broker_time)
+        since = clock_sanity.window_start(broker.server_time, C.ORDER_SNAPSHOT_LOOKBACK_S)
         orders = self.gateway.orders_since(since, "list orders (snapshot)")
-        broker_time = self.gateway.broker.server_time
+        broker_time = broker.server_time
         return {"since": since.isoformat(), "order_ids": sorted(str(o["order_id"]) for o in orders),
                 "broker_time": broker_time.isoformat() if broker_time else None,
                 "taken_at": state_db.utcnow()}
