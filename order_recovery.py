@@ -4,12 +4,13 @@ an order whose fate is unknown, and a person's resolution of an ambiguous one.
 * Every intended order gets a deterministic client key (cycle date, symbol, side) and a row in
   ``orders`` (``INTENDED``) before anything is sent. Right before the request, in one
   transaction, the row becomes ``SENDING`` with a ``snapshot``: the ids of the broker's orders
-  entered since ``since`` (now minus ``ORDER_SNAPSHOT_LOOKBACK_S``), plus the broker's own clock
-  at that answer. Then the order is placed and the row becomes ``SUBMITTED`` with the broker's id.
+  entered since ``since`` (``ORDER_SNAPSHOT_LOOKBACK_S`` before the earlier of our clock and the
+  broker's: ``clock_sanity.window_start``), plus the broker's own clock at that answer. Then the order is placed and the row becomes ``SUBMITTED`` with the broker's id.
 * Recovery (a rerun of ``submit``, ``reconcile()`` at cycle start, the retry after an ambiguous
   transient error) never compares our clock with the broker's:
     - ``INTENDED``: never sent. Nothing is adopted for it; ``submit`` sends it.
-    - ``SENDING``: the broker's orders since the SAME ``since`` are listed; candidates are the
+    - ``SENDING``: the broker's orders since the SAME ``since`` are listed (up to past the latest
+      of both clocks and the recorded send time, ``sent_at``: ``clock_sanity.window_end``); candidates are the
       orders absent from the snapshot with the same symbol, side, quantity and order type that no
       other row of ours is linked to (a broker that carries client keys, the paper broker, also
       rules out orders with another key and picks the one with ours). Exactly one: adopted
