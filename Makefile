@@ -44,7 +44,7 @@ gate-properties: venv-dev
 ## make faults: the crash matrix of the Schwab path (every failpoint at every clock skew), 30 random
 ## kill -9 trials per broker, halt/flatten races (the normal suite runs a subset and 2 trials each)
 FAULT_TESTS := tests/test_live_crash_matrix.py tests/test_kill9_harness.py tests/test_halt_race.py \
-               tests/test_broker_retry.py tests/test_storage_faults.py
+               tests/test_broker_retry.py tests/test_storage_faults.py tests/test_clock_skew_matrix.py
 faults: venv-dev
 	FAULTS=full KILL9_TRIALS=$${KILL9_TRIALS:-30} $(PY) -m pytest $(FAULT_TESTS) -q -s -rfE --durations=10 --timeout 10800
 

@@ -98,6 +98,8 @@ ALERT_KINDS: dict[str, AlertKind] = {
                               "python scheduler.py status"),
     "live_gate_refused": AlertKind("Live trading refused by the go-live gate", SAME_DAY,
                                    "python live_trading.py gate"),
+    "clock_wrong": AlertKind("Machine clock wrong: the cycle stopped before any order", SAME_DAY,
+                             "timedatectl status"),
     "order_rejections": AlertKind("Order rejections over the threshold", SAME_DAY,
                                   "grep -i \"reject\" logs/trading_$(date +%Y%m%d).log"),
     "health_check_failed": AlertKind("Health check reported problems", SAME_DAY,

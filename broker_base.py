@@ -21,11 +21,15 @@ Interface (both brokers)::
                             "remaining_quantity", "avg_fill_price", "entered_time", ...}
         status: NEW, WORKING, FILLED, PARTIALLY_FILLED, CANCELED, REJECTED, EXPIRED
         entered_time: timezone-aware UTC datetime (or None when the broker gave none)
-    cancel_order(order_id); get_open_orders() -> [order]; get_orders_since(dt) -> [order]
+    cancel_order(order_id); get_open_orders() -> [order]; get_orders_since(dt, reach=None) -> [order]
         get_orders_since lists every order entered at or after dt by the BROKER's clock; the same
-        dt twice gives the same window (the executor's snapshot rule depends on it)
+        dt twice gives the same window (the executor's snapshot rule depends on it); the window
+        reaches past the broker's own clock and ``reach`` (a recorded send time), not only ours
     server_time: datetime | None      # the broker's own clock at its latest answer (Schwab: HTTP
-                                      # Date header); recorded in snapshots, never compared with ours
+                                      # Date header); recorded in snapshots
+    broker_time() -> datetime | None  # the broker's own clock now (Schwab: asks it); None when it
+                                      # has none of its own (paper); compared with ours by the
+                                      # cycle before any order (clock_sanity)
     fills_at_next_open: bool          # True when a market order waits for the next session's open
                                       # (the paper broker's PAPER_FILL = "next_open"; Schwab: False)
     client_key in an order dict: the key it was placed with where the broker keeps one (paper),
@@ -277,4 +281,5 @@ class Broker(Protocol):
     def get_order(self, order_id: str) -> dict[str, Any]: ...
     def cancel_order(self, order_id: str) -> Any: ...
     def get_open_orders(self) -> list[dict[str, Any]]: ...
-    def get_orders_since(self, dt) -> list[dict[str, Any]]: ...
+    def get_orders_since(self, dt, reach: datetime | None = None) -> list[dict[str, Any]]: ...
+    def broker_time(self) -> datetime | None: ...

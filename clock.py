@@ -5,9 +5,12 @@ check, the paper account's trade date and the risk limits' day all ask here.
 clock for tests and paper drills of a given moment; a live trading cycle refuses to run with it
 (``trading_cycle``): only the machine's real clock may decide when real money trades. Durations, timeouts and record timestamps are not
 "what day is it" questions: they keep using ``time.monotonic`` and ``state_db.utcnow``.
+
+``machine_now`` is the machine's own clock, never pinned: the clock a broker's clock is compared
+with (``clock_sanity``) and the one the broker's order windows start from.
 """
 import os
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 
 import config
 import constants as C
@@ -37,3 +40,9 @@ def now() -> datetime:
 def today() -> date:
     """Today's date on the machine's clock (or the pinned time's date in its own zone)."""
     return now().date()
+
+
+def machine_now() -> datetime:
+    """The machine's own clock (aware, UTC), never pinned by ``TRADING_NOW``: what the broker's
+    clock is compared with and what broker order windows are computed from (``clock_sanity``)."""
+    return datetime.now(timezone.utc)

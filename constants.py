@@ -155,6 +155,7 @@ FLATTEN_LOCK_WAIT_S = 120.0                # flatten waits this long for a runni
 ORDER_POLL_INTERVAL_S = 2.0                # fill polling interval (seconds)
 ORDER_SNAPSHOT_LOOKBACK_S = 86_400.0       # broker orders listed before each submission reach back (seconds; recovery lists the same window)
 ORDER_ADOPT_MAX_DELAY_S = 300.0            # a lone recovery candidate entered later than this after the snapshot (broker clock) is named "may be someone else's" (seconds; every lone candidate not certainly ours goes to a person)
+CLOCK_MAX_SKEW_S = 120.0                   # a cycle stops before any order when our clock and the broker's (Schwab's HTTP Date) differ by more, or our clock is this far before the last cycle's end (seconds; NTP keeps a machine within a second)
 HALT_CANCELS_UNFILLED = True               # a kill switch set mid-cycle cancels the cycle's unfilled orders (bool)
 MAX_ORDERS_PER_MINUTE = 120                # Schwab's recommended ceiling (requests per minute)
 CIRCUIT_BREAKER_FAILURES = 5               # consecutive failures that open the breaker (count)
@@ -178,7 +179,7 @@ TOKEN_MAX_AGE_DAYS = 7.0                   # refuse to run at this token age (da
 SCHWAB_CALLBACK_URL = "https://127.0.0.1:8182"   # callback registered with the Schwab app
 SCHWAB_HTB_RATE_DIVISOR = 1.0              # Schwab reference.htbRate / this = annual fraction (1.0: read as fraction; conservative)
 SCHWAB_ORDER_LOOKBACK_DAYS = 59            # Schwab order queries reach back at most this far (days; API limit 60)
-SCHWAB_ORDER_QUERY_AHEAD_S = 86_400.0      # Schwab order queries end this far after our clock (seconds: a Schwab clock ahead of ours still lists every order)
+SCHWAB_ORDER_QUERY_AHEAD_S = 86_400.0      # Schwab order queries end this far after the latest of our clock, Schwab's last Date and the recorded send time (seconds)
 SCHWAB_QUOTE_BATCH = 100                   # symbols per Schwab quotes request (count)
 
 # ---------------------------------------------------------------------- backtest and go-live gate
@@ -309,7 +310,7 @@ OPERATIONAL_TUNABLES = (
     "DRIFT_MIN_SAMPLES", "DRIFT_LOOKBACK_DAYS", "DRIFT_LOW", "DRIFT_MEDIUM", "DRIFT_HIGH", "DRIFT_CRITICAL",
     "DRIFT_ALERT_LOG_DAYS",
     "ORDER_RETRIES", "ORDER_BACKOFF_S", "BROKER_RETRY_DEADLINE_S", "ORDER_FILL_TIMEOUT_S", "FLATTEN_LOCK_WAIT_S", "ORDER_POLL_INTERVAL_S",
-    "ORDER_SNAPSHOT_LOOKBACK_S", "ORDER_ADOPT_MAX_DELAY_S", "HALT_CANCELS_UNFILLED", "MAX_ORDERS_PER_MINUTE",
+    "ORDER_SNAPSHOT_LOOKBACK_S", "ORDER_ADOPT_MAX_DELAY_S", "CLOCK_MAX_SKEW_S", "HALT_CANCELS_UNFILLED", "MAX_ORDERS_PER_MINUTE",
     "CIRCUIT_BREAKER_FAILURES", "CIRCUIT_BREAKER_RECOVERY_S", "PAPER_OPENS_SESSIONS",
     "BROKER_HTTP_TIMEOUT_S", "TOKEN_WARN_AGE_DAYS", "TOKEN_MAX_AGE_DAYS", "SCHWAB_CALLBACK_URL",
     "SCHWAB_ORDER_LOOKBACK_DAYS", "SCHWAB_ORDER_QUERY_AHEAD_S", "SCHWAB_QUOTE_BATCH",
@@ -486,6 +487,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "ORDER_POLL_INTERVAL_S": ("float", "seconds", "(0, 3600]"),
         "ORDER_SNAPSHOT_LOOKBACK_S": ("float", "seconds", "(0, 5184000]"),
         "ORDER_ADOPT_MAX_DELAY_S": ("float", "seconds", "[0, 86400]"),
+        "CLOCK_MAX_SKEW_S": ("float", "seconds", "[1, 86400]"),
         "HALT_CANCELS_UNFILLED": ("bool", "true or false", None),
         "MAX_ORDERS_PER_MINUTE": ("int", "requests per minute", "[1, 100000]"),
         "CIRCUIT_BREAKER_FAILURES": ("int", "count", "[1, 1000]"),

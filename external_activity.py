@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import timezone
 
 import sqlite3
 from typing import Any, Callable
 
+import clock_sanity
 import constants as C
 import state_db
 from broker_base import BUY_SIDES, OPEN_STATUSES
@@ -78,7 +79,7 @@ class ExternalActivity:
         against. Returns ``{"orders": [...], "positions": [{symbol, expected, actual, difference}],
         "baseline": recorded_at or None}``."""
         listed = self.gateway.recent_and_open_orders(
-            datetime.now(UTC) - timedelta(seconds=C.ORDER_SNAPSHOT_LOOKBACK_S))
+            clock_sanity.window_start(self.gateway.broker.server_time, C.ORDER_SNAPSHOT_LOOKBACK_S))
         linked = self.book.linked_keys()
         our_keys = self.book.client_keys()
         external = [o for oid, o in listed.items()

@@ -4,12 +4,13 @@ an order whose fate is unknown, and a person's resolution of an ambiguous one.
 * Every intended order gets a deterministic client key (cycle date, symbol, side) and a row in
   ``orders`` (``INTENDED``) before anything is sent. Right before the request, in one
   transaction, the row becomes ``SENDING`` with a ``snapshot``: the ids of the broker's orders
-  entered since ``since`` (now minus ``ORDER_SNAPSHOT_LOOKBACK_S``), plus the broker's own clock
-  at that answer. Then the order is placed and the row becomes ``SUBMITTED`` with the broker's id.
+  entered since ``since`` (``ORDER_SNAPSHOT_LOOKBACK_S`` before the earlier of our clock and the
+  broker's: ``clock_sanity.window_start``), plus the broker's own clock at that answer. Then the order is placed and the row becomes ``SUBMITTED`` with the broker's id.
 * Recovery (a rerun of ``submit``, ``reconcile()`` at cycle start, the retry after an ambiguous
   transient error) never compares our clock with the broker's:
     - ``INTENDED``: never sent. Nothing is adopted for it; ``submit`` sends it.
-    - ``SENDING``: the broker's orders since the SAME ``since`` are listed; candidates are the
+    - ``SENDING``: the broker's orders since the SAME ``since`` are listed (up to past the latest
+      of both clocks and the recorded send time, ``sent_at``: ``clock_sanity.window_end``); candidates are the
       orders absent from the snapshot with the same symbol, side, quantity and order type that no
       other row of ours is linked to (a broker that carries client keys, the paper broker, also
       rules out orders with another key and picks the one with ours). A candidate is adopted
@@ -43,6 +44,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, NoReturn
 
 import alerts
+import clock_sanity
 import config
 import constants as C
 import kill_switch
@@ -74,6 +76,13 @@ def unknown_line(record) -> str:
             f"and Schwab's order status page, then `python trading_execution.py resolve {key} --order-id "
             f"ID --reason \"...\"` (the broker knows it as ID) or `--not-sent --reason \"...\"` (it is "
             f"not at the broker: our row is closed)")
+
+
+def sent_at(snapshot: dict) -> datetime | None:
+    """When an order was sent, as its snapshot recorded it: the later of the broker's clock at the
+    snapshot and ours (``taken_at``), or None when neither is there."""
+    times = [datetime.fromisoformat(t) for t in (snapshot.get("broker_time"), snapshot.get("taken_at")) if t]
+    return max(times) if times else None
 
 
 class AmbiguousOrderError(UserFacingError):
@@ -116,12 +125,15 @@ class OrderRecovery:
 
     # -- the snapshot rule
     def snapshot(self) -> dict:
-        """The broker's order ids entered since ``now - ORDER_SNAPSHOT_LOOKBACK_S`` (our clock
-        only picks the window; recovery lists the same window again) and the broker's own clock
-        at that answer, when it gave one."""
-        since = datetime.now(UTC) - timedelta(seconds=C.ORDER_SNAPSHOT_LOOKBACK_S)
+        """The broker's order ids entered since ``ORDER_SNAPSHOT_LOOKBACK_S`` before the earlier of
+        our clock and the broker's (``clock_sanity.window_start``; recovery lists the same window
+        again) and the broker's own clock at that answer, when it gave one."""
+        broker = self.gateway.broker
+        if broker.server_time is None:              # learn the broker's clock before the window
+            self.gateway.call("broker clock", broker.broker_time)
+        since = clock_sanity.window_start(broker.server_time, C.ORDER_SNAPSHOT_LOOKBACK_S)
         orders = self.gateway.orders_since(since, "list orders (snapshot)")
-        broker_time = self.gateway.broker.server_time
+        broker_time = broker.server_time
         return {"since": since.isoformat(), "order_ids": sorted(str(o["order_id"]) for o in orders),
                 "broker_time": broker_time.isoformat() if broker_time else None,
                 "taken_at": state_db.utcnow()}
@@ -156,10 +168,13 @@ class OrderRecovery:
         if not snap.get("since"):
             return "ambiguous", [], "its snapshot is missing"
         since = datetime.fromisoformat(snap["since"])
-        if since < datetime.now(UTC) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS):
+        broker = self.gateway.broker
+        if since < clock_sanity.latest(broker.server_time) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS):
             return "ambiguous", [], (f"its snapshot ({since:%Y-%m-%d}) is older than the "
                                      f"{C.SCHWAB_ORDER_LOOKBACK_DAYS} days the broker lists")
-        orders = self.gateway.orders_since(since, f"list orders (recovery of {record['client_key']})")
+        # the window reaches past the recorded send time as well as both clocks (clock_sanity)
+        orders = self.gateway.call(f"list orders (recovery of {record['client_key']})",
+                                   broker.get_orders_since, since, sent_at(snap))
         found = self._candidates(record, orders)
         if not found:
             return "absent", [], "no broker order entered since its snapshot matches it"
@@ -315,7 +330,8 @@ class OrderRecovery:
         """The broker's orders of the last ``hours`` (default the snapshot window) and every open
         one, each with ``ours``: the client key of our row linked to it, or None."""
         hours = C.ORDER_SNAPSHOT_LOOKBACK_S / 3600.0 if hours is None else float(hours)
-        listed = self.gateway.recent_and_open_orders(datetime.now(UTC) - timedelta(hours=hours))
+        listed = self.gateway.recent_and_open_orders(
+            clock_sanity.window_start(self.gateway.broker.server_time, hours * 3600.0))
         linked = self.book.linked_keys()
         return [dict(o, ours=linked.get(oid)) for oid, o in listed.items()]
 

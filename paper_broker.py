@@ -524,9 +524,14 @@ class PaperBroker:
         return [self._order_dict(r) for r in self.conn.execute(
             f"SELECT * FROM paper_orders WHERE status IN ({marks}) ORDER BY seq", tuple(OPEN_STATUSES))]
 
-    def get_orders_since(self, dt) -> list[dict]:
-        """Every order entered at or after ``dt``, oldest first; ``server_time`` becomes the
-        paper broker's clock at this answer (like Schwab's HTTP ``Date``)."""
+    def broker_time(self) -> None:
+        """None: the paper broker runs on this machine's clock and has none of its own to compare."""
+        return None
+
+    def get_orders_since(self, dt, reach=None) -> list[dict]:
+        """Every order entered at or after ``dt``, oldest first (the window has no end, so ``reach``
+        changes nothing); ``server_time`` becomes the paper broker's clock at this answer (like
+        Schwab's HTTP ``Date``)."""
         since = to_utc(dt)
         self.server_time = datetime.now(UTC)
         orders = [self._order_dict(r) for r in self.conn.execute("SELECT * FROM paper_orders ORDER BY seq")]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import alerts
 import clock
+import clock_sanity
 import constants as C
 import logging_setup
 from broker_base import (BUY, BUY_TO_COVER, LIMIT, MARKET, OPEN_STATUSES, SELL, SELL_SHORT, UTC,
@@ -558,20 +559,39 @@ class SchwabAPI:
                    self.account_hash, order=True, lookup=True)
         log.info("Schwab order %s cancel requested", order_id)
 
-    def get_orders_since(self, dt) -> list[dict]:
-        """Every order entered at or after ``dt`` (naive = local time), oldest first. Schwab keeps
-        ``SCHWAB_ORDER_LOOKBACK_DAYS`` of history in this query; an older ``dt`` is clamped."""
+    def broker_time(self) -> datetime:
+        """Schwab's own clock now: the HTTP ``Date`` of a light call (the account numbers), kept as
+        ``server_time``; the cycle compares it with ours before any order (``clock_sanity``)."""
+        at = self._learn_time()
+        if at is None:
+            raise BrokerError("Schwab answered without a Date header: its clock is unknown, so this "
+                              "machine's clock cannot be checked against it; retry later")
+        return at
+
+    def _learn_time(self) -> datetime | None:
+        """Ask Schwab something light (the account numbers) for the ``Date`` of its answer."""
+        self._call("clock check (account numbers)", self._client.get_account_numbers)
+        return self.server_time
+
+    def get_orders_since(self, dt, reach: datetime | None = None) -> list[dict]:
+        """Every order entered at or after ``dt`` (naive = local time), oldest first. The window
+        ends ``SCHWAB_ORDER_QUERY_AHEAD_S`` after the latest of our clock, Schwab's own (learned
+        first if no answer gave it yet) and ``reach`` (the recorded send time of an order being
+        recovered), never after our clock alone: an order Schwab stamped by a clock a day or more
+        ahead of ours is listed. It starts at ``dt`` (the snapshot rule lists the same window twice
+        and compares order ids, never times), clamped to the ``SCHWAB_ORDER_LOOKBACK_DAYS`` Schwab
+        keeps, counted on the later clock."""
+        if self.server_time is None:
+            self._learn_time()
         since = to_utc(dt)
-        now = datetime.now(UTC)
-        floor = now - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS)
+        newest = clock_sanity.latest(self.server_time, reach)
+        floor = newest - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS)
         if since < floor:
             since = floor
-        # The window ends SCHWAB_ORDER_QUERY_AHEAD_S after our clock, so a Schwab clock ahead of
-        # ours still lists every order; the start is ``dt`` itself (the snapshot rule lists the
-        # same window twice and compares order ids, never times).
+        until = clock_sanity.window_end(self.server_time, reach, since)
         resp = self._call("order history", self._client.get_orders_for_account, self.account_hash,
                           from_entered_datetime=since.replace(microsecond=0),
-                          to_entered_datetime=now + timedelta(seconds=C.SCHWAB_ORDER_QUERY_AHEAD_S))
+                          to_entered_datetime=until.replace(microsecond=0))
         body = resp.json() or []
         orders = [parse_schwab_order(raw) for raw in body if isinstance(raw, dict)]
         orders = [x for x in orders if x["entered_time"] is None or x["entered_time"] >= since]

@@ -9,7 +9,11 @@ A cycle, in order; every step is logged and audited:
  3. honour the kill switch (``kill_switch``; ``python live_trading.py halt --reason ...``)
  4. live mode only: the go-live gate (``golive.gate_status``: a passing backtest, a passing
     walk-forward of its configuration on the production data and universe, and paper sessions)
- 5. check the market calendar (a closed market is "nothing to do")
+ 5. the clock (``clock_sanity``): the broker's own clock must agree with ours within
+    ``CLOCK_MAX_SKEW_S`` (Schwab's HTTP ``Date``; the paper broker has none): ``CLOCK SKEW``
+    stops the cycle. Then the market calendar (a closed market is "nothing to do"); not in a
+    replay, the clock must not be behind the last cycle (its end, the session it traded) or the
+    processed data: ``CLOCK BACKWARDS`` / ``CLOCK BEHIND`` stop the cycle, before any order
  6. check data freshness, then compute signals with the verified model (``get_latest_signal``)
  7. reconcile earlier orders with the broker by the snapshot rule (``OrderExecutor.reconcile``;
     an ambiguous one stops everything for a person) and report broker activity that is not ours
@@ -37,6 +41,7 @@ import pandas as pd
 
 import alerts
 import clock
+import clock_sanity
 import config
 import constants as C
 from portfolio import money
@@ -47,13 +52,14 @@ import market_calendar
 import pnl
 import state_db
 from audit_logging import CYCLE_END, CYCLE_START, AuditLogger, interrupted_cycle, require_valid_trail
+from clock_sanity import ClockError
 from data_collection import load_processed, load_universe, stale_symbols
 from errors import UserFacingError, storage_error
 from failpoints import failpoint
 from golive import gate_status
 from logging_setup import ensure_logging
 from model_management import load_model
-from order_book import OrderBook
+from order_book import FLATTEN_PREFIX, OrderBook
 from order_planning import Plan, plan_orders
 from order_recovery import AmbiguousOrderError, OrderNotRecordedError
 from risk_management import Portfolio, RiskManager
@@ -220,7 +226,9 @@ def run_cycle(as_of=None, now=None, settings: TradingSettings | None = None) -> 
                 audit_logger().log_event(CYCLE_END, "error", {"error": f"{type(exc).__name__}: {exc}"})
             except Exception as audit_exc:
                 log.error("audit of the failed cycle failed too: %s", audit_exc)
-            alerts.send_alert("cycle_failed", f"{mode} cycle failed: {type(exc).__name__}: {exc}",
+            # a refusal with its own alert kind (ClockError: clock_wrong) sends that one instead
+            alerts.send_alert(getattr(exc, "alert_kind", "cycle_failed"),
+                              f"{mode} cycle failed: {type(exc).__name__}: {exc}",
                               key=alerts.session_key("trading_cycle"), replay=replay)
             raise
     if code == EXIT_FAIL and not replay:          # a replay is a drill: no alert
@@ -242,14 +250,21 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
     model = get_model()
     if mode == "live" and not _gate_allows(model, conn, audit):
         return EXIT_GATE
-    data_day = _data_day(as_of, now or _cycle_clock(mode), audit)
-    if data_day is None:
-        return EXIT_OK                                       # the market is closed: nothing to do
-    features, cycle_date = _fresh_features(data_day)
-    signals = get_latest_signal(features=features, model=model, conn=conn)
-    failpoint("after_signals")
+    at = now or _cycle_clock(mode)
     executor = OrderExecutor(conn=conn, audit=audit,       # the broker made on first use, retried
                              make_broker=lambda: get_broker(mode, settings=settings, conn=conn))
+    _clock_agrees_with_broker(executor, audit)               # before the clock decides anything
+    if not replay:                                           # a replay picks its day on purpose
+        _clock_not_backwards(conn, audit)
+    data_day = _data_day(as_of, at, audit)
+    if data_day is None:
+        return EXIT_OK                                       # the market is closed: nothing to do
+    processed = load_processed()
+    if not replay:
+        _session_not_behind(conn, audit, mode, at, data_day, processed)
+    features, cycle_date = _fresh_features(data_day, processed)
+    signals = get_latest_signal(features=features, model=model, conn=conn)
+    failpoint("after_signals")
     sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
     executor.reconcile()                                     # AmbiguousOrderError: a person decides
     executor.external_activity(mode)                         # WARNING + audit for what is not ours
@@ -262,7 +277,7 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
     final = _wait_for_fills(executor, keys)
     _alert_rejections(executor, cycle_date)
     run = CycleRun(mode=mode, replay=replay, cycle_date=cycle_date, signals=signals, plan=plan,
-                   keys=keys, failures=failures)
+                   keys=keys, failures=failures, session=data_day.date())
     equity = _close_cycle(conn, audit, risk, executor, model, run)
     log.info("cycle done: %d signals, %d orders wanted, %d approved, %d sent, %d failed; equity $%.2f",
              len(signals), len(plan.orders), len(plan.approved), len(keys), failures, equity)
@@ -335,9 +350,63 @@ def _data_day(as_of, now, audit):
     return market_calendar.last_completed_session(now)
 
 
-def _fresh_features(data_day):
-    """The features up to ``data_day`` and the date of their last row; stale data stops the cycle."""
-    features = load_features(data_day)
+def _refuse_clock(audit, problem: str, details: dict):
+    """Stop the cycle before any order: audit ``clock_check`` refused (both times), raise the one
+    line (``run_cycle`` records the cycle's end and sends the ``clock_wrong`` alert)."""
+    audit.log_event("clock_check", "refused", dict(details, problem=problem))
+    raise ClockError(problem)
+
+
+def _clock_not_backwards(conn, audit) -> None:
+    """The machine's clock must not be before the end of the last cycle, recorded by it."""
+    last = state_db.kv_get(conn, LAST_CYCLE_KEY) or {}
+    ours = clock.machine_now()
+    finished = datetime.fromisoformat(last["finished_at"]) if last.get("finished_at") else None
+    problem = clock_sanity.backwards_problem(ours, finished)
+    if problem:
+        _refuse_clock(audit, problem, {"ours": ours.isoformat(), "last_cycle_finished_at": last["finished_at"]})
+
+
+def _session_not_behind(conn, audit, mode: str, at, data_day, processed: pd.DataFrame) -> None:
+    """The session the clock says to trade on (``data_day``, at ``at``) must not be earlier than
+    the last session this mode traded, nor than the last session of the processed data."""
+    last = state_db.kv_get(conn, LAST_CYCLE_KEY) or {}
+    traded = [str(r["cycle_date"])[:10] for r in OrderBook(conn).rows_of_mode(mode)
+              if not str(r["client_key"]).startswith(FLATTEN_PREFIX)]
+    if last.get("mode") == mode:
+        traded.append(str(last.get("session") or last.get("cycle_date"))[:10])
+    last_traded = pd.Timestamp(max(traded)).date() if traded else None
+    last_data = processed["Date"].max().date() if len(processed) else None
+    problem = clock_sanity.session_problem(data_day.date(), at, last_traded, last_data,
+                                           pinned=at == clock.pinned())
+    if problem:
+        _refuse_clock(audit, problem, {"now": at.isoformat(), "session": str(data_day.date()),
+                                       "last_traded_session": str(last_traded), "last_data_session": str(last_data)})
+
+
+def _clock_agrees_with_broker(executor, audit) -> None:
+    """The broker's own clock (``broker_time``: Schwab's HTTP Date; None for the paper broker)
+    within ``CLOCK_MAX_SKEW_S`` of ours; learnt here, so the order windows of reconcile and the
+    sends reach past it (``clock_sanity.window_end``)."""
+    broker = executor.broker
+    theirs = executor.gateway.call("broker clock check", broker.broker_time)
+    if theirs is None:
+        return
+    ours = clock.machine_now()
+    name = broker.name.capitalize()
+    problem = clock_sanity.skew_problem(ours, theirs, name)
+    if problem:
+        _refuse_clock(audit, problem, {"ours": ours.isoformat(), "broker": theirs.isoformat(),
+                                       "skew_s": round((theirs - ours).total_seconds(), 1),
+                                       "limit_s": C.CLOCK_MAX_SKEW_S})
+    log.info("clock check: ours %s, %s's %s (%+.0f s)", clock_sanity.stamp(ours), name,
+             clock_sanity.stamp(theirs), (theirs - ours).total_seconds())
+
+
+def _fresh_features(data_day, processed: pd.DataFrame | None = None):
+    """The features up to ``data_day`` (from ``processed``, default the processed file) and the
+    date of their last row; stale data stops the cycle."""
+    features = load_features(data_day) if processed is None else processed[processed["Date"] <= data_day]
     last = features["Date"].max()
     behind = market_calendar.sessions_between(last, data_day)
     if behind > C.DATA_MAX_AGE_SESSIONS:
@@ -469,6 +538,7 @@ class CycleRun:
     plan: Plan
     keys: list
     failures: int
+    session: object = None          # the session the clock said to trade on (data_day)
 
 
 def _close_cycle(conn, audit, risk, executor, model, run: CycleRun) -> float:
@@ -479,7 +549,8 @@ def _close_cycle(conn, audit, risk, executor, model, run: CycleRun) -> float:
     after = broker.get_account_balance()
     equity = float(after["equity"])
     risk.update_equity(equity, as_of=run.cycle_date)
-    summary = {"cycle_date": str(run.cycle_date), "mode": run.mode, "replay": run.replay,
+    summary = {"cycle_date": str(run.cycle_date), "session": str(run.session or run.cycle_date)[:10], "mode": run.mode,
+               "replay": run.replay,
                "signals": len(run.signals), "orders_wanted": len(run.plan.orders),
                "orders_approved": len(run.plan.approved), "orders_sent": len(run.keys),
                "orders_failed": run.failures, "equity": equity, "model": model.checksum,

@@ -101,7 +101,10 @@ class FakeBroker:
         self._maybe_fail("get_open_orders")
         return [dict(o) for o in self.orders.values() if o["status"] in OPEN_STATUSES]
 
-    def get_orders_since(self, dt) -> list[dict]:
+    def broker_time(self):
+        return None                           # like the paper broker: no clock of its own
+
+    def get_orders_since(self, dt, reach=None) -> list[dict]:
         self._maybe_fail("get_orders_since", dt)
         self.server_time = datetime.now(UTC)
         return [dict(o) for o in self.orders.values() if o["entered_time"] >= dt - timedelta(seconds=0)]

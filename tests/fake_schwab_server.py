@@ -21,7 +21,9 @@ Routes (the ones schwab-py calls for us; JSON shapes as in tests/test_trading_ap
 
 The broker's clock is ``time.time() + clock_skew_s``: it stamps ``enteredTime``/``closeTime``,
 the HTTP ``Date`` header, and is the clock that ``fromEnteredTime``/``toEnteredTime`` are compared
-with (at whole seconds, as the client sees ``enteredTime``).
+with (at whole seconds, as the client sees ``enteredTime``; a ``fromEnteredTime`` more than 60 days
+before it is refused with 400, as at Schwab). A clock a day or weeks away from ours (a machine
+restored from a snapshot, a dead RTC) is ``clock_skew_s`` = +/- that many seconds.
 
 Nothing here reaches the network; the server binds 127.0.0.1 on a free port.
 """
@@ -447,6 +449,8 @@ class FakeSchwabServer:
             until = _parse_query_time(query["toEnteredTime"][0])
         except (KeyError, ValueError) as exc:
             return 400, {"message": f"fromEnteredTime and toEnteredTime are required ({exc})"}
+        if since < self.now() - timedelta(days=60):           # Schwab keeps 60 days, by its clock
+            return 400, {"message": "fromEnteredTime must be within 60 days from today's date"}
         status = (query.get("status") or [None])[0]
         limit = int((query.get("maxResults") or ["3000"])[0])
         out = []

@@ -90,7 +90,7 @@ def test_every_kind_has_a_runbook_severity_and_a_command():
     assert required <= set(alerts.ALERT_KINDS)
     for kind, spec in alerts.ALERT_KINDS.items():
         assert spec.severity in alerts.SEVERITIES, kind
-        assert spec.command.split()[0] in {"python", "./run_health_check.sh", "grep", "tail"}, kind
+        assert spec.command.split()[0] in {"python", "./run_health_check.sh", "grep", "tail", "timedatectl"}, kind
 
 
 def test_stored_channels_encrypted_listed_masked_removed(trading_home):
