@@ -487,7 +487,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "ORDER_POLL_INTERVAL_S": ("float", "seconds", "(0, 3600]"),
         "ORDER_SNAPSHOT_LOOKBACK_S": ("float", "seconds", "(0, 5184000]"),
         "ORDER_ADOPT_MAX_DELAY_S": ("float", "seconds", "[0, 86400]"),
-        "CLOCK_MAX_SKEW_S": ("float", "seconds", "[1, 86400]"),
+        "CLOCK_MAX_SKEW_S": ("float", "seconds", "[1, 5000000]"),
         "HALT_CANCELS_UNFILLED": ("bool", "true or false", None),
         "MAX_ORDERS_PER_MINUTE": ("int", "requests per minute", "[1, 100000]"),
         "CIRCUIT_BREAKER_FAILURES": ("int", "count", "[1, 1000]"),

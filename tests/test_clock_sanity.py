@@ -23,6 +23,7 @@ from schwab_broker import SchwabAPI
 from credential_manager import CredentialManager
 from fake_schwab_server import store_credentials
 from schwab_env import fake_schwab, schwab_routed  # noqa: F401  (fixtures)
+from order_recovery import AmbiguousOrderError
 from trading_execution import OrderExecutor, client_key
 
 UTC = timezone.utc
@@ -151,8 +152,10 @@ def test_crash_after_schwab_accepted_then_rerun_sends_once(schwab_home, schwab_r
     assert conn.execute("SELECT status FROM orders WHERE client_key = ?", (key,)).fetchone()[0] == "SENDING"
     conn.close()
     rerun = OrderExecutor(broker=SchwabAPI(), conn=state_db.connect(), audit=Recorder(), sleep=lambda s: None)
-    record = rerun.submit(order, TRADE_DAY, "live")
+    ours = str(server.posted_orders()[0]["orderId"])
+    with pytest.raises(AmbiguousOrderError, match=f"candidates: {ours}"):   # found, not "did not land"
+        rerun.submit(order, TRADE_DAY, "live")         # no client id at Schwab: a person decides (point 13)
     assert server.duplicates() == {}, f"sent twice: {server.duplicates()}"
     assert len(server.posted_orders()) == 1
-    assert record["status"] == "SUBMITTED" and record["broker_order_id"] == str(server.posted_orders()[0]["orderId"])
-    assert rerun.audit.has("order_reconciled", "adopted")
+    record = rerun.resolve(key, ours, "test: the API order is ours")
+    assert record["broker_order_id"] == ours and record["status"] != "SENDING"   # linked, as Schwab has it

@@ -32,6 +32,7 @@ import market_calendar
 from conftest import run_entry
 import state_db
 from crash_harness import (FULL, assert_live_exactly_once, db, env_context, fresh_home, kill_switch_value,
+                           resolve_as_a_person, settle_lost_answer,
                            live_reference, live_server, live_setup, our_rows, run_cycle_live)
 from schwab_env import cycle_code, run_live
 
@@ -121,7 +122,7 @@ def test_skew_beyond_the_limit_stops_the_live_cycle_before_any_order(live, skew)
 def test_crash_after_acceptance_then_our_clock_falls_behind(live, reference, skew):
     """Schwab accepted the order, the process died; the machine comes back with its clock behind
     (restored snapshot): the rerun refuses before any order; once NTP fixed the clock, the rerun
-    adopts the order. Sent exactly once."""
+    finds the order, which a person resolves as ours. Sent exactly once."""
     home, setup = live
     server = live_server(setup, 0)
     try:
@@ -134,8 +135,12 @@ def test_crash_after_acceptance_then_our_clock_falls_behind(live, reference, ske
         assert len(server.posted_orders()) == 1 and [r["status"] for r in our_rows(home)] == ["SENDING"]
         server.clock_skew_s = 0                          # timedatectl set-ntp true
         rerun = run_cycle_live(home, setup, server)
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
-        assert "adopted, not resent" in rerun.stderr and "did not reach the broker" not in rerun.stderr
+        # the lone candidate is found (not "did not reach the broker"), and, Schwab carrying no
+        # client id, it goes to a person (issue 19 point 13); resolved as the runbook says
+        assert "ORDER AMBIGUOUS" in rerun.stderr and "did not reach the broker" not in rerun.stderr
+        assert len(server.posted_orders()) == 1
+        final = settle_lost_answer(home, setup, server, rerun)
+        assert final.returncode == 0, final.stderr[-3000:]
         assert kill_switch_value(home) is None
         assert_live_exactly_once(home, server, reference)
     finally:
@@ -145,7 +150,7 @@ def test_crash_after_acceptance_then_our_clock_falls_behind(live, reference, ske
 @pytest.mark.parametrize("skew", ALLOWED, ids=_ids(ALLOWED))
 def test_allowed_skew_crash_after_acceptance_rerun_adopts(live, reference, skew):
     """The order windows alone (limit raised): the order Schwab stamped `skew` ahead of our clock
-    is listed by the rerun and adopted, never sent twice."""
+    is listed by the rerun (a person resolves it as ours), never sent twice."""
     home, setup = live
     server = live_server(setup, skew)
     limit = 2 * skew
@@ -155,8 +160,13 @@ def test_allowed_skew_crash_after_acceptance_rerun_adopts(live, reference, skew)
         assert crashed.returncode == 99, crashed.stderr[-3000:]
         assert len(server.posted_orders()) == 1
         rerun = run_with_limit(home, setup, server, limit)
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
-        assert "adopted, not resent" in rerun.stderr and "did not reach the broker" not in rerun.stderr
+        assert rerun.returncode == 1, rerun.stderr[-3000:]                   # found, sent to a person
+        assert "ORDER AMBIGUOUS" in rerun.stderr and "did not reach the broker" not in rerun.stderr
+        assert len(server.posted_orders()) == 1
+        pending = [r["client_key"] for r in our_rows(home) if r["status"] == "SENDING"]
+        resolve_as_a_person(home, server, pending[0], server.posted_orders()[0]["orderId"])
+        final = run_with_limit(home, setup, server, limit)
+        assert final.returncode == 0, final.stderr[-3000:]
         assert_live_exactly_once(home, server, reference)
     finally:
         server.stop()
