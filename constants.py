@@ -24,6 +24,10 @@ ENV_TRAIN_PROFILE = "TRAIN_PROFILE"        # "tiny" selects the fast profile (sa
 ENV_CRONTAB_FILE = "TRADING_CRONTAB_FILE"  # install_cron.sh edits this file instead of the user's crontab (tests)
 ENV_ALERT_URLS = "TRADING_ALERT_URLS"      # space-separated apprise URLs, used instead of the stored ones
 ENV_CSV_DIR = "TRADING_CSV_DIR"            # folder of <SYMBOL>.csv files for DATA_SOURCE=csv
+ENV_RAY_ADDRESS = "RAY_ADDRESS"            # an existing Ray cluster for the walk-forward's folds
+ENV_XDG_CONFIG_HOME = "XDG_CONFIG_HOME"    # base of the default TRADING_CONFIG_DIR (~/.config when unset)
+ENV_PYTHON = "TRADING_PYTHON"              # the run_*.sh scripts use this interpreter instead of .venv (tests)
+ENV_FAILPOINT = "TRADING_FAILPOINT"        # names a crash point for fault-injection tests (failpoints.py)
 TRADING_MODES = ("paper", "live")          # the only accepted values of TRADING_MODE
 DEFAULT_TRADING_MODE = "paper"             # used when TRADING_MODE is unset
 DATA_SOURCES = ("yfinance", "sample", "csv")   # the only accepted values of DATA_SOURCE
@@ -326,5 +330,5 @@ OPERATIONAL_TUNABLES = (
     "LOG_RETENTION_DAYS", "LOG_ROTATE_AGE_DAYS", "LOG_ROTATE_MAX_BYTES",
     "ENV_ALERT_URLS", "ALERT_CREDENTIAL_SERVICE", "ALERT_QUIET_PERIOD_MIN", "ALERT_ORDER_REJECTIONS",
     "ALERT_TOKEN_EXPIRY_HOURS",
-    "ENV_CSV_DIR", "CSV_DIR",
+    "ENV_CSV_DIR", "CSV_DIR", "ENV_RAY_ADDRESS", "ENV_XDG_CONFIG_HOME", "ENV_PYTHON", "ENV_FAILPOINT",
 )

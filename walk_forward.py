@@ -156,7 +156,7 @@ def _ray_init(workers: int | None):
         return ray, workers or int(ray.available_resources().get("CPU", 1))
     env = {"PYTHONPATH": os.pathsep.join([str(config.PROJECT_DIR)] + [p for p in os.environ.get(
            "PYTHONPATH", "").split(os.pathsep) if p]), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
-    address = os.environ.get("RAY_ADDRESS", "").strip()
+    address = os.environ.get(C.ENV_RAY_ADDRESS, "").strip()
     if address:
         runtime_env = {"working_dir": str(config.PROJECT_DIR), "env_vars": env,
                        "excludes": [".venv", ".git", "logs", "reports", "state", "models", "data", ".demo_home",

@@ -21,7 +21,7 @@ def check(home, env=None):
 def make_operational(home, hook_url):
     """What a set-up machine has: the schedule installed (in the test's crontab file), the
     scheduler started (its first-run record), an alert channel whose test passed."""
-    assert run_entry(["cron_install.py"], home).returncode == 0
+    assert run_entry(["cron_install.py"], home, {"TRADING_NOW": None}).returncode == 0
     done = run_entry(["-c", "import clock, scheduler, state_db; "
                             "c = state_db.connect(); state_db.ensure_schema(c, scheduler._SCHEMA); "
                             "state_db.kv_set(c, scheduler.FIRST_RUN_KEY, "
@@ -94,7 +94,7 @@ def test_json_has_every_check_and_the_exit_code(home):
 def test_failing_channel_and_a_stopped_scheduler_are_warnings(home, fixed_now):
     env = {"TRADING_ALERT_URLS": f"json://127.0.0.1:{free_port()}/hook"}
     assert run_entry(["alerts.py", "test"], home, env).returncode == 1
-    assert run_entry(["cron_install.py"], home).returncode == 0
+    assert run_entry(["cron_install.py"], home, {"TRADING_NOW": None}).returncode == 0
     long_ago = (fixed_now - timedelta(days=6)).isoformat(timespec="seconds")
     done = run_entry(["-c", "import scheduler, state_db; c = state_db.connect(); "
                             "state_db.ensure_schema(c, scheduler._SCHEMA); "
