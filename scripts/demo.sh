@@ -72,7 +72,8 @@ echo "   --- round trips and fills of the replay account (last 10 fills)"
 "$PY" audit_logging.py verify 2>/dev/null | sed 's/^/   /'
 [[ ${PIPESTATUS[0]} -eq 0 ]] || fail "audit verification"
 ./run_health_check.sh | sed 's/^/   /'
-echo "   status page: $TRADING_HOME/reports/status.html"
+echo "   status page: $TRADING_HOME/reports/status.html (the paper account of scheduled cycles: still"
+echo "   empty here, since the demo traded only the replay account shown by status --replay above)"
 echo
 echo "Everything above ran in $TRADING_HOME (logs in $TRADING_HOME/logs). 'make clean-demo' removes it;"
 echo "the next 'make demo' starts again from nothing. To look at the demo's state yourself, paste:"
