@@ -212,11 +212,8 @@ def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: boo
     if as_json:
         _json(st)
         return EXIT_OK if st["passed"] else EXIT_FAIL
-    bt = st["backtest"]
     print(f"model:          {model.checksum}")
-    print(f"backtest:       {'PASS (' + str(bt.get('created_at')) + ', ' + str(bt.get('report')) + ')' if bt else 'MISSING: run ./run_backtest.sh (out-of-sample, must pass)'}")
-    wf = st["walk_forward"]
-    print(f"walk-forward:   {'PASS (run ' + str(wf['id']) + ', ' + str(wf['created_at']) + ')' if wf else 'MISSING: run ./run_backtest.sh --walk-forward (production data, whole universe, must pass)'}")
+    print("\n".join(golive.headline(st)))
     print(f"paper sessions: {st['paper_sessions']} of {st['paper_sessions_needed']} "
           f"({'PASS' if st['paper_sessions'] >= st['paper_sessions_needed'] else 'not yet'}; replays do not count)")
     for cond in st["conditions"]:
