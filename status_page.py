@@ -19,6 +19,7 @@ go-live gate, schedule (lines given by the caller).
 """
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import logging
@@ -561,3 +562,17 @@ def serve(port: int = C.STATUS_SERVE_PORT) -> None:
         pass
     finally:
         server.server_close()
+
+
+def main(argv=None) -> int:
+    argparse.ArgumentParser(
+        prog="status_page.py",
+        description="Build the status page reports/status.html now (read-only: it changes no state) and "
+                    "print its path. Every cycle and health check rebuilds it; "
+                    "`python live_trading.py serve` serves it on 127.0.0.1.").parse_args(argv)
+    print(build_status_page())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
