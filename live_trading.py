@@ -87,7 +87,8 @@ def cmd_status(as_json: bool, replay: bool) -> int:
     print(f"circuit breaker: {br['state']} ({br['failures']} consecutive failures)"
           + (f", last error: {br['last_error']}" if br["last_error"] else ""))
     risk = data["risk"]
-    print(f"risk:            peak {money(risk['peak'] or 0)}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
+    peak = "none recorded yet" if risk["peak"] is None else money(risk["peak"])
+    print(f"risk:            peak {peak}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
           f"halted: {'YES: ' + str(risk['halt_reason']) if risk['halted'] else 'no'}")
     last = data["last_cycle"]
     if last:
@@ -119,6 +120,8 @@ def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:
     if as_json:
         _json(data)
         return EXIT_OK
+    if config.data_source_banner():
+        print(config.data_source_banner())
     print(f"round trips ({data['round_trip_count']}; realised {money(data['realised_pnl'], signed=True)}"
           + (f", win rate {100 * data['win_rate']:.0f}%" if data["win_rate"] is not None else "") + "):")
     for t in data["round_trips"]:
@@ -235,10 +238,21 @@ def cmd_signals(as_of, as_json: bool) -> int:
     if as_json:
         _json(signals)
         return EXIT_OK
+    # the header goes to stderr: stdout stays one line per symbol (ticker first, signal last)
+    for line in signals_header():
+        print(line, file=sys.stderr)
     for s in signals:
         print(f"{s['symbol']:8} {s['date']} close {s['close']:10.2f} predicted_diff {s['predicted_diff']:+9.4f} "
               f"score {s['score']:+6.2f} {s['signal']}")
     return EXIT_OK
+
+
+def signals_header() -> list[str]:
+    """What the columns of ``signals`` are, the threshold, and the SYNTHETIC label when it applies."""
+    label = config.data_source_banner()
+    return ([label] if label else []) + [
+        f"symbol   date       close (USD)  predicted_diff (next-day USD)  score (diff / (close x daily vol))  "
+        f"signal: BUY when score >= +{C.SIGNAL_THRESHOLD:.2f}, SELL when <= -{C.SIGNAL_THRESHOLD:.2f}, else HOLD"]
 
 
 def rebuild_status_page() -> None:

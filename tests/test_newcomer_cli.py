@@ -1,0 +1,21 @@
+"""Small things a newcomer tripped on (issue 23, point 4), each on the command a person types."""
+from conftest import run_entry
+
+import constants as C
+import live_trading
+
+
+def test_status_without_a_peak_says_so_instead_of_zero_dollars(trading_home):
+    done = run_entry(["live_trading.py", "status"], trading_home)
+    assert done.returncode == 0, done.stderr
+    risk = [line for line in done.stdout.splitlines() if line.startswith("risk:")][0]
+    assert "peak none recorded yet" in risk and "$0.00" not in risk, risk
+
+
+def test_history_and_signals_carry_the_synthetic_label_and_signals_a_header(trading_home):
+    done = run_entry(["live_trading.py", "history"], trading_home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == f"DATA_SOURCE=sample: {C.SAMPLE_LABEL}"
+    header = live_trading.signals_header()
+    assert header[0] == f"DATA_SOURCE=sample: {C.SAMPLE_LABEL}"
+    assert "symbol" in header[1] and "score" in header[1] and f"+{C.SIGNAL_THRESHOLD:.2f}" in header[1]
