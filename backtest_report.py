@@ -213,8 +213,10 @@ def render_html(report: dict, charts: dict[str, str]) -> str:
                    f"{e(str(wf.get('created_at')))}, verdict {'PASS' if wf.get('passed') else 'FAIL'}); full "
                    f"report: <a href='{e(wf['html'])}'>{e(wf['html'])}</a>.</p>{rt.fold_table(wf['folds'])}")
     else:
-        wf_html = ("<h2>Walk-forward folds</h2><p>No walk-forward report yet: "
-                   "<code>./run_backtest.sh --walk-forward</code> writes one.</p>")
+        wf_html = ("<h2>Walk-forward folds</h2><p>No walk-forward report existed when this report was "
+                   "written: <code>./run_backtest.sh --walk-forward</code> writes one "
+                   "(<a href='latest_walkforward.html'>latest_walkforward.html</a> beside this file, once "
+                   "run).</p>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{e(title)}</title>
