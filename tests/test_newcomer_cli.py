@@ -19,3 +19,14 @@ def test_history_and_signals_carry_the_synthetic_label_and_signals_a_header(trad
     header = live_trading.signals_header()
     assert header[0] == f"DATA_SOURCE=sample: {C.SAMPLE_LABEL}"
     assert "symbol" in header[1] and "score" in header[1] and f"+{C.SIGNAL_THRESHOLD:.2f}" in header[1]
+
+
+def test_first_install_is_told_to_train_not_to_restore(trading_home):
+    import pytest
+    import model_management as M
+    with pytest.raises(M.ModelNotFoundError) as err:
+        M.verify_model(trading_home / C.MODEL_FILE)
+    assert "python train_model.py" in str(err.value) and "model_management.py restore" not in str(err.value)
+    (trading_home / C.MODEL_BACKUP_DIR / "20261101_000000").mkdir(parents=True)     # an earlier model
+    with pytest.raises(M.ModelNotFoundError, match="model_management.py restore"):
+        M.verify_model(trading_home / C.MODEL_FILE)
