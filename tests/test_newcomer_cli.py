@@ -30,3 +30,16 @@ def test_first_install_is_told_to_train_not_to_restore(trading_home):
     (trading_home / C.MODEL_BACKUP_DIR / "20261101_000000").mkdir(parents=True)     # an earlier model
     with pytest.raises(M.ModelNotFoundError, match="model_management.py restore"):
         M.verify_model(trading_home / C.MODEL_FILE)
+
+
+def test_a_second_training_at_once_is_refused(trading_home):
+    """Issue 23: two `python train_model.py` at once were not locked and both promoted."""
+    import config
+    import train_model
+    from fileutil import process_lock
+    with process_lock(config.path(C.LOCK_DIR) / train_model.TRAIN_LOCK_NAME, "train_model.py") as holder:
+        assert holder is None
+        done = run_entry(["train_model.py", "--profile", "tiny"], trading_home)
+    assert done.returncode == 1 and "another training is running" in done.stderr, done.stderr
+    assert "train_model.py" in done.stderr and "Traceback" not in done.stderr
+    assert not (trading_home / C.MODEL_FILE).exists()
