@@ -19,6 +19,19 @@ class UserFacingError(RuntimeError):
     user_facing = True   # the marker the hook looks for
 
 
+class UsageError(UserFacingError):
+    """A mistake in what a person typed (an unknown name, a missing option): logged at WARNING,
+    so it neither lands in logs/errors.log nor keeps the health check at WARN all day; the
+    command still exits non-zero. Other errors may carry ``usage = True`` too."""
+
+    usage = True
+
+
+def failure_level(exc: BaseException) -> int:
+    """WARNING for a person's typing mistake (``usage``), ERROR for everything else."""
+    return logging.WARNING if getattr(exc, "usage", False) else logging.ERROR
+
+
 class DataError(UserFacingError):
     """A data problem that stops the pipeline (``data_collection``, ``csv_source``); the message
     names the thing and the fix."""
@@ -43,7 +56,7 @@ def command_failed(log: logging.Logger, what: str, exc: Exception) -> None:
     printed as its own line; anything else is logged with its traceback (errors.log) and
     printed as one line that points there."""
     if is_user_facing(exc):
-        log.error("%s FAILED: %s", what, exc)
+        log.log(failure_level(exc), "%s FAILED: %s", what, exc)
         print(f"ERROR: {exc}", file=sys.stderr)
     else:
         log.exception("%s FAILED with an unexpected error", what)

@@ -29,7 +29,7 @@ import market_calendar
 import pnl
 import state_db
 import status_page
-from errors import install_excepthook, is_user_facing, one_line
+from errors import failure_level, install_excepthook, is_user_facing, one_line
 from logging_setup import setup_logging
 from risk_management import RiskManager
 from trading_api import get_broker
@@ -374,7 +374,7 @@ def main(argv=None) -> int:
         return EXIT_FAIL
     except Exception as exc:
         if is_user_facing(exc):
-            log.error("%s FAILED: %s", command, exc)
+            log.log(failure_level(exc), "%s FAILED: %s", command, exc)
             if command != "run" and not _log_reaches_stderr():
                 print(one_line(exc), file=sys.stderr)
         else:

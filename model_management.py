@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 import config
-from errors import UserFacingError, install_excepthook
+from errors import UserFacingError, failure_level, install_excepthook
 import constants as C
 from fileutil import atomic_write_text, atomic_write_with, file_sha256, fsync_dir
 from lstm_inference import InferenceError, load_network
@@ -68,8 +68,16 @@ class ModelError(UserFacingError):
     """A model problem; the message names the file and the fix."""
 
 
+
+
 class ModelNotFoundError(ModelError, FileNotFoundError):
     """The model file or its metadata is missing."""
+
+
+class BackupNotFoundError(ModelNotFoundError):
+    """``restore NAME`` with a name that is not a backup: a typing mistake (``usage``)."""
+
+    usage = True
 
 
 class ModelIntegrityError(ModelError):
@@ -518,7 +526,7 @@ def restore(version: str | None = None, path=None) -> dict:
         chosen = next((b for b in backups if b["version"] == version), None)
         if chosen is None:
             names = ", ".join(b["version"] for b in backups) or "none"
-            raise ModelNotFoundError(f"no backup named {version} (backups: {names}); see "
+            raise BackupNotFoundError(f"no backup named {version} (backups: {names}); see "
                                      "`python model_management.py list`")
         if not chosen["valid"]:
             raise ModelIntegrityError(f"backup {version} fails verification ({chosen['problem']}); "
@@ -608,7 +616,7 @@ def main(argv=None) -> int:
             removed = prune(args.keep)
             print(f"removed {len(removed)} backups" + (f": {', '.join(removed)}" if removed else ""))
     except (ModelError, ValueError) as exc:
-        log.error("model_management %s FAILED: %s", args.command, exc)
+        log.log(failure_level(exc), "model_management %s FAILED: %s", args.command, exc)
         return 1
     return 0
 

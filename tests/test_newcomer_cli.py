@@ -43,3 +43,14 @@ def test_a_second_training_at_once_is_refused(trading_home):
     assert done.returncode == 1 and "another training is running" in done.stderr, done.stderr
     assert "train_model.py" in done.stderr and "Traceback" not in done.stderr
     assert not (trading_home / C.MODEL_FILE).exists()
+
+
+def test_a_typing_mistake_does_not_land_in_errors_log(trading_home):
+    """Issue 23: a usage error (here: restoring a backup name that does not exist) was logged as
+    ERROR, so errors.log had a line and the health check stayed at WARN all day."""
+    done = run_entry(["model_management.py", "restore", "no_such_backup"], trading_home)
+    assert done.returncode == 1 and "no backup named no_such_backup" in done.stdout + done.stderr
+    errors = trading_home / "logs" / C.ERRORS_LOG_NAME
+    assert not errors.exists() or "no_such_backup" not in errors.read_text()
+    import health_check
+    assert health_check.check_errors_today()[0] == "OK"
