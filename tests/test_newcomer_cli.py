@@ -54,3 +54,16 @@ def test_a_typing_mistake_does_not_land_in_errors_log(trading_home):
     assert not errors.exists() or "no_such_backup" not in errors.read_text()
     import health_check
     assert health_check.check_errors_today()[0] == "OK"
+
+
+def test_replaying_an_earlier_session_says_the_replay_account_starts_over(trading_home, caplog):
+    import logging
+    from datetime import date
+    import state_db
+    state_db.prepare_replay(date(2025, 3, 5))
+    with caplog.at_level(logging.WARNING, logger="state"):
+        state_db.prepare_replay(date(2025, 3, 6))                  # forward: carries over, silently
+        assert not caplog.records
+        state_db.prepare_replay(date(2025, 3, 3))                  # earlier: wiped, and said so
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "2025-03-03" in text and "2025-03-06" in text and "starts over" in text
