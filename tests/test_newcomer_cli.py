@@ -67,3 +67,16 @@ def test_replaying_an_earlier_session_says_the_replay_account_starts_over(tradin
         state_db.prepare_replay(date(2025, 3, 3))                  # earlier: wiped, and said so
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "2025-03-03" in text and "2025-03-06" in text and "starts over" in text
+
+
+def test_scripts_name_the_environment_when_the_interpreter_lacks_the_packages(tmp_path):
+    """Issue 23: without the project's environment every command was a raw ModuleNotFoundError."""
+    import subprocess
+    import sys
+    from conftest import run_command
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    bare = tmp_path / "bare" / "bin" / "python"
+    done = run_command(["./run_health_check.sh"], env_extra={"TRADING_PYTHON": bare}, timeout=120)
+    assert done.returncode == 2 and "ModuleNotFoundError" not in done.stderr and "Traceback" not in done.stderr
+    assert "lacks the project's packages" in done.stderr and "make venv" in done.stderr
+    assert ". .venv/bin/activate" in done.stderr
