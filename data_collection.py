@@ -98,12 +98,17 @@ class _YFErrorCapture(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.errors: dict[str, str] = {}
+        self.lines = 0                  # what yfinance logged (kept out of our logs: one line each
+        self.first = ""                 # per symbol and retry buried the diagnosis)
 
     def emit(self, record):
         try:
             message = record.getMessage()
         except Exception:
             return
+        if record.levelno >= logging.WARNING:
+            self.lines += 1
+            self.first = self.first or " ".join(message.split())[:300]
         match = self.LINE.match(message.strip())
         if not match:
             return
@@ -182,6 +187,7 @@ def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=N
         capture = _YFErrorCapture()
         yf_logger = logging.getLogger("yfinance")
         yf_logger.addHandler(capture)
+        propagate, yf_logger.propagate = yf_logger.propagate, False
         try:
             end_exclusive = (pd.Timestamp(end) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
             frame = _call_with_deadline(
@@ -192,6 +198,10 @@ def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=N
                 stop_at - time.monotonic())
         finally:
             yf_logger.removeHandler(capture)
+            yf_logger.propagate = propagate
+        if capture.lines:
+            log.info("yfinance logged %d warning/error line(s) (summarised below); the first: %s",
+                     capture.lines, capture.first)
         long = _yf_frame_to_long(frame)
         got = set(long["Symbol"].unique())
         frames.append(long)
