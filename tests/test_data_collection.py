@@ -256,6 +256,18 @@ def test_fresh_file_is_skipped_unless_forced(trading_home):
     assert dc.update(force=True)["skipped"] is False
 
 
+def test_a_shrunk_universe_is_seen_by_a_fresh_file_too(trading_home):
+    """Issue 23: removing symbols from selected_stocks.txt was only half seen: a fresh processed
+    file still holding them was skipped as fresh, so they stayed in it until the next --force."""
+    dc.update(force=True)
+    kept = sorted(dc.load_universe())[:3]
+    (trading_home / "selected_stocks.txt").write_text("\n".join(kept) + "\n")
+    summary = dc.update()                                        # not forced; the file is fresh
+    assert summary["skipped"] is False and summary["symbols"] == kept
+    assert sorted(dc.load_processed()["Symbol"].unique()) == kept
+    assert dc.update()["skipped"] is True                        # and now it is up to date
+
+
 def test_atomic_write_failure_keeps_previous_file(trading_home, monkeypatch):
     dc.update(force=True)
     path = trading_home / C.PROCESSED_DATA_FILE
