@@ -433,6 +433,11 @@ def main(argv=None) -> int:
         if args.command == "send":
             message = " ".join(args.message)
             key = hashlib.sha256(message.encode()).hexdigest()[:16]
+            if not configured_urls()[0]:
+                print("Alert NOT sent: no alert channel configured: python alerts.py add URL "
+                      f"(or set ${C.ENV_ALERT_URLS})", file=sys.stderr)
+                log.warning("Alert not sent (no alert channel configured): %s", message)
+                return 1
             ok = send_alert(args.kind, message, severity=args.severity, key=key)
             print("Alert sent" if ok else "Alert NOT delivered to every channel (see the log)")
             return 0 if ok else 1

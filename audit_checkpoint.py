@@ -136,12 +136,20 @@ class AuditKey:
 
     def missing_text(self, records: int | None = None) -> str:
         what = f"the {records} records of" if records else "the audit trail in"
-        return (f"Audit key missing: {self.path} does not exist, so {what} "
-                f"{display(self.trail_dir)} cannot be verified or extended. This is not evidence "
-                f"of tampering. Restore the key (and {self.checkpoint.path.name}) from the backup "
-                f"of {self.path.parent}; do not create a new key, or every record will fail "
-                f"verification. If TRADING_CONFIG_DIR is set differently for this user, use the "
-                f"same value as the cron jobs.")
+        return (f"Audit key missing: key file not found at {self.path} ({config.config_dir_source()}), so "
+                f"{what} {display(self.trail_dir)} cannot be verified or extended. This is not "
+                f"evidence of tampering. If the cron jobs or another shell use another "
+                f"{C.ENV_CONFIG_DIR}, use the same value here (./install_cron.sh writes it into the "
+                f"cron line); otherwise restore the key (and {self.checkpoint.path.name}) from the "
+                f"backup of {self.path.parent}; do not create a new key, or every record will fail "
+                f"verification.")
+
+    def mismatch_text(self) -> str:
+        return (f"Audit key does not match: the key file at {self.path} ({config.config_dir_source()}) is not "
+                f"the key {display(self.trail_dir)} was written with: not one record verifies "
+                f"with it. This is a configuration slip, not evidence of tampering: run with the "
+                f"{C.ENV_CONFIG_DIR} the trail was written under (the one in the cron line, "
+                f"./install_cron.sh --print), or restore that directory from backup.")
 
 
 @dataclass

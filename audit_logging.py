@@ -71,7 +71,8 @@ from audit_checkpoint import (GENESIS_HASH, RUNBOOK_AUDIT_SECTION, AuditChainErr
                               TrailCheckpoint, canonical_json)
 from audit_checkpoint import display as _display
 from audit_checkpoint import mac as _mac, utc_timestamp as _utc_timestamp
-from audit_verify import TrailFiles, TrailVerifier, VerifyReport, check_line, split_lines
+from audit_verify import (KEY_CONFIGURATION_KINDS, TrailFiles, TrailVerifier, VerifyReport, check_line,
+                          split_lines)
 
 log = logging.getLogger("audit")
 
@@ -430,6 +431,12 @@ class AuditLogger:
 
 
 # --------------------------------------------------------------------------- guards for the cycle
+def _alert_severity(kind: str) -> str | None:
+    """A key that is missing or not this trail's is a configuration slip (a different
+    TRADING_CONFIG_DIR), not a security breach: same-day, not the kind's immediate severity."""
+    return alerts.SAME_DAY if kind in KEY_CONFIGURATION_KINDS else None
+
+
 def require_valid_trail(logger: logging.Logger | None = None,
                         audit: AuditLogger | None = None) -> VerifyReport:
     """Verify the whole trail before trading; return the report when trading may go on.
@@ -456,7 +463,7 @@ def require_valid_trail(logger: logging.Logger | None = None,
                f"Check with `python audit_logging.py verify` and follow {RUNBOOK_AUDIT_SECTION}")
     logger.critical("%s", message)
     alerts.send_alert("audit_verification_failed", f"{report.kind}: {report.error}; trading refused",
-                      key=f"{report.kind}:{report.error}"[:200])
+                      severity=_alert_severity(report.kind), key=f"{report.kind}:{report.error}"[:200])
     raise AuditTrailInvalidError(message)
 
 
@@ -536,7 +543,8 @@ def main(argv=None) -> int:
                 return 0
             print(f"AUDIT TRAIL NOT VALID ({report.kind}): {report.error}")
             alerts.send_alert("audit_verification_failed", f"python audit_logging.py verify: "
-                              f"{report.kind}: {report.error}", key=f"{report.kind}:{report.error}"[:200])
+                              f"{report.kind}: {report.error}", severity=_alert_severity(report.kind),
+                              key=f"{report.kind}:{report.error}"[:200])
             if report.kind == "tampered":
                 log.critical("Audit verification failed: %s", report.error)
             else:

@@ -4,7 +4,8 @@ files, and the signed checkpoint (used by ``audit_logging.AuditLogger``).
 * ``verify()`` reads every file of the trail in chain order (rotated files by name, then the
   live file) and returns a ``VerifyReport``: ``ok``, ``tampered`` (a record edited, removed,
   reordered, duplicated; a file missing, truncated or reordered), ``torn`` (a crash interrupted
-  an append: not tampering), ``key_missing``, ``key_error`` or ``checkpoint``. The message names
+  an append: not tampering), ``key_missing``, ``key_mismatch`` (no record verifies with the
+  key found: another trail's key, a configuration slip, not tampering), ``key_error`` or ``checkpoint``. The message names
   the first bad record (file and line) and what is wrong.
 * ``verify_chain()`` is the same verdict as ``(valid, error)``.
 * ``check_line`` authenticates one record (its HMAC); appending uses it too, so that nothing
@@ -55,7 +56,7 @@ _TAIL = re.compile(rb',"prev_hash":"([0-9a-f]{64})","seq":([0-9]+),"status":"(?:
 @dataclass
 class VerifyReport:
     """What ``AuditLogger.verify`` found. ``kind`` is one of ``ok``, ``tampered``, ``torn``,
-    ``key_missing``, ``key_error``, ``checkpoint``."""
+    ``key_missing``, ``key_mismatch``, ``key_error``, ``checkpoint``."""
     valid: bool
     error: str | None = None
     kind: str = "ok"
@@ -164,6 +165,17 @@ class TrailFiles:
 
 
 # --------------------------------------------------------------------------- the verifier
+KEY_CONFIGURATION_KINDS = ("key_missing", "key_mismatch")   # where the key is looked up, not tampering
+
+
+def _no_record_verifies(parsed: list) -> bool:
+    """Not one line of any file authenticates with the key. With no checkpoint of this trail
+    beside the key either, the key directory is another trail's (a different
+    TRADING_CONFIG_DIR), not an edit: the right directory holds the trail's checkpoint."""
+    return bool(parsed) and all(not rows for _, rows, _ in parsed) and any(
+        problem and "does not match its hash" in problem[1] for _, _, problem in parsed)
+
+
 @dataclass
 class _Walk:
     """How far the chain walk got: the last good record ``(path, lineno, seq, hash)``, how many
@@ -203,6 +215,8 @@ class TrailVerifier:
         parsed, torn = self._parse(files, key)
         cp, cp_problem = self._read_checkpoint(key) if use_checkpoint else (None, None)
         walk = _walk(parsed, cp.seq if cp else -1)
+        if walk.broken and _no_record_verifies(parsed) and not self.checkpoint.path.exists():
+            return VerifyReport(False, self.key.mismatch_text(), "key_mismatch", 0, names)
         if walk.broken:
             return VerifyReport(False, walk.broken, "tampered", walk.count, names)
         if use_checkpoint:

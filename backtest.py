@@ -478,7 +478,7 @@ def print_summary(report: dict, out=None) -> None:
     if report["parameters"].get("data_source_label"):
         print(f"  {report['parameters']['data_source_label']}", file=out)
     print(f"  strategy:  total {fmt(s['total_return'], 'pct')}, CAGR {fmt(s['cagr'], 'pct')}, Sharpe "
-          f"{fmt(s['sharpe'], 'num')}, max DD {fmt(s['max_drawdown'], 'pct')}, {s['trades']} trades, costs "
+          f"{fmt(s['sharpe'], 'num')}, max DD {fmt(s['max_drawdown'], 'pct')}, {s['trades']} closed round trips, costs "
           f"{fmt(s['costs_paid'], 'usd')}", file=out)
     print(f"  benchmark: total {fmt(b['total_return'], 'pct')}, CAGR {fmt(b['cagr'], 'pct')}, Sharpe "
           f"{fmt(b['sharpe'], 'num')}, max DD {fmt(b['max_drawdown'], 'pct')} (equal-weight buy & hold)", file=out)
@@ -489,7 +489,10 @@ def print_summary(report: dict, out=None) -> None:
         print(f"  warning: {w}", file=out)
     st = report.get("trade_stats") or {}
     if st.get("trades"):
-        print(f"  round trips: expectancy {fmt(st['expectancy'], 'usd')} a trade, best "
+        still = (f"; {st['open_trades']} still open ({fmt(st['open_pnl'], 'usd')} at the last close) "
+                 f"not in these figures" if st.get("open_trades") else "")
+        print(f"  {st['trades']} closed round trips{still}: win rate {fmt(s.get('win_rate'), 'pct')}, "
+              f"expectancy {fmt(st['expectancy'], 'usd')} a trade, best "
               f"{fmt((st['best'] or {}).get('pnl'), 'usd')}, worst {fmt((st['worst'] or {}).get('pnl'), 'usd')}, "
               f"held {fmt(st['average_holding_days'], 'num')} days on average", file=out)
     if report.get("short_period_note"):

@@ -156,8 +156,10 @@ def trade_metrics(result: EngineResult, trips: list[dict]) -> dict:
     """Trade statistics. ``trades`` counts closed round trips only (flat -> position -> flat):
     the go-live criterion ``GOLIVE_MIN_TRADES`` counts these; ``open_trades`` are positions still
     open at the end (their P&L, valued at the last close, is in the P&L statistics);
-    ``fills`` counts executed orders."""
-    pnl = np.array([t["pnl"] for t in trips], float)
+    ``fills`` counts executed orders. Win rate, profit factor and average trade are over the
+    closed round trips (the population ``trades`` counts); ``open_pnl`` is the open ones' P&L."""
+    closed = [t for t in trips if not t["open"]]
+    pnl = np.array([t["pnl"] for t in closed], float)
     wins, losses = pnl[pnl > 0], pnl[pnl < 0]
     eq = result.equity
     years = max(len(eq) - 1, 1) / C.TRADING_DAYS_PER_YEAR
@@ -172,14 +174,15 @@ def trade_metrics(result: EngineResult, trips: list[dict]) -> dict:
         "trades": int(sum(1 for t in trips if not t["open"])),
         "closed_trades": int(sum(1 for t in trips if not t["open"])),
         "open_trades": int(sum(1 for t in trips if t["open"])),
+        "open_pnl": float(sum(t["pnl"] for t in trips if t["open"])),
         "fills": int(len(result.trades)),
         "win_rate": float(len(wins) / len(pnl)) if len(pnl) else None,
         "profit_factor": (float(wins.sum() / -losses.sum()) if len(losses) and losses.sum() < 0
                           else (None if not len(wins) else float("inf"))),
         "average_trade": float(pnl.mean()) if len(pnl) else None,
-        "average_trade_return": (float(np.mean([t["return_on_entry"] for t in trips
+        "average_trade_return": (float(np.mean([t["return_on_entry"] for t in closed
                                                 if t["return_on_entry"] is not None]))
-                                 if any(t["return_on_entry"] is not None for t in trips) else None),
+                                 if any(t["return_on_entry"] is not None for t in closed) else None),
         "exposure": float(np.nanmean(gross_frac)) if len(eq) else None,
         "time_in_market": float(np.mean(result.n_positions > 0)) if len(eq) else None,
         "turnover": float(traded / mean_eq / years) if mean_eq > 0 else None,
@@ -216,9 +219,10 @@ def conventions() -> str:
         "mean(r - rf) x 252 / (sqrt(mean(min(r - rf, 0)^2)) x sqrt(252)); max drawdown = deepest fall "
         "from a running peak of the equity (the start counts as a peak); Calmar = CAGR / |max drawdown|; "
         "drawdown duration = longest stretch below a previous peak, peak to recovery (or to the end). "
-        "Trades are round trips (flat -> position -> flat; a position open at the end is valued at the "
-        "last close); win rate, profit factor (gross wins / gross losses) and average trade are over "
-        "round trips, net of commission, slippage and borrow fees. Exposure = mean gross position "
+        "Trades are closed round trips (flat -> position -> flat); win rate, profit factor (gross wins / "
+        "gross losses), average trade and expectancy are over the closed round trips only, net of "
+        "commission, slippage and borrow fees; a position still open at the end is valued at the last "
+        "close, counted apart (open trades, open P&L) and is in the equity figures. Exposure = mean gross position "
         "value / equity; time in market = share of sessions with a position; turnover = traded value "
         "/ mean equity per year. These are the empyrical library's conventions (tests compare them).")
 

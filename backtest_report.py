@@ -162,10 +162,13 @@ METRIC_ROWS = [
     ("sortino", "Sortino", "num"), ("calmar", "Calmar", "num"), ("max_drawdown", "Max drawdown", "pct"),
     ("max_drawdown_duration_sessions", "Longest drawdown (sessions)", "int"),
     ("max_drawdown_duration_days", "Longest drawdown (calendar days)", "int"),
-    ("win_rate", "Win rate (round trips)", "pct"), ("profit_factor", "Profit factor", "num"),
-    ("average_trade", "Average trade (USD)", "usd"), ("average_trade_return", "Average trade return", "pct"),
+    ("win_rate", "Win rate (closed round trips)", "pct"),
+    ("profit_factor", "Profit factor (closed round trips)", "num"),
+    ("average_trade", "Average trade (USD, closed round trips)", "usd"),
+    ("average_trade_return", "Average trade return (closed round trips)", "pct"),
     ("exposure", "Exposure (gross / equity)", "pct"), ("time_in_market", "Time in market", "pct"),
-    ("turnover", "Turnover (x equity a year)", "num"), ("trades", "Trades (round trips)", "int"),
+    ("turnover", "Turnover (x equity a year)", "num"), ("trades", "Trades (closed round trips)", "int"),
+    ("open_trades", "Still open at the end (round trips)", "int"), ("open_pnl", "Open P&L at the end (USD)", "usd"),
     ("fills", "Fills (orders executed)", "int"), ("costs_paid", "Costs paid (USD)", "usd"),
     ("commission_paid", "  commission", "usd"), ("slippage_paid", "  slippage", "usd"),
     ("borrow_fees_paid", "  borrow fees", "usd"), ("final_equity", "Final equity", "usd"),
@@ -210,8 +213,10 @@ def render_html(report: dict, charts: dict[str, str]) -> str:
                    f"{e(str(wf.get('created_at')))}, verdict {'PASS' if wf.get('passed') else 'FAIL'}); full "
                    f"report: <a href='{e(wf['html'])}'>{e(wf['html'])}</a>.</p>{rt.fold_table(wf['folds'])}")
     else:
-        wf_html = ("<h2>Walk-forward folds</h2><p>No walk-forward report yet: "
-                   "<code>./run_backtest.sh --walk-forward</code> writes one.</p>")
+        wf_html = ("<h2>Walk-forward folds</h2><p>No walk-forward report existed when this report was "
+                   "written: <code>./run_backtest.sh --walk-forward</code> writes one "
+                   "(<a href='latest_walkforward.html'>latest_walkforward.html</a> beside this file, once "
+                   "run).</p>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{e(title)}</title>

@@ -89,8 +89,14 @@ def config_dir() -> Path:
     value = os.environ.get(C.ENV_CONFIG_DIR, "").strip()
     if value:
         return Path(value).expanduser().resolve()
-    base = os.environ.get("XDG_CONFIG_HOME", "").strip() or str(Path.home() / ".config")
+    base = os.environ.get(C.ENV_XDG_CONFIG_HOME, "").strip() or str(Path.home() / ".config")
     return Path(base) / C.APP_NAME
+
+
+def config_dir_source() -> str:
+    """How ``config_dir()`` was chosen, for messages about a key not found where expected."""
+    value = os.environ.get(C.ENV_CONFIG_DIR, "").strip()
+    return f"{C.ENV_CONFIG_DIR}={value}" if value else f"{C.ENV_CONFIG_DIR} unset: the default"
 
 
 def operator() -> str:

@@ -25,6 +25,10 @@ ENV_CRONTAB_FILE = "TRADING_CRONTAB_FILE"  # install_cron.sh edits this file ins
 ENV_ALERT_URLS = "TRADING_ALERT_URLS"      # space-separated apprise URLs, used instead of the stored ones
 ENV_CSV_DIR = "TRADING_CSV_DIR"            # folder of <SYMBOL>.csv files for DATA_SOURCE=csv
 ENV_SETTING_PREFIX = "TRADING_SET_"        # TRADING_SET_<NAME>=value overrides the tunable <NAME> (tunables.py)
+ENV_RAY_ADDRESS = "RAY_ADDRESS"            # an existing Ray cluster for the walk-forward's folds
+ENV_XDG_CONFIG_HOME = "XDG_CONFIG_HOME"    # base of the default TRADING_CONFIG_DIR (~/.config when unset)
+ENV_PYTHON = "TRADING_PYTHON"              # the run_*.sh scripts use this interpreter instead of .venv (tests)
+ENV_FAILPOINT = "TRADING_FAILPOINT"        # names a crash point for fault-injection tests (failpoints.py)
 TRADING_MODES = ("paper", "live")          # the only accepted values of TRADING_MODE
 DEFAULT_TRADING_MODE = "paper"             # used when TRADING_MODE is unset
 DATA_SOURCES = ("yfinance", "sample", "csv")   # the only accepted values of DATA_SOURCE
@@ -333,7 +337,7 @@ OPERATIONAL_TUNABLES = (
     "LOG_RETENTION_DAYS", "LOG_ROTATE_AGE_DAYS", "LOG_ROTATE_MAX_BYTES",
     "ENV_ALERT_URLS", "ALERT_CREDENTIAL_SERVICE", "ALERT_QUIET_PERIOD_MIN", "ALERT_ORDER_REJECTIONS",
     "ALERT_TOKEN_EXPIRY_HOURS",
-    "ENV_CSV_DIR", "CSV_DIR", "ENV_SETTING_PREFIX", "SETTINGS_FILE",
+    "ENV_CSV_DIR", "CSV_DIR", "ENV_SETTING_PREFIX", "SETTINGS_FILE", "ENV_RAY_ADDRESS", "ENV_XDG_CONFIG_HOME", "ENV_PYTHON", "ENV_FAILPOINT",
 )
 
 # ====================================== what each tunable may be (tunables.py checks it at every start)
@@ -360,6 +364,10 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "ENV_ALERT_URLS": ("fixed", "environment variable name", None),
         "ENV_CSV_DIR": ("fixed", "environment variable name", None),
         "ENV_SETTING_PREFIX": ("fixed", "environment variable prefix", None),
+        "ENV_RAY_ADDRESS": ("fixed", "environment variable name", None),
+        "ENV_XDG_CONFIG_HOME": ("fixed", "environment variable name", None),
+        "ENV_PYTHON": ("fixed", "environment variable name", None),
+        "ENV_FAILPOINT": ("fixed", "environment variable name", None),
         "TRADING_MODES": ("fixed", "accepted TRADING_MODE values", None),
         "DEFAULT_TRADING_MODE": ("fixed", "TRADING_MODE when unset (always paper)", None),
         "DATA_SOURCES": ("fixed", "accepted DATA_SOURCE values", None),

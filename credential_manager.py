@@ -290,15 +290,18 @@ class CredentialManager:
         keys = self._keys() if keys is None else keys
         if not keys:
             raise CredentialKeyMissingError(
-                f"Cannot decrypt {path}: no credential key ({self.key_path} is missing and "
-                f"${C.ENV_CREDENTIAL_KEY} is not set). Restore the key file from your backup of "
+                f"Cannot decrypt {path}: no credential key ({self.key_path} is missing: key file "
+                f"not found there, {config.config_dir_source()}; and ${C.ENV_CREDENTIAL_KEY} is not "
+                f"set). If another shell or the cron jobs use another {C.ENV_CONFIG_DIR}, use the "
+                f"same value here. Otherwise restore the key file from your backup of "
                 f"{self.key_dir}, or re-store the credentials (a new key is created): "
                 f"python credential_manager.py set {service}")
         try:
             plain = MultiFernet([Fernet(k) for k in keys]).decrypt(token.strip())
         except InvalidToken:
             raise CredentialKeyMismatchError(
-                f"Cannot decrypt {path}: the encryption key ({self.key_source()}) is not the key "
+                f"Cannot decrypt {path}: the encryption key ({self.key_source()}, "
+                f"{config.config_dir_source()}) is not the key "
                 f"this file was encrypted with, or the file was altered. This happens when the "
                 f"key changed after a reinstall. Restore the old key from your backup of "
                 f"{self.key_dir}, or re-store the credentials: "

@@ -58,15 +58,53 @@ def cron_days(tz=None, year: int | None = None) -> str:
         (ahead, behind), "0-6")
 
 
+# Every environment variable the system reads (constants.ENV_*), by what cron gets of it. Cron
+# starts jobs with almost no environment, so a variable set only in the installing shell would be
+# silently missing under cron (another key directory: "audit trail NOT VALID"). Each one is:
+CARRIED = (              # written into the line with the value it has now (paths made absolute)
+    C.ENV_TRADING_HOME, C.ENV_TRADING_MODE, C.ENV_DATA_SOURCE, C.ENV_CONFIG_DIR, C.ENV_XDG_CONFIG_HOME,
+    C.ENV_CSV_DIR, C.ENV_TRAIN_PROFILE, C.ENV_RAY_ADDRESS, C.ENV_PYTHON)
+REFUSED = {              # set now: installing is refused (a secret, or no place in a schedule)
+    C.ENV_CREDENTIAL_KEY: "is a secret and would sit in the crontab in clear: let cron's jobs read the "
+                          "key file instead (unset it, then python credential_manager.py status)",
+    C.ENV_ALERT_URLS: "holds the channels' secrets and would sit in the crontab in clear: store them "
+                      "with python alerts.py add URL, then unset it",
+    C.ENV_TRADING_NOW: "pins the clock (tests, drills): every scheduled run would think it is that "
+                       "moment; unset it",
+}
+NOT_FOR_CRON = (         # read only by a command a person runs, never by a scheduled job
+    C.ENV_CREDENTIAL_KEY_NEW, C.ENV_CRONTAB_FILE, C.ENV_FAILPOINT)
+
+
+def _value(name: str) -> str:
+    """What ``name`` is worth now, as cron must see it: paths absolute, the mode normalised."""
+    if name == C.ENV_TRADING_HOME:
+        return str(config.home())
+    if name == C.ENV_TRADING_MODE:
+        return config.trading_mode()
+    if name == C.ENV_DATA_SOURCE:
+        return config.data_source()
+    if name == C.ENV_CONFIG_DIR:
+        return str(config.config_dir())
+    if name in (C.ENV_CSV_DIR, C.ENV_XDG_CONFIG_HOME, C.ENV_PYTHON):
+        return str(Path(os.environ[name].strip()).expanduser().absolute())
+    return os.environ[name].strip()
+
+
+def cron_environment() -> list[tuple[str, str]]:
+    """``[(name, value)]`` for every CARRIED variable set in this shell, so cron runs with exactly
+    this environment; ``CronInstallError`` when a REFUSED one is set."""
+    refused = [f"{name} {why}" for name, why in REFUSED.items() if os.environ.get(name, "").strip()]
+    if refused:
+        raise CronInstallError("not installed: cron would not run with this shell's environment: "
+                               + "; ".join(refused))
+    return [(name, _value(name)) for name in CARRIED if os.environ.get(name, "").strip()]
+
+
 def cron_line() -> str:
-    """The one crontab line: every SCHEDULE_INTERVAL_MIN minutes on New York's weekdays."""
-    home_env = os.environ.get(C.ENV_TRADING_HOME, "").strip()
-    mode = os.environ.get(C.ENV_TRADING_MODE, "").strip()
-    env = ""
-    if home_env:
-        env += f"{C.ENV_TRADING_HOME}={shlex.quote(str(config.home()))} "
-    if mode:
-        env += f"{C.ENV_TRADING_MODE}={shlex.quote(config.trading_mode())} "
+    """The one crontab line: every SCHEDULE_INTERVAL_MIN minutes on New York's weekdays, with
+    every variable of this shell that the system reads (``cron_environment``)."""
+    env = "".join(f"{name}={shlex.quote(value)} " for name, value in cron_environment())
     log_file = config.path(C.LOG_DIR) / "cron_trading.log"
     command = (f"cd {shlex.quote(str(config.PROJECT_DIR))} && {env}./run_scheduled.sh "
                f">> {shlex.quote(str(log_file))} 2>&1")
@@ -170,8 +208,10 @@ def main(argv=None) -> int:
         prog="install_cron.sh",
         description="Install, print or remove the project's crontab block (one line running "
                     "./run_scheduled.sh every few minutes); other crontab lines are untouched.",
-        epilog=f"${C.ENV_CRONTAB_FILE}=FILE edits FILE instead of your crontab. TRADING_HOME and "
-               f"TRADING_MODE, when set, are written into the line.")
+        epilog=f"${C.ENV_CRONTAB_FILE}=FILE edits FILE instead of your crontab. Every variable the "
+               f"system reads that is set in this shell ({', '.join(CARRIED)}) is written into the "
+               f"line, so cron runs with this environment; installing is refused while "
+               f"{', '.join(REFUSED)} is set.")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--print", action="store_true", help="print the block; change nothing")
     group.add_argument("--remove", action="store_true", help="remove the block")

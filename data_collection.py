@@ -98,12 +98,17 @@ class _YFErrorCapture(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.errors: dict[str, str] = {}
+        self.lines = 0                  # what yfinance logged (kept out of our logs: one line each
+        self.first = ""                 # per symbol and retry buried the diagnosis)
 
     def emit(self, record):
         try:
             message = record.getMessage()
         except Exception:
             return
+        if record.levelno >= logging.WARNING:
+            self.lines += 1
+            self.first = self.first or " ".join(message.split())[:300]
         match = self.LINE.match(message.strip())
         if not match:
             return
@@ -182,6 +187,7 @@ def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=N
         capture = _YFErrorCapture()
         yf_logger = logging.getLogger("yfinance")
         yf_logger.addHandler(capture)
+        propagate, yf_logger.propagate = yf_logger.propagate, False
         try:
             end_exclusive = (pd.Timestamp(end) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
             frame = _call_with_deadline(
@@ -192,6 +198,10 @@ def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=N
                 stop_at - time.monotonic())
         finally:
             yf_logger.removeHandler(capture)
+            yf_logger.propagate = propagate
+        if capture.lines:
+            log.info("yfinance logged %d warning/error line(s) (summarised below); the first: %s",
+                     capture.lines, capture.first)
         long = _yf_frame_to_long(frame)
         got = set(long["Symbol"].unique())
         frames.append(long)
@@ -475,8 +485,10 @@ def _csv_writer(df: pd.DataFrame):
     return lambda tmp: df.to_csv(tmp, index=False, date_format="%Y-%m-%d")
 
 
-def write_processed(features: pd.DataFrame, force: bool = False, path=None) -> Path:
-    """Write the processed CSV atomically, refusing to replace a better file unless ``force``."""
+def write_processed(features: pd.DataFrame, force: bool = False, path=None, universe=None) -> Path:
+    """Write the processed CSV atomically, refusing to replace a better file unless ``force``.
+    Symbols of the current file that ``universe`` (selected_stocks.txt) no longer lists are not
+    "lost": the person removed them."""
     path = Path(path) if path else config.path(C.PROCESSED_DATA_FILE)
     if features.empty:
         raise DataError("no feature rows to write")
@@ -489,7 +501,7 @@ def write_processed(features: pd.DataFrame, force: bool = False, path=None) -> P
         except Exception:
             old_syms, old_last = set(), None           # an unreadable file is never "better"
         new_syms, new_last = set(features["Symbol"]), features["Date"].max()
-        lost = sorted(old_syms - new_syms)
+        lost = sorted(old_syms - new_syms - ((old_syms - set(universe)) if universe is not None else set()))
         if lost:
             raise DataError(f"the new data lacks {', '.join(lost)}, present in the current {path.name}; "
                             "kept the current file (fix the symbols above, or rerun with --force "
@@ -511,7 +523,11 @@ def update(force: bool = False) -> dict:
         if age_h < C.FRESH_FILE_HOURS:
             try:
                 head = pd.read_csv(processed, usecols=["Date", "Symbol"], parse_dates=["Date"])
-                if head["Date"].max() >= reference and set(symbols) <= set(head["Symbol"]):
+                extra = sorted(set(head["Symbol"]) - set(symbols))
+                if extra:       # the universe shrank: rebuild without them (a skip would keep them)
+                    log.info("%s has %s, no longer in %s: rebuilding without %s", processed.name,
+                             ", ".join(extra), C.UNIVERSE_FILE, "it" if len(extra) == 1 else "them")
+                elif head["Date"].max() >= reference and set(symbols) <= set(head["Symbol"]):
                     log.info("%s is fresh (%.1f h old, reaches %s): skipping; use --force to rebuild",
                              processed.name, age_h, reference.date())
                     return {"skipped": True, "symbols": sorted(set(head["Symbol"])),
@@ -555,7 +571,7 @@ def update(force: bool = False) -> dict:
     atomic_write_with(config.path(C.RAW_PRICES_FILE), _csv_writer(
         merged.sort_values(["Symbol", "Date"])[RAW_COLUMNS]))
     features = build_features(clean)
-    write_processed(features, force=force)
+    write_processed(features, force=force, universe=symbols)
     summary = {
         "skipped": False, "symbols": healthy,
         "dropped": sorted({p.symbol for p in problems if p.fatal}),

@@ -20,6 +20,7 @@ the trading cycle opens no new positions (the runbook: stop trading, retrain imm
 """
 from __future__ import annotations
 
+import argparse
 import logging
 
 import pandas as pd
@@ -146,3 +147,16 @@ def last_alert_line() -> str | None:
             if "DRIFT ALERT" in line:
                 last = line
     return last
+
+
+def main(argv=None) -> int:
+    argparse.ArgumentParser(
+        prog="drift_monitor.py",
+        description="Print the newest DRIFT ALERT of the trading logs (changes nothing). Drift is "
+                    "measured by every trading cycle; ./run_health_check.sh shows it too.").parse_args(argv)
+    print(last_alert_line() or f"no DRIFT ALERT in the last {C.DRIFT_ALERT_LOG_DAYS} trading logs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

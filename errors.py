@@ -20,6 +20,19 @@ class UserFacingError(RuntimeError):
     user_facing = True   # the marker the hook looks for
 
 
+class UsageError(UserFacingError):
+    """A mistake in what a person typed (an unknown name, a missing option): logged at WARNING,
+    so it neither lands in logs/errors.log nor keeps the health check at WARN all day; the
+    command still exits non-zero. Other errors may carry ``usage = True`` too."""
+
+    usage = True
+
+
+def failure_level(exc: BaseException) -> int:
+    """WARNING for a person's typing mistake (``usage``), ERROR for everything else."""
+    return logging.WARNING if getattr(exc, "usage", False) else logging.ERROR
+
+
 class DataError(UserFacingError):
     """A data problem that stops the pipeline (``data_collection``, ``csv_source``); the message
     names the thing and the fix."""
@@ -45,7 +58,7 @@ def command_failed(log: logging.Logger, what: str, exc: BaseException) -> None:
     printed as one line that points there."""
     exc = as_user_facing(exc)
     if is_user_facing(exc):
-        log.error("%s FAILED: %s", what, exc)
+        log.log(failure_level(exc), "%s FAILED: %s", what, exc)
         print(f"ERROR: {exc}", file=sys.stderr)
     else:
         log.exception("%s FAILED with an unexpected error", what)

@@ -6,7 +6,9 @@ Unset (always, outside tests), it does nothing.
 """
 import os
 
-ENV = "TRADING_FAILPOINT"
+import constants as C
+
+ENV = C.ENV_FAILPOINT
 EXIT_CODE = 99
 
 

@@ -10,6 +10,7 @@ group or other access (as ssh demands of private keys).
 A read-only file system, a full disk or a missing permission raises ``errors.StorageError``
 (one line naming the file, the disk and the fix; also an ``OSError``), and the old file stays.
 """
+import fcntl
 import glob
 import hashlib
 import math
@@ -17,6 +18,7 @@ import numbers
 import os
 import stat
 import tempfile
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -146,6 +148,32 @@ def create_exclusive(path, data: bytes, mode: int = 0o600) -> bool:
         os.unlink(tmp)
     fsync_dir(path.parent)
     return created
+
+
+@contextmanager
+def process_lock(path, what: str):
+    """Hold an exclusive ``flock`` on ``path`` (created with its folder) without waiting: yields
+    None when this process holds it, else who holds it (``pid N (what) since T``, from the file)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b", buffering=0)
+    except OSError as exc:
+        raise (storage_error(exc, path, "open the lock") or exc) from None
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield path.read_text(errors="replace").strip() or "another process"
+            return
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()} ({what}) since {datetime.now().isoformat(timespec='seconds')}\n".encode())
+        try:
+            yield None
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
 
 
 def file_sha256(path) -> str:

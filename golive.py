@@ -217,12 +217,52 @@ def _set_override(c, checksum: str, reason: str, by: str, audit, no_backtest: bo
     return value
 
 
+def _period(start, end) -> str:
+    """``start .. end``, or what is known of it (never "None .. None")."""
+    if start and end:
+        return f"{start} .. {end}"
+    return f"from {start}" if start else (f"until {end}" if end else "period not recorded")
+
+
+def _walk_forward_state(wf: dict) -> str:
+    """PASS, FAILED (the newest run of this configuration failed its statistics), NOT COUNTED
+    (a run exists but does not count), MISSING (none on record) or ERROR."""
+    if wf.get("error"):
+        return "ERROR"
+    if wf.get("run"):
+        return "PASS"
+    latest = wf.get("latest")
+    if latest:
+        return "FAILED" if not latest["passed"] else "NOT COUNTED"
+    return "MISSING"
+
+
+def headline(status: dict) -> list[str]:
+    """The gate's first lines (``python live_trading.py gate``): each piece of evidence as PASS,
+    FAILED, NOT COUNTED or MISSING, agreeing with the detail lines under them."""
+    bt = status["backtest"]
+    bt_line = (f"PASS ({bt.get('created_at')}, {bt.get('report')})" if bt else
+               "MISSING: run ./run_backtest.sh (out-of-sample, must pass)")
+    state = status.get("walk_forward_state") or ("PASS" if status.get("walk_forward") else "MISSING")
+    run, latest = status.get("walk_forward"), status.get("walk_forward_latest")
+    wf_line = {
+        "PASS": lambda: f"PASS (run {run['id']}, {run['created_at']})",
+        "FAILED": lambda: (f"FAILED (run {latest['id']}, {latest['created_at']}): run ./run_backtest.sh "
+                           f"--walk-forward again after changing the model or data"),
+        "NOT COUNTED": lambda: (f"NOT COUNTED (run {latest['id']}, {latest['created_at']}; see below): run "
+                                f"./run_backtest.sh --walk-forward (production data, whole universe)"),
+        "ERROR": lambda: "ERROR (see below)",
+    }.get(state, lambda: "MISSING: run ./run_backtest.sh --walk-forward (production data, whole universe, "
+                         "must pass)")()
+    return [f"backtest:       {bt_line}", f"walk-forward:   {wf_line}"]
+
+
 def _conditions(backtest, sessions: int, wf: dict) -> list[dict]:
     """Each go-live condition in words: what was measured, the threshold, pass/fail, the fix."""
     need = C.GOLIVE_MIN_PAPER_SESSIONS
     if backtest:
         m = backtest.get("metrics") or {}
-        measured = (f"passed on {backtest.get('created_at')} ({backtest.get('start')} .. {backtest.get('end')}; "
+        measured = (f"passed on {backtest.get('created_at')} ({_period(backtest.get('start_date'), backtest.get('end_date'))}; "
                     f"report {backtest.get('report')})")
         if isinstance(m, dict) and m.get("total_return") is not None:
             measured += f"; total return {m['total_return']:.2%}, Sharpe {m.get('sharpe')}"
@@ -233,7 +273,7 @@ def _conditions(backtest, sessions: int, wf: dict) -> list[dict]:
         wf_measured = wf["error"]
     elif run:
         summ = run.get("summary") or {}
-        wf_measured = (f"run {run['id']} passed on {run['created_at']} ({run['start_date']} .. {run['end_date']}, "
+        wf_measured = (f"run {run['id']} passed on {run['created_at']} ({_period(run['start_date'], run['end_date'])}, "
                        f"{len(run['universe'])} symbols, data SHA-256 {str(run['data_sha256'])[:12]}); skill vs "
                        f"no change {summ.get('skill_vs_no_change')}, vs the training mean "
                        f"{summ.get('skill_vs_training_mean')}, deflated Sharpe of the excess "
@@ -283,7 +323,8 @@ def gate_status(checksum: str, conn=None, metadata: dict | None = None, universe
     ok = all(x["passed"] for x in conditions)
     by_override = override is not None and (evidence or bool(override.get("no_backtest")))
     return {"model_checksum": checksum, "backtest": backtest, "walk_forward": wf["run"],
-            "walk_forward_latest": wf["latest"], "config_fingerprint": wf["config_fingerprint"],
+            "walk_forward_latest": wf["latest"], "walk_forward_state": _walk_forward_state(wf),
+            "config_fingerprint": wf["config_fingerprint"],
             "universe": wf["universe"], "data_sha256": wf["data_sha256"], "paper_sessions": sessions,
             "paper_sessions_needed": C.GOLIVE_MIN_PAPER_SESSIONS, "override": override,
             "conditions": conditions, "passed": ok or by_override}
@@ -297,6 +338,9 @@ def refusal_reasons(status: dict) -> list[str]:
             continue
         if cond["name"] == "backtest":
             why.append("no passing out-of-sample backtest for this model (run ./run_backtest.sh)")
+        elif cond["name"] == "walk_forward" and status.get("walk_forward_state") == "FAILED":
+            why.append("the newest walk-forward of this model's configuration FAILED its statistics (see "
+                       "python live_trading.py gate; run ./run_backtest.sh --walk-forward after a change)")
         elif cond["name"] == "walk_forward":
             why.append("no passing walk-forward for this model's configuration on the production data and "
                        "universe (run ./run_backtest.sh --walk-forward)")

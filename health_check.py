@@ -233,9 +233,12 @@ def check_storage():
 
 
 def _last_live_cycle(limit: int = 20_000) -> dict | None:
-    """The newest cycle that was not an ``--as-of`` replay, from the audit trail:
-    {"started_at": UTC datetime, "end": cycle_end status or None (still running / killed)}."""
-    end = None
+    """The newest cycle that was not an ``--as-of`` replay and did not stop at once because the
+    market was closed (someone ran ``python live_trading.py`` by hand after hours: it changed
+    nothing, so it does not hide the session's real cycle), from the audit trail:
+    {"started_at": UTC datetime, "end": cycle_end status or None (still running / killed),
+    "closed_runs": how many market-closed runs came after it}."""
+    end, closed_runs = None, 0
     for n, rec in enumerate(AuditLogger().records_backwards()):
         if n >= limit:
             break
@@ -243,8 +246,11 @@ def _last_live_cycle(limit: int = 20_000) -> dict | None:
             end = rec.get("status")
         elif rec.get("action") == CYCLE_START:
             details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
-            if details.get("as_of") is None:
-                return {"started_at": datetime.fromisoformat(rec["timestamp"]), "end": end}
+            if details.get("as_of") is None and end == "market_closed":
+                closed_runs += 1
+            elif details.get("as_of") is None:
+                return {"started_at": datetime.fromisoformat(rec["timestamp"]), "end": end,
+                        "closed_runs": closed_runs}
             end = None
     return None
 
@@ -258,9 +264,7 @@ def _scheduler_first_run():
             conn.close()
 
 
-_CYCLE_END_WHY = {"completed": None, "market_closed": "it ran while the market was closed (cron in the "
-                  "wrong time zone? use ./install_cron.sh, which needs no CRON_TZ)",
-                  "kill_switch": "the kill switch stopped it", "gate_refused": "the go-live gate refused "
+_CYCLE_END_WHY = {"completed": None, "kill_switch": "the kill switch stopped it", "gate_refused": "the go-live gate refused "
                   "live trading (python live_trading.py gate)", "failed": "orders failed",
                   "error": "it failed (tail -30 \"${TRADING_HOME:-.}\"/logs/errors.log)", None:
                   "it never finished (killed?)"}
@@ -285,9 +289,12 @@ def check_last_cycle(now: datetime | None = None):
     if last and ran_day >= expected.session.date():
         why = _CYCLE_END_WHY.get(last["end"], f"it ended {last['end']}")
         detail = f"{holiday}last cycle {ran_day} (session {session}): {last['end'] or 'unfinished'}"
+        if last["closed_runs"]:
+            detail += (f" ({last['closed_runs']} later run{'s' if last['closed_runs'] > 1 else ''} outside "
+                       f"market hours did nothing)")
         if why is None:
             return OK, detail
-        return (FAIL if last["end"] in ("error", "market_closed") else WARN), f"{detail}: {why}"
+        return (FAIL if last["end"] == "error" else WARN), f"{detail}: {why}"
     before = f"last cycle {ran_day}" if last else "no trading cycle has run here"
     switch = None if _no_state() else kill_switch.get()
     if switch:

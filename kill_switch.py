@@ -21,9 +21,11 @@ API: ``get(conn=None)`` -> value or None; ``is_set(conn=None)``; ``halt(reason, 
 """
 from __future__ import annotations
 
+import argparse
 import logging
 
 import config
+import constants as C
 import alerts
 import state_db
 from audit_logging import AuditLogger
@@ -123,3 +125,18 @@ def check(conn=None, what: str = "order") -> None:
     if switch:
         raise KillSwitchSet(f"kill switch is ON ({describe(switch)}): {what} not sent; clear it "
                             f"with `{RESUME_COMMAND}`", switch)
+
+
+def main(argv=None) -> int:
+    argparse.ArgumentParser(
+        prog="kill_switch.py",
+        description="Say whether the kill switch is set (changes nothing). Set and clear it with "
+                    "`python live_trading.py halt --reason \"...\"` and `python live_trading.py resume "
+                    "--reason \"...\"`.").parse_args(argv)
+    switch = None if not config.path(C.STATE_DB_FILE).exists() else get()
+    print(f"kill switch ON: {describe(switch)}" if switch else "kill switch off")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

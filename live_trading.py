@@ -30,7 +30,7 @@ import pnl
 import state_db
 import status_page
 import tunables
-from errors import StorageError, install_excepthook, is_user_facing, one_line
+from errors import StorageError, failure_level, install_excepthook, is_user_facing, one_line
 from logging_setup import setup_logging
 from risk_management import RiskManager
 from trading_api import get_broker
@@ -91,7 +91,8 @@ def cmd_status(as_json: bool, replay: bool) -> int:
     br = data["circuit_breaker"]
     print(f"circuit breaker: {describe_breaker(br)}")
     risk = data["risk"]
-    print(f"risk:            peak {money(risk['peak'] or 0)}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
+    peak = "none recorded yet" if risk["peak"] is None else money(risk["peak"])
+    print(f"risk:            peak {peak}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
           f"halted: {'YES: ' + str(risk['halt_reason']) if risk['halted'] else 'no'}")
     last = data["last_cycle"]
     if last:
@@ -123,6 +124,8 @@ def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:
     if as_json:
         _json(data)
         return EXIT_OK
+    if config.data_source_banner():
+        print(config.data_source_banner())
     print(f"round trips ({data['round_trip_count']}; realised {money(data['realised_pnl'], signed=True)}"
           + (f", win rate {100 * data['win_rate']:.0f}%" if data["win_rate"] is not None else "") + "):")
     for t in data["round_trips"]:
@@ -219,11 +222,8 @@ def cmd_gate(override: bool, reason: str | None, no_backtest: bool, as_json: boo
     if as_json:
         _json(st)
         return EXIT_OK if st["passed"] else EXIT_FAIL
-    bt = st["backtest"]
     print(f"model:          {model.checksum}")
-    print(f"backtest:       {'PASS (' + str(bt.get('created_at')) + ', ' + str(bt.get('report')) + ')' if bt else 'MISSING: run ./run_backtest.sh (out-of-sample, must pass)'}")
-    wf = st["walk_forward"]
-    print(f"walk-forward:   {'PASS (run ' + str(wf['id']) + ', ' + str(wf['created_at']) + ')' if wf else 'MISSING: run ./run_backtest.sh --walk-forward (production data, whole universe, must pass)'}")
+    print("\n".join(golive.headline(st)))
     print(f"paper sessions: {st['paper_sessions']} of {st['paper_sessions_needed']} "
           f"({'PASS' if st['paper_sessions'] >= st['paper_sessions_needed'] else 'not yet'}; replays do not count)")
     for cond in st["conditions"]:
@@ -256,10 +256,21 @@ def cmd_signals(as_of, as_json: bool) -> int:
     if as_json:
         _json(signals)
         return EXIT_OK
+    # the header goes to stderr: stdout stays one line per symbol (ticker first, signal last)
+    for line in signals_header():
+        print(line, file=sys.stderr)
     for s in signals:
         print(f"{s['symbol']:8} {s['date']} close {s['close']:10.2f} predicted_diff {s['predicted_diff']:+9.4f} "
               f"score {s['score']:+6.2f} {s['signal']}")
     return EXIT_OK
+
+
+def signals_header() -> list[str]:
+    """What the columns of ``signals`` are, the threshold, and the SYNTHETIC label when it applies."""
+    label = config.data_source_banner()
+    return ([label] if label else []) + [
+        f"symbol   date       close (USD)  predicted_diff (next-day USD)  score (diff / (close x daily vol))  "
+        f"signal: BUY when score >= +{C.SIGNAL_THRESHOLD:.2f}, SELL when <= -{C.SIGNAL_THRESHOLD:.2f}, else HOLD"]
 
 
 def rebuild_status_page() -> None:
@@ -386,7 +397,7 @@ def main(argv=None) -> int:
         return EXIT_FAIL
     except Exception as exc:
         if is_user_facing(exc):
-            log.error("%s FAILED: %s", command, exc)
+            log.log(failure_level(exc), "%s FAILED: %s", command, exc)
             if command != "run" and not _log_reaches_stderr():
                 print(one_line(exc), file=sys.stderr)
         else:

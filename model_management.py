@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 import config
-from errors import UserFacingError, install_excepthook, storage_error
+from errors import UserFacingError, failure_level, install_excepthook, storage_error
 import constants as C
 from fileutil import atomic_write_text, atomic_write_with, file_sha256, fsync_dir
 from lstm_inference import InferenceError, load_network
@@ -45,6 +45,17 @@ log = logging.getLogger("model")
 FIX = ("restore the last good model with `python model_management.py restore` "
        "or retrain with `python train_model.py`")
 METADATA_FORMAT = 1
+
+
+def missing_fix() -> str:
+    """What to do about a missing model: on a first install (no backup to restore) train one;
+    else restore the last good model or retrain (``FIX``)."""
+    root = config.path(C.MODEL_BACKUP_DIR)
+    has_backup = root.is_dir() and any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+    if has_backup:
+        return FIX
+    return ("train one with `python train_model.py` (after ./run_daily_data_update.sh; a first "
+            "install: no earlier model is kept)")
 OUTPUT_COLUMNS = ["Date", "Symbol", "Close", "volatility_20", "predicted_diff"]
 TARGET_DEFINITION = ("y[t] = (Close[t+1] - Close[t]) / (Close[t] * max(volatility_20[t], "
                      "TARGET_VOL_FLOOR)): the next-day price difference in units of the day's "
@@ -57,8 +68,16 @@ class ModelError(UserFacingError):
     """A model problem; the message names the file and the fix."""
 
 
+
+
 class ModelNotFoundError(ModelError, FileNotFoundError):
     """The model file or its metadata is missing."""
+
+
+class BackupNotFoundError(ModelNotFoundError):
+    """``restore NAME`` with a name that is not a backup: a typing mistake (``usage``)."""
+
+    usage = True
 
 
 class ModelIntegrityError(ModelError):
@@ -94,7 +113,7 @@ def calculate_model_checksum(path) -> str:
     """SHA-256 (hex) of a model file. Raises ModelNotFoundError when it does not exist."""
     p = _resolve_existing(path)
     if not p.is_file():
-        raise ModelNotFoundError(f"model file {p} not found: {FIX}")
+        raise ModelNotFoundError(f"model file {p} not found: {missing_fix()}")
     return file_sha256(p)
 
 
@@ -118,7 +137,7 @@ def verify_model(path=None) -> tuple[str, dict]:
     """Check the model file against its metadata. Returns (checksum, metadata)."""
     p = model_path(path)
     if not p.is_file():
-        raise ModelNotFoundError(f"model file {p} not found: {FIX}")
+        raise ModelNotFoundError(f"model file {p} not found: {missing_fix()}")
     metadata = read_metadata(p)
     actual = calculate_model_checksum(p)
     expected = str(metadata.get("sha256", ""))
@@ -380,7 +399,7 @@ def load_model(path=None, verify: bool = True) -> TradingModel:
         checksum, metadata = verify_model(p)
     else:
         if not p.is_file():
-            raise ModelNotFoundError(f"model file {p} not found: {FIX}")
+            raise ModelNotFoundError(f"model file {p} not found: {missing_fix()}")
         metadata = read_metadata(p)
         checksum = calculate_model_checksum(p)
     try:
@@ -512,7 +531,7 @@ def restore(version: str | None = None, path=None) -> dict:
         chosen = next((b for b in backups if b["version"] == version), None)
         if chosen is None:
             names = ", ".join(b["version"] for b in backups) or "none"
-            raise ModelNotFoundError(f"no backup named {version} (backups: {names}); see "
+            raise BackupNotFoundError(f"no backup named {version} (backups: {names}); see "
                                      "`python model_management.py list`")
         if not chosen["valid"]:
             raise ModelIntegrityError(f"backup {version} fails verification ({chosen['problem']}); "
@@ -609,7 +628,7 @@ def main(argv=None) -> int:
             removed = prune(args.keep)
             print(f"removed {len(removed)} backups" + (f": {', '.join(removed)}" if removed else ""))
     except (ModelError, ValueError) as exc:
-        log.error("model_management %s FAILED: %s", args.command, exc)
+        log.log(failure_level(exc), "model_management %s FAILED: %s", args.command, exc)
         return 1
     return 0
 

@@ -405,25 +405,49 @@ class PaperBroker:
             buying = o["side"] in BUY_SIDES
             marketable = reference <= limit if buying else reference >= limit
             if not marketable:
-                self._check_rules(o, limit, reference)
+                self._check_rules(o, limit, reference, projected=True)
                 self.conn.execute("UPDATE paper_orders SET status = 'WORKING', updated_at = ? "
                                   "WHERE order_id = ?", (state_db.utcnow(), o["order_id"]))
                 return
             fill = min(fill, limit) if buying else max(fill, limit)
         elif self.fills_at_next_open:
-            # decided from the close of price_row's session: fills at the next session's open
-            self._check_rules(o, fill, reference)
+            # decided from the close of price_row's session: fills at the next session's open,
+            # after the orders placed before it (a reversal's cover, then its buy, as the backtest)
+            self._check_rules(o, fill, reference, projected=True)
             self.conn.execute("UPDATE paper_orders SET status = 'WORKING', updated_at = ? "
                               "WHERE order_id = ?", (state_db.utcnow(), o["order_id"]))
             return
         self._apply_fill(o, reference, fill, day)
 
-    def _check_rules(self, o: dict, price: float, reference: float) -> None:
+    def _pending_before(self, o: dict) -> tuple[int, float, float]:
+        """What the WORKING market orders placed before ``o`` will do when they fill (at the last
+        reference prices): (shares of ``o``'s symbol, cash, short market value) changes."""
+        if not self.fills_at_next_open:
+            return 0, 0.0, 0.0
+        prices = self._prices()
+        shares, cash, short = 0, 0.0, 0.0
+        for p in self.conn.execute("SELECT symbol, side, quantity FROM paper_orders WHERE status = 'WORKING' "
+                                   "AND order_type = 'MARKET' AND seq < (SELECT seq FROM paper_orders WHERE "
+                                   "order_id = ?)", (o["order_id"],)):
+            qty, ref = int(p["quantity"]), float(prices.get(p["symbol"], 0.0))
+            buying = p["side"] in BUY_SIDES
+            cash += (-1 if buying else 1) * qty * self._slipped(ref, p["side"]) - self._commission(qty)
+            short += {SELL_SHORT: qty * ref, BUY_TO_COVER: -qty * ref}.get(p["side"], 0.0)
+            if p["symbol"] == o["symbol"]:
+                shares += qty if buying else -qty
+        return shares, cash, short
+
+    def _check_rules(self, o: dict, price: float, reference: float, projected: bool = False) -> None:
+        """``_Reject`` when a rule forbids ``o`` now; ``projected``: as it will stand when ``o``
+        fills, after the pending orders placed before it (``_pending_before``)."""
         symbol, side, qty = o["symbol"], o["side"], int(o["quantity"])
         row = self.conn.execute("SELECT quantity FROM paper_positions WHERE symbol = ?", (symbol,)).fetchone()
         held = int(row["quantity"]) if row else 0
         commission = self._commission(qty)
         cash, _, short_mv = self._valuation()
+        if projected:
+            d_held, d_cash, d_short = self._pending_before(o)
+            held, cash, short_mv = held + d_held, cash + d_cash, max(short_mv + d_short, 0.0)
         buying_power = self._buying_power(cash, short_mv, allow_negative=True)
         if side == BUY:
             if held < 0:

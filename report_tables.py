@@ -168,10 +168,15 @@ def round_trip_table(trips: list[dict], limit: int | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- statistics
-def trip_stats(trips: list[dict]) -> dict:
+def trip_stats(trips: list[dict], include_open: bool = False) -> dict:
     """Count, wins, losses, win rate, total, expectancy (mean P&L per trip = win rate x average
     win - loss rate x average loss), average win and loss, best and worst trip, average holding
-    time (calendar days; trips without an exit date are left out of it)."""
+    time (calendar days; trips without an exit date are left out of it). Over the closed round
+    trips unless ``include_open``; ``open_trades`` and ``open_pnl`` count the open ones apart, so
+    every figure states its population."""
+    still_open = [t for t in trips if t.get("open")]
+    if not include_open:
+        trips = [t for t in trips if not t.get("open")]
     pnl = [float(t["pnl"]) for t in trips if t["pnl"] is not None and math.isfinite(float(t["pnl"]))]
     n = len(pnl)
     wins = [p for p in pnl if p > 0]
@@ -183,7 +188,10 @@ def trip_stats(trips: list[dict]) -> dict:
     worst = min(valid, key=lambda t: t["pnl"]) if valid else None
     avg_win = sum(wins) / len(wins) if wins else None
     avg_loss = sum(losses) / len(losses) if losses else None
-    return {"trades": n, "wins": len(wins), "losses": len(losses),
+    return {"trades": n, "population": "all round trips" if include_open else "closed round trips",
+            "open_trades": len(still_open),
+            "open_pnl": sum(float(t["pnl"]) for t in still_open if t["pnl"] is not None),
+            "wins": len(wins), "losses": len(losses),
             "win_rate": len(wins) / n if n else None, "total_pnl": sum(pnl) if n else 0.0,
             "expectancy": sum(pnl) / n if n else None, "average_win": avg_win, "average_loss": avg_loss,
             "payoff_ratio": (avg_win / -avg_loss) if avg_win and avg_loss else None,
@@ -221,8 +229,8 @@ def _stats_table(rows: list[dict], key: str, tid: str) -> str:
             f'<td class="{_cls(r["total_pnl"])}">{_money(r["total_pnl"])}</td><td>{_money(r["expectancy"])}</td>'
             f'<td>{_money((r["best"] or {}).get("pnl"))}</td><td>{_money((r["worst"] or {}).get("pnl"))}</td>'
             f'<td>{held}</td></tr>')
-    return _table([key, "trades", "win rate", "total P&L", "expectancy", "best", "worst", "avg held"],
-                  body, tid)
+    return _table([key, "closed trips", "win rate", "total P&L", "expectancy", "best", "worst",
+                   "avg held"], body, tid) + "<p class=\"small\">Closed round trips only.</p>"
 
 
 def per_symbol_table(trips: list[dict]) -> str:
@@ -239,16 +247,21 @@ def stats_block(stats: dict) -> str:
 
     def trip_text(t):
         return "n/a" if not t else f'{_money(t["pnl"])} ({t["symbol"]} {t["side"]}, {t["entry_date"]} .. {t["exit_date"]})'
-    items = [("expectancy", "Expectancy per trade", _money(stats["expectancy"]), stats["expectancy"]),
-             ("average-win", "Average win", _money(stats["average_win"]), stats["average_win"]),
-             ("average-loss", "Average loss", _money(stats["average_loss"]), stats["average_loss"]),
+    n = f'{stats["trades"]} closed round trips'
+    items = [("expectancy", f"Expectancy per trade ({n})", _money(stats["expectancy"]), stats["expectancy"]),
+             ("average-win", f"Average win ({n})", _money(stats["average_win"]), stats["average_win"]),
+             ("average-loss", f"Average loss ({n})", _money(stats["average_loss"]), stats["average_loss"]),
              ("payoff", "Payoff ratio (avg win / avg loss)",
               "n/a" if stats["payoff_ratio"] is None else f'{stats["payoff_ratio"]:.2f}', stats["payoff_ratio"]),
              ("average-holding", "Average holding time",
               "n/a" if stats["average_holding_days"] is None else f'{stats["average_holding_days"]:.1f} days',
               stats["average_holding_days"]),
-             ("best-trade", "Best trade", trip_text(best), best and best["pnl"]),
-             ("worst-trade", "Worst trade", trip_text(worst), worst and worst["pnl"])]
+             ("best-trade", f"Best trade ({n})", trip_text(best), best and best["pnl"]),
+             ("worst-trade", f"Worst trade ({n})", trip_text(worst), worst and worst["pnl"])]
+    if stats.get("open_trades"):
+        items.append(("open-trades", "Still open at the end (not in the figures above)",
+                      f'{stats["open_trades"]} round trips, {_money(stats.get("open_pnl"))} at the last close',
+                      stats["open_trades"]))
     rows = [f'<tr id="{i}" data-value="{"" if v is None else repr(float(v))}"><td>{E(label)}</td><td>{E(text)}</td></tr>'
             for i, label, text, v in items]
     return _table(["trade statistic", "value"], rows, "trade-stats")
@@ -382,6 +395,9 @@ def summary_block(report: dict, stats: dict | None = None) -> str:
     s = report["metrics"]["strategy"]
     b = report["metrics"]["benchmark"]
     stats = stats or {}
+    n = s.get("trades")
+    open_n = s.get("open_trades") or 0
+    opened = f" (+{open_n} still open)" if open_n else ""
     verdict = "PASS" if report.get("passed") else "FAIL"
     items = [("summary-verdict", "Go-live verdict", verdict, None),
              ("summary-period", "Period", f'{report["start"]} .. {report["end"]} ({s.get("days")} sessions)', None),
@@ -389,9 +405,10 @@ def summary_block(report: dict, stats: dict | None = None) -> str:
              ("summary-benchmark", "Buy & hold", _pct(b.get("total_return")), b.get("total_return")),
              ("summary-sharpe", "Sharpe", "n/a" if s.get("sharpe") is None else f'{s["sharpe"]:.2f}', s.get("sharpe")),
              ("summary-drawdown", "Max drawdown", _pct(s.get("max_drawdown")), s.get("max_drawdown")),
-             ("summary-trades", "Round trips", str(s.get("trades")), s.get("trades")),
-             ("summary-winrate", "Win rate", _pct(s.get("win_rate")), s.get("win_rate")),
-             ("summary-expectancy", "Expectancy", _money(stats.get("expectancy")), stats.get("expectancy"))]
+             ("summary-trades", "Closed round trips", f"{n}{opened}", n),
+             ("summary-winrate", f"Win rate ({n} closed)", _pct(s.get("win_rate")), s.get("win_rate")),
+             ("summary-expectancy", f"Expectancy ({stats.get('trades', n)} closed)", _money(stats.get("expectancy")),
+              stats.get("expectancy"))]
     cells = "".join(f'<div id="{i}" data-value="{"" if v is None else repr(float(v))}"><span>{E(label)}</span>'
                     f'<b class="{_cls(v) if i in ("summary-return", "summary-expectancy") else ""}">{E(text)}</b></div>'
                     for i, label, text, v in items)

@@ -6,6 +6,7 @@ overlapping cron runs wait instead of failing. Each module owns its tables: it d
 Writes go through ``transaction()`` (``BEGIN IMMEDIATE``): all of it or none of it.
 """
 import json
+import logging
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -14,6 +15,8 @@ from pathlib import Path
 import config
 import constants as C
 from errors import storage_error
+
+log = logging.getLogger("state")
 
 _KV_SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -154,6 +157,9 @@ def prepare_replay(as_of) -> Path:
         last = kv_get(conn, REPLAY_AS_OF_KEY)
         conn.close()
         if last and last > day:
+            log.warning("Replay of %s is earlier than the replay account's last session %s: the replay "
+                        "account starts over (its positions, cash and history from earlier replays are "
+                        "discarded; the real paper account is untouched)", day, last)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
     conn = connect(path)

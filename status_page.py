@@ -19,6 +19,7 @@ go-live gate, schedule (lines given by the caller).
 """
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import logging
@@ -120,7 +121,7 @@ def _safe(what: str, fn, *args):
     try:
         return fn(*args), None
     except sqlite3.OperationalError as exc:
-        if "readonly" in str(exc):      # its tables do not exist yet (nothing of that kind ran)
+        if "readonly" in str(exc) or "no such table" in str(exc):   # nothing of that kind ran yet
             return None, None
         log.warning("status page: %s unavailable: %s", what, exc)
         return None, f"unavailable: OperationalError: {exc}"
@@ -183,7 +184,8 @@ def gather(health=None, schedule=None, drift=None) -> dict:
     """Everything the page shows, as plain data (also handy for ``status --json``)."""
     data = {"generated_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "home": str(config.home()), "health": health, "schedule": schedule,
-            "data_source_label": config.data_source_banner()}
+            "data_source_label": config.data_source_banner(),
+            "replay_exists": config.state_db_file(replay=True).exists()}
     data["mode"], data["mode_error"] = _safe("mode", config.trading_mode)
     mode = data["mode"] or C.DEFAULT_TRADING_MODE
     audit_path = config.path(C.AUDIT_LOG_FILE)
@@ -436,6 +438,11 @@ def render(data: dict) -> str:
     mode_text = mode if not data.get("mode_error") else f"error: {data['mode_error']}"
     label = data.get("data_source_label")
     banner = f'<p id="data-source" class="synthetic"><b>{E(label)}</b></p>' if label else ""
+    if data.get("replay_exists"):
+        banner += ('<p id="replay-note">This page shows the paper account of the scheduled cycles. '
+                   'What <code>--as-of</code> replays traded (a throwaway replay account, e.g. '
+                   '<code>make demo</code>\'s) is not here: <code>python live_trading.py status '
+                   '--replay</code> and <code>history --replay</code> show it.</p>')
     body = "".join([
         _section("money", "Money", _render_money(data), ' class="wide"'),
         _section("state", "Switches, risk and gate", _render_state(data)),
@@ -558,3 +565,17 @@ def serve(port: int | None = None) -> None:
         pass
     finally:
         server.server_close()
+
+
+def main(argv=None) -> int:
+    argparse.ArgumentParser(
+        prog="status_page.py",
+        description="Build the status page reports/status.html now (read-only: it changes no state) and "
+                    "print its path. Every cycle and health check rebuilds it; "
+                    "`python live_trading.py serve` serves it on 127.0.0.1.").parse_args(argv)
+    print(build_status_page())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

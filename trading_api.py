@@ -87,8 +87,19 @@ def _cmd_login() -> int:
         cm.store_credentials(SCHWAB_TOKEN_SERVICE, token)
 
     print(f"Schwab login with callback URL {callback} (must match the app on developer.schwab.com).")
-    schwab.auth.client_from_manual_flow(str(creds["app_key"]), str(creds["app_secret"]), callback,
-                                        "(encrypted credential store)", token_write_func=write)
+    try:
+        schwab.auth.client_from_manual_flow(str(creds["app_key"]), str(creds["app_secret"]), callback,
+                                            "(encrypted credential store)", token_write_func=write)
+    except (KeyboardInterrupt, EOFError):
+        raise
+    except Exception as exc:     # schwab-py, oauthlib and httpx raise many kinds: one line each
+        why = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
+        log.error("Schwab login failed (%s: %s). Nothing was stored. Check that the app key and secret "
+                  "are right (python credential_manager.py set schwab), that the app's callback URL on "
+                  "developer.schwab.com is exactly %s, and paste the whole address the browser ends on "
+                  "(it starts with %s) within 30 seconds; then run `%s` again.",
+                  type(exc).__name__, why, callback, callback, LOGIN_COMMAND)
+        return 1
     expires = datetime.now() + timedelta(days=C.TOKEN_MAX_AGE_DAYS)
     print(f"Login saved in the credential store. It lasts {C.TOKEN_MAX_AGE_DAYS:g} days: log in again "
           f"before {expires:%Y-%m-%d %H:%M}.")
@@ -114,7 +125,20 @@ def _cmd_token_age() -> int:
 
 def main(argv=None) -> int:
     install_excepthook()
-    parser = argparse.ArgumentParser(prog="trading_api.py", description="Broker diagnosis and Schwab login.")
+    parser = argparse.ArgumentParser(
+        prog="trading_api.py", description="Broker diagnosis and Schwab login.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"login: a one-time interactive Schwab login. Store the app key and secret first "
+               f"(python credential_manager.py set schwab).\nIt prints a Schwab address: open it in a browser, log in, "
+               f"and paste back the address the browser ends on;\nit starts with the callback URL "
+               f"(the 'callback_url' stored with the credentials, default {C.SCHWAB_CALLBACK_URL}),\n"
+               f"which must be exactly the callback registered with your app on developer.schwab.com.\n"
+               f"The token goes encrypted into the credential store (service "
+               f"'{SCHWAB_TOKEN_SERVICE}', {C.CREDENTIAL_FILE_TEMPLATE.format(service=SCHWAB_TOKEN_SERVICE)} "
+               f"in TRADING_HOME,\nkey in TRADING_CONFIG_DIR). It lasts {C.TOKEN_MAX_AGE_DAYS:g} days "
+               f"(Schwab's rule; refreshing does not extend it):\ncycles warn from day "
+               f"{C.TOKEN_WARN_AGE_DAYS:g} and refuse from day {C.TOKEN_MAX_AGE_DAYS:g}; `token-age` "
+               f"tells how old it is (exit 0 fresh, 1 renew soon, 2 expired or missing).")
     parser.add_argument("command", choices=["login", "token-age", "balance", "positions", "quotes", "orders"])
     parser.add_argument("symbols", nargs="*", help="symbols for `quotes`")
     parser.add_argument("--paper", action="store_true", help="ask the paper broker instead of Schwab")

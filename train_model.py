@@ -34,10 +34,12 @@ import constants as C
 import model_management as mm
 from data_collection import DataError
 from errors import UserFacingError, as_user_facing, install_excepthook, is_user_facing
+from fileutil import process_lock
 from logging_setup import setup_logging
 from model_training import PROFILES, TrainConfig, TrainingError, fmt_skill, train
 
 log = logging.getLogger("train")
+TRAIN_LOCK_NAME = "train_model.lock"   # in LOCK_DIR: one training at a time (each would promote)
 EXIT_NO_SKILL = 3      # the new model has no validation skill: not promoted, the current one kept
 
 
@@ -63,6 +65,15 @@ def main(argv=None) -> int:
     if args.profile not in PROFILES:
         parser.error(f"unknown profile {args.profile}")
     setup_logging("trading")
+    with process_lock(config.path(C.LOCK_DIR) / TRAIN_LOCK_NAME, "train_model.py") as holder:
+        if holder:
+            log.error("training NOT started: another training is running (%s); both would promote a "
+                      "model. Wait for it to finish, then run python train_model.py again", holder)
+            return 1
+        return _train(args)
+
+
+def _train(args) -> int:
     log.info("training started (profile=%s, home=%s)", args.profile, config.home())
     try:
         result = train(TrainConfig(args.data, profile=args.profile, epochs=args.epochs, units=args.units,

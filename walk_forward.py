@@ -163,7 +163,7 @@ def _ray_init(workers: int | None):
         return ray, workers or int(ray.available_resources().get("CPU", 1))
     env = {"PYTHONPATH": os.pathsep.join([str(config.PROJECT_DIR)] + [p for p in os.environ.get(
            "PYTHONPATH", "").split(os.pathsep) if p]), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
-    address = os.environ.get("RAY_ADDRESS", "").strip()
+    address = os.environ.get(C.ENV_RAY_ADDRESS, "").strip()
     if address:
         runtime_env = {"working_dir": str(config.PROJECT_DIR), "env_vars": env,
                        "excludes": [".venv", ".git", "logs", "reports", "state", "models", "data", ".demo_home",
@@ -330,6 +330,8 @@ td:first-child,th:first-child{{text-align:left}} th{{background:#f3f3f3}} img{{m
 .verdict{{font-size:1.4em;color:{color}}} .small{{font-size:0.85em;color:#555}}
 </style></head><body>
 <h1>{e(report['title'])}</h1>
+{f'<p id="data-source" style="background:#fff3cd;border:1px solid #e0b000;padding:4px 8px"><b>'
+ f'{e(report["data_source_label"])}</b></p>' if report.get("data_source_label") else ""}
 <p class="verdict"><b>Walk-forward verdict: {verdict}</b> {'' if report['gate_eligible'] else
  '(does not count for the go-live gate: a subset of the universe, a shorter period or lower costs)'}</p>
 <p>{len(report['folds'])} folds, retrain every {inputs['retrain_sessions']} sessions after at least
@@ -417,6 +419,7 @@ def run(profile: str = "default", seed: int | None = None, workers: int | None =
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "passed": bool(ev["overall"]["passed"]), "gate_eligible": bool(gate_eligible),
         "start": ev["start"], "end": ev["end"], "workers": n_workers,
+        "data_source_label": config.data_source_banner(),
         "inputs": {"data_path": str(path), "data_sha256": data_sha, "universe": wanted, "profile": profile,
                    "model_config": model_config, "config_fingerprint": fingerprint, "seed": seed,
                    "costs": settings.cost_model(), "min_train_sessions": min_train, "retrain_sessions": retrain,
@@ -443,6 +446,8 @@ def print_summary(report: dict, out=None) -> None:
     o = report["overall"]
     print(f"{report['title']}: {len(report['inputs']['universe'])} symbols, {report['workers']} workers, "
           f"{report['timings_s']['total']:.1f} s", file=out)
+    if report.get("data_source_label"):
+        print(f"  {report['data_source_label']}", file=out)
     for f in report["folds"]:
         print(f"  fold {f['fold']:>2} {f['test_start']} .. {f['test_end']}: skill {_num(f['skill_vs_no_change'], '+.4f')} "
               f"(vs mean {_num(f['skill_vs_training_mean'], '+.4f')}), directional_accuracy "

@@ -130,6 +130,10 @@ def test_send_alert_sh_as_the_runbook_uses_it(trading_home):
     down = run_command(["./send_alert.sh", "--severity", "immediate", "x"],
                        env_extra={"TRADING_ALERT_URLS": f"json://127.0.0.1:{free_port()}/x"}, timeout=120)
     assert down.returncode == 1 and "Traceback" not in down.stderr
+    # issue 23: no channel at all is said as such, not as "NOT delivered to every channel"
+    none = run_command(["./send_alert.sh", "x"], env_extra={"TRADING_ALERT_URLS": None}, timeout=120)
+    assert none.returncode == 1 and "no alert channel configured" in none.stderr, none.stdout + none.stderr
+    assert "every channel" not in none.stdout + none.stderr and "python alerts.py add" in none.stderr
 
 
 def test_help_does_nothing(trading_home):

@@ -284,6 +284,29 @@ def test_missing_key_is_reported_as_missing_not_tampered():
     assert not al.key_path.exists()                    # no new key was made behind our back
 
 
+def test_key_dir_of_another_trail_is_a_configuration_slip_not_tampering(monkeypatch, tmp_path):
+    """Issue 23: cron ran with another TRADING_CONFIG_DIR holding another trail's key; every record
+    failed its MAC and the verdict was "NOT VALID (tampered)" with a security alert."""
+    make_trail(3)
+    other = tmp_path / "other_keys"
+    monkeypatch.setenv("TRADING_CONFIG_DIR", str(other))
+    AuditLogger(tmp_path / "elsewhere/audit_log.jsonl").log_event("x", "success", {})  # a key there
+    report = AuditLogger().verify()
+    assert report.kind == "key_mismatch", report.error
+    for word in (str(other / "audit_hmac.key"), f"TRADING_CONFIG_DIR={other}", "not evidence of tampering"):
+        assert word in report.error
+    monkeypatch.setenv("TRADING_CONFIG_DIR", str(tmp_path / "none"))
+    report = AuditLogger().verify()
+    assert report.kind == "key_missing" and "key file not found at" in report.error
+    assert f"TRADING_CONFIG_DIR={tmp_path / 'none'}" in report.error
+
+
+def test_every_record_edited_with_the_right_key_dir_is_still_tampering():
+    al = make_trail(1)
+    edit(al, 0, status="failure")                      # the only record: none verifies now
+    assert al.verify().kind == "tampered"
+
+
 def test_group_readable_key_is_refused():
     al = make_trail(2)
     os.chmod(al.key_path, 0o644)

@@ -96,18 +96,20 @@ def test_rendered_report_figures_match_the_json(report, tmp_path):
     assert f"{s['sharpe']:.2f}" in dom.text["summary-sharpe"]
     closed = [t for t in data["round_trips"] if not t["open"]]      # only closed round trips are trades
     assert int(float(dom.ids["summary-trades"]["data-value"])) == s["trades"] == len(closed)
-    assert dom.text["summary-trades"].strip().endswith(str(s["trades"]))
+    assert dom.text["summary-trades"].split("round trips", 1)[1].strip().startswith(str(s["trades"]))
     assert "SYNTHETIC sample prices, not market data" in dom.text["data-source"]
     # best and worst trade: the JSON's, and really the largest and smallest round trip
     trips = data["round_trips"]
     assert trips, "the tiny model should trade in the test period"
     best, worst = data["trade_stats"]["best"], data["trade_stats"]["worst"]
-    assert best["pnl"] == pytest.approx(max(t["pnl"] for t in trips))
-    assert worst["pnl"] == pytest.approx(min(t["pnl"] for t in trips))
+    closed_trips = [t for t in trips if not t["open"]]              # the stats are over closed trips
+    assert best["pnl"] == pytest.approx(max(t["pnl"] for t in closed_trips))
+    assert worst["pnl"] == pytest.approx(min(t["pnl"] for t in closed_trips))
     assert float(dom.ids["best-trade"]["data-value"]) == pytest.approx(best["pnl"])
     assert float(dom.ids["worst-trade"]["data-value"]) == pytest.approx(worst["pnl"])
     assert best["symbol"] in dom.text["best-trade"] and rt._money(best["pnl"]) in dom.text["best-trade"]
-    assert float(dom.ids["expectancy"]["data-value"]) == pytest.approx(sum(t["pnl"] for t in trips) / len(trips))
+    closed_pnl = [t["pnl"] for t in trips if not t["open"]]
+    assert float(dom.ids["expectancy"]["data-value"]) == pytest.approx(sum(closed_pnl) / len(closed_pnl))
     # the round-trip table: one row per trip (newest last), each row's figures as in the JSON
     rows = dom.tables["round-trips"][1:]
     shown = trips[-len(rows):]
@@ -123,8 +125,8 @@ def test_rendered_report_figures_match_the_json(report, tmp_path):
                                                "risk halt (trading halted: positions only move toward flat)"}
     # per symbol and long/short add up to the total; yearly totals beside the monthly heatmap
     per_symbol = dom.tables["per-symbol"][1:]
-    assert sum(int(r["data-trades"]) for r in per_symbol) == len(trips)
-    assert sum(float(r["data-total"]) for r in per_symbol) == pytest.approx(sum(t["pnl"] for t in trips))
+    assert sum(int(r["data-trades"]) for r in per_symbol) == len(closed)      # closed trips only
+    assert sum(float(r["data-total"]) for r in per_symbol) == pytest.approx(sum(t["pnl"] for t in closed))
     assert {r["data-key"] for r in dom.tables["long-short"][1:]} <= {"long", "short"}
     years = {r["data-year"]: float(r["data-total"]) for r in dom.tables["monthly-returns"][1:]}
     assert years == pytest.approx({y: v for y, v in data["yearly_returns"].items()})

@@ -2,10 +2,13 @@
 the project's block between markers is installed, replaced, printed and removed idempotently,
 and every other line stays as it was."""
 import os
+import re
+import shlex
 from zoneinfo import ZoneInfo
 
 import pytest
 
+import constants as C
 import cron_install
 from conftest import ROOT, run_command
 
@@ -21,9 +24,10 @@ def tab(tmp_path, monkeypatch):
     return path
 
 
-def install(*args, tz="UTC"):
+def install(*args, tz="UTC", **env):
     assert os.environ.get("TRADING_CRONTAB_FILE"), "tests must never touch the real crontab"
-    return run_command(["./install_cron.sh", *args], env_extra={"TZ": tz}, timeout=120)
+    return run_command(["./install_cron.sh", *args], env_extra={"TZ": tz, "TRADING_NOW": None, **env},
+                       timeout=120)
 
 
 def test_install_is_idempotent_and_leaves_other_lines(tab, trading_home):
@@ -37,7 +41,7 @@ def test_install_is_idempotent_and_leaves_other_lines(tab, trading_home):
     assert len(jobs) == 1
     line = jobs[0]
     assert line.startswith("*/5 * * * 1-6 ")              # UTC is ahead of New York
-    assert f"cd {ROOT} && TRADING_HOME={trading_home} ./run_scheduled.sh" in line
+    assert f"cd {ROOT} && TRADING_HOME={trading_home} " in line and " ./run_scheduled.sh" in line
     assert line.endswith(f">> {trading_home}/logs/cron_trading.log 2>&1")
     assert not [l for l in text.splitlines() if l.startswith("CRON_TZ")]
     assert cron_install.installed()
@@ -73,3 +77,55 @@ def test_unterminated_block_is_refused(tab):
                                       ("Pacific/Honolulu", "0-5"), ("America/Bogota", "0-5")])
 def test_cron_days_cover_new_york_weekdays(tz, days):
     assert cron_install.cron_days(ZoneInfo(tz), 2026) == days
+
+
+def cron_env(line: str) -> dict:
+    """The NAME=value words between ``cd ... &&`` and ``./run_scheduled.sh`` of the cron line."""
+    words = shlex.split(line.split("&&", 1)[1].split("./run_scheduled.sh")[0])
+    return dict(w.split("=", 1) for w in words)
+
+
+def test_cron_runs_with_every_variable_of_the_installing_shell(tab, trading_home, tmp_path):
+    """Issue 23: TRADING_CONFIG_DIR and DATA_SOURCE were left out of the line, so cron looked for
+    the audit key elsewhere and refused to trade. Every variable set now is in the line."""
+    csv_dir = tmp_path / "csv"
+    done = install("--print", TRADING_MODE="paper", TRADING_CSV_DIR=csv_dir, TRAIN_PROFILE="tiny",
+                   RAY_ADDRESS="10.0.0.5:6379")
+    assert done.returncode == 0, done.stderr
+    line = [l for l in done.stdout.splitlines() if "run_scheduled.sh" in l][0]
+    assert cron_env(line) == {
+        "TRADING_HOME": str(trading_home), "TRADING_MODE": "paper", "DATA_SOURCE": "sample",
+        "TRADING_CONFIG_DIR": os.environ["TRADING_CONFIG_DIR"], "TRADING_CSV_DIR": str(csv_dir),
+        "TRAIN_PROFILE": "tiny", "RAY_ADDRESS": "10.0.0.5:6379",
+        "TRADING_PYTHON": os.environ["TRADING_PYTHON"]}
+
+
+def test_relative_key_dir_is_written_absolute(tab, trading_home, tmp_path):
+    done = run_command([str(ROOT / "install_cron.sh"), "--print"], cwd=tmp_path,
+                       env_extra={"TRADING_NOW": None, "TRADING_CONFIG_DIR": "keys"})
+    assert done.returncode == 0, done.stderr
+    line = [l for l in done.stdout.splitlines() if "run_scheduled.sh" in l][0]
+    assert cron_env(line)["TRADING_CONFIG_DIR"] == str(ROOT / "keys")    # the scripts run from ROOT, as cron
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("TRADING_CREDENTIAL_KEY", "x" * 44, "credential_manager.py"),
+    ("TRADING_ALERT_URLS", "json://127.0.0.1:9/hook", "alerts.py add"),
+    ("TRADING_NOW", "2026-11-24T11:00:00-05:00", "pins the clock")])
+def test_a_variable_cron_cannot_have_refuses_the_install(tab, trading_home, name, value, says):
+    done = install(**{name: value})
+    assert done.returncode == 1 and name in done.stderr and says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert tab.read_text() == OTHER                       # nothing installed
+
+
+def test_every_environment_variable_the_system_reads_is_classified():
+    """One place lists what cron gets of each variable: every constants.ENV_* name, and no module
+    reads a variable of ours by a literal name instead of its constant."""
+    names = {getattr(C, n) for n in dir(C) if n.startswith("ENV_")}
+    classified = [*cron_install.CARRIED, *cron_install.REFUSED, *cron_install.NOT_FOR_CRON]
+    assert sorted(classified) == sorted(names)
+    literal = re.compile(r"""os\.environ(?:\.get|\.pop|\.setdefault)?[\[(]\s*["']([A-Z_]+)["']""")
+    foreign = {"USER", "LOGNAME", "PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL"}      # not the system's settings
+    found = {(p.name, m) for p in ROOT.glob("*.py") for m in literal.findall(p.read_text())}
+    assert {(f, m) for f, m in found if m not in foreign} == set()

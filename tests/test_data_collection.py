@@ -77,6 +77,18 @@ def test_all_failed_download_fails_the_job(trading_home, monkeypatch):
     assert not (trading_home / C.PROCESSED_DATA_FILE).exists()
 
 
+def test_yfinance_chatter_is_one_summary_line_not_a_line_per_symbol(caplog):
+    """Issue 23: offline, ~35 yfinance lines (a line per symbol and retry, at ERROR, into
+    errors.log) buried the update's own diagnosis. They stay out of our logs: one summary line."""
+    symbols = [f"DEAD{i}" for i in range(6)]
+    with caplog.at_level(logging.DEBUG):
+        raw, errors = fetch(FakeYahoo({s: "delisted" for s in symbols}), symbols)
+    assert set(errors) == set(symbols)
+    assert not [r for r in caplog.records if r.name.startswith("yfinance")], caplog.text
+    [summary] = [r for r in caplog.records if "yfinance logged" in r.getMessage()]
+    assert summary.levelno == logging.INFO and summary.name == "data"
+
+
 def test_no_healthy_symbol_fails_the_job(trading_home, monkeypatch):
     (trading_home / "selected_stocks.txt").write_text("STALE\nGONE\n")
     fake = FakeYahoo({"GONE": "delisted"}, end="2025-06-30")        # STALE ends in June
@@ -242,6 +254,18 @@ def test_fresh_file_is_skipped_unless_forced(trading_home):
     dc.update(force=True)
     assert dc.update()["skipped"] is True
     assert dc.update(force=True)["skipped"] is False
+
+
+def test_a_shrunk_universe_is_seen_by_a_fresh_file_too(trading_home):
+    """Issue 23: removing symbols from selected_stocks.txt was only half seen: a fresh processed
+    file still holding them was skipped as fresh, so they stayed in it until the next --force."""
+    dc.update(force=True)
+    kept = sorted(dc.load_universe())[:3]
+    (trading_home / "selected_stocks.txt").write_text("\n".join(kept) + "\n")
+    summary = dc.update()                                        # not forced; the file is fresh
+    assert summary["skipped"] is False and summary["symbols"] == kept
+    assert sorted(dc.load_processed()["Symbol"].unique()) == kept
+    assert dc.update()["skipped"] is True                        # and now it is up to date
 
 
 def test_atomic_write_failure_keeps_previous_file(trading_home, monkeypatch):

@@ -28,9 +28,14 @@ def test_demo_starts_clean_labels_synthetic_prices_and_prints_working_exports(tm
     assert not (home / "STALE_FROM_AN_EARLIER_RUN").exists()                  # started clean
     step1 = out[out.index("1/6 data"):out.index("2/6 model")]
     assert LABEL in step1                                                      # data update output
-    assert LABEL in (home / "reports" / "latest_backtest.html").read_text()   # backtest report header
+    backtest_page = (home / "reports" / "latest_backtest.html").read_text()
+    assert LABEL in backtest_page                                              # backtest report header
+    # issue 23: the walk-forward runs first, so the backtest report shows its folds
+    assert "No walk-forward report" not in backtest_page and "latest_walkforward.html" in backtest_page
+    assert "unavailable" not in (home / "reports" / "status.html").read_text()  # issue 23: no "no such table"
+    assert "SYNTHETIC" in (home / "reports" / "latest_walkforward.html").read_text()
     assert LABEL in (home / "reports" / "status.html").read_text()            # status page
-    walk = out[out.index("4/6 walk-forward"):out.index("5/6 paper")]
+    walk = out[out.index("3/6 walk-forward"):out.index("4/6 backtest")]
     verdict = re.search(r"^   Verdict: (PASS|FAIL)$", walk, re.M)
     assert verdict, walk                                                       # the verdict, whatever it is
     assert f"walk-forward {verdict.group(1)}: " in walk                        # and what it means, one line

@@ -65,3 +65,31 @@ def test_the_gate_closes_every_connection_it_opens(monkeypatch):
     assert G.paper_session_count("ab" * 32, conn) == 0
     conn.execute("SELECT 1")                      # the caller's connection stays open
     conn.close()
+
+
+def test_gate_headline_agrees_with_a_failed_walk_forward_and_names_periods():
+    """Issue 23: ``gate`` said the walk-forward was "MISSING" while its detail line said it FAILED,
+    and printed "None .. None" for the backtest's period."""
+    import walk_forward_runs as W
+    conn = state_db.connect(":memory:")
+    meta = {"window": 10, "sha256": "ab" * 32, "architecture": {"lstm_units": 8, "dense_units": 8, "lstm_layers": 1},
+            "training": {"epochs_max": 3, "patience": 1}}
+    G.record_run({"model_checksum": "ab" * 32, "in_sample": False, "passed": True, "gate_eligible": True,
+                  "start": "2025-01-02", "end": "2025-10-31", "parameters": {}, "metrics": {}}, "/r.json", conn)
+    fingerprint = W.config_fingerprint(W.model_configuration_from_metadata(meta))
+    with W._opened(conn) as c:
+        c.execute("INSERT INTO walk_forward_runs(created_at, config_fingerprint, data_sha256, data_path, universe, "
+                  "start_date, end_date, costs, model_config, seed, workers, passed, gate_eligible, report_path, "
+                  "summary) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                  (state_db.utcnow(), fingerprint, "00" * 32, "/nonexistent.csv", W.universe_key(["AAA"]),
+                   "2020-01-02", "2025-10-31", "{}", "{}", 1, 1, 0, 1, None, "{}"))
+    status = G.gate_status("ab" * 32, conn, metadata=meta, universe=["AAA"], data_path="/nonexistent.csv")
+    head = G.headline(status)
+    assert head[1].split()[1] == "FAILED" and "MISSING" not in head[1], head
+    wf = next(c for c in status["conditions"] if c["name"] == "walk_forward")
+    assert "FAILED" in wf["measured"]
+    bt = next(c for c in status["conditions"] if c["name"] == "backtest")
+    assert "2025-01-02 .. 2025-10-31" in bt["measured"] and "None" not in bt["measured"], bt["measured"]
+    assert any("FAILED" in why for why in G.refusal_reasons(status))
+    assert G.headline({**status, "walk_forward_latest": None, "walk_forward_state": "MISSING"})[1].split()[1] \
+        == "MISSING:"

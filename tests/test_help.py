@@ -20,7 +20,8 @@ def test_the_lists_cover_the_entry_points():
     assert {"run_incident_capture.sh", "run_health_check.sh", "run_scheduled.sh",
             "run_backtest.sh", "run_daily_data_update.sh"} <= set(SHELL)
     assert {"live_trading.py", "alerts.py", "train_model.py", "audit_logging.py", "log_retention.py",
-            "risk_management.py", "credential_manager.py"} <= set(PYTHON)
+            "risk_management.py", "credential_manager.py",
+            "status_page.py", "drift_monitor.py", "kill_switch.py"} <= set(PYTHON)   # issue 23: silent before
     scripts = " ".join((ROOT / s).read_text() for s in SHELL)
     for name in WRAPPED:
         assert f"$PROJECT_DIR/{name}" in scripts, name

@@ -301,3 +301,37 @@ def test_paper_fills_equal_the_backtest_engines_for_the_same_decisions():
     held = {s: p["quantity"] for s, p in b.get_positions().items()}
     assert held == {s: q for s, q in result.final_positions.items() if q}
     assert b.get_account_balance()["equity"] == pytest.approx(float(result.equity[-1]), abs=1e-6)
+
+
+@pytest.mark.parametrize("first, then", [(-100, 150), (120, -80)], ids=["short-to-long", "long-to-short"])
+def test_a_reversal_fills_both_legs_as_the_backtest_does(first, then):
+    """Issue 23: a reversal is two orders decided at one close (cover, then buy). The paper broker
+    rejected the buy while the cover was still pending the next open ("held short: use
+    BUY_TO_COVER"), so paper lost the new leg the backtest engine traded."""
+    import numpy as np
+    import backtest_engine as E
+    from test_backtest_engine import make_market, random_walk
+    costs = LIVE.replace(slippage_bps=5.0, commission_per_share=0.01, min_commission=1.0,
+                         borrow_rate=0.0)        # borrow accrual is compared in test_short_rules
+    n = 16
+    o1, c1 = random_walk(n, seed=21)
+    market = make_market(o1[:, None], c1[:, None], symbols=["AAA"])
+    targets = np.zeros((n, 1), int)
+    targets[2:8, 0] = first
+    targets[8:13, 0] = then
+    result = E.run_engine(market, E.FixedTargetPolicy(targets), settings=costs)
+    sides = [t["side"] for t in result.trades]
+    assert len(sides) == 4 and sides[1:3] == (["BUY_TO_COVER", "BUY"] if first < 0 else ["SELL", "SELL_SHORT"])
+    b = PaperBroker(fill="next_open", settings=costs)
+    for d, day in enumerate(market.dates):
+        sess = day.date()
+        b.set_prices({"AAA": float(market.close[d, 0])}, as_of=sess,
+                     opens={sess: {"AAA": float(market.open[d, 0])}})
+        for t in [t for t in result.trades if t["decided"] == sess.isoformat()]:
+            b.place_order(order(t["side"], t["quantity"], symbol="AAA", key=f"{sess}-{t['seq']}"))
+    fills = [dict(r) for r in b.conn.execute("SELECT * FROM paper_fills ORDER BY id")]
+    assert [(f["trade_date"], f["side"], f["quantity"]) for f in fills] == \
+        [(t["date"], t["side"], t["quantity"]) for t in result.trades]
+    for f, t in zip(fills, result.trades):
+        assert f["price"] == pytest.approx(t["fill_price"], abs=1e-9)
+    assert b._cash() == pytest.approx(float(result.cash[-1]), abs=1e-6)

@@ -67,18 +67,46 @@ def test_a_recorded_reason_wins():
 
 
 def test_trip_stats_by_hand(enriched):
-    s = R.trip_stats(enriched)
-    assert s["trades"] == 4 and s["wins"] == 3 and s["losses"] == 1
-    assert s["win_rate"] == pytest.approx(0.75)
-    assert s["total_pnl"] == pytest.approx(356.0)
-    assert s["expectancy"] == pytest.approx(89.0)
+    s = R.trip_stats(enriched)                     # closed round trips only: CCC is still open
+    assert s["trades"] == 3 and s["wins"] == 2 and s["losses"] == 1
+    assert s["population"] == "closed round trips"
+    assert s["open_trades"] == 1 and s["open_pnl"] == pytest.approx(6.0)
+    assert s["win_rate"] == pytest.approx(2 / 3)
+    assert s["total_pnl"] == pytest.approx(350.0)
+    assert s["expectancy"] == pytest.approx(350.0 / 3)
     # expectancy = win rate * average win - loss rate * average loss
-    assert s["expectancy"] == pytest.approx(0.75 * s["average_win"] - 0.25 * 50.0)
+    assert s["expectancy"] == pytest.approx(2 / 3 * s["average_win"] - 1 / 3 * 50.0)
     assert s["average_loss"] == -50.0
     assert s["best"]["pnl"] == 300.0 and s["best"]["symbol"] == "AAA"
     assert s["worst"]["pnl"] == -50.0 and s["worst"]["side"] == "short"
-    assert s["average_holding_days"] == pytest.approx((8 + 22 + 15 + 28) / 4)
+    assert s["average_holding_days"] == pytest.approx((8 + 22 + 15) / 3)
     assert R.trip_stats([])["expectancy"] is None
+    every = R.trip_stats(enriched, include_open=True)
+    assert every["trades"] == 4 and every["expectancy"] == pytest.approx(89.0)
+
+
+def test_headline_figures_state_their_population(enriched):
+    """Issue 23: the headline said "Round trips 40" while its win rate and expectancy were over
+    50 trades, 10 of them still open. Every figure is over the closed trips and says so."""
+    import backtest_metrics
+    import numpy as np
+    from types import SimpleNamespace
+    zeros = np.zeros(3)
+    result = SimpleNamespace(equity=np.array([1000.0, 1010.0, 1020.0]), gross=zeros, trades=[],
+                             daily_commission=zeros, daily_slippage=zeros, daily_borrow=zeros,
+                             n_positions=zeros, rejections=0, cancelled=[], halts=[])
+    m = backtest_metrics.trade_metrics(result, TRIPS)
+    assert m["trades"] == 3 and m["open_trades"] == 1 and m["open_pnl"] == pytest.approx(6.0)
+    assert m["win_rate"] == pytest.approx(2 / 3)                      # not 3 of 4
+    assert m["average_trade"] == pytest.approx(350.0 / 3)
+    report = {"passed": False, "start": "2024-01-02", "end": "2024-03-29",
+              "metrics": {"strategy": {"days": 60, **m}, "benchmark": {}}}
+    html = R.summary_block(report, R.trip_stats(enriched))
+    assert "Closed round trips</span><b class=\"\">3 (+1 still open)</b>" in html
+    assert "Win rate (3 closed)" in html and "Expectancy (3 closed)" in html
+    stats = R.stats_block(R.trip_stats(enriched))
+    assert "Expectancy per trade (3 closed round trips)" in stats
+    assert "Still open at the end (not in the figures above)" in stats
 
 
 def test_per_symbol_and_long_short(enriched):
@@ -86,7 +114,7 @@ def test_per_symbol_and_long_short(enriched):
     assert by_sym["AAA"]["trades"] == 2 and by_sym["AAA"]["total_pnl"] == pytest.approx(250.0)
     assert by_sym["BBB"]["win_rate"] == 1.0
     sides = {r["direction"]: r for r in R.grouped_stats(enriched, "direction")}
-    assert sides["long"]["total_pnl"] == pytest.approx(306.0)
+    assert sides["long"]["total_pnl"] == pytest.approx(300.0)       # CCC's open trip is not closed
     assert sides["short"]["total_pnl"] == pytest.approx(50.0)
     html = R.per_symbol_table(enriched) + R.long_short_table(enriched)
     assert 'data-key="AAA" data-total="250.0" data-trades="2"' in html
@@ -171,7 +199,7 @@ def test_summary_block_and_fold_table(enriched):
                           "benchmark": {"total_return": 0.01}}}
     html = R.summary_block(report, R.trip_stats(enriched))
     assert 'id="summary-verdict" data-value=""><span>Go-live verdict</span><b class="">FAIL</b>' in html
-    assert 'id="summary-expectancy" data-value="89.0"' in html
+    assert 'id="summary-expectancy" data-value="116.66666666666667"' in html
     assert ">3.56%<" in html and ">1.23<" in html
     folds = R.fold_table([{"fold": 1, "start": "2020-01-02", "total_return": 0.05, "sharpe": 0.7}])
     assert "<td>5.00%</td>" in folds and "<td>0.700</td>" in folds

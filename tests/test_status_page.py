@@ -94,6 +94,18 @@ def test_missing_pieces_say_no_data_yet(trading_home):
     assert 'id="mode" class="badge paper"' in text
 
 
+def test_after_the_demo_tables_never_written_say_no_data_yet_and_the_replay_is_named(trading_home):
+    """Issue 23: after make demo (a backtest and replays only) the page said "unavailable:
+    OperationalError: no such table: predictions" for the real account's missing tables."""
+    conn = state_db.connect()
+    state_db.kv_set(conn, "something", "1")                 # the database exists, most tables do not
+    conn.commit()
+    state_db.prepare_replay(date(2025, 3, 3))                # the demo's replays
+    text = status_page.build_status_page().read_text()
+    assert "unavailable" not in text and "no such table" not in text
+    assert 'id="replay-note"' in text and "status --replay" in text
+
+
 def test_a_broken_piece_says_unavailable_and_the_rest_shows(account, monkeypatch):
     conn, _ = account
     monkeypatch.setattr(status_page, "_recent_orders", lambda *a: 1 / 0)

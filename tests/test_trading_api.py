@@ -7,6 +7,7 @@ import time
 from urllib.parse import parse_qs
 
 import httpx
+import pytest
 
 import trading_api as T
 from trading_api import SchwabAPI
@@ -78,6 +79,33 @@ def test_cli_login_manual_flow_stores_token(fake, cm, monkeypatch, capsys):
     assert saved["token"]["refresh_token"] == REFRESH
     assert abs(saved["creation_timestamp"] - time.time()) < 60
     assert "****4321" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pasted", ["good", "https://127.0.0.1:8182/?error=access_denied", "nonsense"])
+def test_cli_login_error_is_one_line_without_traceback(fake, cm, monkeypatch, capsys, pasted):
+    """Issue 23: any login error (Schwab refuses the code, a wrong address pasted) printed a
+    40-line traceback. Now one line naming the callback URL and the fix; nothing stored."""
+    cm.store_credentials("schwab", {"app_key": APP_KEY, "app_secret": APP_SECRET})
+    fake.hook = lambda request: (httpx.Response(401, json={"error": "invalid_client"})
+                                 if request.url.path == "/v1/oauth/token" else None)
+
+    def fake_input(prompt=""):
+        state = re.search(r"state=([\w-]+)", capsys.readouterr().out).group(1)
+        return f"https://127.0.0.1:8182/?code=THE-CODE&state={state}" if pasted == "good" else pasted
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert T.main(["login"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "ERROR" in err and "Schwab login failed" in err and "callback URL" in err
+    assert "https://127.0.0.1:8182" in err and "trading_api.py login" in err
+    assert cm.load_credentials("schwab_token") is None
+
+
+def test_login_help_names_callback_token_store_and_expiry():
+    done = run_entry(["trading_api.py", "--help"])
+    assert done.returncode == 0
+    for words in ("callback", "https://127.0.0.1:8182", "schwab_token", "7 days", "token-age"):
+        assert words in done.stdout, words
 
 
 def test_cli_paper_balance(capsys):

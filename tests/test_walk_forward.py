@@ -107,7 +107,11 @@ def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
     assert done.returncode in (0, 1), done.stderr[-2000:]
     assert "Verdict:" in done.stdout and "fold" in done.stdout
     report = json.loads((home / "reports" / "latest_walkforward.json").read_text())
-    assert (home / "reports" / "latest_walkforward.html").read_text().count("<tr>") > 5
+    page = (home / "reports" / "latest_walkforward.html").read_text()
+    assert page.count("<tr>") > 5
+    # issue 23: the sample data's SYNTHETIC label on the report, its JSON and the console
+    assert "SYNTHETIC sample prices" in page and "SYNTHETIC sample prices" in report["data_source_label"]
+    assert "SYNTHETIC sample prices" in done.stdout
     o = report["overall"]
     for key in ("dm_vs_no_change", "dm_vs_training_mean", "directional_accuracy", "psr_excess", "dsr_excess",
                 "sharpe_strategy", "sharpe_benchmark"):
