@@ -44,6 +44,9 @@ LOG_DIR = "logs"                                       # all logs
 AUDIT_LOG_FILE = "logs/audit/audit_log.jsonl"          # hash-chained audit trail
 REPORTS_DIR = "reports"                                # backtest reports
 LOCK_DIR = "state/locks"                               # process locks (one cycle at a time)
+# a TRADING_HOME holding none of these holds no project state: every command but the set-up ones
+# (data update, training, credentials, alerts, cron, `live_trading.py init`) refuses it (config.home_problem)
+HOME_STATE_FILES = (UNIVERSE_FILE, PROCESSED_DATA_FILE, MODEL_FILE, STATE_DB_FILE, AUDIT_LOG_FILE)
 
 # --------------------------------------------------------------------- logging (logging_setup.py)
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"   # greppable plain lines
@@ -295,7 +298,7 @@ OPERATIONAL_TUNABLES = (
     "DEFAULT_DATA_SOURCE", "APP_NAME",
     "UNIVERSE_FILE", "PROCESSED_DATA_FILE", "RAW_PRICES_FILE", "MODEL_FILE", "MODEL_METADATA_FILE",
     "MODEL_BACKUP_DIR", "MODEL_QUARANTINE_DIR", "STATE_DB_FILE", "LOG_DIR", "AUDIT_LOG_FILE", "REPORTS_DIR",
-    "LOCK_DIR",
+    "LOCK_DIR", "HOME_STATE_FILES",
     "LOG_FORMAT", "LOG_DATE_FORMAT", "ERRORS_LOG_NAME",
     "HISTORY_START", "DOWNLOAD_DEADLINE_S", "DOWNLOAD_TIMEOUT_S", "DOWNLOAD_RETRIES", "DOWNLOAD_BACKOFF_S",
     "INCREMENTAL_OVERLAP_DAYS", "FRESH_FILE_HOURS", "PRICE_COLUMNS", "RAW_COLUMNS",
