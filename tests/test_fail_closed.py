@@ -20,6 +20,7 @@ import pytest
 import config
 import constants as C
 import kill_switch
+import live_trading
 import state_db
 import trading_cycle
 from audit_logging import AuditLogger, account_trail
@@ -126,14 +127,24 @@ def test_a_database_from_before_the_stamp_counts_as_old(trading_home):
                                   ["status"], [], ["resume", "--reason", "x"], ["history"],
                                   ["start-over", "--confirm", "START-OVER", "--reason", "x"]],
                          ids=lambda a: a[0] if a else "cycle")
-def test_a_mistyped_home_is_refused_in_one_line_creating_nothing(tmp_path, args):
+def test_a_mistyped_home_is_refused_in_one_line_creating_nothing(tmp_path, monkeypatch, capsys, args):
     typo = tmp_path / "hoem"
-    done = run_entry(["live_trading.py", *args], typo, {"TRADING_CONFIG_DIR": tmp_path / "keys"})
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
+    monkeypatch.setenv("TRADING_HOME", str(typo))
+    assert live_trading.main(args) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and str(typo) in lines[0] and "does not exist" in lines[0]
     assert config.INIT_COMMAND in lines[0]
-    assert "HALTED" not in done.stdout and "flatten:" not in done.stdout
+    assert "HALTED" not in out and "flatten:" not in out
+    assert not typo.exists()
+
+
+def test_a_mistyped_home_as_a_user_types_it(tmp_path):
+    typo = tmp_path / "hoem"
+    done = run_entry(["live_trading.py", "halt", "--reason", "losing money"], typo,
+                     {"TRADING_CONFIG_DIR": tmp_path / "keys"})
+    assert done.returncode == 2 and "HALTED" not in done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1 and str(typo) in done.stderr
     assert not typo.exists()
 
 
@@ -174,16 +185,16 @@ def test_init_refuses_a_home_that_lost_its_database(trading_home):
                                   ["flatten", "--confirm", "FLATTEN"], ["gate"], ["signals"], ["serve"],
                                   ["run"], ["init"], ["start-over", "--confirm", "START-OVER", "--reason", "x"]],
                          ids=lambda a: a[0])
-def test_replay_is_refused_by_every_command_that_would_act_on_the_real_account(trading_home, args):
+def test_replay_is_refused_by_every_command_that_would_act_on_the_real_account(trading_home, capsys, args):
     conn = state_db.connect()
     broker = PaperBroker(conn=conn, prices={"AAPL": 100.0}, as_of=date(2026, 11, 23))
     broker.place_order({"symbol": "AAPL", "side": "BUY", "quantity": 7, "order_type": "MARKET",
                         "limit_price": None, "client_key": "k1"})
     conn.close()
     before = _actions(trading_home) if (trading_home / C.AUDIT_LOG_FILE).exists() else []
-    done = run_entry(["live_trading.py", *args, "--replay"])
-    assert done.returncode == 2 and "does not take --replay" in done.stderr, done.stdout + done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    assert live_trading.main([*args, "--replay"]) == 2
+    err = capsys.readouterr().err
+    assert "does not take --replay" in err and len(err.strip().splitlines()) == 1
     with state_db.connect() as conn:
         assert PaperBroker(conn=conn).get_positions()["AAPL"]["quantity"] == 7       # the real account as it was
         assert kill_switch.get(conn) is None
@@ -193,10 +204,18 @@ def test_replay_is_refused_by_every_command_that_would_act_on_the_real_account(t
 
 @pytest.mark.parametrize("args", [["flatten", "--confirm", "FLATTEN"], ["halt", "--reason", "x"], ["status"]],
                          ids=lambda a: a[0])
-def test_as_of_is_refused_where_it_would_be_ignored(trading_home, args):
+def test_as_of_is_refused_where_it_would_be_ignored(trading_home, capsys, args):
     state_db.connect().close()
-    done = run_entry(["live_trading.py", *args, "--as-of", "2026-11-23"])
-    assert done.returncode == 2 and "does not take --as-of" in done.stderr
+    assert live_trading.main([*args, "--as-of", "2026-11-23"]) == 2
+    assert "does not take --as-of" in capsys.readouterr().err
+
+
+def test_flatten_replay_as_a_user_types_it(trading_home):
+    state_db.connect().close()
+    done = run_entry(["live_trading.py", "flatten", "--replay", "--confirm", "FLATTEN"])
+    assert done.returncode == 2 and "does not take --replay" in done.stderr and "positions" not in done.stdout
+    with state_db.connect() as conn:
+        assert kill_switch.get(conn) is None
 
 
 def test_replay_status_shows_only_the_replay_account(trading_home):
@@ -213,3 +232,36 @@ def test_replay_status_shows_only_the_replay_account(trading_home):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["replay_account"] and [p["symbol"] for p in data["account"]["positions"]] == ["MSFT"]
+
+
+# ----------------------------------------------------------------------------- the Schwab path
+def test_schwab_halt_deleted_database_refuses_the_live_cycle_until_start_over(trained, tmp_path):
+    """Live mode, schwab-py's real client against the fake Schwab: a cycle trades, the operator
+    halts, the state database is deleted; the next cron cycle sends nothing and names the recovery
+    command; after an audited start-over the halt is still on (nothing sent)."""
+    from crash_harness import fresh_home, live_server, live_setup, run_cycle_live, verify_audit
+    from schwab_env import run_live
+    home = fresh_home(trained, tmp_path / "live")
+    setup = live_setup(home, trained)
+    server = live_server(setup)
+    try:
+        first = run_cycle_live(home, setup, server)
+        assert first.returncode == 0, first.stderr[-3000:]
+        sent = len(server.posted_orders())
+        assert sent, "the first cycle sent no order"
+        halted = run_live(home, ["live_trading.py", "halt", "--reason", "losing money"], server)
+        assert halted.returncode == 0 and "HALTED" in halted.stdout, halted.stderr
+        _delete_state_db(home)
+        refused = run_cycle_live(home, setup, server)
+        assert refused.returncode == 1
+        assert "kill switch is ON" in refused.stderr and kill_switch.START_OVER_COMMAND in refused.stderr
+        assert len(server.posted_orders()) == sent                   # nothing reached Schwab
+        done = run_live(home, ["live_trading.py", "start-over", "--confirm", "START-OVER", "--reason",
+                               "state database lost"], server)
+        assert done.returncode == 0 and "kill switch stays ON" in done.stdout, done.stderr
+        stopped = run_cycle_live(home, setup, server)
+        assert stopped.returncode == 0 and "Kill switch is ON" in stopped.stderr, stopped.stderr[-3000:]
+        assert len(server.posted_orders()) == sent
+        verify_audit(home)
+    finally:
+        server.stop()
