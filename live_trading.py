@@ -149,7 +149,7 @@ def cmd_halt(reason: str) -> int:
         print(f"already HALTED since {value['at']} ({value['reason']}, by {value['by']}); your reason was "
               f"added ({len(value['reasons'])} reasons). Clear with: python live_trading.py resume --reason \"...\"")
     else:
-        print(f"HALTED: {value['reason']} (by {value['by']} at {value['at']}). "
+        print(f"HALTED: {value['reason']} (by {value['by']} at {value['at']}; home {config.home()}). "
               f"Clear with: python live_trading.py resume --reason \"...\"")
     return EXIT_OK
 
