@@ -568,6 +568,7 @@ def main(argv=None) -> int:
                                                       "investigation (records the reset)")
     p_reset.add_argument("--reason", default="", help="why (kept in the trail)")
     args = parser.parse_args(argv)
+    config.require_home()             # a mistyped TRADING_HOME: no "OK, 0 records" about nothing
     logging_setup.setup_logging("trading", console=False)
     audit = AuditLogger()
     try:

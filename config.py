@@ -49,7 +49,10 @@ def home_problem(has_run: bool = False) -> str | None:
 
 def require_home(has_run: bool = False) -> None:
     """Raise ``ConfigError`` (``home_problem``) unless TRADING_HOME holds project state: the
-    rule every command but the set-up ones applies before it creates anything."""
+    rule every command but the set-up ones applies before it creates anything (entry points
+    call it right after parsing their arguments)."""
+    trading_mode()                  # a bad TRADING_MODE or DATA_SOURCE is named first
+    data_source()
     problem = home_problem(has_run)
     if problem:
         raise ConfigError(problem)

@@ -51,6 +51,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, NoReturn
 
 import broker_gateway
+import config
 import constants as C
 import external_activity
 import kill_switch
@@ -551,6 +552,7 @@ def main(argv=None) -> int:
     which.add_argument("--not-sent", action="store_true", help="none of them is ours: close it unsent")
     p.add_argument("--reason", required=True)
     args = parser.parse_args(argv)
+    config.require_home()                         # a mistyped TRADING_HOME: one line, nothing created
     logging_setup.setup_logging("trading")
     executor = OrderExecutor()
     try:
