@@ -44,7 +44,7 @@ LOG_DIR = "logs"                                       # all logs
 AUDIT_LOG_FILE = "logs/audit/audit_log.jsonl"          # hash-chained audit trail
 REPORTS_DIR = "reports"                                # backtest reports
 LOCK_DIR = "state/locks"                               # process locks (one cycle at a time)
-# a TRADING_HOME holding none of these holds no project state: every command but the set-up ones
+# a TRADING_HOME holding none of these (nor a credential file) holds no project state: every command but the set-up ones
 # (data update, training, credentials, alerts, cron, `live_trading.py init`) refuses it (config.home_problem)
 HOME_STATE_FILES = (UNIVERSE_FILE, PROCESSED_DATA_FILE, MODEL_FILE, STATE_DB_FILE, AUDIT_LOG_FILE)
 

@@ -64,6 +64,7 @@ def test_circuit_breaker_opening_alerts_once(trading_home, monkeypatch):
 def test_kill_switch_halt_alerts_and_operator_commands_leave_errors_log_empty(trading_home):
     with WebhookServer() as hook:
         env = {"TRADING_ALERT_URLS": hook.url}
+        assert run_entry(["live_trading.py", "init"], trading_home, env).returncode == 0     # a new home, on purpose
         done = run_entry(["live_trading.py", "halt", "--reason", "drill at 6am"], trading_home, env)
         assert done.returncode == 0, done.stderr
         payload = _one(hook, "kill_switch_set")
