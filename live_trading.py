@@ -76,7 +76,13 @@ def _status_of(conn, replay: bool) -> dict:
             "kill_switch": kill_switch.get(conn), "circuit_breaker": CircuitBreaker(conn).status(),
             "risk": {"peak": (rs.get("peak") or {}).get("equity"), "drawdown": rs.get("drawdown"),
                      "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
-            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY), "data_source_label": config.data_source_banner()}
+            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY), "data_source_label": config.data_source_banner(),
+            "state_problem": None}
+    if not replay:
+        try:                           # a lost or replaced state database: say so before the account
+            kill_switch.require_continuity(conn)
+        except kill_switch.StateContinuityError as exc:
+            data["state_problem"] = str(exc)
     try:
         data["account"] = pnl.status_dict(get_broker(conn=conn), conn)
     except Exception as exc:
@@ -91,6 +97,8 @@ def cmd_status(as_json: bool, replay: bool) -> int:
         _json(data)
         return EXIT_OK
     switch = data["kill_switch"]
+    if data["state_problem"]:
+        print(f"STATE DATABASE:  {data['state_problem']}")
     if data["data_source_label"]:
         print(f"prices:          {data['data_source_label']}")
     print(f"mode:            {data['mode']}{'  (replay account)' if replay else ''}   (home {data['home']})")

@@ -265,3 +265,12 @@ def test_schwab_halt_deleted_database_refuses_the_live_cycle_until_start_over(tr
         verify_audit(home)
     finally:
         server.stop()
+
+
+def test_status_names_a_lost_state_database(trading_home, capsys):
+    state_db.connect().close()
+    kill_switch.halt("losing money")
+    _delete_state_db(trading_home)
+    assert live_trading.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("STATE DATABASE:  trading refused") and "losing money" in out
