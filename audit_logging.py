@@ -511,6 +511,49 @@ def interrupted_cycle(audit: AuditLogger | None = None, exclude_seq: int | None 
     return None
 
 
+KILL_SWITCH_ACTION, START_OVER_ACTION = "kill_switch", "state_start_over"
+KILL_SWITCH_ON = ("set", "reason_added")         # statuses of a kill_switch record that leave it on
+KILL_SWITCH_OFF = ("cleared",)
+
+
+def _is_account_history(rec: dict) -> bool:
+    """An order sent, filled, cancelled or reconciled, or a flatten: the account has a history."""
+    action = str(rec.get("action", ""))
+    return action.startswith("order_") or action == "flatten"
+
+
+def account_trail(audit: AuditLogger | None = None) -> dict:
+    """What the trail says about the real account, read from the newest record back (so a deleted
+    or replaced state database cannot erase it)::
+
+        {"kill_switch": the details of the newest ``kill_switch set/reason_added`` record when no
+                        ``kill_switch cleared`` came after it, else None,
+         "history": the newest order or flatten record after the last start-over, else None,
+         "start_over": the newest ``state_start_over`` record when no such order record came
+                       after it, else None}
+
+    Records of an ``--as-of`` replay's throwaway account (``details.replay``) are left out."""
+    audit = audit or AuditLogger()
+    found: dict = {"kill_switch": None, "history": None, "start_over": None}
+    switch_known = False
+    for rec in audit.records_backwards():
+        details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
+        if details.get("replay"):
+            continue
+        action, status = rec.get("action"), rec.get("status")
+        if not switch_known and action == KILL_SWITCH_ACTION and status in KILL_SWITCH_ON + KILL_SWITCH_OFF:
+            switch_known = True
+            found["kill_switch"] = dict(details, at=details.get("at") or rec.get("timestamp")) \
+                if status in KILL_SWITCH_ON else None
+        if found["start_over"] is None and found["history"] is None and _is_account_history(rec):
+            found["history"] = rec
+        if found["start_over"] is None and action == START_OVER_ACTION:
+            found["start_over"] = rec
+        if switch_known and (found["start_over"] is not None or found["history"] is not None):
+            break                              # what is older no longer matters
+    return found
+
+
 # --------------------------------------------------------------------------- command line
 def _format(rec: dict) -> str:
     details = rec.get("details")
@@ -532,6 +575,7 @@ def main(argv=None) -> int:
                                                       "investigation (records the reset)")
     p_reset.add_argument("--reason", default="", help="why (kept in the trail)")
     args = parser.parse_args(argv)
+    config.require_home()             # a mistyped TRADING_HOME: no "OK, 0 records" about nothing
     logging_setup.setup_logging("trading", console=False)
     audit = AuditLogger()
     try:

@@ -29,6 +29,39 @@ def path(relative: str) -> Path:
     return home() / relative
 
 
+INIT_COMMAND = "python live_trading.py init"
+
+
+def home_problem(has_run: bool = False) -> str | None:
+    """None when ``TRADING_HOME`` holds project state (one of ``constants.HOME_STATE_FILES`` or a
+    credential file;
+    with ``has_run``: a state database or an audit trail, i.e. something has run there), else
+    the one line naming the path and how to create a home. Looks, creates nothing."""
+    root = home()
+
+    def holds(names) -> bool:
+        return root.is_dir() and any((root / name).exists() for name in names)
+    credentials = root.is_dir() and any(root.glob(C.CREDENTIAL_FILE_TEMPLATE.format(service="*")))
+    if holds((C.STATE_DB_FILE, C.AUDIT_LOG_FILE)) or (not has_run and (holds(C.HOME_STATE_FILES) or credentials)):
+        return None
+    what = ("it does not exist" if not root.is_dir()
+            else "it holds no project state" if not (holds(C.HOME_STATE_FILES) or credentials)
+            else "nothing has run there yet (no state database, no audit trail)")
+    return (f"TRADING_HOME={root}: {what}; nothing done. Check the path (a typo?); to create a "
+            f"new home there on purpose run `{INIT_COMMAND}` (or ./run_daily_data_update.sh)")
+
+
+def require_home(has_run: bool = False) -> None:
+    """Raise ``ConfigError`` (``home_problem``) unless TRADING_HOME holds project state: the
+    rule every command but the set-up ones applies before it creates anything (entry points
+    call it right after parsing their arguments)."""
+    trading_mode()                  # a bad TRADING_MODE or DATA_SOURCE is named first
+    data_source()
+    problem = home_problem(has_run)
+    if problem:
+        raise ConfigError(problem)
+
+
 def state_db_file(replay: bool = False) -> Path:
     """The state database: the real one, or with ``replay`` the throwaway one of ``--as-of``
     replays (``state_db.prepare_replay``), so a replay never touches the real paper account,

@@ -50,6 +50,9 @@ AUDIT_LOG_FILE = "logs/audit/audit_log.jsonl"          # hash-chained audit trai
 REPORTS_DIR = "reports"                                # backtest reports
 LOCK_DIR = "state/locks"                               # process locks (one cycle at a time)
 SETTINGS_FILE = "settings.toml"                        # optional overrides of these tunables (tunables.py, docs/RUNBOOK.md)
+# a TRADING_HOME holding none of these (nor a credential file) holds no project state: every command but the set-up ones
+# (data update, training, credentials, alerts, cron, `live_trading.py init`) refuses it (config.home_problem)
+HOME_STATE_FILES = (UNIVERSE_FILE, PROCESSED_DATA_FILE, MODEL_FILE, STATE_DB_FILE, AUDIT_LOG_FILE)
 
 # --------------------------------------------------------------------- logging (logging_setup.py)
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"   # greppable plain lines
@@ -305,7 +308,7 @@ OPERATIONAL_TUNABLES = (
     "DEFAULT_DATA_SOURCE", "APP_NAME",
     "UNIVERSE_FILE", "PROCESSED_DATA_FILE", "RAW_PRICES_FILE", "MODEL_FILE", "MODEL_METADATA_FILE",
     "MODEL_BACKUP_DIR", "MODEL_QUARANTINE_DIR", "STATE_DB_FILE", "LOG_DIR", "AUDIT_LOG_FILE", "REPORTS_DIR",
-    "LOCK_DIR",
+    "LOCK_DIR", "HOME_STATE_FILES",
     "LOG_FORMAT", "LOG_DATE_FORMAT", "ERRORS_LOG_NAME",
     "HISTORY_START", "DOWNLOAD_DEADLINE_S", "DOWNLOAD_TIMEOUT_S", "DOWNLOAD_RETRIES", "DOWNLOAD_BACKOFF_S",
     "INCREMENTAL_OVERLAP_DAYS", "FRESH_FILE_HOURS", "PRICE_COLUMNS", "RAW_COLUMNS",
@@ -389,6 +392,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "REPORTS_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
         "LOCK_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
         "SETTINGS_FILE": ("fixed", "file under TRADING_HOME", None),
+        "HOME_STATE_FILES": ("fixed", "files whose presence makes a folder a home", None),
     },
     "logging": {
         "LOG_FORMAT": ("fixed", "logging format (people grep the lines)", None),

@@ -2,8 +2,11 @@
 
 ``run`` (the default; cron runs it) is one trading cycle (``trading_cycle.run_cycle``). The
 operator's commands: ``status``, ``history``, ``halt --reason``, ``resume --reason``, ``flatten``,
-``gate [--override --reason [--no-backtest]]``, ``signals``, ``serve``; ``--as-of DATE`` replays a
-paper cycle as of a past session in a throwaway replay account. Options are accepted before or
+``gate [--override --reason [--no-backtest]]``, ``signals``, ``serve``, ``init`` (a new home on
+purpose), ``start-over --confirm START-OVER --reason`` (a fresh state database on purpose);
+``--as-of DATE`` replays a paper cycle as of a past session in a throwaway replay account (``run``
+and ``signals`` only); ``--replay`` shows that account (``status`` and ``history`` only). Every
+command but ``init`` refuses a ``TRADING_HOME`` without project state (``config.require_home``). Options are accepted before or
 after the command. The runbook's one-liner ``from live_trading import get_latest_signal`` keeps
 working (re-exported from trading_cycle).
 """
@@ -56,9 +59,18 @@ def _json(obj) -> None:
 
 
 # ----------------------------------------------------------------------------- status and history
+def _account_db(replay: bool):
+    """The real state database's path, or with ``replay`` the throwaway ``--as-of`` replay one,
+    which must exist (``--replay`` never shows, nor creates, anything else)."""
+    if replay and not config.state_db_file(replay=True).exists():
+        raise config.ConfigError(f"no replay account in {config.home()} yet: run a replay first "
+                                 f"(python live_trading.py --as-of YYYY-MM-DD)")
+    return state_db.db_path(replay)
+
+
 def _status_data(replay: bool) -> dict:
     """The status of the real account, or with ``replay`` of the throwaway ``--as-of`` replay one."""
-    with closing(state_db.connect(state_db.db_path(replay))) as conn:
+    with closing(state_db.connect(_account_db(replay))) as conn:
         return _status_of(conn, replay)
 
 
@@ -68,7 +80,13 @@ def _status_of(conn, replay: bool) -> dict:
             "kill_switch": kill_switch.get(conn), "circuit_breaker": CircuitBreaker(conn).status(),
             "risk": {"peak": (rs.get("peak") or {}).get("equity"), "drawdown": rs.get("drawdown"),
                      "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
-            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY), "data_source_label": config.data_source_banner()}
+            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY), "data_source_label": config.data_source_banner(),
+            "state_problem": None}
+    if not replay:
+        try:                           # a lost or replaced state database: say so before the account
+            kill_switch.require_continuity(conn)
+        except kill_switch.StateContinuityError as exc:
+            data["state_problem"] = str(exc)
     try:
         data["account"] = pnl.status_dict(get_broker(conn=conn), conn)
     except Exception as exc:
@@ -84,6 +102,8 @@ def cmd_status(as_json: bool, replay: bool) -> int:
         _json(data)
         return EXIT_OK
     switch = data["kill_switch"]
+    if data["state_problem"]:
+        print(f"STATE DATABASE:  {data['state_problem']}")
     if data["data_source_label"]:
         print(f"prices:          {data['data_source_label']}")
     print(f"mode:            {data['mode']}{'  (replay account)' if replay else ''}   (home {data['home']})")
@@ -119,7 +139,7 @@ def cmd_status(as_json: bool, replay: bool) -> int:
 
 
 def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:
-    with closing(state_db.connect(state_db.db_path(replay))) as conn:
+    with closing(state_db.connect(_account_db(replay))) as conn:
         data = pnl.history(conn, mode=config.trading_mode(), limit=limit)
     if as_json:
         _json(data)
@@ -144,7 +164,7 @@ def cmd_halt(reason: str) -> int:
         print(f"already HALTED since {value['at']} ({value['reason']}, by {value['by']}); your reason was "
               f"added ({len(value['reasons'])} reasons). Clear with: python live_trading.py resume --reason \"...\"")
     else:
-        print(f"HALTED: {value['reason']} (by {value['by']} at {value['at']}). "
+        print(f"HALTED: {value['reason']} (by {value['by']} at {value['at']}; home {config.home()}). "
               f"Clear with: python live_trading.py resume --reason \"...\"")
     return EXIT_OK
 
@@ -201,6 +221,49 @@ def _flatten_locked() -> int:
     if not done["flat"]:          # exit 1: the broker still reports open positions
         print(flatten_not_flat_line(done, executor.broker.fills_at_next_open), file=sys.stderr)
         return EXIT_FAIL
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- a new home, starting over
+def cmd_init() -> int:
+    """Create a new home on purpose: the folder and its state database (audited). A home where
+    something has run already is left alone (start over with ``start-over`` instead)."""
+    if config.state_db_file().exists():
+        print(f"{config.home()} is a home already (its state database exists): nothing done")
+        return EXIT_OK
+    if config.home_problem(has_run=True) is None:          # an audit trail, but no state database
+        print(f"{config.home()} has an audit trail but no state database: nothing done. If the "
+              f"database was lost, restore it from a backup, or start over on purpose with "
+              f"`{kill_switch.START_OVER_COMMAND}`", file=sys.stderr)
+        return EXIT_FAIL
+    state_db.connect().close()
+    audit_logger().log_event("home_created", "done", {"home": str(config.home()), "by": config.operator()})
+    print(f"new home {config.home()}: state database {config.state_db_file()} created. Next: "
+          f"./run_daily_data_update.sh and python train_model.py")
+    return EXIT_OK
+
+
+def cmd_start_over(confirm: str | None, reason: str | None) -> int:
+    """Begin a fresh state database on purpose, audited (kill_switch.start_over), under the
+    cycle lock; the old database is moved aside, never deleted."""
+    if confirm != "START-OVER" or not (reason or "").strip():
+        print("start-over replaces the state database (orders, paper account, breaker, risk peak, paper "
+              "sessions, gate override) with a fresh one: pass --confirm START-OVER --reason \"...\"",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    with cycle_lock(what="start-over") as held:
+        if not held:
+            print(f"start-over NOT done: a cycle or flatten holds the cycle lock ({lock_holder()}); "
+                  f"run it again when that has finished", file=sys.stderr)
+            return EXIT_FAIL
+        done = kill_switch.start_over(reason, audit=audit_logger())
+    print(f"STARTED OVER: fresh state database {done['database']}"
+          + (f" (the old one moved to {done['moved_to']})" if done["moved_to"] else "")
+          + ("; the kill switch stays ON: clear it with " + kill_switch.RESUME_COMMAND
+             if done["kill_switch_carried"] else ""))
+    if config.trading_mode() == "live":
+        print("live: the Schwab account is untouched; its positions show as not ours "
+              "(EXTERNAL POSITION CHANGE) until you manage them")
     return EXIT_OK
 
 
@@ -322,6 +385,11 @@ def _parser() -> argparse.ArgumentParser:
     add("signals", "print the latest signals (nothing is traded)")
     add("config", "print the effective settings and where each came from (constants.py, settings.toml, "
                   "environment); secrets never shown")
+    add("init", "create a new home on purpose (TRADING_HOME): its folder and state database")
+    p = add("start-over", "replace the state database with a fresh one on purpose (audited; the old one "
+                          "is moved aside, a halt stays on)")
+    p.add_argument("--confirm", help="type START-OVER here")
+    p.add_argument("--reason", help="why (kept in the audit trail)")
     p = add("serve", "serve reports/status.html read-only on 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="TCP port (default STATUS_SERVE_PORT)")
     return parser
@@ -347,12 +415,33 @@ def _log_reaches_stderr() -> bool:
                and getattr(h, "stream", None) is sys.stderr for h in logging.getLogger().handlers)
 
 
+# which commands take --as-of and --replay: any other refuses them (so that, say, flatten --replay
+# never acts on the real account)
+OPTION_COMMANDS = {"as_of": ("run", "signals"), "replay": ("status", "history")}
+# the commands that need a home where something has run (state database or audit trail): they
+# never report success on a home that has never traded; `init` is the one that creates a home
+HAS_RUN_COMMANDS = ("halt", "resume", "flatten", "start-over")
+
+
+def _check_options(args, command: str) -> None:
+    for name, commands in OPTION_COMMANDS.items():
+        if getattr(args, name, None) and command not in commands:
+            flag = "--" + name.replace("_", "-")
+            raise config.ConfigError(f"{command} does not take {flag} (only {' and '.join(commands)} do): "
+                                     f"nothing done")
+
+
 def main(argv=None) -> int:
     install_excepthook()
     args = _parser().parse_args(argv)
     command = args.command or "run"
     as_json = getattr(args, "json", False)
     try:
+        config.trading_mode()                 # a bad environment first, then the options, then the home
+        config.data_source()
+        _check_options(args, command)
+        if command != "init":
+            config.require_home(has_run=command in HAS_RUN_COMMANDS)
         as_of = _as_of(args.as_of) if getattr(args, "as_of", None) else None
         # results go to stdout; the log's console copy only for the cycle (cron captures it)
         setup_logging("trading", console=(command == "run"))
@@ -383,6 +472,10 @@ def main(argv=None) -> int:
             return cmd_signals(as_of, as_json)
         if command == "config":
             return cmd_config(as_json)
+        if command == "init":
+            return cmd_init()
+        if command == "start-over":
+            return cmd_start_over(args.confirm, args.reason)
         if command == "serve":
             rebuild_status_page()
             status_page.serve(args.port)

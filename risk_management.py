@@ -771,7 +771,7 @@ def main(argv=None) -> int:
     p.add_argument("symbol", nargs="?")
     p.add_argument("--reason", default="", help="why (recorded in the audit trail)")
     args = parser.parse_args(argv)
-
+    config.require_home()                         # a mistyped TRADING_HOME: one line, nothing created
     logging_setup.setup_logging("trading")
     rm = RiskManager()
     try:

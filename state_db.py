@@ -143,6 +143,7 @@ def connect_readonly(path=None) -> sqlite3.Connection | None:
 
 
 REPLAY_AS_OF_KEY = "replay_as_of"
+CREATED_KEY = "database_created"        # when this database file was created (kill_switch.require_continuity)
 
 
 def prepare_replay(as_of) -> Path:
@@ -169,6 +170,26 @@ def prepare_replay(as_of) -> Path:
     return path
 
 
+def move_aside(why: str) -> Path | None:
+    """Move the real state database (and its WAL files) aside to
+    ``trading_state.db.<why>-<UTC time>``, never deleting it; returns the new path, or None when
+    there was none. The caller makes sure nothing else uses it (the cycle lock)."""
+    path = config.state_db_file()
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")     # every committed write into the main file
+    finally:
+        conn.close()
+    target = path.with_name(f"{path.name}.{why}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    for suffix in ("-wal", "-shm", ""):                     # the main file last: its name is the database
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(Path(f"{target}{suffix}"))
+    return target
+
+
 def is_replay(conn: sqlite3.Connection | None) -> bool:
     """Is ``conn`` a connection to the replay database? What a replay runs on is the value that
     says it is a replay: a component given the replay's connection knows it (its alerts are
@@ -192,12 +213,27 @@ def connect(path=None) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA foreign_keys=ON")
+        new = not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kv'").fetchone()
         ensure_schema(conn, [_KV_SCHEMA])
+        if new:                 # a new (or emptied) database: stamped, so a cycle can tell it is new
+            _stamp_created(conn)
     except (sqlite3.OperationalError, OSError) as exc:
         if conn is not None:
             conn.close()
         raise _translated(exc, target) from None
     return conn
+
+
+def _stamp_created(conn: sqlite3.Connection) -> None:
+    with transaction(conn):
+        if kv_get(conn, CREATED_KEY) is None:
+            kv_set(conn, CREATED_KEY, datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+
+
+def created_at(conn: sqlite3.Connection) -> datetime | None:
+    """When the database was created (aware UTC); None for one created before the stamp existed."""
+    value = kv_get(conn, CREATED_KEY)
+    return datetime.fromisoformat(value) if value else None
 
 
 def ensure_schema(conn: sqlite3.Connection, statements) -> None:

@@ -143,6 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("symbols", nargs="*", help="symbols for `quotes`")
     parser.add_argument("--paper", action="store_true", help="ask the paper broker instead of Schwab")
     args = parser.parse_args(argv)
+    if args.command not in ("login", "token-age"):    # the login is set-up: it may start a home
+        config.require_home()
     logging_setup.setup_logging("trading")
     try:
         if args.command == "login":

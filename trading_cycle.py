@@ -6,7 +6,10 @@ A cycle, in order; every step is logged and audited:
     (``--as-of``) then switches to its throwaway account (``state_db.prepare_replay``)
  2. verify the audit trail (``audit_logging.require_valid_trail``: a damaged trail stops the
     cycle) and record in it a previous cycle that was interrupted
- 3. honour the kill switch (``kill_switch``; ``python live_trading.py halt --reason ...``)
+ 3. honour the kill switch (``kill_switch``; ``python live_trading.py halt --reason ...``), also
+    as the audit trail records it: a state database that lost a halt, or that is newer than the
+    account history in the trail (deleted, replaced), stops the cycle
+    (``kill_switch.require_continuity``; ``python live_trading.py start-over`` begins anew on purpose)
  4. live mode only: the go-live gate (``golive.gate_status``: a passing backtest, a passing
     walk-forward of its configuration on the production data and universe, and paper sessions)
  5. the clock (``clock_sanity``): the broker's own clock must agree with ours within
@@ -215,6 +218,7 @@ def run_cycle(as_of=None, now=None, settings: TradingSettings | None = None) -> 
             # the operator's kill switch lives in the real database; the replay then runs in its
             # own throwaway account (state_db.prepare_replay), never the real paper account
             with closing(state_db.connect()) as real:
+                kill_switch.require_continuity(real)     # a halt the trail holds stops replays too
                 if _kill_switch_stops(real, audit_logger()):
                     return EXIT_OK
             path = state_db.prepare_replay(as_of)
@@ -245,6 +249,8 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
     require_valid_trail(audit=audit)                 # never trade onto a trail verify calls damaged
     _record_interrupted_cycle(audit, conn)
     _log_cycle_start(audit, mode, as_of)
+    if not replay:                      # fail closed: the state database matches the trail
+        kill_switch.require_continuity(conn, audit)
     if _kill_switch_stops(conn, audit):
         return EXIT_OK
     model = get_model()

@@ -62,6 +62,7 @@ from typing import Any, Callable, NoReturn
 
 import alerts
 import broker_gateway
+import config
 import constants as C
 import external_activity
 import kill_switch
@@ -655,6 +656,7 @@ def main(argv=None) -> int:
                        help="none of them is ours (or it is not at the broker): close our row, never resent")
     p.add_argument("--reason", required=True)
     args = parser.parse_args(argv)
+    config.require_home()                         # a mistyped TRADING_HOME: one line, nothing created
     logging_setup.setup_logging("trading")
     executor = OrderExecutor()
     try:

@@ -64,6 +64,7 @@ def test_circuit_breaker_opening_alerts_once(trading_home, monkeypatch):
 def test_kill_switch_halt_alerts_and_operator_commands_leave_errors_log_empty(trading_home):
     with WebhookServer() as hook:
         env = {"TRADING_ALERT_URLS": hook.url}
+        assert run_entry(["live_trading.py", "init"], trading_home, env).returncode == 0     # a new home, on purpose
         done = run_entry(["live_trading.py", "halt", "--reason", "drill at 6am"], trading_home, env)
         assert done.returncode == 0, done.stderr
         payload = _one(hook, "kill_switch_set")
@@ -81,6 +82,7 @@ def test_kill_switch_halt_alerts_and_operator_commands_leave_errors_log_empty(tr
 def test_failed_cycle_alerts_with_the_scheduler_key(trading_home):
     """No model: the cycle fails; its alert uses the scheduler's key, so a scheduled run's own
     failure alert for the same session is a suppressed repeat, not a second message."""
+    assert run_entry(["live_trading.py", "init"], trading_home).returncode == 0       # a home, no model
     with WebhookServer() as hook:
         done = run_entry(["live_trading.py"], trading_home, {"TRADING_ALERT_URLS": hook.url})
         assert done.returncode == 1

@@ -41,6 +41,7 @@ def test_healthy_home(home):
 
 
 def test_kill_switch_is_a_warning(home, trained):
+    assert run_entry(["live_trading.py", "init"], home).returncode == 0          # set up, never run: a home on purpose
     assert run_entry(["live_trading.py", "halt", "--reason", "maintenance"], home).returncode == 0
     rc, lines, out = check(home)
     assert rc == 1, out
@@ -155,6 +156,7 @@ def test_only_an_after_hours_run_is_a_missed_cycle_not_a_time_zone_failure(home,
 def test_kill_switch_is_the_reason_no_cycle_ran(home, monkeypatch):
     import health_check
     monkeypatch.setenv("TRADING_HOME", str(home))
+    assert run_entry(["live_trading.py", "init"], home).returncode == 0          # set up, never run: a home on purpose
     assert run_entry(["live_trading.py", "halt", "--reason", "maintenance"], home).returncode == 0
     level, detail = health_check.check_last_cycle()
     assert level == "WARN" and "kill switch ON" in detail and "maintenance" in detail, detail

@@ -145,6 +145,7 @@ def test_second_cycle_exits_cleanly_while_one_runs(home, trained, monkeypatch):
 
 
 def test_kill_switch_blocks_every_run_until_resumed(home, trained, cli):
+    assert cli("init").returncode == 0            # set up, never run: halt needs a home where something ran
     assert cli("halt", "--reason", "drawdown investigation").returncode == 0
     blocked = run(["live_trading.py", "--as-of", trained["trade_day"]], home)
     assert blocked.returncode == 0 and "Kill switch is ON" in blocked.stderr
@@ -225,6 +226,7 @@ def test_flatten_closes_everything_after_confirmation(home, trained, cli):
 
 def test_flatten_waits_for_the_cycle_lock_and_names_the_holder(home, trained, cli):
     import live_trading
+    assert cli("init").returncode == 0
     with live_trading.cycle_lock(what="cycle") as held:
         assert held
         done = run(["live_trading.py", "flatten", "--confirm", "FLATTEN", "--wait", "1"], home)
@@ -234,6 +236,7 @@ def test_flatten_waits_for_the_cycle_lock_and_names_the_holder(home, trained, cl
 
 
 def test_operator_commands_behave(home, trained, cli):
+    assert cli("init").returncode == 0
     nothing = cli("resume", "--reason", "no halt")
     assert nothing.returncode == 0 and "nothing to resume" in nothing.stdout
     assert cli("resume").returncode == 2                 # --reason required

@@ -489,6 +489,7 @@ def test_reset_drawdown_cli(trading_home):
 
 
 def test_cli_status_and_do_not_short(trading_home):
+    state_db.connect().close()                  # a home (an empty one): the CLI refuses a folder without state
     result = _cli(trading_home, "status")
     assert result.returncode == 0, result.stderr
     assert "Equity peak:        none recorded" in result.stdout and "Do-not-short list:  empty" in result.stdout

@@ -57,7 +57,8 @@ def used_home(tmp_path_factory) -> Path:
     """A home that has been used: state database, audit trail, logs (built once)."""
     home = tmp_path_factory.mktemp("used") / "home"
     home.mkdir()
-    for args in (["live_trading.py", "halt", "--reason", "setup"], ["live_trading.py", "resume", "--reason", "setup done"]):
+    for args in (["live_trading.py", "init"], ["live_trading.py", "halt", "--reason", "setup"],
+                 ["live_trading.py", "resume", "--reason", "setup done"]):
         done = _run([PY, *args], home)
         assert done.returncode == 0, done.stderr[-2000:]
     assert (home / "state/trading_state.db").exists()
