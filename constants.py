@@ -52,7 +52,7 @@ LOCK_DIR = "state/locks"                               # process locks (one cycl
 SETTINGS_FILE = "settings.toml"                        # optional overrides of these tunables (tunables.py, docs/RUNBOOK.md)
 # a TRADING_HOME holding none of these (nor a credential file) holds no project state: every command but the set-up ones
 # (data update, training, credentials, alerts, cron, `live_trading.py init`) refuses it (config.home_problem)
-HOME_STATE_FILES = (UNIVERSE_FILE, PROCESSED_DATA_FILE, MODEL_FILE, STATE_DB_FILE, AUDIT_LOG_FILE)
+HOME_STATE_FILES = (UNIVERSE_FILE, PROCESSED_DATA_FILE, MODEL_FILE, STATE_DB_FILE, AUDIT_LOG_FILE, SETTINGS_FILE)
 
 # --------------------------------------------------------------------- logging (logging_setup.py)
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"   # greppable plain lines

@@ -72,6 +72,8 @@ REFUSED = {              # set now: installing is refused (a secret, or no place
     C.ENV_TRADING_NOW: "pins the clock (tests, drills): every scheduled run would think it is that "
                        "moment; unset it",
 }
+CARRIED_PREFIXES = (     # every variable with this prefix is carried too (TRADING_SET_<NAME>: a tunable's override)
+    C.ENV_SETTING_PREFIX,)
 NOT_FOR_CRON = (         # read only by a command a person runs, never by a scheduled job
     C.ENV_CREDENTIAL_KEY_NEW, C.ENV_CRONTAB_FILE, C.ENV_FAILPOINT)
 
@@ -98,7 +100,9 @@ def cron_environment() -> list[tuple[str, str]]:
     if refused:
         raise CronInstallError("not installed: cron would not run with this shell's environment: "
                                + "; ".join(refused))
-    return [(name, _value(name)) for name in CARRIED if os.environ.get(name, "").strip()]
+    carried = [(name, _value(name)) for name in CARRIED if os.environ.get(name, "").strip()]
+    return carried + sorted((name, value.strip()) for name, value in os.environ.items()
+                            if name.startswith(CARRIED_PREFIXES) and value.strip())
 
 
 def cron_line() -> str:

@@ -13,6 +13,8 @@ import os as _os
 import sqlite3
 import sys
 
+import constants as C
+
 
 class UserFacingError(RuntimeError):
     """An error whose message is written for the operator: what is wrong and what to do."""
@@ -270,7 +272,7 @@ def as_user_facing(exc: BaseException) -> BaseException:
     file name, else ``$TRADING_HOME`` (else the current folder), the likeliest place."""
     if is_user_facing(exc) or not isinstance(exc, (OSError, sqlite3.Error)):
         return exc
-    path = (getattr(exc, "filename", None) or _os.environ.get("TRADING_HOME", "").strip()
+    path = (getattr(exc, "filename", None) or _os.environ.get(C.ENV_TRADING_HOME, "").strip()
             or _os.getcwd())
     kind = storage_fault_kind(exc, path)
     if kind is None or kind == "unopenable":

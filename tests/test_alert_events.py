@@ -2,6 +2,7 @@
 cycle, the breaker opening, the kill switch, a failing cycle, a failing data update, a failing
 verify) with $TRADING_ALERT_URLS pointing at a webhook server on 127.0.0.1, and the alert that
 arrives carries its severity and first command. A channel that is down never breaks a cycle."""
+import os
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -110,8 +111,9 @@ def test_audit_verify_failure_alerts(trading_home):
     path = trading_home / C.AUDIT_LOG_FILE
     path.write_text(path.read_text().replace('"n": 1', '"n": 7').replace('"n":1', '"n":7'))
     with WebhookServer() as hook:
-        done = run_entry(["audit_logging.py", "verify"], trading_home, {"TRADING_ALERT_URLS": hook.url})
-        assert done.returncode == 1 and "NOT VALID" in done.stdout
+        done = run_entry(["audit_logging.py", "verify"], trading_home,      # the key this trail was written with
+                         {"TRADING_ALERT_URLS": hook.url, "TRADING_CONFIG_DIR": os.environ["TRADING_CONFIG_DIR"]})
+        assert done.returncode == 1 and "NOT VALID (tampered)" in done.stdout, done.stdout
         _one(hook, "audit_verification_failed")
 
 

@@ -90,14 +90,15 @@ def test_cron_runs_with_every_variable_of_the_installing_shell(tab, trading_home
     the audit key elsewhere and refused to trade. Every variable set now is in the line."""
     csv_dir = tmp_path / "csv"
     done = install("--print", TRADING_MODE="paper", TRADING_CSV_DIR=csv_dir, TRAIN_PROFILE="tiny",
-                   RAY_ADDRESS="10.0.0.5:6379")
+                   RAY_ADDRESS="10.0.0.5:6379", TRADING_SET_SIGNAL_THRESHOLD="0.6")
     assert done.returncode == 0, done.stderr
     line = [l for l in done.stdout.splitlines() if "run_scheduled.sh" in l][0]
     assert cron_env(line) == {
         "TRADING_HOME": str(trading_home), "TRADING_MODE": "paper", "DATA_SOURCE": "sample",
         "TRADING_CONFIG_DIR": os.environ["TRADING_CONFIG_DIR"], "TRADING_CSV_DIR": str(csv_dir),
         "TRAIN_PROFILE": "tiny", "RAY_ADDRESS": "10.0.0.5:6379",
-        "TRADING_PYTHON": os.environ["TRADING_PYTHON"]}
+        "TRADING_PYTHON": os.environ["TRADING_PYTHON"],
+        "TRADING_SET_SIGNAL_THRESHOLD": "0.6"}                  # a setting's override (tunables.py) too
 
 
 def test_relative_key_dir_is_written_absolute(tab, trading_home, tmp_path):
@@ -123,7 +124,8 @@ def test_every_environment_variable_the_system_reads_is_classified():
     """One place lists what cron gets of each variable: every constants.ENV_* name, and no module
     reads a variable of ours by a literal name instead of its constant."""
     names = {getattr(C, n) for n in dir(C) if n.startswith("ENV_")}
-    classified = [*cron_install.CARRIED, *cron_install.REFUSED, *cron_install.NOT_FOR_CRON]
+    classified = [*cron_install.CARRIED, *cron_install.CARRIED_PREFIXES, *cron_install.REFUSED,
+                  *cron_install.NOT_FOR_CRON]
     assert sorted(classified) == sorted(names)
     literal = re.compile(r"""os\.environ(?:\.get|\.pop|\.setdefault)?[\[(]\s*["']([A-Z_]+)["']""")
     foreign = {"USER", "LOGNAME", "PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL"}      # not the system's settings

@@ -6,6 +6,7 @@ import live_trading
 
 
 def test_status_without_a_peak_says_so_instead_of_zero_dollars(trading_home):
+    assert run_entry(["live_trading.py", "init"], trading_home).returncode == 0     # a new home, never traded
     done = run_entry(["live_trading.py", "status"], trading_home)
     assert done.returncode == 0, done.stderr
     risk = [line for line in done.stdout.splitlines() if line.startswith("risk:")][0]
@@ -13,6 +14,7 @@ def test_status_without_a_peak_says_so_instead_of_zero_dollars(trading_home):
 
 
 def test_history_and_signals_carry_the_synthetic_label_and_signals_a_header(trading_home):
+    assert run_entry(["live_trading.py", "init"], trading_home).returncode == 0     # a new home, never traded
     done = run_entry(["live_trading.py", "history"], trading_home)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == f"DATA_SOURCE=sample: {C.SAMPLE_LABEL}"

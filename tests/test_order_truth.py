@@ -81,6 +81,7 @@ def test_flatten_command_exits_1_naming_what_is_still_open_at_schwab(api, fake, 
     monkeypatch.setenv("TRADING_MODE", "live")
     monkeypatch.setattr(constants, "ORDER_FILL_TIMEOUT_S", 0.0)      # the wait: no need for 120 s here
     fake.positions = [position("AAPL", 10)]
+    assert live_trading.main(["init"]) == 0                           # a home (flatten refuses a typo)
     assert live_trading.main(["flatten", "--confirm", "FLATTEN"]) == 1
     err = capsys.readouterr().err
     closing = next(iter(fake.orders))

@@ -52,7 +52,8 @@ def test_cli_balance_and_quotes(api, fake, capsys):
     assert json.loads(capsys.readouterr().out)["AAPL"]["last"] == 1.5
 
 
-def test_cli_reports_missing_credentials(capsys):
+def test_cli_reports_missing_credentials(trading_home, capsys):
+    (trading_home / "selected_stocks.txt").write_text("AAPL\n")      # a home (config.require_home)
     assert T.main(["balance"]) == 1
     assert "not configured" in capsys.readouterr().err
 
@@ -108,7 +109,8 @@ def test_login_help_names_callback_token_store_and_expiry():
         assert words in done.stdout, words
 
 
-def test_cli_paper_balance(capsys):
+def test_cli_paper_balance(trading_home, capsys):
+    (trading_home / "selected_stocks.txt").write_text("AAPL\n")      # a home (config.require_home)
     assert T.main(["balance", "--paper"]) == 0
     assert '"equity"' in capsys.readouterr().out
 

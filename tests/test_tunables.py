@@ -239,6 +239,7 @@ def test_the_health_check_fails_on_a_bad_setting(trading_home):
 
 
 def test_the_environment_source_is_checked_through_an_entry_point(trading_home):
+    (trading_home / C.UNIVERSE_FILE).write_text("AAPL\n")               # a home (config.require_home)
     done = run_entry(["live_trading.py", "signals"], trading_home, env_extra={"TRADING_SET_SIGNAL_THRESHOLD": "abc"})
     _one_error_line(done, ["TRADING_SET_SIGNAL_THRESHOLD", 'SIGNAL_THRESHOLD = "abc"', "not a number"])
 
