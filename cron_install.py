@@ -12,7 +12,8 @@ Sunday), and the scheduler decides from the NYSE calendar in New York time what 
 Command line (``./install_cron.sh`` runs it)::
 
     ./install_cron.sh            # install or update the block
-    ./install_cron.sh --print    # print the block that would be installed
+    ./install_cron.sh --print    # print the block that would be installed (exit 0; a variable
+                                 # that would make installing refuse is left out, noted on stderr)
     ./install_cron.sh --remove   # remove the block
 """
 from __future__ import annotations
@@ -93,22 +94,35 @@ def _value(name: str) -> str:
     return os.environ[name].strip()
 
 
-def cron_environment() -> list[tuple[str, str]]:
-    """``[(name, value)]`` for every CARRIED variable set in this shell, so cron runs with exactly
-    this environment; ``CronInstallError`` when a REFUSED one is set."""
-    refused = [f"{name} {why}" for name, why in REFUSED.items() if os.environ.get(name, "").strip()]
-    if refused:
-        raise CronInstallError("not installed: cron would not run with this shell's environment: "
-                               + "; ".join(refused))
+def refused_variables() -> list[str]:
+    """One problem per REFUSED variable set in this shell: "NAME why" (empty when none is set)."""
+    return [f"{name} {why}" for name, why in REFUSED.items() if os.environ.get(name, "").strip()]
+
+
+def carried_environment() -> list[tuple[str, str]]:
+    """``[(name, value)]`` for every CARRIED variable set in this shell (a REFUSED one never is),
+    then every variable with a CARRIED_PREFIXES prefix (a setting's override), sorted."""
     carried = [(name, _value(name)) for name in CARRIED if os.environ.get(name, "").strip()]
     return carried + sorted((name, value.strip()) for name, value in os.environ.items()
                             if name.startswith(CARRIED_PREFIXES) and value.strip())
 
 
-def cron_line() -> str:
+def cron_environment() -> list[tuple[str, str]]:
+    """``carried_environment()``, so cron runs with exactly this environment;
+    ``CronInstallError`` when a REFUSED variable is set."""
+    refused = refused_variables()
+    if refused:
+        raise CronInstallError("not installed: cron would not run with this shell's environment: "
+                               + "; ".join(refused))
+    return carried_environment()
+
+
+def cron_line(check: bool = True) -> str:
     """The one crontab line: every SCHEDULE_INTERVAL_MIN minutes on New York's weekdays, with
-    every variable of this shell that the system reads (``cron_environment``)."""
-    env = "".join(f"{name}={shlex.quote(value)} " for name, value in cron_environment())
+    every variable of this shell that the system reads (``cron_environment``; with
+    ``check=False``, for ``--print``, the refused variables are left out instead of refused)."""
+    pairs = cron_environment() if check else carried_environment()
+    env = "".join(f"{name}={shlex.quote(value)} " for name, value in pairs)
     log_file = config.path(C.LOG_DIR) / "cron_trading.log"
     command = (f"cd {shlex.quote(str(config.PROJECT_DIR))} && {env}./run_scheduled.sh "
                f">> {shlex.quote(str(log_file))} 2>&1")
@@ -119,9 +133,9 @@ def cron_line() -> str:
     return item.render()
 
 
-def block() -> list[str]:
+def block(check: bool = True) -> list[str]:
     return [BEGIN, "# New York time is worked out by scheduler.py (no CRON_TZ: Debian's cron "
-                   "ignores it); see docs/DEPLOYMENT.md", cron_line(), END]
+                   "ignores it); see docs/DEPLOYMENT.md", cron_line(check), END]
 
 
 def _open() -> CronTab:
@@ -215,15 +229,18 @@ def main(argv=None) -> int:
         epilog=f"${C.ENV_CRONTAB_FILE}=FILE edits FILE instead of your crontab. Every variable the "
                f"system reads that is set in this shell ({', '.join(CARRIED)}) is written into the "
                f"line, so cron runs with this environment; installing is refused while "
-               f"{', '.join(REFUSED)} is set.")
+               f"{', '.join(REFUSED)} is set (--print then leaves it out and notes it on stderr).")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--print", action="store_true", help="print the block; change nothing")
     group.add_argument("--remove", action="store_true", help="remove the block")
     args = parser.parse_args(argv)
     config.trading_mode(), config.data_source()
     tunables.apply()              # the schedule's times are tunables (settings.toml)
-    if args.print:
-        print("\n".join(block()))
+    if args.print:                # installs nothing: the block, and what installing would refuse
+        print("\n".join(block(check=False)))
+        refused = refused_variables()
+        if refused:
+            print("note: installing would refuse: " + "; ".join(refused), file=sys.stderr)
         return 0
     if args.remove:
         where, changed = remove()

@@ -428,6 +428,7 @@ def test_replay_risk_reads_the_halt_state_once_a_day(monkeypatch):
     """ReplayRisk keeps the halt state in memory (nothing in the kv table) and answers
     is_halted from the day's first read, until update_equity changes it."""
     risk = E.ReplayRisk()
+    kv_before = [tuple(row) for row in risk.conn.execute("SELECT * FROM kv")]    # only the creation stamp
     reads = []
     original = rm.RiskManager.is_halted
     monkeypatch.setattr(rm.RiskManager, "is_halted",
@@ -441,7 +442,8 @@ def test_replay_risk_reads_the_halt_state_once_a_day(monkeypatch):
     for _ in range(50):
         assert risk.is_halted(day)[0] is True
     assert len(reads) == 2                                 # once after each update_equity
-    assert risk.conn.execute("SELECT COUNT(*) FROM kv").fetchone()[0] == 0
+    assert [row["key"] for row in risk.conn.execute("SELECT key FROM kv")] == [state_db.CREATED_KEY]
+    assert [tuple(row) for row in risk.conn.execute("SELECT * FROM kv")] == kv_before   # no halt state written
 
 
 def test_close_reasons_of_reducing_orders():

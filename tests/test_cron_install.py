@@ -120,6 +120,29 @@ def test_a_variable_cron_cannot_have_refuses_the_install(tab, trading_home, name
     assert tab.read_text() == OTHER                       # nothing installed
 
 
+@pytest.mark.parametrize("name, value, says", [
+    ("TRADING_CREDENTIAL_KEY", "x" * 44, "credential_manager.py"),
+    ("TRADING_ALERT_URLS", "json://127.0.0.1:9/hook", "alerts.py add"),
+    ("TRADING_NOW", "2026-11-24T11:00:00-05:00", "pins the clock")])
+def test_print_with_a_refused_variable_prints_the_block_and_notes_the_refusal(tab, trading_home,
+                                                                             name, value, says):
+    """--print installs nothing: it prints the block without the refused variable (exit 0) and
+    says on stderr that installing would refuse; the install itself still refuses."""
+    done = install("--print", **{name: value})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == cron_install.BEGIN and lines[-1] == cron_install.END
+    line = [l for l in lines if "run_scheduled.sh" in l][0]
+    assert cron_env(line)["TRADING_HOME"] == str(trading_home) and name not in cron_env(line)
+    assert name not in done.stdout and value not in done.stdout        # no secret, no pinned clock
+    assert "installing would refuse" in done.stderr and name in done.stderr and says in done.stderr
+    assert "Traceback" not in done.stderr
+    assert tab.read_text() == OTHER                                     # nothing installed
+    refused = install(**{name: value})
+    assert refused.returncode == 1 and "not installed" in refused.stderr
+    assert tab.read_text() == OTHER
+
+
 def test_every_environment_variable_the_system_reads_is_classified():
     """One place lists what cron gets of each variable: every constants.ENV_* name, and no module
     reads a variable of ours by a literal name instead of its constant."""

@@ -10,6 +10,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
+from crash_harness import assert_live_exactly_once, kill_switch_value, settle_lost_answer
 from fake_schwab_server import ACCOUNT_HASH, SCHWAB_BASE, FakeSchwabServer
 from schwab_env import (cycle_code, fake_schwab, live_cycle_setup, run_live, schwab_home,  # noqa: F401
                         schwab_routed, start_live, store_schwab_credentials)
@@ -233,7 +234,10 @@ def test_positions_and_cash_follow_fills():
 def test_live_cycle_in_a_subprocess_then_crash_and_rerun(home, trained, fake_schwab):
     """``live_trading.run_cycle`` with TRADING_MODE=live in a subprocess through the shim: orders
     reach the fake by schwab-py; a failpoint crash right after Schwab took an order, then a
-    rerun, leaves one order per intent and positions equal to the fills."""
+    rerun: Schwab carries no client id, so the lone candidate is not adopted silently (issue 19
+    point 13): the rerun stops for a person (ORDER AMBIGUOUS, kill switch set, nothing sent
+    again); resolved and resumed as the runbook says, the next run leaves one order per intent
+    and positions equal to the fills."""
     import sqlite3
 
     import constants as C
@@ -244,11 +248,20 @@ def test_live_cycle_in_a_subprocess_then_crash_and_rerun(home, trained, fake_sch
     assert crashed.returncode == 99, crashed.stderr[-3000:]
     assert len(fake_schwab.posted_orders()) == 1                    # Schwab took it; we never stored the id
     rerun = run_live(home, ["-c", code], fake_schwab)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.returncode == 1, rerun.stderr[-3000:]              # stopped for a person, not adopted
+    assert "ORDER AMBIGUOUS" in rerun.stderr and "did not reach the broker" not in rerun.stderr
+    assert "could be ours or the same order entered by a person" in rerun.stderr
+    assert kill_switch_value(home) is not None
+    assert len(fake_schwab.posted_orders()) == 1 and fake_schwab.duplicates() == {}   # nothing sent twice
+    final = settle_lost_answer(home, setup, fake_schwab, rerun)     # resolve, resume, rerun
+    assert final is not rerun and final.returncode == 0, final.stderr[-3000:]
+    assert kill_switch_value(home) is None
     posted = fake_schwab.posted_orders()
     assert posted and fake_schwab.duplicates() == {}
+    assert_live_exactly_once(home, fake_schwab, None)
     conn = sqlite3.connect(home / C.STATE_DB_FILE)
     rows = conn.execute("SELECT broker_order_id, status FROM orders WHERE mode = 'live'").fetchall()
+    conn.close()
     assert sorted(int(r[0]) for r in rows) == sorted(o["orderId"] for o in posted)
     assert all(r[1] == "FILLED" for r in rows)
     net = {}
