@@ -672,6 +672,7 @@ def main(argv=None) -> int:
         print(f"# {ny(now)} (machine time zone: {time.strftime('%Z')})")
         print(format_decisions(decisions))
         return 0
+    config.require_home()       # cron on a mistyped TRADING_HOME must not build a new home and trade it
     logging_setup.setup_logging("scheduler")
     return run_due(now)
 

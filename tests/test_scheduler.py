@@ -198,7 +198,8 @@ def test_interrupted_run_is_marked_and_alerted(trading_home, monkeypatch):
 def test_real_after_close_jobs_run_from_the_cli(trading_home):
     """The CLI runs the real commands: at 16:52 on a Tuesday the data update (sample data),
     the audit rotation and the log retention are due; each is recorded with its exit code."""
-    (trading_home / "logs").mkdir()
+    assert run_entry(["live_trading.py", "init"], trading_home).returncode == 0      # the home cron runs in
+    (trading_home / "logs").mkdir(exist_ok=True)
     (trading_home / "logs" / "trading_20200101.log").write_text("old\n")
     done = run_entry(["scheduler.py", "--now", "2026-11-24T16:52-05:00"], trading_home, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -315,3 +316,12 @@ def test_the_trading_cycle_job_reruns_by_the_constants():
     assert job.reruns == C.CYCLE_RERUNS >= 1 and job.rerun_spacing_min == C.CYCLE_RERUN_SPACING_MIN
     assert job.final_codes == (2, 3) and job.gave_up_alert in alerts.ALERT_KINDS
     assert all(j.reruns == 0 for j in scheduler.JOBS if j.name != job.name)   # JOBS is rebuilt at each use
+
+
+def test_a_scheduled_run_on_a_home_without_project_state_does_nothing(tmp_path):
+    """Issue 19: cron on a mistyped TRADING_HOME used to build a new home there (the data update)
+    and trade its fresh account; now the run refuses in one line and creates nothing."""
+    typo = tmp_path / "tradnig_home"
+    done = run_entry(["scheduler.py", "--now", "2026-11-24T16:52-05:00"], typo)
+    assert done.returncode != 0 and f"TRADING_HOME={typo}" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not typo.exists()
