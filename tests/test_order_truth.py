@@ -15,6 +15,7 @@ and audit trail.
   silently, and our fill timeout never cancels it."""
 import sqlite3
 import threading
+import time
 
 import httpx
 import pytest
@@ -92,6 +93,9 @@ def test_flatten_command_exits_1_naming_what_is_still_open_at_schwab(api, fake, 
 
 
 # ------------------------------------------------------------------ 4. messages that are true
+_real_sleep = time.sleep
+
+
 class WriteLock:
     """Another process holds the state database's write lock for ``seconds`` (a real SQLite lock)."""
 
@@ -104,7 +108,9 @@ class WriteLock:
         conn = sqlite3.connect(state_db.db_path(), isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
         self.taken.set()
-        threading.Event().wait(self.seconds)          # (not time.sleep: tests may speed that up)
+        # A real sleep, bound at import (tests may replace time.sleep). Not an Event's timed wait:
+        # under libfaketime (make test-days) a lock's timed wait that must run out never returns.
+        _real_sleep(self.seconds)
         conn.execute("ROLLBACK")
         conn.close()
 
