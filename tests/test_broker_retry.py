@@ -30,6 +30,10 @@ from schwab_env import fake_schwab, schwab_home, schwab_routed, store_schwab_cre
 from trading_execution import OrderExecutor
 
 # the kinds of request one live cycle makes (fake_schwab_server.KINDS)
+# The retry rule unchanged, its first backoff shortened through the settings' environment override
+# (the real 1 s, doubling, made one cycle with a 500 at every call take about 30 s).
+QUICK_RETRY = {"TRADING_SET_ORDER_BACKOFF_S": "0.05"}
+
 CYCLE_KINDS = {"account_numbers", "account", "account_positions", "quotes", "orders_list", "order_post",
                "order_get"}
 
@@ -69,7 +73,7 @@ def test_one_http_500_at_every_broker_call_of_the_cycle(live, reference):
     server = live_server(setup)
     server.fail_alternate()
     try:
-        done = run_cycle_live(home, setup, server)
+        done = run_cycle_live(home, setup, server, QUICK_RETRY)
         _assert_like_the_reference(home, server, reference, done)
         failed = {}
         for kind, _, status in server.injected:
@@ -99,7 +103,7 @@ def test_one_http_500_at_the_nth_request_of_a_kind(live, reference, kind, n):
     server = live_server(setup)
     server.fail_nth(kind, n)
     try:
-        done = run_cycle_live(home, setup, server)
+        done = run_cycle_live(home, setup, server, QUICK_RETRY)
         assert server.injected == [(kind, n, 500)]
         _assert_like_the_reference(home, server, reference, done)
     finally:
