@@ -57,6 +57,7 @@ SERVICE_FIELDS = {
     "schwab": (("app_key", "app_secret"), ("account_hash", "callback_url")),
     "schwab_token": (("creation_timestamp", "token"), ()),
     "reddit": (("client_id", "client_secret", "user_agent"), ()),
+    "telegram": (("bot_token", "chat_ids"), ()),    # telegram_control.py setup; chat_ids "111 -222"
 }
 KNOWN_FIELDS = {s: req for s, (req, _) in SERVICE_FIELDS.items() if s != "schwab_token"}   # `set` prompts
 

@@ -158,8 +158,9 @@ def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:
 
 
 # ----------------------------------------------------------------------------- halt, resume, flatten
-def cmd_halt(reason: str) -> int:
-    value = kill_switch.halt(reason)
+def cmd_halt(reason: str, by: str | None = None) -> int:
+    """``by``: who (default ``config.operator()``; the phone bot passes the Telegram sender)."""
+    value = kill_switch.halt(reason, by=by)
     if len(value.get("reasons") or []) > 1:
         print(f"already HALTED since {value['at']} ({value['reason']}, by {value['by']}); your reason was "
               f"added ({len(value['reasons'])} reasons). Clear with: python live_trading.py resume --reason \"...\"")
@@ -169,8 +170,8 @@ def cmd_halt(reason: str) -> int:
     return EXIT_OK
 
 
-def cmd_resume(reason: str) -> int:
-    old = kill_switch.clear(reason)
+def cmd_resume(reason: str, by: str | None = None) -> int:
+    old = kill_switch.clear(reason, by=by)
     if old is None:
         print("nothing to resume: the kill switch is not set")
         return EXIT_OK
@@ -178,7 +179,7 @@ def cmd_resume(reason: str) -> int:
     return EXIT_OK
 
 
-def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float) -> int:
+def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float, by: str | None = None) -> int:
     """Stop trading (the kill switch, unless --keep-trading), wait for a running cycle to
     finish, then cancel open orders and close every position through the broker. The closing
     orders' client keys are stable for the day, so a rerun never closes twice."""
@@ -191,7 +192,7 @@ def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float) -> int:
             print("not confirmed: nothing done")
             return EXIT_OK
     if not keep_trading:
-        kill_switch.halt("flatten: close every position")
+        kill_switch.halt("flatten: close every position", by=by)
     with cycle_lock(wait_s=wait_s, what="flatten") as held:
         if not held:
             print(f"flatten NOT done: the cycle lock is still held after {wait_s:.0f} s by {lock_holder()}. "
