@@ -67,7 +67,8 @@ import logging_setup
 import state_db
 from audit_logging import AuditLogger
 from credential_manager import CredentialError, CredentialManager
-from errors import UsageError, UserFacingError, failure_level, install_excepthook, is_user_facing, one_line
+from errors import (UsageError, UserFacingError, command_failed, failure_level, install_excepthook,
+                    is_user_facing, one_line)
 
 log = logging.getLogger("telegram")
 
@@ -458,6 +459,9 @@ def main(argv=None) -> int:
         log.log(failure_level(exc), "telegram_control %s FAILED: %s", args.command, exc)
         print(one_line(exc), file=sys.stderr)
         return EXIT_CONFIG if isinstance(exc, (config.ConfigError, UsageError)) else EXIT_FAIL
+    except Exception as exc:                  # one line on stderr, the traceback in the log
+        command_failed(log, f"telegram_control {args.command}", exc)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":
