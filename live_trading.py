@@ -63,7 +63,7 @@ def _account_db(replay: bool):
     """The real state database's path, or with ``replay`` the throwaway ``--as-of`` replay one,
     which must exist (``--replay`` never shows, nor creates, anything else)."""
     if replay and not config.state_db_file(replay=True).exists():
-        raise config.ConfigError(f"no replay account in {config.home()} yet: run a replay first "
+        raise config.ConfigUsageError(f"no replay account in {config.home()} yet: run a replay first "
                                  f"(python live_trading.py --as-of YYYY-MM-DD)")
     return state_db.db_path(replay)
 
@@ -402,10 +402,10 @@ def _as_of(text: str):
         day = pd.Timestamp(text).normalize()
         ok = market_calendar.is_session(day)
     except Exception:
-        raise config.ConfigError(f"--as-of {text!r} is not a date the NYSE calendar knows "
+        raise config.ConfigUsageError(f"--as-of {text!r} is not a date the NYSE calendar knows "
                                  f"(YYYY-MM-DD, within the calendar's range)") from None
     if not ok:
-        raise config.ConfigError(f"--as-of {text} is not an NYSE session: pick a trading day")
+        raise config.ConfigUsageError(f"--as-of {text} is not an NYSE session: pick a trading day")
     return day
 
 
@@ -428,7 +428,7 @@ def _check_options(args, command: str) -> None:
     for name, commands in OPTION_COMMANDS.items():
         if getattr(args, name, None) and command not in commands:
             flag = "--" + name.replace("_", "-")
-            raise config.ConfigError(f"{command} does not take {flag} (only {' and '.join(commands)} do): "
+            raise config.ConfigUsageError(f"{command} does not take {flag} (only {' and '.join(commands)} do): "
                                      f"nothing done")
 
 
