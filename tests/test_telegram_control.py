@@ -278,3 +278,19 @@ def test_parse_command():
     assert tc.parse_command("hello") == ("", "")
     assert tc.parse_command("/STATUS") == ("status", "")
     assert datetime.fromisoformat(FIXED_NOW.isoformat()) == FIXED_NOW
+
+
+def test_serve_answers_round_after_round_and_one_poller_at_a_time(fake, bot_home, capsys):
+    env = _entry_env(fake, bot_home)
+    fake.push("/status", ANN)
+    served = run_entry(["telegram_control.py", "serve", "--rounds", "2", "--timeout", "0"], env_extra=env)
+    assert served.returncode == 0, served.stderr
+    assert len(fake.replies(ANN)) == 1 and "kill switch:" in fake.replies(ANN)[0]
+    import config
+    import fileutil
+    fake.push("/halt while locked", ANN)
+    with fileutil.process_lock(config.path(C.TELEGRAM_LOCK_FILE), "the other poller") as holder:
+        assert holder is None
+        assert tc.main(["poll", "--once", "--timeout", "0"]) == 0
+    assert "another poller is running" in capsys.readouterr().out
+    assert kill_switch.get() is None and len(fake.replies(ANN)) == 1
