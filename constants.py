@@ -266,6 +266,7 @@ TELEGRAM_CREDENTIAL_SERVICE = "telegram"   # credential service: bot_token, chat
 TELEGRAM_API_URL = "https://api.telegram.org"   # the Bot API's base URL (a local fake in tests)
 TELEGRAM_POLL_TIMEOUT_S = 50               # long-poll wait of one getUpdates (seconds; under a minute for cron)
 TELEGRAM_FLATTEN_CODE_MIN = 5              # a /flatten confirmation code is valid this long (minutes)
+TELEGRAM_RESUME_MAX_AGE_MIN = 10           # a /resume read later than this after it was sent is not run (minutes)
 TELEGRAM_RETRY_PAUSE_S = 30                # `serve` waits this long after the Bot API failed (seconds)
 TELEGRAM_MESSAGE_LIMIT = 4000              # a reply is cut to this many characters (Telegram's limit is 4096)
 TELEGRAM_LOCK_FILE = "state/locks/telegram.lock"   # flock: one poller at a time
@@ -350,6 +351,7 @@ OPERATIONAL_TUNABLES = (
     "ENV_ALERT_URLS", "ALERT_CREDENTIAL_SERVICE", "ALERT_QUIET_PERIOD_MIN", "ALERT_ORDER_REJECTIONS",
     "ALERT_TOKEN_EXPIRY_HOURS",
     "TELEGRAM_CREDENTIAL_SERVICE", "TELEGRAM_API_URL", "TELEGRAM_POLL_TIMEOUT_S", "TELEGRAM_FLATTEN_CODE_MIN",
+    "TELEGRAM_RESUME_MAX_AGE_MIN",
     "TELEGRAM_RETRY_PAUSE_S", "TELEGRAM_MESSAGE_LIMIT", "TELEGRAM_LOCK_FILE",
     "ENV_CSV_DIR", "CSV_DIR", "ENV_SETTING_PREFIX", "SETTINGS_FILE", "ENV_RAY_ADDRESS", "ENV_XDG_CONFIG_HOME", "ENV_PYTHON", "ENV_FAILPOINT",
 )
@@ -610,6 +612,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "TELEGRAM_API_URL": ("str", "URL (https://api.telegram.org, or a local fake)", None),
         "TELEGRAM_POLL_TIMEOUT_S": ("int", "seconds", "[0, 50]"),
         "TELEGRAM_FLATTEN_CODE_MIN": ("int", "minutes", "[1, 60]"),
+        "TELEGRAM_RESUME_MAX_AGE_MIN": ("int", "minutes", "[1, 1440]"),
         "TELEGRAM_RETRY_PAUSE_S": ("int", "seconds", "[1, 3600]"),
         "TELEGRAM_MESSAGE_LIMIT": ("fixed", "characters (Telegram's limit)", None),
         "TELEGRAM_LOCK_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),

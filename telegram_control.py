@@ -27,6 +27,9 @@ offset, or its row exists); an update left ``running`` by a crash is finished as
 ``/flatten <code>`` again (the closing orders' client keys make a rerun send nothing twice),
 ``/resume`` never (the reply says so: a resume is never replayed over a newer halt), read-only
 commands again. Flatten codes live in the table ``telegram_flatten_codes`` (single use, expiry).
+Late commands (Telegram keeps updates a day while no poller runs): a ``/resume`` read more than
+``TELEGRAM_RESUME_MAX_AGE_MIN`` after it was sent is not run (it could clear a newer halt); a late
+``/halt`` still stops; a late ``/flatten <code>`` finds its code expired.
 
 Command line::
 
@@ -80,7 +83,7 @@ HELP = ("Commands: /status, /signals, /halt <reason>, /resume <reason>, /flatten
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS telegram_updates (
         update_id INTEGER PRIMARY KEY, chat_id INTEGER, username TEXT, command TEXT, args TEXT,
-        status TEXT NOT NULL, received_at TEXT NOT NULL, done_at TEXT, reply TEXT,
+        sent_at INTEGER, status TEXT NOT NULL, received_at TEXT NOT NULL, done_at TEXT, reply TEXT,
         replied INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS telegram_flatten_codes (
         code TEXT PRIMARY KEY, chat_id INTEGER NOT NULL, created_at TEXT NOT NULL,
@@ -209,9 +212,9 @@ class ControlBot:
                     "SELECT 1 FROM telegram_updates WHERE update_id = ?", (update_id,)).fetchone():
                 return False
             self.conn.execute(
-                "INSERT INTO telegram_updates(update_id, chat_id, username, command, args, status, "
-                "received_at, done_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
-                (update_id, chat_id, username, command, args, status, state_db.utcnow(),
+                "INSERT INTO telegram_updates(update_id, chat_id, username, command, args, sent_at, status, "
+                "received_at, done_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (update_id, chat_id, username, command, args, message.get("date"), status, state_db.utcnow(),
                  None if status == "received" else state_db.utcnow()))
             state_db.kv_set(self.conn, OFFSET_KEY, update_id + 1)
         details = self._details(update_id, chat_id, username, command, args)
@@ -242,7 +245,7 @@ class ControlBot:
         who = sender(chat_id, username)
         outcome = "done"
         try:
-            reply = self._execute(update_id, chat_id, who, command, args, interrupted)
+            reply = self._execute(update_id, chat_id, who, command, args, interrupted, row.get("sent_at"))
         except Exception as exc:
             outcome = "failed"
             if is_user_facing(exc):
@@ -271,7 +274,7 @@ class ControlBot:
 
     # ------------------------------------------------------------------ the commands
     def _execute(self, update_id: int, chat_id: int, who: str, command: str, args: str,
-                 interrupted: bool) -> str:
+                 interrupted: bool, sent_at: int | None = None) -> str:
         log.info("Telegram /%s from %s", command, who)
         if command in ("help", "start") or command not in COMMANDS:
             return (f"unknown command /{command}. " if command not in ("help", "start") else "") + HELP
@@ -296,6 +299,12 @@ class ControlBot:
         if command == "resume":
             if not args:
                 raise UsageError("/resume needs a reason: /resume <reason>; nothing done")
+            age_min = (clock.now().timestamp() - sent_at) / 60 if sent_at else 0.0
+            if age_min > C.TELEGRAM_RESUME_MAX_AGE_MIN:
+                raise UsageError(f"this /resume was sent {age_min:.0f} minutes ago (the bot was not "
+                                 f"polling); a late resume could clear a newer halt, so it is not run "
+                                 f"(older than TELEGRAM_RESUME_MAX_AGE_MIN, {C.TELEGRAM_RESUME_MAX_AGE_MIN} "
+                                 f"min): check /status and send /resume again")
             if interrupted:
                 return ("this /resume was interrupted by a restart and is not run again (a newer halt "
                         "must not be cleared by it): check /status and send /resume again if needed")

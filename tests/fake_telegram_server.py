@@ -93,8 +93,8 @@ class FakeTelegram:
         self.server.server_close()
 
     # ------------------------------------------------------------------ what a person does
-    def push(self, text: str, chat_id: int = 111, username: str | None = "ann") -> int:
-        """A message typed in chat ``chat_id``; returns its update_id."""
+    def push(self, text: str, chat_id: int = 111, username: str | None = "ann", date: int | None = None) -> int:
+        """A message typed in chat ``chat_id`` (at ``date``, Unix time; default now); returns its update_id."""
         with self._cond:
             update_id = self._next_update
             self._next_update += 1
@@ -103,7 +103,8 @@ class FakeTelegram:
                 sender["username"] = username
             self.updates.append({"update_id": update_id, "message": {
                 "message_id": self._next_message, "from": sender,
-                "chat": {"id": chat_id, "type": "private"}, "date": int(time.time()), "text": text}})
+                "chat": {"id": chat_id, "type": "private"}, "date": int(time.time()) if date is None else date,
+                "text": text}})
             self._next_message += 1
             self._cond.notify_all()
         return update_id

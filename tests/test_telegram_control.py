@@ -294,3 +294,21 @@ def test_serve_answers_round_after_round_and_one_poller_at_a_time(fake, bot_home
         assert tc.main(["poll", "--once", "--timeout", "0"]) == 0
     assert "another poller is running" in capsys.readouterr().out
     assert kill_switch.get() is None and len(fake.replies(ANN)) == 1
+
+
+def test_a_resume_read_long_after_it_was_sent_is_not_run(fake, bot_home):
+    """Telegram keeps updates a day: a /resume sent while the poller was down must not clear the
+    halt someone set since; a late /halt still stops (the safe direction)."""
+    bot = make_bot(fake)
+    kill_switch.halt("set from a shell at 9:00")
+    sent = int((FIXED_NOW - timedelta(minutes=C.TELEGRAM_RESUME_MAX_AGE_MIN + 1)).timestamp())
+    fake.push("/resume all fine", ANN, date=sent)
+    fake.push("/halt late but safe", ANN, date=sent)
+    bot.poll_once(0)
+    late_resume, late_halt = fake.replies(ANN)
+    assert "is not run" in late_resume and kill_switch.get()["reason"] == "set from a shell at 9:00"
+    assert late_halt.startswith("already HALTED")
+    fresh = int(FIXED_NOW.timestamp())
+    fake.push("/resume checked now", ANN, date=fresh)
+    bot.poll_once(0)
+    assert fake.replies(ANN)[-1].startswith("RESUMED") and kill_switch.get() is None
