@@ -156,13 +156,56 @@ def stored_urls(manager: CredentialManager | None = None) -> list[str]:
     return [str(u) for u in data.get("urls", [])]
 
 
+def parse_chat_ids(value) -> list[int]:
+    """The chat ids of the ``telegram`` credentials (``"111 -222"``, ``"111,222"`` or a list) as
+    ints; a value that is not a chat id raises ``AlertConfigError`` naming the fix."""
+    items = value if isinstance(value, list) else str(value or "").replace(",", " ").split()
+    try:
+        return [int(str(item).strip()) for item in items]
+    except ValueError:
+        raise AlertConfigError("the telegram credentials' chat_ids must be numbers (e.g. "
+                               "\"123456789 -100987654\"): run python telegram_control.py setup") from None
+
+
+def telegram_credentials(manager: CredentialManager | None = None) -> tuple[str, list[int]] | None:
+    """(bot token, chat ids) of the credential service ``telegram`` (``python telegram_control.py
+    setup``), shared by the control bot and the alerts' Telegram channel; None when not set up.
+    The token is registered as a secret: it never reaches a log line."""
+    data = (manager or CredentialManager()).load_credentials(C.TELEGRAM_CREDENTIAL_SERVICE)
+    if not data or not data.get("bot_token"):
+        return None
+    token = str(data["bot_token"]).strip()
+    logging_setup.register_secret(token)
+    return token, parse_chat_ids(data.get("chat_ids"))
+
+
+def telegram_url(manager: CredentialManager | None = None) -> str | None:
+    """The alerts' Telegram channel (``tgram://TOKEN/CHAT/...``) built from the control bot's
+    credentials, or None when they are not set up (or list no chat)."""
+    creds = telegram_credentials(manager)
+    if creds is None or not creds[1]:
+        return None
+    token, chats = creds
+    return f"tgram://{token}/" + "/".join(str(c) for c in chats)
+
+
 def configured_urls() -> tuple[list[str], str]:
-    """(urls, source): ``$TRADING_ALERT_URLS`` when set, else the stored channels."""
+    """(urls, source): ``$TRADING_ALERT_URLS`` when set, else the stored channels and the
+    Telegram channel of the ``telegram`` credentials (when set up)."""
     env = os.environ.get(C.ENV_ALERT_URLS, "").split()
     if env:
         urls, source = env, f"${C.ENV_ALERT_URLS}"
     else:
-        urls, source = stored_urls(), "stored (python alerts.py add URL)"
+        manager = CredentialManager()
+        urls, source = stored_urls(manager), "stored (python alerts.py add URL)"
+        try:
+            tgram = telegram_url(manager)
+        except (AlertConfigError, CredentialError) as exc:     # the other channels still work
+            log.warning("Telegram alert channel not used: %s", exc)
+            tgram = None
+        if tgram and tgram not in urls:
+            urls.append(tgram)
+            source += " + telegram (python telegram_control.py setup)"
     for url in urls:
         _register_secrets(url)
     return urls, source

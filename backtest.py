@@ -44,7 +44,7 @@ from backtest_engine import (FILL_MODES, BacktestError, EngineResult, LivePolicy
                              market_from_frames, run_engine)
 from backtest_metrics import analyse, conventions
 from backtest_report import add_trade_tables, fmt, make_charts, write_reports
-from errors import command_failed, install_excepthook, squeeze
+from errors import UsageError, command_failed, install_excepthook, squeeze
 from golive import Criteria, evaluate_criteria, record_run
 from logging_setup import setup_logging
 from settings import TradingSettings
@@ -55,6 +55,10 @@ EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
 
 # =========================================================================== model, data, signals
+
+class BacktestUsageError(BacktestError, UsageError):
+    """--start/--end that do not fit the model or the data: a typed mistake (WARNING, not errors.log)."""
+
 
 def _load_model(path=None):
     model_path = Path(path) if path else config.path(C.MODEL_FILE)
@@ -213,12 +217,12 @@ def _choose_period(opts: Options, inputs: _Inputs) -> _Period:
     end = pd.Timestamp(opts.end) if opts.end else all_dates.max()
     if not opts.in_sample and oos_start is not None and start < oos_start:
         ends = in_sample_end(inputs.metadata)
-        raise BacktestError(f"--start {start.date()} is inside the model's training/validation data"
-                            + (f" (it ends {ends.date()})" if ends is not None else "")
-                            + f"; out-of-sample data starts {oos_start.date()}: use a later --start, or add "
-                            "--in-sample to run an in-sample backtest")
+        raise BacktestUsageError(f"--start {start.date()} is inside the model's training/validation data"
+                                 + (f" (it ends {ends.date()})" if ends is not None else "")
+                                 + f"; out-of-sample data starts {oos_start.date()}: use a later --start, "
+                                 "or add --in-sample to run an in-sample backtest")
     if end < start:
-        raise BacktestError(f"the period is empty ({start.date()} .. {end.date()}): check --start/--end")
+        raise BacktestUsageError(f"the period is empty ({start.date()} .. {end.date()}): check --start/--end")
     period = all_dates[(all_dates >= start) & (all_dates <= end)]
     if len(period) < 2:
         where = (f"the data ends {all_dates.max().date()} and the out-of-sample period starts "

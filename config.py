@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from errors import UserFacingError
+from errors import UsageError, UserFacingError
 import constants as C
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -16,6 +16,11 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 class ConfigError(UserFacingError):
     """A setting has a value the system refuses to guess about."""
+
+
+class ConfigUsageError(ConfigError, UsageError):
+    """A ConfigError caused by what a person typed (an option that does not apply, a date that is
+    not a session): logged at WARNING, never an errors.log line (``errors.failure_level``)."""
 
 
 def home() -> Path:

@@ -261,6 +261,16 @@ ALERT_QUIET_PERIOD_MIN = 240               # the same alert (kind + key) is not 
 ALERT_ORDER_REJECTIONS = 3                 # order rejections in one cycle that raise an alert (count)
 ALERT_TOKEN_EXPIRY_HOURS = 24              # alert when the Schwab token expires within (hours)
 
+# ------------------------------------------------------ control from the phone (telegram_control.py)
+TELEGRAM_CREDENTIAL_SERVICE = "telegram"   # credential service: bot_token, chat_ids (the alerts' Telegram channel too)
+TELEGRAM_API_URL = "https://api.telegram.org"   # the Bot API's base URL (a local fake in tests)
+TELEGRAM_POLL_TIMEOUT_S = 50               # long-poll wait of one getUpdates (seconds; under a minute for cron)
+TELEGRAM_FLATTEN_CODE_MIN = 5              # a /flatten confirmation code is valid this long (minutes)
+TELEGRAM_RESUME_MAX_AGE_MIN = 10           # a /resume read later than this after it was sent is not run (minutes)
+TELEGRAM_RETRY_PAUSE_S = 30                # `serve` waits this long after the Bot API failed (seconds)
+TELEGRAM_MESSAGE_LIMIT = 4000              # a reply is cut to this many characters (Telegram's limit is 4096)
+TELEGRAM_LOCK_FILE = "state/locks/telegram.lock"   # flock: one poller at a time
+
 # ------------------------------ evidence: walk-forward and skill (walk_forward.py, skill_stats.py)
 WALK_FORWARD_MIN_TRAIN_SESSIONS = 504      # first fold trains on at least this much history (sessions; 2 years)
 WALK_FORWARD_RETRAIN_SESSIONS = 63         # retrain every this many sessions; a fold predicts that many (sessions; a quarter)
@@ -340,6 +350,9 @@ OPERATIONAL_TUNABLES = (
     "LOG_RETENTION_DAYS", "LOG_ROTATE_AGE_DAYS", "LOG_ROTATE_MAX_BYTES",
     "ENV_ALERT_URLS", "ALERT_CREDENTIAL_SERVICE", "ALERT_QUIET_PERIOD_MIN", "ALERT_ORDER_REJECTIONS",
     "ALERT_TOKEN_EXPIRY_HOURS",
+    "TELEGRAM_CREDENTIAL_SERVICE", "TELEGRAM_API_URL", "TELEGRAM_POLL_TIMEOUT_S", "TELEGRAM_FLATTEN_CODE_MIN",
+    "TELEGRAM_RESUME_MAX_AGE_MIN",
+    "TELEGRAM_RETRY_PAUSE_S", "TELEGRAM_MESSAGE_LIMIT", "TELEGRAM_LOCK_FILE",
     "ENV_CSV_DIR", "CSV_DIR", "ENV_SETTING_PREFIX", "SETTINGS_FILE", "ENV_RAY_ADDRESS", "ENV_XDG_CONFIG_HOME", "ENV_PYTHON", "ENV_FAILPOINT",
 )
 
@@ -593,6 +606,16 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "ALERT_QUIET_PERIOD_MIN": ("int", "minutes", "[0, 100000]"),
         "ALERT_ORDER_REJECTIONS": ("int", "count", "[1, 1000]"),
         "ALERT_TOKEN_EXPIRY_HOURS": ("int", "hours", "[0, 168]"),
+    },
+    "telegram": {
+        "TELEGRAM_CREDENTIAL_SERVICE": ("fixed", "credential service name", None),
+        "TELEGRAM_API_URL": ("str", "URL (https://api.telegram.org, or a local fake)", None),
+        "TELEGRAM_POLL_TIMEOUT_S": ("int", "seconds", "[0, 50]"),
+        "TELEGRAM_FLATTEN_CODE_MIN": ("int", "minutes", "[1, 60]"),
+        "TELEGRAM_RESUME_MAX_AGE_MIN": ("int", "minutes", "[1, 1440]"),
+        "TELEGRAM_RETRY_PAUSE_S": ("int", "seconds", "[1, 3600]"),
+        "TELEGRAM_MESSAGE_LIMIT": ("fixed", "characters (Telegram's limit)", None),
+        "TELEGRAM_LOCK_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
     },
     "evidence": {
         "WALK_FORWARD_MIN_TRAIN_SESSIONS": ("int", "sessions", "[20, 100000]"),

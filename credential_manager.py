@@ -41,7 +41,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 import config
-from errors import UserFacingError, install_excepthook
+from errors import UsageError, UserFacingError, failure_level, install_excepthook
 import constants as C
 import fileutil
 import logging_setup
@@ -57,6 +57,7 @@ SERVICE_FIELDS = {
     "schwab": (("app_key", "app_secret"), ("account_hash", "callback_url")),
     "schwab_token": (("creation_timestamp", "token"), ()),
     "reddit": (("client_id", "client_secret", "user_agent"), ()),
+    "telegram": (("bot_token", "chat_ids"), ()),    # telegram_control.py setup; chat_ids "111 -222"
 }
 KNOWN_FIELDS = {s: req for s, (req, _) in SERVICE_FIELDS.items() if s != "schwab_token"}   # `set` prompts
 
@@ -77,6 +78,10 @@ def _hint(value) -> str:
 class CredentialError(UserFacingError):
     """Base class: a credential file or key cannot be used. The message names the file and
     the fix, and never contains a secret."""
+
+
+class CredentialUsageError(CredentialError, UsageError):
+    """What a person typed is not a valid service or field (logged at WARNING, not errors.log)."""
 
 
 class CredentialPermissionError(CredentialError):
@@ -186,7 +191,7 @@ class CredentialManager:
     # ----------------------------------------------------------------- paths
     def path_for(self, service: str) -> Path:
         if not isinstance(service, str) or not _SERVICE.match(service):
-            raise CredentialError(f"Invalid service name {service!r}: use letters, digits, '_' "
+            raise CredentialUsageError(f"Invalid service name {service!r}: use letters, digits, '_' "
                                   f"or '-' (e.g. schwab, reddit, schwab_token)")
         return self.home / C.CREDENTIAL_FILE_TEMPLATE.format(service=service)
 
@@ -419,7 +424,7 @@ def _read_fields(service: str) -> dict:
         if not line or line.startswith("#"):
             continue
         if "=" not in line:
-            raise CredentialError(f"stdin line {number}: expected key=value (the value is not "
+            raise CredentialUsageError(f"stdin line {number}: expected key=value (the value is not "
                                   f"shown here)")
         name, value = line.split("=", 1)
         data[name.strip()] = value.strip()
@@ -438,7 +443,7 @@ def _set(manager: CredentialManager, service: str, replace: bool = False) -> int
         required, optional = SERVICE_FIELDS[service]
         unknown = sorted(k for k in given if k not in required + optional)
         if unknown:
-            raise CredentialError(f"{service} has no field {', '.join(unknown)} (a typo?): its fields are "
+            raise CredentialUsageError(f"{service} has no field {', '.join(unknown)} (a typo?): its fields are "
                                   f"{', '.join(required + optional)}; nothing stored")
     if replace:
         try:
@@ -451,7 +456,7 @@ def _set(manager: CredentialManager, service: str, replace: bool = False) -> int
         data = {**stored, **given}
     missing = missing_fields(service, data)
     if missing:
-        raise CredentialError(f"{service} needs {', '.join(missing)} as well: give "
+        raise CredentialUsageError(f"{service} needs {', '.join(missing)} as well: give "
                               f"{'them' if len(missing) > 1 else 'it'} too; nothing stored")
     path = manager.store_credentials(service, data)
     for name in sorted(data):
@@ -528,7 +533,7 @@ def main(argv=None) -> int:
             return 0
     except CredentialError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        log.error("%s", exc)
+        log.log(failure_level(exc), "%s", exc)      # a typed mistake (a field name): WARNING
         return 1
     except (KeyboardInterrupt, EOFError):
         print("\ncancelled; nothing stored", file=sys.stderr)

@@ -63,7 +63,7 @@ def _account_db(replay: bool):
     """The real state database's path, or with ``replay`` the throwaway ``--as-of`` replay one,
     which must exist (``--replay`` never shows, nor creates, anything else)."""
     if replay and not config.state_db_file(replay=True).exists():
-        raise config.ConfigError(f"no replay account in {config.home()} yet: run a replay first "
+        raise config.ConfigUsageError(f"no replay account in {config.home()} yet: run a replay first "
                                  f"(python live_trading.py --as-of YYYY-MM-DD)")
     return state_db.db_path(replay)
 
@@ -158,8 +158,9 @@ def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:
 
 
 # ----------------------------------------------------------------------------- halt, resume, flatten
-def cmd_halt(reason: str) -> int:
-    value = kill_switch.halt(reason)
+def cmd_halt(reason: str, by: str | None = None) -> int:
+    """``by``: who (default ``config.operator()``; the phone bot passes the Telegram sender)."""
+    value = kill_switch.halt(reason, by=by)
     if len(value.get("reasons") or []) > 1:
         print(f"already HALTED since {value['at']} ({value['reason']}, by {value['by']}); your reason was "
               f"added ({len(value['reasons'])} reasons). Clear with: python live_trading.py resume --reason \"...\"")
@@ -169,8 +170,8 @@ def cmd_halt(reason: str) -> int:
     return EXIT_OK
 
 
-def cmd_resume(reason: str) -> int:
-    old = kill_switch.clear(reason)
+def cmd_resume(reason: str, by: str | None = None) -> int:
+    old = kill_switch.clear(reason, by=by)
     if old is None:
         print("nothing to resume: the kill switch is not set")
         return EXIT_OK
@@ -178,7 +179,7 @@ def cmd_resume(reason: str) -> int:
     return EXIT_OK
 
 
-def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float) -> int:
+def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float, by: str | None = None) -> int:
     """Stop trading (the kill switch, unless --keep-trading), wait for a running cycle to
     finish, then cancel open orders and close every position through the broker. The closing
     orders' client keys are stable for the day, so a rerun never closes twice."""
@@ -191,7 +192,7 @@ def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float) -> int:
             print("not confirmed: nothing done")
             return EXIT_OK
     if not keep_trading:
-        kill_switch.halt("flatten: close every position")
+        kill_switch.halt("flatten: close every position", by=by)
     with cycle_lock(wait_s=wait_s, what="flatten") as held:
         if not held:
             print(f"flatten NOT done: the cycle lock is still held after {wait_s:.0f} s by {lock_holder()}. "
@@ -401,10 +402,10 @@ def _as_of(text: str):
         day = pd.Timestamp(text).normalize()
         ok = market_calendar.is_session(day)
     except Exception:
-        raise config.ConfigError(f"--as-of {text!r} is not a date the NYSE calendar knows "
+        raise config.ConfigUsageError(f"--as-of {text!r} is not a date the NYSE calendar knows "
                                  f"(YYYY-MM-DD, within the calendar's range)") from None
     if not ok:
-        raise config.ConfigError(f"--as-of {text} is not an NYSE session: pick a trading day")
+        raise config.ConfigUsageError(f"--as-of {text} is not an NYSE session: pick a trading day")
     return day
 
 
@@ -427,7 +428,7 @@ def _check_options(args, command: str) -> None:
     for name, commands in OPTION_COMMANDS.items():
         if getattr(args, name, None) and command not in commands:
             flag = "--" + name.replace("_", "-")
-            raise config.ConfigError(f"{command} does not take {flag} (only {' and '.join(commands)} do): "
+            raise config.ConfigUsageError(f"{command} does not take {flag} (only {' and '.join(commands)} do): "
                                      f"nothing done")
 
 

@@ -156,6 +156,8 @@ def register_url_secrets(url) -> None:
         if len(part) >= _SUBSTRING_MIN:
             _SECRETS.add(part)
         _TOKENS.add(part)
+    if not _TOKENS:                # a URL with no secret part (json://127.0.0.1:8080/): an empty
+        return                     # pattern would match everywhere and star every gap
     alternatives = "|".join(re.escape(t) for t in sorted(_TOKENS, key=len, reverse=True))
     _token_pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
 

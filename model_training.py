@@ -154,9 +154,19 @@ def build_dataset(features, window: int, feature_columns, shuffle_targets: bool 
 def import_keras():
     """(tensorflow, keras), imported now (late: importing TensorFlow takes seconds; only training
     needs it)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF C++ chatter (E0000 attribute notes) stays out of cron mail
+    # The one place TensorFlow is imported, so its start-up noise is silenced once, here, before
+    # the import: the C++ runtime's lines (absl's "All log messages before absl::InitializeLog()",
+    # cpu_feature_guard, and the "NodeDef mentions attribute use_unbounded_threadpool" E0000 note
+    # that Keras's data pipeline prints twice, once per dataset) only read TF_CPP_MIN_LOG_LEVEL
+    # when the library loads. A person's own setting is kept. Real errors still show: a failing
+    # training raises a Python exception (one line, errors.log), never only a C++ log line, and
+    # Python-side TensorFlow/absl errors stay at ERROR.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf   # late: importing TensorFlow takes seconds; only training needs it
     import keras
+    from absl import logging as absl_logging   # late: comes with TensorFlow
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tf.get_logger().setLevel(logging.ERROR)
     return tf, keras
 
 

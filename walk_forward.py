@@ -46,7 +46,7 @@ import pandas as pd
 
 import config
 import data_collection
-from errors import UserFacingError, command_failed, install_excepthook
+from errors import UsageError, UserFacingError, command_failed, install_excepthook
 import constants as C
 import model_management as mm
 import model_training
@@ -68,12 +68,16 @@ class WalkForwardError(UserFacingError):
     """A problem that stops the walk-forward; one line naming the fix (exit 2)."""
 
 
+class WalkForwardUsageError(WalkForwardError, UsageError):
+    """An option a person typed that cannot work (a profile, fold sizes): WARNING, not errors.log."""
+
+
 # =========================================================================== configuration
 
 def profile_params(profile: str = "default") -> dict:
     if profile not in model_training.PROFILES:
-        raise WalkForwardError(f"unknown training profile {profile!r}: use one of "
-                               f"{', '.join(sorted(model_training.PROFILES))}")
+        raise WalkForwardUsageError(f"unknown training profile {profile!r}: use one of "
+                                    f"{', '.join(sorted(model_training.PROFILES))}")
     return dict(model_training.PROFILES[profile])
 
 
@@ -86,7 +90,7 @@ def plan_folds(sessions, min_train: int | None = None, retrain: int | None = Non
     retrain = C.WALK_FORWARD_RETRAIN_SESSIONS if retrain is None else retrain
     sessions = pd.DatetimeIndex(sorted(pd.unique(pd.DatetimeIndex(sessions))))
     if min_train < 2 or retrain < 1:
-        raise WalkForwardError("--min-train must be at least 2 sessions and --retrain at least 1")
+        raise WalkForwardUsageError("--min-train must be at least 2 sessions and --retrain at least 1")
     if len(sessions) <= min_train:
         raise WalkForwardError(f"only {len(sessions)} sessions of data, and the first fold needs {min_train} to "
                                f"train on plus at least one to predict: add history (HISTORY_START, "

@@ -69,6 +69,13 @@ def test_alert_url_parts_are_redacted_whatever_their_length(url):
     assert shown.startswith(url.split("://")[0] + "://")
 
 
+def test_a_url_without_secret_parts_leaves_other_text_alone():
+    """json://127.0.0.1:8080/ has no secret part: registering it once starred every gap of every
+    later log line ("HALTED:*** lunch break")."""
+    logging_setup.register_url_secrets("json://127.0.0.1:8080/")
+    assert logging_setup.redact("HALTED: lunch break (by ann)") == "HALTED: lunch break (by ann)"
+
+
 def test_redact_url_keeps_the_scheme_and_the_host_name_only():
     assert logging_setup.redact_url("json://u:p@127.0.0.1:8080/a/b?token=t&x=1") == \
         "json://***:***@127.0.0.1:8080/***?token=***&x=***"

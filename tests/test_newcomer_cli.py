@@ -82,3 +82,36 @@ def test_scripts_name_the_environment_when_the_interpreter_lacks_the_packages(tm
     assert done.returncode == 2 and "ModuleNotFoundError" not in done.stderr and "Traceback" not in done.stderr
     assert "lacks the project's packages" in done.stderr and "make venv" in done.stderr
     assert ". .venv/bin/activate" in done.stderr
+
+
+def _no_errors_log_line(home, text: str) -> None:
+    """``text`` is not in logs/errors.log, and the health check's errors line stays OK."""
+    errors = home / "logs" / C.ERRORS_LOG_NAME
+    assert not errors.exists() or text not in errors.read_text(), errors.read_text()
+    import health_check
+    assert health_check.check_errors_today()[0] == "OK"
+
+
+def test_a_mistyped_credential_field_is_a_warning_not_an_errors_log_line(trading_home):
+    """Issue 23 point 4: usage errors kept the health check at WARN all day (credential_manager
+    logged a typo in a field name as ERROR)."""
+    done = run_entry(["credential_manager.py", "set", "schwab"], trading_home,
+                     input="app_kee=K\napp_secret=S\n")
+    assert done.returncode == 1 and "schwab has no field app_kee (a typo?)" in done.stderr
+    _no_errors_log_line(trading_home, "app_kee")
+    day_log = (trading_home / "logs").glob("trading_*.log")
+    assert any("app_kee" in p.read_text() for p in day_log)       # still in the day's log (WARNING)
+
+
+def test_replay_without_a_replay_account_is_a_warning_not_an_errors_log_line(trading_home):
+    assert run_entry(["live_trading.py", "init"], trading_home).returncode == 0
+    done = run_entry(["live_trading.py", "status", "--replay"], trading_home)
+    assert done.returncode == 1 and "no replay account" in done.stderr
+    _no_errors_log_line(trading_home, "no replay account")
+
+
+def test_a_backtest_start_inside_the_training_data_is_a_warning_not_an_errors_log_line(home, capsys):
+    import backtest as bt
+    assert bt.main(["--no-progress", "--start", "2020-01-02"]) == 2
+    assert "--in-sample" in capsys.readouterr().err
+    _no_errors_log_line(home, "inside the model's training")

@@ -305,3 +305,21 @@ def test_no_validation_skill_is_not_promoted_exit_3_and_force_is_audited(trading
     records = [json.loads(line) for line in (trading_home / C.AUDIT_LOG_FILE).read_text().splitlines() if line.strip()]
     forced_rec = [r for r in records if (r["action"], r["status"]) == ("model_promotion", "forced")]
     assert len(forced_rec) == 1 and "validation skill is not positive" in forced_rec[0]["details"]["no_validation_skill"]
+
+
+# TensorFlow's C++ start-up lines (issue 23 point 4: "TensorFlow noise twice when `python
+# train_model.py` runs outside the scripts"): the scripts set TF_CPP_MIN_LOG_LEVEL, a plain
+# `python train_model.py` did not, and the NodeDef E0000 note came once per dataset
+TF_NOISE = ("absl::InitializeLog", "cpu_feature_guard", "node_def_util", "This TensorFlow binary",
+            "oneDNN", "E0000 ", "W0000 ", "I0000 ")
+
+
+def test_train_model_outside_the_scripts_prints_no_tensorflow_banner(home):
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": None}                  # as a person's shell: not set
+    shown = run_entry(["train_model.py", "--help"], env_extra=quiet)
+    assert shown.returncode == 0 and shown.stderr == ""
+    done = run_entry(["train_model.py", "--profile", "tiny", "--force"], env_extra=quiet, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    noise = [line for line in done.stderr.splitlines() if any(n in line for n in TF_NOISE)]
+    assert noise == [], noise
+    assert "promoted" in done.stdout or "NOT promoted" in done.stdout
