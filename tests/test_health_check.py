@@ -163,6 +163,7 @@ def test_kill_switch_is_the_reason_no_cycle_ran(home, monkeypatch):
 
 
 def test_a_failing_health_check_sends_its_alert(trading_home):
+    (trading_home / C.UNIVERSE_FILE).write_text("AAPL\n")     # a home (an empty folder gets no alert)
     with WebhookServer() as hook:
         rc, lines, out = check(trading_home, {"TRADING_ALERT_URLS": hook.url})
         assert rc == 2
