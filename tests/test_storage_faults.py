@@ -593,3 +593,41 @@ def test_disk_fills_after_the_cycles_reads(tmp_path, trained):
     orders = [(r["symbol"], r["side"]) for r in after["paper"]]
     assert len(set(keys)) == len(keys) and len(set(orders)) == len(orders), after    # no order twice
     assert {r["client_key"] for r in after["ours"] if r["broker_order_id"]} == set(keys)
+
+
+def _and_leftovers(command, home: Path) -> list[str]:
+    """``command`` run by sh, then the temp files left in the home listed (``LEFT <path>``) and
+    whether the processed data file exists (``PROCESSED yes|no``), and the reports (``REPORT
+    <name>``); exits with the command's code."""
+    h = shlex.quote(str(home))
+    return ["sh", "-c", " ".join(shlex.quote(str(c)) for c in command)
+            + f"; rc=$?; find {h} -name '*.tmp*' -printf 'LEFT %p\\n'; "
+              f"[ -e {h}/processed_stock_data.csv ] && echo PROCESSED yes || echo PROCESSED no; "
+              f"ls {h}/reports 2>/dev/null | sed 's/^/REPORT /'; exit $rc"]
+
+
+@needs_namespace
+@pytest.mark.parametrize("free_kb", [64, 256])
+def test_data_update_on_a_nearly_full_disk(tmp_path, used_home, free_kb):
+    """The data update (./run_daily_data_update.sh) with 64-256 KiB free: one line naming the file
+    and the fix, exit non-zero, no temp file left, no processed data file half-written."""
+    home = _prepared_home(tmp_path, used_home)
+    done = _in_namespace(_full(home, free_kb=free_kb), _and_leftovers(["./run_daily_data_update.sh", "--force"], home),
+                         home)
+    out = _one_line_fault(done, str(home), "disk is full", "free space on")
+    assert "LEFT " not in out and "PROCESSED no" in out, out[-3000:]
+
+
+@needs_namespace
+@pytest.mark.parametrize("free_kb", [64] + ([256] if FULL else []))
+def test_walk_forward_on_a_nearly_full_disk(tmp_path, trained, free_kb):
+    """walk_forward.py with 64 KiB free (its run record fails before any fold) and, under
+    ``make faults``, 256 KiB (the folds run, then the report pages do not fit): one line naming
+    the file and the fix, exit 2, no temp file, no report without its page."""
+    from crash_harness import fresh_home
+    home = fresh_home(trained, tmp_path / "home")
+    command = [PY, "walk_forward.py", "--profile", "tiny", "--retrain", "252", "--workers", "1"]
+    done = _in_namespace(_full(home, size="10m", free_kb=free_kb), _and_leftovers(command, home), home)
+    out = _one_line_fault(done, str(home), "disk is full", "free space on")
+    assert done.returncode == 2 and "LEFT " not in out, out[-3000:]
+    assert not [line for line in out.splitlines() if line.startswith("REPORT ")], out[-3000:]
