@@ -521,6 +521,8 @@ def main(argv=None) -> int:
     if "--walk-forward" in argv:
         return walk_forward.main([a for a in argv if a != "--walk-forward"])
     args = _parser().parse_args(argv)
+    if config.refuse_without_home():          # a mistyped TRADING_HOME: one line, nothing created
+        return EXIT_ERROR
     try:
         # records go to logs/trading_YYYYMMDD.log (errors also to logs/errors.log); the console
         # gets the summary (stdout) and one ERROR line (stderr), not a copy of every log line

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import config
 import constants as C
 import report_tables as rt
 from backtest_metrics import monthly_returns
-from fileutil import atomic_write_text
+from fileutil import fsync_dir, write_temp_bytes
 from fileutil import finite_json, json_default
 from portfolio import money
 
@@ -270,7 +271,9 @@ def write_report_files(prefix: str, report: dict, to_json, to_html,
     """``<prefix>_<UTC timestamp>.json`` and ``.html`` (``_2``, ``_3``... when taken), then
     ``latest_<prefix>.*`` (atomic copies), in the reports folder; ``report["json_name"]`` names
     the JSON file before ``to_json(report)`` and ``to_html(report)`` render it. The backtest's and
-    the walk-forward's reports are written by this one function."""
+    the walk-forward's reports are written by this one function. All four are written to temp
+    files first and renamed only when every one is complete: a full disk leaves no report without
+    its page, no new ``latest_`` half beside an old one, and no temp file (StorageError)."""
     out = Path(reports_dir) if reports_dir else config.path(C.REPORTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -280,10 +283,21 @@ def write_report_files(prefix: str, report: dict, to_json, to_html,
         base = f"{prefix}_{stamp}_{k}"
     report["json_name"] = f"{base}.json"
     text, page = to_json(report), to_html(report)
-    json_path = atomic_write_text(out / f"{base}.json", text)
-    html_path = atomic_write_text(out / f"{base}.html", page)
-    atomic_write_text(out / f"latest_{prefix}.json", text)
-    atomic_write_text(out / f"latest_{prefix}.html", page)
+    json_path, html_path = out / f"{base}.json", out / f"{base}.html"
+    targets = [(json_path, text), (html_path, page), (out / f"latest_{prefix}.json", text),
+               (out / f"latest_{prefix}.html", page)]
+    staged: list[Path] = []
+    try:
+        for target, content in targets:
+            staged.append(write_temp_bytes(out, content.encode("utf-8"), prefix=f".{target.name}."))
+            os.chmod(staged[-1], 0o644)
+    except BaseException:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, (target, _) in zip(staged, targets):
+        os.replace(tmp, target)
+    fsync_dir(out)
     return json_path, html_path
 
 

@@ -26,9 +26,15 @@ import constants as C
 from errors import UserFacingError
 
 UTC = timezone.utc
-NTP_FIX = ("set the machine's clock by NTP (`timedatectl status` must say 'System clock synchronized: "
+NTP_SET = ("set the machine's clock by NTP (`timedatectl status` must say 'System clock synchronized: "
            "yes'; `sudo timedatectl set-ntp true`, or with chrony `chronyc tracking` and `sudo chronyc "
-           "makestep`; see docs/BROKERS.md \"Clock check\"), then rerun")
+           "makestep`; see docs/BROKERS.md \"Clock check\")")
+NTP_FIX = f"{NTP_SET}, then rerun"
+NOT_SENT = "no order was sent"        # what a cycle refused on the clock did (the default outcome)
+# flatten goes on with a wrong clock (closing positions reduces risk; an emergency command must work)
+FLATTEN_GOES_ON = ("flatten goes on anyway (closing positions only reduces risk; its order windows follow "
+                   "the broker's clock)")
+FLATTEN_FIX = f"{NTP_SET} before the next cycle, which refuses to trade until it is fixed"
 
 
 class ClockError(UserFacingError):
@@ -56,9 +62,10 @@ def span(seconds: float) -> str:
 
 # ----------------------------------------------------------------------------- the checks
 def skew_problem(ours: datetime, broker: datetime | None, broker_name: str = "the broker",
-                 limit_s: float | None = None) -> str | None:
+                 limit_s: float | None = None, outcome: str = NOT_SENT, fix: str = NTP_FIX) -> str | None:
     """The refusal line when ``broker``'s clock and ``ours`` differ by more than ``limit_s``
-    (default ``CLOCK_MAX_SKEW_S``), else None (also when the broker has no clock of its own)."""
+    (default ``CLOCK_MAX_SKEW_S``), else None (also when the broker has no clock of its own).
+    ``outcome``/``fix``: what the command did and what to do (``flatten`` goes on: ``FLATTEN_GOES_ON``)."""
     if broker is None:
         return None
     limit = C.CLOCK_MAX_SKEW_S if limit_s is None else float(limit_s)
@@ -67,10 +74,11 @@ def skew_problem(ours: datetime, broker: datetime | None, broker_name: str = "th
         return None
     return (f"CLOCK SKEW: this machine's clock says {stamp(ours)} but {broker_name}'s says {stamp(broker)} "
             f"({broker_name} is {span(skew)} {'ahead of' if skew > 0 else 'behind'} us; the limit is "
-            f"CLOCK_MAX_SKEW_S = {limit:g} s): no order was sent; {NTP_FIX}")
+            f"CLOCK_MAX_SKEW_S = {limit:g} s): {outcome}; {fix}")
 
 
-def backwards_problem(ours: datetime, last_end: datetime | None, limit_s: float | None = None) -> str | None:
+def backwards_problem(ours: datetime, last_end: datetime | None, limit_s: float | None = None,
+                      outcome: str = NOT_SENT, fix: str = NTP_FIX) -> str | None:
     """The refusal line when ``ours`` is more than ``limit_s`` (default ``CLOCK_MAX_SKEW_S``)
     before ``last_end``, the end of the last cycle by the same clock, else None."""
     if last_end is None:
@@ -80,7 +88,7 @@ def backwards_problem(ours: datetime, last_end: datetime | None, limit_s: float 
     if back <= limit:
         return None
     return (f"CLOCK BACKWARDS: this machine's clock says {stamp(ours)} but the last cycle finished at "
-            f"{stamp(last_end)} by this same clock ({span(back)} later): no order was sent; {NTP_FIX}")
+            f"{stamp(last_end)} by this same clock ({span(back)} later): {outcome}; {fix}")
 
 
 def session_problem(session: date, now: datetime, last_traded: date | None = None,

@@ -6,9 +6,10 @@ point ``TRADING_HOME`` at its own folder and never touch a user's real data, mod
 import getpass
 import os
 import socket
+import sys
 from pathlib import Path
 
-from errors import UsageError, UserFacingError
+from errors import UsageError, UserFacingError, one_line
 import constants as C
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -65,6 +66,18 @@ def require_home(has_run: bool = False) -> None:
     problem = home_problem(has_run)
     if problem:
         raise ConfigError(problem)
+
+
+def refuse_without_home(has_run: bool = False) -> bool:
+    """``require_home`` for an entry point that returns its exit code: True after printing the
+    one line (stderr) when TRADING_HOME is not a home, so that ``main`` returns at once, before
+    it sets up logging or writes anything."""
+    try:
+        require_home(has_run)
+    except ConfigError as exc:
+        print(one_line(exc), file=sys.stderr)
+        return True
+    return False
 
 
 def state_db_file(replay: bool = False) -> Path:

@@ -154,6 +154,8 @@ def main(argv=None) -> int:
         prog="drift_monitor.py",
         description="Print the newest DRIFT ALERT of the trading logs (changes nothing). Drift is "
                     "measured by every trading cycle; ./run_health_check.sh shows it too.").parse_args(argv)
+    if config.refuse_without_home():          # a mistyped TRADING_HOME: not "no alert" about nothing
+        return 2
     print(last_alert_line() or f"no DRIFT ALERT in the last {C.DRIFT_ALERT_LOG_DAYS} trading logs")
     return 0
 

@@ -21,6 +21,7 @@ import pandas as pd
 import alerts
 from audit_logging import CYCLE_END, CYCLE_START, AuditLogger
 import clock
+import clock_sanity
 import config
 import constants as C
 from credential_manager import CredentialManager
@@ -59,6 +60,15 @@ def check_mode():
     mode = config.trading_mode()
     config.data_source()
     return OK, f"TRADING_MODE={mode}" + (" (real orders go to Schwab)" if mode == "live" else " (no real orders)")
+
+
+def check_home():
+    """TRADING_HOME holds project state (``config.home_problem``): a mistyped path is named with
+    the set-up command, never created."""
+    problem = config.home_problem()
+    if problem:
+        return FAIL, problem
+    return OK, f"TRADING_HOME={config.home()}"
 
 
 def _no_state():
@@ -232,6 +242,56 @@ def check_storage():
     return OK, f"{home}: logs, audit trail and state writable"
 
 
+def _last_clock_refusal(limit: int = 20_000) -> dict | None:
+    """The ``clock_check`` refusal of the newest cycle, from the audit trail (None when that
+    cycle passed its clock check or no cycle ran)."""
+    for n, rec in enumerate(AuditLogger().records_backwards()):
+        if n >= limit or rec.get("action") == CYCLE_START:
+            return None
+        if rec.get("action") == "clock_check" and rec.get("status") == "refused":
+            return rec.get("details") if isinstance(rec.get("details"), dict) else {}
+    return None
+
+
+def check_clock(now: datetime | None = None):
+    """This machine's clock against what the last cycle recorded: the end of the last cycle (by
+    this same clock; the clock must not be before it) and the broker's clock then (Schwab's
+    ``Date``: the skew); a cycle refused on the clock is a failure. FAIL beyond
+    ``CLOCK_MAX_SKEW_S`` (the next cycle refuses to trade), WARN beyond half of it. Reads only."""
+    ours = now or clock.machine_now()
+    limit = C.CLOCK_MAX_SKEW_S
+    fix = clock_sanity.NTP_SET
+    refusal = None if not config.path(C.AUDIT_LOG_FILE).exists() else _last_clock_refusal()
+    if refusal is not None:
+        return FAIL, f"the last cycle was refused on the clock: {refusal.get('problem') or 'see the audit trail'}"
+    conn = None if _no_state() else state_db.connect_readonly()
+    try:
+        last = (state_db.kv_get(conn, trading_cycle.LAST_CYCLE_KEY) if conn is not None else None) or {}
+    except sqlite3.Error:                  # no kv table yet: nothing recorded
+        last = {}
+    finally:
+        if conn is not None:
+            conn.close()
+    detail = f"machine clock {clock_sanity.stamp(ours)}"
+    if not last.get("finished_at"):
+        return OK, f"{detail}; no cycle recorded yet to compare it with"
+    finished = datetime.fromisoformat(last["finished_at"])
+    back = (finished - ours).total_seconds()
+    if back > limit:
+        return FAIL, (f"{detail} is {clock_sanity.span(back)} BEFORE the end of the last cycle "
+                      f"({clock_sanity.stamp(finished)}, by this same clock): the next cycle refuses to trade; {fix}")
+    detail += f"; last cycle ended {clock_sanity.stamp(finished)}"
+    skew = last.get("broker_skew_s")
+    if skew is None:
+        return OK, detail + " (the paper broker has no clock of its own)"
+    detail += f"; the broker's clock was {clock_sanity.span(skew)} {'ahead of' if skew >= 0 else 'behind'} ours then"
+    if abs(skew) > limit:
+        return FAIL, f"{detail} (limit CLOCK_MAX_SKEW_S = {limit:g} s): the next cycle refuses to trade; {fix}"
+    if abs(skew) > limit / 2:
+        return WARN, f"{detail}, over half the limit (CLOCK_MAX_SKEW_S = {limit:g} s): {fix}"
+    return OK, detail
+
+
 def _last_live_cycle(limit: int = 20_000) -> dict | None:
     """The newest cycle that was not an ``--as-of`` replay and did not stop at once because the
     market was closed (someone ran ``python live_trading.py`` by hand after hours: it changed
@@ -363,20 +423,24 @@ def check_alerts():
     return OK, f"{detail}; last test OK at {last['at']}"
 
 
-CHECKS = [("python", check_python), ("mode", check_mode), ("storage", check_storage),
+CHECKS = [("python", check_python), ("mode", check_mode), ("home", check_home), ("storage", check_storage),
           ("kill switch", check_kill_switch),
           ("universe", check_universe), ("data", check_data), ("model", check_model),
           ("audit", check_audit), ("credentials", check_credentials), ("token", check_token),
           ("breaker", check_breaker), ("risk", check_risk), ("gate", check_gate),
           ("drift", check_drift_alerts), ("errors", check_errors_today), ("disk", check_disk),
-          ("last cycle", check_last_cycle), ("schedule", check_schedule), ("alerts", check_alerts)]
+          ("last cycle", check_last_cycle), ("clock", check_clock), ("schedule", check_schedule), ("alerts", check_alerts)]
 RESULTS = {0: "healthy", 1: "warnings", 2: "FAILURES"}
 
 
 def results() -> list[dict]:
-    """Every check: [{"name", "level", "detail"}]; a check that raises is a FAIL naming the error."""
+    """Every check: [{"name", "level", "detail"}]; a check that raises is a FAIL naming the error.
+    A TRADING_HOME that does not exist (a typo) gets only the checks up to ``home``: the others
+    would be about nothing, and none may create it."""
     out = []
-    for name, check in CHECKS:
+    names = [name for name, _ in CHECKS]
+    checks = CHECKS if config.home().is_dir() else CHECKS[:names.index("home") + 1]
+    for name, check in checks:
         try:
             level, detail = check()
         except Exception as exc:
@@ -416,6 +480,8 @@ def run(as_json: bool = False) -> int:
         for c in checks:
             print(f"{c['level']:4}  {c['name']}: {c['detail']}")
         print(RESULTS[worst])
+    if config.home_problem():                 # not a home: write nothing there (no alert record, no page)
+        return worst
     if len(checks) > 1:
         _alert_failures(checks)
     if len(checks) > 1:                        # reports/status.html shows these lines; a view, never fatal

@@ -18,11 +18,13 @@ import logging
 import os
 import sys
 from contextlib import closing
-from datetime import date
+from datetime import date, datetime
 
 import pandas as pd
 
+import alerts
 import clock
+import clock_sanity
 import config
 import constants as C
 from portfolio import money
@@ -40,6 +42,7 @@ from trading_api import get_broker
 from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCLE_KEY,
                            audit_logger, cycle_lock, get_latest_signal, get_model, load_features,
                            lock_holder, print_positions, run_cycle, sync_prices)
+from broker_base import BrokerError
 from broker_gateway import describe_breaker
 from trading_execution import CircuitBreaker, OrderExecutor, flatten_not_flat_line
 
@@ -202,9 +205,41 @@ def cmd_flatten(confirm: str | None, keep_trading: bool, wait_s: float, by: str 
         return _flatten_locked()
 
 
+def _flatten_clock(executor, audit) -> None:
+    """The cycle's clock check (``clock_sanity``: the broker's clock against ours, ours against the
+    last cycle's end), run by flatten before its first order; flatten goes on with a wrong clock
+    (closing positions only reduces risk, and an emergency command must work) but says so: one
+    line naming both times and the NTP fix (stderr and the log), the audit record ``clock_check``
+    ``flatten_goes_on`` and the ``clock_wrong`` alert. Asking the broker's clock first also
+    makes every order window of flatten reach past it (``clock_sanity.window_start/window_end``)."""
+    ours = clock.machine_now()
+    try:
+        theirs = executor.gateway.call("broker clock check", executor.broker.broker_time)
+    except BrokerError as exc:                  # the closing orders say more if it is down
+        log.warning("flatten: the broker's clock was not checked: %s", exc)
+        theirs = None
+    last = state_db.kv_get(executor.conn, LAST_CYCLE_KEY) or {}
+    finished = last.get("finished_at")
+    problem = (clock_sanity.skew_problem(ours, theirs, executor.broker.name.capitalize(),
+                                         outcome=clock_sanity.FLATTEN_GOES_ON, fix=clock_sanity.FLATTEN_FIX)
+               or clock_sanity.backwards_problem(ours, datetime.fromisoformat(finished) if finished else None,
+                                                 outcome=clock_sanity.FLATTEN_GOES_ON,
+                                                 fix=clock_sanity.FLATTEN_FIX))
+    if problem is None:
+        return
+    print(problem, file=sys.stderr)
+    log.error("%s", problem)
+    audit.log_event("clock_check", "flatten_goes_on", {
+        "ours": ours.isoformat(), "broker": theirs.isoformat() if theirs else None,
+        "last_cycle_finished_at": finished, "problem": problem})
+    alerts.send_alert("clock_wrong", f"flatten: {problem}", key=alerts.session_key("flatten"))
+
+
 def _flatten_locked() -> int:
     mode = config.trading_mode()
-    executor = OrderExecutor(audit=audit_logger())
+    audit = audit_logger()
+    executor = OrderExecutor(audit=audit)
+    _flatten_clock(executor, audit)
     try:
         features = load_features()
         # stamped with the session of the closes, as in the cycle: the paper broker then fills

@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.days is not None and args.days < 1:
         parser.error(f"--days {args.days:g} would delete today's logs: give 1 or more")
+    if config.refuse_without_home():          # a mistyped TRADING_HOME: one line, nothing created
+        return 2
     logging_setup.setup_logging("scheduler", console=False)
     days = C.LOG_RETENTION_DAYS if args.days is None else args.days     # after the settings apply
     rotated = rotate_logs(dry_run=args.dry_run)

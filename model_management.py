@@ -596,6 +596,8 @@ def main(argv=None) -> int:
     pr = sub.add_parser("prune", help="delete old backups")
     pr.add_argument("--keep", type=int, default=None, help="backups to keep (default MODEL_BACKUPS_KEEP)")
     args = parser.parse_args(argv)
+    if config.refuse_without_home():          # a mistyped TRADING_HOME: one line, nothing created
+        return 2
     setup_logging("trading")
     try:
         if args.command == "verify":

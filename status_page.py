@@ -573,6 +573,8 @@ def main(argv=None) -> int:
         description="Build the status page reports/status.html now (read-only: it changes no state) and "
                     "print its path. Every cycle and health check rebuilds it; "
                     "`python live_trading.py serve` serves it on 127.0.0.1.").parse_args(argv)
+    if config.refuse_without_home():          # a mistyped TRADING_HOME: no page about nothing
+        return 2
     print(build_status_page())
     return 0
 

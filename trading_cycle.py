@@ -555,12 +555,17 @@ def _close_cycle(conn, audit, risk, executor, model, run: CycleRun) -> float:
     after = broker.get_account_balance()
     equity = float(after["equity"])
     risk.update_equity(equity, as_of=run.cycle_date)
+    # the broker's own clock at that answer (Schwab's Date; the paper broker has none of its own)
+    theirs = None if executor.broker.simulated else executor.broker.server_time
     summary = {"cycle_date": str(run.cycle_date), "session": str(run.session or run.cycle_date)[:10], "mode": run.mode,
                "replay": run.replay,
                "signals": len(run.signals), "orders_wanted": len(run.plan.orders),
                "orders_approved": len(run.plan.approved), "orders_sent": len(run.keys),
                "orders_failed": run.failures, "equity": equity, "model": model.checksum,
-               "halted": bool(executor.halted), "finished_at": state_db.utcnow()}
+               "halted": bool(executor.halted), "finished_at": state_db.utcnow(),
+               # the health check's clock line compares with these (clock_sanity)
+               "broker_time": theirs.isoformat() if theirs else None,
+               "broker_skew_s": round((theirs - clock.machine_now()).total_seconds(), 1) if theirs else None}
     with state_db.transaction(conn):
         state_db.kv_set(conn, LAST_CYCLE_KEY, summary)
         if run.mode == "paper" and not run.failures and not executor.halted:

@@ -489,6 +489,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     install_excepthook()
     args = _parser().parse_args(argv)
+    if config.refuse_without_home():          # a mistyped TRADING_HOME: one line, nothing created
+        return EXIT_ERROR
     try:
         setup_logging("trading", console=False)
     except (config.ConfigError, OSError) as exc:

@@ -105,6 +105,9 @@ def test_cli_exit_1_when_criteria_fail(bt_home):
 def test_cli_exit_2_without_model_or_data(tmp_path, bt_home):
     home = tmp_path / "empty"
     home.mkdir()
+    done = _run([], home)                                      # not a home: refused, nothing created
+    assert done.returncode == 2 and "python live_trading.py init" in done.stderr and list(home.iterdir()) == []
+    (home / C.UNIVERSE_FILE).write_text("AAPL\n")              # a home without a model
     done = _run([], home)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

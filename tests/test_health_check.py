@@ -163,6 +163,7 @@ def test_kill_switch_is_the_reason_no_cycle_ran(home, monkeypatch):
 
 
 def test_a_failing_health_check_sends_its_alert(trading_home):
+    (trading_home / C.UNIVERSE_FILE).write_text("AAPL\n")     # a home (an empty folder gets no alert)
     with WebhookServer() as hook:
         rc, lines, out = check(trading_home, {"TRADING_ALERT_URLS": hook.url})
         assert rc == 2
@@ -191,3 +192,52 @@ def test_missed_jobs_are_named_once_trading_cycle_first():
     one = [SimpleNamespace(job=scheduler.JOBS[0], missed=[SimpleNamespace(session=sessions[0])])]
     assert health_check.missed_summary(one) == "health_check 1 session (last 2026-11-30)"
     assert health_check.missed_summary([]) == ""
+
+
+def test_clock_line_compares_with_the_last_cycle(trading_home):
+    """Issue 19: the machine clock against the last cycle's end (same clock) and the broker's
+    clock it recorded: OK / WARN over half of CLOCK_MAX_SKEW_S / FAIL beyond it, with the NTP fix."""
+    import health_check
+    import state_db
+    import trading_cycle
+    (trading_home / C.UNIVERSE_FILE).write_text("AAPL\n")
+    now = datetime(2026, 11, 24, 16, 0, tzinfo=timezone.utc)
+    assert health_check.check_clock(now)[0] == "OK"                     # no state: nothing to compare
+    limit = C.CLOCK_MAX_SKEW_S
+
+    def record(finished, skew):
+        with state_db.connect() as conn:
+            state_db.kv_set(conn, trading_cycle.LAST_CYCLE_KEY,
+                            {"finished_at": finished.isoformat(), "broker_skew_s": skew})
+            conn.commit()
+    record(now - timedelta(hours=20), 2.0)
+    level, detail = health_check.check_clock(now)
+    assert level == "OK" and "ahead of ours" in detail, detail
+    record(now - timedelta(hours=20), -(0.75 * limit))
+    level, detail = health_check.check_clock(now)
+    assert level == "WARN" and "behind ours" in detail and "timedatectl" in detail, detail
+    record(now - timedelta(hours=20), 2 * limit)
+    level, detail = health_check.check_clock(now)
+    assert level == "FAIL" and "refuses to trade" in detail and "timedatectl" in detail, detail
+    record(now + timedelta(days=16), None)                              # our clock went back 16 days
+    level, detail = health_check.check_clock(now)
+    assert level == "FAIL" and "BEFORE the end of the last cycle" in detail and "2026-12-10" in detail, detail
+    assert "2026-11-24 16:00:00 UTC" in detail and "set-ntp" in detail
+    record(now - timedelta(hours=20), None)                             # paper: no broker clock
+    assert health_check.check_clock(now)[0] == "OK"
+    # a cycle refused on the clock is a failure until a later cycle passes its check
+    from audit_logging import AuditLogger
+    audit = AuditLogger()
+    audit.log_event("cycle_start", "started", {"mode": "live", "as_of": None})
+    audit.log_event("clock_check", "refused", {"problem": "CLOCK SKEW: this machine's clock says ..."})
+    audit.log_event("cycle_end", "error", {})
+    level, detail = health_check.check_clock(now)
+    assert level == "FAIL" and "CLOCK SKEW" in detail, detail
+    audit.log_event("cycle_start", "started", {"mode": "live", "as_of": None})
+    audit.log_event("cycle_end", "completed", {})
+    assert health_check.check_clock(now)[0] == "OK"
+
+
+def test_clock_line_is_in_the_report(home):
+    rc, lines, out = check(home)
+    assert lines["clock"].startswith("OK") and "machine clock" in lines["clock"], out

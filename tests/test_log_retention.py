@@ -33,6 +33,7 @@ def _logs(home):
 
 
 def test_prune_and_rotate_never_the_audit_trail(trading_home):
+    (trading_home / "selected_stocks.txt").write_text("AAPL\n")      # a home (config.require_home)
     files = _logs(trading_home)
     done = run_entry(["log_retention.py"], trading_home)
     assert done.returncode == 0, done.stderr

@@ -50,6 +50,7 @@ def test_a_second_training_at_once_is_refused(trading_home):
 def test_a_typing_mistake_does_not_land_in_errors_log(trading_home):
     """Issue 23: a usage error (here: restoring a backup name that does not exist) was logged as
     ERROR, so errors.log had a line and the health check stayed at WARN all day."""
+    (trading_home / "selected_stocks.txt").write_text("AAPL\n")      # a home (config.require_home)
     done = run_entry(["model_management.py", "restore", "no_such_backup"], trading_home)
     assert done.returncode == 1 and "no backup named no_such_backup" in done.stdout + done.stderr
     errors = trading_home / "logs" / C.ERRORS_LOG_NAME

@@ -269,3 +269,41 @@ def test_a_lone_twin_found_by_the_rerun_after_a_lost_answer_goes_to_a_person(api
         new_process(SchwabAPI(cm)).reconcile()
     assert fake.orders[state["manual"]]["status"] == "WORKING" and deletes(fake) == []
     assert row(KEY)["broker_order_id"] is None and len(posts(fake)) == 1
+
+
+def test_flatten_on_a_wrong_clock_goes_on_and_says_so(api, fake, monkeypatch, capsys):
+    """Issue 19: flatten runs the cycle's clock check. Schwab's clock 25 h ahead of ours (a VM
+    restored from a snapshot): flatten still closes (an emergency command that reduces risk),
+    but says so in one line naming both times and the NTP fix, audits ``clock_check``
+    ``flatten_goes_on``, alerts ``clock_wrong``, and its order queries reach past Schwab's clock."""
+    from datetime import datetime, timedelta, timezone
+
+    import constants
+    import live_trading
+    from alert_servers import WebhookServer
+    monkeypatch.setenv("TRADING_MODE", "live")
+    monkeypatch.setattr(constants, "ORDER_FILL_TIMEOUT_S", 0.0)
+    fake.positions = [position("AAPL", 10)]
+    fake.clock_skew_s = 25 * 3600.0
+    assert live_trading.main(["init"]) == 0
+    with WebhookServer() as hook:
+        monkeypatch.setenv("TRADING_ALERT_URLS", hook.url)
+        assert live_trading.main(["flatten", "--confirm", "FLATTEN"]) == 1          # sent; not flat (no fill)
+        titles = [m.get("title", "") for m in hook.received]
+    err = capsys.readouterr().err
+    ours = datetime.now(timezone.utc)
+    lines = [line for line in err.splitlines() if "CLOCK SKEW" in line]
+    assert len(lines) == 1, err
+    assert f"{ours:%Y-%m-%d}" in lines[0] and f"{ours + timedelta(hours=25):%Y-%m-%d}" in lines[0]
+    assert "flatten goes on" in lines[0] and "timedatectl" in lines[0] and "Traceback" not in err
+    assert len(posts(fake)) == 1                                      # the closing order was sent
+    assert any("clock" in t.lower() for t in titles), titles
+    trail = [(r["action"], r["status"]) for r in AuditLogger().tail(20)]
+    assert ("clock_check", "flatten_goes_on") in trail and ("flatten", "not_flat") in trail
+    ends = [datetime.strptime(r.url.params["toEnteredTime"], "%Y-%m-%dT%H:%M:%S.%fZ" if "." in
+                              r.url.params["toEnteredTime"] else "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            for r in fake.requests if r.method == "GET" and "toEnteredTime" in r.url.params]
+    assert ends and all(end >= ours + timedelta(hours=25) for end in ends), ends   # Schwab's clock, not ours
+    # the rerun finds its working closing order (entered 25 h "ahead") and sends nothing twice
+    assert live_trading.main(["flatten", "--confirm", "FLATTEN"]) == 1
+    assert len(posts(fake)) == 1 and deletes(fake) == []

@@ -89,12 +89,23 @@ def _full(home: Path, size: str = "4m", free_kb: int = 0) -> str:
     """A tmpfs over the home holding a copy of it, then filled to the last byte (and, with
     ``free_kb``, that much freed again: a nearly full disk)."""
     h = shlex.quote(str(home))
-    s = shlex.quote(str(home) + ".src")
-    return (f"cp -a {h} {s}; mount -t tmpfs -o size={size} tmpfs {h}; cp -a {s}/. {h}/; "
-            f"(dd if=/dev/zero of={h}/filler bs=64k 2>/dev/null || true); "
-            f"(dd if=/dev/zero of={h}/filler2 bs=1k 2>/dev/null || true); "
-            f"(dd if=/dev/zero of={h}/filler3 bs=1 2>/dev/null || true)"
+    return (f"{_on_tmpfs(home, size)}; {_fill(home)}"
             + (f"; truncate -s -{free_kb}K {h}/filler" if free_kb else ""))
+
+
+def _on_tmpfs(home: Path, size: str) -> str:
+    """A tmpfs of ``size`` over the home holding a copy of it."""
+    h = shlex.quote(str(home))
+    s = shlex.quote(str(home) + ".src")
+    return f"cp -a {h} {s}; mount -t tmpfs -o size={size} tmpfs {h}; cp -a {s}/. {h}/"
+
+
+def _fill(home: Path) -> str:
+    """Fill the file system of ``home`` to the last byte (``filler*`` files in it)."""
+    h = shlex.quote(str(home))
+    return (f"(dd if=/dev/zero of={h}/filler bs=64k 2>/dev/null || true); "
+            f"(dd if=/dev/zero of={h}/filler2 bs=1k 2>/dev/null || true); "
+            f"(dd if=/dev/zero of={h}/filler3 bs=1 2>/dev/null || true)")
 
 
 def _one_line_fault(done, *words):
@@ -503,3 +514,120 @@ def test_training_on_a_nearly_full_disk(trading_home, trained):
     out = done.stdout + done.stderr
     assert done.returncode == 1 and "Traceback" not in out and "Segmentation" not in out, out[-3000:]
     _one_line_fault(done, str(home), "disk is full", "free space on")
+
+
+# ----------------------------------------------------------------------------- the disk fills during a cycle
+_FILL_AFTER_READS = """
+import subprocess, sys
+import live_trading, trading_cycle
+def fill_the_disk(name):    # after the cycle's reads (data, model, signals): its next writes meet a full disk
+    if name == 'after_signals':
+        subprocess.run(['sh', '-c', sys.argv[1]], check=True)
+trading_cycle.failpoint = fill_the_disk
+sys.exit(live_trading.main(['--as-of', sys.argv[2]]))
+"""
+_DUMP = """
+import json, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.row_factory = sqlite3.Row
+tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+rows = lambda sql: [dict(r) for r in conn.execute(sql)] if sql.split(' FROM ')[1].split()[0] in tables else []
+print(json.dumps({"integrity": conn.execute("PRAGMA integrity_check").fetchone()[0],
+                  "ours": rows("SELECT client_key, symbol, side, status, broker_order_id FROM orders"),
+                  "paper": rows("SELECT client_key, order_id, symbol, side, quantity FROM paper_orders")}))
+"""
+
+
+@needs_namespace
+def test_disk_fills_after_the_cycles_reads(tmp_path, trained):
+    """The disk fills once the cycle has read its data and model and computed its signals: its
+    next write (the account, the order intent, the audit trail) fails. One line naming the file
+    and the fix, exit non-zero, nothing half-written (the database passes its integrity check,
+    the audit trail verifies, no order row without its broker order); after space is freed the
+    rerun trades, and no order exists twice."""
+    import json
+    from crash_harness import fresh_home
+    home = fresh_home(trained, tmp_path / "home")
+    day = trained["trade_day"]
+    replay_db = shlex.quote(str(home / "state/replay_state.db"))
+    out = tmp_path / "out"
+    out.mkdir()
+    o = shlex.quote(str(out))
+
+    def step(name, command):
+        return f"{command} > {o}/{name}.out 2> {o}/{name}.err; echo $? > {o}/{name}.rc"
+    py = shlex.quote(PY)
+    script = "; ".join([
+        _on_tmpfs(home, "64m"), "set +e",
+        step("cycle", f"{py} -c {shlex.quote(_FILL_AFTER_READS)} {shlex.quote(_fill(home))} {day}"),
+        step("verify1", f"{py} audit_logging.py verify"),
+        step("dump1", f"{py} -c {shlex.quote(_DUMP)} {replay_db}"),
+        f"rm -f {shlex.quote(str(home))}/filler*",
+        step("rerun", f"{py} live_trading.py --as-of {day}"),
+        step("verify2", f"{py} audit_logging.py verify"),
+        step("dump2", f"{py} -c {shlex.quote(_DUMP)} {replay_db}"),
+        "true"])
+    done = _run(["unshare", "-m", "sh", "-c", script], home)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def result(name):
+        return int((out / f"{name}.rc").read_text()), (out / f"{name}.out").read_text(), (out / f"{name}.err").read_text()
+    rc, stdout, stderr = result("cycle")
+    text = stdout + stderr
+    assert rc not in (0, 99) and "Traceback" not in text, text[-3000:]
+    last = stderr.strip().splitlines()[-1]               # the cycle's last word (the lines above: its log)
+    assert "disk is full" in last and "free space on" in last and str(home) in last, text[-3000:]
+    assert "replay_state.db" in last or "audit" in last, last          # a real write of the cycle failed
+    for verify in ("verify1", "verify2"):
+        assert result(verify)[0] == 0, result(verify)
+    before = json.loads(result("dump1")[1])
+    assert before["integrity"] == "ok"
+    assert all(r["status"] not in ("SENDING",) for r in before["ours"]), before
+    sent = {r["client_key"] for r in before["paper"]}
+    assert all(r["broker_order_id"] for r in before["ours"] if r["client_key"] in sent), before
+    rc, stdout, stderr = result("rerun")
+    assert rc == 0, (stdout + stderr)[-3000:]
+    after = json.loads(result("dump2")[1])
+    assert after["integrity"] == "ok" and after["paper"], after
+    keys = [r["client_key"] for r in after["paper"]]
+    orders = [(r["symbol"], r["side"]) for r in after["paper"]]
+    assert len(set(keys)) == len(keys) and len(set(orders)) == len(orders), after    # no order twice
+    assert {r["client_key"] for r in after["ours"] if r["broker_order_id"]} == set(keys)
+
+
+def _and_leftovers(command, home: Path) -> list[str]:
+    """``command`` run by sh, then the temp files left in the home listed (``LEFT <path>``) and
+    whether the processed data file exists (``PROCESSED yes|no``), and the reports (``REPORT
+    <name>``); exits with the command's code."""
+    h = shlex.quote(str(home))
+    return ["sh", "-c", " ".join(shlex.quote(str(c)) for c in command)
+            + f"; rc=$?; find {h} -name '*.tmp*' -printf 'LEFT %p\\n'; "
+              f"[ -e {h}/processed_stock_data.csv ] && echo PROCESSED yes || echo PROCESSED no; "
+              f"ls {h}/reports 2>/dev/null | sed 's/^/REPORT /'; exit $rc"]
+
+
+@needs_namespace
+@pytest.mark.parametrize("free_kb", [64, 256])
+def test_data_update_on_a_nearly_full_disk(tmp_path, used_home, free_kb):
+    """The data update (./run_daily_data_update.sh) with 64-256 KiB free: one line naming the file
+    and the fix, exit non-zero, no temp file left, no processed data file half-written."""
+    home = _prepared_home(tmp_path, used_home)
+    done = _in_namespace(_full(home, free_kb=free_kb), _and_leftovers(["./run_daily_data_update.sh", "--force"], home),
+                         home)
+    out = _one_line_fault(done, str(home), "disk is full", "free space on")
+    assert "LEFT " not in out and "PROCESSED no" in out, out[-3000:]
+
+
+@needs_namespace
+@pytest.mark.parametrize("free_kb", [64] + ([256] if FULL else []))
+def test_walk_forward_on_a_nearly_full_disk(tmp_path, trained, free_kb):
+    """walk_forward.py with 64 KiB free (its run record fails before any fold) and, under
+    ``make faults``, 256 KiB (the folds run, then the report pages do not fit): one line naming
+    the file and the fix, exit 2, no temp file, no report without its page."""
+    from crash_harness import fresh_home
+    home = fresh_home(trained, tmp_path / "home")
+    command = [PY, "walk_forward.py", "--profile", "tiny", "--retrain", "252", "--workers", "1"]
+    done = _in_namespace(_full(home, size="10m", free_kb=free_kb), _and_leftovers(command, home), home)
+    out = _one_line_fault(done, str(home), "disk is full", "free space on")
+    assert done.returncode == 2 and "LEFT " not in out, out[-3000:]
+    assert not [line for line in out.splitlines() if line.startswith("REPORT ")], out[-3000:]

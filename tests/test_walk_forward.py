@@ -142,6 +142,7 @@ def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
 
 
 def test_cli_error_is_exit_2_and_one_line(trading_home):
+    (trading_home / "selected_stocks.txt").write_text("AAPL\n")      # a home (config.require_home)
     done = run_entry(["backtest.py", "--walk-forward", "--profile", "tiny"], trading_home)
     assert done.returncode == 2
     lines = [l for l in done.stderr.splitlines() if l.startswith("ERROR")]
