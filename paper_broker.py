@@ -371,6 +371,10 @@ class PaperBroker:
                  (" (fills at the next session's open)" if row["order_type"] == "MARKET" else ""))
         return row["order_id"]
 
+    def preview_order(self, order: dict) -> None:
+        """Nothing to preview: the paper broker's own rules run when the order is placed."""
+        validate_order(order)
+
     def _insert_order(self, o: dict):
         seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM paper_orders").fetchone()["n"]
         order_id = f"PAPER-{seq:06d}"

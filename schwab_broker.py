@@ -548,6 +548,26 @@ class SchwabAPI:
         log.info("Schwab order %s placed: %s (client_key %s)", order_id, what, o["client_key"])
         return order_id
 
+    def preview_order(self, order: dict) -> None:
+        """Schwab's preview of ``order`` (schwab-py ``preview_order``; nothing is placed).
+        ``OrderRejectedError`` when Schwab refuses it: an HTTP 400/422 or an answer whose
+        ``orderValidationResult.rejects`` is not empty (its first messages in the line)."""
+        o = validate_order(order)
+        account_hash = self.account_hash
+        spec = self._order_spec(o).build()
+        what = f"preview of {o['side']} {o['quantity']} {o['symbol']} {o['order_type']}"
+        resp = self._call(what, self._client.preview_order, account_hash, spec, order=True)
+        try:
+            body = resp.json() or {}
+        except ValueError:
+            body = {}
+        result = body.get("orderValidationResult") if isinstance(body, dict) else None
+        rejects = (result or {}).get("rejects") or []
+        if rejects:
+            messages = "; ".join(str(r.get("message") or r.get("activityMessage") or r.get("validationRuleName")
+                                     if isinstance(r, dict) else r) for r in rejects[:3])
+            raise OrderRejectedError(f"Schwab {what} refused it: {_short_text(messages)}")
+
     def get_order(self, order_id) -> dict:
         resp = self._call(f"order {order_id} status", self._client.get_order, order_id,
                           self.account_hash, lookup=True)
