@@ -24,6 +24,7 @@ import clock
 import clock_sanity
 import constants as C
 import logging_setup
+import settlement
 from broker_base import (BUY, BUY_TO_COVER, LIMIT, MARKET, OPEN_STATUSES, SELL, SELL_SHORT, UTC,
                          AuthenticationError, BrokerError, OrderNotFoundError,
                          OrderRejectedError, OrderStatusUnknownError, TokenExpiredError,
@@ -434,9 +435,12 @@ class SchwabAPI:
         cash = _first_num(balances, "cashBalance", "cashAvailableForTrading", "totalCash")
         # MARGIN accounts report buyingPower; CASH accounts only cashAvailableForTrading.
         buying_power = _first_num(balances, "buyingPower", "cashAvailableForTrading", "availableFunds")
-        return {"equity": equity, "cash": cash if cash is not None else 0.0,
-                "buying_power": buying_power if buying_power is not None else 0.0,
-                "account_type": account.get("type")}
+        out = {"equity": equity, "cash": cash if cash is not None else 0.0,
+               "buying_power": buying_power if buying_power is not None else 0.0,
+               "account_type": account.get("type")}
+        if settlement.account_type_of(out) == settlement.CASH:     # which fields mean settled: settlement.py
+            out["settled_cash"], out["unsettled_cash"] = settlement.schwab_settled_cash(balances)
+        return out
 
     def get_positions(self) -> dict:
         out: dict[str, dict] = {}

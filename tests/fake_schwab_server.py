@@ -136,6 +136,7 @@ class FakeSchwabServer:
         self.cash = float(cash)
         self.fill_after_polls = fill_after_polls
         self.account_type = account_type
+        self.unsettled_cash = 0.0       # a CASH account's unsettledCash (counted in cashAvailableForTrading)
         self.drop_next_post: bool | int = False
         self.refuse_next_post: bool | int = False
         self.kill_client_on_post: bool | int = False
@@ -420,6 +421,7 @@ class FakeSchwabServer:
             else:
                 balances = {"liquidationValue": round(equity, 2), "cashBalance": round(self.cash, 2),
                             "cashAvailableForTrading": round(max(self.cash, 0.0), 2),
+                            "unsettledCash": round(self.unsettled_cash, 2),
                             "longMarketValue": round(long_value, 2)}
             account = {"type": self.account_type, "accountNumber": ACCOUNT_NUMBER, "roundTrips": 0,
                        "isDayTrader": False, "currentBalances": balances,
