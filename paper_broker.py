@@ -512,7 +512,7 @@ class PaperBroker:
                 raise _Reject(f"selling {qty} {symbol} but {max(held, 0)} are held (use SELL_SHORT to short)")
         elif side == SELL_SHORT:
             if settlement.account_type_of({"account_type": C.PAPER_ACCOUNT_TYPE}) == settlement.CASH:
-                raise _Reject(f"shorts are not allowed in a cash account (SELL_SHORT {qty} {symbol})")
+                raise _Reject(f"{settlement.NO_SHORTS} (SELL_SHORT {qty} {symbol})")
             if held > 0:
                 raise _Reject(f"{symbol} is held long ({held}): SELL it before shorting")
             events = self._events(symbol)

@@ -30,6 +30,7 @@ from portfolio import EPS, Portfolio, finite, money
 
 CASH, MARGIN = "CASH", "MARGIN"
 ACCOUNT_TYPES = (CASH, MARGIN)
+NO_SHORTS = "shorts are not allowed in a cash account"
 
 
 def account_type_of(balance: dict) -> str:
@@ -51,13 +52,19 @@ def schwab_settled_cash(balances: dict) -> tuple[float, float]:
     return max(available - unsettled, 0.0), unsettled
 
 
+def short_problem(pf: Portfolio) -> str | None:
+    """Why no short may open in this account (a cash account), or None. ``short_rules`` asks it
+    too, so target generation plans no short that the check would refuse."""
+    return NO_SHORTS if pf.account_type == CASH else None
+
+
 def order_problem(symbol: str, side: str, qty: int, price, pf: Portfolio) -> str | None:
     """Why a cash account may not take this order (one line), or None (also for any margin account)."""
     if pf.account_type != CASH:
         return None
     head = f"{side} {qty} {symbol}"
     if side == SELL_SHORT:
-        return f"{head} refused: shorts are not allowed in a cash account"
+        return f"{head} refused: {short_problem(pf)}"
     if side == BUY:
         settled = float(pf.settled_cash if pf.settled_cash is not None else pf.cash)
         value = qty * float(price) if finite(price) else 0.0    # a bad price is the opening check's to refuse

@@ -165,3 +165,16 @@ def test_lint_refuses_on_the_schwab_path_before_any_request(schwab_routed, schwa
                         "limit_price": 190.001, "price": 190.0}, "2026-11-24")
     assert record["status"] == "REJECTED" and "order lint [price]" in record["error"]
     assert fake.previews == [] and fake.posted_orders() == []
+
+
+def test_flatten_orders_go_when_the_preview_is_unreachable(schwab_routed, schwab_home):
+    """An unreachable preview never keeps a position open: flatten's orders (sent under the kill
+    switch, ``ignore_halt``) go anyway, audited; a preview reject would still refuse them."""
+    fake = schwab_routed
+    fake.prices["AAPL"] = 190.0
+    fake.fail_always("order_preview", 503)
+    ex, audit = schwab_executor(schwab_home, fake)
+    record = ex.submit({"symbol": "AAPL", "side": "SELL", "quantity": 5, "order_type": "MARKET", "price": 190.0},
+                       "2026-11-24", ignore_halt=True)
+    assert record["status"] == "SUBMITTED" and len(fake.posted_orders()) == 1
+    assert any(s == "preview_skipped" for _, s, _ in audit.events)

@@ -16,6 +16,7 @@ from broker_base import OrderRejectedError
 from paper_broker import PaperBroker
 from portfolio import apply_fill
 from risk_management import RiskManager
+from short_rules import short_entry_problem
 from schwab_env import fake_schwab, schwab_home, schwab_routed, store_schwab_credentials  # noqa: F401
 from trading_cycle import build_portfolio
 
@@ -102,6 +103,7 @@ def test_paper_cash_account_refuses_shorts(paper_cash):
     broker = paper_cash
     ok, reason = RiskManager(audit=Recorder()).pre_trade_check(order("SELL_SHORT", 10), portfolio(broker))
     assert not ok and reason == "SELL_SHORT 10 AAPL refused: shorts are not allowed in a cash account"
+    assert short_entry_problem("AAPL", portfolio(broker)) == settlement.NO_SHORTS     # no short is planned
     with pytest.raises(OrderRejectedError, match="cash account"):
         broker.place_order({"symbol": "AAPL", "side": "SELL_SHORT", "quantity": 10, "order_type": "MARKET"})
 
