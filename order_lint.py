@@ -47,6 +47,13 @@ def tick_for(price: float) -> Decimal:
     return TICK_ABOVE if Decimal(str(price)) >= TICK_BREAK else TICK_BELOW
 
 
+def to_tick(price: float) -> float:
+    """``price`` rounded to the nearest tick (for prices we compute, e.g. a collar's limit or a
+    stop's trigger), so that the lint's tick rule passes."""
+    tick = tick_for(price)
+    return float((Decimal(str(price)) / tick).quantize(Decimal("1"), rounding="ROUND_HALF_UP") * tick)
+
+
 def _price_problem(name: str, value, what: str) -> str | None:
     try:
         price = float(value)

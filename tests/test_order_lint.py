@@ -59,6 +59,8 @@ def test_shapes_schwab_takes_pass(over):
 
 def test_tick_boundary():
     assert str(order_lint.tick_for(1.0)) == "0.01" and str(order_lint.tick_for(0.9999)) == "0.0001"
+    assert order_lint.to_tick(101.23456) == 101.23 and order_lint.to_tick(0.123456) == 0.1235
+    assert order_lint.lint_problem(spec(order_type="LIMIT", limit_price=order_lint.to_tick(100 * 1.0037))) is None
 
 
 # ------------------------------------------------------------------ the executor, paper broker
