@@ -329,6 +329,14 @@ class BrokerGateway:
             return order_id
         return str(self.call_once(what, attempt, spec, kind=SUBMIT))
 
+    def preview_order(self, spec: dict, what: str) -> None:
+        """The broker's preview of an order (nothing placed), safe to repeat: through the breaker
+        with the retry rule. ``OrderRejectedError`` when the broker refuses it. A broker without
+        a preview (a test double) has nothing to say."""
+        preview = getattr(self.broker, "preview_order", None)
+        if preview is not None:
+            self.call(what, preview, spec)
+
     def get_order(self, order_id: str, what: str) -> dict:
         return self.call(what, self.broker.get_order, order_id)
 

@@ -178,6 +178,7 @@ PAPER_MIN_COMMISSION = 0.0                 # paper minimum commission per order 
 DEFAULT_BORROW_RATE = 0.005                # paper broker's borrow rate when the table has none (annual)
 BORROW_DAY_COUNT = 360                     # borrow fees accrue ACT/360: qty*price*rate*days/360 (days per year)
 PAPER_SHORT_MARGIN_REQ = 1.5               # paper buying power = cash - this * short market value (Reg T 150 %)
+PAPER_ACCOUNT_TYPE = "MARGIN"              # the paper account's type: "MARGIN" or "CASH" (buys from settled cash only, T+1; no shorts; settlement.py)
 
 # ----------------------------------------------------------------------- Schwab (the live broker)
 BROKER_HTTP_TIMEOUT_S = 20.0               # timeout of one Schwab HTTP request (seconds)
@@ -328,7 +329,7 @@ OPERATIONAL_TUNABLES = (
     "DRIFT_ALERT_LOG_DAYS",
     "ORDER_RETRIES", "ORDER_BACKOFF_S", "BROKER_RETRY_DEADLINE_S", "ORDER_FILL_TIMEOUT_S", "FLATTEN_LOCK_WAIT_S", "ORDER_POLL_INTERVAL_S",
     "ORDER_SNAPSHOT_LOOKBACK_S", "ORDER_ADOPT_MAX_DELAY_S", "CLOCK_MAX_SKEW_S", "HALT_CANCELS_UNFILLED", "MAX_ORDERS_PER_MINUTE",
-    "CIRCUIT_BREAKER_FAILURES", "CIRCUIT_BREAKER_RECOVERY_S", "PAPER_OPENS_SESSIONS",
+    "CIRCUIT_BREAKER_FAILURES", "CIRCUIT_BREAKER_RECOVERY_S", "PAPER_OPENS_SESSIONS", "PAPER_ACCOUNT_TYPE",
     "BROKER_HTTP_TIMEOUT_S", "TOKEN_WARN_AGE_DAYS", "TOKEN_MAX_AGE_DAYS", "SCHWAB_CALLBACK_URL",
     "SCHWAB_ORDER_LOOKBACK_DAYS", "SCHWAB_ORDER_QUERY_AHEAD_S", "SCHWAB_QUOTE_BATCH",
     "BACKTEST_MAX_DAY_SPAN", "TRADING_DAYS_PER_YEAR", "RISK_FREE_RATE", "GOLIVE_MIN_TOTAL_RETURN",
@@ -528,6 +529,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "DEFAULT_BORROW_RATE": ("float", "annual fraction (0.005 = 0.5 %)", "[0, 10]"),
         "BORROW_DAY_COUNT": ("int", "days per year", "[360, 366]"),
         "PAPER_SHORT_MARGIN_REQ": ("float", "multiple of the short value (1.5 = 150 %)", "[1, 10]"),
+        "PAPER_ACCOUNT_TYPE": ("choice", "account type", ("MARGIN", "CASH")),
     },
     "schwab": {
         "BROKER_HTTP_TIMEOUT_S": ("float", "seconds", "(0, 600]"),

@@ -14,6 +14,7 @@ from datetime import date, datetime
 
 import clock
 import constants as C
+import settlement
 import state_db
 from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, FINAL_STATUSES, OPEN_STATUSES, OPENING_SIDES, SELL,
                          SELL_SHORT, UTC, OrderNotFoundError,
@@ -87,6 +88,18 @@ _PAPER_SCHEMA = [
         symbol TEXT PRIMARY KEY,
         rate REAL NOT NULL,
         hard_to_borrow INTEGER)""",
+    # a cash account's settlement (PAPER_ACCOUNT_TYPE = CASH; settlement.py): sale proceeds not yet
+    # settled, and the symbols bought with such funds (selling them before that day: good-faith violation)
+    """CREATE TABLE IF NOT EXISTS paper_unsettled_proceeds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        order_id TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        amount REAL NOT NULL,
+        trade_date TEXT NOT NULL,
+        settles_on TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_unsettled_buys (
+        symbol TEXT PRIMARY KEY,
+        settles_on TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS paper_symbol_events (
         symbol TEXT PRIMARY KEY,
         recalled INTEGER NOT NULL DEFAULT 0,
@@ -278,10 +291,44 @@ class PaperBroker:
 
     def get_account_balance(self) -> dict:
         cash, long_mv, short_mv = self._valuation()
-        return {"equity": round(cash + long_mv - short_mv, 6), "cash": round(cash, 6),
-                "buying_power": round(self._buying_power(cash, short_mv), 6),
-                "long_market_value": round(long_mv, 6), "short_market_value": round(short_mv, 6),
-                "account_type": "PAPER"}
+        out = {"equity": round(cash + long_mv - short_mv, 6), "cash": round(cash, 6),
+               "buying_power": round(self._buying_power(cash, short_mv), 6),
+               "long_market_value": round(long_mv, 6), "short_market_value": round(short_mv, 6),
+               "account_type": str(C.PAPER_ACCOUNT_TYPE)}
+        if settlement.account_type_of(out) == settlement.CASH:
+            today = clock.today()
+            unsettled = self._unsettled(today)
+            out.update(settled_cash=round(max(cash - unsettled, 0.0), 6), unsettled_cash=round(unsettled, 6),
+                       unsettled_buys=self._unsettled_buys(today))
+        return out
+
+    # ------------------------------------------------------------------ a cash account's settlement
+    def _unsettled(self, day: date) -> float:
+        """Sale proceeds not settled on ``day`` (they settle on ``settles_on``)."""
+        row = self.conn.execute("SELECT COALESCE(SUM(amount), 0) AS s FROM paper_unsettled_proceeds "
+                                "WHERE settles_on > ?", (day.isoformat(),)).fetchone()
+        return float(row["s"])
+
+    def _unsettled_buys(self, day: date) -> dict[str, str]:
+        return {r["symbol"]: r["settles_on"] for r in self.conn.execute(
+            "SELECT symbol, settles_on FROM paper_unsettled_buys WHERE settles_on > ?", (day.isoformat(),))}
+
+    def _settle_fill(self, o: dict, symbol: str, side: str, cash_before: float, cash_delta: float, day: date) -> None:
+        """Inside the fill's transaction, in a cash account: a sale's proceeds settle T+1; a buy
+        paid partly with unsettled proceeds marks the symbol until they settle."""
+        if side == SELL:
+            self.conn.execute("INSERT INTO paper_unsettled_proceeds(order_id, symbol, amount, trade_date, "
+                              "settles_on) VALUES (?, ?, ?, ?, ?)",
+                              (o["order_id"], symbol, cash_delta, day.isoformat(),
+                               settlement.settles_on(day).isoformat()))
+        elif side == BUY and -cash_delta > cash_before - self._unsettled(day) + 1e-9:
+            last = self.conn.execute("SELECT MAX(settles_on) AS d FROM paper_unsettled_proceeds WHERE "
+                                     "settles_on > ?", (day.isoformat(),)).fetchone()["d"]
+            self.conn.execute("INSERT INTO paper_unsettled_buys(symbol, settles_on) VALUES (?, ?) ON CONFLICT"
+                              "(symbol) DO UPDATE SET settles_on = MAX(settles_on, excluded.settles_on)",
+                              (symbol, last))
+            log.warning("Paper cash account: BUY %s paid with unsettled funds (settle on %s): selling it "
+                        "before then is a good-faith violation", symbol, last)
 
     def get_positions(self) -> dict:
         prices = self._prices()
@@ -370,6 +417,10 @@ class PaperBroker:
                  f" at {row['avg_fill_price']:.4f}" if row["avg_fill_price"] else
                  (" (fills at the next session's open)" if row["order_type"] == "MARKET" else ""))
         return row["order_id"]
+
+    def preview_order(self, order: dict) -> None:
+        """Nothing to preview: the paper broker's own rules run when the order is placed."""
+        validate_order(order)
 
     def _insert_order(self, o: dict):
         seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM paper_orders").fetchone()["n"]
@@ -460,6 +511,8 @@ class PaperBroker:
             if held <= 0 or qty > held:
                 raise _Reject(f"selling {qty} {symbol} but {max(held, 0)} are held (use SELL_SHORT to short)")
         elif side == SELL_SHORT:
+            if settlement.account_type_of({"account_type": C.PAPER_ACCOUNT_TYPE}) == settlement.CASH:
+                raise _Reject(f"{settlement.NO_SHORTS} (SELL_SHORT {qty} {symbol})")
             if held > 0:
                 raise _Reject(f"{symbol} is held long ({held}): SELL it before shorting")
             events = self._events(symbol)
@@ -509,6 +562,8 @@ class PaperBroker:
                 "avg_price = excluded.avg_price, borrow_accrued_to = excluded.borrow_accrued_to, "
                 "updated_at = excluded.updated_at",
                 (symbol, new_qty, round(new_avg, 6), accrued_to if new_qty < 0 else None, now))
+        if settlement.account_type_of({"account_type": C.PAPER_ACCOUNT_TYPE}) == settlement.CASH:
+            self._settle_fill(o, symbol, side, self._cash(), cash_delta, day)
         self.conn.execute("UPDATE paper_account SET cash = cash + ?, updated_at = ? WHERE id = 1",
                           (cash_delta, now))
         self.conn.execute(

@@ -4,6 +4,8 @@ and date helpers the risk rules share (``risk_management.py``, ``short_rules.py`
 
 An order is ``{"symbol", "side", "quantity", "price"}`` (plus optional fields such as
 ``reason``) with side one of BUY / SELL / SELL_SHORT / BUY_TO_COVER (``broker_base``).
+A cash account (``account_type`` CASH) also carries its ``settled_cash`` and the symbols bought
+with unsettled funds (``unsettled_buys``); ``settlement.py`` holds the rule.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ class Portfolio:
     quotes: dict[str, dict] = field(default_factory=dict)
     recalled: set[str] = field(default_factory=set)
     as_of: date = field(default_factory=date.today)
+    account_type: str = "MARGIN"       # CASH or MARGIN, from the broker (settlement.py)
+    settled_cash: float | None = None  # a cash account's settled cash; None: ``cash``
+    unsettled_buys: dict[str, date] = field(default_factory=dict)   # symbol -> when its buy's funds settle
 
 
 def make_order(symbol: str, side: str, quantity: int, price: float, **extra) -> dict:
@@ -105,6 +110,8 @@ def fill_into(projected: Portfolio, order: dict) -> None:
     value = qty * price
     projected.positions[symbol] = int(projected.positions.get(symbol, 0)) + delta
     projected.cash = projected.cash - value if side in (BUY, BUY_TO_COVER) else projected.cash + value
+    if side == BUY and projected.settled_cash is not None:    # a buy spends settled cash; proceeds settle later
+        projected.settled_cash -= value
     bp = projected.buying_power
     if bp is not None:
         projected.buying_power = bp - value if side in OPENING_SIDES else bp + value

@@ -50,6 +50,7 @@ import clock
 import config
 import constants as C
 import logging_setup
+import settlement
 import state_db
 from audit_logging import AuditLogger
 from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT, SIDES
@@ -555,7 +556,8 @@ class RiskManager:
     def pre_trade_check(self, order: dict, portfolio: Portfolio) -> tuple[bool, str]:
         """(approved, reason) for one order against the portfolio before it is sent.
 
-        Every order: a known side, a symbol, a positive whole quantity. Reducing orders (SELL of a
+        Every order: a known side, a symbol, a positive whole quantity, then a cash account's rules
+        (``settlement.order_problem``: no shorts, buys from settled cash, no good-faith violation). Reducing orders (SELL of a
         long, BUY_TO_COVER of a short) must not exceed the position; nothing else is checked.
         Opening orders (BUY, SELL_SHORT) must also pass, in this order: a positive price, no halt,
         the short rules (SELL_SHORT), price sanity against the last close, MAX_ORDER_VALUE,
@@ -588,6 +590,9 @@ class RiskManager:
             return False, parsed
         symbol, side, qty = parsed
         held = int(pf.positions.get(symbol, 0))
+        problem = settlement.order_problem(symbol, side, qty, order.get("price"), pf)   # a cash account's rules
+        if problem:
+            return False, problem
         if side in (SELL, BUY_TO_COVER):                  # risk-reducing: quantity sanity only
             return _check_reducing(symbol, side, qty, held)
         problem = _opening_problem(symbol, side, qty, held, order.get("price"), pf)

@@ -24,6 +24,7 @@ import clock
 import clock_sanity
 import constants as C
 import logging_setup
+import settlement
 from broker_base import (BUY, BUY_TO_COVER, LIMIT, MARKET, OPEN_STATUSES, SELL, SELL_SHORT, UTC,
                          AuthenticationError, BrokerError, OrderNotFoundError,
                          OrderRejectedError, OrderStatusUnknownError, TokenExpiredError,
@@ -434,9 +435,12 @@ class SchwabAPI:
         cash = _first_num(balances, "cashBalance", "cashAvailableForTrading", "totalCash")
         # MARGIN accounts report buyingPower; CASH accounts only cashAvailableForTrading.
         buying_power = _first_num(balances, "buyingPower", "cashAvailableForTrading", "availableFunds")
-        return {"equity": equity, "cash": cash if cash is not None else 0.0,
-                "buying_power": buying_power if buying_power is not None else 0.0,
-                "account_type": account.get("type")}
+        out = {"equity": equity, "cash": cash if cash is not None else 0.0,
+               "buying_power": buying_power if buying_power is not None else 0.0,
+               "account_type": account.get("type")}
+        if settlement.account_type_of(out) == settlement.CASH:     # which fields mean settled: settlement.py
+            out["settled_cash"], out["unsettled_cash"] = settlement.schwab_settled_cash(balances)
+        return out
 
     def get_positions(self) -> dict:
         out: dict[str, dict] = {}
@@ -547,6 +551,26 @@ class SchwabAPI:
         self._placed[o["client_key"]] = order_id
         log.info("Schwab order %s placed: %s (client_key %s)", order_id, what, o["client_key"])
         return order_id
+
+    def preview_order(self, order: dict) -> None:
+        """Schwab's preview of ``order`` (schwab-py ``preview_order``; nothing is placed).
+        ``OrderRejectedError`` when Schwab refuses it: an HTTP 400/422 or an answer whose
+        ``orderValidationResult.rejects`` is not empty (its first messages in the line)."""
+        o = validate_order(order)
+        account_hash = self.account_hash
+        spec = self._order_spec(o).build()
+        what = f"preview of {o['side']} {o['quantity']} {o['symbol']} {o['order_type']}"
+        resp = self._call(what, self._client.preview_order, account_hash, spec, order=True)
+        try:
+            body = resp.json() or {}
+        except ValueError:
+            body = {}
+        result = body.get("orderValidationResult") if isinstance(body, dict) else None
+        rejects = (result or {}).get("rejects") or []
+        if rejects:
+            messages = "; ".join(str(r.get("message") or r.get("activityMessage") or r.get("validationRuleName")
+                                     if isinstance(r, dict) else r) for r in rejects[:3])
+            raise OrderRejectedError(f"Schwab {what} refused it: {_short_text(messages)}")
 
     def get_order(self, order_id) -> dict:
         resp = self._call(f"order {order_id} status", self._client.get_order, order_id,

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import clock
 import config
+import settlement
 import state_db
 from broker_base import BUY_TO_COVER
 from portfolio import EPS, Portfolio, finite, make_order, pct, price_of, to_date
@@ -104,6 +105,9 @@ def short_entry_problem(symbol: str, portfolio: Portfolio, do_not_short=(),
     settings = settings or default_settings()
     if not settings.allow_shorts:
         return "shorts are disabled (ALLOW_SHORTS=False)"
+    cash_account = settlement.short_problem(portfolio)
+    if cash_account:
+        return cash_account
     if symbol in do_not_short:
         return (f"{symbol} is on the do-not-short list "
                 f"(remove with: python risk_management.py do-not-short remove {symbol})")

@@ -38,7 +38,7 @@ import os
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import pandas as pd
 
@@ -53,6 +53,7 @@ import golive
 import kill_switch
 import market_calendar
 import pnl
+import settlement
 import state_db
 from audit_logging import CYCLE_END, CYCLE_START, AuditLogger, interrupted_cycle, require_valid_trail
 from clock_sanity import ClockError
@@ -198,7 +199,9 @@ def build_portfolio(broker, symbols, closes: dict, as_of):
         buying_power=balance.get("buying_power"),
         positions={s: int(p["quantity"]) for s, p in positions.items() if int(p["quantity"]) != 0},
         prices=prices, last_close={s: float(c) for s, c in closes.items()}, quotes=quotes,
-        recalled={s for s, p in positions.items() if p.get("recalled")}, as_of=as_of)
+        recalled={s for s, p in positions.items() if p.get("recalled")}, as_of=as_of,
+        account_type=settlement.account_type_of(balance), settled_cash=balance.get("settled_cash"),
+        unsettled_buys={s: date.fromisoformat(str(d)) for s, d in (balance.get("unsettled_buys") or {}).items()})
 
 
 def run_cycle(as_of=None, now=None, settings: TradingSettings | None = None) -> int:

@@ -21,6 +21,10 @@ circuit breaker and flatten.
   ``SENDING`` (so nothing is sent after a halt commits) and between fill polls. Set mid-cycle:
   ``KillSwitchSet`` is raised, nothing more is sent and, by default
   (``HALT_CANCELS_UNFILLED``), the cycle's unfilled orders are cancelled (audited).
+* Before the send loop (``_lint_and_preview``): our order lint (``order_lint.py``, every broker)
+  and the broker's preview (Schwab's previewOrder, through the gateway's retry rule); a refusal
+  leaves the row ``REJECTED`` with ``refused before sending (lint|preview): ...``, one line, an
+  audit record ``refused``; nothing is sent.
 * Retries with exponential backoff for transient errors only (timeouts, 429, 5xx), by the
   gateway's one retry rule, the send loop included. After an ambiguous one (the request may have
   arrived) the snapshot rule decides before any resend. Rejections are never retried.
@@ -69,6 +73,7 @@ import kill_switch
 import logging_setup
 import market_calendar
 import order_book
+import order_lint
 import state_db
 from audit_logging import AuditLogger
 from broker_base import (BUY_TO_COVER, MARKET, NEW, PARTIALLY_FILLED, REJECTED, WORKING, Broker, BrokerError,
@@ -80,6 +85,7 @@ from failpoints import failpoint
 from kill_switch import KillSwitchSet
 from order_book import (FLATTEN_PREFIX, INTENDED, NOT_POLLED, SENDING, SUBMITTED, TERMINAL, UNKNOWN_AT_BROKER,
                         OrderBook, Record, client_key, flatten_key)
+from order_lint import OrderLintError
 from order_recovery import ACCEPTED_NOT_RECORDED, OrderNotRecordedError, OrderRecovery, describe, unknown_line
 from trading_api import get_broker
 
@@ -292,6 +298,9 @@ class OrderExecutor:
         halt.check(f"order {key}")     # before the snapshot costs a call
         spec = {"symbol": record["symbol"], "side": record["side"], "quantity": record["quantity"],
                 "order_type": record["order_type"], "limit_price": record["limit_price"], "client_key": key}
+        refused = self._lint_and_preview(key, spec, closing=halt.ignore)
+        if refused is not None:
+            return refused
         try:
             order_id = self.gateway.retrying(
                 f"place {key}", lambda n: self._send_attempt(spec, n, halt),
@@ -311,6 +320,34 @@ class OrderExecutor:
                 self.book.update(key, status=INTENDED)
             self._not_sent(key, exc)
         return self._submitted(key, order_id)
+
+    def _lint_and_preview(self, key: str, spec: dict, closing: bool = False) -> Record | None:
+        """Before anything is sent: our lint (``order_lint.py``, every broker), then the broker's
+        preview (Schwab's preview endpoint, through the gateway's retry rule). A refusal is the
+        row REJECTED with why, one line and an audit record; None when the order may go. A
+        preview that cannot be reached leaves the order unsent, except ``closing`` (``flatten``'s
+        orders, sent under the kill switch): an unreachable preview never keeps a position open."""
+        try:
+            order_lint.check(spec)
+        except OrderLintError as exc:
+            return self._refused(key, exc, "lint")
+        try:
+            self.gateway.preview_order(spec, f"preview {key}")
+        except OrderRejectedError as exc:
+            return self._refused(key, exc, "preview")
+        except (BrokerError, CircuitOpenError) as exc:    # no answer: nothing was placed, the row stays INTENDED
+            if not closing:
+                self._not_sent(key, exc)
+            log.warning("order %s: the broker's preview could not be reached (%s); a flatten order is sent anyway",
+                        key, exc)
+            self.audit.log_event("order_submit", "preview_skipped", {"client_key": key, "error": str(exc)})
+        return None
+
+    def _refused(self, key: str, exc: OrderRejectedError, stage: str) -> Record:
+        self.book.update(key, status=REJECTED, error=f"refused before sending ({stage}): {exc}"[:500])
+        log.error("order %s refused before sending: %s", key, exc)
+        self.audit.log_event("order_submit", "refused", {"client_key": key, "stage": stage, "error": str(exc)})
+        return self._get(key)
 
     def _send_attempt(self, spec: dict, n: int, halt: HaltCheck) -> str:
         """One attempt: INTENDED -> SENDING with a fresh snapshot (the kill switch read in that

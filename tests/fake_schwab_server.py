@@ -136,6 +136,7 @@ class FakeSchwabServer:
         self.cash = float(cash)
         self.fill_after_polls = fill_after_polls
         self.account_type = account_type
+        self.unsettled_cash = 0.0       # a CASH account's unsettledCash (counted in cashAvailableForTrading)
         self.drop_next_post: bool | int = False
         self.refuse_next_post: bool | int = False
         self.kill_client_on_post: bool | int = False
@@ -160,6 +161,8 @@ class FakeSchwabServer:
         self._failed_last: dict[str, bool] = {}
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.previews: list[dict] = []             # previewOrder bodies received
+        self.preview_rejects: dict[str, str] = {}  # symbol -> the reject message its preview answers
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "FakeSchwabServer":
@@ -235,6 +238,11 @@ class FakeSchwabServer:
             if order["status"] in OPEN:
                 order.update(status="CANCELED", remainingQuantity=0, cancelable=False, editable=False,
                              closeTime=self.now().strftime(_TIME_FORMAT))
+
+    def reject_preview(self, symbol: str, message: str) -> None:
+        """The preview of an order for ``symbol`` answers a reject with ``message``."""
+        with self.lock:
+            self.preview_rejects[symbol.upper()] = message
 
     def fail_nth(self, kind: str, n: int, status: int = 500) -> None:
         """The ``n``-th request of ``kind`` (counted from the server's start) answers ``status``."""
@@ -413,6 +421,7 @@ class FakeSchwabServer:
             else:
                 balances = {"liquidationValue": round(equity, 2), "cashBalance": round(self.cash, 2),
                             "cashAvailableForTrading": round(max(self.cash, 0.0), 2),
+                            "unsettledCash": round(self.unsettled_cash, 2),
                             "longMarketValue": round(long_value, 2)}
             account = {"type": self.account_type, "accountNumber": ACCOUNT_NUMBER, "roundTrips": 0,
                        "isDayTrader": False, "currentBalances": balances,
@@ -467,7 +476,7 @@ class FakeSchwabServer:
 
 
 KINDS = ("token", "account_numbers", "account", "account_positions", "quotes", "orders_list",
-         "order_post", "order_get", "order_delete")
+         "order_post", "order_get", "order_delete", "order_preview")
 
 
 def request_kind(method: str, path: str, query: dict) -> str | None:
@@ -480,6 +489,8 @@ def request_kind(method: str, path: str, query: dict) -> str | None:
         return "quotes"
     if path == "/trader/v1/orders":
         return "orders_list"
+    if path.endswith("/previewOrder"):
+        return "order_preview"
     match = re.fullmatch(r"/trader/v1/accounts(?:/([^/]+))?(/orders(?:/(\d+))?)?", path)
     if not match:
         return None
@@ -586,6 +597,8 @@ class _Handler(BaseHTTPRequestHandler):
             with fake.lock:
                 quotes = {s: fake.quote_json(s) for s in symbols if s in fake.prices}
             return self._send(200, quotes)
+        if path.endswith("/previewOrder") and method == "POST":
+            return self._preview_order(path, body)
         match = re.fullmatch(r"/trader/v1/accounts/([^/]+)(/orders(?:/(\d+))?)?", path)
         if not match:
             return self._send(404, {"message": f"no route {method} {path}"})
@@ -653,6 +666,31 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(delay)
         return self._send(201, headers={
             "Location": f"{SCHWAB_BASE}/trader/v1/accounts/{ACCOUNT_HASH}/orders/{order_id}"})
+
+    # -- previewOrder (Schwab's preview endpoint; its own block)
+    def _preview_order(self, path: str, body: bytes) -> None:
+        """Schwab's preview answer: ``orderValidationResult`` with ``accepts`` / ``rejects`` (a
+        reject for a symbol set by ``fake.reject_preview``); nothing is stored or placed."""
+        fake = self.fake
+        if path != f"/trader/v1/accounts/{ACCOUNT_HASH}/previewOrder":
+            return self._send(400, {"message": "Invalid account hash"})
+        try:
+            spec = json.loads(body)
+            leg = spec["orderLegCollection"][0]
+            symbol = str(leg["instrument"]["symbol"]).upper()
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            return self._send(400, {"message": f"Invalid order: {exc}"})
+        with fake.lock:
+            fake.previews.append(spec)
+            message = fake.preview_rejects.get(symbol)
+        rule = {"validationRuleName": "PREVIEW", "message": message, "activityMessage": message,
+                "originalSeverity": "REJECT", "overrideName": "", "overrideSeverity": "REJECT"}
+        result = {"alerts": [], "accepts": [] if message else [dict(rule, message="accepted",
+                                                                        originalSeverity="ACCEPT")],
+                  "rejects": [rule] if message else [], "reviews": [], "warns": []}
+        return self._send(200, {"orderId": 0, "orderStrategy": dict(spec, status="ACCEPTED"),
+                                "orderValidationResult": result,
+                                "commissionAndFee": {"commission": {}, "fee": {}, "trueCommission": {}}})
 
     def do_GET(self):
         self._dispatch("GET")

@@ -106,6 +106,8 @@ class FakeSchwab:
                 return httpx.Response(201, headers={
                     "Location": f"{BASE}/trader/v1/accounts/{HASH}/orders/{order_id}"})
             return httpx.Response(200, json=self.orders_between(request.url.params))
+        if path == f"/trader/v1/accounts/{HASH}/previewOrder" and method == "POST":   # accepts every order
+            return httpx.Response(200, json={"orderValidationResult": {"accepts": [], "rejects": []}})
         match = re.fullmatch(rf"/trader/v1/accounts/{HASH}/orders/(\d+)", path)
         if match:
             order = self.orders.get(int(match.group(1)))
