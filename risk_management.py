@@ -50,6 +50,7 @@ import clock
 import config
 import constants as C
 import logging_setup
+import reconcile_breaks
 import state_db
 from audit_logging import AuditLogger
 from broker_base import BUY, BUY_TO_COVER, SELL, SELL_SHORT, SIDES
@@ -413,6 +414,9 @@ class RiskManager:
             return True, (f"DAILY LOSS LIMIT REACHED on {daily['date']}: loss {_pct(daily['loss'])} "
                           f"from the day's start {_money(daily['day_start'])} "
                           f"(limit {_pct(daily['limit'])}); clears on the next day")
+        block = reconcile_breaks.entry_block(self.conn)    # an open reconciliation break
+        if block:
+            return True, block
         return False, ""
 
     def update_equity(self, equity: float, as_of=None) -> dict:
