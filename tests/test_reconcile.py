@@ -11,6 +11,7 @@ import pytest
 import live_trading
 import reconcile_breaks
 import state_db
+import status_page
 from audit_recorder import Recorder
 from credential_manager import CredentialManager
 from paper_broker import PaperBroker
@@ -178,6 +179,8 @@ def test_reconcile_command_lists_and_accepts(fixed_now, monkeypatch, capsys):
     assert live_trading.main(["status", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [b["id"] for b in data["reconciliation"]["open_breaks"]] == [1]
+    page = status_page.build_status_page().read_text()
+    assert 'data-open-breaks="1"' in page and "reconcile --accept 1 --reason" in page
     assert live_trading.main(["reconcile", "--accept", "1"]) == 1           # no reason: refused
     assert "reason is required" in capsys.readouterr().err
     assert live_trading.main(["reconcile", "--accept", "1", "--reason", "interest credit checked"]) == 0
