@@ -567,7 +567,7 @@ class FakeSchwabServer:
 
 
 KINDS = ("token", "account_numbers", "account", "account_positions", "quotes", "orders_list",
-         "order_post", "order_get", "order_delete")
+         "order_post", "order_get", "order_delete", "transactions")
 
 
 def request_kind(method: str, path: str, query: dict) -> str | None:
@@ -580,6 +580,8 @@ def request_kind(method: str, path: str, query: dict) -> str | None:
         return "quotes"
     if path == "/trader/v1/orders":
         return "orders_list"
+    if re.fullmatch(r"/trader/v1/accounts/[^/]+/transactions", path):     # the reconciliation's
+        return "transactions"
     match = re.fullmatch(r"/trader/v1/accounts(?:/([^/]+))?(/orders(?:/(\d+))?)?", path)
     if not match:
         return None

@@ -30,7 +30,7 @@ from schwab_env import fake_schwab, schwab_home, schwab_routed, store_schwab_cre
 from trading_execution import OrderExecutor
 
 # the kinds of request one live cycle makes (fake_schwab_server.KINDS)
-CYCLE_KINDS = {"account_numbers", "account", "account_positions", "quotes", "orders_list", "order_post",
+CYCLE_KINDS = {"transactions", "account_numbers", "account", "account_positions", "quotes", "orders_list", "order_post",
                "order_get"}
 
 
