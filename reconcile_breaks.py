@@ -19,7 +19,7 @@ import sqlite3
 
 import config
 import state_db
-from errors import UserFacingError
+from errors import UsageError
 
 LAST_RUN_KEY = "reconcile_last_run"       # kv: the last reconciliation (when, mode, counts)
 ACCEPT_COMMAND = "python live_trading.py reconcile --accept {id} --reason \"...\""
@@ -41,8 +41,9 @@ SCHEMA = [
 ]
 
 
-class ReconcileError(UserFacingError):
-    """A reconciliation command that cannot be done (unknown break, no reason, already accepted)."""
+class ReconcileError(UsageError):
+    """A reconciliation command that cannot be done (unknown break, no reason, already accepted):
+    a mistake in what a person typed (``errors.UsageError``)."""
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
