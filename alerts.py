@@ -90,6 +90,8 @@ ALERT_KINDS: dict[str, AlertKind] = {
                                     "python scheduler.py status"),
     "data_update_missed": AlertKind("Daily data update did not run", SAME_DAY,
                                     "python scheduler.py status"),
+    "reconcile_break": AlertKind("Reconciliation break: new entries blocked", SAME_DAY,
+                                 "python live_trading.py status"),
     "cycle_failed": AlertKind("Trading cycle failed", SAME_DAY,
                               "tail -30 logs/errors.log"),
     "cycle_gave_up": AlertKind("Trading cycle failed and the scheduler stopped rerunning it", SAME_DAY,

@@ -30,6 +30,12 @@ Interface (both brokers)::
     broker_time() -> datetime | None  # the broker's own clock now (Schwab: asks it); None when it
                                       # has none of its own (paper); compared with ours by the
                                       # cycle before any order (clock_sanity)
+    get_transactions(start, end) -> [transaction]   # cash and share movements of the account
+        transaction = {"id": str, "type": Schwab's type (TRADE, DIVIDEND_OR_INTEREST,
+                       RECEIVE_AND_DELIVER, JOURNAL, ...), "time": aware UTC datetime | None,
+                       "order_id": str | None (TRADE), "symbol": str | None,
+                       "quantity": {symbol: signed shares change}, "cash": float (net, USD),
+                       "fee": bool (only fees move cash), "description": str}
     fills_at_next_open: bool          # True when a market order waits for the next session's open
                                       # (the paper broker's PAPER_FILL = "next_open"; Schwab: False)
     client_key in an order dict: the key it was placed with where the broker keeps one (paper),
@@ -284,3 +290,4 @@ class Broker(Protocol):
     def get_open_orders(self) -> list[dict[str, Any]]: ...
     def get_orders_since(self, dt, reach: datetime | None = None) -> list[dict[str, Any]]: ...
     def broker_time(self) -> datetime | None: ...
+    def get_transactions(self, start: datetime, end: datetime) -> list[dict[str, Any]]: ...

@@ -352,6 +352,10 @@ class BrokerGateway:
     def orders_since(self, since: datetime, what: str = "list orders") -> list[dict]:
         return self.call(what, self.broker.get_orders_since, since)
 
+    def transactions(self, start: datetime, end: datetime) -> list[dict]:
+        """The broker's transactions between ``start`` and ``end`` (``get_transactions``), retried."""
+        return self.call("list transactions", self.broker.get_transactions, start, end)
+
     def recent_and_open_orders(self, since: datetime) -> dict[str, dict]:
         """{broker id: order} for the broker's orders entered since ``since`` and every open one."""
         listed = {str(o["order_id"]): o for o in self.orders_since(since)}

@@ -167,6 +167,8 @@ HALT_CANCELS_UNFILLED = True               # a kill switch set mid-cycle cancels
 MAX_ORDERS_PER_MINUTE = 120                # Schwab's recommended ceiling (requests per minute)
 CIRCUIT_BREAKER_FAILURES = 5               # consecutive failures that open the breaker (count)
 CIRCUIT_BREAKER_RECOVERY_S = 60.0          # open -> half-open after (seconds)
+RECONCILE_LOOKBACK_DAYS = 3                # the reconciliation lists broker transactions from this long before its last run (days; already-seen ones are skipped)
+RECONCILE_CASH_TOLERANCE = 0.01            # a cash difference from the broker within this is not a break (USD)
 
 # ------------------------ costs and the paper account (the cost model: paper broker and backtest)
 INITIAL_PAPER_CASH = 100_000.0             # starting cash of the paper account (USD)
@@ -330,6 +332,7 @@ OPERATIONAL_TUNABLES = (
     "ORDER_RETRIES", "ORDER_BACKOFF_S", "BROKER_RETRY_DEADLINE_S", "ORDER_FILL_TIMEOUT_S", "FLATTEN_LOCK_WAIT_S", "ORDER_POLL_INTERVAL_S",
     "ORDER_SNAPSHOT_LOOKBACK_S", "ORDER_ADOPT_MAX_DELAY_S", "CLOCK_MAX_SKEW_S", "HALT_CANCELS_UNFILLED", "MAX_ORDERS_PER_MINUTE",
     "CIRCUIT_BREAKER_FAILURES", "CIRCUIT_BREAKER_RECOVERY_S", "PAPER_OPENS_SESSIONS", "PAPER_ACCOUNT_TYPE",
+    "RECONCILE_LOOKBACK_DAYS", "RECONCILE_CASH_TOLERANCE",
     "BROKER_HTTP_TIMEOUT_S", "TOKEN_WARN_AGE_DAYS", "TOKEN_MAX_AGE_DAYS", "SCHWAB_CALLBACK_URL",
     "SCHWAB_ORDER_LOOKBACK_DAYS", "SCHWAB_ORDER_QUERY_AHEAD_S", "SCHWAB_QUOTE_BATCH",
     "BACKTEST_MAX_DAY_SPAN", "TRADING_DAYS_PER_YEAR", "RISK_FREE_RATE", "GOLIVE_MIN_TOTAL_RETURN",
@@ -507,6 +510,8 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
     "execution": {
         "ORDER_RETRIES": ("int", "count", "[0, 20]"),
         "ORDER_BACKOFF_S": ("float", "seconds", "[0, 600]"),
+        "RECONCILE_LOOKBACK_DAYS": ("int", "days", "[1, 59]"),
+        "RECONCILE_CASH_TOLERANCE": ("float", "USD", "[0, 1000]"),
         "BROKER_RETRY_DEADLINE_S": ("float", "seconds", "[0, 3600]"),
         "ORDER_FILL_TIMEOUT_S": ("float", "seconds", "[0, 86400]"),
         "FLATTEN_LOCK_WAIT_S": ("float", "seconds", "[0, 86400]"),

@@ -80,10 +80,7 @@ class ExternalActivity:
         "baseline": recorded_at or None}``."""
         listed = self.gateway.recent_and_open_orders(
             clock_sanity.window_start(self.gateway.broker.server_time, C.ORDER_SNAPSHOT_LOOKBACK_S))
-        linked = self.book.linked_keys()
-        our_keys = self.book.client_keys()
-        external = [o for oid, o in listed.items()
-                    if oid not in linked and not (o.get("client_key") and o["client_key"] in our_keys)]
+        external = [o for oid, o in listed.items() if not self.is_ours(oid, o.get("client_key"))]
         reported = set(state_db.kv_get(self.conn, EXTERNAL_REPORTED_KEY, []))
         new = [o for o in external if o["status"] in OPEN_STATUSES or str(o["order_id"]) not in reported]
         for o in new:
@@ -107,6 +104,14 @@ class ExternalActivity:
             self.audit.log_event("external_position", "found", dict(d, since=baseline["recorded_at"]))
         return {"orders": new, "positions": diffs,
                 "baseline": baseline["recorded_at"] if baseline else None}
+
+    def is_ours(self, broker_order_id, client_key: str | None = None) -> bool:
+        """The one rule of what is ours: a broker order is ours when a row of the orders table is
+        linked to it by broker id, or by client key where the broker has one (the order report
+        and the reconciliation's TRADE transactions both ask this)."""
+        if broker_order_id not in (None, "") and str(broker_order_id) in self.book.linked_keys():
+            return True
+        return bool(client_key) and client_key in self.book.client_keys()
 
     def _position_differences(self, mode: str):
         row = self.conn.execute("SELECT * FROM position_records WHERE mode = ?", (mode,)).fetchone()

@@ -2,7 +2,7 @@
 
 ``run`` (the default; cron runs it) is one trading cycle (``trading_cycle.run_cycle``). The
 operator's commands: ``status``, ``history``, ``halt --reason``, ``resume --reason``, ``flatten``,
-``gate [--override --reason [--no-backtest]]``, ``signals``, ``serve``, ``init`` (a new home on
+``gate [--override --reason [--no-backtest]]``, ``reconcile [--accept ID --reason]``, ``signals``, ``serve``, ``init`` (a new home on
 purpose), ``start-over --confirm START-OVER --reason`` (a fresh state database on purpose);
 ``--as-of DATE`` replays a paper cycle as of a past session in a throwaway replay account (``run``
 and ``signals`` only); ``--replay`` shows that account (``status`` and ``history`` only). Every
@@ -32,12 +32,14 @@ import golive
 import kill_switch
 import market_calendar
 import pnl
+import reconcile_breaks
 import state_db
 import status_page
 import tunables
 from errors import StorageError, failure_level, install_excepthook, is_user_facing, one_line
 from logging_setup import setup_logging
 from risk_management import RiskManager
+from reconcile import Reconciler
 from trading_api import get_broker
 from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCLE_KEY,
                            audit_logger, cycle_lock, get_latest_signal, get_model, load_features,
@@ -83,7 +85,8 @@ def _status_of(conn, replay: bool) -> dict:
             "kill_switch": kill_switch.get(conn), "circuit_breaker": CircuitBreaker(conn).status(),
             "risk": {"peak": (rs.get("peak") or {}).get("equity"), "drawdown": rs.get("drawdown"),
                      "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
-            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY), "data_source_label": config.data_source_banner(),
+            "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY),
+            "reconciliation": reconcile_breaks.status(conn), "data_source_label": config.data_source_banner(),
             "state_problem": None}
     if not replay:
         try:                           # a lost or replaced state database: say so before the account
@@ -117,6 +120,15 @@ def cmd_status(as_json: bool, replay: bool) -> int:
     peak = "none recorded yet" if risk["peak"] is None else money(risk["peak"])
     print(f"risk:            peak {peak}, drawdown {100 * (risk['drawdown'] or 0):.2f}%, "
           f"halted: {'YES: ' + str(risk['halt_reason']) if risk['halted'] else 'no'}")
+    recon = data["reconciliation"]
+    breaks = recon["open_breaks"]
+    last_recon = recon["last_run"]
+    print(f"reconciliation:  {len(breaks)} open break{'s' if len(breaks) != 1 else ''}"
+          f"{' (new entries blocked)' if breaks else ''}; last run "
+          f"{last_recon['at'] + ' (' + last_recon['mode'] + ')' if last_recon else 'never'}")
+    for b in breaks:
+        print(f"  RECONCILIATION BREAK {reconcile_breaks.describe(b)} (found {b['found_at']}): "
+              f"{reconcile_breaks.ACCEPT_COMMAND.format(id=b['id'])}")
     last = data["last_cycle"]
     if last:
         print(f"last cycle:      {last['cycle_date']} ({last['mode']}{', replay' if last['replay'] else ''}) "
@@ -179,6 +191,42 @@ def cmd_resume(reason: str, by: str | None = None) -> int:
         print("nothing to resume: the kill switch is not set")
         return EXIT_OK
     print(f"RESUMED: kill switch cleared (it was: {old['reason']}). Cycles trade again.")
+    return EXIT_OK
+
+
+def cmd_reconcile(accept: int | None, reason: str | None, as_json: bool) -> int:
+    """Reconcile with the broker now (under the cycle lock), or accept break ``accept``."""
+    mode = config.trading_mode()
+    if accept is not None:
+        executor = OrderExecutor(audit=audit_logger())
+        done = Reconciler(executor.book, executor.gateway, executor.audit, executor.external).accept(
+            accept, reason or "")
+        print(f"reconciliation break #{done['id']} accepted by {done['accepted_by']}: {done['reason']}")
+        rebuild_status_page()
+        return EXIT_OK
+    if reason:
+        raise config.ConfigError("--reason goes with --accept ID: nothing done")
+    with cycle_lock(wait_s=C.FLATTEN_LOCK_WAIT_S, what="reconcile") as held:
+        if not held:
+            print(f"reconcile NOT done: the cycle lock is held by {lock_holder()}; the cycle reconciles "
+                  f"at its end", file=sys.stderr)
+            return EXIT_FAIL
+        executor = OrderExecutor(audit=audit_logger())
+        result = Reconciler(executor.book, executor.gateway, executor.audit, executor.external).run(mode)
+    rebuild_status_page()
+    if as_json:
+        _json(result)
+        return EXIT_OK
+    if result["first"]:
+        print(f"reconciliation ({mode}): first run, the broker's cash and positions recorded as the starting point")
+    for t in result["explained"]:
+        print(f"  {t['kind']:15} {t['type']:21} {t.get('symbol') or '':6} cash {float(t['cash']):+12,.2f}  "
+              f"{t.get('description') or ''}")
+    for b in result["breaks"]:
+        print(f"RECONCILIATION BREAK {reconcile_breaks.describe(b)}: "
+              f"{reconcile_breaks.ACCEPT_COMMAND.format(id=b['id'])}")
+    print(f"reconciliation ({mode}): {len(result['explained'])} new transactions, {len(result['breaks'])} new "
+          f"breaks, {result['open_breaks']} open")
     return EXIT_OK
 
 
@@ -413,6 +461,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not set the kill switch (cycles may open positions again)")
     p.add_argument("--wait", type=float, default=None,
                    help=f"seconds to wait for a running cycle (default {C.FLATTEN_LOCK_WAIT_S:.0f})")
+    p = add("reconcile", "explain the broker's transactions since the last reconciliation (breaks block "
+                         "new entries), or accept a break")
+    p.add_argument("--accept", type=int, metavar="ID", help="accept the reconciliation break ID (audited)")
+    p.add_argument("--reason", help="with --accept: what you checked at the broker")
     p = add("gate", "the go-live conditions for the current model")
     p.add_argument("--override", action="store_true",
                    help="waive the paper sessions (audited); needs --reason and a passing backtest")
@@ -502,6 +554,8 @@ def main(argv=None) -> int:
         if command == "flatten":
             return cmd_flatten(args.confirm, args.keep_trading,
                                C.FLATTEN_LOCK_WAIT_S if args.wait is None else args.wait)
+        if command == "reconcile":
+            return cmd_reconcile(args.accept, args.reason, as_json)
         if command == "gate":
             return cmd_gate(args.override, args.reason, args.no_backtest, as_json)
         if command == "signals":

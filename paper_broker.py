@@ -100,6 +100,17 @@ _PAPER_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS paper_unsettled_buys (
         symbol TEXT PRIMARY KEY,
         settles_on TEXT NOT NULL)""",
+    # cash/quantity events of the paper account other than fills and borrow fees (splits,
+    # dividends, fees, interest, journals), written by whoever applies them in the same transaction
+    # as the change of paper_positions / paper_account; listed by get_transactions
+    """CREATE TABLE IF NOT EXISTS paper_account_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('SPLIT', 'DIVIDEND', 'FEE', 'INTEREST', 'JOURNAL')),
+        symbol TEXT,
+        quantity_change INTEGER NOT NULL DEFAULT 0,
+        cash_change REAL NOT NULL DEFAULT 0,
+        effective_date TEXT NOT NULL,
+        note TEXT)""",
     """CREATE TABLE IF NOT EXISTS paper_symbol_events (
         symbol TEXT PRIMARY KEY,
         recalled INTEGER NOT NULL DEFAULT 0,
@@ -615,6 +626,65 @@ class PaperBroker:
         self.server_time = datetime.now(UTC)
         orders = [self._order_dict(r) for r in self.conn.execute("SELECT * FROM paper_orders ORDER BY seq")]
         return [o for o in orders if o["entered_time"] >= since]
+
+    # ------------------------------------------------------------------ transactions (reconciliation)
+    # paper_account_events.kind -> (Schwab's transaction type, description) in broker_base's shape
+    _EVENT_TYPES = {"SPLIT": ("RECEIVE_AND_DELIVER", "STOCK SPLIT"),
+                    "DIVIDEND": ("DIVIDEND_OR_INTEREST", "DIVIDEND"),
+                    "INTEREST": ("DIVIDEND_OR_INTEREST", "INTEREST"),
+                    "FEE": ("JOURNAL", "FEE"), "JOURNAL": ("JOURNAL", "JOURNAL")}
+
+    def get_transactions(self, start, end) -> list[dict]:
+        """The paper account's transactions in ``broker_base``'s shape: a TRADE per fill (its cash
+        with the commission), a fee per borrow-fee charge (both from ``start`` to ``end`` by the
+        time they were written), and every row of ``paper_account_events`` (few; their date is the
+        effective date of a simulated action, so all are listed: the reconciler skips those seen)."""
+        since = to_utc(start).isoformat(timespec="seconds")
+        until = to_utc(end).isoformat(timespec="seconds")
+        out = []
+        for r in self.conn.execute("SELECT * FROM paper_fills WHERE filled_at >= ? AND filled_at <= ? "
+                                   "ORDER BY id", (since, until)):
+            signed = int(r["quantity"]) if r["side"] in BUY_SIDES else -int(r["quantity"])
+            out.append({"id": f"fill-{r['id']}", "type": "TRADE", "time": parse_time(r["filled_at"]),
+                        "order_id": str(r["order_id"]), "symbol": r["symbol"],
+                        "quantity": {r["symbol"]: signed}, "fee": False,
+                        "cash": round(-signed * float(r["price"]) - float(r["commission"]), 6),
+                        "description": f"{r['side']} {r['quantity']} {r['symbol']} @ {r['price']:.4f}"})
+        for r in self.conn.execute("SELECT * FROM paper_ledger WHERE kind = 'borrow_fee' AND at >= ? "
+                                   "AND at <= ? ORDER BY id", (since, until)):
+            out.append({"id": f"ledger-{r['id']}", "type": "JOURNAL", "time": parse_time(r["at"]),
+                        "order_id": None, "symbol": r["symbol"], "quantity": {}, "fee": True,
+                        "cash": float(r["amount"]), "description": f"BORROW FEE {r['note'] or ''}".strip()})
+        for r in self.conn.execute("SELECT * FROM paper_account_events ORDER BY id"):
+            kind, text = self._EVENT_TYPES.get(str(r["kind"]).upper(), ("UNKNOWN", str(r["kind"])))
+            qty = int(r["quantity_change"] or 0)
+            out.append({"id": f"event-{r['id']}", "type": kind, "time": None, "order_id": None,
+                        "symbol": r["symbol"], "quantity": {r["symbol"]: qty} if r["symbol"] and qty else {},
+                        "fee": str(r["kind"]).upper() == "FEE", "cash": float(r["cash_change"] or 0.0),
+                        "description": f"{text} {r['effective_date']} {r['note'] or ''}".strip()})
+        return out
+
+    def record_account_event(self, kind: str, symbol: str | None, quantity_change: int, cash_change: float,
+                             effective_date, note: str = "") -> int:
+        """Apply a cash/quantity event to the paper account and write its ``paper_account_events``
+        row, in one transaction (a journal, a fee, interest; splits and dividends likewise)."""
+        day = _as_date(effective_date).isoformat()
+        now = state_db.utcnow()
+        with state_db.transaction(self.conn):
+            if symbol and quantity_change:
+                row = self.conn.execute("SELECT quantity FROM paper_positions WHERE symbol = ?",
+                                        (symbol,)).fetchone()
+                if row is None:
+                    raise ValueError(f"no paper position in {symbol} to change by {quantity_change:+d}")
+                self.conn.execute("UPDATE paper_positions SET quantity = quantity + ?, updated_at = ? "
+                                  "WHERE symbol = ?", (int(quantity_change), now, symbol))
+            if cash_change:
+                self.conn.execute("UPDATE paper_account SET cash = cash + ?, updated_at = ? WHERE id = 1",
+                                  (float(cash_change), now))
+            cur = self.conn.execute(
+                "INSERT INTO paper_account_events(kind, symbol, quantity_change, cash_change, effective_date, note)"
+                " VALUES (?,?,?,?,?,?)", (kind.upper(), symbol, int(quantity_change), float(cash_change), day, note))
+        return int(cur.lastrowid or 0)
 
     # ------------------------------------------------------------------ borrow fees
     def _accrue_position(self, symbol: str, day: date) -> float:

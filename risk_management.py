@@ -50,6 +50,7 @@ import clock
 import config
 import constants as C
 import logging_setup
+import reconcile_breaks
 import settlement
 import state_db
 from audit_logging import AuditLogger
@@ -414,6 +415,9 @@ class RiskManager:
             return True, (f"DAILY LOSS LIMIT REACHED on {daily['date']}: loss {_pct(daily['loss'])} "
                           f"from the day's start {_money(daily['day_start'])} "
                           f"(limit {_pct(daily['limit'])}); clears on the next day")
+        block = reconcile_breaks.entry_block(self.conn)    # an open reconciliation break
+        if block:
+            return True, block
         return False, ""
 
     def update_equity(self, equity: float, as_of=None) -> dict:

@@ -246,6 +246,46 @@ def parse_schwab_order(raw: dict) -> dict:
     }
 
 
+def parse_schwab_transaction(raw: dict) -> dict:
+    """Our transaction dict (``broker_base``: id, type, time, order_id, symbol, quantity, cash,
+    fee, description) from a Schwab transaction: ``activityId``, ``type`` (TRADE,
+    DIVIDEND_OR_INTEREST, RECEIVE_AND_DELIVER, JOURNAL, ...), ``time``, ``orderId``, ``netAmount``,
+    ``description`` and ``transferItems`` (each ``instrument`` {symbol, assetType}, ``amount``:
+    shares for a security, signed; ``cost``; ``feeType`` on a fee item)."""
+    quantity: dict[str, float] = {}
+    symbols: list[str] = []
+    fees = other_cash = 0
+    for item in raw.get("transferItems") or []:
+        instrument = item.get("instrument") or {}
+        asset = str(instrument.get("assetType") or "").upper()
+        symbol = str(instrument.get("symbol") or "").upper()
+        if asset == "CURRENCY" or symbol.startswith("CURRENCY_"):
+            if item.get("feeType"):
+                fees += 1
+            elif num(item.get("amount")) or num(item.get("cost")):
+                other_cash += 1
+            continue
+        if asset == "OPTION" or not symbol:
+            continue
+        symbols.append(symbol)
+        shares = num(item.get("amount")) or 0.0
+        if shares:
+            quantity[symbol] = quantity.get(symbol, 0.0) + shares
+    description = str(raw.get("description") or "")
+    if not symbols and "~" in description:          # "ORDINARY DIVIDEND~AAPL"
+        symbols.append(description.rsplit("~", 1)[1].strip().upper())
+    order_id = raw.get("orderId")
+    return {"id": str(raw.get("activityId") if raw.get("activityId") is not None else raw.get("id", "")),
+            "type": str(raw.get("type") or "").upper(),
+            "time": parse_time(raw.get("time") or raw.get("tradeDate")),
+            "order_id": str(order_id) if order_id not in (None, "", 0) else None,
+            "symbol": symbols[0] if symbols else None,
+            "quantity": {s: round(q, 6) for s, q in quantity.items()},
+            "cash": num(raw.get("netAmount")) or 0.0,
+            "fee": bool(fees) and not other_cash and not quantity,
+            "description": description}
+
+
 # =========================================================================== Schwab
 class SchwabAPI:
     """A real Schwab account through schwab-py. Construction reads the app key/secret
@@ -621,6 +661,21 @@ class SchwabAPI:
         orders = [x for x in orders if x["entered_time"] is None or x["entered_time"] >= since]
         orders.sort(key=lambda x: x["entered_time"] or since)
         return orders
+
+    def get_transactions(self, start, end) -> list[dict]:
+        """The account's transactions from ``start`` to ``end`` (schwab-py ``get_transactions``,
+        every ``Client.Transactions.TransactionType``), oldest first; ``start`` is clamped to the
+        ``SCHWAB_ORDER_LOOKBACK_DAYS`` Schwab keeps, counted on the later of our clock and Schwab's."""
+        since, until = to_utc(start), to_utc(end)
+        floor = clock_sanity.latest(self.server_time) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS)
+        since = max(since, floor)
+        resp = self._call("transactions", self._client.get_transactions, self.account_hash,
+                          start_date=since.replace(microsecond=0), end_date=until.replace(microsecond=0))
+        body = resp.json() or []
+        out = [parse_schwab_transaction(raw) for raw in body if isinstance(raw, dict)]
+        out = [t for t in out if t["id"] and str(t.get("type")) != ""]
+        out.sort(key=lambda t: (t["time"] or since, t["id"]))
+        return out
 
     def get_open_orders(self) -> list[dict]:
         since = datetime.now(UTC) - timedelta(days=C.SCHWAB_ORDER_LOOKBACK_DAYS)

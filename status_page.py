@@ -37,6 +37,7 @@ from portfolio import money
 import golive
 import drift_monitor
 import pnl
+import reconcile_breaks
 import state_db
 from order_book import OrderBook
 from fileutil import atomic_write_text
@@ -214,6 +215,8 @@ def gather(health=None, schedule=None, drift=None) -> dict:
         data["breaker"], data["breaker_error"] = _safe("breaker", _breaker, conn)
         data["risk"], data["risk_error"] = _safe("risk", _risk, conn)
         data["gate"], data["gate_error"] = _safe("gate", _gate, conn)
+        data["reconciliation"], data["reconciliation_error"] = _safe(
+            "reconciliation", reconcile_breaks.status, conn)
     finally:
         conn.close()
     return data
@@ -412,6 +415,18 @@ def _render_state(data) -> str:
                          f'{gate["paper_sessions_needed"]}{", overridden" if gate.get("override") else ""})</li>')
         else:
             parts.append(f'<li id="gate">go-live gate: {E(data.get("gate_error") or "no model yet")}</li>')
+        recon = data.get("reconciliation") or {"open_breaks": [], "last_run": None}
+        breaks = recon["open_breaks"]
+        last_recon = recon.get("last_run")
+        items = "".join(f'<li class="break">RECONCILIATION BREAK {E(reconcile_breaks.describe(b))}: '
+                        f'<code>{E(reconcile_breaks.ACCEPT_COMMAND.format(id=b["id"]))}</code></li>'
+                        for b in breaks)
+        parts.append(f'<li id="reconciliation" data-open-breaks="{len(breaks)}">reconciliation: '
+                     f'<span class="badge {"ON" if breaks else "off"}">{len(breaks)} open break'
+                     f'{"s" if len(breaks) != 1 else ""}</span>'
+                     f'{" (new entries blocked)" if breaks else ""}; last run '
+                     f'{E(last_recon["at"] if last_recon else "never")}'
+                     f'{"<ul>" + items + "</ul>" if items else ""}</li>')
         lc = data.get("last_cycle")
         parts.append('<li id="last-cycle">last cycle: ' + (
             E(f'{lc["cycle_date"]} ({lc["mode"]}{", replay" if lc.get("replay") else ""}) finished '

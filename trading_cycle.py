@@ -25,7 +25,8 @@ A cycle, in order; every step is logged and audited:
  9. plan the orders (``order_planning.plan_orders``, the same code the backtest runs): forced
     buy-ins of shorts, the drift hold, target positions, orders, pre-trade risk checks
 10. send orders exactly once (``OrderExecutor``; the kill switch is read before each one and
-    between fill polls), wait for fills, record positions, the equity curve, audit
+    between fill polls), wait for fills, reconcile the broker's transactions (``reconcile``: an
+    unexplained change is a break that blocks new entries), record positions, the equity curve, audit
 
 Exit codes: 0 success or nothing to do (kill switch on, market closed, another run holds the
 lock), 1 failure, 2 configuration error, 3 live trading refused by the go-live gate.
@@ -66,6 +67,7 @@ from model_management import load_model
 from order_book import FLATTEN_PREFIX, OrderBook
 from order_planning import Plan, plan_orders
 from order_recovery import AmbiguousOrderError, OrderNotRecordedError
+from reconcile import Reconciler
 from risk_management import Portfolio, RiskManager
 from settings import TradingSettings
 from signals import BUY, HOLD, SELL, check_predictions, score_predictions
@@ -285,6 +287,7 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
     keys, failures = _send(executor, plan.approved, cycle_date, mode)
     final = _wait_for_fills(executor, keys)
     _alert_rejections(executor, cycle_date)
+    _reconcile(executor, mode, replay)                       # broker transactions explained, or breaks
     run = CycleRun(mode=mode, replay=replay, cycle_date=cycle_date, signals=signals, plan=plan,
                    keys=keys, failures=failures, session=data_day.date())
     equity = _close_cycle(conn, audit, risk, executor, model, run)
@@ -548,6 +551,20 @@ class CycleRun:
     keys: list
     failures: int
     session: object = None          # the session the clock said to trade on (data_day)
+
+
+def _reconcile(executor, mode: str, replay: bool) -> None:
+    """The reconciliation with the broker once orders are managed (``reconcile.Reconciler``): a
+    break blocks the next entries. Not in a replay (its account is a throwaway); a broker that
+    cannot answer leaves it for the next run (``RECONCILIATION NOT DONE``), the cycle goes on."""
+    if replay:
+        return
+    try:
+        Reconciler(executor.book, executor.gateway, executor.audit, executor.external).run(mode)
+    except UserFacingError as exc:
+        log.error("RECONCILIATION NOT DONE (%s): %s; it runs again after the next cycle, or now with "
+                  "`python live_trading.py reconcile`", mode, exc)
+        executor.audit.log_event("reconcile", "failed", {"mode": mode, "error": str(exc)})
 
 
 def _close_cycle(conn, audit, risk, executor, model, run: CycleRun) -> float:

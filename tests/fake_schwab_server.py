@@ -18,6 +18,10 @@ Routes (the ones schwab-py calls for us; JSON shapes as in tests/test_trading_ap
     DELETE /trader/v1/accounts/{hash}/orders/{id}         cancel
     GET    /trader/v1/orders                              every account's orders (same filters)
     GET    /marketdata/v1/quotes?symbols=A,B              from ``prices``
+    GET    /trader/v1/accounts/{hash}/transactions        startDate/endDate (required), types:
+                                                          TRADE from every fill, and what a test
+                                                          added (``add_dividend``, ``add_split``,
+                                                          ``add_journal``, ``add_fee``, ``add_interest``)
 
 The broker's clock is ``time.time() + clock_skew_s``: it stamps ``enteredTime``/``closeTime``,
 the HTTP ``Date`` header, and is the clock that ``fromEnteredTime``/``toEnteredTime`` are compared
@@ -159,6 +163,7 @@ class FakeSchwabServer:
         self._fail_alternate: dict[str, int] = {}
         self._fail_always: dict[str, int] = {}
         self._failed_last: dict[str, bool] = {}
+        self.extra_transactions: list[dict] = []  # Schwab-shaped, added by tests (see "transactions")
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.previews: list[dict] = []             # previewOrder bodies received
@@ -474,9 +479,104 @@ class FakeSchwabServer:
                 out.append(json.loads(json.dumps(order)))
         return 200, out[:limit]
 
+    # ------------------------------------------------------------------ transactions (reconciliation)
+    # Schwab's shape: activityId, time, type, status, orderId (TRADE), netAmount, description,
+    # transferItems [{instrument {symbol, assetType}, amount (shares, signed), cost, price, feeType}].
+    def _cash_item(self, amount: float, fee_type: str | None = None) -> dict:
+        item = {"instrument": {"assetType": "CURRENCY", "symbol": "CURRENCY_USD",
+                               "description": "USD currency"}, "amount": 0.0, "cost": round(amount, 2)}
+        if fee_type:
+            item["feeType"] = fee_type
+        return item
+
+    def _add_transaction(self, type_: str, net: float, description: str, items: list[dict]) -> dict:
+        with self.lock:
+            self.next_id += 1
+            txn = {"activityId": 5_000_000_000 + self.next_id, "time": self.now().strftime(_TIME_FORMAT),
+                   "accountNumber": ACCOUNT_NUMBER, "type": type_, "status": "VALID", "subAccount": "CASH",
+                   "tradeDate": self.now().strftime(_TIME_FORMAT), "netAmount": round(net, 2),
+                   "description": description, "transferItems": items}
+            self.cash += round(net, 2)
+            self.extra_transactions.append(txn)
+            return txn
+
+    def add_dividend(self, symbol: str, amount: float) -> dict:
+        """A cash dividend on ``symbol`` (negative: a short pays it), credited to the cash."""
+        symbol = symbol.upper()
+        return self._add_transaction("DIVIDEND_OR_INTEREST", amount, f"ORDINARY DIVIDEND~{symbol}", [
+            {"instrument": {"assetType": "EQUITY", "symbol": symbol}, "amount": 0.0, "cost": 0.0},
+            self._cash_item(amount)])
+
+    def add_interest(self, amount: float) -> dict:
+        return self._add_transaction("DIVIDEND_OR_INTEREST", amount, "CREDIT INTEREST",
+                                     [self._cash_item(amount)])
+
+    def add_split(self, symbol: str, ratio: float) -> dict:
+        """A forward split: the held quantity times ``ratio``, the new shares delivered."""
+        symbol = symbol.upper()
+        with self.lock:
+            pos = self.positions[symbol]
+            new = int(pos["quantity"] * ratio)
+            delta = new - pos["quantity"]
+            pos.update(quantity=new, avg_price=pos["avg_price"] / ratio)
+            if symbol in self.prices:
+                self.prices[symbol] = self.prices[symbol] / ratio
+        return self._add_transaction("RECEIVE_AND_DELIVER", 0.0, f"STOCK SPLIT {ratio:g} FOR 1", [
+            {"instrument": {"assetType": "EQUITY", "symbol": symbol}, "amount": float(delta), "cost": 0.0}])
+
+    def add_journal(self, amount: float, description: str = "JOURNAL") -> dict:
+        return self._add_transaction("JOURNAL", amount, description, [self._cash_item(amount)])
+
+    def add_fee(self, amount: float, fee_type: str = "MISCELLANEOUS_FEE") -> dict:
+        """A fee charged to the cash (``amount`` positive: the fee)."""
+        return self._add_transaction("JOURNAL", -amount, "ADR FEE", [self._cash_item(-amount, fee_type)])
+
+    def adjust_cash(self, amount: float) -> None:
+        """Change the cash with no transaction at all (a change nothing explains)."""
+        with self.lock:
+            self.cash += amount
+
+    def trade_transactions(self) -> list[dict]:
+        """One TRADE transaction per execution of every order (ours and manual ones)."""
+        out = []
+        with self.lock:
+            for order_id in sorted(self.orders):
+                order = self.orders[order_id]
+                leg = order["orderLegCollection"][0]
+                symbol, side = leg["instrument"]["symbol"], leg["instruction"]
+                for activity in order.get("orderActivityCollection") or []:
+                    for ex in activity.get("executionLegs") or []:
+                        qty, price = int(ex["quantity"]), float(ex["price"])
+                        signed = qty if side in ("BUY", "BUY_TO_COVER") else -qty
+                        out.append({
+                            "activityId": int(activity["activityId"]), "time": ex["time"],
+                            "accountNumber": ACCOUNT_NUMBER, "type": "TRADE", "status": "VALID",
+                            "subAccount": "MARGIN", "tradeDate": ex["time"], "orderId": order_id,
+                            "netAmount": round(-signed * price, 2), "description": f"{side} {symbol}",
+                            "transferItems": [{"instrument": {"assetType": "EQUITY", "symbol": symbol},
+                                               "amount": float(signed), "cost": round(-signed * price, 2),
+                                               "price": price,
+                                               "positionEffect": leg.get("positionEffect", "OPENING")}]})
+        return out
+
+    def transactions_json(self, query: dict) -> tuple[int, object]:
+        try:
+            since = _parse_query_time(query["startDate"][0])
+            until = _parse_query_time(query["endDate"][0])
+        except (KeyError, ValueError) as exc:
+            return 400, {"message": f"startDate and endDate are required ({exc})"}
+        types = set(",".join(query.get("types", [])).split(",")) - {""}
+        out = []
+        with self.lock:
+            for txn in self.trade_transactions() + list(self.extra_transactions):
+                at = datetime.strptime(txn["time"], _TIME_FORMAT).replace(tzinfo=timezone.utc)
+                if since <= at <= until and (not types or txn["type"] in types):
+                    out.append(json.loads(json.dumps(txn)))
+        return 200, out
+
 
 KINDS = ("token", "account_numbers", "account", "account_positions", "quotes", "orders_list",
-         "order_post", "order_get", "order_delete", "order_preview")
+         "order_post", "order_get", "order_delete", "order_preview", "transactions")
 
 
 def request_kind(method: str, path: str, query: dict) -> str | None:
@@ -491,6 +591,8 @@ def request_kind(method: str, path: str, query: dict) -> str | None:
         return "orders_list"
     if path.endswith("/previewOrder"):
         return "order_preview"
+    if re.fullmatch(r"/trader/v1/accounts/[^/]+/transactions", path):     # the reconciliation's
+        return "transactions"
     match = re.fullmatch(r"/trader/v1/accounts(?:/([^/]+))?(/orders(?:/(\d+))?)?", path)
     if not match:
         return None
@@ -599,6 +701,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, quotes)
         if path.endswith("/previewOrder") and method == "POST":
             return self._preview_order(path, body)
+        txn_match = re.fullmatch(r"/trader/v1/accounts/([^/]+)/transactions", path)
+        if txn_match and method == "GET":           # the reconciliation's transactions
+            if txn_match.group(1) != ACCOUNT_HASH:
+                return self._send(400, {"message": "Invalid account hash"})
+            return self._send(*fake.transactions_json(query))
         match = re.fullmatch(r"/trader/v1/accounts/([^/]+)(/orders(?:/(\d+))?)?", path)
         if not match:
             return self._send(404, {"message": f"no route {method} {path}"})

@@ -29,13 +29,13 @@ from schwab_broker import SchwabAPI
 from schwab_env import fake_schwab, schwab_home, schwab_routed, store_schwab_credentials  # noqa: F401
 from trading_execution import OrderExecutor
 
-# the kinds of request one live cycle makes (fake_schwab_server.KINDS)
 # The retry rule unchanged, its first backoff shortened through the settings' environment override
 # (the real 1 s, doubling, made one cycle with a 500 at every call take about 30 s).
 QUICK_RETRY = {"TRADING_SET_ORDER_BACKOFF_S": "0.05"}
 
-CYCLE_KINDS = {"account_numbers", "account", "account_positions", "quotes", "orders_list", "order_post",
-               "order_get"}
+# the kinds of request one live cycle makes (fake_schwab_server.KINDS)
+CYCLE_KINDS = {"transactions", "order_preview", "account_numbers", "account", "account_positions", "quotes",
+               "orders_list", "order_post", "order_get"}
 
 
 @pytest.fixture(scope="module")
