@@ -17,12 +17,14 @@ import health_check
 import market_calendar
 import model_training
 import pnl
+import sample_data
 import state_db
 import walk_forward as wf
 from backtest_engine import FixedTargetPolicy, market_from_frames, run_engine
 from broker_base import BUY
 from paper_broker import PaperBroker
 from settings import default_settings
+from yahoo_fake import FakeYahoo, session_for
 
 FIXTURE = Path(__file__).parent / "data" / "split_history"
 SPLIT_DAY = pd.Timestamp("2014-06-09")
@@ -70,6 +72,33 @@ def test_a_split_is_adjusted_a_bad_tick_is_refused_naming_symbol_date_and_fix():
     up = _raw(list(np.full(80, 100.0)) + list(np.full(40, 150.0)))       # x1.5 in a day, no action
     clean, problems = dc.validate_prices(up, ["XYZ"], reference=up["Date"].max())
     assert clean.empty and "x1.50" in str(problems[0])
+
+
+# ----------------------------------------------------------------------------- yfinance, offline
+def test_yfinance_actions_through_its_real_parsing_store_prices_as_traded(trading_home, monkeypatch):
+    """Yahoo serves split-adjusted prices plus an events block; the update asks for
+    auto_adjust=False and actions, undoes the served splits (the store keeps prices as traded, so
+    a later split never rescales it), records the split and the dividend, and the features see no jump."""
+    split_day, div_day = "2025-06-02", "2025-08-01"
+    fake = FakeYahoo(events={"AAPL": {"splits": {split_day: 4.0}, "dividends": {div_day: 0.25}}})
+    (trading_home / "selected_stocks.txt").write_text("AAPL\nMSFT\n")
+    monkeypatch.setenv("DATA_SOURCE", "yfinance")
+    real = dc.fetch_yfinance
+    monkeypatch.setattr(dc, "fetch_yfinance",
+                        lambda s, a, b: real(s, "2024-01-02", "2025-10-31", session=session_for(fake)))
+    monkeypatch.setattr(dc, "reference_session", lambda: pd.Timestamp("2025-10-31"))
+    dc.update(force=True)
+    served = sample_data.generate_prices(["AAPL"], end="2025-10-31").set_index("Date")["Close"]
+    stored = dc.read_raw_prices()
+    aapl = stored[stored["Symbol"] == "AAPL"].set_index("Date")["Close"]
+    before = pd.Timestamp("2025-05-30")
+    assert aapl[before] == pytest.approx(served[before] * 4, rel=1e-4)           # as traded before the split
+    assert aapl[pd.Timestamp(split_day)] == pytest.approx(served[pd.Timestamp(split_day)], rel=1e-4)
+    actions = ca.read_store()
+    assert actions[["Symbol", "Dividend", "Split"]].values.tolist() == [["AAPL", 0.0, 4.0], ["AAPL", 0.25, 1.0]]
+    feats = dc.load_processed().query("Symbol == 'AAPL'").set_index("Date")
+    assert abs(feats.loc[pd.Timestamp(split_day), "log_return"]) < 0.1
+    assert any("events=div" in u or "events=div%2Csplits" in u or "splits" in u for u in fake.requests)
 
 
 # ----------------------------------------------------------------------------- positions
