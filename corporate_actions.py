@@ -174,12 +174,12 @@ def unexplained_jumps(df: pd.DataFrame, actions: pd.DataFrame) -> list[tuple[pd.
     return [(pd.Timestamp(dates[i + 1]), float(ratio[i])) for i in bad]
 
 
-def jump_fix(symbol: str, day, ratio: float) -> str:
-    """The fix a person reads for an unexplained jump (one home for the wording)."""
+def jump_fix(symbol: str, day, ratio: float, record_where: str, bad_tick_fix: str) -> str:
+    """The fix a person reads for an unexplained jump (one home for the wording); the source
+    says where a split is recorded and how a bad bar is corrected."""
     k = ratio if ratio >= 1 else 1.0 / ratio
-    return (f"if {symbol} split on {pd.Timestamp(day).date()} (about {k:.2f}:1) record it (a 'Stock Splits' "
-            f"column or the actions file for CSV data; Yahoo lists it after a rerun with --force); if it is a "
-            f"bad tick, correct that bar; a real move this large needs MAX_DAILY_MOVE raised")
+    return (f"if {symbol} split on {pd.Timestamp(day).date()} (about {k:.2f}:1), record it ({record_where}); "
+            f"if it is a bad tick, {bad_tick_fix}; a real move this large needs MAX_DAILY_MOVE raised")
 
 
 # =========================================================================== positions

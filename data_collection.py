@@ -308,6 +308,11 @@ def validate_prices(raw: pd.DataFrame, symbols, reference=None,
     for sym in symbols:
         df = raw[raw["Symbol"] == sym].sort_values("Date")
         if df.empty or df[["Open", "High", "Low", "Close"]].isna().all().all():
+            if config.data_source() == "csv":
+                problems.append(Problem(sym, "no_data", f"no price row in {csv_source.file_for(sym)} up to "
+                                        f"{reference.date()}", f"add {sym}'s daily prices to that file, or remove "
+                                        f"{sym} from selected_stocks.txt"))
+                continue
             problems.append(Problem(sym, "no_data", "no price data returned (delisted, unknown "
                                     "ticker or rate-limited)",
                                     "check the ticker on finance.yahoo.com; if it is delisted "
@@ -344,7 +349,8 @@ def validate_prices(raw: pd.DataFrame, symbols, reference=None,
             day = df.loc[bad, "Date"].iloc[0].date()
             problems.append(Problem(sym, "bad_price", f"non-positive or inconsistent price "
                                     f"(High < Low, price <= 0 or negative volume) on {day}",
-                                    "rerun ./run_daily_data_update.sh --force; if it persists "
+                                    (f"correct that row of {csv_source.file_for(sym)}" if config.data_source() == "csv"
+                                     else "rerun ./run_daily_data_update.sh --force") + "; if it persists "
                                     "remove the symbol from selected_stocks.txt"))
             continue
         too_high = (prices > C.MAX_PRICE).any(axis=1)
@@ -362,8 +368,7 @@ def validate_prices(raw: pd.DataFrame, symbols, reference=None,
             problems.append(Problem(sym, "absurd_move", f"absurd price on {day.date()}: close x{ratio:.2f} in "
                                     f"one day (more than MAX_DAILY_MOVE {C.MAX_DAILY_MOVE:.0%}) with no "
                                     "recorded split; refused, not traded",
-                                    corporate_actions.jump_fix(sym, day, ratio)
-                                    + "; rerun ./run_daily_data_update.sh --force after the fix"))
+                                    _jump_fix(sym, day, ratio)))
             continue
         last = df["Date"].iloc[-1]
         behind = market_calendar.sessions_between(last, reference)
@@ -388,6 +393,19 @@ def validate_prices(raw: pd.DataFrame, symbols, reference=None,
         healthy.append(df)
     clean = pd.concat(healthy, ignore_index=True) if healthy else pd.DataFrame(columns=RAW_COLUMNS)
     return clean[RAW_COLUMNS].reset_index(drop=True), problems
+
+
+def _jump_fix(sym: str, day, ratio: float) -> str:
+    """The fix of an unexplained jump, in the words of the configured source."""
+    if config.data_source() == "csv":
+        path = csv_source.file_for(sym)
+        return corporate_actions.jump_fix(
+            sym, day, ratio, f"a 'Stock Splits' column in {path}, or a row in "
+            f"{path.parent / C.CSV_ACTIONS_FILE}", f"correct that row of {path}") + "; then rerun " \
+            "./run_daily_data_update.sh --force"
+    return corporate_actions.jump_fix(
+        sym, day, ratio, "Yahoo lists splits: rerun ./run_daily_data_update.sh --force to fetch them",
+        "rerun ./run_daily_data_update.sh --force later, or remove the symbol from selected_stocks.txt")
 
 
 # ----------------------------------------------------------------------------- features

@@ -225,3 +225,28 @@ def test_health_check_lists_a_refused_symbol(trading_home, universe_file, monkey
     assert summary["dropped"] == ["JPM"]
     status, detail = health_check.check_data()
     assert status == health_check.WARN and "JPM" in detail and "refused" in detail
+
+
+# ----------------------------------------------------------------------------- CSV actions and errors
+def test_csv_actions_file_and_errors_name_the_csv_file_never_yahoo(real_csv_home):
+    folder = real_csv_home / "data" / "csv"
+    plain = _fixture_raw("AAPL").drop(columns=["Symbol", "Dividends", "Stock Splits"])
+    plain.to_csv(folder / "AAPL.csv", index=False)                  # prices only: actions in the second file
+    (folder / C.CSV_ACTIONS_FILE).write_text("Symbol,Date,Dividends,Stock Splits,Pay Date\n"
+                                             "AAPL,2014-06-09,0,7:1,\nAAPL,2014-08-07,0.47,0,2014-08-14\n")
+    summary = dc.update(force=True)
+    assert summary["symbols"] == ["AAPL", "MSFT"]
+    stored = ca.read_store().query("Symbol == 'AAPL'")
+    assert stored["Split"].tolist() == [7.0, 1.0] and str(stored["PayDate"].iloc[1].date()) == "2014-08-14"
+    (folder / C.CSV_ACTIONS_FILE).write_text("Symbol,Date,Dividends,Stock Splits\nAAPL,2014-06-09,0,seven\n")
+    with pytest.raises(dc.DataError) as err:
+        dc.update(force=True)
+    text = str(err.value)
+    assert C.CSV_ACTIONS_FILE in text and "2:1" in text and "yahoo" not in text.lower()
+    (folder / C.CSV_ACTIONS_FILE).unlink()
+    plain.to_csv(folder / "AAPL.csv", index=False)                  # the split no longer recorded anywhere
+    summary = dc.update(force=True)
+    assert summary["dropped"] == ["AAPL"]
+    refused = dc.read_refused()
+    assert "2014-06-09" in refused[0]["line"] and "Stock Splits" in refused[0]["line"]
+    assert "yahoo" not in refused[0]["line"].lower()
