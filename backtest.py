@@ -36,6 +36,7 @@ import pandas as pd
 
 import config
 import constants as C
+import corporate_actions
 import data_collection
 import model_management
 import signals as sig
@@ -255,8 +256,8 @@ def _replay(opts: Options, features: pd.DataFrame, scored: pd.DataFrame,
     (``LivePolicy``) and the options' settings, cash and fill mode; a progress bar if asked."""
     first, last = period.sessions[0], period.sessions[-1]
     prices = features.loc[(features["Date"] >= first) & (features["Date"] <= last),
-                          ["Date", "Symbol", "Open", "Close"]]
-    market = market_from_frames(prices, scored)
+                          ["Date", "Symbol", "Open", "Close"] + [c for c in ("AdjFactor",) if c in features.columns]]
+    market = market_from_frames(prices, scored, actions=corporate_actions.read_store())
     bar = _ProgressBar("backtest") if opts.progress else None
     result = run_engine(market, LivePolicy(settings=opts.settings), settings=opts.settings,
                         initial_cash=opts.initial_cash, fill=opts.fill,

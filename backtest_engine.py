@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import numpy as np
 import pandas as pd
 
 import constants as C
+import corporate_actions
 import risk_management as rm
 import state_db
 from errors import UserFacingError
@@ -76,6 +77,8 @@ class Market:
     signal: np.ndarray          # int8: 1 BUY, -1 SELL, 0 HOLD
     score: np.ndarray
     volatility: np.ndarray
+    actions: pd.DataFrame | None = None     # corporate actions (corporate_actions frame); prices as traded
+    factor: np.ndarray | None = None        # [day, symbol] adjusted / as-traded price (1 = none)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -103,7 +106,7 @@ def _runs_factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None,
-                       start=None, end=None) -> Market:
+                       start=None, end=None, actions: pd.DataFrame | None = None) -> Market:
     """Build the arrays from long frames.
 
     ``prices``: Date, Symbol, Open, Close (extra columns ignored) -- the sessions of the test.
@@ -111,7 +114,10 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     volatility_20 (or volatility);
     typically ``signals.score_predictions(model.predict(features))``. Rows outside the price
     dates are ignored; a (day, symbol) without a signal row is HOLD. Dates count by the calendar
-    day (a time of day is dropped)."""
+    day (a time of day is dropped). ``actions`` (splits and dividends, ``corporate_actions``): when
+    given and ``prices`` carries ``AdjFactor`` (the processed file's adjusted / as-traded ratio),
+    the engine trades the prices as traded and applies the actions to the book, as the paper
+    broker does; otherwise it trades the prices given."""
     p = prices
     pdates = pd.to_datetime(p["Date"])
     keep = np.ones(len(p), dtype=bool)
@@ -149,8 +155,12 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
     open_ = np.full((n, m), np.nan)
     close = np.full((n, m), np.nan)
     cell = di * m + si
-    open_.reshape(-1)[cell] = p["Open"].to_numpy(float)
-    close.reshape(-1)[cell] = p["Close"].to_numpy(float)
+    factor = None
+    if actions is not None and "AdjFactor" in p.columns:
+        factor = np.ones((n, m))
+        factor.reshape(-1)[cell] = p["AdjFactor"].to_numpy(float)
+    open_.reshape(-1)[cell] = p["Open"].to_numpy(float) / (1.0 if factor is None else factor.reshape(-1)[cell])
+    close.reshape(-1)[cell] = p["Close"].to_numpy(float) / (1.0 if factor is None else factor.reshape(-1)[cell])
     signal = np.zeros((n, m), dtype=np.int8)
     score = np.full((n, m), np.nan)
     vol = np.full((n, m), np.nan)
@@ -176,7 +186,12 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
         vcol = "volatility_20" if "volatility_20" in s.columns else "volatility"
         vol.reshape(-1)[cell] = s[vcol].to_numpy(float)[ok]
     signal[~np.isfinite(close)] = 0                 # no bar that day: the cycle has nothing to act on
-    return Market(dates, symbols, open_, close, signal, score, vol)
+    used = None
+    if factor is not None and actions is not None:
+        used = corporate_actions.normalize(actions)
+        used = used[used["Symbol"].isin(symbols)].reset_index(drop=True)
+    return Market(dates, symbols, open_, close, signal, score, vol, actions=used,
+                  factor=factor if used is not None else None)
 
 
 # =========================================================================== policies
@@ -424,6 +439,7 @@ class EngineResult:
     fill: str
     policy: str
     widened: int = 0
+    action_events: list = field(default_factory=list)   # every split / dividend applied to the book
 
     @property
     def gross(self) -> np.ndarray:
@@ -453,6 +469,7 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
     decided_iso: str | None = None          # the session the pending orders were decided on
     with _Quiet():
         for d in range(n):
+            _apply_actions(r, d)                          # splits and dividends before the day's fills
             _fill_orders(r, d, pending, decided_iso)      # yesterday's approved orders fill today
             pending = []
             eq = _close_the_day(r, d)                     # borrow fees to today's close, mark to market
@@ -494,6 +511,9 @@ class _Replay:
     borrow_events: list[dict]
     cancelled: list[dict]
     seq: int = 0
+    actions_by_day: dict = field(default_factory=dict)     # session index -> [(symbol index, action row)]
+    dividends_due: list = field(default_factory=list)      # [(pay date, symbol, cash)] not yet paid
+    action_events: list = field(default_factory=list)      # every applied split / dividend
 
 
 def _check_fill_mode(fill: str) -> None:
@@ -508,6 +528,7 @@ def _start_replay(market: Market, settings: TradingSettings, initial_cash: float
     n, m = market.shape
     pydates = [d.date() for d in market.dates]
     return _Replay(
+        actions_by_day=_actions_by_day(market),
         settings=settings, symbols=market.symbols, sym_idx={s: i for i, s in enumerate(market.symbols)},
         pydates=pydates, iso=[d.isoformat() for d in pydates],
         fill_px=market.open if fill == "next_open" else market.close,
@@ -516,6 +537,47 @@ def _start_replay(market: Market, settings: TradingSettings, initial_cash: float
         equity=np.zeros(n), cash_arr=np.zeros(n), long_v=np.zeros(n), short_v=np.zeros(n),
         npos=np.zeros(n, dtype=int), d_comm=np.zeros(n), d_slip=np.zeros(n), d_borrow=np.zeros(n),
         trades=[], borrow_events=[], cancelled=[])
+
+
+def _actions_by_day(market: Market) -> dict:
+    """Session index -> [(symbol index, action row)]: each action lands on the first session on or
+    after its ex-date (none on the first session: nothing is held yet)."""
+    out: dict = {}
+    if market.actions is None or not len(market.actions):
+        return out
+    idx = {s: i for i, s in enumerate(market.symbols)}
+    days = market.dates.searchsorted(pd.DatetimeIndex(market.actions["Date"]))
+    for k, (_, row) in enumerate(market.actions.iterrows()):
+        if 0 < days[k] < len(market.dates):
+            out.setdefault(int(days[k]), []).append((idx[row["Symbol"]], row))
+    return out
+
+
+def _apply_actions(r: _Replay, d: int) -> None:
+    """Step 0 of day ``d``, before its fills: the corporate actions whose ex-date is today change
+    the book through ``corporate_actions.position_events`` (the paper broker's rule): a split
+    multiplies the shares (cash in lieu of a fraction), a dividend is owed to a long and by a
+    short and paid on its pay date (today when none is known)."""
+    today = r.pydates[d]
+    for i, row in r.actions_by_day.get(d, []):
+        qty = int(r.pos[i])
+        prev = r.close_ff[d - 1, i]
+        for ev in corporate_actions.position_events(r.symbols[i], qty, 0.0, row,
+                                                    float(prev) if math.isfinite(prev) else None):
+            r.pos[i] = r.pos[i] + ev.quantity_change
+            if ev.kind == corporate_actions.SPLIT:
+                r.cash += ev.cash_change
+            else:
+                r.dividends_due.append((ev.pay_date, ev.symbol, ev.cash_change))
+            r.action_events.append({"date": r.iso[d], "kind": ev.kind, "symbol": ev.symbol,
+                                    "quantity_change": ev.quantity_change, "cash_change": ev.cash_change,
+                                    "pay_date": ev.pay_date.isoformat(), "note": ev.note})
+            if r.pos[i] >= 0:
+                r.accrued_to.pop(i, None)
+    if r.dividends_due:
+        due = [x for x in r.dividends_due if x[0] <= today]
+        r.dividends_due = [x for x in r.dividends_due if x[0] > today]
+        r.cash += sum(cash for _, _, cash in due)
 
 
 def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None) -> None:
@@ -620,7 +682,7 @@ def _result(r: _Replay, market: Market, policy, initial_cash: float, fill: str) 
         halts=list(getattr(policy, "halts", [])), rejections=int(getattr(policy, "rejections", 0)),
         rejection_samples=list(getattr(policy, "rejection_samples", [])), cancelled=r.cancelled,
         fill=fill, policy=getattr(policy, "name", type(policy).__name__),
-        widened=int(getattr(policy, "widened", 0)))
+        widened=int(getattr(policy, "widened", 0)), action_events=r.action_events)
 
 
 # =========================================================================== benchmark
@@ -653,6 +715,8 @@ def buy_and_hold(market: Market, initial_cash: float | None = None,
         shares[i] = q
         cash -= q * price + fee
     close_ff = pd.DataFrame(market.close).ffill().to_numpy()
+    if market.factor is not None:        # held through splits and dividends: the adjusted series' growth
+        close_ff = close_ff * market.factor / market.factor[1]
     eq[1:] = cash + np.nansum(close_ff[1:] * shares, axis=1)
     return pd.Series(eq, index=market.dates, name="benchmark")
 

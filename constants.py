@@ -38,7 +38,10 @@ APP_NAME = "lstm-trader"                   # name of the key directory under ~/.
 # --------------------------------------------------------------------- files (under TRADING_HOME)
 UNIVERSE_FILE = "selected_stocks.txt"                  # one ticker a line
 PROCESSED_DATA_FILE = "processed_stock_data.csv"       # features, long format, zero NaN
-RAW_PRICES_FILE = "data/raw_prices.csv"                # downloaded OHLCV, long format
+RAW_PRICES_FILE = "data/raw_prices.csv"                # downloaded OHLCV as traded (unadjusted), long format
+ACTIONS_FILE = "data/corporate_actions.csv"            # splits and cash dividends per symbol (corporate_actions.py)
+REFUSED_SYMBOLS_FILE = "data/refused_symbols.json"     # the symbols the last data update refused, and why
+CSV_ACTIONS_FILE = "corporate_actions.csv"             # optional actions file in TRADING_CSV_DIR (DATA_SOURCE=csv)
 MODEL_FILE = "lstm_price_difference_model.h5"          # the trained Keras model (HDF5)
 MODEL_METADATA_FILE = "lstm_price_difference_model.json"   # metadata beside the model
 MODEL_BACKUP_DIR = "models/backups"                    # replaced models and their metadata
@@ -69,7 +72,7 @@ DOWNLOAD_BACKOFF_S = 5.0                   # first backoff; doubles on each retr
 INCREMENTAL_OVERLAP_DAYS = 5               # days re-fetched before the last stored date (days)
 STALE_AFTER_SESSIONS = 3                   # a symbol whose last bar is older is stale (NYSE sessions)
 MAX_MISSING_SESSIONS_FRACTION = 0.02       # tolerated share of missing NYSE sessions (fraction)
-MAX_DAILY_MOVE = 0.75                      # |close-to-close change| above this is absurd (fraction)
+MAX_DAILY_MOVE = 0.40                      # |close-to-close change| of the split-adjusted close above this is refused (fraction)
 MAX_PRICE = 1_000_000.0                    # a price above this is absurd (USD)
 FRESH_FILE_HOURS = 12.0                    # a processed file younger than this is not rebuilt (hours)
 MIN_HISTORY_ROWS = 60                      # fewer raw rows than this: the symbol is unusable (rows)
@@ -319,7 +322,8 @@ OPERATIONAL_TUNABLES = (
     "ENV_TRADING_MODE", "ENV_TRADING_HOME", "ENV_DATA_SOURCE", "ENV_CREDENTIAL_KEY", "ENV_CREDENTIAL_KEY_NEW",
     "ENV_CONFIG_DIR", "ENV_TRADING_NOW", "ENV_TRAIN_PROFILE", "TRADING_MODES", "DEFAULT_TRADING_MODE", "DATA_SOURCES",
     "DEFAULT_DATA_SOURCE", "APP_NAME",
-    "UNIVERSE_FILE", "PROCESSED_DATA_FILE", "RAW_PRICES_FILE", "MODEL_FILE", "MODEL_METADATA_FILE",
+    "UNIVERSE_FILE", "PROCESSED_DATA_FILE", "RAW_PRICES_FILE", "ACTIONS_FILE", "REFUSED_SYMBOLS_FILE",
+    "CSV_ACTIONS_FILE", "MODEL_FILE", "MODEL_METADATA_FILE",
     "MODEL_BACKUP_DIR", "MODEL_QUARANTINE_DIR", "STATE_DB_FILE", "LOG_DIR", "AUDIT_LOG_FILE", "REPORTS_DIR",
     "LOCK_DIR", "HOME_STATE_FILES",
     "LOG_FORMAT", "LOG_DATE_FORMAT", "ERRORS_LOG_NAME",
@@ -398,6 +402,9 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "UNIVERSE_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "PROCESSED_DATA_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "RAW_PRICES_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "ACTIONS_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "REFUSED_SYMBOLS_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "CSV_ACTIONS_FILE": ("fixed", "file name in TRADING_CSV_DIR", None),
         "MODEL_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "MODEL_METADATA_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "MODEL_BACKUP_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),

@@ -19,6 +19,7 @@ Run by ``./run_daily_data_update.sh [--force]`` (cron) or ``python data_collecti
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -33,11 +34,12 @@ import pandas as pd
 
 import alerts
 import config
+import corporate_actions
 import csv_source
 from errors import DataError, UserFacingError, install_excepthook
 import constants as C
 import market_calendar
-from fileutil import atomic_write_with
+from fileutil import atomic_write_text, atomic_write_with
 from logging_setup import setup_logging
 import sample_data
 
@@ -46,6 +48,7 @@ log = logging.getLogger("data")
 PRICE_COLUMNS = list(C.PRICE_COLUMNS)
 RAW_COLUMNS = list(C.RAW_COLUMNS)
 FEATURE_COLUMNS = list(C.FEATURE_COLUMNS)
+ACTION_SOURCE_COLUMNS = ["Dividends", "Stock Splits"]      # yfinance's names (CSV files may carry them too)
 TICKER_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}([.-][A-Z]{1,2})?$")
 
 
@@ -155,7 +158,7 @@ def _yf_frame_to_long(frame: pd.DataFrame | None) -> pd.DataFrame:
     missing = [c for c in PRICE_COLUMNS if c not in long.columns]
     if missing:
         raise DataError(f"yfinance returned no {missing} columns")
-    long = long[RAW_COLUMNS]
+    long = long[RAW_COLUMNS + [c for c in ACTION_SOURCE_COLUMNS if c in long.columns]]
     long["Date"] = pd.to_datetime(long["Date"]).dt.tz_localize(None).dt.normalize()
     long["Symbol"] = long["Symbol"].astype(str).str.upper()
     return long.dropna(subset=["Open", "High", "Low", "Close"], how="all").reset_index(drop=True)
@@ -192,7 +195,7 @@ def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=N
             end_exclusive = (pd.Timestamp(end) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
             frame = _call_with_deadline(
                 lambda: yf.download(pending, start=pd.Timestamp(start).strftime("%Y-%m-%d"),
-                                    end=end_exclusive, interval="1d", auto_adjust=True,
+                                    end=end_exclusive, interval="1d", auto_adjust=False, actions=True,
                                     threads=True, progress=False, timeout=C.DOWNLOAD_TIMEOUT_S,
                                     session=session, multi_level_index=True, group_by="column"),
                 stop_at - time.monotonic())
@@ -224,7 +227,44 @@ def fetch_yfinance(symbols, start, end, session=None, deadline_s=None, retries=N
         time.sleep(wait)
         pending = limited
     raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RAW_COLUMNS)
-    return raw, errors
+    return _as_traded(raw), errors
+
+
+def _as_traded(long: pd.DataFrame) -> pd.DataFrame:
+    """Yahoo serves Open/High/Low/Close/Volume already adjusted for the splits it knows at fetch
+    time (``auto_adjust=False`` only leaves dividends out): undo the splits of the fetched window,
+    so the store holds the prices as traded and never changes scale when a new split appears."""
+    if long.empty or "Stock Splits" not in long.columns:
+        return long
+    splits = split_actions(long)
+    if not len(splits):
+        return long
+    price_f, vol_f = corporate_actions.factors(long, splits)
+    out = long.copy()
+    for col in ("Open", "High", "Low", "Close"):
+        out[col] = out[col].to_numpy(float) / price_f
+    out["Volume"] = out["Volume"].to_numpy(float) / vol_f
+    return out
+
+
+def split_actions(long: pd.DataFrame) -> pd.DataFrame:
+    """The split rows of a long frame's ``Stock Splits`` column as an actions frame."""
+    return corporate_actions.normalize(pd.DataFrame({
+        "Date": long["Date"], "Symbol": long["Symbol"],
+        "Split": pd.to_numeric(long["Stock Splits"], errors="coerce").fillna(0.0)}))
+
+
+def actions_from_columns(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(prices without the action columns, the actions those columns hold): yfinance's
+    ``Dividends`` / ``Stock Splits`` (0 means none), as yfinance and CSV files write them."""
+    present = [c for c in ACTION_SOURCE_COLUMNS if c in long.columns]
+    if not present:
+        return long, corporate_actions.empty()
+    actions = corporate_actions.normalize(pd.DataFrame({
+        "Date": long["Date"], "Symbol": long["Symbol"],
+        "Dividend": pd.to_numeric(long["Dividends"], errors="coerce") if "Dividends" in present else 0.0,
+        "Split": pd.to_numeric(long["Stock Splits"], errors="coerce") if "Stock Splits" in present else 1.0}))
+    return long.drop(columns=present), actions
 
 
 def fetch_prices(symbols, start, end, force_source=None) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -235,7 +275,7 @@ def fetch_prices(symbols, start, end, force_source=None) -> tuple[pd.DataFrame, 
         raw = raw[(raw["Date"] >= pd.Timestamp(start)) & (raw["Date"] <= pd.Timestamp(end))]
         return raw.reset_index(drop=True), {}
     if source == "csv":
-        return csv_source.read_prices(symbols, start, end)
+        return csv_source.read_prices(symbols, None, end)     # the whole file's history: no fixed start
     return fetch_yfinance(symbols, start, end)
 
 
@@ -250,9 +290,12 @@ def reference_session() -> pd.Timestamp:
 
 
 # ----------------------------------------------------------------------------- validation
-def validate_prices(raw: pd.DataFrame, symbols, reference=None) -> tuple[pd.DataFrame, list[Problem]]:
-    """Per-symbol checks. Returns the healthy rows and every problem found (fatal ones drop
-    their symbol, the others were repaired and are warnings)."""
+def validate_prices(raw: pd.DataFrame, symbols, reference=None,
+                    actions: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[Problem]]:
+    """Per-symbol checks of the raw (as traded) prices. Returns the healthy rows and every problem
+    found (fatal ones drop their symbol, the others were repaired and are warnings). ``actions``:
+    the recorded corporate actions; a jump they explain (a split) is not a problem, one they do not
+    (``corporate_actions.unexplained_jumps``) refuses the symbol."""
     reference = pd.Timestamp(reference) if reference is not None else reference_session()
     problems: list[Problem] = []
     raw = raw.copy()
@@ -265,6 +308,11 @@ def validate_prices(raw: pd.DataFrame, symbols, reference=None) -> tuple[pd.Data
     for sym in symbols:
         df = raw[raw["Symbol"] == sym].sort_values("Date")
         if df.empty or df[["Open", "High", "Low", "Close"]].isna().all().all():
+            if config.data_source() == "csv":
+                problems.append(Problem(sym, "no_data", f"no price row in {csv_source.file_for(sym)} up to "
+                                        f"{reference.date()}", f"add {sym}'s daily prices to that file, or remove "
+                                        f"{sym} from selected_stocks.txt"))
+                continue
             problems.append(Problem(sym, "no_data", "no price data returned (delisted, unknown "
                                     "ticker or rate-limited)",
                                     "check the ticker on finance.yahoo.com; if it is delisted "
@@ -301,18 +349,26 @@ def validate_prices(raw: pd.DataFrame, symbols, reference=None) -> tuple[pd.Data
             day = df.loc[bad, "Date"].iloc[0].date()
             problems.append(Problem(sym, "bad_price", f"non-positive or inconsistent price "
                                     f"(High < Low, price <= 0 or negative volume) on {day}",
-                                    "rerun ./run_daily_data_update.sh --force; if it persists "
+                                    (f"correct that row of {csv_source.file_for(sym)}" if config.data_source() == "csv"
+                                     else "rerun ./run_daily_data_update.sh --force") + "; if it persists "
                                     "remove the symbol from selected_stocks.txt"))
             continue
-        move = np.abs(df["Close"].pct_change())
-        absurd = (prices > C.MAX_PRICE).any(axis=1) | (move > C.MAX_DAILY_MOVE)
-        if absurd.any():
-            day = df.loc[absurd, "Date"].iloc[0].date()
-            problems.append(Problem(sym, "absurd_move", f"absurd price on {day} (a move above "
-                                    f"{C.MAX_DAILY_MOVE:.0%} or a price above {C.MAX_PRICE:,.0f}); "
-                                    "an unadjusted split?",
-                                    "rerun ./run_daily_data_update.sh --force to refetch adjusted "
-                                    "history; if it persists remove the symbol from selected_stocks.txt"))
+        too_high = (prices > C.MAX_PRICE).any(axis=1)
+        if too_high.any():
+            day = df.loc[too_high, "Date"].iloc[0].date()
+            problems.append(Problem(sym, "absurd_move", f"absurd price on {day} (above "
+                                    f"{C.MAX_PRICE:,.0f}, MAX_PRICE)", "correct that bar or rerun "
+                                    "./run_daily_data_update.sh --force; if it persists remove the symbol "
+                                    "from selected_stocks.txt"))
+            continue
+        jumps = corporate_actions.unexplained_jumps(
+            df, actions[actions["Symbol"] == sym] if actions is not None and len(actions) else None)
+        if jumps:
+            day, ratio = jumps[0]
+            problems.append(Problem(sym, "absurd_move", f"absurd price on {day.date()}: close x{ratio:.2f} in "
+                                    f"one day (more than MAX_DAILY_MOVE {C.MAX_DAILY_MOVE:.0%}) with no "
+                                    "recorded split; refused, not traded",
+                                    _jump_fix(sym, day, ratio)))
             continue
         last = df["Date"].iloc[-1]
         behind = market_calendar.sessions_between(last, reference)
@@ -337,6 +393,19 @@ def validate_prices(raw: pd.DataFrame, symbols, reference=None) -> tuple[pd.Data
         healthy.append(df)
     clean = pd.concat(healthy, ignore_index=True) if healthy else pd.DataFrame(columns=RAW_COLUMNS)
     return clean[RAW_COLUMNS].reset_index(drop=True), problems
+
+
+def _jump_fix(sym: str, day, ratio: float) -> str:
+    """The fix of an unexplained jump, in the words of the configured source."""
+    if config.data_source() == "csv":
+        path = csv_source.file_for(sym)
+        return corporate_actions.jump_fix(
+            sym, day, ratio, f"a 'Stock Splits' column in {path}, or a row in "
+            f"{path.parent / C.CSV_ACTIONS_FILE}", f"correct that row of {path}") + "; then rerun " \
+            "./run_daily_data_update.sh --force"
+    return corporate_actions.jump_fix(
+        sym, day, ratio, "Yahoo lists splits: rerun ./run_daily_data_update.sh --force to fetch them",
+        "rerun ./run_daily_data_update.sh --force later, or remove the symbol from selected_stocks.txt")
 
 
 # ----------------------------------------------------------------------------- features
@@ -413,6 +482,34 @@ def build_features(raw: pd.DataFrame) -> pd.DataFrame:
     values = df[FEATURE_COLUMNS].to_numpy()
     keep = (pos >= window) & np.isfinite(values).all(axis=1)
     return df.loc[keep].reset_index(drop=True)
+
+
+def features_from_raw(raw: pd.DataFrame, actions: pd.DataFrame | None) -> pd.DataFrame:
+    """``build_features`` of the raw prices adjusted for ``actions`` (``corporate_actions.adjust``):
+    the processed rows, plus ``AdjFactor`` (adjusted / as-traded price; 1 on the latest bar), which
+    the backtest divides out to trade the prices as they were."""
+    adjusted = corporate_actions.adjust(raw, actions if actions is not None else corporate_actions.empty())
+    features = build_features(adjusted)
+    factor = adjusted[["Symbol", "Date", "AdjFactor"]].copy()
+    factor["Date"] = pd.to_datetime(factor["Date"]).dt.normalize()
+    return features.merge(factor, on=["Symbol", "Date"], how="left", validate="one_to_one")
+
+
+def write_refused(problems: list[Problem], reference) -> Path:
+    """The symbols the last update refused (``data/refused_symbols.json``, written atomically):
+    the health check and the status read them."""
+    refused = [{"symbol": p.symbol, "kind": p.kind, "line": str(p)} for p in problems if p.fatal]
+    body = json.dumps({"session": str(pd.Timestamp(reference).date()), "refused": refused}, indent=1)
+    return atomic_write_text(config.path(C.REFUSED_SYMBOLS_FILE), body)
+
+
+def read_refused() -> list[dict]:
+    """What ``write_refused`` stored; [] when no update wrote it yet or it is unreadable."""
+    path = config.path(C.REFUSED_SYMBOLS_FILE)
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8")).get("refused", []))
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 # ----------------------------------------------------------------------------- files
@@ -537,8 +634,12 @@ def update(force: bool = False) -> dict:
 
     stored = pd.DataFrame(columns=RAW_COLUMNS) if force else read_raw_prices()
     stored = stored[stored["Symbol"].isin(symbols)] if len(stored) else stored
+    stored_actions = corporate_actions.empty() if force else corporate_actions.read_store()
     start = pd.Timestamp(C.HISTORY_START)
-    if len(stored) and set(symbols) <= set(stored["Symbol"]):
+    source = config.data_source()
+    if source == "csv":
+        log.info("reading the whole history of %d CSV files in %s", len(symbols), config.csv_dir())
+    elif len(stored) and set(symbols) <= set(stored["Symbol"]):
         last_per_symbol = stored.groupby("Symbol")["Date"].max()
         start = last_per_symbol.min() - pd.Timedelta(days=C.INCREMENTAL_OVERLAP_DAYS)
         log.info("incremental update from %s (stored history ends %s)", start.date(),
@@ -546,37 +647,53 @@ def update(force: bool = False) -> dict:
     else:
         log.info("full download from %s for %d symbols", start.date(), len(symbols))
     fetched, errors = fetch_prices(symbols, start, reference)
+    fetched, fetched_actions = actions_from_columns(fetched)
+    if source == "csv":
+        fetched_actions = pd.concat([fetched_actions, csv_source.read_actions(symbols)], ignore_index=True)
     if fetched.empty:
-        # yfinance words a network failure as "possibly delisted" for every symbol: say what it is
         sample = "; ".join(sorted({m for m in errors.values()}))[:300]
+        if source == "csv":
+            raise DataError(f"the CSV files in {config.csv_dir()} hold no row up to {reference.date()} for "
+                            f"any of the {len(symbols)} symbols: save each symbol's daily prices there as "
+                            f"{csv_source.FORMAT_HINT}; nothing was written")
+        # yfinance words a network failure as "possibly delisted" for every symbol: say what it is
         raise DataError(f"the download returned no data for any of the {len(symbols)} symbols "
                         f"({sample or 'no rows'}): Yahoo is unreachable, down or rate-limiting "
                         f"this machine, not {len(symbols)} delistings. Check the network with "
                         f"curl -I https://query1.finance.yahoo.com and rerun later; nothing was written")
     for sym, message in sorted(errors.items()):
         log.warning("download failed for %s: %s", sym, message)
+    if source == "csv" and len(stored):
+        stored = stored[~stored["Symbol"].isin(set(fetched["Symbol"]))]      # the files are the truth
     if len(stored):
-        merged = pd.concat([stored, fetched], ignore_index=True)
+        merged = pd.concat([stored, fetched[RAW_COLUMNS]], ignore_index=True)
         merged["Date"] = pd.to_datetime(merged["Date"]).dt.normalize()
         merged = merged.drop_duplicates(["Symbol", "Date"], keep="last")
     else:
-        merged = fetched
-    clean, problems = validate_prices(merged, symbols, reference)
+        merged = fetched[RAW_COLUMNS]
+    replaced = sorted(set(fetched["Symbol"])) if source == "csv" else []
+    actions = corporate_actions.merge(stored_actions, fetched_actions, replace_symbols=replaced)
+    actions = actions[actions["Symbol"].isin(symbols)].reset_index(drop=True)
+    clean, problems = validate_prices(merged, symbols, reference, actions)
     for problem in problems:
         (log.error if problem.fatal else log.warning)("%s", problem)
+    write_refused(problems, reference)
     healthy = sorted(clean["Symbol"].unique())
     if not healthy:
-        raise DataError("no healthy symbol: nothing written (see the problems above; check the "
-                        "network with curl -I https://query1.finance.yahoo.com)")
+        raise DataError("no healthy symbol: nothing written (see the problems above"
+                        + ("; fix the CSV files named there)" if source == "csv" else
+                           "; check the network with curl -I https://query1.finance.yahoo.com)"))
+    corporate_actions.write_store(actions)
     atomic_write_with(config.path(C.RAW_PRICES_FILE), _csv_writer(
         merged.sort_values(["Symbol", "Date"])[RAW_COLUMNS]))
-    features = build_features(clean)
+    features = features_from_raw(clean, actions)
     write_processed(features, force=force, universe=symbols)
     summary = {
         "skipped": False, "symbols": healthy,
         "dropped": sorted({p.symbol for p in problems if p.fatal}),
         "rows": len(features), "first_date": str(features["Date"].min().date()),
-        "last_date": str(features["Date"].max().date()), "source": config.data_source(),
+        "last_date": str(features["Date"].max().date()), "source": source,
+        "actions": len(actions),
         "path": str(processed),
     }
     log.info("wrote %s: %d rows, %d symbols (%s), %s .. %s, zero NaN", processed.name,

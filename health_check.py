@@ -101,6 +101,10 @@ def check_data():
         reference = data_collection.reference_session()
     behind = market_calendar.sessions_between(last, reference)
     detail = f"processed_stock_data.csv: {len(df)} rows, {df['Symbol'].nunique()} symbols, through {last.date()}, zero NaN"
+    refused = [r for r in data_collection.read_refused() if r.get("kind") == "absurd_move"]
+    if refused:
+        return WARN, (f"{detail}; refused by the last update, not traded: "
+                      + "; ".join(str(r.get("line", r.get("symbol"))) for r in refused))
     if behind > C.DATA_MAX_AGE_SESSIONS:
         return WARN, f"{detail}; {behind} sessions behind {reference.date()}: run ./run_daily_data_update.sh"
     stale = data_collection.stale_symbols(df, data_collection.load_universe(), last)

@@ -14,6 +14,7 @@ from datetime import date, datetime
 
 import clock
 import constants as C
+import corporate_actions
 import settlement
 import state_db
 from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, FINAL_STATUSES, OPEN_STATUSES, OPENING_SIDES, SELL,
@@ -111,6 +112,22 @@ _PAPER_SCHEMA = [
         cash_change REAL NOT NULL DEFAULT 0,
         effective_date TEXT NOT NULL,
         note TEXT)""",
+    # every split / dividend applied to the account (corporate_actions.position_events): one row per
+    # cash/quantity event; cash_applied_on is NULL until the cash moved (a dividend's pay date)
+    """CREATE TABLE IF NOT EXISTS paper_corporate_actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('SPLIT', 'DIVIDEND')),
+        symbol TEXT NOT NULL,
+        ex_date TEXT NOT NULL,
+        pay_date TEXT NOT NULL,
+        per_share REAL NOT NULL,
+        quantity_before INTEGER NOT NULL,
+        quantity_change INTEGER NOT NULL,
+        cash_change REAL NOT NULL,
+        cash_applied_on TEXT,
+        note TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        UNIQUE (kind, symbol, ex_date))""",
     """CREATE TABLE IF NOT EXISTS paper_symbol_events (
         symbol TEXT PRIMARY KEY,
         recalled INTEGER NOT NULL DEFAULT 0,
@@ -279,6 +296,76 @@ class PaperBroker:
         self._set_event(symbol, "ex_dividend_date", None if ex_date is None else _as_date(ex_date).isoformat())
 
     # ------------------------------------------------------------------ reads
+    def apply_corporate_actions(self, actions, through=None) -> list[dict]:
+        """Apply the splits and dividends of ``actions`` (a ``corporate_actions`` frame) whose
+        ex-date is after the session of the current prices and not after ``through`` (default
+        today), with ``corporate_actions.position_events`` -- the backtest engine's rule: a split
+        multiplies the quantity and divides the average price (cash in lieu of a fraction at the
+        last close / split), a dividend is credited to a long and charged to a short on its pay date
+        (the ex-date when no pay date is known). Call it BEFORE ``set_prices`` of the new session
+        (the cash in lieu is priced at the close before the ex-date). Each event is a row of
+        ``paper_corporate_actions`` (applied once: (kind, symbol, ex-date) is unique) and a
+        ``paper_ledger`` row when cash moves; one transaction. Returns the events applied now."""
+        day = _as_date(through)
+        now = state_db.utcnow()
+        applied: list[dict] = []
+        with state_db.transaction(self.conn):
+            row = self.conn.execute("SELECT MAX(as_of) AS d FROM paper_prices").fetchone()
+            since = row["d"] if row is not None else None
+            due = corporate_actions.actions_between(corporate_actions.normalize(actions), since, day) \
+                if since is not None else corporate_actions.empty()
+            prices = self._prices()
+            for _, action in due.iterrows():
+                symbol = str(action["Symbol"])
+                pos = self.conn.execute("SELECT * FROM paper_positions WHERE symbol = ?", (symbol,)).fetchone()
+                if pos is None:
+                    continue
+                qty, avg = int(pos["quantity"]), float(pos["avg_price"])
+                for ev in corporate_actions.position_events(symbol, qty, avg, action, prices.get(symbol)):
+                    cur = self.conn.execute(
+                        "INSERT OR IGNORE INTO paper_corporate_actions(kind, symbol, ex_date, pay_date, per_share, "
+                        "quantity_before, quantity_change, cash_change, cash_applied_on, note, recorded_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                        (ev.kind, symbol, ev.ex_date.isoformat(), ev.pay_date.isoformat(),
+                         float(action["Split"] if ev.kind == corporate_actions.SPLIT else action["Dividend"]),
+                         ev.quantity_before,
+                         ev.quantity_change, ev.cash_change, ev.note, now))
+                    if not cur.rowcount:
+                        continue                                    # applied before
+                    if ev.kind == corporate_actions.SPLIT:
+                        new_qty = ev.quantity_before + ev.quantity_change
+                        if new_qty == 0:
+                            self.conn.execute("DELETE FROM paper_positions WHERE symbol = ?", (symbol,))
+                        else:
+                            self.conn.execute("UPDATE paper_positions SET quantity = ?, avg_price = ?, "
+                                              "updated_at = ? WHERE symbol = ?",
+                                              (new_qty, round(float(ev.new_avg_price or 0.0), 6), now, symbol))
+                        if symbol in prices:                        # the last close in the new share units
+                            self.conn.execute("UPDATE paper_prices SET price = ? WHERE symbol = ?",
+                                              (prices[symbol] / float(action["Split"]), symbol))
+                    applied.append({"kind": ev.kind, "symbol": symbol, "ex_date": ev.ex_date.isoformat(),
+                                    "pay_date": ev.pay_date.isoformat(), "quantity_change": ev.quantity_change,
+                                    "cash_change": ev.cash_change, "note": ev.note})
+            for ev_row in self.conn.execute(
+                    "SELECT * FROM paper_corporate_actions WHERE cash_applied_on IS NULL AND pay_date <= ?",
+                    (day.isoformat(),)).fetchall():
+                if ev_row["cash_change"]:
+                    self.conn.execute("UPDATE paper_account SET cash = cash + ?, updated_at = ? WHERE id = 1",
+                                      (ev_row["cash_change"], now))
+                    self.conn.execute(
+                        "INSERT INTO paper_ledger(at, trade_date, kind, symbol, amount, note) VALUES (?, ?, ?, ?, ?, ?)",
+                        (now, ev_row["pay_date"], ev_row["kind"].lower(), ev_row["symbol"], ev_row["cash_change"],
+                         ev_row["note"]))
+                self.conn.execute("UPDATE paper_corporate_actions SET cash_applied_on = ? WHERE id = ?",
+                                  (day.isoformat(), ev_row["id"]))
+        for ev in applied:
+            log.info("Paper account: %s %s (ex-date %s): %s", ev["kind"], ev["symbol"], ev["ex_date"], ev["note"])
+        return applied
+
+    def corporate_action_events(self) -> list[dict]:
+        """Every row of ``paper_corporate_actions`` in the order applied."""
+        return [dict(r) for r in self.conn.execute("SELECT * FROM paper_corporate_actions ORDER BY id")]
+
     def _cash(self) -> float:
         return float(self.conn.execute("SELECT cash FROM paper_account WHERE id = 1").fetchone()["cash"])
 
@@ -662,6 +749,20 @@ class PaperBroker:
                         "symbol": r["symbol"], "quantity": {r["symbol"]: qty} if r["symbol"] and qty else {},
                         "fee": str(r["kind"]).upper() == "FEE", "cash": float(r["cash_change"] or 0.0),
                         "description": f"{text} {r['effective_date']} {r['note'] or ''}".strip()})
+        # the splits and dividends applied by apply_corporate_actions: the quantity when applied, the
+        # cash (a dividend, cash in lieu) once it moved on the pay date, as two transactions so that
+        # neither is marked seen before it happened
+        for r in self.conn.execute("SELECT * FROM paper_corporate_actions ORDER BY id"):
+            kind, text = self._EVENT_TYPES[str(r["kind"]).upper()]
+            about = f"{text} {r['symbol']} ex-date {r['ex_date']}: {r['note']}"
+            if int(r["quantity_change"] or 0):
+                out.append({"id": f"action-{r['id']}-quantity", "type": kind, "time": None, "order_id": None,
+                            "symbol": r["symbol"], "quantity": {r["symbol"]: int(r["quantity_change"])},
+                            "fee": False, "cash": 0.0, "description": about})
+            if r["cash_applied_on"] is not None and float(r["cash_change"] or 0.0):
+                out.append({"id": f"action-{r['id']}-cash", "type": kind, "time": None, "order_id": None,
+                            "symbol": r["symbol"], "quantity": {}, "fee": False,
+                            "cash": float(r["cash_change"]), "description": f"{about} (paid {r['cash_applied_on']})"})
         return out
 
     def record_account_event(self, kind: str, symbol: str | None, quantity_change: int, cash_change: float,

@@ -27,6 +27,7 @@ JSON for the status page); the cycle calls it after its fills.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections import deque
 from datetime import date
@@ -90,16 +91,49 @@ def borrow_fees(conn: sqlite3.Connection, mode: str | None = None) -> list[dict]
     return [dict(r) for r in rows]
 
 
+def action_events(conn: sqlite3.Connection, mode: str | None = None) -> list[dict]:
+    """The splits and dividends applied to the paper account (``paper_corporate_actions``):
+    kind, symbol, ex_date, per_share (split ratio or dividend), quantity_before, quantity_change,
+    cash_change, cash_applied_on. Live: none known here (the broker's statement has them)."""
+    if _mode(mode) != "paper" or not _has_table(conn, "paper_corporate_actions"):
+        return []
+    return [dict(r) for r in conn.execute("SELECT * FROM paper_corporate_actions ORDER BY ex_date, id")]
+
+
+def actions_cash(events: list[dict]) -> float:
+    """The cash the applied actions moved (dividends paid or charged, cash in lieu of fractions)."""
+    return round(sum(float(e["cash_change"]) for e in events if e.get("cash_applied_on")), 6)
+
+
 # ----------------------------------------------------------------------------- FIFO matching
-def match_fifo(fill_list: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
-    """(closed trades, open lots by symbol) from fills in time order.
+def _split_lots(queue: deque, ratio: float) -> None:
+    """A split on the open lots of a symbol: quantities x ratio (whole shares, the fraction is the
+    cash in lieu the account received), prices / ratio -- the same cost in the new share units."""
+    for lot in queue:
+        exact = lot["quantity"] * ratio
+        lot["quantity"] = int(math.floor(exact + 1e-9)) if exact > 0 else -int(math.floor(-exact + 1e-9))
+        lot["price"] /= ratio
+        lot["cost"] /= ratio
+    while queue and queue[-1]["quantity"] == 0:
+        queue.pop()
+
+
+def match_fifo(fill_list: list[dict], events: list[dict] | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(closed trades, open lots by symbol) from fills in time order; ``events`` (``action_events``):
+    a split scales the open lots before the fills of its ex-date.
 
     A closed trade: symbol, side (long/short), quantity, entry_date, entry_price, exit_date,
     exit_price, commission, pnl, return_pct, holding_days (calendar). An open lot: quantity
     (signed), price, cost (per share, commission included), entry_date."""
     lots: dict[str, deque] = {}
     closed: list[dict] = []
-    for f in fill_list:
+    splits = sorted((e for e in (events or []) if e["kind"] == "SPLIT"), key=lambda e: e["ex_date"])
+    for f in [*fill_list, None]:
+        while splits and (f is None or splits[0]["ex_date"] <= str(f["trade_date"])[:10]):
+            e = splits.pop(0)
+            _split_lots(lots.get(e["symbol"], deque()), float(e["per_share"]))
+        if f is None:
+            break
         qty = int(f["quantity"])
         if qty <= 0:
             continue
@@ -164,11 +198,14 @@ def positions_pnl(positions: dict, open_lots: dict[str, list[dict]]) -> list[dic
     return out
 
 
-def realised_totals(closed: list[dict], fees: list[dict]) -> dict:
+def realised_totals(closed: list[dict], fees: list[dict], events: list[dict] | None = None) -> dict:
+    """Realised P&L: closed round trips, minus borrow fees, plus the cash corporate actions moved
+    (dividends received or paid on shorts, cash in lieu of fractional shares)."""
     trading = sum(t["pnl"] for t in closed)
     borrow = sum(float(f["fee"]) for f in fees)
+    actions = actions_cash(events or [])
     return {"realised_trading": round(trading, 6), "borrow_fees": round(borrow, 6),
-            "realised_pnl": round(trading - borrow, 6)}
+            "corporate_actions_cash": actions, "realised_pnl": round(trading - borrow + actions, 6)}
 
 
 def equity_curve(conn: sqlite3.Connection, mode: str | None = None) -> list[dict]:
@@ -202,9 +239,10 @@ def status_dict(broker, conn: sqlite3.Connection, session_date=None) -> dict:
     session = str(session_date or clock.today())[:10]
     balance = broker.get_account_balance()
     positions = broker.get_positions()
-    closed, open_lots = match_fifo(fills(conn, mode))
+    events = action_events(conn, mode)
+    closed, open_lots = match_fifo(fills(conn, mode), events)
     rows = positions_pnl(positions, open_lots)
-    totals = realised_totals(closed, borrow_fees(conn, mode))
+    totals = realised_totals(closed, borrow_fees(conn, mode), events)
     equity, cash = float(balance["equity"]), float(balance["cash"])
     prev = previous_equity(conn, mode, session)
     return {"mode": mode, "session_date": session, "equity": round(equity, 6), "cash": round(cash, 6),
@@ -242,8 +280,9 @@ def history(conn: sqlite3.Connection, mode: str | None = None, limit: int | None
     newest N of each) with realised totals."""
     mode = _mode(mode)
     fill_list = fills(conn, mode)
-    closed, open_lots = match_fifo(fill_list)
-    totals = realised_totals(closed, borrow_fees(conn, mode))
+    events = action_events(conn, mode)
+    closed, open_lots = match_fifo(fill_list, events)
+    totals = realised_totals(closed, borrow_fees(conn, mode), events)
     wins = [t for t in closed if t["pnl"] > 0]
     tail = (lambda xs: xs[-limit:]) if limit else (lambda xs: xs)
     return {"mode": mode, "fills": tail(fill_list), "round_trips": tail(closed),

@@ -354,6 +354,10 @@ class SchwabAPI:
         """Nothing to do: Schwab prices orders itself. Here so that the live cycle can hand the
         day's reference prices to any broker without asking which one it has."""
 
+    def apply_corporate_actions(self, actions, through=None) -> list[dict]:
+        """Nothing to do: Schwab applies splits and pays dividends to the account itself."""
+        return []
+
     # ------------------------------------------------------------------ HTTP plumbing
     def _call(self, what: str, fn, *args, order: bool = False, lookup: bool = False, **kwargs):
         httpx = self._httpx

@@ -48,6 +48,7 @@ import clock
 import clock_sanity
 import config
 import constants as C
+import corporate_actions
 from portfolio import money
 import drift_monitor
 import golive
@@ -457,7 +458,10 @@ def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool 
     """Give the broker every symbol's last close (a simulated broker values at them; Schwab
     ignores them) and the opens of the last ``PAPER_OPENS_SESSIONS`` sessions (the paper broker
     fills a market order decided from a close at the next session's open, as the backtest does),
-    and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``."""
+    and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``. First the broker
+    applies the splits and dividends recorded since its last prices (the paper broker through
+    ``corporate_actions``; Schwab does it itself)."""
+    broker.apply_corporate_actions(corporate_actions.read_store(), through=as_of)
     ordered = features.sort_values("Date")
     closes = ordered.groupby("Symbol")["Close"].last().to_dict()
     recent = ordered[ordered["Date"] >= ordered["Date"].drop_duplicates().nlargest(C.PAPER_OPENS_SESSIONS).min()]

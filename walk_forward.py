@@ -48,6 +48,7 @@ import config
 import data_collection
 from errors import UsageError, UserFacingError, command_failed, install_excepthook
 import constants as C
+import corporate_actions
 import model_management as mm
 import model_training
 import skill_stats
@@ -268,8 +269,8 @@ def evaluate(features: pd.DataFrame, fold_results: list[dict], settings: Trading
     first, last = fold_results[0]["test_start"], fold_results[-1]["test_end"]
     scored, nonsense = build_signals(_Stitched(preds), features)
     prices = features.loc[(features["Date"] >= first) & (features["Date"] <= last),
-                          ["Date", "Symbol", "Open", "Close"]]
-    market = market_from_frames(prices, scored)
+                          ["Date", "Symbol", "Open", "Close"] + [c for c in ("AdjFactor",) if c in features.columns]]
+    market = market_from_frames(prices, scored, actions=corporate_actions.read_store())
     result = run_engine(market, LivePolicy(settings=settings), settings=settings, initial_cash=initial_cash)
     equity = result.equity_series()
     bench = buy_and_hold(market, initial_cash, settings)

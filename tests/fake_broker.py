@@ -80,6 +80,9 @@ class FakeBroker:
     def set_prices(self, prices, as_of=None, opens=None) -> None:
         return None
 
+    def apply_corporate_actions(self, actions, through=None) -> list[dict]:
+        return []
+
     def place_order(self, order: dict) -> str:
         self._maybe_fail("place_order", order)
         return self.add_order(order["symbol"], order["side"], order["quantity"], client_key=order.get("client_key"),

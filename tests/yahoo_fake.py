@@ -16,8 +16,12 @@ class FakeYahoo(BaseAdapter):
     """``behaviour`` maps a symbol to 'ok' (default), 'delisted', 'ratelimit' (429 for the first
     ``ratelimit_times`` requests, then ok) or 'hang' (never answers within the test)."""
 
-    def __init__(self, behaviour=None, ratelimit_times=10**6, hang_s=8.0, end="2025-10-31"):
+    def __init__(self, behaviour=None, ratelimit_times=10**6, hang_s=8.0, end="2025-10-31", events=None):
+        """``events``: {symbol: {"splits": {ex-date: ratio}, "dividends": {ex-date: cash}}}, served
+        in the chart's ``events`` as Yahoo does; like Yahoo, the served prices are already
+        split-adjusted (the sample prices), so the as-traded price before a split is ratio x them."""
         super().__init__()
+        self.events = dict(events or {})
         self.behaviour = dict(behaviour or {})
         self.ratelimit_left = {s: ratelimit_times for s, b in self.behaviour.items() if b == "ratelimit"}
         self.hang_s = hang_s
@@ -89,7 +93,28 @@ class FakeYahoo(BaseAdapter):
         }
         result = {"meta": meta, "timestamp": stamps,
                   "indicators": {"quote": [quote], "adjclose": [{"adjclose": quote["close"]}]}}
+        events = self._events(symbol, raw["Date"])
+        if events:
+            result["events"] = events
         return self._response(request, 200, json.dumps({"chart": {"result": [result], "error": None}}))
+
+
+    def _events(self, symbol, dates) -> dict:
+        """Yahoo's ``events`` block (splits with numerator/denominator, dividends with amount),
+        keyed by the ex-date's 09:30 New York timestamp, for the dates served."""
+        spec = self.events.get(symbol) or {}
+        served = set(pd.DatetimeIndex(dates))
+        out: dict = {}
+        for day, ratio in (spec.get("splits") or {}).items():
+            if pd.Timestamp(day) in served:
+                ts = int((pd.Timestamp(day) + pd.Timedelta(hours=14, minutes=30)).timestamp())
+                out.setdefault("splits", {})[str(ts)] = {"date": ts, "numerator": float(ratio),
+                                                         "denominator": 1.0, "splitRatio": f"{ratio:g}:1"}
+        for day, amount in (spec.get("dividends") or {}).items():
+            if pd.Timestamp(day) in served:
+                ts = int((pd.Timestamp(day) + pd.Timedelta(hours=14, minutes=30)).timestamp())
+                out.setdefault("dividends", {})[str(ts)] = {"amount": float(amount), "date": ts}
+        return out
 
 
 def session_for(adapter: FakeYahoo) -> requests.Session:
