@@ -185,3 +185,32 @@ def test_reconcile_command_lists_and_accepts(fixed_now, monkeypatch, capsys):
     assert "reason is required" in capsys.readouterr().err
     assert live_trading.main(["reconcile", "--accept", "1", "--reason", "interest credit checked"]) == 0
     assert reconcile_breaks.open_breaks(conn) == []
+
+
+def test_paper_split_and_dividend_applied_by_the_cycle_are_explained(fixed_now, monkeypatch):
+    """The corporate actions the paper broker applies itself (corporate_actions.position_events:
+    a 3:2 split with cash in lieu, a dividend on its pay date) are its transactions: no break."""
+    import datetime as dt
+
+    import pandas as pd
+
+    monkeypatch.setattr("alerts.send_alert", lambda *a, **kw: True)
+    conn = state_db.connect()
+    before = fixed_now.date() - dt.timedelta(days=1)
+    paper = PaperBroker(conn=conn, prices={"AAPL": 100.0}, as_of=before, fill="close")
+    executor = OrderExecutor(conn=conn, audit=Recorder(), broker=paper, sleep=lambda s: None)
+    recon = _reconciler(executor)
+    assert recon.run("paper")["first"]
+    executor.submit(_order("AAPL", "BUY", 7, 100.0), before.isoformat(), "paper")
+    actions = pd.DataFrame([{"Date": fixed_now.date().isoformat(), "Symbol": "AAPL", "Dividend": 0.0, "Split": 1.5,
+                             "PayDate": fixed_now.date().isoformat()},
+                            {"Date": fixed_now.date().isoformat(), "Symbol": "AAPL", "Dividend": 0.3, "Split": 0.0,
+                             "PayDate": fixed_now.date().isoformat()}])
+    applied = paper.apply_corporate_actions(actions, through=fixed_now.date())
+    assert {a["kind"] for a in applied} == {"SPLIT", "DIVIDEND"}
+    paper.set_prices({"AAPL": 67.0}, as_of=fixed_now.date())
+    assert paper.get_positions()["AAPL"]["quantity"] == 10          # 7 x 1.5 = 10.5: 10 and cash in lieu
+    day = recon.run("paper")
+    assert day["breaks"] == [], day["breaks"]
+    assert {"our_fill", "split", "dividend"} <= {t["kind"] for t in day["explained"]}
+    assert recon.run("paper")["breaks"] == []
