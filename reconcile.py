@@ -41,6 +41,7 @@ from broker_base import parse_time
 from broker_gateway import BrokerGateway
 from external_activity import ExternalActivity
 from order_book import OrderBook
+from portfolio import money
 
 log = logging.getLogger("execution")
 
@@ -192,8 +193,8 @@ class Reconciler:
         gap = cash - expected_cash
         if abs(gap) > float(C.RECONCILE_CASH_TOLERANCE):
             out.append(self._break(mode, CASH_DIFFERENCE,
-                                   f"the broker reports cash ${cash:,.2f}, its transactions explain "
-                                   f"${expected_cash:,.2f} (difference {gap:+,.2f})", cash=gap))
+                                   f"the broker reports cash {money(cash)}, its transactions explain "
+                                   f"{money(expected_cash)} (difference {money(gap, signed=True)})", cash=gap))
         for s in sorted(set(expected) | set(positions)):
             diff = positions.get(s, 0) - expected.get(s, 0)
             if diff:
