@@ -31,8 +31,8 @@ import risk_management as rm
 import state_db
 from errors import UserFacingError
 from order_planning import plan_orders
-from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, SELL, SELL_SHORT, borrow_fee, commission_for,
-                         paper_buying_power, slippage_price)
+from broker_base import (BUY, BUY_TO_COVER, SELL, SELL_SHORT, borrow_fee, commission_for,
+                         paper_buying_power, signed_quantity, slippage_price)
 from settings import TradingSettings, default_settings
 from short_rules import ShortRules, hard_to_borrow
 from signals import BUY as BUY_SIGNAL, SELL as SELL_SIGNAL
@@ -604,7 +604,7 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
             borrow_d += fee
         price = fill_price(settings, ref, side)
         paid = commission(settings, qty)
-        signed = qty if side in BUY_SIDES else -qty
+        signed = signed_quantity(side, qty)
         cash -= signed * price + paid
         after = pos.item(i) + signed
         pos[i] = after

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 import constants as C
-from backtest_engine import BUY_SIDES, EngineResult, Market
+from backtest_engine import EngineResult, Market
+from broker_base import signed_quantity
 from skill_stats import sharpe_ratio
 
 
@@ -119,7 +120,7 @@ def round_trips(result: EngineResult, close_last: dict[str, float] | None = None
                 st["borrow"] += ev["fee"]
                 st["flows"] -= ev["fee"]
             continue
-        signed = ev["quantity"] if ev["side"] in BUY_SIDES else -ev["quantity"]
+        signed = signed_quantity(ev["side"], ev["quantity"])
         if st is None:
             st = state[sym] = {"symbol": sym, "direction": "long" if signed > 0 else "short",
                                "entry_date": ev["date"], "pos": 0, "flows": 0.0, "commission": 0.0,

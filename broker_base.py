@@ -131,6 +131,11 @@ class TokenExpiredError(AuthenticationError):
 
 
 # =========================================================================== cost model (shared with the backtest)
+def signed_quantity(side: str, quantity) -> int:
+    """The position change of a fill: + for BUY / BUY_TO_COVER, - for SELL / SELL_SHORT."""
+    return int(quantity) if side in BUY_SIDES else -int(quantity)
+
+
 def slippage_price(reference: float, side: str, bps: float | None = None) -> float:
     """The fill price for ``reference`` after ``bps`` basis points of slippage: buys (BUY,
     BUY_TO_COVER) pay more, sells (SELL, SELL_SHORT) get less."""

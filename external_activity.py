@@ -28,7 +28,7 @@ from typing import Any, Callable
 import clock_sanity
 import constants as C
 import state_db
-from broker_base import BUY_SIDES, OPEN_STATUSES
+from broker_base import OPEN_STATUSES, signed_quantity
 from broker_gateway import BrokerGateway
 from order_book import OrderBook
 
@@ -52,10 +52,6 @@ SCHEMA = [
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     state_db.ensure_schema(conn, SCHEMA)
-
-
-def _signed(side: str, quantity: int) -> int:
-    return int(quantity) if side in BUY_SIDES else -int(quantity)
 
 
 class ExternalActivity:
@@ -130,7 +126,7 @@ class ExternalActivity:
             else:
                 continue
             if delta:
-                expected[r["symbol"]] = expected.get(r["symbol"], 0) + _signed(r["side"], delta)
+                expected[r["symbol"]] = expected.get(r["symbol"], 0) + signed_quantity(r["side"], delta)
         actual = {s: int(p["quantity"]) for s, p in self.gateway.positions().items()}
         diffs = [{"symbol": s, "expected": expected.get(s, 0), "actual": actual.get(s, 0),
                   "difference": actual.get(s, 0) - expected.get(s, 0)}

@@ -20,7 +20,7 @@ import state_db
 from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, FINAL_STATUSES, OPEN_STATUSES, OPENING_SIDES, SELL,
                          SELL_SHORT, UTC, OrderNotFoundError,
                          OrderRejectedError, borrow_fee, commission_for, num, paper_buying_power,
-                         parse_date, parse_time, slippage_price, to_utc, validate_order)
+                         parse_date, parse_time, signed_quantity, slippage_price, to_utc, validate_order)
 from portfolio import money, to_date
 from settings import TradingSettings, default_settings
 from short_rules import hard_to_borrow
@@ -731,7 +731,7 @@ class PaperBroker:
         out = []
         for r in self.conn.execute("SELECT * FROM paper_fills WHERE filled_at >= ? AND filled_at <= ? "
                                    "ORDER BY id", (since, until)):
-            signed = int(r["quantity"]) if r["side"] in BUY_SIDES else -int(r["quantity"])
+            signed = signed_quantity(r["side"], r["quantity"])
             out.append({"id": f"fill-{r['id']}", "type": "TRADE", "time": parse_time(r["filled_at"]),
                         "order_id": str(r["order_id"]), "symbol": r["symbol"],
                         "quantity": {r["symbol"]: signed}, "fee": False,

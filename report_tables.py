@@ -20,7 +20,7 @@ import math
 from collections import defaultdict
 
 import constants as C
-from broker_base import BUY, BUY_SIDES, OPENING_SIDES, SELL_SHORT
+from broker_base import BUY, OPENING_SIDES, SELL_SHORT, signed_quantity
 from portfolio import money, to_date
 
 E = html.escape
@@ -94,7 +94,7 @@ def fill_segments(trades: list[dict]) -> dict[str, list[list[dict]]]:
         if position[sym] == 0:
             segments[sym].append([])
         segments[sym][-1].append(t)
-        signed = t["quantity"] if t["side"] in BUY_SIDES else -t["quantity"]
+        signed = signed_quantity(t["side"], t["quantity"])
         position[sym] = int(t.get("position_after", position[sym] + signed))
     return segments
 

@@ -15,6 +15,7 @@ import risk_management as rm
 import sample_data
 import state_db
 import trading_api
+from broker_base import BUY_SIDES
 from settings import TradingSettings
 
 INITIAL = 100_000.0
@@ -62,7 +63,7 @@ def frictionless_equity(result, market):
     cash = result.initial_cash
     pos = {}
     for t in result.trades:
-        signed = t["quantity"] if t["side"] in E.BUY_SIDES else -t["quantity"]
+        signed = t["quantity"] if t["side"] in BUY_SIDES else -t["quantity"]
         cash -= signed * t["reference_price"]
         pos[t["symbol"]] = pos.get(t["symbol"], 0) + signed
     last = pd.DataFrame(market.close, columns=market.symbols).ffill().iloc[-1]
@@ -217,7 +218,7 @@ def test_costs_identity_with_the_live_risk_rules():
         assert t["date"] > t["decided"]
         ref = market.open[list(market.dates).index(pd.Timestamp(t["date"])), market.symbols.index(t["symbol"])]
         assert t["reference_price"] == ref
-        up = t["side"] in E.BUY_SIDES
+        up = t["side"] in BUY_SIDES
         assert t["fill_price"] == pytest.approx(ref * (1 + 8e-4 if up else 1 - 8e-4), abs=1e-6)
         assert t["commission"] == max(t["quantity"] * 0.005, 1.0)
 
