@@ -53,22 +53,24 @@ def stop_price(side: str, reference: float, volatility: float) -> float:
     """
     if reference <= 0:
         raise ValueError(f"stop_price: reference price {reference} must be positive")
-    distance = max(float(C.STOP_VOL_MULTIPLE) * max(volatility, 0.0), float(C.STOP_MIN_DISTANCE)) * reference
+    fraction = max(float(C.STOP_VOL_MULTIPLE) * max(volatility, 0.0), float(C.STOP_MIN_DISTANCE))
+    ref, distance = Decimal(str(reference)), Decimal(str(reference)) * Decimal(repr(fraction))
     if side == "long":
-        return max(round_to_tick(reference - distance, "down"), float(C.PRICE_TICK))
+        return max(round_to_tick(float(ref - distance), "down"), float(C.PRICE_TICK))
     if side == "short":
-        return round_to_tick(reference + distance, "up")
+        return round_to_tick(float(ref + distance), "up")
     raise ValueError(f"stop_price: side {side!r} is not long or short")
 
 
 def collar_limit(action: str, reference: float) -> float:
     """The marketable limit of a collared order: a buy pays at most reference * (1 + collar),
     a sell takes at least reference * (1 - collar), rounded on the tick toward the reference."""
-    collar = float(C.PRICE_COLLAR_BPS) / 10_000.0
+    collar = Decimal(str(C.PRICE_COLLAR_BPS)) / Decimal(10_000)
+    ref = Decimal(str(reference))   # in decimal: 100 * 1.005 is 100.5, not 100.49999
     if action == "buy":
-        return round_to_tick(reference * (1.0 + collar), "down")
+        return round_to_tick(float(ref * (1 + collar)), "down")
     if action == "sell":
-        return round_to_tick(reference * (1.0 - collar), "up")
+        return round_to_tick(float(ref * (1 - collar)), "up")
     raise ValueError(f"collar_limit: action {action!r} is not buy or sell")
 
 
