@@ -16,7 +16,8 @@ Interface (both brokers)::
                                       # sessions (paper: market orders fill at the next open; Schwab: no-op)
     place_order(order) -> order id (str)
         order = {"symbol", "side": BUY|SELL|SELL_SHORT|BUY_TO_COVER, "quantity": int > 0,
-                 "order_type": MARKET|LIMIT, "limit_price": float|None, "client_key": str}
+                 "order_type": MARKET|LIMIT|STOP, "limit_price": float|None (LIMIT),
+                 "stop_price": float|None (STOP), "duration": DAY|GTC (default DAY), "client_key": str}
     get_order(order_id) -> {"order_id", "symbol", "side", "quantity", "status", "filled_quantity",
                             "remaining_quantity", "avg_fill_price", "entered_time", ...}
         status: NEW, WORKING, FILLED, PARTIALLY_FILLED, CANCELED, REJECTED, EXPIRED
@@ -74,8 +75,10 @@ SIDES = (BUY, SELL, SELL_SHORT, BUY_TO_COVER)          # a tuple: messages list 
 BUY_SIDES = frozenset({BUY, BUY_TO_COVER})             # pay the offer: slippage makes the price higher
 OPENING_SIDES = frozenset({BUY, SELL_SHORT})           # add risk (open or extend a position)
 
-MARKET, LIMIT = "MARKET", "LIMIT"
-ORDER_TYPES = (MARKET, LIMIT)
+MARKET, LIMIT, STOP = "MARKET", "LIMIT", "STOP"
+ORDER_TYPES = (MARKET, LIMIT, STOP)                    # STOP: a protective stop (issue 22), GTC at the broker
+DAY, GTC = "DAY", "GOOD_TILL_CANCEL"                   # an order's duration (Schwab's names)
+DURATIONS = (DAY, GTC)
 
 NEW, WORKING, PARTIALLY_FILLED = "NEW", "WORKING", "PARTIALLY_FILLED"
 FILLED, CANCELED, REJECTED, EXPIRED = "FILLED", "CANCELED", "REJECTED", "EXPIRED"
@@ -205,19 +208,28 @@ def validate_order(order: dict) -> dict:
         raise OrderRejectedError(f"quantity must be positive, got {quantity}")
     order_type = str(order.get("order_type") or MARKET).strip().upper()
     if order_type not in ORDER_TYPES:
-        raise OrderRejectedError(f"invalid order_type {order.get('order_type')!r}: use MARKET or LIMIT")
-    limit_price = None
-    if order_type == LIMIT:
-        raw = order.get("limit_price")
-        try:
-            limit_price = float(raw)
-        except (TypeError, ValueError):
-            raise OrderRejectedError(f"a LIMIT order needs a limit_price, got {raw!r}") from None
-        if not math.isfinite(limit_price) or limit_price <= 0:
-            raise OrderRejectedError(f"limit_price must be positive, got {raw!r}")
+        raise OrderRejectedError(f"invalid order_type {order.get('order_type')!r}: use one of {', '.join(ORDER_TYPES)}")
+    limit_price = _order_price(order, "limit_price") if order_type == LIMIT else None
+    stop_price = _order_price(order, "stop_price") if order_type == STOP else None
+    duration = str(order.get("duration") or DAY).strip().upper()
+    if duration not in DURATIONS:
+        raise OrderRejectedError(f"invalid duration {order.get('duration')!r}: use one of {', '.join(DURATIONS)}")
     client_key = str(order.get("client_key") or "").strip() or uuid.uuid4().hex
     return {"symbol": symbol, "side": side, "quantity": quantity, "order_type": order_type,
-            "limit_price": limit_price, "client_key": client_key}
+            "limit_price": limit_price, "stop_price": stop_price, "duration": duration,
+            "client_key": client_key}
+
+
+def _order_price(order: dict, field: str) -> float:
+    """The positive finite ``field`` (limit_price / stop_price) a priced order needs."""
+    raw = order.get(field)
+    try:
+        price = float(raw)
+    except (TypeError, ValueError):
+        raise OrderRejectedError(f"a {order.get('order_type')} order needs a {field}, got {raw!r}") from None
+    if not math.isfinite(price) or price <= 0:
+        raise OrderRejectedError(f"{field} must be positive, got {raw!r}")
+    return price
 
 
 # =========================================================================== values in broker answers

@@ -185,6 +185,15 @@ BORROW_DAY_COUNT = 360                     # borrow fees accrue ACT/360: qty*pri
 PAPER_SHORT_MARGIN_REQ = 1.5               # paper buying power = cash - this * short market value (Reg T 150 %)
 PAPER_ACCOUNT_TYPE = "MARGIN"              # the paper account's type: "MARGIN" or "CASH" (buys from settled cash only, T+1; no shorts; settlement.py)
 
+# ----------------- protective stops and price collars (order_prices.py: live, paper and backtest)
+PROTECTIVE_STOPS = False                   # a GTC stop for the whole position rests at the broker after an entry fills (bool; the rule is in order_prices.py, the order path does not place stops yet: keep False)
+STOP_VOL_MULTIPLE = 3.0                    # stop distance = this * the 20-day volatility of daily returns * the reference price (multiple)
+STOP_VOL_WINDOW = 20                       # sessions of daily returns behind the stop's volatility (sessions)
+STOP_MIN_DISTANCE = 0.02                   # the stop is never nearer than this fraction of the reference price (fraction, 2 %)
+ORDER_TYPE = "market"                      # entries and exits: marketable limit orders inside a collar ("limit_collar") or plain market orders ("market"; the order path sends market orders only yet)
+PRICE_COLLAR_BPS = 50.0                    # a collared limit = reference price +/- this (basis points; a gap beyond it is no fill)
+PRICE_TICK = 0.01                          # limit and stop prices are rounded to this tick (USD; 0.01 for stocks at or above 1 USD)
+
 # ----------------------------------------------------------------------- Schwab (the live broker)
 BROKER_HTTP_TIMEOUT_S = 20.0               # timeout of one Schwab HTTP request (seconds)
 TOKEN_WARN_AGE_DAYS = 6.0                  # warn when the Schwab refresh token is this old (days)
@@ -312,6 +321,9 @@ STRATEGY_TUNABLES = (
     # the cost model, the paper account and fills
     "INITIAL_PAPER_CASH", "PAPER_FILL", "PAPER_SLIPPAGE_BPS", "PAPER_COMMISSION_PER_SHARE",
     "PAPER_MIN_COMMISSION", "DEFAULT_BORROW_RATE", "BORROW_DAY_COUNT", "PAPER_SHORT_MARGIN_REQ", "BACKTEST_FILL",
+    # protective stops and price collars (they change which fills the evidence books)
+    "PROTECTIVE_STOPS", "STOP_VOL_MULTIPLE", "STOP_VOL_WINDOW", "STOP_MIN_DISTANCE", "ORDER_TYPE",
+    "PRICE_COLLAR_BPS", "PRICE_TICK",
 )
 # OPERATIONAL_TUNABLES do not change what the strategy trades or what it costs: the environment, files,
 # logging, downloads, the sample generator (the data's hash is recorded apart), the training seed (evidence is
@@ -542,6 +554,15 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "BORROW_DAY_COUNT": ("int", "days per year", "[360, 366]"),
         "PAPER_SHORT_MARGIN_REQ": ("float", "multiple of the short value (1.5 = 150 %)", "[1, 10]"),
         "PAPER_ACCOUNT_TYPE": ("choice", "account type", ("MARGIN", "CASH")),
+    },
+    "stops and collars": {
+        "PROTECTIVE_STOPS": ("bool", "true or false", None),
+        "STOP_VOL_MULTIPLE": ("float", "multiple of the daily volatility", "(0, 100]"),
+        "STOP_VOL_WINDOW": ("int", "sessions", "[2, 252]"),
+        "STOP_MIN_DISTANCE": ("float", "fraction of the reference price (0.02 = 2 %)", "[0, 0.9]"),
+        "ORDER_TYPE": ("choice", "order type", ("limit_collar", "market")),
+        "PRICE_COLLAR_BPS": ("float", "basis points", "(0, 5000]"),
+        "PRICE_TICK": ("float", "USD", "(0, 1]"),
     },
     "schwab": {
         "BROKER_HTTP_TIMEOUT_S": ("float", "seconds", "(0, 600]"),
