@@ -15,10 +15,11 @@ from datetime import date, datetime
 import clock
 import constants as C
 import corporate_actions
+import order_prices
 import settlement
 import state_db
-from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, FINAL_STATUSES, OPEN_STATUSES, OPENING_SIDES, SELL,
-                         SELL_SHORT, UTC, OrderNotFoundError,
+from broker_base import (BUY, BUY_SIDES, BUY_TO_COVER, DAY, FINAL_STATUSES, GTC, LIMIT, MARKET, OPEN_STATUSES,
+                         OPENING_SIDES, SELL, SELL_SHORT, STOP, UTC, OrderNotFoundError,
                          OrderRejectedError, borrow_fee, commission_for, num, paper_buying_power,
                          parse_date, parse_time, signed_quantity, slippage_price, to_utc, validate_order)
 from portfolio import money, to_date
@@ -136,6 +137,23 @@ _PAPER_SCHEMA = [
 ]
 
 
+# columns newer than the first paper_orders table, added to an existing database by _migrate
+# (a STOP's trigger price, DAY / GOOD_TILL_CANCEL, and why an order ended: a stop fired, an open beyond a limit)
+_PAPER_ADDED_COLUMNS = [("stop_price", "REAL"), ("duration", "TEXT NOT NULL DEFAULT 'DAY'"), ("note", "TEXT")]
+
+
+def _migrate(conn) -> None:
+    """Add the ``_PAPER_ADDED_COLUMNS`` an existing ``paper_orders`` lacks (one transaction)."""
+    def missing():
+        have = {r["name"] for r in conn.execute("PRAGMA table_info(paper_orders)")}
+        return [c for c in _PAPER_ADDED_COLUMNS if c[0] not in have]
+    if missing():
+        with state_db.transaction(conn):
+            for column, decl in missing():
+                conn.execute(f"ALTER TABLE paper_orders ADD COLUMN {column} {decl}")
+                log.info("state database: added column %s.%s", "paper_orders", column)
+
+
 class _Reject(Exception):
     """A paper-broker rule refused an order (inside a transaction; turned into a REJECTED order)."""
 
@@ -143,8 +161,9 @@ class _Reject(Exception):
 class PaperBroker:
     """A simulated account in the state database (tables ``paper_*``), same interface as SchwabAPI.
 
-    Prices: ``set_prices({SYM: price}, as_of, opens)`` sets the reference prices (the closes of
-    session ``as_of``) and gives the opens of recent sessions (``{date: {SYM: open}}``).
+    Prices: ``set_prices({SYM: price}, as_of, opens, bars)`` sets the reference prices (the closes of
+    session ``as_of``) and gives the opens of recent sessions (``{date: {SYM: open}}``) and,
+    optionally, their bars (``{date: {SYM: {"open", "high", "low"}}}``) for the stops.
     Market orders (``fill="next_open"``: ``PAPER_FILL``, what ``trading_api.get_broker`` and so
     every cycle, replay and flatten use, as the backtest does): an order
     placed while the latest closes are those of session D was decided from D's close, so it stays
@@ -154,9 +173,18 @@ class PaperBroker:
     ``fill="close"`` (the constructor's default, for tests of the broker's mechanics) market
     orders fill at once at
     ``slippage_price(reference)`` plus ``commission_for``. Limit
-    orders fill when marketable (buy: reference <= limit, sell: reference >= limit, at the slipped
-    price capped by the limit), else stay WORKING until later prices make them marketable; a
-    WORKING order expires when prices for a later day arrive (DAY orders).
+    orders: with ``fill="next_open"`` they wait for the next session's open like market orders and
+    fill there only inside their limit (``order_prices.collar_fill``; at the slipped open, never
+    beyond the limit), else they EXPIRE with that session (a collar the open gapped through: no
+    fill, never chased); with ``fill="close"`` they fill when marketable (buy: reference <= limit,
+    sell: reference >= limit, at the slipped price capped by the limit), else stay WORKING until
+    later prices make them marketable. A WORKING DAY order expires when prices for a later day
+    arrive. STOP orders (issue 22: a SELL stop protects a long, a BUY_TO_COVER stop a short;
+    ``duration`` GOOD_TILL_CANCEL rests across sessions, DAY expires with the next session) rest
+    WORKING until a later session's bar (``set_prices(..., bars=...)``) triggers them by
+    ``order_prices.stop_fill`` -- at the stop price, or at the open when it gaps through -- and
+    then book a normal fill (commission, settlement) and show FILLED with that price and a
+    ``note``; ``cancel_order`` cancels them and they survive a restart (``paper_orders``).
     Shorts: SELL_SHORT credits the proceeds, BUY_TO_COVER closes; ``accrue_borrow_fees(as_of)``
     charges ``borrow_fee`` (ACT/360, calendar days) for each short. Buying power is
     ``paper_buying_power``: ``cash - PAPER_SHORT_MARGIN_REQ * short market value``.
@@ -175,6 +203,7 @@ class PaperBroker:
         self.conn = conn if conn is not None else state_db.connect()
         self.server_time: datetime | None = None      # the broker's clock at its latest order list
         state_db.ensure_schema(self.conn, _PAPER_SCHEMA)
+        _migrate(self.conn)
         now = state_db.utcnow()
         with state_db.transaction(self.conn):
             self.conn.execute(
@@ -195,11 +224,20 @@ class PaperBroker:
         return paper_buying_power(cash, short_mv, allow_negative=allow_negative,
                                   margin_req=self.settings.short_margin_req)
 
-    def set_prices(self, prices: dict, as_of=None, opens: dict | None = None) -> None:
-        """Reference prices (the closes of session ``as_of``, default today) and the opens of recent
-        sessions (``{date: {SYM: open}}``). Fills market orders pending the next open whose open is
-        now known (at that open), expires DAY orders from earlier days, then fills WORKING limit
-        orders that became marketable."""
+    def set_prices(self, prices: dict, as_of=None, opens: dict | None = None, bars: dict | None = None) -> None:
+        """Reference prices (the closes of session ``as_of``, default today), the opens of recent
+        sessions (``{date: {SYM: open}}``) and, optionally, their bars (``bars``:
+        ``{date: {SYM: {"open", "high", "low"}}}``; a bar's open counts as that session's open).
+        Where a session has no high/low, its range is its open and, for session ``as_of``, its
+        close (``_session_bars``): a stop inside the range of a session without bars is missed.
+
+        Session by session (oldest first, up to ``as_of``): first the resting STOP orders placed
+        before it are checked against its bar (``order_prices.stop_fill``: at the stop, or at the
+        open when the open gaps through it), then the orders pending the next open whose first
+        later session with an open for their symbol it is fill (market: at that open slipped;
+        limit, ``PAPER_FILL`` = next_open: ``order_prices.collar_fill``, at most the limit, else
+        EXPIRED: the DAY order's session is over). Then DAY orders from earlier days expire (GTC
+        orders rest), and, with ``fill="close"``, WORKING limit orders that became marketable fill."""
         day = _as_date(as_of)
         clean = {}
         for symbol, price in (prices or {}).items():
@@ -207,22 +245,20 @@ class PaperBroker:
             if value is None or value <= 0:
                 raise ValueError(f"invalid price for {symbol}: {price!r}")
             clean[str(symbol).strip().upper()] = value
-        open_by_day = {}
-        for d, row in (opens or {}).items():
-            open_by_day[_as_date(d)] = {str(k).strip().upper(): num(v) for k, v in (row or {}).items()
-                                        if num(v) is not None and num(v) > 0}
+        sessions = self._session_bars(opens, bars, clean, day)
         rejected = []
         with state_db.transaction(self.conn):
-            rejected += self._fill_pending_opens(open_by_day, day, opens is not None)
+            rejected += self._fill_sessions(sessions, day, opens is not None or bars is not None)
             self.conn.executemany(
                 "INSERT INTO paper_prices(symbol, price, as_of) VALUES (?, ?, ?) ON CONFLICT(symbol) "
                 "DO UPDATE SET price = excluded.price, as_of = excluded.as_of",
                 [(s, p, day.isoformat()) for s, p in clean.items()])
             self.conn.execute(
                 "UPDATE paper_orders SET status = 'EXPIRED', updated_at = ? WHERE status IN "
-                "('NEW', 'WORKING') AND trade_date < ? AND NOT (order_type = 'MARKET' AND ?)",
-                (state_db.utcnow(), day.isoformat(), int(self.fills_at_next_open)))
-            working = self.conn.execute(
+                "('NEW', 'WORKING') AND trade_date < ? AND duration != ? "
+                "AND NOT (order_type IN ('MARKET', 'LIMIT') AND ?)",
+                (state_db.utcnow(), day.isoformat(), GTC, int(self.fills_at_next_open)))
+            working = [] if self.fills_at_next_open else self.conn.execute(
                 "SELECT * FROM paper_orders WHERE status = 'WORKING' AND order_type = 'LIMIT' ORDER BY seq").fetchall()
             for row in working:
                 o = dict(row)
@@ -234,34 +270,109 @@ class PaperBroker:
         for order_id, reason in rejected:
             log.warning("Paper order %s rejected when it became marketable: %s", order_id, reason)
 
-    def _fill_pending_opens(self, open_by_day: dict, day: date, opens_given: bool) -> list[tuple[str, str]]:
-        """Inside set_prices' transaction: fill each market order pending the next open at the open
-        of the first session after its decision day (``trade_date``) that ``open_by_day`` knows and
-        that is not after ``day``; an order with no such open for its symbol expires when opens
-        were given for a later day, else stays pending. Returns [(order_id, reject reason)]."""
-        if not self.fills_at_next_open:
-            return []
-        rejected = []
-        pending = self.conn.execute("SELECT * FROM paper_orders WHERE status = 'WORKING' AND order_type = "
-                                    "'MARKET' AND trade_date < ? ORDER BY seq", (day.isoformat(),)).fetchall()
-        for row in pending:
-            o = dict(row)
+    @staticmethod
+    def _session_bars(opens: dict | None, bars: dict | None, closes: dict, day: date) -> dict:
+        """``{session: {SYM: (open, low, high)}}`` from ``opens`` and ``bars``: a bar without a
+        high/low (or a symbol with only an open) spans its open and, on session ``day``, the close."""
+        out: dict = {}
+        for d, row in (opens or {}).items():
+            for sym, v in (row or {}).items():
+                o = num(v)
+                if o is not None and o > 0:
+                    out.setdefault(_as_date(d), {})[str(sym).strip().upper()] = (o, None, None)
+        for d, row in (bars or {}).items():
+            for sym, bar in (row or {}).items():
+                bar = bar or {}
+                o, lo, hi = num(bar.get("open")), num(bar.get("low")), num(bar.get("high"))
+                if o is None or o <= 0:
+                    continue
+                out.setdefault(_as_date(d), {})[str(sym).strip().upper()] = (o, lo, hi)
+        for d, row in out.items():
+            for sym, (o, lo, hi) in list(row.items()):
+                edge = [o] + ([closes[sym]] if d == day and sym in closes else [])
+                row[sym] = (o, min(edge) if lo is None else min(lo, o), max(edge) if hi is None else max(hi, o))
+        return out
+
+    def _fill_sessions(self, sessions: dict, day: date, opens_given: bool) -> list[tuple[str, str]]:
+        """Inside set_prices' transaction: for each session of ``sessions`` up to ``day``, oldest
+        first, the resting stops (``_fill_stops``), then the orders pending the next open
+        (``fill="next_open"``) whose decision day (``trade_date``) is before it and whose symbol
+        has an open in it. An order pending with no such open expires when opens were given for a
+        later day, else stays pending. Returns [(order_id, reject reason)]."""
+        rejected: list[tuple[str, str]] = []
+        done: set[str] = set()
+        pending = [] if not self.fills_at_next_open else [dict(r) for r in self.conn.execute(
+            "SELECT * FROM paper_orders WHERE status = 'WORKING' AND order_type IN ('MARKET', 'LIMIT') "
+            "AND trade_date < ? ORDER BY seq", (day.isoformat(),)).fetchall()]
+        for session in sorted(d for d in sessions if d <= day):
+            bars = sessions[session]
+            rejected += self._fill_stops(session, bars)
+            for o in pending:
+                if o["order_id"] in done or not (date.fromisoformat(o["trade_date"]) < session) \
+                        or o["symbol"] not in bars:
+                    continue
+                done.add(o["order_id"])
+                try:
+                    self._fill_at_open(o, bars[o["symbol"]][0], session)
+                except _Reject as exc:
+                    self._set_rejected(o["order_id"], str(exc))
+                    rejected.append((o["order_id"], str(exc)))
+        for o in pending:
             decided = date.fromisoformat(o["trade_date"])
-            later = sorted(d for d, px in open_by_day.items() if decided < d <= day and o["symbol"] in px)
-            if not later:
-                if opens_given and any(decided < d <= day for d in open_by_day):
-                    self.conn.execute("UPDATE paper_orders SET status = 'EXPIRED', updated_at = ? WHERE order_id = ?",
-                                      (state_db.utcnow(), o["order_id"]))
-                    log.warning("Paper order %s expired: no open price for %s after %s", o["order_id"],
-                                o["symbol"], decided)
+            if o["order_id"] not in done and opens_given and any(decided < d <= day for d in sessions):
+                self.conn.execute("UPDATE paper_orders SET status = 'EXPIRED', updated_at = ? WHERE order_id = ?",
+                                  (state_db.utcnow(), o["order_id"]))
+                log.warning("Paper order %s expired: no open price for %s after %s", o["order_id"],
+                            o["symbol"], decided)
+        return rejected
+
+    def _fill_at_open(self, o: dict, open_: float, session: date) -> None:
+        """Fill an order pending the next open at ``session``'s open: a market order at the
+        slipped open; a limit order (a collar) by ``order_prices.collar_fill`` at the slipped open
+        but never beyond its limit, or, when the open is beyond the limit, EXPIRED (a DAY order:
+        no fill in that session, never chased; the caller re-plans it)."""
+        if o["order_type"] == LIMIT:
+            limit = float(o["limit_price"])
+            action = "buy" if o["side"] in BUY_SIDES else "sell"
+            if order_prices.collar_fill(action, limit, open_) is None:
+                note = f"open {open_:.4f} beyond the limit {limit:.4f} on {session}: not filled, expired"
+                self.conn.execute("UPDATE paper_orders SET status = 'EXPIRED', note = ?, updated_at = ? "
+                                  "WHERE order_id = ?", (note, state_db.utcnow(), o["order_id"]))
+                log.warning("Paper order %s %s %d %s: %s", o["order_id"], o["side"], o["quantity"], o["symbol"], note)
+                return
+            slipped = self._slipped(open_, o["side"])
+            self._apply_fill(o, open_, min(slipped, limit) if action == "buy" else max(slipped, limit), session)
+            return
+        self._apply_fill(o, open_, self._slipped(open_, o["side"]), session)
+
+    def _fill_stops(self, session: date, bars: dict) -> list[tuple[str, str]]:
+        """Inside set_prices' transaction: every resting STOP placed before ``session`` whose
+        symbol has a bar in it and that the bar triggers (``order_prices.stop_fill``) fills at
+        the stop price, or at the open when the open gaps through it (no slippage: the rule of
+        the backtest engine); its order becomes FILLED with that price and a note."""
+        rejected = []
+        for row in self.conn.execute("SELECT * FROM paper_orders WHERE status = 'WORKING' AND order_type = 'STOP' "
+                                     "AND trade_date < ? ORDER BY seq", (session.isoformat(),)).fetchall():
+            o = dict(row)
+            if o["symbol"] not in bars:
                 continue
-            fill_day = later[0]
-            reference = open_by_day[fill_day][o["symbol"]]
+            open_, low, high = bars[o["symbol"]]
+            side = "long" if o["side"] == SELL else "short"
+            stop = float(o["stop_price"])
+            price = order_prices.stop_fill(side, stop, open_, low, high)
+            if price is None:
+                continue
             try:
-                self._apply_fill(o, reference, self._slipped(reference, o["side"]), fill_day)
+                self._apply_fill(o, stop, price, session)
             except _Reject as exc:
                 self._set_rejected(o["order_id"], str(exc))
                 rejected.append((o["order_id"], str(exc)))
+                continue
+            how = "the open gapped through it" if price == open_ and price != stop else "the bar reached it"
+            self.conn.execute("UPDATE paper_orders SET note = ? WHERE order_id = ?",
+                              (f"stop {stop:.4f} triggered on {session}: {how}, filled at {price:.4f}", o["order_id"]))
+            log.warning("Paper stop %s %s %d %s triggered on %s at %.4f (stop %.4f)", o["order_id"], o["side"],
+                        o["quantity"], o["symbol"], session, price, stop)
         return rejected
 
     def set_borrow_rate(self, symbol: str, rate: float, hard_to_borrow: bool | None = None) -> None:
@@ -474,19 +585,20 @@ class PaperBroker:
         return out
 
     # ------------------------------------------------------------------ orders
-    @staticmethod
-    def _order_dict(row) -> dict:
+    def _order_dict(self, row) -> dict:
         row = dict(row)
         filled = int(row["filled_quantity"])
         return {"order_id": row["order_id"], "symbol": row["symbol"], "side": row["side"],
                 "quantity": int(row["quantity"]), "order_type": row["order_type"],
-                "limit_price": row["limit_price"], "status": row["status"],
+                "limit_price": row["limit_price"], "stop_price": row.get("stop_price"),
+                "duration": row.get("duration") or DAY, "status": row["status"],
                 "filled_quantity": filled,
                 "remaining_quantity": 0 if row["status"] in FINAL_STATUSES
                 else int(row["quantity"]) - filled,
                 "avg_fill_price": row["avg_fill_price"], "entered_time": parse_time(row["entered_time"]),
-                "client_key": row["client_key"], "reject_reason": row["reject_reason"],
-                "pending_next_open": row["status"] == "WORKING" and row["order_type"] == "MARKET"}
+                "client_key": row["client_key"], "reject_reason": row["reject_reason"], "note": row.get("note"),
+                "pending_next_open": row["status"] == "WORKING" and (
+                    row["order_type"] == MARKET or (row["order_type"] == LIMIT and self.fills_at_next_open))}
 
     def place_order(self, order: dict) -> str:
         """Fill (market, or marketable limit), leave WORKING, or reject (``OrderRejectedError``,
@@ -513,7 +625,8 @@ class PaperBroker:
         log.info("Paper order %s %s: %s %d %s%s", row["order_id"], row["status"], row["side"],
                  row["quantity"], row["symbol"],
                  f" at {row['avg_fill_price']:.4f}" if row["avg_fill_price"] else
-                 (" (fills at the next session's open)" if row["order_type"] == "MARKET" else ""))
+                 (" (fills at the next session's open)" if row["order_type"] == MARKET else
+                  f" (stop {row['stop_price']:.4f}, {row['duration']})" if row["order_type"] == STOP else ""))
         return row["order_id"]
 
     def preview_order(self, order: dict) -> None:
@@ -529,10 +642,10 @@ class PaperBroker:
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         self.conn.execute(
             "INSERT INTO paper_orders(seq, order_id, client_key, symbol, side, quantity, order_type, "
-            "limit_price, status, trade_date, entered_time, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'NEW', ?, ?, ?)",
+            "limit_price, stop_price, duration, status, trade_date, entered_time, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'NEW', ?, ?, ?)",
             (seq, order_id, o["client_key"], o["symbol"], o["side"], o["quantity"], o["order_type"],
-             o["limit_price"], trade_date, now, now))
+             o["limit_price"], o.get("stop_price"), o.get("duration") or DAY, trade_date, now, now))
         return self.conn.execute("SELECT * FROM paper_orders WHERE order_id = ?", (order_id,)).fetchone()
 
     def _set_rejected(self, order_id: str, reason: str) -> None:
@@ -549,7 +662,23 @@ class PaperBroker:
         reference = float(price_row["price"])
         day = day or date.fromisoformat(price_row["as_of"])
         fill = self._slipped(reference, o["side"])
-        if o["order_type"] == "LIMIT":
+        if o["order_type"] == STOP:
+            # a protective stop: rests (WORKING) until a later session's bar triggers it (_fill_stops)
+            if o["side"] not in (SELL, BUY_TO_COVER):
+                raise _Reject(f"a STOP order protects a position: SELL (a long) or BUY_TO_COVER (a short), "
+                              f"not {o['side']}")
+            self._check_rules(o, float(o["stop_price"]), reference)
+            self.conn.execute("UPDATE paper_orders SET status = 'WORKING', updated_at = ? "
+                              "WHERE order_id = ?", (state_db.utcnow(), o["order_id"]))
+            return
+        if o["order_type"] == LIMIT and self.fills_at_next_open:
+            # decided from the close: waits for the next session's open, fills there inside its
+            # limit (order_prices.collar_fill) or expires (_fill_at_open)
+            self._check_rules(o, float(o["limit_price"]), reference, projected=True)
+            self.conn.execute("UPDATE paper_orders SET status = 'WORKING', updated_at = ? "
+                              "WHERE order_id = ?", (state_db.utcnow(), o["order_id"]))
+            return
+        if o["order_type"] == LIMIT:
             limit = float(o["limit_price"])
             buying = o["side"] in BUY_SIDES
             marketable = reference <= limit if buying else reference >= limit
@@ -576,7 +705,7 @@ class PaperBroker:
         prices = self._prices()
         shares, cash, short = 0, 0.0, 0.0
         for p in self.conn.execute("SELECT symbol, side, quantity FROM paper_orders WHERE status = 'WORKING' "
-                                   "AND order_type = 'MARKET' AND seq < (SELECT seq FROM paper_orders WHERE "
+                                   "AND order_type IN ('MARKET', 'LIMIT') AND seq < (SELECT seq FROM paper_orders WHERE "
                                    "order_id = ?)", (o["order_id"],)):
             qty, ref = int(p["quantity"]), float(prices.get(p["symbol"], 0.0))
             buying = p["side"] in BUY_SIDES
