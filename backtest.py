@@ -256,7 +256,8 @@ def _replay(opts: Options, features: pd.DataFrame, scored: pd.DataFrame,
     (``LivePolicy``) and the options' settings, cash and fill mode; a progress bar if asked."""
     first, last = period.sessions[0], period.sessions[-1]
     prices = features.loc[(features["Date"] >= first) & (features["Date"] <= last),
-                          ["Date", "Symbol", "Open", "Close"] + [c for c in ("AdjFactor",) if c in features.columns]]
+                          ["Date", "Symbol", "Open", "Close"]
+                          + [c for c in ("High", "Low", "AdjFactor") if c in features.columns]]
     market = market_from_frames(prices, scored, actions=corporate_actions.read_store())
     bar = _ProgressBar("backtest") if opts.progress else None
     result = run_engine(market, LivePolicy(settings=opts.settings), settings=opts.settings,

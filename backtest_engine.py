@@ -27,6 +27,7 @@ import pandas as pd
 
 import constants as C
 import corporate_actions
+import order_prices
 import risk_management as rm
 import state_db
 from errors import UserFacingError
@@ -69,7 +70,8 @@ class Market:
 
     ``signal[t]`` / ``score[t]`` / ``volatility[t]`` are what the live cycle would compute after
     day t's close (from data up to that close); ``open``/``close`` are day t's prices (NaN where
-    the symbol has no bar)."""
+    the symbol has no bar); ``high``/``low`` its range (the protective stops read them; where the
+    data has no High/Low they are max/min(open, close))."""
     dates: pd.DatetimeIndex
     symbols: list[str]
     open: np.ndarray
@@ -79,6 +81,8 @@ class Market:
     volatility: np.ndarray
     actions: pd.DataFrame | None = None     # corporate actions (corporate_actions frame); prices as traded
     factor: np.ndarray | None = None        # [day, symbol] adjusted / as-traded price (1 = none)
+    high: np.ndarray | None = None          # [day, symbol] the session's high (None: max(open, close))
+    low: np.ndarray | None = None           # [day, symbol] the session's low (None: min(open, close))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -109,7 +113,8 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
                        start=None, end=None, actions: pd.DataFrame | None = None) -> Market:
     """Build the arrays from long frames.
 
-    ``prices``: Date, Symbol, Open, Close (extra columns ignored) -- the sessions of the test.
+    ``prices``: Date, Symbol, Open, Close, and High, Low when the data has them (the protective
+    stops' bar; without them a session spans its open and close) -- the sessions of the test.
     ``signals``: Date, Symbol, signal ("BUY"/"SELL"/"HOLD" as signals.py writes them), score and
     volatility_20 (or volatility);
     typically ``signals.score_predictions(model.predict(features))``. Rows outside the price
@@ -161,6 +166,11 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
         factor.reshape(-1)[cell] = p["AdjFactor"].to_numpy(float)
     open_.reshape(-1)[cell] = p["Open"].to_numpy(float) / (1.0 if factor is None else factor.reshape(-1)[cell])
     close.reshape(-1)[cell] = p["Close"].to_numpy(float) / (1.0 if factor is None else factor.reshape(-1)[cell])
+    high = low = None
+    if "High" in p.columns and "Low" in p.columns:
+        high, low = np.full((n, m), np.nan), np.full((n, m), np.nan)
+        high.reshape(-1)[cell] = p["High"].to_numpy(float) / (1.0 if factor is None else factor.reshape(-1)[cell])
+        low.reshape(-1)[cell] = p["Low"].to_numpy(float) / (1.0 if factor is None else factor.reshape(-1)[cell])
     signal = np.zeros((n, m), dtype=np.int8)
     score = np.full((n, m), np.nan)
     vol = np.full((n, m), np.nan)
@@ -191,7 +201,7 @@ def market_from_frames(prices: pd.DataFrame, signals: pd.DataFrame | None = None
         used = corporate_actions.normalize(actions)
         used = used[used["Symbol"].isin(symbols)].reset_index(drop=True)
     return Market(dates, symbols, open_, close, signal, score, vol, actions=used,
-                  factor=factor if used is not None else None)
+                  factor=factor if used is not None else None, high=high, low=low)
 
 
 # =========================================================================== policies
@@ -470,6 +480,8 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
     with _Quiet():
         for d in range(n):
             _apply_actions(r, d)                          # splits and dividends before the day's fills
+            if r.stops_on:
+                _fill_stops(r, d)                         # resting protective stops, before other fills
             _fill_orders(r, d, pending, decided_iso)      # yesterday's approved orders fill today
             pending = []
             eq = _close_the_day(r, d)                     # borrow fees to today's close, mark to market
@@ -514,6 +526,13 @@ class _Replay:
     actions_by_day: dict = field(default_factory=dict)     # session index -> [(symbol index, action row)]
     dividends_due: list = field(default_factory=list)      # [(pay date, symbol, cash)] not yet paid
     action_events: list = field(default_factory=list)      # every applied split / dividend
+    stops_on: bool = False                  # PROTECTIVE_STOPS at the start of the replay
+    collar: bool = False                    # ORDER_TYPE = limit_collar at the start of the replay
+    open_px: np.ndarray | None = None       # [day, symbol] opens (collars and stops)
+    high: np.ndarray | None = None          # [day, symbol] the bar's high (stops)
+    low: np.ndarray | None = None           # [day, symbol] the bar's low (stops)
+    stops: dict = field(default_factory=dict)   # symbol index -> {"side", "stop", "quantity", "placed"}
+    stopped_today: set = field(default_factory=set)    # symbol indexes a stop closed today
 
 
 def _check_fill_mode(fill: str) -> None:
@@ -527,6 +546,7 @@ def _start_replay(market: Market, settings: TradingSettings, initial_cash: float
     """The state before the first session: all cash, no positions, empty records and series."""
     n, m = market.shape
     pydates = [d.date() for d in market.dates]
+    stops_on = bool(C.PROTECTIVE_STOPS)
     return _Replay(
         actions_by_day=_actions_by_day(market),
         settings=settings, symbols=market.symbols, sym_idx={s: i for i, s in enumerate(market.symbols)},
@@ -536,7 +556,10 @@ def _start_replay(market: Market, settings: TradingSettings, initial_cash: float
         cash=float(initial_cash), pos=np.zeros(m), accrued_to={},
         equity=np.zeros(n), cash_arr=np.zeros(n), long_v=np.zeros(n), short_v=np.zeros(n),
         npos=np.zeros(n, dtype=int), d_comm=np.zeros(n), d_slip=np.zeros(n), d_borrow=np.zeros(n),
-        trades=[], borrow_events=[], cancelled=[])
+        trades=[], borrow_events=[], cancelled=[],
+        stops_on=stops_on, collar=order_prices.uses_collar(), open_px=market.open,
+        high=None if not stops_on else market.high if market.high is not None else np.fmax(market.open, market.close),
+        low=None if not stops_on else market.low if market.low is not None else np.fmin(market.open, market.close))
 
 
 def _actions_by_day(market: Market) -> dict:
@@ -589,6 +612,7 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
     comm_d = slip_d = borrow_d = 0.0
     fill_row = r.fill_px[d]
     pos, accrued_to, settings, iso_d, cash = r.pos, r.accrued_to, r.settings, r.iso[d], r.cash
+    filled_at: dict[int, float] = {}        # symbol index -> its last fill price today (the stops)
     for order in orders:
         sym = order["symbol"]
         i = r.sym_idx[sym]
@@ -598,11 +622,25 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
             r.cancelled.append({"date": iso_d, "decided": decided_iso,
                                 **order, "reason": "no price on the fill day"})
             continue
+        if i in r.stopped_today and ((side == SELL and pos.item(i) < qty) or (side == BUY_TO_COVER and -pos.item(i) < qty)):
+            # the paper broker refuses to close more than is held: the stop closed it this morning
+            r.cancelled.append({"date": iso_d, "decided": decided_iso, **order,
+                                "reason": "the position was closed by its protective stop"})
+            continue
+        limit = None
+        if r.collar:
+            limit, miss = _collar(r, d, i, side)
+            if miss:
+                r.cancelled.append({"date": iso_d, "decided": decided_iso, **order, "limit_price": limit,
+                                    "reason": miss})
+                continue
         if side == BUY_TO_COVER:                # the broker charges the borrow up to the cover
             fee = _accrue_borrow(r, i, d, ref)
             cash -= fee
             borrow_d += fee
         price = fill_price(settings, ref, side)
+        if limit is not None:                   # never beyond the collar's limit
+            price = min(price, limit) if side in (BUY, BUY_TO_COVER) else max(price, limit)
         paid = commission(settings, qty)
         signed = signed_quantity(side, qty)
         cash -= signed * price + paid
@@ -623,9 +661,91 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
                  "commission": paid, "slippage_cost": slip, "position_after": int(after)}
         if order.get("reason"):
             trade["reason"] = order["reason"]
+        if limit is not None:
+            trade["limit_price"] = limit
         r.trades.append(trade)
+        filled_at[i] = price
     r.cash = cash
-    r.d_comm[d], r.d_slip[d], r.d_borrow[d] = comm_d, slip_d, borrow_d
+    r.d_comm[d] += comm_d
+    r.d_slip[d] += slip_d
+    r.d_borrow[d] += borrow_d
+    if r.stops_on:
+        for i, price in filled_at.items():
+            _place_stop(r, d, i, price)
+
+
+def _collar(r: _Replay, d: int, i: int, side: str) -> tuple[float, str | None]:
+    """The collared limit of an order of symbol ``i`` decided at the close before day ``d``
+    (``order_prices.collar_limit`` of that close) and, when day ``d``'s open is beyond it
+    (``order_prices.collar_fill``), why it does not fill (else None)."""
+    action = "buy" if side in (BUY, BUY_TO_COVER) else "sell"
+    decision = r.close_ff.item(d - 1, i)
+    limit = order_prices.collar_limit(action, decision)
+    open_ = r.open_px.item(d, i) if r.open_px is not None else float("nan")
+    if math.isfinite(open_) and order_prices.collar_fill(action, limit, open_) is not None:
+        return limit, None
+    return limit, (f"not filled: the open {open_:.4f} is beyond the price collar's limit {limit:.4f} "
+                   f"(decision close {decision:.4f}, PRICE_COLLAR_BPS); re-planned by the next session's signals")
+
+
+def _place_stop(r: _Replay, d: int, i: int, reference: float) -> None:
+    """After day ``d``'s fills changed symbol ``i``: its protective stop for the whole position
+    at ``order_prices.stop_price`` from ``reference`` (the day's last fill price) and the
+    ``daily_volatility`` of the closes up to the decision (day d-1); replaced when the size
+    changed, removed when the position is closed. It is checked from day d+1 (``_fill_stops``)."""
+    qty = int(r.pos.item(i))
+    if qty == 0:
+        r.stops.pop(i, None)
+        return
+    side = "long" if qty > 0 else "short"
+    lo = max(0, d - int(C.STOP_VOL_WINDOW) - 1)
+    vol = order_prices.daily_volatility(r.close_ff[lo:d, i].tolist())
+    r.stops[i] = {"side": side, "stop": order_prices.stop_price(side, reference, vol), "quantity": abs(qty),
+                  "placed": d, "reference": reference}
+
+
+def _fill_stops(r: _Replay, d: int) -> None:
+    """Step 0b of day ``d``, before its other fills: each resting stop placed before today that
+    today's bar triggers (``order_prices.stop_fill``: the stop price, or the open when the open
+    gaps through it) closes the whole position at that price (no slippage: the paper broker's
+    rule), with the commission (and, for a short, the borrow up to today). Recorded as a trade
+    with its reason."""
+    r.stopped_today = set()
+    for i, st in list(r.stops.items()):
+        if st["placed"] >= d:
+            continue
+        open_ = r.open_px.item(d, i) if r.open_px is not None else float("nan")
+        if not math.isfinite(open_) or open_ <= 0:
+            continue
+        low, high = r.low.item(d, i), r.high.item(d, i)    # type: ignore[union-attr]
+        low = min(low, open_) if math.isfinite(low) else open_
+        high = max(high, open_) if math.isfinite(high) else open_
+        price = order_prices.stop_fill(st["side"], st["stop"], open_, low, high)
+        if price is None:
+            continue
+        qty = abs(int(r.pos.item(i)))
+        side = SELL if st["side"] == "long" else BUY_TO_COVER
+        if side == BUY_TO_COVER:
+            fee = _accrue_borrow(r, i, d, price)
+            r.cash -= fee
+            r.d_borrow[d] += fee
+        paid = commission(r.settings, qty)
+        signed = signed_quantity(side, qty)
+        r.cash -= signed * price + paid
+        r.pos[i] = 0
+        r.accrued_to.pop(i, None)
+        r.d_comm[d] += paid
+        del r.stops[i]
+        r.stopped_today.add(i)
+        gap = price == open_ and price != st["stop"]
+        r.seq += 1
+        r.trades.append({"seq": r.seq, "date": r.iso[d], "decided": None, "symbol": r.symbols[i],
+                         "side": side, "quantity": qty, "decision_price": float("nan"),
+                         "reference_price": price, "fill_price": price, "notional": qty * price,
+                         "commission": paid, "slippage_cost": 0.0, "position_after": 0,
+                         "stop_price": st["stop"],
+                         "reason": f"protective stop {st['stop']:.2f} "
+                                   + ("(the open gapped through it: filled at the open)" if gap else "(reached in the session)")})
 
 
 def _accrue_borrow(r: _Replay, i: int, d: int, price: float) -> float:
