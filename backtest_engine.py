@@ -532,6 +532,7 @@ class _Replay:
     high: np.ndarray | None = None          # [day, symbol] the bar's high (stops)
     low: np.ndarray | None = None           # [day, symbol] the bar's low (stops)
     stops: dict = field(default_factory=dict)   # symbol index -> {"side", "stop", "quantity", "placed"}
+    avg: dict = field(default_factory=dict)     # symbol index -> the position's average price (stops' reference)
     stopped_today: set = field(default_factory=set)    # symbol indexes a stop closed today
 
 
@@ -590,6 +591,7 @@ def _apply_actions(r: _Replay, d: int) -> None:
             r.pos[i] = r.pos[i] + ev.quantity_change
             if ev.kind == corporate_actions.SPLIT:
                 r.cash += ev.cash_change
+                _split_stop(r, i, float(row["Split"]))
             else:
                 r.dividends_due.append((ev.pay_date, ev.symbol, ev.cash_change))
             r.action_events.append({"date": r.iso[d], "kind": ev.kind, "symbol": ev.symbol,
@@ -603,6 +605,24 @@ def _apply_actions(r: _Replay, d: int) -> None:
         r.cash += sum(cash for _, _, cash in due)
 
 
+def _split_stop(r: _Replay, i: int, ratio: float) -> None:
+    """A split of symbol ``i``: its average price divided, its resting stop moved by
+    ``order_prices.split_stop`` for the new quantity (the paper broker does the same), or dropped
+    when the split left no shares."""
+    if not r.stops_on:
+        return
+    qty = int(r.pos.item(i))
+    if i in r.avg:
+        r.avg[i] = round(r.avg[i] / ratio, 6)
+    if i in r.stops:
+        if qty == 0:
+            del r.stops[i]
+            return
+        st = r.stops[i]
+        st["stop"] = order_prices.split_stop(st["side"], st["stop"], ratio)
+        st["quantity"] = abs(qty)
+
+
 def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None) -> None:
     """Step 1 of day ``d``: fill the orders decided on session ``decided_iso`` in the order given
     (risk-reducing ones first) at today's fill price with the paper broker's slippage and
@@ -612,7 +632,7 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
     comm_d = slip_d = borrow_d = 0.0
     fill_row = r.fill_px[d]
     pos, accrued_to, settings, iso_d, cash = r.pos, r.accrued_to, r.settings, r.iso[d], r.cash
-    filled_at: dict[int, float] = {}        # symbol index -> its last fill price today (the stops)
+    filled: set[int] = set()                # symbols whose position changed today (their stops)
     for order in orders:
         sym = order["symbol"]
         i = r.sym_idx[sym]
@@ -644,8 +664,14 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
         paid = commission(settings, qty)
         signed = signed_quantity(side, qty)
         cash -= signed * price + paid
-        after = pos.item(i) + signed
+        before = pos.item(i)
+        after = before + signed
         pos[i] = after
+        if r.stops_on:                          # the position's average price, as the paper broker keeps it
+            if after == 0:
+                r.avg.pop(i, None)
+            elif side in (BUY, SELL_SHORT):
+                r.avg[i] = round((abs(before) * r.avg.get(i, 0.0) + qty * price) / abs(after), 6)
         if side == SELL_SHORT and i not in accrued_to:
             accrued_to[i] = r.pydates[d]
         if after >= 0:
@@ -664,14 +690,14 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
         if limit is not None:
             trade["limit_price"] = limit
         r.trades.append(trade)
-        filled_at[i] = price
+        filled.add(i)
     r.cash = cash
     r.d_comm[d] += comm_d
     r.d_slip[d] += slip_d
     r.d_borrow[d] += borrow_d
     if r.stops_on:
-        for i, price in filled_at.items():
-            _place_stop(r, d, i, price)
+        for i in sorted(filled):
+            _place_stop(r, d, i)
 
 
 def _collar(r: _Replay, d: int, i: int, side: str) -> tuple[float, str | None]:
@@ -688,18 +714,21 @@ def _collar(r: _Replay, d: int, i: int, side: str) -> tuple[float, str | None]:
                    f"(decision close {decision:.4f}, PRICE_COLLAR_BPS); re-planned by the next session's signals")
 
 
-def _place_stop(r: _Replay, d: int, i: int, reference: float) -> None:
+def _place_stop(r: _Replay, d: int, i: int) -> None:
     """After day ``d``'s fills changed symbol ``i``: its protective stop for the whole position
-    at ``order_prices.stop_price`` from ``reference`` (the day's last fill price) and the
-    ``daily_volatility`` of the closes up to the decision (day d-1); replaced when the size
-    changed, removed when the position is closed. It is checked from day d+1 (``_fill_stops``)."""
+    at ``order_prices.stop_price`` from the position's average price and the ``daily_volatility``
+    of the closes known when it is placed (up to day d's close: the paper cycle places it after
+    the close of the session whose open filled the entry; ``protective_stops`` of the live cycle
+    takes the same two inputs); replaced when the size changed, removed when the position is
+    closed. It is checked from day d+1 (``_fill_stops``)."""
     qty = int(r.pos.item(i))
     if qty == 0:
         r.stops.pop(i, None)
         return
     side = "long" if qty > 0 else "short"
-    lo = max(0, d - int(C.STOP_VOL_WINDOW) - 1)
-    vol = order_prices.daily_volatility(r.close_ff[lo:d, i].tolist())
+    reference = r.avg.get(i) or r.close_ff.item(d, i)
+    lo = max(0, d - int(C.STOP_VOL_WINDOW))
+    vol = order_prices.daily_volatility(r.close_ff[lo:d + 1, i].tolist())
     r.stops[i] = {"side": side, "stop": order_prices.stop_price(side, reference, vol), "quantity": abs(qty),
                   "placed": d, "reference": reference}
 
@@ -734,6 +763,7 @@ def _fill_stops(r: _Replay, d: int) -> None:
         r.cash -= signed * price + paid
         r.pos[i] = 0
         r.accrued_to.pop(i, None)
+        r.avg.pop(i, None)
         r.d_comm[d] += paid
         del r.stops[i]
         r.stopped_today.add(i)

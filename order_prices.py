@@ -62,6 +62,19 @@ def stop_price(side: str, reference: float, volatility: float) -> float:
     raise ValueError(f"stop_price: side {side!r} is not long or short")
 
 
+def split_stop(side: str, stop: float, ratio: float) -> float:
+    """A resting stop after a ``ratio``-for-1 split (price / ratio), on the tick away from the
+    price (a long's stop down, a short's up), as brokers adjust open orders for splits."""
+    if ratio <= 0:
+        raise ValueError(f"split_stop: split ratio {ratio} must be positive")
+    value = float(Decimal(str(stop)) / Decimal(str(ratio)))
+    if side == "long":
+        return max(round_to_tick(value, "down"), float(C.PRICE_TICK))
+    if side == "short":
+        return round_to_tick(value, "up")
+    raise ValueError(f"split_stop: side {side!r} is not long or short")
+
+
 def collar_limit(action: str, reference: float) -> float:
     """The marketable limit of a collared order: a buy pays at most reference * (1 + collar),
     a sell takes at least reference * (1 - collar), rounded on the tick toward the reference."""

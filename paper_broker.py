@@ -451,6 +451,7 @@ class PaperBroker:
                             self.conn.execute("UPDATE paper_positions SET quantity = ?, avg_price = ?, "
                                               "updated_at = ? WHERE symbol = ?",
                                               (new_qty, round(float(ev.new_avg_price or 0.0), 6), now, symbol))
+                        self._split_stops(symbol, float(action["Split"]), abs(new_qty), now)
                         if symbol in prices:                        # the last close in the new share units
                             self.conn.execute("UPDATE paper_prices SET price = ? WHERE symbol = ?",
                                               (prices[symbol] / float(action["Split"]), symbol))
@@ -472,6 +473,21 @@ class PaperBroker:
         for ev in applied:
             log.info("Paper account: %s %s (ex-date %s): %s", ev["kind"], ev["symbol"], ev["ex_date"], ev["note"])
         return applied
+
+    def _split_stops(self, symbol: str, ratio: float, quantity: int, now: str) -> None:
+        """Inside apply_corporate_actions' transaction: the resting stops of ``symbol`` follow a
+        split (``order_prices.split_stop``, the whole new quantity), as a broker adjusts open
+        orders; cancelled when the split left no shares."""
+        for row in self.conn.execute("SELECT * FROM paper_orders WHERE symbol = ? AND order_type = 'STOP' "
+                                     "AND status = 'WORKING'", (symbol,)).fetchall():
+            if not quantity:
+                self.conn.execute("UPDATE paper_orders SET status = 'CANCELED', note = ?, updated_at = ? "
+                                  "WHERE order_id = ?", ("split left no shares", now, row["order_id"]))
+                continue
+            side = "long" if row["side"] == SELL else "short"
+            self.conn.execute("UPDATE paper_orders SET stop_price = ?, quantity = ?, updated_at = ? WHERE order_id = ?",
+                              (order_prices.split_stop(side, float(row["stop_price"]), ratio), quantity, now,
+                               row["order_id"]))
 
     def corporate_action_events(self) -> list[dict]:
         """Every row of ``paper_corporate_actions`` in the order applied."""

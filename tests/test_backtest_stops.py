@@ -5,6 +5,7 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
+import constants as C
 import gap_day as g
 import order_prices as op
 import state_db
@@ -102,17 +103,19 @@ def test_a_short_stop_is_mirrored_with_the_high(stops_on):
     assert cover["side"] == "BUY_TO_COVER" and cover["fill_price"] == want and want > short["fill_price"]
 
 
-def test_the_stop_is_replaced_when_the_size_changes_and_removed_when_closed(stops_on):
-    bars = quiet(3) + [(100.0, 100.4, 99.6, 100.0), (110.0, 110.4, 109.6, 110.0), (108.0, 108.1, 107.5, 108.0),
+def test_the_stop_is_replaced_when_the_size_changes_and_removed_when_closed(stops_on, monkeypatch):
+    monkeypatch.setattr(C, "STOP_VOL_MULTIPLE", 0.01)          # the 2 % floor decides
+    bars = quiet(3) + [(100.0, 100.4, 99.6, 100.0), (110.0, 110.4, 109.6, 110.0), (108.0, 108.1, 101.0, 101.5),
                        (90.0, 90.5, 89.0, 90.0)]
     p = frame("AAA", bars)
     buy = {"symbol": "AAA", "side": "BUY", "quantity": 10}
     _, res = replay(p, {day_of(p, 2): [buy], day_of(p, 3): [{**buy, "quantity": 5}]})
-    # the first stop (98.04, 10 shares) would not fill at 107.5; the one replaced after the
-    # 110 fill (2 % below it, for all 15 shares) does
-    add = res.trades[1]
+    # the first stop (98.04, 10 shares) would not fill at 101.0; the one replaced after the
+    # 110 fill (2 % below the new average price, for all 15 shares) does
+    first, add = res.trades[0], res.trades[1]
+    avg = round((10 * first["fill_price"] + 5 * add["fill_price"]) / 15, 6)
     assert [(t["side"], t["quantity"]) for t in res.trades] == [("BUY", 10), ("BUY", 5), ("SELL", 15)]
-    assert res.trades[2]["stop_price"] == op.stop_price("long", add["fill_price"], 0.0) == res.trades[2]["fill_price"]
+    assert res.trades[2]["stop_price"] == op.stop_price("long", avg, 0.0) == res.trades[2]["fill_price"]
     assert res.trades[2]["date"] == str(day_of(p, 5)) and res.final_positions == {}
     _, closed = replay(p, {day_of(p, 2): [buy], day_of(p, 3): [{**buy, "side": "SELL"}]})
     assert [(t["side"], t["quantity"]) for t in closed.trades] == [("BUY", 10), ("SELL", 10)]   # no stop left
@@ -143,20 +146,19 @@ def test_a_collared_entry_fills_inside_the_collar_and_misses_beyond_it(monkeypat
 def drive_paper(order_type: str) -> list[tuple]:
     """The paper broker session by session over the gap day, orders placed as the live path
     places them: the script's entries after a close (collared: a LIMIT at collar_limit of that
-    close), and after each entry fill a GTC stop for the whole position (stop_price from the fill
-    price and the volatility of the closes up to the decision)."""
+    close), and, as ``protective_stops.sync`` after the fills, a GTC stop for the whole of each
+    position without one (stop_price from its average price and the volatility of the closes the
+    cycle has, up to this session)."""
     b = PaperBroker(conn=state_db.connect(":memory:"), fill="next_open", settings=COSTS)
-    decided: dict[str, date] = {}
-    stopped: set[str] = set()
-    for k, day in enumerate(g.DATES):
+    for day in g.DATES:
         b.set_prices(g.closes_on(day), as_of=day, opens=g.opens_on(day), bars=g.bars_on(day))
-        for o in [b.get_order(f"PAPER-{n:06d}") for n in range(1, 50) if _exists(b, n)]:
-            if o["status"] == "FILLED" and o["order_type"] != "STOP" and o["symbol"] not in stopped:
-                stopped.add(o["symbol"])
-                vol = op.daily_volatility(g.closes(o["symbol"], decided[o["symbol"]]))
-                b.place_order({"symbol": o["symbol"], "side": "SELL", "quantity": o["quantity"], "order_type": "STOP",
-                               "stop_price": op.stop_price("long", o["avg_fill_price"], vol),
-                               "duration": "GOOD_TILL_CANCEL", "client_key": f"stop-{o['symbol']}"})
+        guarded = {o["symbol"] for o in b.get_open_orders() if o["order_type"] == "STOP"}
+        for sym, p in b.get_positions().items():            # one stop per position (protective_stops.sync)
+            if sym not in guarded:
+                vol = op.daily_volatility(g.closes(sym, day))
+                b.place_order({"symbol": sym, "side": "SELL", "quantity": p["quantity"], "order_type": "STOP",
+                               "stop_price": op.stop_price("long", p["avg_price"], vol),
+                               "duration": "GOOD_TILL_CANCEL", "client_key": f"stop-{sym}-{day}"})
         for o in script()[0].get(day, []):
             if o.get("unless_held") and o["symbol"] in b.get_positions():
                 continue
@@ -165,13 +167,8 @@ def drive_paper(order_type: str) -> list[tuple]:
                            "order_type": "LIMIT" if order_type == "limit_collar" else "MARKET",
                            "limit_price": op.collar_limit("buy", close) if order_type == "limit_collar" else None,
                            "client_key": f"{o['symbol']}-{day}"})
-            decided[o["symbol"]] = day
     return sorted((r["trade_date"], r["symbol"], r["side"], r["quantity"], round(r["price"], 6))
                   for r in b.conn.execute("SELECT * FROM paper_fills"))
-
-
-def _exists(b: PaperBroker, n: int) -> bool:
-    return b.conn.execute("SELECT 1 FROM paper_orders WHERE seq = ?", (n,)).fetchone() is not None
 
 
 def script() -> tuple[dict, None]:
