@@ -14,6 +14,8 @@ Interface (both brokers)::
                                      "shortable", "ex_dividend_date"}}
     set_prices(prices, as_of=None, opens=None)   # closes of session as_of, {date: {sym: open}} of recent
                                       # sessions (paper: market orders fill at the next open; Schwab: no-op)
+                                      # the paper broker also takes bars={date: {sym: {"open", "high",
+                                      # "low"}}}: the bars its resting STOP orders are checked against
     place_order(order) -> order id (str)
         order = {"symbol", "side": BUY|SELL|SELL_SHORT|BUY_TO_COVER, "quantity": int > 0,
                  "order_type": MARKET|LIMIT|STOP, "limit_price": float|None (LIMIT),
