@@ -85,3 +85,12 @@ def test_collar_limit_is_accepted_by_schwab_py_builder():
     spec = equities.equity_buy_limit("AAPL", 10, op.price_text(op.collar_limit("buy", 187.33))).build()
     assert spec["orderType"] == "LIMIT"
     assert spec["price"] == op.price_text(op.collar_limit("buy", 187.33))
+
+
+def test_split_stop_moves_the_stop_away_from_the_price(monkeypatch):
+    monkeypatch.setattr(C, "PRICE_TICK", 0.01)
+    assert op.split_stop("long", 95.01, 2.0) == 47.5          # 47.505 rounded down
+    assert op.split_stop("short", 105.01, 2.0) == 52.51       # 52.505 rounded up
+    assert op.split_stop("long", 30.0, 0.5) == 60.0           # a reverse split
+    with pytest.raises(ValueError):
+        op.split_stop("long", 30.0, 0.0)

@@ -2,9 +2,12 @@
 limit orders at the next open (issue 22 points 1-2, the simulation side)."""
 from datetime import date, datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 
 import order_prices
+import paper_broker
+import state_db
 from broker_base import OrderRejectedError
 from paper_broker import PaperBroker
 from settings import TradingSettings
@@ -155,3 +158,27 @@ def test_a_collared_limit_fills_at_the_next_open_inside_its_limit_else_expires()
     got = b.get_order(missed)
     assert got["status"] == "EXPIRED" and got["filled_quantity"] == 0 and "beyond the limit" in got["note"]
     assert b.get_positions()["AAPL"]["quantity"] == 11
+
+
+def test_a_resting_stop_follows_a_split():
+    b = long_broker()
+    oid = b.place_order(stop("SELL", 100, 95.01, "stop-split"))
+    actions = pd.DataFrame([{"Date": pd.Timestamp(TUE), "Symbol": "AAPL", "Split": 2.0, "Dividend": 0.0}])
+    b.apply_corporate_actions(actions, through=TUE)
+    got = b.get_order(oid)
+    assert (got["quantity"], got["stop_price"]) == (200, order_prices.split_stop("long", 95.01, 2.0)) == (200, 47.5)
+    b.set_prices({"AAPL": 49.0}, as_of=TUE, bars=bar(TUE, 50.0, 48.0, 50.5))    # no false trigger at half price
+    assert b.get_order(oid)["status"] == "WORKING" and b.get_positions()["AAPL"]["quantity"] == 200
+
+
+def test_an_older_paper_database_gains_the_stop_columns():
+    conn = state_db.connect(":memory:")
+    state_db.ensure_schema(conn, paper_broker._PAPER_SCHEMA)                # the tables before issue 22
+    conn.execute("INSERT INTO paper_orders(seq, order_id, client_key, symbol, side, quantity, order_type, status, "
+                 "trade_date, entered_time, updated_at) VALUES (1, 'PAPER-000001', 'old', 'AAPL', 'BUY', 1, "
+                 "'MARKET', 'FILLED', '2025-03-03', '2025-03-03T15:00:00+00:00', '2025-03-03T15:00:00+00:00')")
+    conn.commit()
+    b = PaperBroker(conn=conn, settings=COSTS)
+    assert {"stop_price", "duration", "note"} <= {r["name"] for r in conn.execute("PRAGMA table_info(paper_orders)")}
+    old = b.get_order("PAPER-000001")
+    assert old["duration"] == "DAY" and old["stop_price"] is None and old["status"] == "FILLED"
