@@ -2,14 +2,17 @@
 that the paper broker driven session by session books the SAME fills over the gap day (point 5)."""
 from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import constants as C
 import gap_day as g
+import market_calendar
 import order_prices as op
+import sample_data
 import state_db
-from backtest_engine import market_from_frames, run_engine
+from backtest_engine import LivePolicy, market_from_frames, run_engine
 from paper_broker import PaperBroker
 from settings import TradingSettings
 
@@ -185,7 +188,7 @@ def test_paper_and_backtest_book_the_same_fills_over_the_gap_day(monkeypatch, or
     market = market_from_frames(g.prices_frame())
     res = run_engine(market, Script(script()[0]), settings=COSTS, fill="next_open")
     engine = sorted((t["date"], t["symbol"], t["side"], t["quantity"], round(t["fill_price"], 6)) for t in res.trades)
-    assert paper == engine
+    assert paper == engine              # 177 / 160 fills, about 40 of them stops, on this data
     # the 8 % gap: GAPX's stop closes the long at GAP_DAY's open, the price order_prices gives
     gap = [t for t in res.trades if t["symbol"] == g.SYMBOL and t["side"] == "SELL"]
     assert len(gap) == 1 and gap[0]["date"] == str(g.GAP_DAY) and gap[0]["quantity"] == g.QUANTITY
@@ -196,3 +199,80 @@ def test_paper_and_backtest_book_the_same_fills_over_the_gap_day(monkeypatch, or
         assert [c["symbol"] for c in res.cancelled] == [g.COLLAR_SYMBOL]
     else:
         assert [t["date"] for t in colx] == [str(g.ENTRY_DAY)]
+
+
+# ------------------------------------------------------------------ paper == backtest over a year of sample data
+class Recording(LivePolicy):
+    """The live policy, keeping the orders it decided each day (to send them to the paper broker)."""
+
+    def __init__(self, settings):
+        super().__init__(settings=settings)
+        self.decided: dict = {}
+
+    def decide(self, day, *args):
+        out = super().decide(day, *args)
+        self.decided[day] = [dict(o) for o in out]
+        return out
+
+
+def sync_stops(b: PaperBroker, day, history: dict) -> None:
+    """What ``protective_stops.sync`` does after the cycle's fills: one GTC stop of the whole size
+    per position (average price, the volatility of the closes so far), replaced when the size or
+    side changed, cancelled when the position is gone."""
+    positions = {s: p for s, p in b.get_positions().items() if p["quantity"]}
+    for o in [o for o in b.get_open_orders() if o["order_type"] == "STOP"]:
+        p = positions.get(o["symbol"])
+        if p is None or o["quantity"] != abs(p["quantity"]) or (o["side"] == "SELL") != (p["quantity"] > 0):
+            b.cancel_order(o["order_id"])
+    working = {o["symbol"] for o in b.get_open_orders() if o["order_type"] == "STOP"}
+    for sym, p in positions.items():
+        if sym in working:
+            continue
+        side = "long" if p["quantity"] > 0 else "short"
+        b.place_order({"symbol": sym, "side": "SELL" if side == "long" else "BUY_TO_COVER",
+                       "quantity": abs(p["quantity"]), "order_type": "STOP", "duration": "GOOD_TILL_CANCEL",
+                       "stop_price": op.stop_price(side, p["avg_price"], op.daily_volatility(history[sym])),
+                       "client_key": f"stop-{sym}-{day}"})
+
+
+@pytest.mark.parametrize("order_type", ["market", "limit_collar"])
+def test_paper_and_backtest_book_the_same_fills_over_a_year_with_stops(monkeypatch, order_type):
+    g.use_tunables(monkeypatch, ORDER_TYPE=order_type, STOP_VOL_MULTIPLE=1.0)   # near stops: many fire
+    dates = market_calendar.sessions("2023-01-03", "2023-08-31")
+    prices = pd.concat([sample_data.simulate_symbol(s, dates) for s in ("AAA", "BBB", "CCC")], ignore_index=True)
+    close = prices.pivot(index="Date", columns="Symbol", values="Close")
+    logret = np.log(close).diff()
+    vol = logret.rolling(20).std()
+    sig = pd.DataFrame({"score": (0.9 * logret / vol).stack(), "volatility_20": vol.stack()}).reset_index().dropna()
+    sig["signal"] = np.where(sig["score"] >= C.SIGNAL_THRESHOLD, "BUY",
+                             np.where(sig["score"] <= -C.SIGNAL_THRESHOLD, "SELL", "HOLD"))
+    market = market_from_frames(prices, sig)
+    policy = Recording(COSTS)
+    res = run_engine(market, policy, settings=COSTS, fill="next_open")
+    stop_fills = [t for t in res.trades if str(t.get("reason", "")).startswith("protective stop")]
+    assert len(stop_fills) >= 3 and any(t["side"] == "BUY_TO_COVER" for t in stop_fills)
+    if order_type == "limit_collar":
+        assert any("price collar" in c["reason"] for c in res.cancelled)
+    b = PaperBroker(conn=state_db.connect(":memory:"), fill="next_open", settings=COSTS)
+    history: dict = {s: [] for s in market.symbols}
+    for d, ts in enumerate(market.dates):
+        day = ts.date()
+        row = {s: (market.open[d, k], market.high[d, k], market.low[d, k], market.close[d, k])  # type: ignore[index]
+               for k, s in enumerate(market.symbols) if np.isfinite(market.close[d, k])}
+        b.set_prices({s: v[3] for s, v in row.items()}, as_of=day,
+                     bars={day: {s: {"open": v[0], "high": v[1], "low": v[2]} for s, v in row.items()}})
+        b.accrue_borrow_fees(as_of=day)
+        for s, v in row.items():
+            history[s].append(float(v[3]))
+        sync_stops(b, day, history)
+        for o in policy.decided.get(day, []):
+            limit = None
+            if order_type == "limit_collar":
+                limit = op.collar_limit("buy" if o["side"] in ("BUY", "BUY_TO_COVER") else "sell", row[o["symbol"]][3])
+            b.place_order({"symbol": o["symbol"], "side": o["side"], "quantity": o["quantity"],
+                           "order_type": "LIMIT" if limit else "MARKET", "limit_price": limit,
+                           "client_key": f"{day}-{o['symbol']}-{o['side']}"})
+    paper = sorted((r["trade_date"], r["symbol"], r["side"], r["quantity"], round(r["price"], 6))
+                   for r in b.conn.execute("SELECT * FROM paper_fills"))
+    engine = sorted((t["date"], t["symbol"], t["side"], t["quantity"], round(t["fill_price"], 6)) for t in res.trades)
+    assert paper == engine              # 177 / 160 fills, about 40 of them stops, on this data
