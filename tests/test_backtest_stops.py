@@ -276,3 +276,13 @@ def test_paper_and_backtest_book_the_same_fills_over_a_year_with_stops(monkeypat
                    for r in b.conn.execute("SELECT * FROM paper_fills"))
     engine = sorted((t["date"], t["symbol"], t["side"], t["quantity"], round(t["fill_price"], 6)) for t in res.trades)
     assert paper == engine              # 177 / 160 fills, about 40 of them stops, on this data
+
+
+def test_without_high_and_low_a_session_spans_its_open_and_close(stops_on):
+    bars = quiet(3) + [(100.0, 100.5, 99.0, 99.5), (99.0, 99.5, 97.5, 98.5)]
+    p = frame("AAA", bars)
+    script = {day_of(p, 2): [{"symbol": "AAA", "side": "BUY", "quantity": 10}]}
+    market, with_bars = replay(p, script)
+    assert market.high is not None and with_bars.trades[-1]["fill_price"] == 98.04      # the low 97.5 reaches it
+    bare, without = replay(p.drop(columns=["High", "Low"]), script)
+    assert bare.high is None and [t["side"] for t in without.trades] == ["BUY"]         # 98.5..99.0 does not
