@@ -642,7 +642,8 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
             r.cancelled.append({"date": iso_d, "decided": decided_iso,
                                 **order, "reason": "no price on the fill day"})
             continue
-        if i in r.stopped_today and ((side == SELL and pos.item(i) < qty) or (side == BUY_TO_COVER and -pos.item(i) < qty)):
+        if i in r.stopped_today and ((side == SELL and pos.item(i) < qty)
+                                     or (side == BUY_TO_COVER and -pos.item(i) < qty)):
             # the paper broker refuses to close more than is held: the stop closed it this morning
             r.cancelled.append({"date": iso_d, "decided": decided_iso, **order,
                                 "reason": "the position was closed by its protective stop"})
@@ -660,7 +661,7 @@ def _fill_orders(r: _Replay, d: int, orders: list[dict], decided_iso: str | None
             borrow_d += fee
         price = fill_price(settings, ref, side)
         if limit is not None:                   # never beyond the collar's limit
-            price = min(price, limit) if side in (BUY, BUY_TO_COVER) else max(price, limit)
+            price = order_prices.within_limit("buy" if side in (BUY, BUY_TO_COVER) else "sell", price, limit)
         paid = commission(settings, qty)
         signed = signed_quantity(side, qty)
         cash -= signed * price + paid
@@ -767,15 +768,15 @@ def _fill_stops(r: _Replay, d: int) -> None:
         r.d_comm[d] += paid
         del r.stops[i]
         r.stopped_today.add(i)
-        gap = price == open_ and price != st["stop"]
+        how = "(the open gapped through it: filled at the open)" if price == open_ and price != st["stop"] \
+            else "(reached in the session)"
         r.seq += 1
         r.trades.append({"seq": r.seq, "date": r.iso[d], "decided": None, "symbol": r.symbols[i],
                          "side": side, "quantity": qty, "decision_price": float("nan"),
                          "reference_price": price, "fill_price": price, "notional": qty * price,
                          "commission": paid, "slippage_cost": 0.0, "position_after": 0,
                          "stop_price": st["stop"],
-                         "reason": f"protective stop {st['stop']:.2f} "
-                                   + ("(the open gapped through it: filled at the open)" if gap else "(reached in the session)")})
+                         "reason": f"protective stop {st['stop']:.2f} {how}"})
 
 
 def _accrue_borrow(r: _Replay, i: int, d: int, price: float) -> float:

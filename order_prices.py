@@ -114,6 +114,16 @@ def collar_fill(action: str, limit: float, open_: float) -> float | None:
     raise ValueError(f"collar_fill: action {action!r} is not buy or sell")
 
 
+def within_limit(action: str, price: float, limit: float) -> float:
+    """A limit order's fill price: ``price`` (the slipped open) but never beyond ``limit``
+    (a buy pays at most the limit, a sell gets at least it)."""
+    if action == "buy":
+        return min(float(price), float(limit))
+    if action == "sell":
+        return max(float(price), float(limit))
+    raise ValueError(f"within_limit: action {action!r} is not buy or sell")
+
+
 def uses_collar() -> bool:
     """True when entries and exits go out as collared limit orders (ORDER_TYPE)."""
     return C.ORDER_TYPE == "limit_collar"

@@ -340,8 +340,8 @@ class PaperBroker:
                                   "WHERE order_id = ?", (note, state_db.utcnow(), o["order_id"]))
                 log.warning("Paper order %s %s %d %s: %s", o["order_id"], o["side"], o["quantity"], o["symbol"], note)
                 return
-            slipped = self._slipped(open_, o["side"])
-            self._apply_fill(o, open_, min(slipped, limit) if action == "buy" else max(slipped, limit), session)
+            fill = order_prices.within_limit(action, self._slipped(open_, o["side"]), limit)
+            self._apply_fill(o, open_, fill, session)
             return
         self._apply_fill(o, open_, self._slipped(open_, o["side"]), session)
 
@@ -703,7 +703,7 @@ class PaperBroker:
                 self.conn.execute("UPDATE paper_orders SET status = 'WORKING', updated_at = ? "
                                   "WHERE order_id = ?", (state_db.utcnow(), o["order_id"]))
                 return
-            fill = min(fill, limit) if buying else max(fill, limit)
+            fill = order_prices.within_limit("buy" if buying else "sell", fill, limit)
         elif self.fills_at_next_open:
             # decided from the close of price_row's session: fills at the next session's open,
             # after the orders placed before it (a reversal's cover, then its buy, as the backtest)
@@ -721,8 +721,8 @@ class PaperBroker:
         prices = self._prices()
         shares, cash, short = 0, 0.0, 0.0
         for p in self.conn.execute("SELECT symbol, side, quantity FROM paper_orders WHERE status = 'WORKING' "
-                                   "AND order_type IN ('MARKET', 'LIMIT') AND seq < (SELECT seq FROM paper_orders WHERE "
-                                   "order_id = ?)", (o["order_id"],)):
+                                   "AND order_type IN ('MARKET', 'LIMIT') AND seq < "
+                                   "(SELECT seq FROM paper_orders WHERE order_id = ?)", (o["order_id"],)):
             qty, ref = int(p["quantity"]), float(prices.get(p["symbol"], 0.0))
             buying = p["side"] in BUY_SIDES
             cash += (-1 if buying else 1) * qty * self._slipped(ref, p["side"]) - self._commission(qty)

@@ -94,3 +94,10 @@ def test_split_stop_moves_the_stop_away_from_the_price(monkeypatch):
     assert op.split_stop("long", 30.0, 0.5) == 60.0           # a reverse split
     with pytest.raises(ValueError):
         op.split_stop("long", 30.0, 0.0)
+
+
+def test_within_limit_never_pays_beyond_the_limit():
+    assert op.within_limit("buy", 100.6, 100.5) == 100.5 and op.within_limit("buy", 100.4, 100.5) == 100.4
+    assert op.within_limit("sell", 99.4, 99.5) == 99.5 and op.within_limit("sell", 99.6, 99.5) == 99.6
+    with pytest.raises(ValueError):
+        op.within_limit("hold", 1.0, 1.0)
