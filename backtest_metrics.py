@@ -194,6 +194,7 @@ def trade_metrics(result: EngineResult, trips: list[dict]) -> dict:
         "borrow_fees_paid": borrow,
         "risk_rejections": int(result.rejections),
         "cancelled_orders": int(len(result.cancelled)),
+        "stop_fills": sum(1 for t in result.trades if t.get("stop_price") is not None),   # PROTECTIVE_STOPS
         "halts": len(result.halts),
     }
 

@@ -255,7 +255,8 @@ fills at {e(report['parameters'].get('fill', ''))}; generated {e(report['created
 <h2>Round trips</h2>{rt.round_trip_table(trips)}
 <h2>Risk events</h2><ul>{halts}</ul>
 <p>Orders rejected by the pre-trade check: {s.get('risk_rejections', 0)};
-orders not filled (no price on the fill day, or the open beyond the price collar): {s.get('cancelled_orders', 0)}.</p>
+orders not filled (no price on the fill day, the open beyond the price collar, or the position already
+closed by its protective stop): {s.get('cancelled_orders', 0)}; protective stops filled: {s.get('stop_fills', 0)}.</p>
 <h2>Last {len(shown)} of {len(trades)} fills</h2>
 <div class="scroll"><table id="fills"><tr><th>date</th><th>symbol</th><th>side</th><th>qty</th><th>fill</th>
 <th>commission</th><th>slippage</th><th>why</th></tr>

@@ -12,7 +12,8 @@ import market_calendar
 import order_prices as op
 import sample_data
 import state_db
-from backtest_engine import LivePolicy, market_from_frames, run_engine
+import backtest_metrics as bm
+from backtest_engine import LivePolicy, buy_and_hold, market_from_frames, run_engine
 from paper_broker import PaperBroker
 from settings import TradingSettings
 
@@ -188,7 +189,7 @@ def test_paper_and_backtest_book_the_same_fills_over_the_gap_day(monkeypatch, or
     market = market_from_frames(g.prices_frame())
     res = run_engine(market, Script(script()[0]), settings=COSTS, fill="next_open")
     engine = sorted((t["date"], t["symbol"], t["side"], t["quantity"], round(t["fill_price"], 6)) for t in res.trades)
-    assert paper == engine              # 177 / 160 fills, about 40 of them stops, on this data
+    assert paper == engine
     # the 8 % gap: GAPX's stop closes the long at GAP_DAY's open, the price order_prices gives
     gap = [t for t in res.trades if t["symbol"] == g.SYMBOL and t["side"] == "SELL"]
     assert len(gap) == 1 and gap[0]["date"] == str(g.GAP_DAY) and gap[0]["quantity"] == g.QUANTITY
@@ -276,6 +277,8 @@ def test_paper_and_backtest_book_the_same_fills_over_a_year_with_stops(monkeypat
                    for r in b.conn.execute("SELECT * FROM paper_fills"))
     engine = sorted((t["date"], t["symbol"], t["side"], t["quantity"], round(t["fill_price"], 6)) for t in res.trades)
     assert paper == engine              # 177 / 160 fills, about 40 of them stops, on this data
+    summary = bm.analyse(res, market, buy_and_hold(market))["strategy"]
+    assert summary["stop_fills"] == len(stop_fills) and summary["cancelled_orders"] == len(res.cancelled)
 
 
 def test_without_high_and_low_a_session_spans_its_open_and_close(stops_on):
