@@ -128,7 +128,7 @@ def train_fold(features: pd.DataFrame, fold: dict, prof: dict, seed: int, settin
         tunables.apply_values(settings_overrides)
     _single_thread_tf()
     window = int(prof["window"])
-    columns = list(C.FEATURE_COLUMNS)
+    columns = data_collection.frame_columns(features)     # + SENTIMENT_COLUMNS when the driver loaded them
     train_part = features[features["Date"] <= fold["train_end"]]
     train_part, skipped = model_training.drop_short_symbols(train_part, window)
     ds = model_training.build_dataset(train_part, window, columns, seed=seed,
