@@ -236,3 +236,48 @@ def test_missing_tables_read_as_nothing(tmp_path):
     assert sentiment_store.read(conn).empty and sentiment_store.collections(conn).empty
     out = sentiment_store.sentiment_features(_features(["2026-11-23"]), sentiment_store.read(conn))
     assert np.all(out[list(C.SENTIMENT_COLUMNS)].to_numpy() == 0)
+
+
+# ----------------------------------------------------------------------------- the walk-forward comparison
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    import walk_forward as wf
+    ray.shutdown()
+    wf._ray_init(2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.timeout(1800)
+def test_compare_sentiment_runs_both_arms_on_the_recorded_period_as_two_trials(home, ray_local, capsys):
+    import io
+    import walk_forward as wf
+    (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")
+    sessions = sorted(pd.unique(data_collection.load_processed()["Date"]))[-40:]
+    conn = state_db.connect()
+    state_db.ensure_schema(conn, sentiment_store.SCHEMA)
+    rng = np.random.default_rng(7)
+    for d in sessions:
+        day = pd.Timestamp(d)
+        _record(conn, day.strftime("%Y-%m-%d"), f"{day.date()}T19:30:00+00:00",
+                {s: int(rng.integers(0, 9)) for s in ("AAPL", "MSFT", "JPM")},
+                {s: float(rng.uniform(-1, 1)) for s in ("AAPL", "MSFT", "JPM")})
+    out = io.StringIO()
+    result = wf.compare_sentiment(profile="tiny", workers=2, charts=False, out=out)
+    assert C.REDDIT_SENTIMENT is False                                       # restored after the comparison
+    first = pd.Timestamp(sessions[0]).strftime("%Y-%m-%d")
+    assert result["first_recorded_session"] == first and result["recorded_sessions"] == 40
+    for arm, columns in (("without", list(C.FEATURE_COLUMNS)),
+                         ("with", list(C.FEATURE_COLUMNS) + list(C.SENTIMENT_COLUMNS))):
+        report = result[arm]
+        assert report["start"] == first                                      # out of sample = the recorded period
+        assert report["inputs"]["model_config"]["feature_columns"] == columns
+        assert report["inputs"]["model_config"]["tunables"]["REDDIT_SENTIMENT"] is (arm == "with")
+    text = out.getvalue()
+    assert "without sentiment: skill vs no change" in text and "with    sentiment: skill vs no change" in text
+    rows = conn.execute("SELECT config_fingerprint FROM walk_forward_runs").fetchall()
+    fingerprints = {r[0] for r in rows}
+    assert len(rows) == 2 and len(fingerprints) == 2                         # two recorded runs, two configurations
+    assert walk_forward_runs.count_trials(["AAPL", "JPM", "MSFT"], "0" * 64, conn=conn) == 3
+    assert result["with"]["overall"]["n_trials"] == 2                         # the second arm counts the first
