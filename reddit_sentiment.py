@@ -210,9 +210,14 @@ def collect(conn=None, manager=None, now: datetime | None = None) -> dict:
 
 
 def show(conn=None, out=None) -> int:
+    """Print the latest collection (reads only: creates nothing)."""
     out = out or sys.stdout
-    with state_db.opened(conn, sentiment_store.SCHEMA) as c:
+    c = conn if conn is not None else state_db.connect_readonly()
+    try:
         cols, rows = sentiment_store.collections(c), sentiment_store.read(c)
+    finally:
+        if conn is None and c is not None:
+            c.close()
     if cols.empty:
         print("no Reddit sentiment recorded yet: run python reddit_sentiment.py collect (history cannot be "
               "back-filled; the record starts the first day it runs)", file=out)

@@ -3,6 +3,7 @@
 point in time and only when REDDIT_SENTIMENT is on; the daily job only when asked for."""
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -116,12 +117,17 @@ def test_wrong_credentials_give_one_line_and_write_nothing(reddit, trading_home)
     assert sentiment_store.collections(conn).empty
 
 
-def test_a_timeout_gives_one_line_and_writes_nothing(reddit):
+def test_a_timeout_gives_one_line_and_keeps_the_earlier_record_whole(reddit):
     reddit.add_post("stocks", "AAPL", _ago(1))
+    conn = state_db.connect()
+    rs.collect(conn=conn, now=NOW)
+    before = sentiment_store.read(conn)
+    reddit.add_post("stocks", "MSFT", _ago(0.5))
     reddit.delay_s = 1.0                    # > REDDIT_TIMEOUT_S 0.3; PRAW retries twice, then gives up
     with pytest.raises(rs.SentimentError, match="did not answer at r/stocks.*REDDIT_TIMEOUT_S"):
-        rs.collect(now=NOW)
-    assert sentiment_store.collections(state_db.connect()).empty
+        rs.collect(conn=conn, now=NOW + timedelta(minutes=10))
+    pd.testing.assert_frame_equal(sentiment_store.read(conn), before)      # the rerun replaced nothing
+    assert len(sentiment_store.collections(conn)) == 1 and int(before["mentions"].sum()) == 1
 
 
 @pytest.mark.parametrize("status, words", [(429, "rate limit"), (404, "does not exist")])
@@ -138,8 +144,9 @@ def test_the_command_line_one_line_errors_and_success(reddit, trading_home):
     done = run_entry(["reddit_sentiment.py", "collect"], trading_home, env)
     assert done.returncode == 0, done.stderr
     assert "recorded for session 2026-11-24" in done.stdout and "1 of 3 symbols" in done.stdout
-    shown = run_entry(["reddit_sentiment.py", "show"], trading_home, env)
-    assert shown.returncode == 0 and "MSFT" in shown.stdout and "mentions     1" in shown.stdout
+    shown = io.StringIO()                                  # `show`, in-process (a third process costs ~8 s)
+    assert rs.show(out=shown) == 0
+    assert "MSFT" in shown.getvalue() and "mentions     1" in shown.getvalue() and "1 collection(s)" in shown.getvalue()
     (trading_home / ".reddit_config.enc").unlink()
     failed = run_entry(["reddit_sentiment.py", "collect"], trading_home, env)
     assert failed.returncode == 1
@@ -251,7 +258,6 @@ def ray_local():
 
 @pytest.mark.timeout(1800)
 def test_compare_sentiment_runs_both_arms_on_the_recorded_period_as_two_trials(home, ray_local, capsys):
-    import io
     import walk_forward as wf
     (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")
     sessions = sorted(pd.unique(data_collection.load_processed()["Date"]))[-40:]
