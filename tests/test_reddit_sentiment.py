@@ -287,3 +287,16 @@ def test_compare_sentiment_runs_both_arms_on_the_recorded_period_as_two_trials(h
     assert len(rows) == 2 and len(fingerprints) == 2                         # two recorded runs, two configurations
     assert walk_forward_runs.count_trials(["AAPL", "JPM", "MSFT"], "0" * 64, conn=conn) == 3
     assert result["with"]["overall"]["n_trials"] == 2                         # the second arm counts the first
+
+
+def test_setup_stores_the_reddit_slot_of_the_credential_manager(trading_home, universe_file, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"client_id={CLIENT_ID}\nclient_secret={CLIENT_SECRET}\n"
+                                                 f"user_agent={USER_AGENT}\n"))
+    assert rs.main(["setup"]) == 0
+    path = trading_home / ".reddit_config.enc"
+    assert path.exists() and (path.stat().st_mode & 0o777) == 0o600
+    assert rs.load_credentials()["client_secret"] == CLIENT_SECRET
+    assert CLIENT_SECRET not in path.read_text()                            # encrypted at rest
+    monkeypatch.setattr("sys.stdin", io.StringIO("client_idd=x\n"))               # a typo: nothing stored
+    assert rs.main(["setup"]) == 1 and "reddit has no field client_idd" in capsys.readouterr().err
+    assert rs.load_credentials()["client_id"] == CLIENT_ID
