@@ -300,3 +300,29 @@ def test_setup_stores_the_reddit_slot_of_the_credential_manager(trading_home, un
     monkeypatch.setattr("sys.stdin", io.StringIO("client_idd=x\n"))               # a typo: nothing stored
     assert rs.main(["setup"]) == 1 and "reddit has no field client_idd" in capsys.readouterr().err
     assert rs.load_credentials()["client_id"] == CLIENT_ID
+
+
+@pytest.mark.timeout(900)
+def test_a_model_trained_with_sentiment_lists_it_and_predicts_only_with_it(home, monkeypatch):
+    """Training (model_training.train) and live inference (TradingModel.predict on load_processed)
+    see the sentiment columns only when REDDIT_SENTIMENT is on; the model records them."""
+    import model_management as mm
+    import model_training
+    conn = state_db.connect()
+    state_db.ensure_schema(conn, sentiment_store.SCHEMA)
+    last = sorted(pd.unique(data_collection.load_processed()["Date"]))[-30:]
+    for i, d in enumerate(last):
+        day = pd.Timestamp(d)
+        _record(conn, day.strftime("%Y-%m-%d"), f"{day.date()}T19:30:00+00:00",
+                {s: i % 4 for s in data_collection.load_universe()}, {"AAPL": 0.3})
+    monkeypatch.setattr(C, "REDDIT_SENTIMENT", True)
+    target = home / "sentiment_model.h5"
+    done = model_training.train(model_training.TrainConfig(profile="tiny", epochs=2, force=True, model_file=target,
+                                                           verbose=0))
+    assert done["metadata"]["feature_columns"] == list(C.FEATURE_COLUMNS) + list(C.SENTIMENT_COLUMNS)
+    model = mm.load_model(target)
+    predictions = model.predict(data_collection.load_processed(), last_only=True)
+    assert len(predictions) == len(data_collection.load_universe())
+    monkeypatch.setattr(C, "REDDIT_SENTIMENT", False)
+    with pytest.raises(mm.ModelInputError, match="reddit_mention_z"):
+        model.predict(data_collection.load_processed(), last_only=True)
