@@ -293,6 +293,28 @@ SKILL_ALPHA = 0.05                         # one-sided significance level of the
 SKILL_MIN_DSR = 0.95                       # deflated Sharpe ratio of strategy-minus-benchmark returns needed to pass
 SKILL_HAC_LAG = None                       # Newey-West lag (sessions); None: floor(4 * (n / 100) ** (2 / 9))
 
+# ---------------------- sentiment: Reddit mentions and VADER scores (reddit_sentiment.py, sentiment_store.py)
+REDDIT_SENTIMENT = False                   # the sentiment columns enter the model (features, training, live, backtest); off by default
+SENTIMENT_COLUMNS = ("reddit_mention_z", "reddit_compound")   # the optional model inputs (sentiment_store.sentiment_features)
+REDDIT_SUBREDDITS = "wallstreetbets stocks investing StockMarket"   # subreddits read, separated by spaces
+REDDIT_POSTS_PER_SUBREDDIT = 200           # newest posts read per subreddit per collection (items; Reddit lists at most 1000)
+REDDIT_COMMENTS_PER_SUBREDDIT = 500        # newest comments read per subreddit per collection (items)
+REDDIT_LOOKBACK_HOURS = 24                 # only posts and comments created this long before the collection count (hours)
+REDDIT_TICKER_BLACKLIST = (                # words never read as tickers (upper case, separated by spaces)
+    "A I ALL AM AN AND ANY ARE AS AT BE BIG BY CAN CEO CFO CEOS DD DO EPS ETF FOR FOMO GO HAS HE HOLD "
+    "IF IMO IN IPO IS IT ITM LOL MOON NEW NO NOW OF OK ON ONE OR OTM OUT PM RH SEC SO THE TO UP US USA "
+    "USD WSB YOLO ATH ATM EV GDP CPI FED IRS TLDR EDIT")
+REDDIT_VADER_THRESHOLD = 0.05              # a text is positive at compound >= this, negative at <= -this (VADER's authors' cut)
+REDDIT_MENTION_Z_WINDOW = 20               # mention z-score: against the symbol's last this many collections (collections)
+REDDIT_MENTION_Z_MIN = 5                   # fewer earlier collections than this: the z-score is 0 (collections)
+REDDIT_COLLECT = False                     # the scheduler records sentiment daily even while REDDIT_SENTIMENT is off (to measure it first)
+REDDIT_COLLECT_BEFORE_CLOSE_MIN = 30       # the daily collection is due this long before the close (minutes)
+REDDIT_COLLECT_CATCHUP_MIN = 25            # ... and may start this late (minutes; less than the above: it stays in the session)
+REDDIT_TIMEOUT_S = 20                      # one HTTP request to Reddit (seconds; PRAW retries twice on a timeout)
+REDDIT_CREDENTIAL_SERVICE = "reddit"       # credential service: client_id, client_secret, user_agent (.reddit_config.enc)
+REDDIT_OAUTH_URL = "https://oauth.reddit.com"   # the API's base URL (a local fake in tests)
+REDDIT_URL = "https://www.reddit.com"      # where the OAuth token is obtained (a local fake in tests)
+
 # ====================================== which tunables are the strategy (walk_forward_runs.py reads this)
 # Every constant above is named in exactly one of the two groups below (tests/test_walk_forward_runs.py
 # checks it), so a new tunable cannot be added without deciding which it is.
@@ -324,6 +346,10 @@ STRATEGY_TUNABLES = (
     # protective stops and price collars (they change which fills the evidence books)
     "PROTECTIVE_STOPS", "STOP_VOL_MULTIPLE", "STOP_VOL_WINDOW", "STOP_MIN_DISTANCE", "ORDER_TYPE",
     "PRICE_COLLAR_BPS", "PRICE_TICK",
+    # Reddit sentiment: whether and which sentiment features the model sees
+    "REDDIT_SENTIMENT", "SENTIMENT_COLUMNS", "REDDIT_SUBREDDITS", "REDDIT_POSTS_PER_SUBREDDIT",
+    "REDDIT_COMMENTS_PER_SUBREDDIT", "REDDIT_LOOKBACK_HOURS", "REDDIT_TICKER_BLACKLIST", "REDDIT_VADER_THRESHOLD",
+    "REDDIT_MENTION_Z_WINDOW", "REDDIT_MENTION_Z_MIN",
 )
 # OPERATIONAL_TUNABLES do not change what the strategy trades or what it costs: the environment, files,
 # logging, downloads, the sample generator (the data's hash is recorded apart), the training seed (evidence is
@@ -374,6 +400,8 @@ OPERATIONAL_TUNABLES = (
     "TELEGRAM_RESUME_MAX_AGE_MIN",
     "TELEGRAM_RETRY_PAUSE_S", "TELEGRAM_MESSAGE_LIMIT", "TELEGRAM_LOCK_FILE",
     "ENV_CSV_DIR", "CSV_DIR", "ENV_SETTING_PREFIX", "SETTINGS_FILE", "ENV_RAY_ADDRESS", "ENV_XDG_CONFIG_HOME", "ENV_PYTHON", "ENV_FAILPOINT",
+    "REDDIT_COLLECT", "REDDIT_COLLECT_BEFORE_CLOSE_MIN", "REDDIT_COLLECT_CATCHUP_MIN", "REDDIT_TIMEOUT_S", "REDDIT_CREDENTIAL_SERVICE",
+    "REDDIT_OAUTH_URL", "REDDIT_URL",
 )
 
 # ====================================== what each tunable may be (tunables.py checks it at every start)
@@ -658,5 +686,24 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "SKILL_ALPHA": ("float", "significance level", "(0, 0.5]"),
         "SKILL_MIN_DSR": ("float", "probability", "[0, 1]"),
         "SKILL_HAC_LAG": ("int_or_none", "sessions (None: automatic)", "[0, 10000]"),
+    },
+    "sentiment": {
+        "REDDIT_SENTIMENT": ("bool", "on/off", None),
+        "SENTIMENT_COLUMNS": ("fixed", "column names (sentiment_store.sentiment_features computes exactly these)", None),
+        "REDDIT_SUBREDDITS": ("str", "subreddit names separated by spaces", None),
+        "REDDIT_POSTS_PER_SUBREDDIT": ("int", "items", "[0, 1000]"),
+        "REDDIT_COMMENTS_PER_SUBREDDIT": ("int", "items", "[0, 1000]"),
+        "REDDIT_LOOKBACK_HOURS": ("float", "hours", "(0, 168]"),
+        "REDDIT_TICKER_BLACKLIST": ("str", "upper-case words separated by spaces", None),
+        "REDDIT_VADER_THRESHOLD": ("float", "VADER compound score", "[0, 1)"),
+        "REDDIT_MENTION_Z_WINDOW": ("int", "collections", "[2, 1000]"),
+        "REDDIT_MENTION_Z_MIN": ("int", "collections", "[2, 1000]"),
+        "REDDIT_COLLECT": ("bool", "on/off", None),
+        "REDDIT_COLLECT_BEFORE_CLOSE_MIN": ("int", "minutes", "[1, 390]"),
+        "REDDIT_COLLECT_CATCHUP_MIN": ("int", "minutes", "[0, 389]"),
+        "REDDIT_TIMEOUT_S": ("float", "seconds", "(0, 600]"),
+        "REDDIT_CREDENTIAL_SERVICE": ("fixed", "credential service name", None),
+        "REDDIT_OAUTH_URL": ("str", "URL (https://oauth.reddit.com, or a local fake)", None),
+        "REDDIT_URL": ("str", "URL (https://www.reddit.com, or a local fake)", None),
     },
 }

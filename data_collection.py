@@ -12,7 +12,10 @@ Run by ``./run_daily_data_update.sh [--force]`` (cron) or ``python data_collecti
    unknown, rate-limited), stale last bars, gaps against the NYSE sessions, non-positive or
    absurd prices. Each problem is logged with the symbol and the fix; healthy symbols carry on.
 4. ``build_features`` is THE feature function: training, live inference and backtests all call
-   it. Features are causal: a row depends only on its symbol's rows up to its date.
+   it. Features are causal: a row depends only on its symbol's rows up to its date. With
+   ``REDDIT_SENTIMENT`` on, ``load_processed`` (what training, the live cycle, the backtest and the
+   walk-forward read) adds the recorded Reddit sentiment, point in time (``sentiment_store.py``),
+   and ``feature_columns`` names the model inputs.
 5. ``processed_stock_data.csv`` is written atomically, with zero NaN, and never replaced by a
    worse file (fewer symbols, older data) unless ``--force``.
 """
@@ -42,6 +45,7 @@ import market_calendar
 from fileutil import atomic_write_text, atomic_write_with
 from logging_setup import setup_logging
 import sample_data
+import sentiment_store
 
 log = logging.getLogger("data")
 
@@ -528,10 +532,25 @@ def read_raw_prices(path=None) -> pd.DataFrame:
     return df
 
 
-def load_processed(path=None) -> pd.DataFrame:
+def feature_columns(sentiment: bool | None = None) -> list[str]:
+    """The model's inputs: ``FEATURE_COLUMNS``, plus ``SENTIMENT_COLUMNS`` when ``sentiment``
+    (default: ``REDDIT_SENTIMENT``)."""
+    sentiment = C.REDDIT_SENTIMENT if sentiment is None else sentiment
+    return list(C.FEATURE_COLUMNS) + (list(C.SENTIMENT_COLUMNS) if sentiment else [])
+
+
+def frame_columns(features: pd.DataFrame) -> list[str]:
+    """The model's inputs a features frame carries (``load_processed`` added the sentiment or not)."""
+    return feature_columns(all(c in features.columns for c in C.SENTIMENT_COLUMNS))
+
+
+def load_processed(path=None, sentiment: bool | None = None) -> pd.DataFrame:
     """Read and check ``processed_stock_data.csv``: every column present, zero NaN, no
     duplicate (Symbol, Date). A missing, empty, truncated or corrupt file is a ``DataError``
-    naming the file and the fix."""
+    naming the file and the fix. With ``sentiment`` (default: ``REDDIT_SENTIMENT``) the recorded
+    Reddit sentiment is joined point in time (``sentiment_store.features_from_db``: the row of a
+    session sees only the collection made before its close; neutral 0 where none was made)."""
+    sentiment = C.REDDIT_SENTIMENT if sentiment is None else sentiment
     path = Path(path) if path else config.path(C.PROCESSED_DATA_FILE)
     fix = "run ./run_daily_data_update.sh --force to rebuild it"
     if not path.exists():
@@ -555,7 +574,7 @@ def load_processed(path=None) -> pd.DataFrame:
                         f"{first + 2}; a truncated or damaged file?): {fix}")
     if df.duplicated(["Symbol", "Date"]).any():
         raise DataError(f"{path} has duplicate (Symbol, Date) rows: {fix}")
-    return df
+    return sentiment_store.features_from_db(df) if sentiment else df
 
 
 def stale_symbols(features: pd.DataFrame, universe, session) -> dict[str, str | None]:

@@ -36,7 +36,7 @@ import pandas as pd
 import config
 import constants as C
 import model_management as mm
-from data_collection import load_processed
+from data_collection import frame_columns, load_processed
 from errors import UserFacingError
 import fileutil
 from fileutil import file_sha256
@@ -359,7 +359,7 @@ def _dataset(cfg: TrainConfig, prof: dict, data_file: Path):
     """Step 1: the features (short symbols skipped) and the dataset; one log line says what."""
     features = load_processed(data_file)
     features, skipped = drop_short_symbols(features, prof["window"])
-    ds = build_dataset(features, prof["window"], list(C.FEATURE_COLUMNS), cfg.shuffle_targets, cfg.seed)
+    ds = build_dataset(features, prof["window"], frame_columns(features), cfg.shuffle_targets, cfg.seed)
     tr, va, te = ds["train_mask"], ds["validation_mask"], ds["test_mask"]
     log.info("data %s: %d symbols, %s .. %s; train %d, validation %d (from %s), test %d (from %s) "
              "samples; window %d%s", data_file.name, features["Symbol"].nunique(),
@@ -410,7 +410,7 @@ def _metadata(cfg: TrainConfig, prof: dict, net, history, ds: dict, features, sk
     """Step 5: the model's metadata (``lstm_price_difference_model.json``)."""
     tr, va, te = ds["train_mask"], ds["validation_mask"], ds["test_mask"]
     val_losses = history.history.get("val_loss", [])
-    feature_columns = list(C.FEATURE_COLUMNS)
+    feature_columns = list(ds["scaler"]["feature_columns"])   # FEATURE_COLUMNS (+ SENTIMENT_COLUMNS)
     try:
         data_sha = file_sha256(data_file)
     except OSError:

@@ -15,6 +15,9 @@ audit_rotate    close + 45 min                  python audit_logging.py rotate
 log_retention   close + 50 min                  python log_retention.py
 retrain         week's last close + 60 min      python train_model.py
 walk_forward    week's last close + 75 min      ./run_backtest.sh --walk-forward
+sentiment       close - 30 min, only with       python reddit_sentiment.py collect
+                REDDIT_SENTIMENT or
+                REDDIT_COLLECT on
 ==============  ==============================  ===========================================
 
 (offsets and catch-up windows: constants.py, "schedule and alerts"). A job whose time has come
@@ -93,6 +96,7 @@ class Job:
 
 
 TRADING_CYCLE = "trading_cycle"            # the job that trades: named first wherever jobs are listed
+REDDIT_JOB = "sentiment"            # only when REDDIT_SENTIMENT or REDDIT_COLLECT is on
 
 
 def _jobs() -> tuple[Job, ...]:
@@ -117,7 +121,9 @@ def _jobs() -> tuple[Job, ...]:
         Job("walk_forward", ("./run_backtest.sh", "--walk-forward"), "close",
             C.WALK_FORWARD_AFTER_CLOSE_MIN, C.WEEKLY_CATCHUP_MIN, weekly=True,
             timeout_min=C.LONG_JOB_TIMEOUT_MIN),
-    )
+    ) + ((Job(REDDIT_JOB, ("python", "reddit_sentiment.py", "collect"), "close",
+              -C.REDDIT_COLLECT_BEFORE_CLOSE_MIN, C.REDDIT_COLLECT_CATCHUP_MIN),)
+         if C.REDDIT_SENTIMENT or C.REDDIT_COLLECT else ())
 
 
 class _Schedule(Sequence):

@@ -51,7 +51,9 @@ import constants as C
 import corporate_actions
 import model_management as mm
 import model_training
+import sentiment_store
 import skill_stats
+import state_db
 import tunables
 import walk_forward_runs as runs
 from backtest_engine import LivePolicy, buy_and_hold, market_from_frames, run_engine
@@ -128,7 +130,7 @@ def train_fold(features: pd.DataFrame, fold: dict, prof: dict, seed: int, settin
         tunables.apply_values(settings_overrides)
     _single_thread_tf()
     window = int(prof["window"])
-    columns = list(C.FEATURE_COLUMNS)
+    columns = data_collection.frame_columns(features)     # + SENTIMENT_COLUMNS when the driver loaded them
     train_part = features[features["Date"] <= fold["train_end"]]
     train_part, skipped = model_training.drop_short_symbols(train_part, window)
     ds = model_training.build_dataset(train_part, window, columns, seed=seed,
@@ -446,6 +448,58 @@ def run(profile: str = "default", seed: int | None = None, workers: int | None =
     return report
 
 
+def compare_sentiment(profile: str = "default", seed: int | None = None, workers: int | None = None,
+                      min_train: int | None = None, retrain: int | None = None, progress: bool = False,
+                      reports_dir=None, charts: bool = True, out=None) -> dict:
+    """``--compare-sentiment``: the walk-forward on the production data without, then with, the Reddit
+    sentiment features (``REDDIT_SENTIMENT`` off / on, as settings.toml would set it), out of sample on
+    the recorded period (``min_train`` defaults to the sessions before the first collection; sessions
+    with no collection see neutral sentiment). Each arm is a whole run, recorded by ``run`` like any
+    other: two configurations (``REDDIT_SENTIMENT`` is a strategy tunable), two counted trials. Prints
+    both skills; returns {"without": report, "with": report, ...}."""
+    out = out or sys.stdout
+    conn = state_db.connect_readonly()
+    try:
+        recorded = sentiment_store.collections(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    if recorded.empty:
+        raise WalkForwardError("no Reddit sentiment recorded yet: run python reddit_sentiment.py collect every session "
+                               "(REDDIT_COLLECT = true lets the scheduler do it); history cannot be back-filled")
+    first = pd.Timestamp(recorded["session"].iloc[0])
+    try:
+        sessions = pd.DatetimeIndex(pd.unique(data_collection.load_processed(sentiment=False)["Date"]))
+    except data_collection.DataError as exc:
+        raise WalkForwardError(" ".join(str(exc).split())) from None
+    recorded_sessions = int((sessions >= first).sum())
+    if recorded_sessions == 0:
+        raise WalkForwardError(f"the sentiment record starts {first.date()}, after the data's last session "
+                               f"{sessions.max().date()}: keep collecting and updating the data, then compare")
+    min_train = int((sessions < first).sum()) if min_train is None else min_train
+    base = tunables.applied_overrides()
+    reports = {}
+    try:
+        for arm, flag in (("without", False), ("with", True)):
+            tunables.apply_values({**base, "REDDIT_SENTIMENT": flag})
+            reports[arm] = run(profile=profile, seed=seed, workers=workers, min_train=min_train, retrain=retrain,
+                               progress=progress, reports_dir=reports_dir, charts=charts)
+    finally:
+        tunables.apply_values(base)
+    print(f"Reddit sentiment compared out of sample on {reports['with']['start']} .. {reports['with']['end']} "
+          f"({recorded_sessions} sessions since the first collection {first.date()}, {len(recorded)} collections; "
+          f"trained on at least {min_train} sessions):", file=out)
+    for arm in ("without", "with"):
+        o = reports[arm]["overall"]
+        print(f"  {arm:<7} sentiment: skill vs no change {_num(o['dm_vs_no_change']['skill'], '+.4f')} "
+              f"(DM p {_num(o['dm_vs_no_change']['p_value'], '.4f')}), vs training mean "
+              f"{_num(o['dm_vs_training_mean']['skill'], '+.4f')} (DM p {_num(o['dm_vs_training_mean']['p_value'], '.4f')}), "
+              f"DSR {_num(o['dsr_excess'])} of {o['n_trials']} trial(s), verdict {'PASS' if reports[arm]['passed'] else 'FAIL'}"
+              f"; run {reports[arm].get('run_id')}, {reports[arm]['report_html']}", file=out)
+    return {"first_recorded_session": str(first.date()), "recorded_sessions": recorded_sessions,
+            "collections": len(recorded), "min_train": min_train, **reports}
+
+
 def print_summary(report: dict, out=None) -> None:
     out = out or sys.stdout
     o = report["overall"]
@@ -484,6 +538,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="sessions between retrains (default WALK_FORWARD_RETRAIN_SESSIONS)")
     p.add_argument("--no-record", action="store_true", help="do not record the run in the state database")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--compare-sentiment", action="store_true",
+                   help="run it without and with the Reddit sentiment features, out of sample on the recorded "
+                        "period; both runs are recorded (two trials); exit 0 once both ran")
     return p
 
 
@@ -500,6 +557,18 @@ def main(argv=None) -> int:
     if args.workers is not None and args.workers < 1:
         print("ERROR: --workers must be at least 1", file=sys.stderr)
         return EXIT_ERROR
+    if args.compare_sentiment:
+        if args.data or args.symbols or args.no_record:
+            print("ERROR: --compare-sentiment runs on the production data and universe and is always recorded: "
+                  "leave out --data, --symbols and --no-record", file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            compare_sentiment(profile=args.profile, seed=args.seed, workers=args.workers, min_train=args.min_train,
+                              retrain=args.retrain, progress=(not args.no_progress) and sys.stderr.isatty())
+        except Exception as exc:
+            command_failed(log, "walk-forward sentiment comparison", exc)
+            return EXIT_ERROR
+        return EXIT_PASS
     try:
         report = run(profile=args.profile, seed=args.seed, workers=args.workers, data_path=args.data,
                      symbols=args.symbols.split(",") if args.symbols else None, min_train=args.min_train,

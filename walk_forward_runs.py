@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 import constants as C
+import data_collection
 import state_db
 
 RUNS_SCHEMA = [
@@ -70,7 +71,7 @@ def model_configuration(prof: dict, tunables: Mapping | None = None) -> dict:
             "dense_units": int(prof["dense_units"]), "lstm_layers": int(prof["layers"]),
             "epochs_max": int(prof["epochs"]), "patience": int(prof["patience"]),
             "batch_size": C.TRAIN_BATCH_SIZE, "learning_rate": C.TRAIN_LEARNING_RATE,
-            "feature_columns": list(C.FEATURE_COLUMNS), "target_clip": C.TARGET_CLIP,
+            "feature_columns": data_collection.feature_columns(), "target_clip": C.TARGET_CLIP,
             "feature_clip": C.FEATURE_CLIP, "vol_floor": C.TARGET_VOL_FLOOR,
             "validation_fraction": C.VALIDATION_FRACTION,
             "tunables": strategy_tunables(tunables)}
