@@ -121,6 +121,8 @@ def entry_env(home=None, env_extra=None) -> dict:
     env.pop("TRADING_MODE", None)
     env.pop("TRADING_FAILPOINT", None)
     env.setdefault("TRADING_NOW", FIXED_NOW.isoformat())      # the suite's clock, session fixtures too
+    if env.get("TRADING_PYTHON") == sys.executable:            # shell scripts' python: the fork server's
+        env["TRADING_PYTHON"] = fork_runner.python_shim() or sys.executable
     for name, value in (env_extra or {}).items():
         if value is None:
             env.pop(name, None)

@@ -53,6 +53,63 @@ def _start() -> str | None:
         return path
 
 
+SHIM = """#!{exe} -IS
+# `python` for shell scripts run by the tests (run_*.sh, the demo, the runbook's commands): hands
+# `python SCRIPT.py ...` / `python -c CODE` to the fork server (tests/entry_server.py) with this
+# process's own stdin, stdout, stderr, directory and environment, forwards SIGTERM/SIGINT/SIGHUP to
+# the child and ends as it ended; anything else runs the real interpreter. Written by tests/fork_runner.py.
+import os, sys
+REAL, SOCKET, BASE, START = {exe!r}, {path!r}, {base!r}, {start!r}
+args = sys.argv[1:]
+def real():
+    os.execv(REAL, [REAL, *args])
+runnable = len(args) >= 1 and ((args[0] == "-c" and len(args) >= 2) or (args[0].endswith(".py") and not args[0].startswith("-")))
+if not runnable or os.environ.get("TESTS_FORK_SERVER", "1") == "0" or any(os.environ.get(k) != BASE.get(k) for k in START):
+    real()
+import json, signal, socket, struct
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    conn.connect(SOCKET)
+except OSError:
+    real()
+request = json.dumps({{"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
+socket.send_fds(conn, [struct.pack("!I", len(request))], [0, 1, 2])
+conn.sendall(request)
+def read4():
+    data = b""
+    while len(data) < 4:
+        chunk = conn.recv(4 - len(data))
+        if not chunk:
+            sys.exit("fork server: no answer")
+        data += chunk
+    return struct.unpack("!i", data)[0]
+pid = read4()
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, lambda s, f: os.kill(pid, s))
+code = os.waitstatus_to_exitcode(read4())
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
+def python_shim() -> str | None:
+    """A ``python`` for shell scripts (TRADING_PYTHON, PATH) that goes through this process's fork
+    server, or None when the server is not available (then use sys.executable)."""
+    if os.environ.get("TESTS_FORK_SERVER", "1") == "0":
+        return None
+    path = _start()
+    if path is None:
+        return None
+    shim = Path(path).with_name("python")
+    if not shim.exists():
+        base = {name: _server["env"].get(name) for name in START_VARIABLES}
+        shim.write_text(SHIM.format(exe=sys.executable, path=path, base=base, start=START_VARIABLES))
+        shim.chmod(0o755)
+    return str(shim)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()          # reaped, so the CPU time of its children counts in this process's (time, bench)
