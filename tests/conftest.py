@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import fork_runner
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -119,6 +121,8 @@ def entry_env(home=None, env_extra=None) -> dict:
     env.pop("TRADING_MODE", None)
     env.pop("TRADING_FAILPOINT", None)
     env.setdefault("TRADING_NOW", FIXED_NOW.isoformat())      # the suite's clock, session fixtures too
+    if env.get("TRADING_PYTHON") == sys.executable:            # shell scripts' python: the fork server's
+        env["TRADING_PYTHON"] = fork_runner.python_shim() or sys.executable
     for name, value in (env_extra or {}).items():
         if value is None:
             env.pop(name, None)
@@ -130,8 +134,7 @@ def entry_env(home=None, env_extra=None) -> dict:
 def run_command(cmd, home=None, env_extra=None, timeout=180, input=None, cwd=ROOT):
     """Run ``cmd`` (a shell script such as ``["./send_alert.sh", "x"]``, or any program) with
     ``entry_env(home, env_extra)``, from the project folder unless ``cwd`` says otherwise."""
-    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=entry_env(home, env_extra), capture_output=True,
-                          text=True, timeout=timeout, input=input)
+    return fork_runner.run(cmd, cwd, entry_env(home, env_extra), timeout, input)
 
 
 def run_entry(args, home=None, env_extra=None, timeout=180, input=None, cwd=ROOT):

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import fork_runner
 from conftest import entry_env
 from fake_schwab_server import FakeSchwabServer, store_credentials
 
@@ -81,8 +82,7 @@ def run_live(home, args, server: FakeSchwabServer | None, env_extra: dict | None
     ``server`` (None: every Schwab request fails to connect). ``args`` start with a script
     (``live_trading.py``), ``-m module`` or ``-c code``. ``env_extra`` wins over the defaults
     (e.g. ``{"TRADING_FAILPOINT": "after_place_order"}``)."""
-    return subprocess.run([sys.executable, str(SHIM), *args], cwd=ROOT, env=live_env(home, server, env_extra),
-                          capture_output=True, text=True, timeout=timeout, input=input)
+    return fork_runner.run([sys.executable, str(SHIM), *args], ROOT, live_env(home, server, env_extra), timeout, input)
 
 
 def start_live(home, args, server: FakeSchwabServer | None, env_extra: dict | None = None) -> subprocess.Popen:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import alerts
+import fork_runner
 from alert_servers import WebhookServer
 from conftest import ROOT, entry_env, project_state, run_entry
 
@@ -122,10 +123,16 @@ def _missing_files(cmd: str, env: dict) -> list[str]:
     return missing
 
 
+def _python_dir() -> str:
+    """The folder of the fork server's ``python`` (tests/fork_runner.py), first on PATH, or nothing."""
+    shim = fork_runner.python_shim()
+    return f"{Path(shim).parent}:" if shim else ""
+
+
 def test_every_runbook_command_runs_in_a_prepared_home(prepared, tmp_path):
     run, _ = _split()
     env = entry_env(prepared, {"TRAIN_PROFILE": "tiny", "TRADING_CRONTAB_FILE": tmp_path / "crontab",
-                               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+                               "PATH": f"{_python_dir()}{Path(sys.executable).parent}:{os.environ['PATH']}"})
     failures, before = [], project_state()
     with WebhookServer() as hook:
         env["TRADING_ALERT_URLS"] = hook.url
