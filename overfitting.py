@@ -120,6 +120,12 @@ def excess_returns(series: dict | None) -> np.ndarray:
     return e[np.isfinite(e)]
 
 
+def pending_trials(universe, conn=None) -> int:
+    """The DSR's N for a run about to be recorded on this universe: every recorded trial on it
+    and the production data (``trial_registry.count_trials``), plus this run."""
+    return trial_registry.count_trials(universe, conn=conn) + 1
+
+
 def trial_evidence(universe, series: dict | None = None, pending: bool = False, conn=None) -> dict:
     """The trial count, the deflated Sharpe and the PBO of a universe's trials (the walk-forward
     report, the sweep, ``gate`` and ``gate --json`` all print this).
@@ -142,7 +148,7 @@ def trial_evidence(universe, series: dict | None = None, pending: bool = False, 
     verdict = pbo_verdict(pbo["pbo"], int(matrix.shape[1]))
     min_dsr = C.SKILL_MIN_DSR
     dsr_ok = dsr is not None and dsr >= min_dsr
-    return {"n_trials": int(n_trials), "dsr": dsr, "min_dsr": min_dsr, "dsr_passed": bool(dsr_ok),
+    return {"n_trials": int(n_trials), "dsr_trials": max(int(n_trials), 1), "dsr": dsr, "min_dsr": min_dsr, "dsr_passed": bool(dsr_ok),
             "pbo": pbo["pbo"], "pbo_trials": int(matrix.shape[1]), "pbo_splits": int(pbo["splits"]),
             "pbo_blocks": int(pbo["blocks"]), "pbo_max": verdict["max"], "pbo_min_trials": verdict["min_trials"],
             "pbo_applies": verdict["applies"], "pbo_passed": verdict["passed"], "pbo_text": verdict["text"],
@@ -155,8 +161,8 @@ def trial_lines(ev: dict, indent: str = "") -> list[str]:
     pbo = "n/a" if ev["pbo"] is None else f"{ev['pbo']:.3f}"
     when = ("applies" if ev["pbo_applies"] else "not yet applied") + f" from {ev['pbo_min_trials']} trials"
     return [f"{indent}trials:         {ev['n_trials']} on this universe and the production data (every walk-forward, "
-            f"sweep configuration, holdout opening and backtest; the DSR's N)",
-            f"{indent}DSR:            {dsr} at {ev['n_trials']} trial(s) "
+            f"sweep configuration, holdout opening and backtest)",
+            f"{indent}DSR:            {dsr} deflated for {ev['dsr_trials']} trial(s) "
             f"({'PASS' if ev['dsr_passed'] else 'FAIL'}; needs >= {ev['min_dsr']})",
             f"{indent}PBO:            {pbo} over {ev['pbo_trials']} trial(s) with out-of-sample returns, "
             f"{ev['pbo_splits']} CSCV splits of {ev['pbo_blocks']} blocks "

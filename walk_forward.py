@@ -475,7 +475,7 @@ def run(profile: str = "default", seed: int | None = None, workers: int | None =
     model_config = runs.model_configuration(prof)
     fingerprint = runs.config_fingerprint(model_config)
     data_sha = file_sha256(path)
-    n_trials = runs.count_trials(wanted, fingerprint)
+    n_trials = overfitting.pending_trials(wanted)
     log.info("walk-forward started: %d symbols, %d folds (min train %d, retrain every %d sessions), profile %s, "
              "seed %d, %d session(s) sealed as the holdout", len(wanted), len(folds), min_train, retrain, profile,
              seed, len(sealed))
@@ -635,7 +635,7 @@ def sweep(grid: str | None = None, profile: str = "default", seed: int | None = 
         fingerprint = runs.config_fingerprint(model_config)
         tunables.apply_values({**base, **plan["strategy"]})       # the configuration's threshold, then back
         try:
-            ev = evaluate(features, fold_results, n_trials=runs.count_trials(wanted, fingerprint))
+            ev = evaluate(features, fold_results, n_trials=overfitting.pending_trials(wanted))
             threshold = C.SIGNAL_THRESHOLD
         finally:
             tunables.apply_values(base)
@@ -654,15 +654,16 @@ def sweep(grid: str | None = None, profile: str = "default", seed: int | None = 
                      "sharpe": o["sharpe_strategy"], "benchmark_sharpe": o["sharpe_benchmark"],
                      "passed": bool(o["passed"]), "start": ev["start"], "end": ev["end"],
                      "returns": trial_registry.daily_series(ev["equity"], ev["benchmark"])})
-    n_trials = trial_registry.count_trials(wanted)
+    universe_trials = overfitting.trial_evidence(wanted)
+    n_trials, n_dsr = universe_trials["n_trials"], universe_trials["dsr_trials"]
     for r in rows:
-        r["dsr"] = skill_stats.deflated_sharpe_ratio(overfitting.excess_returns(r["returns"]), max(n_trials, 1))
+        r["dsr"] = skill_stats.deflated_sharpe_ratio(overfitting.excess_returns(r["returns"]), n_dsr)
     _, matrix, _ = trial_registry.excess_matrix(rows, rows[0]["returns"])
     set_pbo = overfitting.pbo_cscv(matrix)
     order = sorted(range(len(rows)), key=lambda i: (-(rows[i]["skill_vs_no_change"]
                                                       if rows[i]["skill_vs_no_change"] is not None else -np.inf), i))
-    return {"rows": [rows[i] for i in order], "n_trials": n_trials, "pbo": set_pbo,
-            "trials": overfitting.trial_evidence(wanted), "workers": n_workers, "universe": wanted,
+    return {"rows": [rows[i] for i in order], "n_trials": n_trials, "dsr_trials": n_dsr, "pbo": set_pbo,
+            "trials": universe_trials, "workers": n_workers, "universe": wanted,
             "holdout": _holdout_inputs(sealed), "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -682,7 +683,8 @@ def print_sweep(result: dict, out=None) -> None:
               f"{_num(r['sharpe'], '.2f'):>7} {_num(r['benchmark_sharpe'], '.2f'):>6} {_num(r['dsr'], '.3f'):>6} "
               f"{'PASS' if r['passed'] else 'FAIL':<8} {r['trial_id']}", file=out)
     pbo = result["pbo"]
-    print(f"  DSR at {result['n_trials']} trials on this universe (needs >= {C.SKILL_MIN_DSR}); PBO of this set "
+    print(f"  DSR deflated for {result['dsr_trials']} of the {result['n_trials']} trials on this universe (needs >= "
+          f"{C.SKILL_MIN_DSR}); PBO of this set "
           f"{_num(pbo['pbo'], '.3f')} over {pbo['n_trials']} configurations, {pbo['splits']} CSCV splits "
           f"(needs <= {C.PBO_MAX} once {C.PBO_MIN_TRIALS} trials)", file=out)
     for line in overfitting.trial_lines(result["trials"], "  "):
@@ -715,7 +717,7 @@ def open_holdout(profile: str = "default", seed: int | None = None, workers: int
                 "other_configurations": others, "passed": bool(earlier["passed"])}
     sessions = pd.DatetimeIndex(sorted(pd.unique(pd.DatetimeIndex(features["Date"]))))
     fold = plan_folds(sessions, len(sessions) - len(sealed), len(sealed))[0]
-    n_trials = runs.count_trials(wanted, fingerprint)
+    n_trials = overfitting.pending_trials(wanted)
     results, n_workers = run_folds(features, [fold], prof, seed, workers, progress)
     ev = evaluate(features, results, n_trials=n_trials)
     o = ev["overall"]
