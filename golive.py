@@ -321,7 +321,10 @@ def gate_status(checksum: str, conn=None, metadata: dict | None = None, universe
         override = state_db.kv_get(c, GATE_OVERRIDE_KEY)
     override = override if override and override.get("model_checksum") == checksum else None
     conditions = _conditions(backtest, sessions, wf)
-    trials = trial_evidence(wf)
+    try:
+        trials = trial_evidence(wf)
+    except (UserFacingError, OSError) as exc:   # the registry cannot be read: the gate stays closed, saying why
+        trials = {"error": f"the trial registry cannot be read ({exc})"}
     conditions += trial_conditions(trials)
     evidence = bool(backtest) and bool(wf["run"])
     ok = all(x["passed"] for x in conditions)
@@ -390,6 +393,8 @@ def trial_lines(status: dict) -> list[str]:
     ev = status.get("trials")
     if not ev:
         return []
+    if ev.get("error"):
+        return [f"trials:         ERROR: {ev['error']}"]
     lines = overfitting.trial_lines(ev)
     if not ev.get("applies_dsr"):
         lines[1] += " (applied to the walk-forward that counts: none yet)"
@@ -409,6 +414,10 @@ def trial_conditions(ev: dict | None) -> list[dict]:
     and the PBO under its ceiling (once there are PBO_MIN_TRIALS trials)."""
     if ev is None:
         return []
+    if ev.get("error"):
+        return [{"name": "overfitting", "passed": False, "measured": ev["error"],
+                 "threshold": "the trial registry readable (logs/audit/trial_registry.db)",
+                 "fix": "make logs/audit/ writable and the disk not full, then python live_trading.py gate"}]
     dsr = "n/a" if ev["dsr"] is None else f"{ev['dsr']:.3f}"
     return [{"name": "overfitting", "passed": ev["passed"],
              "measured": (f"{ev['n_trials']} trial(s) on this universe; DSR of the counted walk-forward at that count "
@@ -422,6 +431,8 @@ def trial_conditions(ev: dict | None) -> list[dict]:
 
 def overfitting_reason(status: dict) -> str:
     ev = status.get("trials") or {}
+    if ev.get("error"):
+        return ev["error"]
     what = []
     if ev.get("applies_dsr") and not ev.get("dsr_passed"):
         what.append(f"the deflated Sharpe at {ev.get('n_trials')} trials is below {ev.get('min_dsr')}")

@@ -320,6 +320,16 @@ def _num(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def _trials_row(trials: dict | None) -> str:
+    """The PBO row of the report (overfitting.trial_evidence), with its threshold."""
+    if not trials:
+        return ""
+    when = "applies" if trials["pbo_applies"] else "not yet applied"
+    return (f"<tr><td>probability of backtest overfitting (CSCV)</td><td>{_num(trials['pbo'])} over "
+            f"{trials['pbo_trials']} trial(s), {trials['pbo_splits']} splits (needs &lt;= {trials['pbo_max']}; "
+            f"{when} from {trials['pbo_min_trials']} trials)</td></tr>")
+
+
 def render_html(report: dict, charts: dict | None = None) -> str:
     e = html.escape
     o = report["overall"]
@@ -374,7 +384,8 @@ configuration <code>{e(inputs['config_fingerprint'][:16])}</code>.</p>
 ({_num(o['dm_vs_training_mean']['p_value'], '.4f')})</td></tr>
 <tr><td>directional accuracy</td><td>{_pct(o['directional_accuracy'])}</td></tr>
 <tr><td>PSR / DSR of the daily excess over buy &amp; hold</td><td>{_num(o['psr_excess'])} /
-{_num(o['dsr_excess'])} ({o['n_trials']} configuration(s) tried)</td></tr></table>
+{_num(o['dsr_excess'])} ({o['n_trials']} trial(s) on this universe; needs >= {o['min_dsr']})</td></tr>
+{_trials_row(o.get('trials'))}</table>
 <h2>Per fold</h2>
 <table><tr><th>fold</th><th>trained to</th><th>predicts</th><th>skill vs 0</th><th>DM p</th>
 <th>skill vs mean</th><th>DM p</th><th>dir. acc.</th><th>strategy</th><th>buy &amp; hold</th>

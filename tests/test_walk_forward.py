@@ -117,6 +117,13 @@ def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
                 "sharpe_strategy", "sharpe_benchmark"):
         assert key in o
     assert report["passed"] == (done.returncode == 0) == all(c["passed"] for c in o["conditions"])
+    # issue 21: the trial count, DSR and PBO with their thresholds, and the sealed holdout; a counted trial
+    assert "trials:         1 on this universe" in done.stdout and "needs <=" in done.stdout
+    assert o["trials"]["n_trials"] == o["n_trials"] == 1 and "probability of backtest overfitting" in page
+    assert report["inputs"]["holdout"]["sessions"] == C.HOLDOUT_SESSIONS
+    assert report["end"] < report["inputs"]["holdout"]["start"]
+    import trial_registry
+    assert trial_registry.trial(report["trial_id"])["config_fingerprint"] == report["inputs"]["config_fingerprint"]
     assert len(report["folds"]) == 2 and report["start"] == report["folds"][0]["test_start"]
     inputs = report["inputs"]
     assert inputs["data_sha256"] == fileutil.file_sha256(home / "processed_stock_data.csv")

@@ -97,3 +97,26 @@ def test_the_holdout_is_opened_once_per_configuration(small_home, ray_local, cap
     import walk_forward_runs as runs
     fp = runs.config_fingerprint(runs.model_configuration(wf.profile_params("tiny")))
     assert R.holdout_opening(fp, SYMBOLS) is None
+
+
+@pytest.mark.timeout(1800)
+def test_a_no_record_walk_forward_is_still_a_counted_trial(small_home, ray_local, capsys):
+    import state_db
+    report = wf.run(profile="tiny", seed=4, workers=1, min_train=340, retrain=40, record=False, charts=False)
+    assert "run_id" not in report
+    with state_db.opened(None, __import__("walk_forward_runs").RUNS_SCHEMA) as c:
+        assert c.execute("SELECT COUNT(*) FROM walk_forward_runs").fetchone()[0] == 0
+    rows = R.trials(SYMBOLS)
+    assert len(rows) == 1 and rows[0]["kind"] == "walk_forward" and rows[0]["recorded"] is False
+    assert rows[0]["settings"]["min_train"] == 340 and rows[0]["settings"]["retrain"] == 40
+    assert rows[0]["id"] == report["trial_id"] and rows[0]["returns"]["dates"][-1] == report["end"]
+    o = report["overall"]
+    assert o["trials"]["n_trials"] == 1 and o["n_trials"] == 1
+    assert any(c["name"] == "pbo" for c in o["conditions"])
+    assert report["inputs"]["holdout"]["sessions"] == 40
+    # the next run, another seed, is the second trial: its DSR is deflated for 2
+    again = wf.run(profile="tiny", seed=5, workers=1, min_train=340, retrain=40, record=False, charts=False)
+    assert again["overall"]["n_trials"] == 2 and R.count_trials(SYMBOLS) == 2
+    wf.print_summary({**again, "report_html": "x", "timings_s": {"total": 1.0}})
+    out = capsys.readouterr().out
+    assert "trials:         2 on this universe" in out and "DSR:" in out and "PBO:" in out and "needs <=" in out
