@@ -28,6 +28,15 @@ What it does, in order:
    SHA-256, the universe, the period, the costs, the model configuration and its fingerprint,
    the seed and the verdict (``walk_forward_runs.py``, which also says which run counts for
    the go-live gate).
+6. Every run, ``--no-record`` too, is a counted trial of the trial registry
+   (``trial_registry.py``, beside the audit trail): the deflated Sharpe's N is the number of
+   trials on the universe, and the PBO over their daily returns (``overfitting.py``) is a
+   condition once ``PBO_MIN_TRIALS`` exist. The newest ``HOLDOUT_SESSIONS`` sessions are sealed
+   (``split_holdout``) from every walk-forward and sweep.
+
+Commands: ``walk_forward.py sweep [--grid ...]`` walks a grid of configurations forward (their
+folds as Ray tasks), each a trial, and prints them by out-of-sample skill with the DSR and PBO;
+``walk_forward.py holdout`` opens the sealed holdout once per configuration for the final check.
 """
 from __future__ import annotations
 
