@@ -40,12 +40,15 @@ import corporate_actions
 import data_collection
 import model_management
 import signals as sig
+import trial_registry
 import walk_forward
+import walk_forward_runs
 from backtest_engine import (FILL_MODES, BacktestError, EngineResult, LivePolicy, Market, buy_and_hold,
                              market_from_frames, run_engine)
 from backtest_metrics import analyse, conventions
 from backtest_report import add_trade_tables, fmt, make_charts, write_reports
 from errors import UsageError, command_failed, install_excepthook, squeeze
+from fileutil import file_sha256
 from golive import Criteria, evaluate_criteria, record_run
 from logging_setup import setup_logging
 from settings import TradingSettings
@@ -353,6 +356,29 @@ def _write_and_record(report: dict, opts: Options, result: EngineResult, benchma
     report["report_json"], report["report_html"] = str(json_path), str(html_path)
     if opts.record:
         report["run_id"] = record_run({**report, "metrics": report["metrics"]}, json_path)
+    report["trial_id"] = _record_trial(report, opts)
+
+
+def _record_trial(report: dict, opts: Options) -> int:
+    """Every backtest (``--no-record`` too) is a counted trial of the trial registry."""
+    metadata = report["parameters"].get("model_metadata") or {}
+    try:
+        fingerprint = walk_forward_runs.config_fingerprint(
+            walk_forward_runs.model_configuration_from_metadata(metadata))
+    except (KeyError, TypeError, ValueError):
+        fingerprint = f"model:{report.get('model_checksum')}"
+    path = Path(opts.data_path) if opts.data_path else config.path(C.PROCESSED_DATA_FILE)
+    try:
+        sha = file_sha256(path)
+    except OSError:
+        sha = None
+    s = report["metrics"]["strategy"]
+    return trial_registry.record_trial(
+        "backtest", config_fingerprint=fingerprint, universe=report["parameters"]["symbols"], seed=None,
+        settings={"start": report["start"], "end": report["end"], "in_sample": opts.in_sample, "fill": opts.fill,
+                  "model_checksum": report.get("model_checksum")},
+        recorded=opts.record, data_sha256=sha, data_path=path, start=report["start"], end=report["end"],
+        sharpe=s.get("sharpe"), passed=report["passed"])
 
 
 def _data_source() -> str | None:

@@ -50,6 +50,7 @@ STATE_DB_FILE = "state/trading_state.db"               # SQLite: orders, positio
 REPLAY_STATE_DB_FILE = "state/replay_state.db"   # throwaway state (paper account, orders, ...) of --as-of replays
 LOG_DIR = "logs"                                       # all logs
 AUDIT_LOG_FILE = "logs/audit/audit_log.jsonl"          # hash-chained audit trail
+TRIAL_REGISTRY_FILE = "logs/audit/trial_registry.db"   # SQLite: every evaluation run counted (trial_registry.py); beside the audit trail, so a new state database does not reset it
 REPORTS_DIR = "reports"                                # backtest reports
 LOCK_DIR = "state/locks"                               # process locks (one cycle at a time)
 SETTINGS_FILE = "settings.toml"                        # optional overrides of these tunables (tunables.py, docs/RUNBOOK.md)
@@ -292,6 +293,11 @@ WALK_FORWARD_RETRAIN_SESSIONS = 63         # retrain every this many sessions; a
 SKILL_ALPHA = 0.05                         # one-sided significance level of the Diebold-Mariano skill tests
 SKILL_MIN_DSR = 0.95                       # deflated Sharpe ratio of strategy-minus-benchmark returns needed to pass
 SKILL_HAC_LAG = None                       # Newey-West lag (sessions); None: floor(4 * (n / 100) ** (2 / 9))
+HOLDOUT_SESSIONS = 252                     # newest sessions sealed from every walk-forward and sweep, opened once per configuration by `walk_forward.py holdout` (sessions; 0: none)
+PBO_MAX = 0.5                              # probability of backtest overfitting (CSCV) the gate accepts at most (probability)
+PBO_MIN_TRIALS = 4                         # the PBO ceiling applies once a universe has this many trials with out-of-sample returns (count)
+PBO_BLOCKS = 16                            # CSCV blocks of the PBO (even count; C(16, 8) = 12870 splits)
+SWEEP_GRID = "retrain=63,126;threshold=0.5,0.7"   # default grid of `walk_forward.py sweep`: key=v1,v2 joined by ';' (keys: retrain, window, threshold, profile)
 
 # ---------------------- sentiment: Reddit mentions and VADER scores (reddit_sentiment.py, sentiment_store.py)
 REDDIT_SENTIMENT = False                   # the sentiment columns enter the model (features, training, live, backtest); off by default
@@ -381,6 +387,7 @@ OPERATIONAL_TUNABLES = (
     "GOLIVE_MIN_SHARPE", "GOLIVE_MAX_DRAWDOWN", "GOLIVE_MIN_TRADES", "GOLIVE_MIN_PAPER_SESSIONS",
     "GOLIVE_WALK_FORWARD_MAX_AGE_DAYS", "WALK_FORWARD_MIN_TRAIN_SESSIONS", "WALK_FORWARD_RETRAIN_SESSIONS",
     "SKILL_ALPHA", "SKILL_MIN_DSR", "SKILL_HAC_LAG",
+    "TRIAL_REGISTRY_FILE", "HOLDOUT_SESSIONS", "PBO_MAX", "PBO_MIN_TRIALS", "PBO_BLOCKS", "SWEEP_GRID",
     "AUDIT_KEY_FILE", "AUDIT_CHECKPOINT_FILE", "AUDIT_LOCK_FILE", "AUDIT_TRAIL_ID_FILE", "AUDIT_TRAIL_ID_BYTES",
     "AUDIT_CHECKPOINT_FSYNC",
     "CREDENTIAL_KEY_FILE", "CREDENTIAL_NEXT_KEY_FILE", "CREDENTIAL_FILE_TEMPLATE",
@@ -453,6 +460,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "REPLAY_STATE_DB_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "LOG_DIR": ("fixed", "folder under TRADING_HOME (logs/: people grep it)", None),
         "AUDIT_LOG_FILE": ("fixed", "file under TRADING_HOME (the audit trail)", None),
+        "TRIAL_REGISTRY_FILE": ("fixed", "file under TRADING_HOME (beside the audit trail)", None),
         "REPORTS_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
         "LOCK_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
         "SETTINGS_FILE": ("fixed", "file under TRADING_HOME", None),
@@ -686,6 +694,11 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "SKILL_ALPHA": ("float", "significance level", "(0, 0.5]"),
         "SKILL_MIN_DSR": ("float", "probability", "[0, 1]"),
         "SKILL_HAC_LAG": ("int_or_none", "sessions (None: automatic)", "[0, 10000]"),
+        "HOLDOUT_SESSIONS": ("int", "sessions (0: no holdout)", "[0, 100000]"),
+        "PBO_MAX": ("float", "probability", "[0, 1]"),
+        "PBO_MIN_TRIALS": ("int", "trials", "[2, 100000]"),
+        "PBO_BLOCKS": ("int", "blocks (even)", "[2, 20]"),
+        "SWEEP_GRID": ("str", "key=v1,v2;key=v1,v2 (retrain, window, threshold, profile)", None),
     },
     "sentiment": {
         "REDDIT_SENTIMENT": ("bool", "on/off", None),

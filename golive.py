@@ -31,7 +31,9 @@ import constants as C
 from errors import UserFacingError
 import data_collection
 import model_management
+import overfitting
 import state_db
+import trial_registry
 import walk_forward_runs
 from fileutil import file_sha256, json_default
 
@@ -254,7 +256,7 @@ def headline(status: dict) -> list[str]:
         "ERROR": lambda: "ERROR (see below)",
     }.get(state, lambda: "MISSING: run ./run_backtest.sh --walk-forward (production data, whole universe, "
                          "must pass)")()
-    return [f"backtest:       {bt_line}", f"walk-forward:   {wf_line}"]
+    return [f"backtest:       {bt_line}", f"walk-forward:   {wf_line}"] + trial_lines(status)
 
 
 def _conditions(backtest, sessions: int, wf: dict) -> list[dict]:
@@ -319,6 +321,11 @@ def gate_status(checksum: str, conn=None, metadata: dict | None = None, universe
         override = state_db.kv_get(c, GATE_OVERRIDE_KEY)
     override = override if override and override.get("model_checksum") == checksum else None
     conditions = _conditions(backtest, sessions, wf)
+    try:
+        trials = trial_evidence(wf)
+    except (UserFacingError, OSError) as exc:   # the registry cannot be read: the gate stays closed, saying why
+        trials = {"error": f"the trial registry cannot be read ({exc})"}
+    conditions += trial_conditions(trials)
     evidence = bool(backtest) and bool(wf["run"])
     ok = all(x["passed"] for x in conditions)
     by_override = override is not None and (evidence or bool(override.get("no_backtest")))
@@ -327,7 +334,7 @@ def gate_status(checksum: str, conn=None, metadata: dict | None = None, universe
             "config_fingerprint": wf["config_fingerprint"],
             "universe": wf["universe"], "data_sha256": wf["data_sha256"], "paper_sessions": sessions,
             "paper_sessions_needed": C.GOLIVE_MIN_PAPER_SESSIONS, "override": override,
-            "conditions": conditions, "passed": ok or by_override}
+            "conditions": conditions, "trials": trials, "passed": ok or by_override}
 
 
 def refusal_reasons(status: dict) -> list[str]:
@@ -341,6 +348,8 @@ def refusal_reasons(status: dict) -> list[str]:
         elif cond["name"] == "walk_forward" and status.get("walk_forward_state") == "FAILED":
             why.append("the newest walk-forward of this model's configuration FAILED its statistics (see "
                        "python live_trading.py gate; run ./run_backtest.sh --walk-forward after a change)")
+        elif cond["name"] == "overfitting":
+            why.append(overfitting_reason(status))
         elif cond["name"] == "walk_forward":
             why.append("no passing walk-forward for this model's configuration on the production data and "
                        "universe (run ./run_backtest.sh --walk-forward)")
@@ -348,3 +357,85 @@ def refusal_reasons(status: dict) -> list[str]:
             why.append(f"{status['paper_sessions']} of {status['paper_sessions_needed']} paper-trading "
                        f"sessions with this model")
     return why
+
+
+# =========================================================================== trials, DSR, PBO, holdout (issue 21)
+
+def trial_evidence(wf: dict) -> dict | None:
+    """The trial count, the deflated Sharpe and the PBO the gate shows and applies
+    (``overfitting.trial_evidence`` on the trial registry), for the walk-forward run that counts
+    (its trial's daily returns: the DSR at today's trial count, not the count it ran with), and
+    whether the sealed holdout was opened for this configuration. None when the configuration
+    or the universe cannot be read (the walk-forward condition says why)."""
+    universe = wf.get("universe")
+    if wf.get("error") or not universe:
+        return None
+    run = wf.get("run")
+    trial_id = ((run or {}).get("summary") or {}).get("trial_id") if run else None
+    trial = trial_registry.trial(trial_id) if trial_id else None
+    ev = overfitting.trial_evidence(universe, trial["returns"] if trial else None)
+    if run and not trial:                 # a run recorded before the registry: its own DSR, as recorded
+        summ = run.get("summary") or {}
+        ev["dsr"] = summ.get("dsr_excess")
+        ev["dsr_passed"] = ev["dsr"] is not None and ev["dsr"] >= ev["min_dsr"]
+    ev["applies_dsr"] = bool(run)
+    ev["passed"] = bool(ev["pbo_passed"] and (ev["dsr_passed"] or not run))
+    opening = trial_registry.holdout_opening(wf["config_fingerprint"], universe)
+    ev["holdout"] = {"opened": opening is not None,
+                     "openings_on_universe": len(trial_registry.holdout_openings(universe)),
+                     **({k: opening[k] for k in ("created_at", "passed", "trial_id", "holdout_start", "holdout_end")}
+                        if opening else {})}
+    return ev
+
+
+def trial_lines(status: dict) -> list[str]:
+    """``gate``'s lines for the trials: the count, DSR and PBO, each with its threshold, and the holdout."""
+    ev = status.get("trials")
+    if not ev:
+        return []
+    if ev.get("error"):
+        return [f"trials:         ERROR: {ev['error']}"]
+    lines = overfitting.trial_lines(ev)
+    if not ev.get("applies_dsr"):
+        lines[1] += " (applied to the walk-forward that counts: none yet)"
+    h = ev["holdout"]
+    if h["opened"]:
+        lines.append(f"holdout:        opened for this configuration on {h['created_at']} ({h['holdout_start']} .. "
+                     f"{h['holdout_end']}, trial {h['trial_id']}): {'PASS' if h['passed'] else 'FAIL'}; "
+                     f"{h['openings_on_universe']} opening(s) on this universe")
+    else:
+        lines.append(f"holdout:        sealed, not opened for this configuration ({h['openings_on_universe']} opening(s) "
+                     f"on this universe): python walk_forward.py holdout, once, for the final check")
+    return lines
+
+
+def trial_conditions(ev: dict | None) -> list[dict]:
+    """The gate's condition on the trials: the counted walk-forward's DSR at today's trial count
+    and the PBO under its ceiling (once there are PBO_MIN_TRIALS trials)."""
+    if ev is None:
+        return []
+    if ev.get("error"):
+        return [{"name": "overfitting", "passed": False, "measured": ev["error"],
+                 "threshold": "the trial registry readable (logs/audit/trial_registry.db)",
+                 "fix": "make logs/audit/ writable and the disk not full, then python live_trading.py gate"}]
+    dsr = "n/a" if ev["dsr"] is None else f"{ev['dsr']:.3f}"
+    return [{"name": "overfitting", "passed": ev["passed"],
+             "measured": (f"{ev['n_trials']} trial(s) on this universe; DSR of the counted walk-forward at that count "
+                          f"{dsr}{'' if ev['applies_dsr'] else ' (no counted walk-forward yet)'}; {ev['pbo_text']}"),
+             "threshold": (f"deflated Sharpe >= {ev['min_dsr']} at the universe's trial count; probability of "
+                           f"backtest overfitting <= {ev['pbo_max']} once {ev['pbo_min_trials']} trials have "
+                           f"out-of-sample returns"),
+             "fix": ("every configuration tried lowers the DSR and can raise the PBO: stop tuning on this history; "
+                     "a real edge passes at the trial count (docs/MODEL.md, 'Trials, PBO and the sealed holdout')")}]
+
+
+def overfitting_reason(status: dict) -> str:
+    ev = status.get("trials") or {}
+    if ev.get("error"):
+        return ev["error"]
+    what = []
+    if ev.get("applies_dsr") and not ev.get("dsr_passed"):
+        what.append(f"the deflated Sharpe at {ev.get('n_trials')} trials is below {ev.get('min_dsr')}")
+    if not ev.get("pbo_passed"):
+        what.append(f"the probability of backtest overfitting is above {ev.get('pbo_max')}")
+    return "too many tries for the evidence: " + " and ".join(what or ["see python live_trading.py gate"])

@@ -249,6 +249,8 @@ def _relations(values: dict) -> list[str]:
     if not values["SAMPLE_START"] < values["SAMPLE_END"]:
         problems.append(f"SAMPLE_START ({values['SAMPLE_START']}) must be before SAMPLE_END "
                         f"({values['SAMPLE_END']})")
+    if values["PBO_BLOCKS"] % 2:
+        problems.append(f"PBO_BLOCKS must be even (CSCV splits the blocks in halves); it is {_show(values['PBO_BLOCKS'])}")
     return problems
 
 

@@ -6,8 +6,8 @@ the costs, the model configuration and its fingerprint (``config_fingerprint`` o
 ``model_configuration``: the architecture, the training settings and every tunable that changes
 what the strategy trades or what it costs, ``constants.STRATEGY_TUNABLES``; not the seed nor the
 data), the seed and the verdict. ``gate_walk_forward`` says which run counts for the
-go-live gate (``golive.py``); ``count_trials`` counts the configurations tried on a universe (the
-deflated Sharpe ratio's number of trials).
+go-live gate (``golive.py``); ``count_trials`` counts the trials run on a universe (the deflated
+Sharpe ratio's number of trials), from the trial registry (``trial_registry.py``).
 
 This module is what the live side (``golive``, and through it ``live_trading`` and the health
 check) imports; it does not load the training code, the backtest engine or the statistics."""
@@ -26,6 +26,7 @@ import pandas as pd
 import constants as C
 import data_collection
 import state_db
+import trial_registry
 
 RUNS_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS walk_forward_runs (
@@ -129,7 +130,8 @@ def record_run(report: dict, conn=None) -> int:
 
 def summary(report: dict) -> dict:
     o = report["overall"]
-    return {"conditions": o["conditions"], **slim(o), "n_trials": o["n_trials"], "folds": len(report["folds"])}
+    return {"conditions": o["conditions"], **slim(o), "n_trials": o["n_trials"], "folds": len(report["folds"]),
+            "trial_id": report.get("trial_id")}
 
 
 def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe, conn=None) -> dict | None:
@@ -189,12 +191,14 @@ def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256:
     return passing, (rows[0] if rows else None)
 
 
-def count_trials(universe, fingerprint: str, conn=None) -> int:
-    """Distinct configurations recorded for this universe, this one included."""
-    with _opened(conn) as c:
-        rows = c.execute("SELECT DISTINCT config_fingerprint FROM walk_forward_runs WHERE universe = ?",
-                         (universe_key(universe),)).fetchall()
-    return len({r[0] for r in rows} | {fingerprint})
+def count_trials(universe, fingerprint: str | None = None, conn=None) -> int:
+    """The deflated Sharpe ratio's N for a run about to be recorded on this universe: every
+    trial of the registry on it and the production data (``trial_registry.count_trials``:
+    distinct runs, whatever their seed, window, fold settings or ``--no-record``; the registry
+    lives beside the audit trail, so a new state database does not reset it), plus this one.
+    ``fingerprint`` and ``conn`` (the state database) are kept for the callers; the count does
+    not depend on them."""
+    return trial_registry.count_trials(universe) + 1
 
 
 def slim(ev: dict) -> dict:

@@ -100,6 +100,12 @@ def test_cli_exit_1_when_criteria_fail(bt_home):
     row = conn.execute("SELECT * FROM backtest_runs ORDER BY id DESC LIMIT 1").fetchone()
     assert (row["in_sample"], row["passed"], row["gate_eligible"]) == (0, 0, 1)
     assert json.loads(row["metrics"])["strategy"]["trades"] < 1000000
+    # issue 21: every backtest is a counted trial in the registry beside the audit trail
+    registry = state_db.connect(bt_home / C.TRIAL_REGISTRY_FILE)
+    trial = registry.execute("SELECT * FROM trials ORDER BY id DESC LIMIT 1").fetchone()
+    assert trial["kind"] == "backtest" and trial["production"] == 1 and trial["passed"] == 0
+    assert json.loads(trial["settings"])["model_checksum"] == json.loads(
+        (bt_home / "reports" / "latest_backtest.json").read_text())["model_checksum"]
 
 
 def test_cli_exit_2_without_model_or_data(tmp_path, bt_home):

@@ -13,7 +13,8 @@ WRAPPED = {"health_check.py", "backtest.py", "data_collection.py", "scheduler.py
 PYTHON = sorted(p.name for p in ROOT.glob("*.py")
                 if 'if __name__ == "__main__":' in p.read_text() and p.name not in WRAPPED)
 # subcommands that act: their --help must not (halt must not halt, test must not send)
-SUBCOMMANDS = [["live_trading.py", "halt"], ["alerts.py", "test"], ["audit_logging.py", "verify"]]
+SUBCOMMANDS = [["live_trading.py", "halt"], ["alerts.py", "test"], ["audit_logging.py", "verify"],
+               ["walk_forward.py", "sweep"], ["walk_forward.py", "holdout"]]
 
 
 def test_the_lists_cover_the_entry_points():

@@ -100,7 +100,7 @@ def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
     ``./run_backtest.sh --walk-forward`` as a process, and the next test the CLI's error exit)."""
     import backtest
     (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")   # a 3-symbol universe: a third of the training
-    code = backtest.main(["--walk-forward", "--profile", "tiny", "--min-train", "1500", "--retrain", "120",
+    code = backtest.main(["--walk-forward", "--profile", "tiny", "--min-train", "1250", "--retrain", "120",
                           "--workers", "2"])
     out = capsys.readouterr()
     done = SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
@@ -117,6 +117,13 @@ def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
                 "sharpe_strategy", "sharpe_benchmark"):
         assert key in o
     assert report["passed"] == (done.returncode == 0) == all(c["passed"] for c in o["conditions"])
+    # issue 21: the trial count, DSR and PBO with their thresholds, and the sealed holdout; a counted trial
+    assert "trials:         1 on this universe" in done.stdout and "needs <=" in done.stdout
+    assert o["trials"]["n_trials"] == o["n_trials"] == 1 and "probability of backtest overfitting" in page
+    assert report["inputs"]["holdout"]["sessions"] == C.HOLDOUT_SESSIONS
+    assert report["end"] < report["inputs"]["holdout"]["start"]
+    import trial_registry
+    assert trial_registry.trial(report["trial_id"])["config_fingerprint"] == report["inputs"]["config_fingerprint"]
     assert len(report["folds"]) == 2 and report["start"] == report["folds"][0]["test_start"]
     inputs = report["inputs"]
     assert inputs["data_sha256"] == fileutil.file_sha256(home / "processed_stock_data.csv")
@@ -125,7 +132,7 @@ def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
     conn = state_db.connect()                     # this test's TRADING_HOME is ``home``
     row = conn.execute("SELECT * FROM walk_forward_runs ORDER BY id DESC").fetchone()
     assert row["data_sha256"] == inputs["data_sha256"] and row["passed"] == int(report["passed"])
-    # --min-train 1500 evaluates less than the full out-of-sample period: recorded, never counted
+    # --min-train 1250 evaluates less than the full out-of-sample period: recorded, never counted
     assert row["gate_eligible"] == 0 and report["gate_eligible"] is False
     fp, sha, uni = inputs["config_fingerprint"], inputs["data_sha256"], inputs["universe"]
     assert runs.passing_walk_forward_for(fp, sha, uni, conn=conn) is None
