@@ -367,7 +367,7 @@ def _conditions(bt: dict, sessions: int, wf: dict) -> list[dict]:
                        f"{summ.get('alpha_annual')} a year (p {summ.get('alpha_p')}), deflated Sharpe of the "
                        f"alpha {summ.get('dsr_alpha')}")
     elif latest:
-        why = (f"it FAILED: {'; '.join(failing_statistics(latest.get('summary'))) or 'its statistics'}"
+        why = (f"it FAILED its statistics: {'; '.join(failing_statistics(latest.get('summary'))) or 'see its report'}"
                if not latest["passed"] else "it does not count: " + "; ".join(wf["stale"]))
         wf_measured = f"newest walk-forward of this configuration: run {latest['id']} on " \
                       f"{latest['created_at']}: {why}"
@@ -380,13 +380,13 @@ def _conditions(bt: dict, sessions: int, wf: dict) -> list[dict]:
         {"name": "backtest", "passed": bool(backtest), "measured": measured,
          "threshold": "an out-of-sample backtest of this model passing the GOLIVE_* criteria with default "
                       f"criteria and costs, {bound}",
-         "fix": "./run_backtest.sh (no --data, --symbols, --start or --end)"},
+         "fix": "./run_backtest.sh"},
         {"name": "walk_forward", "passed": bool(run), "measured": wf_measured,
          "threshold": ("a passing walk-forward (forecast skill significant against no change and the training "
                        f"mean, the signal's next-day returns significant, alpha over equal-weight buy-and-hold "
                        f"significant with a HAC t-statistic and its deflated Sharpe >= {C.SKILL_MIN_DSR}) for "
                        f"this model's configuration, {bound}"),
-         "fix": "./run_backtest.sh --walk-forward (no --data or --symbols)"},
+         "fix": "./run_backtest.sh --walk-forward"},
         {"name": "paper_sessions", "passed": sessions >= need,
          "measured": f"{sessions} of {need} paper-trading sessions with this model (replays do not count)",
          "threshold": f"at least {need} paper sessions",
@@ -438,7 +438,8 @@ def refusal_reasons(status: dict) -> list[str]:
         elif cond["name"] == "walk_forward" and status.get("walk_forward_state") == "FAILED":
             latest = status.get("walk_forward_latest") or {}
             failed = "; ".join(failing_statistics(latest.get("summary"))) or "its statistics"
-            why.append(f"walk-forward FAILED: {failed} (run ./run_backtest.sh --walk-forward after a change)")
+            why.append(f"the newest walk-forward of this model's configuration FAILED its statistics: {failed} (see "
+                       "python live_trading.py gate; run ./run_backtest.sh --walk-forward after a change)")
         elif cond["name"] == "walk_forward" and status.get("walk_forward_state") == "STALE":
             why.append("the walk-forward is STALE (" + "; ".join(status.get("walk_forward_stale") or [])
                        + "): run ./run_backtest.sh --walk-forward")
