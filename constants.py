@@ -213,12 +213,13 @@ TRADING_DAYS_PER_YEAR = 252                # annualisation (sessions per year)
 # and about 1.8 % on average over 2000-2024 (annual averages, rounded); we take 0.02, the conservative middle: a strategy must
 # beat cash, not zero.
 RISK_FREE_RATE = 0.02                      # annual risk-free rate (fraction a year)
+BACKTEST_CASH_INTEREST = True              # the backtest's free cash (cash less short proceeds) earns RISK_FREE_RATE / TRADING_DAYS_PER_YEAR a session: the rate every Sharpe subtracts
 GOLIVE_MIN_TOTAL_RETURN = 0.0              # backtest total return must exceed (fraction)
 GOLIVE_MIN_SHARPE = 0.5                    # backtest Sharpe must be at least (annualised)
 GOLIVE_MAX_DRAWDOWN = 0.20                 # backtest max drawdown must be at most (fraction)
 GOLIVE_MIN_TRADES = 30                     # backtest must have at least (closed round trips; open ones do not count)
 GOLIVE_MIN_PAPER_SESSIONS = 5              # paper sessions with the current model before live (count)
-GOLIVE_WALK_FORWARD_MAX_AGE_DAYS = 14      # a passing walk-forward on the production data counts this long (calendar days; two weekly runs)
+GOLIVE_WALK_FORWARD_MAX_AGE_DAYS = 14      # a backtest or walk-forward counts while its window ends at most this many calendar days before the production data's last session (two weekly runs; evidence_binding.py)
 
 # ----------------------------------------------------------------- audit trail (audit_logging.py)
 AUDIT_KEY_FILE = "audit_hmac.key"          # HMAC-SHA256 key of the audit chain, in config.config_dir() (mode 0600)
@@ -321,6 +322,7 @@ STRATEGY_TUNABLES = (
     # the cost model, the paper account and fills
     "INITIAL_PAPER_CASH", "PAPER_FILL", "PAPER_SLIPPAGE_BPS", "PAPER_COMMISSION_PER_SHARE",
     "PAPER_MIN_COMMISSION", "DEFAULT_BORROW_RATE", "BORROW_DAY_COUNT", "PAPER_SHORT_MARGIN_REQ", "BACKTEST_FILL",
+    "BACKTEST_CASH_INTEREST",
     # protective stops and price collars (they change which fills the evidence books)
     "PROTECTIVE_STOPS", "STOP_VOL_MULTIPLE", "STOP_VOL_WINDOW", "STOP_MIN_DISTANCE", "ORDER_TYPE",
     "PRICE_COLLAR_BPS", "PRICE_TICK",
@@ -576,6 +578,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
     },
     "backtest": {
         "BACKTEST_FILL": ("choice", "fill rule", ("next_open", "close")),
+        "BACKTEST_CASH_INTEREST": ("bool", "true or false", None),
         "BACKTEST_MAX_DAY_SPAN": ("int", "calendar days", "[1, 10000000]"),
         "TRADING_DAYS_PER_YEAR": ("int", "sessions per year", "[1, 366]"),
         "RISK_FREE_RATE": ("float", "annual fraction (0.02 = 2 %)", "[-0.1, 1]"),
