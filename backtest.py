@@ -158,6 +158,11 @@ def _load_inputs(opts: Options) -> _Inputs:
         raise BacktestError(squeeze(exc)) from None
     warnings: list[str] = []
     symbols = _choose_symbols(opts.symbols, features, warnings)
+    if opts.fill == "next_open":
+        synthetic = data_collection.synthetic_open_problem(features[features["Symbol"].isin(symbols)],
+                                                           opts.data_path or config.path(C.PROCESSED_DATA_FILE))
+        if synthetic:
+            raise BacktestError(synthetic)
     try:
         universe = data_collection.load_universe()
     except data_collection.DataError as exc:

@@ -72,6 +72,7 @@ DOWNLOAD_BACKOFF_S = 5.0                   # first backoff; doubles on each retr
 INCREMENTAL_OVERLAP_DAYS = 5               # days re-fetched before the last stored date (days)
 STALE_AFTER_SESSIONS = 3                   # a symbol whose last bar is older is stale (NYSE sessions)
 MAX_MISSING_SESSIONS_FRACTION = 0.02       # tolerated share of missing NYSE sessions (fraction)
+SYNTHETIC_OPEN_MAX_SHARE = 0.5             # above this share of rows with Open == previous Close the opens are synthetic: next-open fills refused (fraction)
 MAX_DAILY_MOVE = 0.40                      # |close-to-close change| of the split-adjusted close above this is refused (fraction)
 MAX_PRICE = 1_000_000.0                    # a price above this is absurd (USD)
 FRESH_FILE_HOURS = 12.0                    # a processed file younger than this is not rebuilt (hours)
@@ -303,7 +304,7 @@ SKILL_HAC_LAG = None                       # Newey-West lag (sessions); None: fl
 # --walk-forward again).
 STRATEGY_TUNABLES = (
     # data validation: which bars and symbols are usable (price sanity)
-    "STALE_AFTER_SESSIONS", "MAX_MISSING_SESSIONS_FRACTION", "MAX_DAILY_MOVE", "MAX_PRICE", "MIN_HISTORY_ROWS",
+    "STALE_AFTER_SESSIONS", "MAX_MISSING_SESSIONS_FRACTION", "SYNTHETIC_OPEN_MAX_SHARE", "MAX_DAILY_MOVE", "MAX_PRICE", "MIN_HISTORY_ROWS",
     # features
     "FEATURE_VOL_WINDOW", "FEATURE_RSI_WINDOW", "FEATURE_COLUMNS",
     # model: architecture, targets, training (the tiny profile too)
@@ -447,6 +448,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "INCREMENTAL_OVERLAP_DAYS": ("int", "days", "[0, 365]"),
         "STALE_AFTER_SESSIONS": ("int", "NYSE sessions", "[1, 252]"),
         "MAX_MISSING_SESSIONS_FRACTION": ("float", "fraction", "[0, 1]"),
+        "SYNTHETIC_OPEN_MAX_SHARE": ("float", "fraction", "[0, 1]"),
         "MAX_DAILY_MOVE": ("float", "fraction", "(0, 10]"),
         "MAX_PRICE": ("float", "USD", "(0, inf)"),
         "FRESH_FILE_HOURS": ("float", "hours", "[0, 8760]"),

@@ -407,6 +407,8 @@ def run(profile: str = "default", seed: int | None = None, workers: int | None =
         raise WalkForwardError(f"no data for {', '.join(missing)} in {path.name}: run ./run_daily_data_update.sh "
                                f"(or leave them out with --symbols)")
     features = features[features["Symbol"].isin(wanted)].reset_index(drop=True)
+    if C.BACKTEST_FILL == "next_open" and (synthetic := data_collection.synthetic_open_problem(features, path)):
+        raise WalkForwardError(synthetic)
     folds = plan_folds(features["Date"], min_train, retrain)
     model_config = runs.model_configuration(prof)
     fingerprint = runs.config_fingerprint(model_config)

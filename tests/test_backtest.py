@@ -185,3 +185,16 @@ def test_a_backtest_off_the_production_data_or_window_is_not_gate_evidence(bt_ho
     assert ev["data_sha256"] == EB.window_sha256(features, ev["universe"], ev["end"])
     meta = json.loads((bt_home / "lstm_price_difference_model.json").read_text())
     assert ev["start"] == str(EB.fixed_window("backtest", sessions, meta)[0].date())
+
+
+def test_synthetic_opens_refuse_next_open_fills_in_one_line(bt_home, tmp_path):
+    data = pd.read_csv(bt_home / C.PROCESSED_DATA_FILE)
+    data = data.sort_values(["Symbol", "Date"]).reset_index(drop=True)
+    prev = data.groupby("Symbol")["Close"].shift(1)
+    data["Open"] = prev.fillna(data["Open"])
+    fake = tmp_path / "synthetic.csv"
+    data.to_csv(fake, index=False)
+    done = _run(["--data", str(fake)], bt_home)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert str(fake) in lines[0] and "synthetic opens" in lines[0] and "--fill next_close" in lines[0]
