@@ -228,7 +228,7 @@ def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe,
         summ = row.get("summary") if isinstance(row.get("summary"), dict) else {}
         why = evidence_binding.mismatches("walk_forward", summ.get("evidence"), production, metadata)
         if not row["gate_eligible"] and not why:
-            why = ["not gate evidence: a shorter --min-train, lower costs or other risk limits than constants.py"]
+            why = ["not gate evidence: a longer --min-train than WALK_FORWARD_MIN_TRAIN_SESSIONS, lower costs or other risk limits than constants.py"]
         return why
     out["run"], out["latest"] = walk_forward_runs.gate_walk_forward(fingerprint, stale, conn=conn)
     if out["latest"] is not None and out["run"] is None:
