@@ -232,7 +232,7 @@ def mismatches(kind: str, evidence: dict | None, production: Production, metadat
     if kind == "backtest" and rule_start is not None and start != rule_start:
         why.append(f"window changed: the run starts {start.date()}, the fixed window now starts "
                    f"{rule_start.date()} (the model's first out-of-sample session)")
-    if kind == "walk_forward" and start != rule_start:
+    if kind == "walk_forward" and rule_start is not None and start != rule_start:
         why.append(f"window changed: the run's data starts {start.date()}, the production data now starts "
                    f"{rule_start.date()}")
     lag = (rule_end - end).days

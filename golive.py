@@ -191,10 +191,11 @@ def _backtest_evidence(checksum: str, conn, metadata: dict | None, production) -
     except (UserFacingError, OSError, KeyError, ValueError):
         meta = {}
     for raw in rows:
-        row = state_db.row_dict(raw, ("metrics", "parameters"), ("in_sample", "passed", "gate_eligible"))
+        row = state_db.row_dict(raw, ("metrics", "parameters"), ("in_sample", "passed", "gate_eligible")) or {}
         row["report"] = row.get("report_path")
-        params = row.get("parameters") if isinstance(row.get("parameters"), dict) else {}
-        why = evidence_binding.mismatches("backtest", params.get("evidence"), production, meta)
+        params = row.get("parameters")
+        why = evidence_binding.mismatches("backtest", params.get("evidence") if isinstance(params, dict) else None,
+                                          production, meta)
         if not row["gate_eligible"] and not why:
             why = ["not gate evidence: looser criteria, lower costs or other risk limits than constants.py"]
         row["stale"] = why
@@ -225,14 +226,17 @@ def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe,
                data_path=str(production.path))
 
     def stale(row: dict) -> list[str]:
-        summ = row.get("summary") if isinstance(row.get("summary"), dict) else {}
-        why = evidence_binding.mismatches("walk_forward", summ.get("evidence"), production, metadata)
+        summ = row.get("summary")
+        recorded = summ.get("evidence") if isinstance(summ, dict) else None
+        why = evidence_binding.mismatches("walk_forward", recorded, production, metadata)
         if not row["gate_eligible"] and not why:
-            why = ["not gate evidence: a longer --min-train than WALK_FORWARD_MIN_TRAIN_SESSIONS, lower costs or other risk limits than constants.py"]
+            why = ["not gate evidence: a longer --min-train than WALK_FORWARD_MIN_TRAIN_SESSIONS, lower costs or "
+                   "other risk limits than constants.py"]
         return why
     out["run"], out["latest"] = walk_forward_runs.gate_walk_forward(fingerprint, stale, conn=conn)
-    if out["latest"] is not None and out["run"] is None:
-        out["stale"] = out["latest"].get("stale") or []
+    newest = out["latest"]
+    if isinstance(newest, dict) and out["run"] is None:
+        out["stale"] = newest.get("stale") or []
     return out
 
 
@@ -322,7 +326,7 @@ def headline(status: dict) -> list[str]:
     else:
         bt_line = "MISSING: run ./run_backtest.sh (out-of-sample, must pass)"
     state = status.get("walk_forward_state") or ("PASS" if status.get("walk_forward") else "MISSING")
-    run, latest = status.get("walk_forward"), status.get("walk_forward_latest")
+    run, latest = status.get("walk_forward"), status.get("walk_forward_latest") or {}
     wf_line = {
         "PASS": lambda: f"PASS (run {run['id']}, {run['created_at']})",
         "FAILED": lambda: (f"FAILED (run {latest['id']}, {latest['created_at']}: "

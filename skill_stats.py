@@ -51,6 +51,7 @@ beat holding the same stocks never passes, whatever its excess return).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -254,7 +255,7 @@ def signal_next_day_returns(y_true, forecast, dates) -> np.ndarray:
 
 
 def alpha_test(strategy_returns, benchmark_returns, risk_free: float | None = None,
-               lag: int | None = None) -> dict:
+               lag: int | None = None) -> dict[str, Any]:
     """The strategy's alpha over the benchmark: OLS of (r - rf) on (b - rf) with a constant, the
     constant's Newey-West (HAC, Bartlett) standard error, one-sided p = P(t_{n-2} > t).
 
@@ -269,8 +270,8 @@ def alpha_test(strategy_returns, benchmark_returns, risk_free: float | None = No
     ok = np.isfinite(y) & np.isfinite(x)
     y, x = y[ok], x[ok]
     n = len(y)
-    out = {"alpha": None, "alpha_annual": None, "beta": None, "t": None, "p_value": 1.0, "n": int(n),
-           "lag": None, "active": np.zeros(0)}
+    out: dict[str, Any] = {"alpha": None, "alpha_annual": None, "beta": None, "t": None, "p_value": 1.0,
+                           "n": int(n), "lag": None, "active": np.zeros(0)}
     if n < 4:
         return out
     X = np.column_stack([np.ones(n), x]) if float(np.std(x)) > FLAT_STD else np.ones((n, 1))
@@ -318,8 +319,8 @@ def evaluate_evidence(y_true, forecast, train_mean, dates, strategy_equity, benc
     rs, rb = returns_from_equity(strategy_equity), returns_from_equity(benchmark_equity)
     excess = rs - rb
     sh_s, sh_b = sharpe_ratio(rs, risk_free), sharpe_ratio(rb, risk_free)
-    alpha = alpha_test(rs, rb, risk_free)
-    active = alpha.pop("active")
+    reg = alpha_test(rs, rb, risk_free)
+    active = np.asarray(reg.pop("active"), np.float64)
     psr = probabilistic_sharpe_ratio(excess)
     dsr = deflated_sharpe_ratio(excess, n_trials)
     dsr_active = deflated_sharpe_ratio(active, n_trials)
@@ -346,18 +347,18 @@ def evaluate_evidence(y_true, forecast, train_mean, dates, strategy_equity, benc
          "threshold": min_dsr,
          "text": f"the next-day signal returns survive the configurations tried: deflated Sharpe "
                  f"{_f(dsr_next, '.3f')} over {n_trials} configuration(s); needs >= {min_dsr}"},
-        {"name": "alpha_vs_buy_and_hold", "passed": alpha["p_value"] < alpha_level,
-         "statistic": "alpha HAC p-value", "value": alpha["p_value"], "rule": "<", "threshold": alpha_level,
-         "text": (f"strategy alpha over equal-weight buy-and-hold {_f(alpha['alpha_annual'], '+.2%')} a year "
-                  f"(beta {_f(alpha['beta'], '.2f')}, HAC t {_f(alpha['t'], '.2f')}, p = "
-                  f"{_f(alpha['p_value'], '.4f')}; risk-free {risk_free:.2%}); needs p < {alpha_level}"
+        {"name": "alpha_vs_buy_and_hold", "passed": reg["p_value"] < alpha_level,
+         "statistic": "alpha HAC p-value", "value": reg["p_value"], "rule": "<", "threshold": alpha_level,
+         "text": (f"strategy alpha over equal-weight buy-and-hold {_f(reg['alpha_annual'], '+.2%')} a year "
+                  f"(beta {_f(reg['beta'], '.2f')}, HAC t {_f(reg['t'], '.2f')}, p = "
+                  f"{_f(reg['p_value'], '.4f')}; risk-free {risk_free:.2%}); needs p < {alpha_level}"
                   + (f" [{flat}]" if flat else ""))},
     ]
     return {
         "passed": all(c["passed"] for c in conditions), "conditions": conditions,
         "dm_vs_no_change": dm0, "dm_vs_training_mean": dmc, "train_mean": float(np.mean(train_mean)),
         "directional_accuracy": directional_accuracy(y_true, forecast), "signal_next_day": nxt,
-        "alpha": alpha, "dsr_alpha": dsr_active, "dsr_next_day": dsr_next,
+        "alpha": reg, "dsr_alpha": dsr_active, "dsr_next_day": dsr_next,
         "sharpe_strategy": sh_s, "sharpe_benchmark": sh_b, "sharpe_note": flat,
         "excess_mean_daily": float(np.mean(excess)) if len(excess) else None,
         "excess_sharpe_annual": (float(np.mean(excess) / sd * math.sqrt(C.TRADING_DAYS_PER_YEAR))
