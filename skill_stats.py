@@ -243,15 +243,18 @@ def hac_mean_test(x, lag: int | None = None) -> dict:
     return out
 
 
-def signal_next_day_returns(y_true, forecast, dates) -> np.ndarray:
+def signal_next_day_returns(y_true, forecast, dates, baseline=0.0) -> np.ndarray:
     """The signal's own return at the forecast's horizon: each (symbol, session) holds the sign of
-    its forecast for the next session only (``sign(forecast) * y_true``, in the target's units: the
-    next day's move in units of the day's expected move), averaged across the symbols of each
-    session (one value a session, date order). Not the strategy's holding period (held until an
-    opposite signal), so it judges the forecast at the horizon it was made for."""
+    its forecast for the next session only, on the move beyond ``baseline`` (the training period's
+    mean, the drift: ``sign(forecast) * (y_true - baseline)``, in the target's units, the next
+    day's move in units of the day's expected move), averaged across the symbols of each session
+    (one value a session, date order). Not the strategy's holding period (held until an opposite
+    signal), so it judges the forecast at the horizon it was made for; a long bias that only
+    collects the drift earns nothing here."""
     y = np.asarray(y_true, np.float64)
     f = np.asarray(forecast, np.float64)
-    return daily_mean(np.sign(f) * y, dates)
+    b = np.broadcast_to(np.asarray(baseline, np.float64), y.shape)
+    return daily_mean(np.sign(f) * (y - b), dates)
 
 
 def alpha_test(strategy_returns, benchmark_returns, risk_free: float | None = None,
@@ -313,7 +316,7 @@ def evaluate_evidence(y_true, forecast, train_mean, dates, strategy_equity, benc
     risk_free = C.RISK_FREE_RATE if risk_free is None else risk_free
     dm0 = diebold_mariano(y_true, forecast, 0.0, dates)
     dmc = diebold_mariano(y_true, forecast, np.asarray(train_mean, np.float64), dates)
-    next_day = signal_next_day_returns(y_true, forecast, dates)
+    next_day = signal_next_day_returns(y_true, forecast, dates, np.asarray(train_mean, np.float64))
     nxt = hac_mean_test(next_day)
     dsr_next = deflated_sharpe_ratio(next_day, n_trials)
     rs, rb = returns_from_equity(strategy_equity), returns_from_equity(benchmark_equity)
