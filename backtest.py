@@ -38,6 +38,7 @@ import config
 import constants as C
 import corporate_actions
 import data_collection
+import evidence_binding
 import model_management
 import signals as sig
 import trial_registry
@@ -48,6 +49,7 @@ from backtest_engine import (FILL_MODES, BacktestError, EngineResult, LivePolicy
 from backtest_metrics import analyse, conventions
 from backtest_report import add_trade_tables, fmt, make_charts, write_reports
 from errors import UsageError, command_failed, install_excepthook, squeeze
+from evidence_binding import in_sample_end, out_of_sample_start  # noqa: F401  (backtest.out_of_sample_start)
 from fileutil import file_sha256
 from golive import Criteria, evaluate_criteria, record_run
 from logging_setup import setup_logging
@@ -76,46 +78,6 @@ def _load_model(path=None):
     except Exception as exc:
         raise BacktestError(f"the model at {model_path} cannot be loaded ({type(exc).__name__}: "
                             f"{squeeze(exc)}): retrain with python train_model.py") from None
-
-
-def _meta_date(meta: dict, *names):
-    """The first date found under any of ``names`` in the metadata (nested dicts searched)."""
-    stack = [meta]
-    while stack:
-        cur = stack.pop(0)
-        if not isinstance(cur, dict):
-            continue
-        for name in names:
-            if name in cur and cur[name]:
-                try:
-                    return pd.Timestamp(str(cur[name])[:10])
-                except (ValueError, TypeError):
-                    pass
-        stack.extend(v for v in cur.values() if isinstance(v, dict))
-    return None
-
-
-def in_sample_end(metadata: dict) -> pd.Timestamp | None:
-    """The last date of the data the model was trained or validated on (``splits.validation_end``
-    in the metadata train_model.py writes)."""
-    return _meta_date(metadata or {}, "validation_end", "train_end")
-
-
-def out_of_sample_start(metadata: dict, dates) -> pd.Timestamp | None:
-    """The first session of the model's held-out test period (``splits.test_start``) or, for
-    metadata without it, the second session after ``validation_end`` (the last validation sample
-    was scored against the next session's close). Decisions from that close on use nothing the
-    model was fitted or selected on. None when the metadata names no split."""
-    dates = pd.DatetimeIndex(dates)
-    test_start = _meta_date(metadata or {}, "test_start")
-    if test_start is not None:
-        after = dates[dates >= test_start]
-        return after.min() if len(after) else test_start
-    end = in_sample_end(metadata)
-    if end is None:
-        return None
-    after = dates[dates > end]
-    return after[1] if len(after) > 1 else end + pd.Timedelta(days=3)
 
 
 # =========================================================================== the whole backtest
@@ -165,6 +127,7 @@ class _Inputs:
     metadata: dict
     features: pd.DataFrame
     warnings: list[str]
+    universe: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -198,7 +161,16 @@ def _load_inputs(opts: Options) -> _Inputs:
         raise BacktestError(squeeze(exc)) from None
     warnings: list[str] = []
     symbols = _choose_symbols(opts.symbols, features, warnings)
-    return _Inputs(model, checksum, metadata, features[features["Symbol"].isin(symbols)], warnings)
+    if opts.fill == "next_open":
+        synthetic = data_collection.synthetic_open_problem(features[features["Symbol"].isin(symbols)],
+                                                           opts.data_path or config.path(C.PROCESSED_DATA_FILE))
+        if synthetic:
+            raise BacktestError(synthetic)
+    try:
+        universe = data_collection.load_universe()
+    except data_collection.DataError as exc:
+        raise BacktestError(squeeze(exc)) from None
+    return _Inputs(model, checksum, metadata, features[features["Symbol"].isin(symbols)], warnings, universe)
 
 
 def _choose_period(opts: Options, inputs: _Inputs) -> _Period:
@@ -291,12 +263,16 @@ def _report(opts: Options, inputs: _Inputs, period: _Period, nonsense: list[dict
     first, last = period.sessions[0], period.sessions[-1]
     title = ("IN-SAMPLE backtest" if opts.in_sample else "Out-of-sample backtest") + \
         f" {first.date()} .. {last.date()}"
-    parameters = _parameters(opts, inputs.metadata, period, market, result, verdict.gate_eligible)
+    evidence = evidence_binding.binding("backtest", inputs.features, opts.data_path, market.symbols,
+                                       inputs.universe, first, last, inputs.metadata)
+    gate_eligible = verdict.gate_eligible and evidence["gate_evidence"]
+    parameters = _parameters(opts, inputs.metadata, period, market, result, gate_eligible)
+    parameters["evidence"] = evidence
     analysis = verdict.analysis
     return {
         "title": title, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_checksum": inputs.checksum, "in_sample": opts.in_sample, "passed": verdict.passed,
-        "gate_eligible": verdict.gate_eligible, "start": parameters["start"], "end": parameters["end"],
+        "gate_eligible": gate_eligible, "start": parameters["start"], "end": parameters["end"],
         "parameters": parameters, "criteria": verdict.criteria_rows,
         "metrics": {"strategy": analysis["strategy"], "benchmark": analysis["benchmark"]},
         "conventions": conventions(), "warnings": inputs.warnings, "halts": result.halts,
@@ -534,9 +510,14 @@ def print_summary(report: dict, out=None) -> None:
         print(f"  {c['name']:<14} {fmt(c['value'], c['format']):>10}  required {c['rule']} "
               f"{fmt(c['threshold'], c['format']):<8}  {'PASS' if c['passed'] else 'FAIL'}", file=out)
     verdict = "PASS" if report["passed"] else "FAIL"
+    binding_note = evidence_binding.not_evidence_line(report["parameters"].get("evidence"))
+    if binding_note:
+        print(f"  {binding_note}", file=out)
     note = ""
     if report["in_sample"]:
         note = " (IN-SAMPLE: does not count for going live)"
+    elif binding_note:
+        note = " (not gate evidence: does not count for going live)"
     elif not report["gate_eligible"]:
         note = " (looser criteria or costs than constants.py: does not count for going live)"
     print(f"Verdict: {verdict}{note}", file=out)

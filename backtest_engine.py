@@ -484,6 +484,7 @@ def run_engine(market: Market, policy=None, settings: TradingSettings | None = N
                 _fill_stops(r, d)                         # resting protective stops, before other fills
             _fill_orders(r, d, pending, decided_iso)      # yesterday's approved orders fill today
             pending = []
+            _pay_cash_interest(r, d)                      # last close's free cash earns the risk-free rate
             eq = _close_the_day(r, d)                     # borrow fees to today's close, mark to market
             policy.on_close(r.pydates[d], eq)             # the cycle after the close: halts, then
             if d < n - 1:                                 # tomorrow's orders (none after the last day)
@@ -797,6 +798,17 @@ def _accrue_borrow(r: _Replay, i: int, d: int, price: float) -> float:
     r.borrow_events.append({"seq": r.seq, "date": r.iso[d], "symbol": r.symbols[i],
                             "quantity": qty, "price": price, "days": days, "fee": fee})
     return fee
+
+
+def _pay_cash_interest(r: _Replay, d: int) -> None:
+    """Issue 21: every Sharpe subtracts RISK_FREE_RATE, so idle cash earns it: the free cash at
+    the previous close (cash less the short positions' value: short proceeds earn nothing) is
+    paid RISK_FREE_RATE / TRADING_DAYS_PER_YEAR for the session (``BACKTEST_CASH_INTEREST``)."""
+    if d == 0 or not C.BACKTEST_CASH_INTEREST:
+        return
+    free = float(r.cash_arr[d - 1] - r.short_v[d - 1])
+    if free > 0:
+        r.cash += free * C.RISK_FREE_RATE / C.TRADING_DAYS_PER_YEAR
 
 
 def _close_the_day(r: _Replay, d: int) -> float:

@@ -73,6 +73,7 @@ DOWNLOAD_BACKOFF_S = 5.0                   # first backoff; doubles on each retr
 INCREMENTAL_OVERLAP_DAYS = 5               # days re-fetched before the last stored date (days)
 STALE_AFTER_SESSIONS = 3                   # a symbol whose last bar is older is stale (NYSE sessions)
 MAX_MISSING_SESSIONS_FRACTION = 0.02       # tolerated share of missing NYSE sessions (fraction)
+SYNTHETIC_OPEN_MAX_SHARE = 0.5             # above this share of rows with Open == previous Close the opens are synthetic: next-open fills refused (fraction)
 MAX_DAILY_MOVE = 0.40                      # |close-to-close change| of the split-adjusted close above this is refused (fraction)
 MAX_PRICE = 1_000_000.0                    # a price above this is absurd (USD)
 FRESH_FILE_HOURS = 12.0                    # a processed file younger than this is not rebuilt (hours)
@@ -214,12 +215,13 @@ TRADING_DAYS_PER_YEAR = 252                # annualisation (sessions per year)
 # and about 1.8 % on average over 2000-2024 (annual averages, rounded); we take 0.02, the conservative middle: a strategy must
 # beat cash, not zero.
 RISK_FREE_RATE = 0.02                      # annual risk-free rate (fraction a year)
+BACKTEST_CASH_INTEREST = True              # the backtest's free cash (cash less short proceeds) earns RISK_FREE_RATE / TRADING_DAYS_PER_YEAR a session: the rate every Sharpe subtracts
 GOLIVE_MIN_TOTAL_RETURN = 0.0              # backtest total return must exceed (fraction)
 GOLIVE_MIN_SHARPE = 0.5                    # backtest Sharpe must be at least (annualised)
 GOLIVE_MAX_DRAWDOWN = 0.20                 # backtest max drawdown must be at most (fraction)
 GOLIVE_MIN_TRADES = 30                     # backtest must have at least (closed round trips; open ones do not count)
 GOLIVE_MIN_PAPER_SESSIONS = 5              # paper sessions with the current model before live (count)
-GOLIVE_WALK_FORWARD_MAX_AGE_DAYS = 14      # a passing walk-forward on the production data counts this long (calendar days; two weekly runs)
+GOLIVE_WALK_FORWARD_MAX_AGE_DAYS = 14      # a backtest or walk-forward counts while its window ends at most this many calendar days before the production data's last session (two weekly runs; evidence_binding.py)
 
 # ----------------------------------------------------------------- audit trail (audit_logging.py)
 AUDIT_KEY_FILE = "audit_hmac.key"          # HMAC-SHA256 key of the audit chain, in config.config_dir() (mode 0600)
@@ -330,7 +332,7 @@ REDDIT_URL = "https://www.reddit.com"      # where the OAuth token is obtained (
 # --walk-forward again).
 STRATEGY_TUNABLES = (
     # data validation: which bars and symbols are usable (price sanity)
-    "STALE_AFTER_SESSIONS", "MAX_MISSING_SESSIONS_FRACTION", "MAX_DAILY_MOVE", "MAX_PRICE", "MIN_HISTORY_ROWS",
+    "STALE_AFTER_SESSIONS", "MAX_MISSING_SESSIONS_FRACTION", "SYNTHETIC_OPEN_MAX_SHARE", "MAX_DAILY_MOVE", "MAX_PRICE", "MIN_HISTORY_ROWS",
     # features
     "FEATURE_VOL_WINDOW", "FEATURE_RSI_WINDOW", "FEATURE_COLUMNS",
     # model: architecture, targets, training (the tiny profile too)
@@ -349,6 +351,7 @@ STRATEGY_TUNABLES = (
     # the cost model, the paper account and fills
     "INITIAL_PAPER_CASH", "PAPER_FILL", "PAPER_SLIPPAGE_BPS", "PAPER_COMMISSION_PER_SHARE",
     "PAPER_MIN_COMMISSION", "DEFAULT_BORROW_RATE", "BORROW_DAY_COUNT", "PAPER_SHORT_MARGIN_REQ", "BACKTEST_FILL",
+    "BACKTEST_CASH_INTEREST",
     # protective stops and price collars (they change which fills the evidence books)
     "PROTECTIVE_STOPS", "STOP_VOL_MULTIPLE", "STOP_VOL_WINDOW", "STOP_MIN_DISTANCE", "ORDER_TYPE",
     "PRICE_COLLAR_BPS", "PRICE_TICK",
@@ -481,6 +484,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "INCREMENTAL_OVERLAP_DAYS": ("int", "days", "[0, 365]"),
         "STALE_AFTER_SESSIONS": ("int", "NYSE sessions", "[1, 252]"),
         "MAX_MISSING_SESSIONS_FRACTION": ("float", "fraction", "[0, 1]"),
+        "SYNTHETIC_OPEN_MAX_SHARE": ("float", "fraction", "[0, 1]"),
         "MAX_DAILY_MOVE": ("float", "fraction", "(0, 10]"),
         "MAX_PRICE": ("float", "USD", "(0, inf)"),
         "FRESH_FILE_HOURS": ("float", "hours", "[0, 8760]"),
@@ -612,6 +616,7 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
     },
     "backtest": {
         "BACKTEST_FILL": ("choice", "fill rule", ("next_open", "close")),
+        "BACKTEST_CASH_INTEREST": ("bool", "true or false", None),
         "BACKTEST_MAX_DAY_SPAN": ("int", "calendar days", "[1, 10000000]"),
         "TRADING_DAYS_PER_YEAR": ("int", "sessions per year", "[1, 366]"),
         "RISK_FREE_RATE": ("float", "annual fraction (0.02 = 2 %)", "[-0.1, 1]"),

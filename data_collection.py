@@ -377,11 +377,14 @@ def validate_prices(raw: pd.DataFrame, symbols, reference=None,
         last = df["Date"].iloc[-1]
         behind = market_calendar.sessions_between(last, reference)
         if behind > C.STALE_AFTER_SESSIONS:
+            # no survivorship by construction: a delisted (or halted) symbol keeps its history up to
+            # its last bar, so backtests and walk-forwards see it; the live cycle's stale-symbol
+            # guard (stale_symbols) gives it no new order, and a held one stops the cycle
             problems.append(Problem(sym, "stale", f"stale: last bar {last.date()} is {behind} "
-                                    f"sessions behind {reference.date()}",
+                                    f"sessions behind {reference.date()}; its history up to that bar is kept "
+                                    "(no new orders in it)",
                                     "the symbol may be halted or delisted: check it, and remove it "
-                                    "from selected_stocks.txt if it no longer trades"))
-            continue
+                                    "from selected_stocks.txt if it no longer trades", fatal=False))
         expected = all_sessions[(all_sessions >= df["Date"].iloc[0]) & (all_sessions <= last)]
         missing = expected.difference(pd.DatetimeIndex(df["Date"]))
         if len(expected) and len(missing) / len(expected) > C.MAX_MISSING_SESSIONS_FRACTION:
@@ -532,6 +535,29 @@ def read_raw_prices(path=None) -> pd.DataFrame:
     return df
 
 
+def synthetic_open_share(frame: pd.DataFrame) -> float:
+    """The share of rows (after each symbol's first) whose Open equals the previous session's
+    Close: a source that fills Open from the last close (no real opening auction price)."""
+    f = frame.sort_values(["Symbol", "Date"], kind="mergesort")
+    same = f["Symbol"].to_numpy()[1:] == f["Symbol"].to_numpy()[:-1]
+    if not same.any():
+        return 0.0
+    opens, prev = f["Open"].to_numpy(float)[1:][same], f["Close"].to_numpy(float)[:-1][same]
+    return float(np.mean(np.isclose(opens, prev, rtol=1e-9, atol=1e-6)))
+
+
+def synthetic_open_problem(frame: pd.DataFrame, path) -> str | None:
+    """One line when the opens of ``frame`` (read from ``path``) look synthetic (share above
+    SYNTHETIC_OPEN_MAX_SHARE): next-open fills would really happen at the decision's close."""
+    share = synthetic_open_share(frame)
+    if share <= C.SYNTHETIC_OPEN_MAX_SHARE:
+        return None
+    return (f"{path}: Open equals the previous Close on {share:.0%} of rows (synthetic opens, above "
+            f"SYNTHETIC_OPEN_MAX_SHARE {C.SYNTHETIC_OPEN_MAX_SHARE:.0%}), so next-open fills would happen at the "
+            f"decision's close: give the data real opening prices (the Open column of the CSV files, or "
+            f"DATA_SOURCE=yahoo and ./run_daily_data_update.sh --force), or backtest with --fill next_close")
+
+
 def feature_columns(sentiment: bool | None = None) -> list[str]:
     """The model's inputs: ``FEATURE_COLUMNS``, plus ``SENTIMENT_COLUMNS`` when ``sentiment``
     (default: ``REDDIT_SENTIMENT``)."""
@@ -542,6 +568,7 @@ def feature_columns(sentiment: bool | None = None) -> list[str]:
 def frame_columns(features: pd.DataFrame) -> list[str]:
     """The model's inputs a features frame carries (``load_processed`` added the sentiment or not)."""
     return feature_columns(all(c in features.columns for c in C.SENTIMENT_COLUMNS))
+
 
 
 def load_processed(path=None, sentiment: bool | None = None) -> pd.DataFrame:
@@ -698,7 +725,8 @@ def update(force: bool = False) -> dict:
         (log.error if problem.fatal else log.warning)("%s", problem)
     write_refused(problems, reference)
     healthy = sorted(clean["Symbol"].unique())
-    if not healthy:
+    stale = {p.symbol for p in problems if p.kind == "stale"}
+    if not set(healthy) - stale:             # only stale histories kept: the source is down, not delistings
         raise DataError("no healthy symbol: nothing written (see the problems above"
                         + ("; fix the CSV files named there)" if source == "csv" else
                            "; check the network with curl -I https://query1.finance.yahoo.com)"))

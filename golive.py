@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 import config
 import constants as C
 from errors import UserFacingError
-import data_collection
+import evidence_binding
 import model_management
 import overfitting
 import state_db
 import trial_registry
 import walk_forward_runs
-from fileutil import file_sha256, json_default
+from fileutil import json_default
 
 GATE_OVERRIDE_KEY = "golive_override"
 
@@ -165,29 +164,81 @@ class GateError(UserFacingError):
     """The go-live gate refuses an operator's request; the message says what is missing."""
 
 
-def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe, data_path) -> dict:
-    """The walk-forward condition for the model with this checksum (see ``walk_forward_runs.gate_walk_forward``
-    for what counts): its configuration from the model's metadata, the universe from
-    selected_stocks.txt, the production data file's path and hash."""
-    out = {"run": None, "latest": None, "config_fingerprint": None, "universe": None, "data_sha256": None,
-           "error": None, "max_age_days": C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS}
+def _metadata(checksum: str, metadata: dict | None) -> dict:
+    if metadata is None:
+        metadata = model_management.read_metadata(config.path(C.MODEL_FILE))
+    if metadata.get("sha256") and metadata["sha256"] != checksum:
+        raise model_management.ModelError("the installed model's metadata is for another model")
+    return metadata
+
+
+def _production(universe, data_path) -> evidence_binding.Production:
+    """The production data, universe and sessions the runs are compared with (``evidence_binding``)."""
+    return evidence_binding.Production.load(universe, data_path)
+
+
+def _backtest_evidence(checksum: str, conn, metadata: dict | None, production) -> dict:
+    """The backtest condition: the newest passing out-of-sample, gate-eligible backtest of this
+    model whose evidence matches the production data, universe and fixed window now
+    (``evidence_binding.mismatches``) in ``run``; the newest passing one in ``latest`` with
+    ``stale``, the reasons it does not count."""
+    out = {"run": None, "latest": None, "stale": []}
+    if not checksum:
+        return out
+    with _opened(conn) as c:
+        rows = c.execute("SELECT * FROM backtest_runs WHERE model_checksum = ? AND in_sample = 0 AND passed = 1 "
+                         "ORDER BY id DESC", (checksum,)).fetchall()
     try:
-        if metadata is None:
-            metadata = model_management.read_metadata(config.path(C.MODEL_FILE))
-        if metadata.get("sha256") and metadata["sha256"] != checksum:
-            raise model_management.ModelError("the installed model's metadata is for another model")
+        meta = _metadata(checksum, metadata)
+    except (UserFacingError, OSError, KeyError, ValueError):
+        meta = {}
+    for raw in rows:
+        row = state_db.row_dict(raw, ("metrics", "parameters"), ("in_sample", "passed", "gate_eligible")) or {}
+        row["report"] = row.get("report_path")
+        params = row.get("parameters")
+        why = evidence_binding.mismatches("backtest", params.get("evidence") if isinstance(params, dict) else None,
+                                          production, meta)
+        if not row["gate_eligible"] and not why:
+            why = ["not gate evidence: looser criteria, lower costs or other risk limits than constants.py"]
+        row["stale"] = why
+        if out["latest"] is None:
+            out["latest"], out["stale"] = row, why
+        if not why:
+            out["run"] = row
+            break
+    return out
+
+
+def _walk_forward_evidence(checksum: str, conn, metadata: dict | None, universe, data_path,
+                           production=None) -> dict:
+    """The walk-forward condition for the model with this checksum (``walk_forward_runs.gate_walk_forward``):
+    its configuration from the model's metadata; a run counts when its evidence matches the
+    production data, universe and fixed window now (``evidence_binding.mismatches``)."""
+    out = {"run": None, "latest": None, "config_fingerprint": None, "universe": None, "data_sha256": None,
+           "error": None, "stale": [], "max_age_days": C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS}
+    try:
+        metadata = _metadata(checksum, metadata)
         fingerprint = walk_forward_runs.config_fingerprint(walk_forward_runs.model_configuration_from_metadata(metadata))
-        symbols = sorted(universe if universe is not None else data_collection.load_universe())
+        if production is None:
+            production = _production(universe, data_path)
     except (UserFacingError, OSError, KeyError, ValueError) as exc:
         out["error"] = f"the current model's configuration or the universe cannot be read ({exc})"
         return out
-    path = Path(data_path) if data_path else config.path(C.PROCESSED_DATA_FILE)
-    try:
-        sha = file_sha256(path)
-    except OSError:
-        sha = None
-    out.update(config_fingerprint=fingerprint, universe=symbols, data_sha256=sha, data_path=str(path))
-    out["run"], out["latest"] = walk_forward_runs.gate_walk_forward(fingerprint, symbols, path, sha, conn=conn)
+    out.update(config_fingerprint=fingerprint, universe=production.universe, data_sha256=production.file_sha256,
+               data_path=str(production.path))
+
+    def stale(row: dict) -> list[str]:
+        summ = row.get("summary")
+        recorded = summ.get("evidence") if isinstance(summ, dict) else None
+        why = evidence_binding.mismatches("walk_forward", recorded, production, metadata)
+        if not row["gate_eligible"] and not why:
+            why = ["not gate evidence: a longer --min-train than WALK_FORWARD_MIN_TRAIN_SESSIONS, lower costs or "
+                   "other risk limits than constants.py"]
+        return why
+    out["run"], out["latest"] = walk_forward_runs.gate_walk_forward(fingerprint, stale, conn=conn)
+    newest = out["latest"]
+    if isinstance(newest, dict) and out["run"] is None:
+        out["stale"] = newest.get("stale") or []
     return out
 
 
@@ -204,9 +255,11 @@ def set_override(checksum: str, reason: str, by: str, audit, conn=None, no_backt
 def _set_override(c, checksum: str, reason: str, by: str, audit, no_backtest: bool, metadata: dict | None) -> dict:
     if not no_backtest:
         missing = []
-        if not passing_backtest_for(checksum, c):
-            missing.append("no passing out-of-sample backtest is on record for this model (./run_backtest.sh)")
-        if not _walk_forward_evidence(checksum, c, metadata, None, None)["run"]:
+        production = _production(None, None)
+        if not _backtest_evidence(checksum, c, metadata, production)["run"]:
+            missing.append("no passing out-of-sample backtest of this model on the production data, universe and "
+                           "fixed window is on record (./run_backtest.sh)")
+        if not _walk_forward_evidence(checksum, c, metadata, None, None, production)["run"]:
             missing.append("no passing walk-forward for its configuration on the production data and universe "
                            "(./run_backtest.sh --walk-forward)")
         if missing:
@@ -226,48 +279,85 @@ def _period(start, end) -> str:
     return f"from {start}" if start else (f"until {end}" if end else "period not recorded")
 
 
+def failing_statistics(summary: dict | None) -> list[str]:
+    """The statistics a walk-forward failed, each named with its value and threshold
+    ("DM p-value 0.3100 >= 0.05 (needs < 0.05)"); the condition's own words for a run recorded
+    before the conditions carried their statistic."""
+    out = []
+    for cond in (summary or {}).get("conditions") or []:
+        if cond.get("passed"):
+            continue
+        stat, value = cond.get("statistic"), cond.get("value")
+        if stat:
+            shown = "n/a" if value is None else f"{value:.4g}"
+            out.append(f"{stat} {shown} (needs {cond.get('rule')} {cond.get('threshold')})")
+        else:
+            out.append(cond.get("text") or cond.get("name") or "a condition")
+    return out
+
+
 def _walk_forward_state(wf: dict) -> str:
-    """PASS, FAILED (the newest run of this configuration failed its statistics), NOT COUNTED
-    (a run exists but does not count), MISSING (none on record) or ERROR."""
+    """PASS, FAILED (the newest run of this configuration failed its statistics), STALE (a
+    passing run exists but its data, universe or window no longer match the production ones, or
+    it is not gate evidence), MISSING (none on record) or ERROR."""
     if wf.get("error"):
         return "ERROR"
     if wf.get("run"):
         return "PASS"
     latest = wf.get("latest")
     if latest:
-        return "FAILED" if not latest["passed"] else "NOT COUNTED"
+        return "FAILED" if not latest["passed"] else "STALE"
     return "MISSING"
+
+
+def _backtest_state(bt: dict) -> str:
+    return "PASS" if bt.get("run") else ("STALE" if bt.get("latest") else "MISSING")
 
 
 def headline(status: dict) -> list[str]:
     """The gate's first lines (``python live_trading.py gate``): each piece of evidence as PASS,
-    FAILED, NOT COUNTED or MISSING, agreeing with the detail lines under them."""
-    bt = status["backtest"]
-    bt_line = (f"PASS ({bt.get('created_at')}, {bt.get('report')})" if bt else
-               "MISSING: run ./run_backtest.sh (out-of-sample, must pass)")
+    FAILED, STALE (with which of data, universe, window changed) or MISSING, agreeing with the
+    detail lines under them."""
+    bt, bt_latest = status["backtest"], status.get("backtest_latest")
+    bt_state = status.get("backtest_state") or ("PASS" if bt else "MISSING")
+    if bt_state == "PASS":
+        bt_line = f"PASS ({bt.get('created_at')}, {bt.get('report')})"
+    elif bt_state == "STALE":
+        bt_line = (f"STALE (run {bt_latest['id']}, {bt_latest['created_at']}: "
+                   f"{'; '.join(status.get('backtest_stale') or [])}): run ./run_backtest.sh")
+    else:
+        bt_line = "MISSING: run ./run_backtest.sh (out-of-sample, must pass)"
     state = status.get("walk_forward_state") or ("PASS" if status.get("walk_forward") else "MISSING")
-    run, latest = status.get("walk_forward"), status.get("walk_forward_latest")
+    run, latest = status.get("walk_forward"), status.get("walk_forward_latest") or {}
     wf_line = {
         "PASS": lambda: f"PASS (run {run['id']}, {run['created_at']})",
-        "FAILED": lambda: (f"FAILED (run {latest['id']}, {latest['created_at']}): run ./run_backtest.sh "
-                           f"--walk-forward again after changing the model or data"),
-        "NOT COUNTED": lambda: (f"NOT COUNTED (run {latest['id']}, {latest['created_at']}; see below): run "
-                                f"./run_backtest.sh --walk-forward (production data, whole universe)"),
+        "FAILED": lambda: (f"FAILED (run {latest['id']}, {latest['created_at']}: "
+                           f"{'; '.join(failing_statistics(latest.get('summary'))) or 'see below'}): run "
+                           f"./run_backtest.sh --walk-forward again after changing the model or data"),
+        "STALE": lambda: (f"STALE (run {latest['id']}, {latest['created_at']}: "
+                          f"{'; '.join(status.get('walk_forward_stale') or [])}): run ./run_backtest.sh "
+                          f"--walk-forward (production data, whole universe)"),
         "ERROR": lambda: "ERROR (see below)",
     }.get(state, lambda: "MISSING: run ./run_backtest.sh --walk-forward (production data, whole universe, "
                          "must pass)")()
     return [f"backtest:       {bt_line}", f"walk-forward:   {wf_line}"] + trial_lines(status)
 
 
-def _conditions(backtest, sessions: int, wf: dict) -> list[dict]:
+def _conditions(bt: dict, sessions: int, wf: dict) -> list[dict]:
     """Each go-live condition in words: what was measured, the threshold, pass/fail, the fix."""
     need = C.GOLIVE_MIN_PAPER_SESSIONS
+    backtest, bt_latest = bt["run"], bt["latest"]
     if backtest:
         m = backtest.get("metrics") or {}
+        ev = (backtest.get("parameters") or {}).get("evidence") or {}
         measured = (f"passed on {backtest.get('created_at')} ({_period(backtest.get('start_date'), backtest.get('end_date'))}; "
-                    f"report {backtest.get('report')})")
+                    f"data SHA-256 {str(ev.get('data_sha256'))[:12]}; report {backtest.get('report')})")
         if isinstance(m, dict) and m.get("total_return") is not None:
             measured += f"; total return {m['total_return']:.2%}, Sharpe {m.get('sharpe')}"
+    elif bt_latest:
+        measured = (f"newest passing backtest of this model: run {bt_latest['id']} on {bt_latest['created_at']} "
+                    f"({_period(bt_latest.get('start_date'), bt_latest.get('end_date'))}) does not count: "
+                    + "; ".join(bt["stale"]))
     else:
         measured = "no passing out-of-sample backtest of this model on record"
     run, latest = wf["run"], wf["latest"]
@@ -275,29 +365,33 @@ def _conditions(backtest, sessions: int, wf: dict) -> list[dict]:
         wf_measured = wf["error"]
     elif run:
         summ = run.get("summary") or {}
+        ev = summ.get("evidence") or {}
         wf_measured = (f"run {run['id']} passed on {run['created_at']} ({_period(run['start_date'], run['end_date'])}, "
-                       f"{len(run['universe'])} symbols, data SHA-256 {str(run['data_sha256'])[:12]}); skill vs "
-                       f"no change {summ.get('skill_vs_no_change')}, vs the training mean "
-                       f"{summ.get('skill_vs_training_mean')}, deflated Sharpe of the excess "
-                       f"{summ.get('dsr_excess')}")
+                       f"{len(run['universe'])} symbols, data SHA-256 {str(ev.get('data_sha256'))[:12]} up to "
+                       f"{ev.get('end')}); skill vs no change {summ.get('skill_vs_no_change')}, vs the training mean "
+                       f"{summ.get('skill_vs_training_mean')}, next-day signal p {summ.get('next_day_p')}, alpha "
+                       f"{summ.get('alpha_annual')} a year (p {summ.get('alpha_p')}), deflated Sharpe of the "
+                       f"alpha {summ.get('dsr_alpha')}")
     elif latest:
-        why = ("it FAILED its statistics" if not latest["passed"] else
-               "it does not count (a subset, a shorter history or lower costs)" if not latest["gate_eligible"] else
-               f"it is {latest['age_days']:.0f} days old and the data file has changed since")
-        wf_measured = f"newest walk-forward of this configuration and universe: run {latest['id']} on " \
+        why = (f"it FAILED its statistics: {'; '.join(failing_statistics(latest.get('summary'))) or 'see its report'}"
+               if not latest["passed"] else "it does not count: " + "; ".join(wf["stale"]))
+        wf_measured = f"newest walk-forward of this configuration: run {latest['id']} on " \
                       f"{latest['created_at']}: {why}"
     else:
-        wf_measured = "no walk-forward of this model's configuration on this universe on record"
+        wf_measured = "no walk-forward of this model's configuration on record"
+    bound = ("on the production data (the same rows up to the run's last session), the universe of "
+             f"{C.UNIVERSE_FILE} and the fixed window (ending at most {wf['max_age_days']} days before the "
+             "data's last session)")
     return [
         {"name": "backtest", "passed": bool(backtest), "measured": measured,
          "threshold": "an out-of-sample backtest of this model passing the GOLIVE_* criteria with default "
-                      "criteria and costs",
+                      f"criteria and costs, {bound}",
          "fix": "./run_backtest.sh"},
         {"name": "walk_forward", "passed": bool(run), "measured": wf_measured,
          "threshold": ("a passing walk-forward (forecast skill significant against no change and the training "
-                       "mean, Sharpe above equal-weight buy-and-hold, deflated Sharpe of the excess >= "
-                       f"{C.SKILL_MIN_DSR}) for this model's configuration on the whole universe, run on the "
-                       f"production data file (the same bytes, or within {wf['max_age_days']} days)"),
+                       f"mean, the signal's next-day returns significant, alpha over equal-weight buy-and-hold "
+                       f"significant with a HAC t-statistic and its deflated Sharpe >= {C.SKILL_MIN_DSR}) for "
+                       f"this model's configuration, {bound}"),
          "fix": "./run_backtest.sh --walk-forward"},
         {"name": "paper_sessions", "passed": sessions >= need,
          "measured": f"{sessions} of {need} paper-trading sessions with this model (replays do not count)",
@@ -307,49 +401,61 @@ def _conditions(backtest, sessions: int, wf: dict) -> list[dict]:
 
 
 def gate_status(checksum: str, conn=None, metadata: dict | None = None, universe=None, data_path=None) -> dict:
-    """Where the go-live conditions stand for a model: a passing out-of-sample backtest on
-    record, a passing walk-forward of its configuration on the production data and universe
-    (``walk_forward_runs.gate_walk_forward``) and GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays
-    not counted). An override waives the paper sessions; it waives the backtest and the
-    walk-forward only when given with ``--no-backtest``. ``metadata`` is the model's (default:
-    the installed model's), ``universe`` the symbols (default: selected_stocks.txt),
-    ``data_path`` the production data (default: processed_stock_data.csv)."""
+    """Where the go-live conditions stand for a model: a passing out-of-sample backtest and a
+    passing walk-forward of its configuration, each bound to the production data, universe and
+    fixed window now (``evidence_binding``; else STALE, saying which changed), and
+    GOLIVE_MIN_PAPER_SESSIONS paper sessions (replays not counted). An override waives the paper
+    sessions; it waives the backtest and the walk-forward only when given with ``--no-backtest``.
+    ``metadata`` is the model's (default: the installed model's), ``universe`` the symbols
+    (default: selected_stocks.txt), ``data_path`` the production data (default:
+    processed_stock_data.csv)."""
+    production = _production(universe, data_path)
     with _opened(conn) as c:
-        backtest = passing_backtest_for(checksum, c)
+        bt = _backtest_evidence(checksum, c, metadata, production)
         sessions = paper_session_count(checksum, c)
-        wf = _walk_forward_evidence(checksum, c, metadata, universe, data_path)
+        wf = _walk_forward_evidence(checksum, c, metadata, universe, data_path, production)
         override = state_db.kv_get(c, GATE_OVERRIDE_KEY)
     override = override if override and override.get("model_checksum") == checksum else None
-    conditions = _conditions(backtest, sessions, wf)
+    conditions = _conditions(bt, sessions, wf)
     try:
         trials = trial_evidence(wf)
     except (UserFacingError, OSError) as exc:   # the registry cannot be read: the gate stays closed, saying why
         trials = {"error": f"the trial registry cannot be read ({exc})"}
     conditions += trial_conditions(trials)
-    evidence = bool(backtest) and bool(wf["run"])
+    evidence = bool(bt["run"]) and bool(wf["run"])
     ok = all(x["passed"] for x in conditions)
     by_override = override is not None and (evidence or bool(override.get("no_backtest")))
-    return {"model_checksum": checksum, "backtest": backtest, "walk_forward": wf["run"],
-            "walk_forward_latest": wf["latest"], "walk_forward_state": _walk_forward_state(wf),
-            "config_fingerprint": wf["config_fingerprint"],
+    return {"model_checksum": checksum, "backtest": bt["run"], "backtest_latest": bt["latest"],
+            "backtest_state": _backtest_state(bt), "backtest_stale": bt["stale"],
+            "walk_forward": wf["run"], "walk_forward_latest": wf["latest"], "walk_forward_state": _walk_forward_state(wf),
+            "walk_forward_stale": wf["stale"], "config_fingerprint": wf["config_fingerprint"],
             "universe": wf["universe"], "data_sha256": wf["data_sha256"], "paper_sessions": sessions,
             "paper_sessions_needed": C.GOLIVE_MIN_PAPER_SESSIONS, "override": override,
             "conditions": conditions, "trials": trials, "passed": ok or by_override}
 
 
 def refusal_reasons(status: dict) -> list[str]:
-    """Why ``gate_status`` is closed, one phrase per missing condition."""
+    """Why ``gate_status`` is closed, one phrase per missing condition (naming the failed
+    statistic, or which of data, universe and window changed)."""
     why = []
     for cond in status.get("conditions", []):
         if cond["passed"]:
             continue
-        if cond["name"] == "backtest":
+        if cond["name"] == "backtest" and status.get("backtest_state") == "STALE":
+            why.append("the backtest of this model is STALE (" + "; ".join(status.get("backtest_stale") or [])
+                       + "): run ./run_backtest.sh")
+        elif cond["name"] == "backtest":
             why.append("no passing out-of-sample backtest for this model (run ./run_backtest.sh)")
         elif cond["name"] == "walk_forward" and status.get("walk_forward_state") == "FAILED":
-            why.append("the newest walk-forward of this model's configuration FAILED its statistics (see "
+            latest = status.get("walk_forward_latest") or {}
+            failed = "; ".join(failing_statistics(latest.get("summary"))) or "its statistics"
+            why.append(f"the newest walk-forward of this model's configuration FAILED its statistics: {failed} (see "
                        "python live_trading.py gate; run ./run_backtest.sh --walk-forward after a change)")
         elif cond["name"] == "overfitting":
             why.append(overfitting_reason(status))
+        elif cond["name"] == "walk_forward" and status.get("walk_forward_state") == "STALE":
+            why.append("the walk-forward is STALE (" + "; ".join(status.get("walk_forward_stale") or [])
+                       + "): run ./run_backtest.sh --walk-forward")
         elif cond["name"] == "walk_forward":
             why.append("no passing walk-forward for this model's configuration on the production data and "
                        "universe (run ./run_backtest.sh --walk-forward)")

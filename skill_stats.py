@@ -51,6 +51,7 @@ beat holding the same stocks never passes, whatever its excess return).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -148,20 +149,37 @@ def returns_from_equity(equity) -> np.ndarray:
     return e[1:] / e[:-1] - 1.0
 
 
+# daily returns whose standard deviation is below this are "flat" (no Sharpe): float noise in a
+# constant equity curve would otherwise give a Sharpe of -1e16 (a numerical tolerance, not a tunable)
+FLAT_STD = 1e-10
+
+
+def flat_reason(returns) -> str | None:
+    """Why ``sharpe_ratio`` of these daily returns is None ("fewer than two returns", "the
+    returns do not vary ..."), or None when it has a value."""
+    r = np.asarray(returns, np.float64)
+    if len(r) < 2:
+        return "fewer than two daily returns"
+    if not np.all(np.isfinite(r)):
+        return "non-finite daily returns"
+    if not float(np.std(r, ddof=1)) > FLAT_STD:
+        return f"the daily returns do not vary (std below {FLAT_STD:g}: a flat strategy has no Sharpe)"
+    return None
+
+
 def sharpe_ratio(returns, risk_free: float | None = None,
                  periods: int | None = None) -> float | None:
     """THE Sharpe ratio (the backtest's, the walk-forward's, the go-live gate's): annualised, of
     daily simple returns, with the annual risk-free rate ``risk_free``: mean(r - rf) / std(r - rf,
     ddof 1) * sqrt(periods), rf = risk_free / periods. None with fewer than two returns or no
-    variation. ``risk_free`` and ``periods`` default to RISK_FREE_RATE and TRADING_DAYS_PER_YEAR."""
+    variation (std below ``FLAT_STD``: ``flat_reason`` says which). ``risk_free`` and ``periods``
+    default to RISK_FREE_RATE and TRADING_DAYS_PER_YEAR."""
     risk_free = C.RISK_FREE_RATE if risk_free is None else risk_free
     periods = C.TRADING_DAYS_PER_YEAR if periods is None else periods
     r = np.asarray(returns, np.float64) - risk_free / periods
-    if len(r) < 2 or not np.all(np.isfinite(r)) or np.max(r) == np.min(r):
+    if flat_reason(r) is not None:
         return None
     sd = float(np.std(r, ddof=1))
-    if not sd > 0:
-        return None
     return float(np.mean(r) / sd * math.sqrt(periods))
 
 
@@ -173,7 +191,7 @@ def probabilistic_sharpe_ratio(returns, sr_benchmark: float = 0.0) -> float | No
     if n < 3:
         return None
     sd = float(np.std(r, ddof=1))
-    if not sd > 0:
+    if not sd > FLAT_STD:
         return None
     sr = float(np.mean(r) / sd)
     g3 = float(stats.skew(r, bias=True))
@@ -203,6 +221,84 @@ def deflated_sharpe_ratio(returns, n_trials: int = 1, sr_variance: float | None 
     return probabilistic_sharpe_ratio(r, expected_max_sharpe(n_trials, var))
 
 
+# =========================================================================== forecast-horizon and alpha tests
+
+def hac_mean_test(x, lag: int | None = None) -> dict:
+    """One-sided test that the mean of the series ``x`` is above 0, with the Newey-West variance:
+    t = mean / sqrt(S / n), p = P(t_{n-1} > t). {mean, t, p_value, n, lag}; p 1.0 when it cannot
+    be computed (fewer than 3 values, no variation)."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    out = {"mean": float(x.mean()) if n else None, "t": None, "p_value": 1.0, "n": int(n), "lag": None}
+    if n < 3:
+        return out
+    lag = newey_west_lag(n) if lag is None else int(lag)
+    out["lag"] = int(min(max(lag, 0), n - 1))
+    var = newey_west_variance(x, lag)
+    if not np.isfinite(var) or var <= FLAT_STD ** 2:
+        return out
+    t = float(x.mean() / math.sqrt(var / n))
+    out.update(t=t, p_value=float(stats.t.sf(t, df=n - 1)))
+    return out
+
+
+def signal_next_day_returns(y_true, forecast, dates, baseline=0.0) -> np.ndarray:
+    """The signal's own return at the forecast's horizon: each (symbol, session) holds the sign of
+    its forecast for the next session only, on the move beyond ``baseline`` (the training period's
+    mean, the drift: ``sign(forecast) * (y_true - baseline)``, in the target's units, the next
+    day's move in units of the day's expected move), averaged across the symbols of each session
+    (one value a session, date order). Not the strategy's holding period (held until an opposite
+    signal), so it judges the forecast at the horizon it was made for; a long bias that only
+    collects the drift earns nothing here."""
+    y = np.asarray(y_true, np.float64)
+    f = np.asarray(forecast, np.float64)
+    b = np.broadcast_to(np.asarray(baseline, np.float64), y.shape)
+    return daily_mean(np.sign(f) * (y - b), dates)
+
+
+def alpha_test(strategy_returns, benchmark_returns, risk_free: float | None = None,
+               lag: int | None = None) -> dict[str, Any]:
+    """The strategy's alpha over the benchmark: OLS of (r - rf) on (b - rf) with a constant, the
+    constant's Newey-West (HAC, Bartlett) standard error, one-sided p = P(t_{n-2} > t).
+
+    With X = [1, b - rf], residuals u and g_t = X_t u_t: S = G_0 + sum_{k<=L} (1 - k/(L+1)) (G_k +
+    G_k'), G_k = sum_t g_t g_{t-k}' / n, Q = X'X / n, Var = Q^-1 S Q^-1 / n. Returns {alpha (daily),
+    alpha_annual, beta, t, p_value, n, lag, active} (``active``: alpha + residual, the
+    beta-hedged daily return the deflated Sharpe is computed on)."""
+    risk_free = C.RISK_FREE_RATE if risk_free is None else risk_free
+    rf = risk_free / C.TRADING_DAYS_PER_YEAR
+    y = np.asarray(strategy_returns, np.float64) - rf
+    x = np.asarray(benchmark_returns, np.float64) - rf
+    ok = np.isfinite(y) & np.isfinite(x)
+    y, x = y[ok], x[ok]
+    n = len(y)
+    out: dict[str, Any] = {"alpha": None, "alpha_annual": None, "beta": None, "t": None, "p_value": 1.0,
+                           "n": int(n), "lag": None, "active": np.zeros(0)}
+    if n < 4:
+        return out
+    X = np.column_stack([np.ones(n), x]) if float(np.std(x)) > FLAT_STD else np.ones((n, 1))
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    u = y - X @ coef
+    alpha, beta = float(coef[0]), (float(coef[1]) if X.shape[1] > 1 else 0.0)
+    lag = newey_west_lag(n) if lag is None else int(lag)
+    lag = int(min(max(lag, 0), n - 1))
+    g = X * u[:, None]
+    S = g.T @ g / n
+    for k in range(1, lag + 1):
+        gk = g[k:].T @ g[:-k] / n
+        S += (1.0 - k / (lag + 1.0)) * (gk + gk.T)
+    Qi = np.linalg.pinv(X.T @ X / n)
+    var = float((Qi @ S @ Qi)[0, 0] / n)
+    out.update(alpha=alpha, alpha_annual=alpha * C.TRADING_DAYS_PER_YEAR, beta=beta, lag=lag,
+               active=y - beta * x)
+    if not np.isfinite(var) or var <= FLAT_STD ** 2:
+        return out
+    t = alpha / math.sqrt(var)
+    out.update(t=t, p_value=float(stats.t.sf(t, df=max(n - X.shape[1], 1))))
+    return out
+
+
 # =========================================================================== the verdict
 
 def evaluate_evidence(y_true, forecast, train_mean, dates, strategy_equity, benchmark_equity,
@@ -215,41 +311,62 @@ def evaluate_evidence(y_true, forecast, train_mean, dates, strategy_equity, benc
     walk-forward fold has its own training mean); the equity curves: one value per session
     close of the evaluated period (strategy and equal-weight buy-and-hold). ``alpha``,
     ``min_dsr`` and ``risk_free`` default to SKILL_ALPHA, SKILL_MIN_DSR and RISK_FREE_RATE."""
-    alpha = C.SKILL_ALPHA if alpha is None else alpha
+    alpha_level = C.SKILL_ALPHA if alpha is None else alpha
     min_dsr = C.SKILL_MIN_DSR if min_dsr is None else min_dsr
     risk_free = C.RISK_FREE_RATE if risk_free is None else risk_free
     dm0 = diebold_mariano(y_true, forecast, 0.0, dates)
     dmc = diebold_mariano(y_true, forecast, np.asarray(train_mean, np.float64), dates)
+    next_day = signal_next_day_returns(y_true, forecast, dates, np.asarray(train_mean, np.float64))
+    nxt = hac_mean_test(next_day)
+    dsr_next = deflated_sharpe_ratio(next_day, n_trials)
     rs, rb = returns_from_equity(strategy_equity), returns_from_equity(benchmark_equity)
     excess = rs - rb
     sh_s, sh_b = sharpe_ratio(rs, risk_free), sharpe_ratio(rb, risk_free)
+    reg = alpha_test(rs, rb, risk_free)
+    active = np.asarray(reg.pop("active"), np.float64)
     psr = probabilistic_sharpe_ratio(excess)
     dsr = deflated_sharpe_ratio(excess, n_trials)
+    dsr_active = deflated_sharpe_ratio(active, n_trials)
     sd = float(np.std(excess, ddof=1)) if len(excess) > 1 else 0.0
+    flat = flat_reason(rs)
     conditions = [
-        {"name": "skill_vs_no_change", "passed": dm0["p_value"] < alpha,
+        {"name": "skill_vs_no_change", "passed": dm0["p_value"] < alpha_level,
+         "statistic": "DM p-value", "value": dm0["p_value"], "rule": "<", "threshold": alpha_level,
          "text": f"forecast beats 'no change' (skill {_f(dm0['skill'], '+.4f')}, DM p = "
-                 f"{_f(dm0['p_value'], '.4f')}; needs p < {alpha})"},
-        {"name": "skill_vs_training_mean", "passed": dmc["p_value"] < alpha,
+                 f"{_f(dm0['p_value'], '.4f')}; needs p < {alpha_level})"},
+        {"name": "skill_vs_training_mean", "passed": dmc["p_value"] < alpha_level,
+         "statistic": "DM p-value vs the training mean", "value": dmc["p_value"], "rule": "<",
+         "threshold": alpha_level,
          "text": f"forecast beats the training-mean constant (skill {_f(dmc['skill'], '+.4f')}, DM p = "
-                 f"{_f(dmc['p_value'], '.4f')}; needs p < {alpha})"},
-        {"name": "sharpe_above_buy_and_hold",
-         "passed": sh_s is not None and (sh_b is None or sh_s > sh_b),
-         "text": f"strategy Sharpe {_f(sh_s, '.2f')} above equal-weight buy-and-hold's {_f(sh_b, '.2f')} "
-                 f"(risk-free {risk_free:.2%} a year)"},
-        {"name": "excess_dsr", "passed": dsr is not None and dsr >= min_dsr,
-         "text": f"daily excess over buy-and-hold is reliably positive: deflated Sharpe {_f(dsr, '.3f')} "
-                 f"over {n_trials} configuration(s) tried (PSR {_f(psr, '.3f')}); needs >= {min_dsr}"},
+                 f"{_f(dmc['p_value'], '.4f')}; needs p < {alpha_level})"},
+        {"name": "signal_next_day", "passed": nxt["p_value"] < alpha_level,
+         "statistic": "next-day signal return HAC p-value", "value": nxt["p_value"], "rule": "<",
+         "threshold": alpha_level,
+         "text": f"the signal's own next-day returns are positive (mean {_f(nxt['mean'], '+.4f')} expected "
+                 f"moves a day, HAC t {_f(nxt['t'], '.2f')}, p = {_f(nxt['p_value'], '.4f')}; needs p < "
+                 f"{alpha_level})"},
+        {"name": "signal_dsr", "passed": dsr_next is not None and dsr_next >= min_dsr,
+         "statistic": "deflated Sharpe of the next-day signal returns", "value": dsr_next, "rule": ">=",
+         "threshold": min_dsr,
+         "text": f"the next-day signal returns survive the configurations tried: deflated Sharpe "
+                 f"{_f(dsr_next, '.3f')} over {n_trials} configuration(s); needs >= {min_dsr}"},
+        {"name": "alpha_vs_buy_and_hold", "passed": reg["p_value"] < alpha_level,
+         "statistic": "alpha HAC p-value", "value": reg["p_value"], "rule": "<", "threshold": alpha_level,
+         "text": (f"strategy alpha over equal-weight buy-and-hold {_f(reg['alpha_annual'], '+.2%')} a year "
+                  f"(beta {_f(reg['beta'], '.2f')}, HAC t {_f(reg['t'], '.2f')}, p = "
+                  f"{_f(reg['p_value'], '.4f')}; risk-free {risk_free:.2%}); needs p < {alpha_level}"
+                  + (f" [{flat}]" if flat else ""))},
     ]
     return {
         "passed": all(c["passed"] for c in conditions), "conditions": conditions,
         "dm_vs_no_change": dm0, "dm_vs_training_mean": dmc, "train_mean": float(np.mean(train_mean)),
-        "directional_accuracy": directional_accuracy(y_true, forecast),
-        "sharpe_strategy": sh_s, "sharpe_benchmark": sh_b,
+        "directional_accuracy": directional_accuracy(y_true, forecast), "signal_next_day": nxt,
+        "alpha": reg, "dsr_alpha": dsr_active, "dsr_next_day": dsr_next,
+        "sharpe_strategy": sh_s, "sharpe_benchmark": sh_b, "sharpe_note": flat,
         "excess_mean_daily": float(np.mean(excess)) if len(excess) else None,
         "excess_sharpe_annual": (float(np.mean(excess) / sd * math.sqrt(C.TRADING_DAYS_PER_YEAR))
-                                 if sd > 0 else None),
-        "psr_excess": psr, "dsr_excess": dsr, "n_trials": int(n_trials), "alpha": alpha,
+                                 if sd > FLAT_STD else None),
+        "psr_excess": psr, "dsr_excess": dsr, "n_trials": int(n_trials), "alpha_level": alpha_level,
         "min_dsr": min_dsr, "risk_free_rate": risk_free,
     }
 

@@ -56,6 +56,7 @@ import pandas as pd
 
 import config
 import data_collection
+import evidence_binding
 from errors import UsageError, UserFacingError, command_failed, install_excepthook
 import constants as C
 import corporate_actions
@@ -492,7 +493,10 @@ def run(profile: str = "default", seed: int | None = None, workers: int | None =
     settings = settings or TradingSettings.from_constants()
     prof = profile_params(profile)
     path, features, universe, wanted = load_inputs(data_path, symbols)
-    features, sealed = split_holdout(features)
+    if C.BACKTEST_FILL == "next_open" and (synthetic := data_collection.synthetic_open_problem(features, path)):
+        raise WalkForwardError(synthetic)
+    everything = features
+    features, sealed = split_holdout(everything)
     folds = plan_folds(features["Date"], min_train, retrain)
     model_config = runs.model_configuration(prof)
     fingerprint = runs.config_fingerprint(model_config)
@@ -506,7 +510,10 @@ def run(profile: str = "default", seed: int | None = None, workers: int | None =
     ev = evaluate(features, fold_results, settings, n_trials=n_trials)
     _judge_trials(ev, wanted)
     live = TradingSettings.from_constants()
-    gate_eligible = (universe == wanted and min_train <= C.WALK_FORWARD_MIN_TRAIN_SESSIONS
+    # bound to the production data, universe and fixed window (evidence_binding): else NOT gate evidence
+    evidence = evidence_binding.binding("walk_forward", everything, path if data_path else None, wanted, universe,
+                                        features["Date"].min(), features["Date"].max())
+    gate_eligible = (evidence["gate_evidence"] and min_train <= C.WALK_FORWARD_MIN_TRAIN_SESSIONS
                      and settings.costs_not_below(live) and settings.risk_limits() == live.risk_limits())
     report = {
         "title": f"Walk-forward {ev['start']} .. {ev['end']} ({len(folds)} folds)",
@@ -518,7 +525,7 @@ def run(profile: str = "default", seed: int | None = None, workers: int | None =
                    "model_config": model_config, "config_fingerprint": fingerprint, "seed": seed,
                    "costs": settings.cost_model(), "min_train_sessions": min_train, "retrain_sessions": retrain,
                    "initial_cash": C.INITIAL_PAPER_CASH, "holdout": _holdout_inputs(sealed)},
-        "overall": ev["overall"], "folds": ev["folds"],
+        "evidence": evidence, "overall": ev["overall"], "folds": ev["folds"],
         "nonsensical_prediction_days": ev["nonsensical_prediction_days"],
         "daily": [{"date": str(d.date()), "equity": float(a), "benchmark": float(b)}
                   for d, a, b in zip(ev["equity"].index, ev["equity"].to_numpy(), ev["benchmark"].to_numpy())],
@@ -607,6 +614,9 @@ def print_summary(report: dict, out=None) -> None:
     if o.get("trials"):
         for line in overfitting.trial_lines(o["trials"], "  "):
             print(line, file=out)
+    binding_note = evidence_binding.not_evidence_line(report.get("evidence"))
+    if binding_note:
+        print(f"  {binding_note}", file=out)
     note = "" if report["gate_eligible"] else " (does not count for the go-live gate)"
     print(f"Verdict: {'PASS' if report['passed'] else 'FAIL'}{note}", file=out)
     print(f"Report: {report['report_html']}", file=out)
@@ -854,7 +864,8 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="folds run at once (default: every local core, "
                                                              "or the cluster's CPUs with RAY_ADDRESS)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default TRAIN_SEED)")
-    p.add_argument("--data", help="processed data file (default: processed_stock_data.csv under TRADING_HOME)")
+    p.add_argument("--data", help="processed data file (default: processed_stock_data.csv under TRADING_HOME; "
+                                  "another file is NOT gate evidence)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     if command == "holdout":
         return p
@@ -865,7 +876,7 @@ def _parser(command: str = "run") -> argparse.ArgumentParser:
                        help="the configurations: key=v1,v2;key=v1 (keys: retrain, window, threshold, profile) or "
                             "JSON; default SWEEP_GRID")
         return p
-    p.add_argument("--symbols", help="comma-separated subset (does not count for the gate)")
+    p.add_argument("--symbols", help="comma-separated subset (NOT gate evidence)")
     p.add_argument("--retrain", type=int, default=None,
                    help="sessions between retrains (default WALK_FORWARD_RETRAIN_SESSIONS)")
     p.add_argument("--no-record", action="store_true",

@@ -16,9 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -131,7 +130,7 @@ def record_run(report: dict, conn=None) -> int:
 def summary(report: dict) -> dict:
     o = report["overall"]
     return {"conditions": o["conditions"], **slim(o), "n_trials": o["n_trials"], "folds": len(report["folds"]),
-            "trial_id": report.get("trial_id")}
+            "trial_id": report.get("trial_id"), "evidence": report.get("evidence")}
 
 
 def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe, conn=None) -> dict | None:
@@ -148,31 +147,26 @@ def passing_walk_forward_for(config_fingerprint: str, data_sha256: str, universe
                              ("passed", "gate_eligible"))
 
 
-def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256: str | None,
-                      max_age_days: int | None = None, now: datetime | None = None,
-                      conn=None) -> tuple[dict | None, dict | None]:
-    """(the run that counts for the go-live gate or None, the newest run of this configuration on
-    this universe whatever its result or None).
+def gate_walk_forward(config_fingerprint: str, stale_reasons: Callable[[dict], list[str]],
+                      now: datetime | None = None, conn=None) -> tuple[dict | None, dict | None]:
+    """(the run that counts for the go-live gate or None, the newest run of this configuration
+    whatever its result or None).
 
-    The production data file changes every session, so an exact hash match would close the gate
-    every morning. A run counts when it passed, is ``gate_eligible`` (the whole universe, the full
-    out-of-sample period, default costs), is for this configuration (``config_fingerprint``) and
-    this universe, and was run on the production data: either on the very same bytes
-    (``data_sha256`` equal to the file's hash now) or on the production file (``data_path``) no
-    more than ``max_age_days`` calendar days ago (the scheduler reruns it weekly). The run's
-    own data hash stays recorded for the audit. ``max_age_days`` defaults to
-    GOLIVE_WALK_FORWARD_MAX_AGE_DAYS."""
-    max_age_days = C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS if max_age_days is None else max_age_days
+    A run counts when it passed, is ``gate_eligible`` and ``stale_reasons(row)`` is empty: the
+    caller (``golive``) compares the run's evidence binding with the production data, universe
+    and fixed window now (``evidence_binding.mismatches``: "data changed", "universe changed",
+    "window changed", "not gate evidence"). Each row examined carries its reasons in ``stale``
+    and its ``age_days``. The newest run is examined too, so the gate can say why it does not
+    count."""
     if not config_fingerprint:
         return None, None
     with _opened(conn) as c:
         rows = [dict(r) for r in c.execute(
-            "SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? AND universe = ? ORDER BY id DESC",
-            (config_fingerprint, universe_key(universe))).fetchall()]
+            "SELECT * FROM walk_forward_runs WHERE config_fingerprint = ? ORDER BY id DESC",
+            (config_fingerprint,)).fetchall()]
     now = now or datetime.now(timezone.utc)
-    production = str(Path(data_path).resolve()) if data_path else None
     passing = None
-    for row in rows:
+    for i, row in enumerate(rows):
         for key in ("universe", "costs", "model_config", "summary"):
             try:
                 row[key] = json.loads(row[key])
@@ -182,12 +176,11 @@ def gate_walk_forward(config_fingerprint: str, universe, data_path, data_sha256:
         created = datetime.fromisoformat(row["created_at"])
         created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
         row["age_days"] = round((now - created).total_seconds() / 86400.0, 2)
-        same_bytes = bool(data_sha256) and row["data_sha256"] == data_sha256
-        same_file = (production is not None and row.get("data_path")
-                     and str(Path(row["data_path"]).resolve()) == production)
-        row["on_production_data"] = bool(same_bytes or (same_file and row["age_days"] <= max_age_days))
-        if passing is None and row["passed"] and row["gate_eligible"] and row["on_production_data"]:
+        if i == 0 or row["passed"]:
+            row["stale"] = stale_reasons(row)
+        if row["passed"] and row["gate_eligible"] and not row["stale"]:
             passing = row
+            break
     return passing, (rows[0] if rows else None)
 
 
@@ -209,7 +202,10 @@ def slim(ev: dict) -> dict:
             "directional_accuracy": ev["directional_accuracy"], "strategy_return": ev["strategy"]["total_return"],
             "benchmark_return": ev["benchmark"]["total_return"], "strategy_sharpe": ev["sharpe_strategy"],
             "benchmark_sharpe": ev["sharpe_benchmark"], "psr_excess": ev["psr_excess"], "dsr_excess": ev["dsr_excess"],
-            "predictions": ev["predictions"]}
+            "predictions": ev["predictions"],
+            "next_day_p": (ev.get("signal_next_day") or {}).get("p_value"),
+            "alpha_annual": (ev.get("alpha") or {}).get("alpha_annual"),
+            "alpha_p": (ev.get("alpha") or {}).get("p_value"), "dsr_alpha": ev.get("dsr_alpha")}
 
 
 def jsonable(obj):

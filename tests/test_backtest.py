@@ -165,3 +165,42 @@ def test_model_pipeline_has_no_look_ahead(bt_home, monkeypatch):
     day = str(cut.date())
     assert [x for x in r1.trades if x["date"] <= day] == [x for x in r2.trades if x["date"] <= day]
     assert not s1[s1["Date"] > cut].reset_index(drop=True).equals(s2[s2["Date"] > cut].reset_index(drop=True))
+
+
+def test_a_backtest_off_the_production_data_or_window_is_not_gate_evidence(bt_home, monkeypatch, capsys):
+    """Issue 21: the backtest leg accepted any --data file and any --start/--end window. Now it is
+    recorded as NOT gate evidence, in one line saying why; the default run is bound to the
+    production data (its rows' hash up to the window's end), the universe and the fixed window."""
+    import evidence_binding as EB
+    monkeypatch.setenv("TRADING_HOME", str(bt_home))
+    copy = bt_home / "copy.csv"
+    shutil.copy2(bt_home / C.PROCESSED_DATA_FILE, copy)
+    sessions = sorted(pd.read_csv(copy, usecols=["Date"])["Date"].unique())
+    bt.main(["--no-progress", "--data", str(copy), "--end", sessions[-3]])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "NOT gate evidence" in line]
+    assert len(lines) == 1 and "--data" in lines[0] and f"--end {sessions[-3]}" in lines[0], out
+    latest = json.loads((bt_home / "reports" / "latest_backtest.json").read_text())
+    assert latest["gate_eligible"] is False and latest["parameters"]["evidence"]["gate_evidence"] is False
+    bt.main(["--no-progress"])
+    out = capsys.readouterr().out
+    assert "NOT gate evidence" not in out
+    ev = json.loads((bt_home / "reports" / "latest_backtest.json").read_text())["parameters"]["evidence"]
+    features = data_collection.load_processed(bt_home / C.PROCESSED_DATA_FILE)
+    assert ev["gate_evidence"] and ev["end"] == sessions[-1] and ev["universe"] == ["AAPL", "JPM", "MSFT", "PG"]
+    assert ev["data_sha256"] == EB.window_sha256(features, ev["universe"], ev["end"])
+    meta = json.loads((bt_home / "lstm_price_difference_model.json").read_text())
+    assert ev["start"] == str(EB.fixed_window("backtest", sessions, meta)[0].date())
+
+
+def test_synthetic_opens_refuse_next_open_fills_in_one_line(bt_home, tmp_path):
+    data = pd.read_csv(bt_home / C.PROCESSED_DATA_FILE)
+    data = data.sort_values(["Symbol", "Date"]).reset_index(drop=True)
+    prev = data.groupby("Symbol")["Close"].shift(1)
+    data["Open"] = prev.fillna(data["Open"])
+    fake = tmp_path / "synthetic.csv"
+    data.to_csv(fake, index=False)
+    done = _run(["--data", str(fake)], bt_home)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert str(fake) in lines[0] and "synthetic opens" in lines[0] and "--fill next_close" in lines[0]

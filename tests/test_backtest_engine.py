@@ -127,6 +127,32 @@ def test_market_arrays_equal_a_plain_pandas_pivot(case):
 
 
 # ----------------------------------------------------------------------------- hand-computed cases
+@pytest.fixture(autouse=True)
+def _no_cash_interest(monkeypatch):
+    """The ledger identities below are exact without interest on cash (BACKTEST_CASH_INTEREST,
+    tested on its own in test_idle_cash_earns_the_risk_free_rate_the_sharpe_subtracts)."""
+    monkeypatch.setattr(C, "BACKTEST_CASH_INTEREST", False)
+
+
+def test_idle_cash_earns_the_risk_free_rate_the_sharpe_subtracts(monkeypatch):
+    """Issue 21: the Sharpe subtracted a 2 % risk-free rate while the engine paid no interest, so
+    a flat strategy had a negative Sharpe (-9.3e16 with float noise). Now idle cash earns exactly
+    that rate: a flat strategy's excess returns are zero and its Sharpe is None, not -1e16."""
+    import skill_stats
+    monkeypatch.setattr(C, "BACKTEST_CASH_INTEREST", True)
+    prices, _ = sample_market(end="2023-04-28")
+    market = E.market_from_frames(prices, None)
+    result = E.run_engine(market, settings=LIVE)
+    n = len(result.equity)
+    daily = C.RISK_FREE_RATE / C.TRADING_DAYS_PER_YEAR
+    assert result.equity[-1] == pytest.approx(INITIAL * (1 + daily) ** (n - 1), rel=1e-12)
+    r = skill_stats.returns_from_equity(result.equity)
+    assert np.allclose(r, daily, rtol=0, atol=1e-15)
+    assert skill_stats.sharpe_ratio(r) is None and "do not vary" in skill_stats.flat_reason(r - daily)
+    monkeypatch.setattr(C, "RISK_FREE_RATE", 0.0)
+    assert np.all(E.run_engine(market, settings=LIVE).equity == INITIAL)
+
+
 def test_flat_signals_give_zero_return_and_no_costs():
     prices, _ = sample_market(end="2023-04-28")
     market = E.market_from_frames(prices, None)

@@ -206,10 +206,32 @@ def test_validation_absurd_move():
     assert clean.empty and problems[0].kind == "absurd_move" and "--force" in problems[0].fix
 
 
-def test_validation_stale_symbol():
+def test_validation_stale_symbol_keeps_its_history_up_to_its_last_day():
+    """Issue 21: a delisted symbol was removed from its whole history (survivorship by
+    construction). Its rows up to its last bar are kept; the problem is a warning naming it."""
     raw = _one(end="2024-11-29")
     clean, problems = dc.validate_prices(raw, ["AAPL"], reference="2024-12-31")
-    assert clean.empty and problems[0].kind == "stale"
+    assert len(clean) == len(raw) and clean["Date"].max() == pd.Timestamp("2024-11-29")
+    assert problems[0].kind == "stale" and problems[0].fatal is False and "kept" in problems[0].message
+
+
+def test_a_delisted_symbol_stays_in_the_processed_history(trading_home, monkeypatch):
+    """End to end through the update: the symbol whose prices stop is in processed_stock_data.csv
+    up to its last day, listed as stale, not as dropped."""
+    import sample_data
+    real = sample_data.generate_prices
+
+    def delisting(symbols, *args, **kwargs):
+        frame = real(symbols, *args, **kwargs)
+        last = sorted(frame["Date"].unique())[-30]
+        return frame[(frame["Symbol"] != symbols[0]) | (frame["Date"] <= last)].reset_index(drop=True)
+    monkeypatch.setattr(sample_data, "generate_prices", delisting)
+    summary = dc.update(force=True)
+    gone = dc.load_universe()[0]
+    df = dc.load_processed()
+    assert gone in set(df["Symbol"]) and gone not in summary["dropped"]
+    assert df[df["Symbol"] == gone]["Date"].max() < df["Date"].max()
+    assert gone in dc.stale_symbols(df, dc.load_universe(), df["Date"].max())
 
 
 def test_validation_healthy_passes_untouched():
@@ -340,3 +362,16 @@ def test_bad_trading_mode_stops_the_script(trading_home, tmp_path):
     done = run_command([ROOT / "run_daily_data_update.sh"], env_extra={"TRADING_MODE": "sometimes"}, cwd=tmp_path,
                        timeout=60)
     assert done.returncode == 2 and "TRADING_MODE" in done.stderr
+
+
+def test_synthetic_opens_are_detected_and_named():
+    """Issue 21: Open == previous Close (a source without real opens) was not detected, so
+    next-open fills happened at the decision's close."""
+    raw = _one()
+    assert dc.synthetic_open_share(raw) < 0.05 and dc.synthetic_open_problem(raw, "x.csv") is None
+    fake = raw.copy()
+    fake.loc[1:, "Open"] = fake["Close"].to_numpy()[:-1]
+    assert dc.synthetic_open_share(fake) == 1.0
+    line = dc.synthetic_open_problem(fake, "/h/processed_stock_data.csv")
+    assert line.startswith("/h/processed_stock_data.csv: Open equals the previous Close on 100%")
+    assert "\n" not in line and "--fill next_close" in line and "SYNTHETIC_OPEN_MAX_SHARE" in line

@@ -265,9 +265,20 @@ def test_live_mode_refused_by_gate_without_backtest_and_paper_sessions(home, tra
 
 
 def _record_passing_backtest(home, checksum, eligible=True, in_sample=False):
+    """A passing backtest of the installed model bound to the production data, universe and fixed
+    window (evidence_binding), as ./run_backtest.sh records it."""
+    import data_collection
+    import evidence_binding
     import golive
+    import model_management
+    meta = model_management.read_metadata(home / C.MODEL_FILE)
+    features = data_collection.load_processed(home / C.PROCESSED_DATA_FILE)
+    universe = sorted(data_collection.load_universe())
+    start, end = evidence_binding.fixed_window("backtest", sorted(features["Date"].unique()), meta)
+    evidence = evidence_binding.binding("backtest", features, None, universe, universe, start, end, meta)
     golive.record_run({"model_checksum": checksum, "in_sample": in_sample, "passed": True,
-                       "gate_eligible": eligible, "start": "2024-10-25", "end": "2025-10-31"},
+                       "gate_eligible": eligible, "start": str(start.date()), "end": str(end.date()),
+                       "parameters": {"evidence": evidence}},
                       home / "reports" / "backtest_x.html")
 
 
@@ -295,6 +306,12 @@ def _record_walk_forward(home, passed=True, eligible=True, universe=None, config
                           "benchmark": {"total_return": 0.1}, "sharpe_strategy": 1.2, "sharpe_benchmark": 0.8,
                           "psr_excess": 0.99, "dsr_excess": 0.97, "predictions": 1000},
               "folds": []}
+    import evidence_binding
+    features = data_collection.load_processed(path if Path(path).exists() else home / C.PROCESSED_DATA_FILE)
+    features = features[features["Symbol"].isin(report["inputs"]["universe"])]
+    report["evidence"] = evidence_binding.binding("walk_forward", features, path, report["inputs"]["universe"],
+                                                  sorted(data_collection.load_universe()), features["Date"].min(),
+                                                  features["Date"].max())
     run_id = walk_forward_runs.record_run(report)
     if created_at:
         import state_db
@@ -389,20 +406,27 @@ def test_gate_closed_with_a_walk_forward_of_another_config_universe_or_subset(ho
 
 
 def test_gate_walk_forward_ties_to_the_production_data(home, trained):
-    """The data file changes every session: a pass on the production file counts for
-    GOLIVE_WALK_FORWARD_MAX_AGE_DAYS, or for as long as the file keeps the same bytes."""
+    """Bound to the production rows, not the file's bytes nor the run's age: a file rewritten with
+    the same rows still counts, whatever the run's age; a changed row of the history makes the
+    evidence STALE ("data changed"), and a pass on that rewritten history counts again."""
     from datetime import datetime, timedelta, timezone
     _open_but_for_walk_forward(home)
-    old = (datetime.now(timezone.utc) - timedelta(days=C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS + 1)).isoformat()
+    old = (datetime.now(timezone.utc) - timedelta(days=C.GOLIVE_WALK_FORWARD_MAX_AGE_DAYS + 30)).isoformat()
     _record_walk_forward(home, created_at=old)
-    assert _gate(home)["passed"]                                               # same bytes: counts
-    with open(home / C.PROCESSED_DATA_FILE, "a") as fh:                        # the daily update changed it
+    assert _gate(home)["passed"]                                               # same rows: counts
+    with open(home / C.PROCESSED_DATA_FILE, "a") as fh:                        # the same rows, other bytes
         fh.write("\n")
+    assert _gate(home)["passed"]
+    df = pd.read_csv(home / C.PROCESSED_DATA_FILE)
+    df.loc[len(df) // 2, "Close"] *= 1.01                                      # history rewritten
+    df.to_csv(home / C.PROCESSED_DATA_FILE, index=False)
     st = _gate(home)
-    assert not st["passed"] and "days old" in next(c for c in st["conditions"]
-                                                   if c["name"] == "walk_forward")["measured"]
-    recent = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
-    _record_walk_forward(home, data_sha256="e" * 64, created_at=recent)       # last week's file, recent run
+    assert not st["passed"] and st["walk_forward_state"] == "STALE" and st["backtest_state"] == "STALE"
+    assert any(w.startswith("data changed") for w in st["walk_forward_stale"]), st["walk_forward_stale"]
+    assert "data changed" in next(c for c in st["conditions"] if c["name"] == "walk_forward")["measured"]
+    _record_walk_forward(home)
+    import model_management
+    _record_passing_backtest(home, model_management.calculate_model_checksum(home / C.MODEL_FILE))
     assert _gate(home)["passed"]
 
 

@@ -125,3 +125,78 @@ def test_verdict_needs_every_condition():
     assert not loses["passed"]
     many_tries = ss.evaluate_evidence(y, 0.4 * x, 0.0, dates, good, bench, n_trials=10 ** 6)
     assert many_tries["dsr_excess"] < ok["dsr_excess"]
+
+
+def test_a_flat_strategy_has_no_sharpe_and_says_why():
+    """Issue 21: a flat equity curve with float noise gave a Sharpe of -9.3e16 (std 1e-20)."""
+    equity = np.full(300, 100_000.0) + np.tile([0.0, 1e-11], 150)
+    r = ss.returns_from_equity(equity)
+    assert 0 < np.std(r) < 1e-12
+    assert ss.sharpe_ratio(r) is None and "do not vary" in ss.flat_reason(r)
+    assert ss.flat_reason(np.random.default_rng(1).normal(0, 0.01, 50)) is None
+    assert ss.probabilistic_sharpe_ratio(r) is None
+
+
+def test_alpha_test_recovers_alpha_and_beta_with_a_hac_t_statistic():
+    rng = np.random.default_rng(11)
+    b = rng.normal(0.0004, 0.01, 1000)
+    r = 0.5 * b + 0.0008 + rng.normal(0, 0.003, 1000)            # beta 0.5, alpha 8 bp a day
+    out = ss.alpha_test(r, b, risk_free=0.0)
+    assert out["beta"] == pytest.approx(0.5, abs=0.05) and out["alpha"] == pytest.approx(0.0008, abs=0.0003)
+    assert out["t"] > 5 and out["p_value"] < 1e-5
+    # no alpha: a levered benchmark beats it on raw return but not on alpha
+    null = ss.alpha_test(1.5 * b + rng.normal(0, 0.003, 1000), b, risk_free=0.0)
+    assert null["p_value"] > 0.05
+    # the HAC standard error grows with positively autocorrelated residuals
+    u = np.convolve(rng.normal(0, 0.003, 1100), np.ones(10) / 10 ** 0.5, "valid")[:1000]
+    iid = ss.alpha_test(0.5 * b + 0.0002 + rng.normal(0, 0.003, 1000), b, 0.0)
+    ac = ss.alpha_test(0.5 * b + 0.0002 + u, b, 0.0)
+    assert abs(ac["t"]) < abs(iid["t"]) * 1.5 and ac["lag"] >= 1
+    assert ss.alpha_test(r[:3], b[:3])["p_value"] == 1.0
+
+
+def test_the_null_alpha_and_next_day_tests_reject_about_alpha_of_the_time():
+    rng = np.random.default_rng(12)
+    p_alpha = [ss.alpha_test(rng.normal(0, 0.01, 400), rng.normal(0, 0.01, 400), 0.0)["p_value"] for _ in range(300)]
+    p_next = [ss.hac_mean_test(rng.standard_normal(400))["p_value"] for _ in range(300)]
+    assert 0.01 <= np.mean(np.array(p_alpha) < 0.05) <= 0.10
+    assert 0.01 <= np.mean(np.array(p_next) < 0.05) <= 0.10
+
+
+def test_the_signal_is_judged_at_its_own_horizon():
+    """sign(forecast) x next-day outcome, one value a session: a forecast right on the next day
+    is skilful even if the strategy's holding period would hide it."""
+    dates = np.repeat(np.arange(300), 4)
+    rng = np.random.default_rng(13)
+    y = rng.standard_normal(1200)
+    h = ss.signal_next_day_returns(y, y + rng.standard_normal(1200) * 2, dates)
+    assert len(h) == 300 and ss.hac_mean_test(h)["p_value"] < 1e-6
+    h0 = ss.signal_next_day_returns(y, rng.standard_normal(1200), dates)
+    assert ss.hac_mean_test(h0)["p_value"] > 0.01
+
+
+def test_every_verdict_condition_names_its_statistic_and_threshold():
+    rng = np.random.default_rng(8)
+    dates = np.repeat(np.arange(500), 5)
+    y = rng.standard_normal(2500)
+    bench = 100_000 * np.cumprod(np.r_[1.0, 1 + rng.normal(0.0003, 0.008, 499)])
+    ev = ss.evaluate_evidence(y, rng.standard_normal(2500), 0.0, dates, bench, bench)
+    names = [c["name"] for c in ev["conditions"]]
+    assert names == ["skill_vs_no_change", "skill_vs_training_mean", "signal_next_day", "signal_dsr",
+                     "alpha_vs_buy_and_hold"]
+    for c in ev["conditions"]:
+        assert c["statistic"] and c["rule"] in ("<", ">=") and c["threshold"] is not None
+    assert not ev["passed"] and ev["alpha"]["beta"] == pytest.approx(1.0)
+
+
+def test_ten_configurations_tried_deflate_the_next_day_signal():
+    rng = np.random.default_rng(14)
+    dates = np.repeat(np.arange(400), 4)
+    x = rng.standard_normal(1600)
+    y = 0.06 * x + rng.standard_normal(1600)
+    bench = 100_000 * np.cumprod(np.r_[1.0, 1 + rng.normal(0.0003, 0.008, 399)])
+    one = ss.evaluate_evidence(y, x, 0.0, dates, bench, bench, n_trials=1)
+    ten = ss.evaluate_evidence(y, x, 0.0, dates, bench, bench, n_trials=10)
+    assert ten["dsr_next_day"] < one["dsr_next_day"]
+    assert ten["dsr_next_day"] == pytest.approx(ss.deflated_sharpe_ratio(
+        ss.signal_next_day_returns(y, x, dates), n_trials=10))

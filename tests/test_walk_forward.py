@@ -128,6 +128,13 @@ def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
     inputs = report["inputs"]
     assert inputs["data_sha256"] == fileutil.file_sha256(home / "processed_stock_data.csv")
     assert inputs["universe"] == sorted(dc.load_universe())
+    # issue 21: bound to the production rows up to its last session, the universe and the fixed window
+    import evidence_binding
+    ev = report["evidence"]
+    features = dc.load_processed(home / "processed_stock_data.csv")
+    assert ev["gate_evidence"] and ev["universe"] == inputs["universe"] and ev["not_evidence"] == []
+    assert ev["data_sha256"] == evidence_binding.window_sha256(features, ev["universe"], ev["end"])
+    assert ev["end"] == str(features["Date"].max().date())
     import state_db
     conn = state_db.connect()                     # this test's TRADING_HOME is ``home``
     row = conn.execute("SELECT * FROM walk_forward_runs ORDER BY id DESC").fetchone()

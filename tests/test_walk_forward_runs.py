@@ -4,10 +4,10 @@ training: a recorded run and the gate's own lookup)."""
 import pytest
 
 import constants as C
+import evidence_fixture
 import golive
 import state_db
 import walk_forward_runs as runs
-from fileutil import file_sha256
 
 META = {"window": C.TINY_WINDOW, "sha256": "ab" * 32, "feature_columns": list(C.FEATURE_COLUMNS),
         "architecture": {"lstm_units": C.TINY_UNITS, "dense_units": C.TINY_DENSE_UNITS, "lstm_layers": 1},
@@ -77,22 +77,9 @@ def test_an_unknown_override_is_refused():
 @pytest.fixture
 def recorded(trading_home):
     """A passing, gate-eligible walk-forward of META's configuration on a production data file."""
-    data = trading_home / C.PROCESSED_DATA_FILE
-    data.write_text("Date,Symbol\n2025-01-02,AAA\n")
-    cfg = runs.model_configuration_from_metadata(META)
-    report = {"inputs": {"config_fingerprint": runs.config_fingerprint(cfg), "data_sha256": file_sha256(data),
-                         "data_path": str(data), "universe": UNIVERSE, "costs": {}, "model_config": cfg,
-                         "seed": 42},
-              "start": "2023-01-03", "end": "2025-10-31", "workers": 1, "passed": True, "gate_eligible": True,
-              "overall": {"conditions": [], "passed": True, "n_trials": 1,
-                          "dm_vs_no_change": {"skill": 0.01, "p_value": 0.01},
-                          "dm_vs_training_mean": {"skill": 0.01, "p_value": 0.01}, "directional_accuracy": 0.55,
-                          "strategy": {"total_return": 0.2}, "benchmark": {"total_return": 0.1},
-                          "sharpe_strategy": 1.2, "sharpe_benchmark": 0.8, "psr_excess": 0.99,
-                          "dsr_excess": 0.97, "predictions": 1000},
-              "folds": []}
+    data = evidence_fixture.write_processed(trading_home / C.PROCESSED_DATA_FILE, UNIVERSE, sessions=40)
     conn = state_db.connect()
-    runs.record_run(report, conn=conn)
+    evidence_fixture.record_walk_forward(META, UNIVERSE, data, conn=conn)
     yield conn, data
     conn.close()
 
