@@ -41,8 +41,11 @@ def walk_forward_report(meta: dict, universe, data_path, passed: bool = True, sy
     (NOT gate evidence unless it is the production file under TRADING_HOME)."""
     features = data_collection.load_processed(data_path)
     wanted = sorted(symbols or universe)
-    features = features[features["Symbol"].isin(wanted)]
-    evidence = evidence_binding.binding("walk_forward", features, data_path, wanted, sorted(universe),
+    everything = features[features["Symbol"].isin(wanted)]
+    # as walk_forward.run: the folds stop before the sealed holdout (HOLDOUT_SESSIONS)
+    _, last = evidence_binding.fixed_window("walk_forward", pd.DatetimeIndex(sorted(everything["Date"].unique())))
+    features = everything[everything["Date"] <= last]
+    evidence = evidence_binding.binding("walk_forward", everything, data_path, wanted, sorted(universe),
                                         features["Date"].min(), features["Date"].max())
     cfg = runs.model_configuration_from_metadata(meta)
     conditions = [{"name": "skill_vs_no_change", "passed": passed, "statistic": "DM p-value",

@@ -18,6 +18,13 @@ META = {"window": C.TINY_WINDOW, "sha256": "cd" * 32, "feature_columns": list(C.
 UNIVERSE = ["AAA", "BBB"]
 
 
+@pytest.fixture(autouse=True)
+def small_holdout(monkeypatch):
+    """The sealed holdout is the newest 10 sessions of these small files (the walk-forward's fixed
+    window ends before it)."""
+    monkeypatch.setattr(C, "HOLDOUT_SESSIONS", 10)
+
+
 @pytest.fixture
 def prod(trading_home):
     """(connection, production path, model metadata with its split) in a fresh home."""
@@ -65,7 +72,7 @@ def test_the_audit_finding_a_synthetic_file_at_the_production_path(prod, tmp_pat
     assert st["backtest_state"] == "STALE" and st["walk_forward_state"] == "STALE"
     assert any(w.startswith("data changed") for w in st["backtest_stale"]), st["backtest_stale"]
     assert any(w.startswith("data changed") for w in st["walk_forward_stale"]), st["walk_forward_stale"]
-    head = "\n".join(golive.headline(st))
+    head = "\n".join(golive.headline(st)[:2])                       # the two legs' lines
     assert "STALE" in head and "data changed" in head and "PASS" not in head, head
     assert any("data changed" in r for r in golive.refusal_reasons(st))
 
@@ -133,9 +140,10 @@ def test_binding_says_in_one_line_why_a_run_is_not_evidence(prod, tmp_path):
     ev = EB.binding("walk_forward", features, other, UNIVERSE, UNIVERSE, features["Date"].min(), features["Date"].max())
     line = EB.not_evidence_line(ev)
     assert ev["gate_evidence"] is False and line.startswith("NOT gate evidence: --data") and "\n" not in line
-    ok = EB.binding("walk_forward", features, None, UNIVERSE, UNIVERSE, features["Date"].min(), features["Date"].max())
+    _, last = EB.fixed_window("walk_forward", sorted(features["Date"].unique()))     # before the sealed holdout
+    ok = EB.binding("walk_forward", features, None, UNIVERSE, UNIVERSE, features["Date"].min(), last)
     assert ok["gate_evidence"] and EB.not_evidence_line(ok) is None
-    assert ok["data_sha256"] == EB.window_sha256(features, UNIVERSE, features["Date"].max())
+    assert ok["data_sha256"] == EB.window_sha256(features, UNIVERSE, last)
 
 
 def test_a_failed_walk_forward_names_the_failing_statistic(prod):

@@ -309,9 +309,10 @@ def _record_walk_forward(home, passed=True, eligible=True, universe=None, config
     import evidence_binding
     features = data_collection.load_processed(path if Path(path).exists() else home / C.PROCESSED_DATA_FILE)
     features = features[features["Symbol"].isin(report["inputs"]["universe"])]
+    _, last = evidence_binding.fixed_window("walk_forward", pd.DatetimeIndex(sorted(features["Date"].unique())))
     report["evidence"] = evidence_binding.binding("walk_forward", features, path, report["inputs"]["universe"],
                                                   sorted(data_collection.load_universe()), features["Date"].min(),
-                                                  features["Date"].max())
+                                                  last)     # the folds stop before the sealed holdout
     run_id = walk_forward_runs.record_run(report)
     if created_at:
         import state_db

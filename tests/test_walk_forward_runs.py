@@ -75,8 +75,10 @@ def test_an_unknown_override_is_refused():
 
 
 @pytest.fixture
-def recorded(trading_home):
-    """A passing, gate-eligible walk-forward of META's configuration on a production data file."""
+def recorded(trading_home, monkeypatch):
+    """A passing, gate-eligible walk-forward of META's configuration on a production data file
+    (40 sessions, the newest 5 the sealed holdout)."""
+    monkeypatch.setattr(C, "HOLDOUT_SESSIONS", 5)
     data = evidence_fixture.write_processed(trading_home / C.PROCESSED_DATA_FILE, UNIVERSE, sessions=40)
     conn = state_db.connect()
     evidence_fixture.record_walk_forward(META, UNIVERSE, data, conn=conn)
