@@ -72,7 +72,8 @@ SCHEMA = [
 _ADDED_COLUMNS = [("snapshot", "TEXT"), ("kind", "TEXT"), ("stop_price", "REAL"), ("duration", "TEXT")]
 # rows written before ``kind`` existed get it from their key and side (the migration runs it once)
 _BACKFILL_KIND = (f"UPDATE orders SET kind = CASE WHEN client_key LIKE '{FLATTEN_PREFIX}%' THEN '{FLATTEN}' "
-                  f"WHEN side IN ('BUY', 'SELL_SHORT') THEN '{ENTRY}' ELSE '{EXIT}' END WHERE kind IS NULL")
+                  f"WHEN side IN ({', '.join(repr(s) for s in sorted(OPENING_SIDES))}) THEN '{ENTRY}' "
+                  f"ELSE '{EXIT}' END WHERE kind IS NULL")
 
 Record = dict[str, Any]
 
@@ -202,9 +203,13 @@ class OrderBook:
                                  (STOP_KIND, *(TERMINAL if open_only else ()))).fetchall()
         return [dict(r) for r in rows]
 
+    def _knows_stops(self) -> bool:
+        """The table exists with its ``kind`` column (a reader's database may predate both)."""
+        return self.exists() and not any(c == "kind" for c, _ in _missing_columns(self.conn))
+
     def fired_stops(self, limit: int = 20) -> list[Record]:
         """Protective stops the broker filled (in part or whole), newest first."""
-        if not self.exists():
+        if not self._knows_stops():
             return []
         rows = self.conn.execute("SELECT * FROM orders WHERE kind = ? AND filled_quantity > 0 "
                                  "ORDER BY updated_at DESC LIMIT ?", (STOP_KIND, limit)).fetchall()
@@ -212,7 +217,7 @@ class OrderBook:
 
     def resting_stops(self) -> list[Record]:
         """Protective stops working at the broker (linked, not final), for the status page."""
-        if not self.exists():
+        if not self._knows_stops():
             return []
         return [r for r in self.stops() if r["broker_order_id"] and r["status"] not in NOT_POLLED]
 
