@@ -393,8 +393,8 @@ class FakeSchwabServer:
             self.orders[order_id] = order
             self.meta[order_id] = {"source": source, "polls": 0, "fault": fault, "body": body,
                                    "stored_at": time.time()}      # our clock (time.time()), unskewed
-            if source == "api" and self.fill_after_polls == 0:
-                self._auto_fill(order)
+            if source == "api" and self.fill_after_polls == 0 and order["orderType"] != "STOP":
+                self._auto_fill(order)                  # a STOP rests until advance_session
             return order_id
 
     def _auto_fill(self, order: dict) -> None:
