@@ -11,8 +11,10 @@ Two symbols over ``DATES`` (25 weekdays, 2026-10-05 .. 2026-11-06):
   re-planned at the close of ``ENTRY_DAY``, it fills at the open of ``GAP_DAY`` (0.1 % above).
 
 The expected numbers come from ``order_prices`` at call time, under ``TUNABLES`` (apply them with
-``use_tunables(monkeypatch)``); the stop's reference is the entry's fill price, its volatility
-``daily_volatility`` of the closes up to the decision (``DECIDED``), as the backtest engine does.
+``use_tunables(monkeypatch)``); the stop's reference is the position's average price (the entry's
+fill price), its volatility ``daily_volatility`` of the closes known when the stop is placed
+(``stop_volatility``: through ENTRY_DAY for paper and the backtest, DECIDED for a stop placed on
+the morning of ENTRY_DAY); either way the 8 % gap goes through it and it fills at GAP_DAY's open.
 """
 from __future__ import annotations
 
@@ -113,13 +115,18 @@ def entry_fill(slippage_bps: float | None = None) -> float:
     return slippage_price(BARS[SYMBOL][ENTRY_DAY]["open"], BUY, bps)
 
 
-def stop_volatility() -> float:
-    return op.daily_volatility(closes(SYMBOL, DECIDED))
+def stop_volatility(through: date | None = None) -> float:
+    """``daily_volatility`` of GAPX's closes known when the stop is placed: up to ``through``
+    (default ENTRY_DAY: the paper cycle and the backtest place it after the close of the session
+    whose open filled the entry; a Schwab test that places it on the morning of ENTRY_DAY passes
+    ``through=DECIDED``)."""
+    return op.daily_volatility(closes(SYMBOL, ENTRY_DAY if through is None else through))
 
 
-def expected_stop_price(entry: float | None = None) -> float:
-    """The protective stop of the GAPX long entered at ``entry`` (default ``entry_fill()``)."""
-    return op.stop_price("long", entry_fill() if entry is None else entry, stop_volatility())
+def expected_stop_price(entry: float | None = None, through: date | None = None) -> float:
+    """The protective stop of the GAPX long entered at ``entry`` (its average price; default
+    ``entry_fill()``) with the volatility of the closes up to ``through`` (``stop_volatility``)."""
+    return op.stop_price("long", entry_fill() if entry is None else entry, stop_volatility(through))
 
 
 def expected_stop_fill(stop: float | None = None) -> float:

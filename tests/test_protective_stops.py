@@ -86,7 +86,7 @@ def test_the_gap_day_stop_fills_at_the_open_and_the_next_cycle_reconciles_it_as_
     stops = _stops_at(fake)
     assert len(stops) == 1
     stop = stops[0]
-    want = G.expected_stop_price(entry)
+    want = G.expected_stop_price(entry, through=G.DECIDED)   # placed on the morning of ENTRY_DAY
     assert stop["orderType"] == "STOP" and stop["duration"] == "GOOD_TILL_CANCEL" and stop["session"] == "NORMAL"
     assert stop["stopPrice"] == pytest.approx(want)
     assert stop["orderLegCollection"][0]["instruction"] == "SELL" and stop["quantity"] == G.QUANTITY
