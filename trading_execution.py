@@ -39,6 +39,12 @@ circuit breaker and flatten.
   ``submit`` with keys ``flatten-YYYY-MM-DD-SYMBOL-SIDE``, so a rerun never closes twice. Its
   closing orders are never cancelled at the timeout; the result says whether the broker reports
   the account flat (``flat``), which positions are still open and which closing orders still work.
+* Protective stops (``protective_stops.py``, ``PROTECTIVE_STOPS``): ``protect`` keeps one GTC stop
+  per position at the broker, sent through ``submit`` like any order (``kind`` stop); a halt never
+  cancels them (``cancel_unfilled`` skips them), ``flatten`` cancels them after the closes; a
+  refresh that finds one filled records it as ours (``stop_filled``).
+* Collars (``ORDER_TYPE = "limit_collar"``): the cycle sends LIMIT DAY orders; ``retry_collared``
+  reports one the fill timeout cancelled and retries it once per session (key ``KEY:retry``).
 * ``external_activity(mode)`` and ``record_positions`` (``external_activity.py``): broker orders
   and position changes that are not ours, reported, never traded against.
 * ``CircuitBreaker`` (``broker_gateway.py``, importable from here): shared by every process

@@ -70,7 +70,7 @@ def _closes():
     return {SYM: G.closes(SYM, G.DECIDED)}
 
 
-def test_the_gap_day_stop_fills_at_the_open_and_the_next_cycle_reconciles_it_as_ours(live, alerts_sent):
+def test_the_gap_day_stop_fills_at_the_open_and_the_next_cycle_reconciles_it_as_ours(live, alerts_sent, capsys):
     fake, new_executor = live
     entry = G.BARS[SYM][G.ENTRY_DAY]["open"]
     fake.set_price(SYM, entry)
@@ -131,6 +131,11 @@ def test_the_gap_day_stop_fills_at_the_open_and_the_next_cycle_reconciles_it_as_
     stops_status = live_trading._status_data(False)["stops"]
     assert stops_status["resting"] == []
     assert [(s["symbol"], s["filled_quantity"]) for s in stops_status["fired"]] == [(SYM, G.QUANTITY)]
+    capsys.readouterr()
+    live_trading.cmd_status(False, False)
+    out = capsys.readouterr().out
+    assert "protective stops: 0 resting at the broker, 1 fired" in out
+    assert "FIRED   SELL" in out and f"{SYM}" in out and f"filled at {gap_open:.2f}" in out
 
 
 def test_the_stop_is_replaced_when_the_size_changes_and_cancelled_when_we_close(live, alerts_sent):
@@ -165,13 +170,17 @@ def test_the_stop_is_replaced_when_the_size_changes_and_cancelled_when_we_close(
     assert short_stop[0]["stopPrice"] > 100.0
 
 
-def test_flatten_cancels_the_stops_after_the_positions_are_closed(live, alerts_sent):
+def test_flatten_cancels_the_stops_after_the_positions_are_closed(live, alerts_sent, capsys):
     fake, new_executor = live
     fake.set_price(SYM, 100.0)
     ex = new_executor()
     _buy(ex, 100, "2026-11-24")
     ex.protect("2026-11-24", "live", _closes())
     stop_id = _stops_at(fake)[0]["orderId"]
+    # a halt keeps the stop and says so
+    live_trading.cmd_halt("drill: stops stay")
+    assert "resting stops stay at the broker (1)" in capsys.readouterr().out
+    assert fake.orders[stop_id]["status"] == "WORKING"
     done = new_executor().flatten("2026-11-24", "live", timeout_s=0)
     assert done["flat"] and len(done["stops_cancelled"]) == 1 and done["stops_kept"] == []
     assert fake.orders[stop_id]["status"] == "CANCELED" and fake.position_quantities() == {}
