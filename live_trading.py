@@ -45,6 +45,7 @@ from trading_cycle import (EXIT_CONFIG, EXIT_FAIL, EXIT_GATE, EXIT_OK, LAST_CYCL
                            audit_logger, cycle_lock, get_latest_signal, get_model, load_features,
                            lock_holder, print_positions, run_cycle, sync_prices)
 from broker_base import BrokerError
+from order_book import OrderBook
 from broker_gateway import describe_breaker
 from trading_execution import CircuitBreaker, OrderExecutor, flatten_not_flat_line
 
@@ -87,7 +88,7 @@ def _status_of(conn, replay: bool) -> dict:
                      "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
             "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY),
             "reconciliation": reconcile_breaks.status(conn), "data_source_label": config.data_source_banner(),
-            "state_problem": None}
+            "state_problem": None, "stops": _stops_of(conn)}
     if not replay:
         try:                           # a lost or replaced state database: say so before the account
             kill_switch.require_continuity(conn)
@@ -100,6 +101,27 @@ def _status_of(conn, replay: bool) -> dict:
         data["account_error"] = f"{type(exc).__name__}: {exc}"
         data["storage_fault"] = isinstance(exc, StorageError)     # status then exits 1
     return data
+
+
+def _stops_of(conn) -> dict:
+    """The protective stops of the order book: resting at the broker, and the ones that fired."""
+    book = OrderBook(conn, create=False)
+    keep = ("client_key", "symbol", "side", "quantity", "stop_price", "broker_order_id", "status",
+            "filled_quantity", "avg_fill_price", "updated_at")
+    return {"resting": [{k: r[k] for k in keep} for r in book.resting_stops()],
+            "fired": [{k: r[k] for k in keep} for r in book.fired_stops(10)]}
+
+
+def _print_stops(stops: dict) -> None:
+    resting, fired = stops["resting"], stops["fired"]
+    print(f"protective stops: {len(resting)} resting at the broker"
+          + (f", {len(fired)} fired" if fired else ""))
+    for r in resting:
+        print(f"  resting {r['side']:12} {r['quantity']:6d} {r['symbol']:6} stop {r['stop_price'] or 0:10.2f}  "
+              f"GTC, broker id {r['broker_order_id']} ({r['status']})")
+    for r in fired:
+        print(f"  FIRED   {r['side']:12} {r['filled_quantity']:6d} {r['symbol']:6} stop {r['stop_price'] or 0:10.2f}  "
+              f"filled at {r['avg_fill_price'] or 0:.2f} ({r['updated_at'][:19]}), broker id {r['broker_order_id']}")
 
 
 def cmd_status(as_json: bool, replay: bool) -> int:
@@ -136,6 +158,8 @@ def cmd_status(as_json: bool, replay: bool) -> int:
               f"{last['orders_failed']} failed, equity {money(last['equity'])}")
     else:
         print("last cycle:      none yet")
+    if data["stops"]["resting"] or data["stops"]["fired"]:
+        _print_stops(data["stops"])
     acct = data["account"]
     if acct is None:
         print(f"account:         unavailable ({data['account_error']})")
@@ -182,7 +206,20 @@ def cmd_halt(reason: str, by: str | None = None) -> int:
     else:
         print(f"HALTED: {value['reason']} (by {value['by']} at {value['at']}; home {config.home()}). "
               f"Clear with: python live_trading.py resume --reason \"...\"")
+    print(_halt_stops_line())
     return EXIT_OK
+
+
+def _halt_stops_line() -> str:
+    """What a halt does with the protective stops: nothing; they keep protecting the positions."""
+    try:
+        with closing(state_db.connect()) as conn:
+            n = len(OrderBook(conn, create=False).resting_stops())
+    except Exception:             # the halt is set; this line is only information
+        n = None
+    count = "" if n is None else f" ({n})"
+    return (f"resting stops stay at the broker{count}: a halt sends and cancels nothing; "
+            f"`python live_trading.py flatten` cancels them after closing the positions")
 
 
 def cmd_resume(reason: str, by: str | None = None) -> int:
@@ -299,6 +336,10 @@ def _flatten_locked() -> int:
     for o in done["orders"]:
         print(f"  {o['side']:12} {o['quantity']:6d} {o['symbol']:6} {o['status']}")
     print(f"flatten: cancelled {done['cancelled']} open orders, {len(done['orders'])} closing orders")
+    if done["stops_cancelled"] or done["stops_kept"]:
+        print(f"flatten: protective stops cancelled after the positions were closed: "
+              f"{len(done['stops_cancelled'])}" + (f"; kept for positions still open: {len(done['stops_kept'])} "
+                                                   f"({', '.join(done['stops_kept'])})" if done["stops_kept"] else ""))
     if executor.broker.fills_at_next_open and any(o["status"] == "SUBMITTED" for o in done["orders"]):
         print("paper: the closing orders fill at the next session's open (as a market order after the close would)")
     print_positions(executor.gateway)

@@ -24,7 +24,7 @@ import sqlite3
 from typing import Any, Callable
 
 import state_db
-from broker_base import FINAL_STATUSES, MARKET
+from broker_base import DAY, FINAL_STATUSES, MARKET, OPENING_SIDES
 
 log = logging.getLogger("execution")
 
@@ -33,6 +33,12 @@ UNKNOWN_AT_BROKER = "UNKNOWN_AT_BROKER"   # the broker does not know our id (404
 TERMINAL = FINAL_STATUSES          # an order record in one of these states is done
 NOT_POLLED = TERMINAL | {UNKNOWN_AT_BROKER}   # the order path neither asks the broker about these nor cancels them
 FLATTEN_PREFIX = "flatten-"
+STOP_PREFIX = "stop-"
+RETRY_SUFFIX = ":retry"      # the one retry per session of a collared order the fill timeout cancelled
+# what a row is for (column ``kind``): a cycle's entry or exit, a closing order of ``flatten``, or
+# a protective stop resting at the broker (issue 22: one GTC stop per position, ``protective_stops.py``)
+ENTRY, EXIT, FLATTEN, STOP_KIND = "entry", "exit", "flatten", "stop"
+KINDS = (ENTRY, EXIT, FLATTEN, STOP_KIND)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS orders (
@@ -54,13 +60,20 @@ SCHEMA = [
         created_at TEXT NOT NULL,
         submitted_at TEXT,
         updated_at TEXT NOT NULL,
-        snapshot TEXT
+        snapshot TEXT,
+        kind TEXT,
+        stop_price REAL,
+        duration TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS orders_by_cycle ON orders(cycle_date)",
     "CREATE INDEX IF NOT EXISTS orders_by_broker_id ON orders(broker_order_id)",
 ]
 # columns added after the first release: (column, declaration)
-_ADDED_COLUMNS = [("snapshot", "TEXT")]
+_ADDED_COLUMNS = [("snapshot", "TEXT"), ("kind", "TEXT"), ("stop_price", "REAL"), ("duration", "TEXT")]
+# rows written before ``kind`` existed get it from their key and side (the migration runs it once)
+_BACKFILL_KIND = (f"UPDATE orders SET kind = CASE WHEN client_key LIKE '{FLATTEN_PREFIX}%' THEN '{FLATTEN}' "
+                  f"WHEN side IN ({', '.join(repr(s) for s in sorted(OPENING_SIDES))}) THEN '{ENTRY}' "
+                  f"ELSE '{EXIT}' END WHERE kind IS NULL")
 
 Record = dict[str, Any]
 
@@ -77,6 +90,23 @@ def flatten_key(session_date, symbol: str, side: str, attempt: int = 1) -> str:
     return base if attempt == 1 else f"{base}-{attempt}"
 
 
+def stop_key(session_date, symbol: str, side: str, attempt: int = 1) -> str:
+    """Key of a protective stop placed in one session: ``stop-YYYY-MM-DD-SYMBOL-SIDE[-n]``; ``n`` > 1
+    when an earlier stop of that session was replaced (the position's size changed)."""
+    base = f"{STOP_PREFIX}{str(session_date)[:10]}-{symbol}-{side}"
+    return base if attempt == 1 else f"{base}-{attempt}"
+
+
+def kind_of(order: dict) -> str:
+    """The ``kind`` of an order dict: its own, else flatten's by key, else entry (BUY, SELL_SHORT)
+    or exit (SELL, BUY_TO_COVER)."""
+    if order.get("kind"):
+        return str(order["kind"])
+    if str(order.get("client_key") or "").startswith(FLATTEN_PREFIX):
+        return FLATTEN
+    return ENTRY if order["side"] in OPENING_SIDES else EXIT
+
+
 def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the table, and add the columns newer than an existing database (one transaction,
     so two processes migrating at once do not collide)."""
@@ -86,6 +116,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
             for column, decl in _missing_columns(conn):
                 conn.execute(f"ALTER TABLE orders ADD COLUMN {column} {decl}")
                 log.info("state database: added column %s.%s", "orders", column)
+            conn.execute(_BACKFILL_KIND)
     state_db.ensure_schema(conn, SCHEMA[1:])
 
 
@@ -127,11 +158,13 @@ class OrderBook:
         with state_db.transaction(self.conn):
             cur = self.conn.execute(
                 "INSERT OR IGNORE INTO orders(client_key, cycle_date, mode, symbol, side, quantity,"
-                " order_type, limit_price, reference_price, reason, status, created_at, updated_at)"
-                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " order_type, limit_price, reference_price, reason, status, created_at, updated_at,"
+                " kind, stop_price, duration)"
+                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (key, str(cycle_date)[:10], mode, order["symbol"], order["side"], int(order["quantity"]),
                  order.get("order_type", MARKET), order.get("limit_price"), order.get("price"),
-                 order.get("reason"), INTENDED, now, now))
+                 order.get("reason"), INTENDED, now, now, kind_of(dict(order, client_key=key)),
+                 order.get("stop_price"), order.get("duration") or DAY))
         return key, cur.rowcount == 1
 
     def mark_sending(self, key: str, snapshot: dict, check: Callable[[], None] | None = None) -> None:
@@ -160,6 +193,33 @@ class OrderBook:
         marks = ",".join("?" * len(TERMINAL))
         rows = self.conn.execute(f"SELECT * FROM orders WHERE status NOT IN ({marks})", tuple(TERMINAL)).fetchall()
         return [dict(r) for r in rows]
+
+    def stops(self, open_only: bool = True) -> list[Record]:
+        """Protective stop rows (``kind`` stop), oldest first; ``open_only``: not in a final status
+        (INTENDED, SENDING and UNKNOWN_AT_BROKER included)."""
+        marks = ",".join("?" * len(TERMINAL))
+        where = f" AND status NOT IN ({marks})" if open_only else ""
+        rows = self.conn.execute(f"SELECT * FROM orders WHERE kind = ?{where} ORDER BY created_at, rowid",
+                                 (STOP_KIND, *(TERMINAL if open_only else ()))).fetchall()
+        return [dict(r) for r in rows]
+
+    def _knows_stops(self) -> bool:
+        """The table exists with its ``kind`` column (a reader's database may predate both)."""
+        return self.exists() and not any(c == "kind" for c, _ in _missing_columns(self.conn))
+
+    def fired_stops(self, limit: int = 20) -> list[Record]:
+        """Protective stops the broker filled (in part or whole), newest first."""
+        if not self._knows_stops():
+            return []
+        rows = self.conn.execute("SELECT * FROM orders WHERE kind = ? AND filled_quantity > 0 "
+                                 "ORDER BY updated_at DESC LIMIT ?", (STOP_KIND, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def resting_stops(self) -> list[Record]:
+        """Protective stops working at the broker (linked, not final), for the status page."""
+        if not self._knows_stops():
+            return []
+        return [r for r in self.stops() if r["broker_order_id"] and r["status"] not in NOT_POLLED]
 
     def linked_keys(self) -> dict[str, str]:
         """{broker order id: our client key} for every row that has a broker id."""

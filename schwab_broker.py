@@ -24,8 +24,9 @@ import clock
 import clock_sanity
 import constants as C
 import logging_setup
+import order_prices
 import settlement
-from broker_base import (BUY, BUY_TO_COVER, LIMIT, MARKET, OPEN_STATUSES, SELL, SELL_SHORT, UTC,
+from broker_base import (BUY, BUY_TO_COVER, DAY, LIMIT, MARKET, OPEN_STATUSES, SELL, SELL_SHORT, STOP, UTC,
                          AuthenticationError, BrokerError, OrderNotFoundError,
                          OrderRejectedError, OrderStatusUnknownError, TokenExpiredError,
                          TransientBrokerError, num, parse_date, parse_time, to_utc, validate_order)
@@ -90,7 +91,9 @@ def import_schwab():
         import httpx
         import schwab  # noqa: F401
         import schwab.auth
+        import schwab.orders.common
         import schwab.orders.equities
+        import schwab.orders.generic
         import schwab.utils
         from authlib.integrations.base_client.errors import OAuthError
     return schwab, OAuthError, httpx
@@ -235,6 +238,8 @@ def parse_schwab_order(raw: dict) -> dict:
         "quantity": quantity,
         "order_type": str(raw.get("orderType", "")).upper(),
         "limit_price": num(raw.get("price")),
+        "stop_price": num(raw.get("stopPrice")),
+        "duration": raw.get("duration"),
         "status": map_schwab_status(raw.get("status"), filled, remaining),
         "broker_status": raw.get("status"),
         "filled_quantity": filled,
@@ -552,7 +557,20 @@ class SchwabAPI:
 
     # ------------------------------------------------------------------ orders
     def _order_spec(self, o: dict):
+        """schwab-py's order builder for ``o``: its equities templates for MARKET and LIMIT (session
+        NORMAL, duration DAY, or GOOD_TILL_CANCEL when asked); a protective STOP through the
+        generic ``OrderBuilder`` (stop price on the tick, ``order_prices.price_text``)."""
         eq = self._schwab.orders.equities
+        common = self._schwab.orders.common
+        if o["order_type"] == STOP:
+            builder = (self._schwab.orders.generic.OrderBuilder()
+                       .set_order_type(common.OrderType.STOP)
+                       .set_stop_price(order_prices.price_text(o["stop_price"]))
+                       .set_session(common.Session.NORMAL)
+                       .set_duration(common.Duration(o["duration"]))
+                       .set_order_strategy_type(common.OrderStrategyType.SINGLE)
+                       .add_equity_leg(common.EquityInstruction[o["side"]], o["symbol"], o["quantity"]))
+            return builder
         builders = {
             (BUY, MARKET): eq.equity_buy_market, (BUY, LIMIT): eq.equity_buy_limit,
             (SELL, MARKET): eq.equity_sell_market, (SELL, LIMIT): eq.equity_sell_limit,
@@ -563,8 +581,12 @@ class SchwabAPI:
         }
         builder = builders[(o["side"], o["order_type"])]
         if o["order_type"] == "LIMIT":
-            return builder(o["symbol"], o["quantity"], format_price(o["limit_price"]))
-        return builder(o["symbol"], o["quantity"])
+            builder = builder(o["symbol"], o["quantity"], format_price(o["limit_price"]))
+        else:
+            builder = builder(o["symbol"], o["quantity"])
+        if o["duration"] != DAY:
+            builder.set_duration(common.Duration(o["duration"]))
+        return builder
 
     def place_order(self, order: dict) -> str:
         """Place an order; returns Schwab's order id. The same ``client_key`` twice in one process

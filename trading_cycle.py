@@ -49,6 +49,7 @@ import clock_sanity
 import config
 import constants as C
 import corporate_actions
+import order_prices
 from portfolio import money
 import drift_monitor
 import golive
@@ -65,6 +66,7 @@ from failpoints import failpoint
 from golive import gate_status
 from logging_setup import ensure_logging
 from model_management import load_model
+from broker_base import BUY_SIDES, LIMIT, MARKET
 from order_book import FLATTEN_PREFIX, OrderBook
 from order_planning import Plan, plan_orders
 from order_recovery import AmbiguousOrderError, OrderNotRecordedError
@@ -285,8 +287,11 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
     tradable = _stale_guard(features, cycle_date, signals, portfolio, audit)
     hold = _drift_hold(features, model, conn, data_day)
     plan = _plan(risk, tradable, portfolio, hold, audit)
-    keys, failures = _send(executor, plan.approved, cycle_date, mode)
+    closes = {s["symbol"]: float(s["close"]) for s in signals}
+    keys, failures = _send(executor, plan.approved, cycle_date, mode, closes)
     final = _wait_for_fills(executor, keys)
+    final += _retry_collared(executor, keys, cycle_date, mode)
+    failures += _protect(executor, features, cycle_date, mode)
     _alert_rejections(executor, cycle_date)
     _reconcile(executor, mode, replay)                       # broker transactions explained, or breaks
     run = CycleRun(mode=mode, replay=replay, cycle_date=cycle_date, signals=signals, plan=plan,
@@ -502,11 +507,13 @@ def _plan(risk, signals, portfolio, hold: bool, audit):
     return plan
 
 
-def _send(executor, approved, cycle_date, mode) -> tuple[list[str], int]:
-    """Submit every approved order (at market) exactly once; returns (client keys sent, failures)."""
+def _send(executor, approved, cycle_date, mode, closes: dict | None = None) -> tuple[list[str], int]:
+    """Submit every approved order exactly once: at market, or with ``ORDER_TYPE`` =
+    "limit_collar" as a LIMIT DAY order at ``order_prices.collar_limit`` of the symbol's last close
+    (``closes``); returns (client keys sent, failures)."""
     results, failures = [], 0
     for order in approved:
-        order = dict(order, order_type="MARKET")
+        order = _priced(order, (closes or {}).get(order["symbol"]))
         try:
             results.append(executor.submit(order, cycle_date, mode))
         except KillSwitchSet as exc:        # halted mid-cycle: nothing more is sent (not a failure)
@@ -523,6 +530,54 @@ def _send(executor, approved, cycle_date, mode) -> tuple[list[str], int]:
     keys = [r["client_key"] for r in results if r and r.get("broker_order_id")]
     failpoint("after_submit_all")
     return keys, failures
+
+
+def _priced(order: dict, close: float | None) -> dict:
+    """The order as sent: MARKET, or collared LIMIT DAY around the last close (``order_prices``)."""
+    if not order_prices.uses_collar() or not close:
+        return dict(order, order_type=MARKET)
+    action = "buy" if order["side"] in BUY_SIDES else "sell"
+    return dict(order, order_type=LIMIT, limit_price=order_prices.collar_limit(action, float(close)),
+                price=float(close))
+
+
+def _retry_collared(executor, keys, cycle_date, mode) -> list[dict]:
+    """Collared orders the fill timeout cancelled: reported and retried once this session
+    (``OrderExecutor.retry_collared``), then waited for like the first ones."""
+    if not keys or not order_prices.uses_collar():
+        return []
+    try:
+        retried = executor.retry_collared(keys, cycle_date, mode)
+    except KillSwitchSet as exc:
+        log.warning("kill switch set during the cycle: %s", exc)
+        return []
+    if not retried:
+        return []
+    final = executor.wait_for_fills(retried)
+    executor.retry_collared(retried, cycle_date, mode)       # a retry unfilled too: reported, not resent
+    return [r for r in final if r is not None]
+
+
+def _protect(executor, features: pd.DataFrame, cycle_date, mode) -> int:
+    """Protective stops at the broker (``PROTECTIVE_STOPS``): one GTC stop per position, of its
+    whole size, from the closes the cycle has (``ProtectiveStops.sync``). Returns the failures."""
+    failpoint("before_stops")               # the entries filled, their stops not yet placed
+    try:
+        done = executor.protect(cycle_date, mode, _close_history(features))
+    except KillSwitchSet as exc:
+        log.warning("kill switch set during the cycle: no protective stop placed or replaced (%s); the "
+                    "resting ones stay at the broker", exc)
+        return 0
+    except AmbiguousOrderError:          # the executor set the kill switch and said what to do
+        return 1
+    failpoint("after_stops")
+    return len(done["failed"])
+
+
+def _close_history(features: pd.DataFrame) -> dict[str, list[float]]:
+    """{symbol: closes, oldest first}: the stop's volatility window (``order_prices.daily_volatility``)."""
+    ordered = features.sort_values("Date")
+    return {str(sym): [float(c) for c in g["Close"]] for sym, g in ordered.groupby("Symbol")}
 
 
 def _alert_rejections(executor, cycle_date) -> None:

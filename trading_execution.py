@@ -39,6 +39,12 @@ circuit breaker and flatten.
   ``submit`` with keys ``flatten-YYYY-MM-DD-SYMBOL-SIDE``, so a rerun never closes twice. Its
   closing orders are never cancelled at the timeout; the result says whether the broker reports
   the account flat (``flat``), which positions are still open and which closing orders still work.
+* Protective stops (``protective_stops.py``, ``PROTECTIVE_STOPS``): ``protect`` keeps one GTC stop
+  per position at the broker, sent through ``submit`` like any order (``kind`` stop); a halt never
+  cancels them (``cancel_unfilled`` skips them), ``flatten`` cancels them after the closes; a
+  refresh that finds one filled records it as ours (``stop_filled``).
+* Collars (``ORDER_TYPE = "limit_collar"``): the cycle sends LIMIT DAY orders; ``retry_collared``
+  reports one the fill timeout cancelled and retries it once per session (key ``KEY:retry``).
 * ``external_activity(mode)`` and ``record_positions`` (``external_activity.py``): broker orders
   and position changes that are not ours, reported, never traded against.
 * ``CircuitBreaker`` (``broker_gateway.py``, importable from here): shared by every process
@@ -76,17 +82,18 @@ import order_book
 import order_lint
 import state_db
 from audit_logging import AuditLogger
-from broker_base import (BUY_TO_COVER, MARKET, NEW, PARTIALLY_FILLED, REJECTED, WORKING, Broker, BrokerError,
-                         OrderNotFoundError, OrderRejectedError, SELL, TransientBrokerError)
+from broker_base import (BUY_TO_COVER, CANCELED, EXPIRED, LIMIT, MARKET, NEW, PARTIALLY_FILLED, REJECTED, WORKING,
+                         Broker, BrokerError, OrderNotFoundError, OrderRejectedError, SELL, TransientBrokerError)
 from broker_gateway import BrokerGateway, CircuitBreaker, CircuitOpenError
 from errors import StorageError, UserFacingError, install_excepthook
 from external_activity import ExternalActivity
 from failpoints import failpoint
 from kill_switch import KillSwitchSet
-from order_book import (FLATTEN_PREFIX, INTENDED, NOT_POLLED, SENDING, SUBMITTED, TERMINAL, UNKNOWN_AT_BROKER,
-                        OrderBook, Record, client_key, flatten_key)
+from order_book import (ENTRY, EXIT, FLATTEN_PREFIX, INTENDED, NOT_POLLED, RETRY_SUFFIX, SENDING, STOP_KIND,
+                        SUBMITTED, TERMINAL, UNKNOWN_AT_BROKER, OrderBook, Record, client_key, flatten_key)
 from order_lint import OrderLintError
 from order_recovery import ACCEPTED_NOT_RECORDED, OrderNotRecordedError, OrderRecovery, describe, unknown_line
+from protective_stops import ProtectiveStops
 from trading_api import get_broker
 
 log = logging.getLogger("execution")
@@ -138,6 +145,13 @@ class _NotSent(Exception):
         self.error = error
 
 
+def _stop_failpoint(name: str, order: dict) -> None:
+    """The crash points of a protective stop's send (``stop_after_record_intent``,
+    ``stop_after_sending_mark``, ``stop_after_place_order``): the entry's own points come first."""
+    if order.get("kind") == STOP_KIND or str(order.get("order_type") or "").upper() == "STOP":
+        failpoint(f"stop_{name}")
+
+
 class OrderExecutor:
     def __init__(self, broker: Broker | None = None, conn: sqlite3.Connection | None = None, audit=None,
                  sleep: Callable[[float], Any] = time.sleep, cancel_on_halt: bool | None = None,
@@ -152,6 +166,7 @@ class OrderExecutor:
         self._gateway = gateway
         self._recovery: OrderRecovery | None = None
         self._external: ExternalActivity | None = None
+        self._stops: ProtectiveStops | None = None
         self._schema_ready = False
         self.sleep = sleep
         self.cancel_on_halt = C.HALT_CANCELS_UNFILLED if cancel_on_halt is None else cancel_on_halt
@@ -205,6 +220,18 @@ class OrderExecutor:
         if self._external is None:
             self._external = ExternalActivity(self.book, self.gateway, self.audit, self.refresh)
         return self._external
+
+    @property
+    def stops(self) -> ProtectiveStops:
+        if self._stops is None:
+            self._stops = ProtectiveStops(self.book, self.gateway, self.audit, self.submit, self.refresh,
+                                          self.recovery.settle_sending)
+        return self._stops
+
+    def protect(self, session_date, mode: str, closes: dict[str, list[float]] | None = None) -> dict:
+        """One working GTC stop per position at the broker (``ProtectiveStops.sync``; nothing when
+        ``PROTECTIVE_STOPS`` is off and no stop of ours rests)."""
+        return self.stops.sync(session_date, mode, closes)
 
     @property
     def halted(self) -> dict | None:
@@ -271,6 +298,7 @@ class OrderExecutor:
         key, _new = self.book.record_intent(order, cycle_date, mode)
         failpoint("after_record_intent")
         record = self._get(key)
+        _stop_failpoint("after_record_intent", record)
         if record["status"] == SENDING:
             record = self.recovery.settle_sending(record, "rerun")
         if record["status"] != INTENDED:
@@ -297,7 +325,8 @@ class OrderExecutor:
         key = record["client_key"]
         halt.check(f"order {key}")     # before the snapshot costs a call
         spec = {"symbol": record["symbol"], "side": record["side"], "quantity": record["quantity"],
-                "order_type": record["order_type"], "limit_price": record["limit_price"], "client_key": key}
+                "order_type": record["order_type"], "limit_price": record["limit_price"],
+                "stop_price": record.get("stop_price"), "duration": record.get("duration") or "DAY", "client_key": key}
         refused = self._lint_and_preview(key, spec, closing=halt.ignore)
         if refused is not None:
             return refused
@@ -358,6 +387,7 @@ class OrderExecutor:
         except (TransientBrokerError, CircuitOpenError) as exc:
             raise _NotSent(exc) from None
         failpoint("after_sending_mark")
+        _stop_failpoint("after_sending_mark", spec)
         if n == 1:
             self.audit.log_event("order_submit", "attempt", dict(spec))
         placed: dict[str, str] = {}
@@ -385,6 +415,7 @@ class OrderExecutor:
 
     def _submitted(self, key: str, order_id: str) -> Record:
         failpoint("after_place_order")
+        _stop_failpoint("after_place_order", self._get(key))
         try:
             self.book.update(key, status=SUBMITTED, broker_order_id=order_id, submitted_at=state_db.utcnow(),
                              error=None)
@@ -453,6 +484,8 @@ class OrderExecutor:
             status = PARTIALLY_FILLED if filled else SUBMITTED
         changed = status != record["status"] or filled != record["filled_quantity"]
         self.book.update(key, status=status, filled_quantity=filled, avg_fill_price=state.get("avg_fill_price"))
+        if record.get("kind") == STOP_KIND and filled > int(record["filled_quantity"] or 0):
+            self.stops.fired(self._get(key), int(record["filled_quantity"] or 0))     # ours by its broker id
         if changed and filled:
             log.info("order %s %s: %d of %d filled at %.4f", key, status, filled, record["quantity"],
                      state.get("avg_fill_price") or 0.0)
@@ -509,15 +542,15 @@ class OrderExecutor:
         return [self.book.get(k) for k in keys]
 
     def _accepted_for_next_open(self, key: str) -> bool:
-        """A market order at a broker that fills it at the next session's open (the paper broker,
+        """A market (or collared limit) order at a broker that fills it at the next session's open (the paper broker,
         ``PAPER_FILL = "next_open"``) and is still unfilled is accepted, not late: waiting cannot
         fill it, and cancelling it at the timeout would undo a valid order. The next cycle's
         ``sync_prices`` fills it and its ``reconcile`` records the fill."""
         if not self.broker.fills_at_next_open:
             return False
         record = self._get(key)
-        if record["status"] != SUBMITTED or record.get("order_type", MARKET) != MARKET:
-            return False
+        if record["status"] != SUBMITTED or record.get("order_type", MARKET) not in (MARKET, LIMIT):
+            return False      # a collared LIMIT too: the paper broker tries it at the next open (collar_fill)
         log.info("order %s accepted: the paper broker fills it at the next session's open", key)
         return True
 
@@ -542,10 +575,11 @@ class OrderExecutor:
                                                        "filled_quantity": self._get(key)["filled_quantity"]})
 
     def cancel_unfilled(self, cycle_date, why: str = "kill_switch") -> list[str]:
-        """Cancel the unfilled orders of one cycle (not ``flatten``'s). Returns their keys."""
+        """Cancel the unfilled orders of one cycle (not ``flatten``'s, not the protective stops:
+        a halt leaves the resting stops at the broker). Returns their keys."""
         keys = [r["client_key"] for r in self.book.for_cycle(cycle_date)
                 if r["broker_order_id"] and r["status"] not in NOT_POLLED
-                and not r["client_key"].startswith(FLATTEN_PREFIX)]
+                and not r["client_key"].startswith(FLATTEN_PREFIX) and r.get("kind") != STOP_KIND]
         self._cancel_keys(keys, why)
         return keys
 
@@ -566,6 +600,47 @@ class OrderExecutor:
                 self.refresh(linked[oid])
         return count
 
+    # -- collared limit orders (ORDER_TYPE = "limit_collar")
+    def retry_collared(self, keys, cycle_date, mode: str) -> list[str]:
+        """The collared LIMIT orders among ``keys`` that the fill timeout cancelled unfilled (in
+        whole or part): each is reported (one WARNING line, audit ``collar_unfilled``, alert
+        ``collar_unfilled``) and retried ONCE per session for what is left, at the same limit,
+        under its own recorded key (``KEY`` + ``RETRY_SUFFIX``): a rerun finds that row and never
+        sends a third. A retry that ends unfilled too is reported and not sent again. Nothing is
+        retried once the kill switch stopped the cycle. Returns the keys of the retries sent."""
+        retried: list[str] = []
+        for key in keys:
+            r = self.book.get(key)
+            if (not r or r["order_type"] != LIMIT or r.get("kind") not in (ENTRY, EXIT)
+                    or r["status"] not in (CANCELED, EXPIRED) or int(r["filled_quantity"]) >= int(r["quantity"])):
+                continue
+            left = int(r["quantity"]) - int(r["filled_quantity"])
+            again = key.endswith(RETRY_SUFFIX)
+            retry_key = key + RETRY_SUFFIX
+            if not again and self.book.get(retry_key) is not None:
+                continue                                   # retried already (a rerun): never a third
+            line = (f"COLLAR NOT FILLED {r['symbol']}: order {key} ({describe(r)} limit {r['limit_price']}) "
+                    f"not filled inside its collar within {C.ORDER_FILL_TIMEOUT_S:g} s: cancelled ({left} of "
+                    f"{r['quantity']} unfilled); " + (
+                        "this was its one retry of the session: not sent again until the next cycle"
+                        if again else ("not retried: the kill switch is on" if self.halted
+                                       else f"retried once as {retry_key}")))
+            log.warning("%s", line)
+            self.audit.log_event("collar_unfilled", "retry_failed" if again else "retrying" if not self.halted
+                                 else "halted", {"client_key": key, "symbol": r["symbol"], "side": r["side"],
+                                                 "unfilled": left, "limit_price": r["limit_price"],
+                                                 "retry_key": None if again else retry_key})
+            alerts.send_alert("collar_unfilled", line, key=key, replay=state_db.is_replay(self.conn))
+            if again or self.halted:
+                continue
+            record = self.submit({"symbol": r["symbol"], "side": r["side"], "quantity": left, "order_type": LIMIT,
+                                  "limit_price": r["limit_price"], "price": r["reference_price"],
+                                  "reason": f"retry of {key}", "kind": r["kind"], "client_key": retry_key},
+                                 cycle_date, mode)
+            if record.get("broker_order_id") and record["status"] not in TERMINAL:
+                retried.append(retry_key)
+        return retried
+
     # -- flatten
     def _flatten_key(self, day: str, symbol: str, side: str) -> str:
         """This session's key for closing ``symbol``: the first attempt's, or the next one when the
@@ -581,7 +656,8 @@ class OrderExecutor:
             attempt += 1
 
     def flatten(self, session_date, mode: str, *, wait: bool = True, timeout_s: float | None = None) -> dict:
-        """Cancel every open order at the broker and close every position with a market order.
+        """Cancel every open order at the broker (the protective stops only after the positions
+        are closed) and close every position with a market order.
 
         The caller sets the kill switch first and holds the cycle lock; these orders are sent under
         the switch (``ignore_halt``). Keys are ``flatten-YYYY-MM-DD-SYMBOL-SIDE``: a rerun the same
@@ -590,13 +666,16 @@ class OrderExecutor:
         WORKING (never cancelled: they are what closes the positions). A symbol whose closing order
         fails is reported and the others are still closed.
 
-        Returns ``{"cancelled", "orders", "open_positions", "working", "failed", "flat"}``:
+        Returns ``{"cancelled", "orders", "open_positions", "working", "failed", "flat",
+        "stops_cancelled", "stops_kept"}`` (the protective stops' keys: cancelled after their
+        positions closed, kept for a position still open):
         ``open_positions`` the broker's non-zero positions after the wait ({symbol: quantity}),
         ``working`` the closing orders still open at the broker, ``failed`` [(symbol, error)],
         ``flat`` True only when the broker reports no open position."""
         day = str(session_date)[:10]
         self.audit.log_event("flatten", "started", {"session_date": day, "mode": mode})
-        cancelled = self.cancel_all_open(keep=self.book.flatten_broker_ids(day))
+        resting = {str(r["broker_order_id"]) for r in self.book.resting_stops()}   # cancelled AFTER the closes
+        cancelled = self.cancel_all_open(keep=self.book.flatten_broker_ids(day) | resting)
         keys, failed = [], []
         for symbol, position in sorted(self.gateway.positions().items()):
             qty = int(position["quantity"])
@@ -617,12 +696,18 @@ class OrderExecutor:
         open_positions = {sym: int(p["quantity"]) for sym, p in sorted(self.gateway.positions().items())
                           if int(p["quantity"]) != 0}
         working = [r for r in final if r["status"] not in NOT_POLLED]
+        # the protective stops go after the positions are closed; a closing order the paper broker
+        # fills at the next open (before any stop can trigger) counts as closed
+        certain = {r["symbol"] for r in working if self.broker.fills_at_next_open}
+        stops = self.stops.sync(day, mode, closed=certain) if resting else {"cancelled": [], "kept": []}
         done = {"cancelled": cancelled, "orders": final, "open_positions": open_positions, "working": working,
-                "failed": failed, "flat": not open_positions}
+                "failed": failed, "flat": not open_positions, "stops_cancelled": stops["cancelled"],
+                "stops_kept": stops["kept"]}
         self.audit.log_event("flatten", "done" if done["flat"] else "not_flat", {
             "session_date": day, "cancelled_orders": cancelled, "close_orders": keys,
             "open_positions": open_positions, "working": [r["client_key"] for r in working],
-            "failed": [sym for sym, _ in failed]})
+            "failed": [sym for sym, _ in failed], "stops_cancelled": stops["cancelled"],
+            "stops_kept": stops["kept"]})
         log.warning("flatten %s: cancelled %d open orders, %d closing orders", day, cancelled, len(keys))
         if not done["flat"]:
             log.error("%s", flatten_not_flat_line(done, self.broker.fills_at_next_open))

@@ -219,19 +219,43 @@ def paper_positions(home) -> dict:
         conn.close()
 
 
-def live_setup(home, trained) -> dict:
-    """live_cycle_setup with the test process's environment pointed at ``home`` meanwhile."""
+def live_setup(home, trained, stops: bool = False) -> dict:
+    """live_cycle_setup with the test process's environment pointed at ``home`` meanwhile.
+    ``stops``: PROTECTIVE_STOPS on for every run in ``home`` (its settings.toml), and the gate's
+    walk-forward recorded under that configuration (a strategy tunable is in its fingerprint)."""
     mp = env_context(home)
     try:
+        if stops:
+            (Path(home) / C.SETTINGS_FILE).write_text("PROTECTIVE_STOPS = true\n")
+            mp.setattr(C, "PROTECTIVE_STOPS", True)
         return live_cycle_setup(home, trained)
     finally:
         mp.undo()
 
 
-def live_reference(trained, parent: Path) -> dict:
-    """An uninterrupted live cycle (its positions, timings, orders) in its own home."""
+def assert_one_stop_per_position(home, server: FakeSchwabServer) -> None:
+    """Every position at the fake Schwab has exactly ONE working STOP of ours, GTC, of its whole
+    size on the closing side; no stop works for a flat symbol; each is a row of ours (kind stop)."""
+    stops = server.open_orders("STOP")
+    positions = server.position_quantities()
+    held = {}
+    for o in stops:
+        leg = o["orderLegCollection"][0]
+        sym = leg["instrument"]["symbol"]
+        assert sym not in held, f"two working stops for {sym}: {stops}"
+        held[sym] = (leg["instruction"], int(o["remainingQuantity"]))
+        assert o["duration"] == "GOOD_TILL_CANCEL" and float(o["stopPrice"]) > 0
+    want = {s: ("SELL" if q > 0 else "BUY_TO_COVER", abs(q)) for s, q in positions.items()}
+    assert held == want, f"stops {held} for positions {positions}"
+    rows = {str(r["broker_order_id"]): r for r in our_rows(home) if r["kind"] == "stop"}
+    assert {str(o["orderId"]) for o in stops} <= set(rows), "a working stop that is not ours"
+
+
+def live_reference(trained, parent: Path, stops: bool = False) -> dict:
+    """An uninterrupted live cycle (its positions, timings, orders) in its own home; ``stops``:
+    with PROTECTIVE_STOPS on (``orders`` then counts the stops too)."""
     home = fresh_home(trained, parent)
-    setup = live_setup(home, trained)
+    setup = live_setup(home, trained, stops)
     server = live_server(setup)
     try:
         timed = Timed(start_cycle_live(home, setup, server))
@@ -239,6 +263,9 @@ def live_reference(trained, parent: Path) -> dict:
         assert code == 0, timed.stderr[-3000:]
         start = timed.saw("cycle start", timeout=1)
         assert server.posted_orders(), "the reference cycle sent no order: pick another trade day"
+        if stops:
+            assert server.open_orders("STOP"), "the reference cycle placed no stop"
+            assert_one_stop_per_position(home, server)
         return {"positions": server.position_quantities(), "orders": len(server.posted_orders()),
                 "cycle_start_s": start, "duration_s": time.monotonic() - timed.started, "setup": setup}
     finally:

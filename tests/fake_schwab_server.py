@@ -18,6 +18,8 @@ Routes (the ones schwab-py calls for us; JSON shapes as in tests/test_trading_ap
     DELETE /trader/v1/accounts/{hash}/orders/{id}         cancel
     GET    /trader/v1/orders                              every account's orders (same filters)
     GET    /marketdata/v1/quotes?symbols=A,B              from ``prices``
+    (orders: MARKET and LIMIT DAY, STOP DAY or GOOD_TILL_CANCEL with ``stopPrice``; a STOP rests,
+    never filled by polls, until ``advance_session(bars)`` moves the market one session)
     GET    /trader/v1/accounts/{hash}/transactions        startDate/endDate (required), types:
                                                           TRADE from every fill, and what a test
                                                           added (``add_dividend``, ``add_split``,
@@ -244,6 +246,42 @@ class FakeSchwabServer:
                 order.update(status="CANCELED", remainingQuantity=0, cancelable=False, editable=False,
                              closeTime=self.now().strftime(_TIME_FORMAT))
 
+    def advance_session(self, bars: dict) -> list[dict]:
+        """The market moves one session: ``bars`` = {symbol: {"open", "high", "low", "close"}}.
+        Every resting order of a symbol with a bar is tried against it, by the same rules as the
+        paper broker and the backtest (``order_prices``): a STOP (GTC) fills at its stop price, or
+        at the open when the open gaps through it (``stop_fill``); a LIMIT fills at the open when
+        the open is inside its limit (``collar_fill``), else stays WORKING. Then ``prices`` become
+        the closes. Returns copies of the orders filled."""
+        import order_prices       # the project's one home of these rules (tests run from the repo)
+        filled = []
+        with self.lock:
+            for order_id in sorted(self.orders):
+                order = self.orders[order_id]
+                leg = order["orderLegCollection"][0]
+                symbol, side = leg["instrument"]["symbol"], leg["instruction"]
+                bar = bars.get(symbol)
+                if bar is None or order["status"] not in OPEN:
+                    continue
+                price = None
+                if order["orderType"] == "STOP":
+                    price = order_prices.stop_fill("long" if side == "SELL" else "short", float(order["stopPrice"]),
+                                                   float(bar["open"]), float(bar["low"]), float(bar["high"]))
+                elif order["orderType"] == "LIMIT":
+                    price = order_prices.collar_fill("buy" if side in ("BUY", "BUY_TO_COVER") else "sell",
+                                                     float(order["price"]), float(bar["open"]))
+                if price is not None:
+                    self._execute(order, symbol, side, int(order["remainingQuantity"]), price)
+                    filled.append(json.loads(json.dumps(order)))
+            for symbol, bar in bars.items():
+                self.prices[symbol.upper()] = float(bar["close"])
+        return filled
+
+    def open_orders(self, order_type: str | None = None) -> list[dict]:
+        """Copies of the orders still open (of ``order_type``, e.g. "STOP"), oldest first."""
+        return [o for o in self.all_orders() if o["status"] in OPEN
+                and (order_type is None or o["orderType"] == order_type)]
+
     def reject_preview(self, symbol: str, message: str) -> None:
         """The preview of an order for ``symbol`` answers a reject with ``message``."""
         with self.lock:
@@ -350,11 +388,13 @@ class FakeSchwabServer:
                      "enteredTime": self.now().strftime(_TIME_FORMAT), "accountNumber": int(ACCOUNT_NUMBER)}
             if body.get("price") is not None:
                 order["price"] = float(body["price"])
+            if body.get("stopPrice") is not None:
+                order["stopPrice"] = float(body["stopPrice"])
             self.orders[order_id] = order
             self.meta[order_id] = {"source": source, "polls": 0, "fault": fault, "body": body,
                                    "stored_at": time.time()}      # our clock (time.time()), unskewed
-            if source == "api" and self.fill_after_polls == 0:
-                self._auto_fill(order)
+            if source == "api" and self.fill_after_polls == 0 and order["orderType"] != "STOP":
+                self._auto_fill(order)                  # a STOP rests until advance_session
             return order_id
 
     def _auto_fill(self, order: dict) -> None:
@@ -406,7 +446,7 @@ class FakeSchwabServer:
         meta = self.meta[order_id]
         meta["polls"] += 1
         if (meta["source"] == "api" and order["status"] in OPEN and self.fill_after_polls is not None
-                and meta["polls"] >= self.fill_after_polls):
+                and meta["polls"] >= self.fill_after_polls and order["orderType"] != "STOP"):
             self._auto_fill(order)
 
     # ------------------------------------------------------------------ JSON answers
@@ -749,9 +789,12 @@ class _Handler(BaseHTTPRequestHandler):
             assert leg["instruction"] in SIDES, f"instruction {leg['instruction']!r}"
             assert isinstance(leg["quantity"], int) and leg["quantity"] > 0, "quantity"
             assert leg["instrument"]["assetType"] == "EQUITY" and leg["instrument"]["symbol"], "instrument"
-            assert spec["orderType"] in ("MARKET", "LIMIT"), f"orderType {spec.get('orderType')!r}"
+            assert spec["orderType"] in ("MARKET", "LIMIT", "STOP"), f"orderType {spec.get('orderType')!r}"
             assert spec["orderType"] != "LIMIT" or float(spec["price"]) > 0, "price"
-            assert spec.get("session") == "NORMAL" and spec.get("duration") == "DAY", "session/duration"
+            assert spec["orderType"] != "STOP" or float(spec["stopPrice"]) > 0, "stopPrice"
+            assert spec.get("session") == "NORMAL", "session"
+            assert spec.get("duration") in ("DAY", "GOOD_TILL_CANCEL"), "duration"
+            assert spec.get("duration") == "DAY" or spec["orderType"] != "MARKET", "a MARKET order is DAY"
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
             return self._send(400, {"message": f"Invalid order: {exc}"})
         with fake.lock:

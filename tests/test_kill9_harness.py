@@ -16,9 +16,9 @@ import subprocess
 
 import pytest
 
-from crash_harness import (Timed, assert_live_exactly_once, fresh_home, live_reference, live_server,
-                           live_setup, our_rows, paper_positions, paper_reference, run_cycle_live,
-                           settle_lost_answer, start_cycle_live, start_paper_replay)
+from crash_harness import (FULL, Timed, assert_live_exactly_once, assert_one_stop_per_position, fresh_home,
+                           live_reference, live_server, live_setup, our_rows, paper_positions, paper_reference,
+                           run_cycle_live, settle_lost_answer, start_cycle_live, start_paper_replay)
 from test_live_trading import assert_consistent
 
 TRIALS = int(os.environ.get("KILL9_TRIALS", "2"))
@@ -84,3 +84,31 @@ def test_schwab_random_kill9(trained, tmp_path, live_ref):
         finally:
             server.stop()
     print(f"Schwab kill -9: {TRIALS} trials, {killed} killed mid-run")
+
+
+@pytest.fixture(scope="module")
+def live_stops_ref(trained, tmp_path_factory):
+    return live_reference(trained, tmp_path_factory.mktemp("live-stops-reference") / "home", stops=True)
+
+
+def test_schwab_random_kill9_with_protective_stops(trained, tmp_path, live_stops_ref):
+    """PROTECTIVE_STOPS on: killed at a random moment (the entries, their fills, the stops), rerun:
+    no order twice, positions the uninterrupted run's, and exactly one working stop of its size
+    per position. ``KILL9_TRIALS`` trials under ``make faults``, one in the normal suite."""
+    killed = 0
+    trials = _delays(live_stops_ref, "schwab-stops")[:None if FULL else 1]
+    for n, delay in enumerate(trials):
+        home = fresh_home(trained, tmp_path / f"trial{n}")
+        setup = live_setup(home, trained, stops=True)
+        server = live_server(setup, skew=random.Random(f"{SEED}-stops-{n}").choice([-30, -2, 0, 0.5, 1, 2, 30]))
+        try:
+            killed += _kill_at(Timed(start_cycle_live(home, setup, server)), delay)
+            server.release_post.set()
+            rerun = settle_lost_answer(home, setup, server, run_cycle_live(home, setup, server))
+            assert rerun.returncode == 0, f"trial {n} (kill at +{delay:.2f} s): {rerun.stderr[-3000:]}"
+            assert_live_exactly_once(home, server, live_stops_ref)
+            assert_one_stop_per_position(home, server)
+            assert all(r["status"] == ("SUBMITTED" if r["kind"] == "stop" else "FILLED") for r in our_rows(home))
+        finally:
+            server.stop()
+    print(f"Schwab kill -9 with stops: {len(trials)} trials, {killed} killed mid-run")
