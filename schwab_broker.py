@@ -355,7 +355,7 @@ class SchwabAPI:
         return token_age_of(self.token_created).age_days
 
     # ------------------------------------------------------------------ prices
-    def set_prices(self, prices: dict, as_of=None, opens: dict | None = None) -> None:
+    def set_prices(self, prices: dict, as_of=None, opens: dict | None = None, bars: dict | None = None) -> None:
         """Nothing to do: Schwab prices orders itself. Here so that the live cycle can hand the
         day's reference prices to any broker without asking which one it has."""
 

@@ -461,8 +461,9 @@ def _stale_guard(features, cycle_date, signals, portfolio, audit) -> list[dict]:
 
 def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool = False) -> None:
     """Give the broker every symbol's last close (a simulated broker values at them; Schwab
-    ignores them) and the opens of the last ``PAPER_OPENS_SESSIONS`` sessions (the paper broker
-    fills a market order decided from a close at the next session's open, as the backtest does),
+    ignores them) and the opens and bars (open, high, low) of the last ``PAPER_OPENS_SESSIONS``
+    sessions (the paper broker fills a market order decided from a close at the next session's
+    open, and a resting stop within a session's bar, as the backtest does),
     and, with ``accrue_borrow``, let it charge borrow fees up to ``as_of``. First the broker
     applies the splits and dividends recorded since its last prices (the paper broker through
     ``corporate_actions``; Schwab does it itself)."""
@@ -471,7 +472,11 @@ def sync_prices(broker, features: pd.DataFrame, as_of=None, accrue_borrow: bool 
     closes = ordered.groupby("Symbol")["Close"].last().to_dict()
     recent = ordered[ordered["Date"] >= ordered["Date"].drop_duplicates().nlargest(C.PAPER_OPENS_SESSIONS).min()]
     opens = {d.date(): dict(zip(g["Symbol"], g["Open"].astype(float))) for d, g in recent.groupby("Date")}
-    broker.set_prices(closes, as_of=as_of, opens=opens)
+    # each session's bar, so a resting protective stop triggers on the intraday low/high as in the backtest
+    bars = {d.date(): {s: {"open": float(o), "high": float(h), "low": float(lo)}
+                       for s, o, h, lo in zip(g["Symbol"], g["Open"], g["High"], g["Low"])}
+            for d, g in recent.groupby("Date")} if {"High", "Low"} <= set(recent.columns) else None
+    broker.set_prices(closes, as_of=as_of, opens=opens, bars=bars)
     if accrue_borrow and broker.simulated:     # only a simulated broker charges borrow fees itself
         broker.accrue_borrow_fees(as_of=as_of)
 

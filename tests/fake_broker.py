@@ -77,7 +77,7 @@ class FakeBroker:
         self._maybe_fail("get_quotes")
         return {s: {"last": 100.0} for s in symbols}
 
-    def set_prices(self, prices, as_of=None, opens=None) -> None:
+    def set_prices(self, prices, as_of=None, opens=None, bars=None) -> None:
         return None
 
     def apply_corporate_actions(self, actions, through=None) -> list[dict]:
