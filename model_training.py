@@ -336,8 +336,10 @@ class TrainConfig:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train, evaluate and (maybe) promote. Returns a summary dict (``promoted``, ``reason``,
-    ``metrics``, ``metadata``, ``path``, ``previous_validation_MSE``, ``no_validation_skill``).
+    """Train, evaluate and (maybe) promote. Returns a summary dict (``promoted``: passed
+    validation or forced, ``stage``: ``live`` / ``shadow`` / ``candidate``, ``reason``,
+    ``metrics``, ``metadata``, ``path`` (where the model went), ``previous_validation_MSE``,
+    ``no_validation_skill``).
     Raises DataError / TrainingError on bad input."""
     started = time.monotonic()
     prof = cfg.network()

@@ -254,7 +254,7 @@ def test_a_retrain_goes_to_shadow_keeps_the_live_evidence_and_force_is_audited(h
         assert shadow_model.current(conn)["checksum"] == shadow_sum
     assert result["metadata"]["promotion"]["dm_vs_no_change"]["p_value"] < C.PROMOTION_ALPHA
     assert result["metadata"]["promotion"]["dm_vs_current"]["statistic"] is not None
-    forced = model_training.train(model_training.TrainConfig(**cfg, force=True, reason="drill: replace now"))
+    forced = model_training.train(model_training.TrainConfig(**cfg, epochs=1, force=True, reason="drill: replace now"))
     assert forced["stage"] == "live" and mm.verify_model()[0] == forced["metadata"]["sha256"]
     with closing(state_db.connect()) as conn:
         assert shadow_model.current(conn) is None                                 # superseded
