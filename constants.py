@@ -46,6 +46,8 @@ MODEL_FILE = "lstm_price_difference_model.h5"          # the trained Keras model
 MODEL_METADATA_FILE = "lstm_price_difference_model.json"   # metadata beside the model
 MODEL_BACKUP_DIR = "models/backups"                    # replaced models and their metadata
 MODEL_QUARANTINE_DIR = "models/quarantine"  # current models that failed verification when replaced
+MODEL_SHADOW_DIR = "models/shadow"          # the shadow model: trained, passed validation, not trading yet
+MODEL_CANDIDATE_DIR = "models/candidates"   # trained models that failed validation (kept, never used)
 STATE_DB_FILE = "state/trading_state.db"               # SQLite: orders, positions, breaker, ...
 REPLAY_STATE_DB_FILE = "state/replay_state.db"   # throwaway state (paper account, orders, ...) of --as-of replays
 LOG_DIR = "logs"                                       # all logs
@@ -115,6 +117,9 @@ MIN_SYMBOL_ROWS = 120                      # a symbol with fewer feature rows is
 PROMOTION_TOLERANCE = 0.0                  # new model promoted if test MSE <= old * (1 + this)
 INFERENCE_PARITY_TOL = 1e-4                # max |Keras - NumPy| on the scaled output before a model is saved
 MODEL_BACKUPS_KEEP = 10                    # backups kept by `model_management.py prune` default
+PROMOTION_ALPHA = 0.05                     # validation skill vs no change must be significant: DM p-value below this
+SHADOW_MIN_SESSIONS = 20                   # sessions with outcomes a shadow model runs beside the live one (sessions)
+SHADOW_ALPHA = 0.05                        # shadow rejected when the live model beats it with DM p-value below this
 
 # ------------------- model: the tiny profile (--profile tiny, TRAIN_PROFILE=tiny: demo and tests)
 TINY_WINDOW = 10                           # --profile tiny: window (sessions)
@@ -378,6 +383,7 @@ OPERATIONAL_TUNABLES = (
     "INCREMENTAL_OVERLAP_DAYS", "FRESH_FILE_HOURS", "PRICE_COLUMNS", "RAW_COLUMNS",
     "SAMPLE_START", "SAMPLE_END", "SAMPLE_SEED", "SAMPLE_LABEL", "SAMPLE_AR_COEF",
     "TRAIN_SEED", "PROMOTION_TOLERANCE", "INFERENCE_PARITY_TOL", "MODEL_BACKUPS_KEEP",
+    "MODEL_SHADOW_DIR", "MODEL_CANDIDATE_DIR", "PROMOTION_ALPHA", "SHADOW_MIN_SESSIONS", "SHADOW_ALPHA",
     "DRIFT_MIN_SAMPLES", "DRIFT_LOOKBACK_DAYS", "DRIFT_LOW", "DRIFT_MEDIUM", "DRIFT_HIGH", "DRIFT_CRITICAL",
     "DRIFT_ALERT_LOG_DAYS",
     "ORDER_RETRIES", "ORDER_BACKOFF_S", "BROKER_RETRY_DEADLINE_S", "ORDER_FILL_TIMEOUT_S", "FLATTEN_LOCK_WAIT_S", "ORDER_POLL_INTERVAL_S",
@@ -459,6 +465,8 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "MODEL_METADATA_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "MODEL_BACKUP_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
         "MODEL_QUARANTINE_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "MODEL_SHADOW_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
+        "MODEL_CANDIDATE_DIR": ("fixed", "folder under TRADING_HOME (move them all with TRADING_HOME)", None),
         "STATE_DB_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "REPLAY_STATE_DB_FILE": ("fixed", "file under TRADING_HOME (move them all with TRADING_HOME)", None),
         "LOG_DIR": ("fixed", "folder under TRADING_HOME (logs/: people grep it)", None),
@@ -523,6 +531,9 @@ TUNABLE_SPECS: dict[str, dict[str, tuple]] = {
         "PROMOTION_TOLERANCE": ("float", "fraction", "[0, 10]"),
         "INFERENCE_PARITY_TOL": ("float", "scaled output", "(0, 1]"),
         "MODEL_BACKUPS_KEEP": ("int", "count", "[0, 1000]"),
+        "PROMOTION_ALPHA": ("float", "significance level", "(0, 0.5]"),
+        "SHADOW_MIN_SESSIONS": ("int", "sessions", "[3, 10000]"),
+        "SHADOW_ALPHA": ("float", "significance level", "(0, 0.5]"),
     },
     "tiny_profile": {
         "TINY_WINDOW": ("int", "sessions", "[2, 500]"),

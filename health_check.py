@@ -28,6 +28,7 @@ from credential_manager import CredentialManager
 import cron_install
 import data_collection
 import drift_monitor
+import shadow_model
 import fileutil
 import golive
 import kill_switch
@@ -194,6 +195,24 @@ def check_gate():
                       f", paper sessions {st['paper_sessions']}/{st['paper_sessions_needed']}): "
                       "python live_trading.py gate")
     return OK, "go-live gate open"
+
+
+def check_shadow():
+    """The shadow model's progress (sessions recorded / needed, DM statistic and p-value, verdict
+    so far); WARN when it is doing worse than the live model or waits for its go-live evidence."""
+    conn = None if _no_state() else state_db.connect_readonly()
+    if conn is None:
+        return OK, "no shadow model (no state database yet)"
+    try:
+        p = shadow_model.progress(conn)
+    finally:
+        conn.close()
+    if p is None:
+        return OK, "no shadow model"
+    line = shadow_model.progress_line(p)
+    if "WORSE" in line or p.get("waiting"):
+        return WARN, f"{line} (python live_trading.py status)"
+    return OK, line
 
 
 def check_errors_today():
@@ -432,6 +451,7 @@ CHECKS = [("python", check_python), ("mode", check_mode), ("home", check_home), 
           ("universe", check_universe), ("data", check_data), ("model", check_model),
           ("audit", check_audit), ("credentials", check_credentials), ("token", check_token),
           ("breaker", check_breaker), ("risk", check_risk), ("gate", check_gate),
+          ("shadow", check_shadow),
           ("drift", check_drift_alerts), ("errors", check_errors_today), ("disk", check_disk),
           ("last cycle", check_last_cycle), ("clock", check_clock), ("schedule", check_schedule), ("alerts", check_alerts)]
 RESULTS = {0: "healthy", 1: "warnings", 2: "FAILURES"}

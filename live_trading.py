@@ -33,6 +33,7 @@ import kill_switch
 import market_calendar
 import pnl
 import reconcile_breaks
+import shadow_model
 import state_db
 import status_page
 import tunables
@@ -88,7 +89,7 @@ def _status_of(conn, replay: bool) -> dict:
                      "halted": bool(rs.get("halted")), "halt_reason": rs.get("reason")},
             "last_cycle": state_db.kv_get(conn, LAST_CYCLE_KEY),
             "reconciliation": reconcile_breaks.status(conn), "data_source_label": config.data_source_banner(),
-            "state_problem": None, "stops": _stops_of(conn)}
+            "state_problem": None, "stops": _stops_of(conn), "shadow": _shadow_status(conn, replay)}
     if not replay:
         try:                           # a lost or replaced state database: say so before the account
             kill_switch.require_continuity(conn)
@@ -160,6 +161,7 @@ def cmd_status(as_json: bool, replay: bool) -> int:
         print("last cycle:      none yet")
     if data["stops"]["resting"] or data["stops"]["fired"]:
         _print_stops(data["stops"])
+    _print_shadow(data["shadow"])
     acct = data["account"]
     if acct is None:
         print(f"account:         unavailable ({data['account_error']})")
@@ -175,6 +177,16 @@ def cmd_status(as_json: bool, replay: bool) -> int:
         print(f"  {p['symbol']:6} {p['quantity']:+7d} {p['avg_cost']:10.2f} {p['price']:10.2f} "
               f"{p['market_value']:13,.2f} {p['unrealised_pnl']:+12,.2f}")
     return EXIT_OK
+
+
+def _shadow_status(conn, replay: bool) -> dict | None:
+    """The shadow model's progress (``shadow_model.progress``, JSON-able), None when none shadows
+    (or for the replay account: shadows run only beside the real cycles)."""
+    return None if replay else shadow_model.as_json(shadow_model.progress(conn))
+
+
+def _print_shadow(shadow: dict | None) -> None:
+    print(f"shadow model:    {shadow_model.progress_line(shadow) if shadow else 'none'}")
 
 
 def cmd_history(as_json: bool, limit: int | None, replay: bool) -> int:

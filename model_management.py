@@ -489,6 +489,24 @@ def install_model(candidate_h5, metadata: dict, path=None, reason: str = "") -> 
     return p
 
 
+def keep_candidate(candidate_h5, metadata: dict) -> Path:
+    """Keep a trained model that was not promoted in models/candidates/<version>/ (with its
+    metadata, which says why); never loaded by trading. Only the ``MODEL_BACKUPS_KEEP`` newest
+    candidates are kept. Returns its folder."""
+    root = config.path(C.MODEL_CANDIDATE_DIR)
+    dest = root / version_name(metadata, str(metadata.get("sha256", "")))
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        atomic_write_with(dest / C.MODEL_FILE, lambda tmp: shutil.copyfile(candidate_h5, tmp))
+        atomic_write_text(dest / C.MODEL_METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise (storage_error(exc, dest, "keep the candidate model in") or exc) from None
+    kept = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    for old in kept[:max(len(kept) - C.MODEL_BACKUPS_KEEP, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
 def list_backups() -> list[dict]:
     """Backups, newest model first: version, path, created_at, checksum, valid, test metrics."""
     root = backup_root()

@@ -10,7 +10,11 @@
 * ``fit_network``: THE fit, seeded and deterministic, early stopping on the validation period.
 * ``train``: one production run, in named steps: data, fit, metrics, the NumPy parity check and
   the metadata, the promotion decision (validation skill positive against no change and the
-  training mean, validation MSE not worse than the current model's, or ``force``), install.
+  training mean, significant against no change by a Diebold-Mariano test at ``PROMOTION_ALPHA``,
+  validation MSE not worse than the current model's, or ``force``), install: the first model of a
+  home (or ``force``) as the live model, any later one as the SHADOW model (``shadow_model``: it
+  trades only once it has proved itself on live sessions); a model that fails is kept in
+  models/candidates/, never used.
 
 TensorFlow is imported late (``import_keras``): importing it takes seconds and only training
 needs it.
@@ -35,7 +39,10 @@ import pandas as pd
 
 import config
 import constants as C
+import audit_logging
 import model_management as mm
+import shadow_model
+import skill_stats
 from data_collection import frame_columns, load_processed
 from errors import UserFacingError
 import fileutil
@@ -257,7 +264,9 @@ def versions() -> dict:
 # ----------------------------------------------------------------------------- comparison
 def evaluate_current(features, ds: dict, path: Path, period: str = "validation") -> tuple[float | None, str]:
     """MSE of the current model on the new ``period`` (``validation``: model selection never
-    looks at the test period), or (None, why not)."""
+    looks at the test period), or (None, why not). With the new model's predictions in
+    ``ds["pred_y"]`` (``_metrics``), ``ds["dm_vs_current"]`` gets the Diebold-Mariano test of the
+    new model against the current one on the same samples (``skill_stats.diebold_mariano``)."""
     if not path.is_file():
         return None, "no current model"
     try:
@@ -269,11 +278,12 @@ def evaluate_current(features, ds: dict, path: Path, period: str = "validation")
         return None, f"the current model needs features {missing} that the data lacks"
     test_rows = ds["rows"][ds[f"{period}_mask"]]
     test_y = ds["y"][ds[f"{period}_mask"]]
+    new_y = ds["pred_y"][ds[f"{period}_mask"]] if "pred_y" in ds else np.full(len(test_y), np.nan)
     try:
         pred = current.predict(features[features["Symbol"].isin(test_rows["Symbol"].unique())])
     except mm.ModelError as exc:
         return None, f"the current model cannot predict on the new data ({exc})"
-    key = test_rows[["Symbol", "Date"]].assign(y=test_y)
+    key = test_rows[["Symbol", "Date"]].assign(y=test_y, new=new_y)
     merged = key.merge(pred, on=["Symbol", "Date"], how="inner")
     if len(merged) < 0.9 * len(key):
         return None, (f"the current model (window {current.window}) covers only {len(merged)} of "
@@ -281,6 +291,10 @@ def evaluate_current(features, ds: dict, path: Path, period: str = "validation")
     y_old = merged["predicted_diff"].to_numpy() / (merged["Close"].to_numpy() *
                                                    np.maximum(merged["volatility_20"].to_numpy(),
                                                               C.TARGET_VOL_FLOOR))
+    if np.isfinite(merged["new"].to_numpy()).all():
+        dm = skill_stats.diebold_mariano(merged["y"].to_numpy(), merged["new"].to_numpy(), y_old,
+                                         dates=merged["Date"].to_numpy())
+        ds["dm_vs_current"] = {"statistic": dm["statistic"], "p_value": dm["p_value"], "n": dm["n"]}
     return float(np.mean((merged["y"].to_numpy() - y_old) ** 2)), f"current model {current.version}"
 
 
@@ -290,7 +304,8 @@ class TrainConfig:
     """One training run. ``profile`` (``PROFILES``) gives the network; ``epochs``, ``units``,
     ``window``, ``layers``, ``dense_units`` override it when given. ``data_path``: the processed
     CSV (default ``processed_stock_data.csv``); ``model_file``: where the model goes (default
-    ``lstm_price_difference_model.h5``); ``force``: install whatever was trained (audited);
+    ``lstm_price_difference_model.h5``); ``force``: install whatever was trained as the live model at
+    once (audited, with ``reason``);
     ``shuffle_targets``: the control run (never promoted without ``force``); ``verbose``: Keras's
     progress (default: on a terminal only)."""
     data_path: str | Path | None = None
@@ -302,6 +317,7 @@ class TrainConfig:
     dense_units: int | None = None
     seed: int = field(default_factory=lambda: C.TRAIN_SEED)
     force: bool = False
+    reason: str | None = None
     shuffle_targets: bool = False
     model_file: str | Path | None = None
     verbose: int | None = None
@@ -320,8 +336,10 @@ class TrainConfig:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train, evaluate and (maybe) promote. Returns a summary dict (``promoted``, ``reason``,
-    ``metrics``, ``metadata``, ``path``, ``previous_validation_MSE``, ``no_validation_skill``).
+    """Train, evaluate and (maybe) promote. Returns a summary dict (``promoted``: passed
+    validation or forced, ``stage``: ``live`` / ``shadow`` / ``candidate``, ``reason``,
+    ``metrics``, ``metadata``, ``path`` (where the model went), ``previous_validation_MSE``,
+    ``no_validation_skill``).
     Raises DataError / TrainingError on bad input."""
     started = time.monotonic()
     prof = cfg.network()
@@ -340,19 +358,48 @@ def train(cfg: TrainConfig) -> dict:
                              round(time.monotonic() - started, 1), gap)
         old_mse, about = evaluate_current(features, ds, target, "validation")
         promote, reason = _promotion(cfg, metrics, no_skill, old_mse, about, checksum)
+        live_checksum = _installed_checksum(target)
+        stage = ("live" if cfg.force or live_checksum is None else "shadow") if promote else "candidate"
         metadata["promotion"] = {"promoted": promote, "reason": reason, "previous_validation_MSE": old_mse,
-                                 "selected_on": "validation", "no_validation_skill": no_skill}
-        if promote:
-            mm.install_model(tmp, metadata, target, reason="replaced by a newly trained model")
-            log.info("saved %s (SHA-256 %s, %d parameters); %s", target, checksum,
-                     metadata["architecture"]["params"], reason)
-        else:
-            log.warning("%s", reason)
+                                 "selected_on": "validation", "no_validation_skill": no_skill, "stage": stage,
+                                 "dm_vs_no_change": metrics["validation"].get("dm_vs_no_change"),
+                                 "dm_vs_current": ds.get("dm_vs_current")}
+        path = _install(stage, tmp, metadata, target, live_checksum, reason)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"promoted": promote, "reason": reason, "metrics": metrics, "metadata": metadata,
-            "path": str(target), "previous_validation_MSE": old_mse, "no_validation_skill": no_skill}
+    return {"promoted": promote, "reason": reason, "metrics": metrics, "metadata": metadata, "stage": stage,
+            "path": str(path), "previous_validation_MSE": old_mse, "no_validation_skill": no_skill}
+
+
+def _installed_checksum(target: Path) -> str | None:
+    """The live model's checksum, or None when none is installed or it fails verification (then
+    nothing trades on it and a new model is installed directly)."""
+    try:
+        return mm.verify_model(target)[0]
+    except mm.ModelError:
+        return None
+
+
+def _install(stage: str, tmp: Path, metadata: dict, target: Path, live_checksum: str | None, reason: str) -> Path:
+    """Step 7: ``live``: the model replaces the installed one (first model, or ``--force``; any
+    shadow is superseded); ``shadow``: it becomes the shadow model (``shadow_model``), the live model
+    and its go-live evidence untouched; ``candidate``: kept in models/candidates/, never used."""
+    if stage == "live":
+        mm.install_model(tmp, metadata, target, reason="replaced by a newly trained model")
+        shadow_model.supersede(f"the live model was replaced by {metadata['sha256'][:12]} ({reason})")
+        log.info("saved %s (SHA-256 %s, %d parameters); %s", target, metadata["sha256"],
+                 metadata["architecture"]["params"], reason)
+        return target
+    if stage == "shadow":
+        shadow_model.install_shadow(tmp, metadata, live_checksum, audit_logging.AuditLogger())
+        log.info("%s; it is the SHADOW model (%s) and trades only after %d sessions beside the live model "
+                 "(live model %s and its go-live evidence unchanged)", reason, shadow_model.shadow_path(),
+                 C.SHADOW_MIN_SESSIONS, live_checksum[:12] if live_checksum else "-")
+        return shadow_model.shadow_path()
+    kept = mm.keep_candidate(tmp, metadata)
+    log.warning("%s; the new model is kept as a candidate in %s (never used)", reason, kept)
+    return kept
 
 
 def _dataset(cfg: TrainConfig, prof: dict, data_file: Path):
@@ -386,6 +433,10 @@ def _metrics(net, ds: dict) -> tuple[dict, np.ndarray]:
         metrics[name]["skill_vs_training_mean"] = skill_vs_constant(ds["y"][mask], pred_y[mask], train_mean)
         log.info("%s; skill vs the training mean %s", mm.format_metrics(f"{name} metrics", metrics[name]),
                  fmt_skill(metrics[name]["skill_vs_training_mean"]))
+    dates = ds["rows"]["Date"].to_numpy()
+    dm = skill_stats.diebold_mariano(ds["y"][va], pred_y[va], 0.0, dates=dates[va])
+    metrics["validation"]["dm_vs_no_change"] = {"statistic": dm["statistic"], "p_value": dm["p_value"], "n": dm["n"]}
+    ds["pred_y"] = pred_y                              # the current model's DM test (evaluate_current)
     metrics["training_mean"] = train_mean
     skill = metrics["test"]["skill"]
     if skill is not None and skill <= 0:
@@ -463,7 +514,7 @@ def _promotion(cfg: TrainConfig, metrics: dict, no_skill: str | None, old_mse: f
     """Step 6: (promote?, why). Model selection looks at the validation period only."""
     new_mse = metrics["validation"]["MSE"]
     if cfg.force:
-        _audit_forced(checksum, metrics, no_skill, about)
+        _audit_forced(checksum, metrics, no_skill, about, cfg.reason)
         return True, "--force" + (f" (without validation skill: {no_skill})" if no_skill else "")
     if cfg.shuffle_targets:
         return False, "not promoted: a shuffled-targets control run (use --force to install it)"
@@ -493,21 +544,32 @@ def fmt_skill(x) -> str:
 
 def validation_skill_problem(m: dict) -> str | None:
     """Why a model's validation metrics forbid promotion (skill not positive against predicting no
-    change and against the training-mean constant), or None."""
+    change and against the training-mean constant; or, given ``dm_vs_no_change``, its skill
+    against no change not significant: one-sided Diebold-Mariano p-value not below
+    ``PROMOTION_ALPHA``), or None. One phrase naming the statistic that failed."""
     bad = []
     if m.get("skill") is None or not m["skill"] > 0:
         bad.append(f"against no change {fmt_skill(m.get('skill'))}")
     if m.get("skill_vs_training_mean") is None or not m["skill_vs_training_mean"] > 0:
         bad.append(f"against the training mean {fmt_skill(m.get('skill_vs_training_mean'))}")
-    return ("validation skill is not positive " + " and ".join(bad)) if bad else None
+    if bad:
+        return "validation skill is not positive " + " and ".join(bad)
+    dm = m.get("dm_vs_no_change")
+    if dm is not None and not (dm.get("statistic") is not None and dm["p_value"] < C.PROMOTION_ALPHA):
+        stat = "n/a" if dm.get("statistic") is None else f"{dm['statistic']:+.3f}"
+        return (f"validation skill against no change is not significant: Diebold-Mariano statistic {stat}, "
+                f"p-value {dm['p_value']:.4f} >= PROMOTION_ALPHA {C.PROMOTION_ALPHA} ({dm.get('n')} sessions)")
+    return None
 
 
-def _audit_forced(checksum: str, metrics: dict, no_skill: str | None, about: str) -> None:
-    """--force installs whatever was trained: one audit record says who forced what, and why it
-    would not have been promoted."""
-    import audit_logging   # late: the audit trail is only written for a forced promotion
+def _audit_forced(checksum: str, metrics: dict, no_skill: str | None, about: str, reason: str | None) -> None:
+    """--force installs whatever was trained, as the live model at once (no shadow): one audit
+    record says who forced what, the reason given (``--reason``), and why it would not have been
+    promoted."""
     v = metrics["validation"]
     audit_logging.AuditLogger().log_event("model_promotion", "forced", {
         "model_checksum": checksum, "no_validation_skill": no_skill, "replaces": about,
+        "reason": reason or "(none given: python train_model.py --force --reason \"...\")",
+        "skips_shadow": True,
         "validation_skill": v.get("skill"), "validation_skill_vs_training_mean": v.get("skill_vs_training_mean"),
         "by": os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"})

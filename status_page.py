@@ -36,6 +36,7 @@ import constants as C
 from portfolio import money
 import golive
 import drift_monitor
+import shadow_model
 import pnl
 import reconcile_breaks
 import state_db
@@ -181,6 +182,19 @@ def _gate(conn) -> dict | None:
     return golive.gate_status(calculate_model_checksum(model), conn)
 
 
+def _shadow(conn) -> dict | None:
+    return shadow_model.as_json(shadow_model.progress(conn))
+
+
+def _render_shadow(data) -> str:
+    """The shadow model's progress: sessions recorded / needed, DM statistic and p-value, verdict."""
+    shadow = data.get("shadow")
+    text = shadow_model.progress_line(shadow) if shadow else (data.get("shadow_error") or "none")
+    verdict = (shadow or {}).get("verdict", "")
+    return (f'<li id="shadow" data-sessions="{(shadow or {}).get("sessions", "")}" data-needed="'
+            f'{(shadow or {}).get("needed", "")}" data-verdict="{E(str(verdict))}">shadow model: {E(text)}</li>')
+
+
 def gather(health=None, schedule=None, drift=None) -> dict:
     """Everything the page shows, as plain data (also handy for ``status --json``)."""
     data = {"generated_at": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -217,6 +231,7 @@ def gather(health=None, schedule=None, drift=None) -> dict:
         data["gate"], data["gate_error"] = _safe("gate", _gate, conn)
         data["reconciliation"], data["reconciliation_error"] = _safe(
             "reconciliation", reconcile_breaks.status, conn)
+        data["shadow"], data["shadow_error"] = _safe("shadow model", _shadow, conn)
     finally:
         conn.close()
     return data
@@ -432,6 +447,7 @@ def _render_state(data) -> str:
             E(f'{lc["cycle_date"]} ({lc["mode"]}{", replay" if lc.get("replay") else ""}) finished '
               f'{lc["finished_at"]}: {lc["orders_sent"]} orders sent, {lc["orders_failed"]} failed')
             if lc else NO_DATA) + "</li>")
+        parts.append(_render_shadow(data))
     else:
         parts.append(f'<li id="kill-switch" data-state="off">kill switch: off ({NO_DATA}: no state database)</li>')
     drift = data.get("drift") or {}

@@ -57,6 +57,7 @@ import kill_switch
 import market_calendar
 import pnl
 import settlement
+import shadow_model
 import state_db
 from audit_logging import CYCLE_END, CYCLE_START, AuditLogger, interrupted_cycle, require_valid_trail
 from clock_sanity import ClockError
@@ -261,6 +262,7 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
         kill_switch.require_continuity(conn, audit)
     if _kill_switch_stops(conn, audit):
         return EXIT_OK
+    _decide_shadow(conn, audit, mode, replay)                # the one moment a shadow may be promoted
     model = get_model()
     if mode == "live" and not _gate_allows(model, conn, audit):
         return EXIT_GATE
@@ -278,6 +280,7 @@ def _cycle(conn, mode: str, as_of, now, settings: TradingSettings) -> int:
         _session_not_behind(conn, audit, mode, at, data_day, processed)
     features, cycle_date = _fresh_features(data_day, processed)
     signals = get_latest_signal(features=features, model=model, conn=conn)
+    _record_shadow(conn, features, signals, model, replay)   # the shadow's predictions, never traded
     failpoint("after_signals")
     sync_prices(executor.broker, features, as_of=cycle_date, accrue_borrow=True)
     executor.reconcile()                                     # AmbiguousOrderError: a person decides
@@ -344,6 +347,37 @@ def _gate_allows(model, conn, audit) -> bool:
     if gate["override"]:
         log.warning("go-live gate OVERRIDDEN by %s: %s", gate["override"]["by"], gate["override"]["reason"])
     return True
+
+
+def _decide_shadow(conn, audit, mode: str, replay: bool) -> None:
+    """Start of a cycle, before the live model is loaded (not in a replay): a shadow model with
+    its SHADOW_MIN_SESSIONS sessions is promoted or rejected (``shadow_model.promote_if_due``); in
+    live mode it is promoted only once its own go-live gate is open. A fault here is one ERROR
+    line: the live model trades as before."""
+    if replay:
+        return
+
+    def gate_check(checksum: str, metadata: dict):
+        status = gate_status(checksum, conn, metadata=metadata)
+        return status["passed"], golive.refusal_reasons(status)
+    try:
+        shadow_model.promote_if_due(conn, audit, mode, gate_check=gate_check)
+    except Exception as exc:                 # the shadow never stops the live model's cycle
+        log.error("SHADOW MODEL NOT DECIDED (%s: %s); the live model trades as before: check with "
+                  "python live_trading.py status", type(exc).__name__, exc)
+
+
+def _record_shadow(conn, features, signals, model, replay: bool) -> None:
+    """Run the shadow model (if any) on the cycle's features and record its predictions beside
+    the live model's (``shadow_model.record_cycle``); not in a replay. Never trades; a fault is
+    one ERROR line and the cycle goes on."""
+    if replay:
+        return
+    try:
+        shadow_model.record_cycle(conn, features, signals, model.checksum)
+    except Exception as exc:                 # the shadow never stops the live model's cycle
+        log.error("SHADOW PREDICTIONS NOT RECORDED (%s: %s); the live model trades as before",
+                  type(exc).__name__, exc)
 
 
 def _cycle_clock(mode: str):

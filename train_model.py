@@ -8,13 +8,24 @@ fixed seeds, and reports ``directional_accuracy``, ``MSE`` and skill against pre
 on the validation and test periods.
 
 Model selection uses the validation period only; the test period stays clean for reporting.
-The new model replaces ``lstm_price_difference_model.h5`` only if its validation skill is
-positive against both predicting no change and the training-mean constant, and its validation
-MSE is not worse than the current model's on the same (new) validation period; or with
-``--force`` (audited: ``model_promotion``/``forced`` in the audit trail). The replaced model
-goes to ``models/backups/``. Exit codes: 0 ok (promoted, or kept because the current model is
-better), 1 error (one ERROR line says why), 3 not promoted because the new model has no
-validation skill (one ERROR line ``model NOT PROMOTED: ...``; the current model is kept).
+A new model passes validation only if its validation skill is positive against both predicting
+no change and the training-mean constant, significant against no change (one-sided
+Diebold-Mariano p-value below ``PROMOTION_ALPHA``), and its validation MSE is not worse than the
+current model's on the same (new) validation period. Then:
+
+* no model installed yet (the first one): it is installed as the live model;
+* a live model installed: it becomes the SHADOW model (``models/shadow/``, ``shadow_model.py``):
+  the live model keeps trading with its go-live evidence intact, each cycle records both
+  models' predictions, and after ``SHADOW_MIN_SESSIONS`` sessions the shadow is promoted at the
+  start of a cycle if a Diebold-Mariano test shows it is not worse than the live model;
+* ``--force [--reason "..."]``: installed as the live model at once, whatever its skill
+  (audited: ``model_promotion``/``forced`` with the reason).
+
+The replaced model goes to ``models/backups/``; a model that fails is kept in
+``models/candidates/`` (never used). Exit codes: 0 ok (live, shadow, or kept because the current
+model is better), 1 error (one ERROR line says why), 3 not promoted because the new model has no
+significant validation skill (one ERROR line ``model NOT PROMOTED: ...`` naming the statistic;
+the current model is kept).
 
 Profiles: ``--profile tiny`` (or ``TRAIN_PROFILE=tiny``): window 10, 8 units, a few epochs, for
 ``make demo`` and tests (well under a minute on 2 cores).
@@ -48,8 +59,9 @@ def main(argv=None) -> int:
     install_excepthook()
     parser = argparse.ArgumentParser(description="Train the LSTM price-difference model.")
     parser.add_argument("--force", action="store_true",
-                        help="install the new model even if the current one is better or it has no validation skill "
-                             "(audited)")
+                        help="install the new model as the live model now (no shadow), even if the current one is "
+                             "better or it has no validation skill (audited, with --reason)")
+    parser.add_argument("--reason", help="with --force: why (recorded in the audit trail)")
     parser.add_argument("--epochs", type=int, help="max epochs (early stopping may end sooner)")
     parser.add_argument("--units", type=int, help="LSTM units")
     parser.add_argument("--layers", type=int, help="stacked LSTM layers")
@@ -77,7 +89,7 @@ def _train(args) -> int:
     log.info("training started (profile=%s, home=%s)", args.profile, config.home())
     try:
         result = train(TrainConfig(args.data, profile=args.profile, epochs=args.epochs, units=args.units,
-                                   window=args.window, layers=args.layers, seed=C.TRAIN_SEED if args.seed is None else args.seed, force=args.force,
+                                   window=args.window, layers=args.layers, seed=C.TRAIN_SEED if args.seed is None else args.seed, force=args.force, reason=args.reason,
                                    shuffle_targets=args.shuffle_targets))
     except (DataError, TrainingError, mm.ModelError, UserFacingError) as exc:
         log.error("training FAILED: %s", exc)
@@ -90,7 +102,8 @@ def _train(args) -> int:
         return 1
     v = result["metrics"]["validation"]
     t = result["metrics"]["test"]
-    print(f"{'promoted' if result['promoted'] else 'not promoted'}: validation MSE={v['MSE']:.4f} "
+    stage = {"live": "promoted", "shadow": "shadow (the live model keeps trading)"}.get(result["stage"], "not promoted")
+    print(f"{stage}: validation MSE={v['MSE']:.4f} "
           f"(no change {v['baseline']['MSE']:.4f}) skill={v['skill']:+.4f} skill_vs_mean="
           f"{fmt_skill(v.get('skill_vs_training_mean'))}; test skill={t['skill']:+.4f} "
           f"directional_accuracy={t['directional_accuracy']:.4f} -- {result['reason']}")
