@@ -134,7 +134,8 @@ def test_cli_reports_records_and_the_gate_query(home, ray_local, capsys):
     features = dc.load_processed(home / "processed_stock_data.csv")
     assert ev["gate_evidence"] and ev["universe"] == inputs["universe"] and ev["not_evidence"] == []
     assert ev["data_sha256"] == evidence_binding.window_sha256(features, ev["universe"], ev["end"])
-    assert ev["end"] == str(features["Date"].max().date())
+    _, last = evidence_binding.fixed_window("walk_forward", sorted(features["Date"].unique()))
+    assert ev["end"] == str(last.date()) == report["end"]              # the last session before the holdout
     import state_db
     conn = state_db.connect()                     # this test's TRADING_HOME is ``home``
     row = conn.execute("SELECT * FROM walk_forward_runs ORDER BY id DESC").fetchone()
