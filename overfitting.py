@@ -110,14 +110,15 @@ def pbo_verdict(pbo: float | None, n_trials: int, max_pbo: float | None = None,
 
 # =========================================================================== the trials of a universe
 
-def excess_returns(series: dict | None) -> np.ndarray:
-    """Daily excess of the strategy over buy-and-hold from a registry series dict."""
+def hedged_returns(series: dict | None) -> np.ndarray:
+    """The beta-hedged daily return of the strategy over buy-and-hold (alpha + residual of
+    ``skill_stats.alpha_test``, the risk-adjusted series the verdict's alpha is judged on) from a
+    registry series dict."""
     if not series:
         return np.zeros(0)
     a = np.asarray([np.nan if x is None else x for x in series["strategy"]], np.float64)
     b = np.asarray([np.nan if x is None else x for x in series["benchmark"]], np.float64)
-    e = a - b
-    return e[np.isfinite(e)]
+    return np.asarray(skill_stats.alpha_test(a, b)["active"], np.float64)
 
 
 def pending_trials(universe, conn=None) -> int:
@@ -133,8 +134,9 @@ def trial_evidence(universe, series: dict | None = None, pending: bool = False, 
     ``series``: the daily returns of the run being judged (a registry series dict; default: the
     newest walk-forward or sweep trial's); ``pending``: that run is not recorded yet (it counts as
     one more trial and joins the PBO matrix). N = ``trial_registry.count_trials`` (+1 when
-    pending); DSR = ``skill_stats.deflated_sharpe_ratio`` of the run's daily excess over
-    buy-and-hold with that N (needs >= ``SKILL_MIN_DSR``); PBO = ``pbo_cscv`` of the trials with
+    pending); DSR = ``skill_stats.deflated_sharpe_ratio`` of the run's beta-hedged daily return
+    over buy-and-hold (``hedged_returns``: risk-adjusted, as the verdict judges the strategy by its
+    alpha, not by out-earning a 100 %-long benchmark) with that N (needs >= ``SKILL_MIN_DSR``); PBO = ``pbo_cscv`` of the trials with
     out-of-sample series on the run's sessions (``trial_registry.excess_matrix``), its ceiling
     ``PBO_MAX`` applied from ``PBO_MIN_TRIALS`` trials (``pbo_verdict``)."""
     n_trials = trial_registry.count_trials(universe, conn=conn) + (1 if pending else 0)
@@ -143,8 +145,8 @@ def trial_evidence(universe, series: dict | None = None, pending: bool = False, 
     pool = rows + ([{"returns": series}] if pending and series is not None else [])
     _, matrix, _ = trial_registry.excess_matrix(pool, reference) if reference else ([], np.zeros((0, 0)), [])
     pbo = pbo_cscv(matrix) if matrix.shape[1] else {"pbo": None, "splits": 0, "blocks": C.PBO_BLOCKS}
-    excess = excess_returns(reference)
-    dsr = skill_stats.deflated_sharpe_ratio(excess, max(n_trials, 1)) if len(excess) else None
+    hedged = hedged_returns(reference)
+    dsr = skill_stats.deflated_sharpe_ratio(hedged, max(n_trials, 1)) if len(hedged) else None
     verdict = pbo_verdict(pbo["pbo"], int(matrix.shape[1]))
     min_dsr = C.SKILL_MIN_DSR
     dsr_ok = dsr is not None and dsr >= min_dsr

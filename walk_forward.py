@@ -741,7 +741,7 @@ def sweep(grid: str | None = None, profile: str = "default", seed: int | None = 
     universe_trials = overfitting.trial_evidence(wanted)
     n_trials, n_dsr = universe_trials["n_trials"], universe_trials["dsr_trials"]
     for r in rows:
-        r["dsr"] = skill_stats.deflated_sharpe_ratio(overfitting.excess_returns(r["returns"]), n_dsr)
+        r["dsr"] = skill_stats.deflated_sharpe_ratio(overfitting.hedged_returns(r["returns"]), n_dsr)
     _, matrix, _ = trial_registry.excess_matrix(rows, rows[0]["returns"])
     set_pbo = overfitting.pbo_cscv(matrix)
     order = sorted(range(len(rows)), key=lambda i: (-(rows[i]["skill_vs_no_change"]

