@@ -550,7 +550,7 @@ def compare_sentiment(profile: str = "default", seed: int | None = None, workers
                       reports_dir=None, charts: bool = True, out=None) -> dict:
     """``--compare-sentiment``: the walk-forward on the production data without, then with, the Reddit
     sentiment features (``REDDIT_SENTIMENT`` off / on, as settings.toml would set it), out of sample on
-    the recorded period (``min_train`` defaults to the sessions before the first collection; sessions
+    the recorded period before the sealed holdout (``min_train`` defaults to the sessions before the first collection; sessions
     with no collection see neutral sentiment). Each arm is a whole run, recorded by ``run`` like any
     other: two configurations (``REDDIT_SENTIMENT`` is a strategy tunable), two counted trials. Prints
     both skills; returns {"without": report, "with": report, ...}."""
@@ -569,7 +569,13 @@ def compare_sentiment(profile: str = "default", seed: int | None = None, workers
         sessions = pd.DatetimeIndex(pd.unique(data_collection.load_processed(sentiment=False)["Date"]))
     except data_collection.DataError as exc:
         raise WalkForwardError(" ".join(str(exc).split())) from None
-    recorded_sessions = int((sessions >= first).sum())
+    sealed = max(int(C.HOLDOUT_SESSIONS), 0)          # the newest sessions stay sealed here too (split_holdout)
+    open_sessions = sessions.sort_values()[:len(sessions) - sealed] if sealed else sessions
+    recorded_sessions = int((open_sessions >= first).sum())
+    if recorded_sessions == 0 and (sessions >= first).any():
+        raise WalkForwardError(f"the sentiment record starts {first.date()}, inside the sealed holdout (the newest "
+                               f"{sealed} sessions, HOLDOUT_SESSIONS, which only python walk_forward.py holdout opens): "
+                               f"keep collecting until the record reaches back before it, then compare")
     if recorded_sessions == 0:
         raise WalkForwardError(f"the sentiment record starts {first.date()}, after the data's last session "
                                f"{sessions.max().date()}: keep collecting and updating the data, then compare")

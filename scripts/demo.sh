@@ -35,7 +35,8 @@ step "2/6 model: train a small LSTM on the sample data (test metrics vs the naiv
 "$PY" model_management.py verify >/dev/null 2>&1 || fail "model verification"
 
 step "3/6 walk-forward: retrain every 252 sessions, predict only the sessions after each retrain (Ray)"
-echo "   the evidence the go-live gate asks for: 5 folds of the tiny model, about 1-2 minutes"
+echo "   the evidence the go-live gate asks for: 4 folds of the tiny model, about 1-2 minutes (the newest"
+echo "   252 sessions are the sealed holdout: python walk_forward.py holdout opens them once)"
 ./run_backtest.sh --walk-forward --profile tiny --retrain 252 | sed 's/^/   /'; rc=${PIPESTATUS[0]}
 case $rc in
   0) echo "   walk-forward PASS: out of sample, the forecasts beat both naive baselines significantly and the"

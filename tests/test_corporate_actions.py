@@ -114,7 +114,8 @@ def test_position_events_split_cash_in_lieu_and_short_dividend():
     assert d.cash_change == -50.0 and str(d.pay_date) == "2024-03-20"
 
 
-def test_paper_broker_and_backtest_engine_apply_the_real_split_alike(trading_home):
+def test_paper_broker_and_backtest_engine_apply_the_real_split_alike(trading_home, monkeypatch):
+    monkeypatch.setattr(C, "BACKTEST_CASH_INTEREST", False)      # the paper account earns no interest on cash
     """100 AAPL bought on 2014-05-30, held through the 7-for-1 split and the August dividend:
     the paper broker (session by session) and the engine end with the same shares, cash and
     equity, and neither shows a jump on the split day."""

@@ -26,7 +26,10 @@ def tab(tmp_path, monkeypatch):
 
 def install(*args, tz="UTC", **env):
     assert os.environ.get("TRADING_CRONTAB_FILE"), "tests must never touch the real crontab"
-    return run_command(["./install_cron.sh", *args], env_extra={"TZ": tz, "TRADING_NOW": None, **env},
+    # the installing shell's own interpreter (not the fork server's python, tests/fork_runner.py): the
+    # crontab line keeps TRADING_PYTHON
+    return run_command(["./install_cron.sh", *args], env_extra={"TZ": tz, "TRADING_NOW": None,
+                                                                "TRADING_PYTHON": os.environ["TRADING_PYTHON"], **env},
                        timeout=120)
 
 

@@ -39,7 +39,7 @@ def test_demo_starts_clean_labels_synthetic_prices_and_prints_working_exports(tm
     verdict = re.search(r"^   Verdict: (PASS|FAIL)$", walk, re.M)
     assert verdict, walk                                                       # the verdict, whatever it is
     assert f"walk-forward {verdict.group(1)}: " in walk                        # and what it means, one line
-    assert len(re.findall(r"^   +fold +\d+ ", walk, re.M)) == 5
+    assert len(re.findall(r"^   +fold +\d+ ", walk, re.M)) == 4          # before the sealed holdout
     step5 = out[out.index("6/6"):]
     assert f"prices:          DATA_SOURCE=sample: {LABEL}" in step5             # status --replay
     assert "(replay account)" in step5 and "fills (" in step5

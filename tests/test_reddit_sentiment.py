@@ -260,7 +260,8 @@ def ray_local():
 def test_compare_sentiment_runs_both_arms_on_the_recorded_period_as_two_trials(home, ray_local, capsys):
     import walk_forward as wf
     (home / "selected_stocks.txt").write_text("AAPL\nMSFT\nJPM\n")
-    sessions = sorted(pd.unique(data_collection.load_processed()["Date"]))[-40:]
+    every = sorted(pd.unique(data_collection.load_processed()["Date"]))
+    sessions = every[-C.HOLDOUT_SESSIONS - 40:-C.HOLDOUT_SESSIONS]            # recorded before the sealed holdout
     conn = state_db.connect()
     state_db.ensure_schema(conn, sentiment_store.SCHEMA)
     rng = np.random.default_rng(7)

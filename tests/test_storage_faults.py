@@ -44,7 +44,10 @@ needs_namespace = pytest.mark.skipif(_PROBLEM is not None, reason=str(_PROBLEM))
 
 
 def _env(home: Path) -> dict:
-    return entry_env(home)
+    # the real interpreter, not the fork server's python (tests/fork_runner.py): the server lives
+    # outside the private mount namespace these commands run in, so its children would not see the
+    # read-only or full file system
+    return entry_env(home, {"TRADING_PYTHON": sys.executable, "TESTS_FORK_SERVER": "0"})
 
 
 def _run(args, home):

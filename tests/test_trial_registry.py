@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import config
+import evidence_fixture
 import constants as C
 import golive
 import state_db
@@ -119,26 +120,23 @@ def _gate(conn, data):
 
 
 def _record_passing_run(conn, data, trial_id):
-    from fileutil import file_sha256
-    cfg = runs.model_configuration_from_metadata(META)
-    runs.record_run({"inputs": {"config_fingerprint": runs.config_fingerprint(cfg), "data_sha256": file_sha256(data),
-                                "data_path": str(data), "universe": UNIVERSE, "costs": {}, "model_config": cfg,
-                                "seed": 42},
-                     "start": "2024-01-02", "end": "2025-03-01", "workers": 1, "passed": True, "gate_eligible": True,
-                     "trial_id": trial_id,
-                     "overall": {"conditions": [], "passed": True, "n_trials": 1,
-                                 "dm_vs_no_change": {"skill": 0.01, "p_value": 0.01},
-                                 "dm_vs_training_mean": {"skill": 0.01, "p_value": 0.01},
-                                 "directional_accuracy": 0.55, "strategy": {"total_return": 0.2},
-                                 "benchmark": {"total_return": 0.1}, "sharpe_strategy": 1.2,
-                                 "sharpe_benchmark": 0.8, "psr_excess": 0.99, "dsr_excess": 0.99,
-                                 "predictions": 1000},
-                     "folds": []}, conn=conn)
+    """A passing walk-forward of META's configuration bound to the production data (as
+    walk_forward.run records it: evidence_fixture), linked to its trial."""
+    runs.record_run({**evidence_fixture.walk_forward_report(META, UNIVERSE, data), "trial_id": trial_id}, conn=conn)
 
 
-def test_gate_shows_trials_dsr_pbo_and_the_holdout_with_thresholds(production, monkeypatch):
+@pytest.fixture
+def priced(trading_home, monkeypatch):
+    """A production data file of 60 sessions with prices (the gate binds the walk-forward to it),
+    the newest 10 its sealed holdout."""
+    monkeypatch.setattr(C, "HOLDOUT_SESSIONS", 10)
+    return evidence_fixture.write_processed(trading_home / C.PROCESSED_DATA_FILE, UNIVERSE, sessions=60)
+
+
+def test_gate_shows_trials_dsr_pbo_and_the_holdout_with_thresholds(priced, monkeypatch):
     """The counted walk-forward's DSR is recomputed at today's trial count; the PBO over the
     universe's trials has its ceiling once PBO_MIN_TRIALS trials exist; ``gate --json`` has them."""
+    production = priced
     monkeypatch.setattr(C, "PBO_MIN_TRIALS", 4)
     monkeypatch.setattr(C, "PBO_BLOCKS", 8)
     conn = state_db.connect()
@@ -178,7 +176,8 @@ def test_gate_shows_trials_dsr_pbo_and_the_holdout_with_thresholds(production, m
     conn.close()
 
 
-def test_the_pbo_ceiling_closes_the_gate_on_noise(production, monkeypatch):
+def test_the_pbo_ceiling_closes_the_gate_on_noise(priced, monkeypatch):
+    production = priced
     monkeypatch.setattr(C, "PBO_MIN_TRIALS", 4)
     monkeypatch.setattr(C, "PBO_BLOCKS", 8)
     monkeypatch.setattr(C, "PBO_MAX", 0.05)
