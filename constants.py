@@ -193,11 +193,11 @@ PAPER_SHORT_MARGIN_REQ = 1.5               # paper buying power = cash - this * 
 PAPER_ACCOUNT_TYPE = "MARGIN"              # the paper account's type: "MARGIN" or "CASH" (buys from settled cash only, T+1; no shorts; settlement.py)
 
 # ----------------- protective stops and price collars (order_prices.py: live, paper and backtest)
-PROTECTIVE_STOPS = False                   # a GTC stop for the whole position rests at the broker after an entry fills (bool; the rule is in order_prices.py; the paper broker and the backtest simulate them, the live order path does not place them yet: keep False)
+PROTECTIVE_STOPS = False                   # a GTC stop for the whole position rests at the broker after an entry fills (bool; the rule is in order_prices.py; live (Schwab and paper) and the backtest alike; off by default until the suite and the go-live evidence are redone with it on: docs/BROKERS.md)
 STOP_VOL_MULTIPLE = 3.0                    # stop distance = this * the 20-day volatility of daily returns * the reference price (multiple)
 STOP_VOL_WINDOW = 20                       # sessions of daily returns behind the stop's volatility (sessions)
 STOP_MIN_DISTANCE = 0.02                   # the stop is never nearer than this fraction of the reference price (fraction, 2 %)
-ORDER_TYPE = "market"                      # entries and exits: marketable limit orders inside a collar ("limit_collar") or plain market orders ("market"; the paper broker and the backtest fill collars, the live order path sends market orders only yet)
+ORDER_TYPE = "market"                      # entries and exits: marketable limit orders inside a collar ("limit_collar") or plain market orders ("market"); live, paper and the backtest alike; flatten always sends market orders; "market" by default until the suite and the evidence are redone with collars
 PRICE_COLLAR_BPS = 50.0                    # a collared limit = reference price +/- this (basis points; a gap beyond it is no fill)
 PRICE_TICK = 0.01                          # limit and stop prices are rounded to this tick (USD; 0.01 for stocks at or above 1 USD)
 
