@@ -190,3 +190,15 @@ def home(trained, trading_home):
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(trained["home"] / name, dst)
     return trading_home
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray with 2 CPUs for a module's walk-forward tests, started once a module and shut
+    down after it (walk_forward's own start-up, ``_ray_init``)."""
+    import ray                  # heavy and optional: only the walk-forward tests need it
+    import walk_forward
+    ray.shutdown()
+    walk_forward._ray_init(2)
+    yield ray
+    ray.shutdown()

@@ -246,16 +246,6 @@ def test_missing_tables_read_as_nothing(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the walk-forward comparison
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    import walk_forward as wf
-    ray.shutdown()
-    wf._ray_init(2)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.timeout(1800)
 def test_compare_sentiment_runs_both_arms_on_the_recorded_period_as_two_trials(home, ray_local, capsys):
     import walk_forward as wf

@@ -50,15 +50,6 @@ def small_features():
     return dc.build_features(raw)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    ray.shutdown()
-    wf._ray_init(2)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.timeout(1800)
 def test_a_fold_never_sees_the_future_and_predicts_only_its_sessions(small_features, ray_local):
     folds = wf.plan_folds(small_features["Date"], min_train=340, retrain=30)[:1]

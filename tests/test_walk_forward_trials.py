@@ -15,15 +15,6 @@ import walk_forward as wf
 SYMBOLS = ["AAA", "BBB", "CCC"]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    ray.shutdown()
-    wf._ray_init(2)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.fixture
 def small_home(trading_home, monkeypatch):
     """3 symbols x 420 sessions of sample prices as the production data; a 40-session holdout;
